@@ -1,0 +1,40 @@
+# runner: the commands a user and CI need. `make run` and `make test` are the README's two.
+CARGO ?= cargo
+PYTHON ?= python3
+EXP ?= experiments/lenet5_fashion_mnist.toml
+
+.PHONY: run build test data pyarrow bench fmt lint clean
+
+build:
+	$(CARGO) build --release
+
+# Fashion-MNIST from Debian's package where apt exists; otherwise the run downloads it.
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist) || \
+	  echo "apt could not install dataset-fashion-mnist; the run will download Fashion-MNIST"; \
+	else echo "no apt: the run will download Fashion-MNIST into data/fashion_mnist"; fi
+
+run: data build
+	./target/release/runner $(EXP)
+
+# pyarrow reads the run tables in the tests, as a user's Python would.
+pyarrow:
+	@$(PYTHON) -c "import pyarrow" 2>/dev/null || $(PYTHON) -m pip install --quiet pyarrow
+
+# Tests run in release mode: one optimised build serves `make run` and `make test`.
+test: data pyarrow
+	RUNNER_REQUIRE_PYARROW=1 $(CARGO) test --release
+
+bench:
+	@echo "nothing to bench yet"
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,168 @@
+//! The command line: `runner EXP` trains; `runner check EXP` and `runner config EXP` stop
+//! after the plan and after the merge.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, LoadOptions};
+use crate::runlog::Status;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "runner",
+    version,
+    about = "Declarative deep-learning experiments for computer vision",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: ExpArgs,
+    /// Less output: warnings and errors only.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+#[derive(Args, Debug, Default)]
+struct ExpArgs {
+    /// The experiment file, e.g. experiments/lenet5_fashion_mnist.toml.
+    experiment: Option<PathBuf>,
+    /// Override a config key: --set train.epochs=2 (value in TOML syntax). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train and evaluate an experiment (the default command).
+    Run(ExpArgs),
+    /// Validate an experiment and print its plan and model summary; trains nothing.
+    Check(ExpArgs),
+    /// Print the merged config and, per key, the file or override that set it.
+    Config(ExpArgs),
+}
+
+pub fn main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    crate::progress::init_logging(if cli.quiet {
+        -1
+    } else {
+        cli.verbose.min(2) as i8
+    });
+    match cli.command {
+        None => train(cli.run),
+        Some(Command::Run(args)) => train(args),
+        Some(Command::Check(args)) => check(args),
+        Some(Command::Config(args)) => show_config(args),
+    }
+}
+
+fn load(args: &ExpArgs) -> Result<config::Loaded> {
+    let Some(path) = &args.experiment else {
+        anyhow::bail!(
+            "no experiment file given; try: runner experiments/lenet5_fashion_mnist.toml"
+        );
+    };
+    Ok(config::load(
+        path,
+        &LoadOptions {
+            sets: args.sets.clone(),
+            env: true,
+        },
+    )?)
+}
+
+fn check(args: ExpArgs) -> Result<ExitCode> {
+    let loaded = load(&args)?;
+    let plan = crate::plan::plan(&loaded)?;
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    println!(
+        "experiment: {}  (seed {}, device {})",
+        plan.experiment, plan.seed, plan.device
+    );
+    let data = match &plan.located {
+        crate::data::Located::Found(d) => format!("found in {}", d.display()),
+        crate::data::Located::Missing { download_to, .. } => {
+            format!("will be downloaded into {}", download_to.display())
+        }
+    };
+    println!(
+        "data: {} ({} classes), {data}",
+        crate::data::spec(plan.data.dataset).name,
+        plan.classes.len()
+    );
+    println!(
+        "train: {} epochs, batch {}, {:?}",
+        plan.train.epochs, plan.data.batch_size, plan.train.optimizer
+    );
+    println!();
+    print!("{}", plan.summary());
+    println!("ok: {} is valid", loaded.path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_config(args: ExpArgs) -> Result<ExitCode> {
+    let loaded = load(&args)?;
+    let rows = loaded.provenance();
+    let width = rows
+        .iter()
+        .map(|(k, v, _)| k.len() + v.len() + 3)
+        .filter(|w| *w <= 60)
+        .max()
+        .unwrap_or(20);
+    for (key, value, source) in rows {
+        let line = format!("{key} = {value}");
+        println!("{line:<width$}  # {source}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn train(args: ExpArgs) -> Result<ExitCode> {
+    let loaded = load(&args)?;
+    let plan = crate::plan::plan(&loaded)?;
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // First Ctrl-C: finish cleanly at the next batch. Second: leave at once.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this batch (Ctrl-C again to quit at once)");
+    });
+    let outcome = crate::train::run(&loaded, &plan, stop)?;
+    let reference = &loaded.config.experiment.reference;
+    for (name, value) in &outcome.final_metrics {
+        match reference.get(name) {
+            Some(r) => println!(
+                "{name} = {value:.4}   (reference {r:.4}{})",
+                loaded
+                    .config
+                    .experiment
+                    .reference_source
+                    .as_deref()
+                    .map(|s| format!(", {s}"))
+                    .unwrap_or_default()
+            ),
+            None => println!("{name} = {value:.4}"),
+        }
+    }
+    println!("run folder: {}", outcome.run_dir.display());
+    Ok(match outcome.status {
+        Status::Interrupted => ExitCode::from(130),
+        _ => ExitCode::SUCCESS,
+    })
+}

@@ -1,0 +1,332 @@
+//! The experiment configuration as written by the user: serde structs, one per TOML section.
+//!
+//! Every section denies unknown keys; defaults live here, in one place. Loading, merging
+//! (`extends`, environment, `--set`) and error reporting live in [`load`]. Nothing here
+//! validates values against each other: that is the plan's job (`crate::plan`).
+
+pub mod load;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{load, LoadOptions, Loaded};
+
+/// The whole experiment: what `runner EXP` reads after merging every file and override.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Files merged before this one, relative to the file that names them. Consumed while
+    /// loading; kept here so that a merged config still deserializes.
+    #[serde(default)]
+    pub extends: Vec<String>,
+    pub experiment: ExperimentConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub augment: AugmentConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Names the run folder `runs/<name>/<run-id>/`.
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    /// `"auto"`, `"cpu"`, `"cuda"` or `"cuda:N"`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Where run folders go.
+    #[serde(default = "default_output_dir")]
+    pub output_dir: String,
+    /// Published results to print beside ours, e.g. `{ "test.accuracy" = 0.91 }`.
+    #[serde(default)]
+    pub reference: std::collections::BTreeMap<String, f64>,
+    /// Where `reference` comes from (a paper, a course, a PyTorch run).
+    #[serde(default)]
+    pub reference_source: Option<String>,
+}
+
+fn default_device() -> String {
+    "auto".into()
+}
+fn default_output_dir() -> String {
+    "runs".into()
+}
+
+/// Which dataset: each kind knows its files, classes and where to fetch them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    Mnist,
+    FashionMnist,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub dataset: DatasetKind,
+    /// Folder holding the dataset's files. When absent, the usual places are searched
+    /// (`data/<dataset>`, then system packages), and a download goes to `data/<dataset>`.
+    #[serde(default)]
+    pub root: Option<String>,
+    /// Fetch missing files from the dataset's official address (or `mirror`).
+    #[serde(default)]
+    pub download: bool,
+    /// A base URL that serves the same files under the same names, used instead of the
+    /// official address. Checksums are still verified.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    pub batch_size: usize,
+    /// Batch size for evaluation; defaults to `batch_size`.
+    #[serde(default)]
+    pub eval_batch_size: Option<usize>,
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    #[serde(default)]
+    pub drop_last: bool,
+    /// Use only the first N training samples (quick experiments, tests). 0 = all.
+    #[serde(default)]
+    pub train_limit: usize,
+    /// Use only the first N test samples. 0 = all.
+    #[serde(default)]
+    pub test_limit: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Per-split lists of sample transforms, applied in order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    #[serde(default)]
+    pub train: Vec<AugmentOp>,
+    #[serde(default)]
+    pub test: Vec<AugmentOp>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AugmentOp {
+    /// `(x / 255 - mean[c]) / std[c]` per channel.
+    Normalize { mean: Vec<f64>, std: Vec<f64> },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Input shape `[channels, height, width]`.
+    pub input: Vec<usize>,
+    pub groups: Vec<GroupConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// The group's name: the first part of each weight's dotted path (`features.0.weight`).
+    pub name: String,
+    pub layers: Vec<Layer>,
+}
+
+/// One layer. In TOML either a table `{ conv2d = { out = 6, kernel = 5 } }` or, for a layer
+/// whose keys all have defaults, its bare name: `"relu"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerKind {
+    Conv2d {
+        out: usize,
+        kernel: usize,
+        #[serde(default = "one")]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    Maxpool {
+        kernel: usize,
+        /// Defaults to `kernel`.
+        #[serde(default)]
+        stride: Option<usize>,
+    },
+    Relu {},
+    Flatten {},
+    Linear {
+        out: usize,
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    Dropout {
+        #[serde(default = "half")]
+        p: f64,
+    },
+}
+
+/// The layer names, for messages.
+pub const LAYER_NAMES: &[&str] = &["conv2d", "maxpool", "relu", "flatten", "linear", "dropout"];
+
+fn one() -> usize {
+    1
+}
+fn half() -> f64 {
+    0.5
+}
+
+impl LayerKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            LayerKind::Conv2d { .. } => "conv2d",
+            LayerKind::Maxpool { .. } => "maxpool",
+            LayerKind::Relu {} => "relu",
+            LayerKind::Flatten {} => "flatten",
+            LayerKind::Linear { .. } => "linear",
+            LayerKind::Dropout { .. } => "dropout",
+        }
+    }
+}
+
+/// A layer as written: the short string form or the full table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer(pub LayerKind);
+
+impl Serialize for Layer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Layer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Layer;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a layer name such as \"relu\" or a table such as { linear = { out = 10 } }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Layer, E> {
+                if !LAYER_NAMES.contains(&s) {
+                    return Err(E::unknown_variant(s, LAYER_NAMES));
+                }
+                // The short form is the table form with every key at its default.
+                let mut table = figment::value::Dict::new();
+                table.insert(s.to_string(), figment::value::Dict::new().into());
+                figment::value::Value::from(table)
+                    .deserialize::<LayerKind>()
+                    .map(Layer)
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "\"{s}\" needs keys, write it as a table: {}",
+                            e.kind
+                        ))
+                    })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Layer, A::Error> {
+                LayerKind::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Layer)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub optimizer: OptimizerConfig,
+    /// Log a progress line every N batches when the output is not a terminal (0 = per epoch).
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+}
+
+fn default_log_every() -> usize {
+    100
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// PyTorch's `torch.optim.SGD`.
+    Sgd {
+        lr: f64,
+        #[serde(default)]
+        momentum: f64,
+        #[serde(default)]
+        dampening: f64,
+        #[serde(default)]
+        nesterov: bool,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    /// PyTorch's `torch.optim.Adam` (L2 weight decay added to the gradient).
+    Adam {
+        #[serde(default = "default_adam_lr")]
+        lr: f64,
+        #[serde(default = "default_betas")]
+        betas: [f64; 2],
+        #[serde(default = "default_eps")]
+        eps: f64,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+fn default_adam_lr() -> f64 {
+    1e-3
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+/// A metric computed per epoch on a split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricName {
+    Loss,
+    Accuracy,
+    ErrorRate,
+}
+
+impl MetricName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricName::Loss => "loss",
+            MetricName::Accuracy => "accuracy",
+            MetricName::ErrorRate => "error_rate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_metrics")]
+    pub train: Vec<MetricName>,
+    #[serde(default = "default_metrics")]
+    pub test: Vec<MetricName>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            train: default_metrics(),
+            test: default_metrics(),
+        }
+    }
+}
+
+fn default_metrics() -> Vec<MetricName> {
+    vec![
+        MetricName::Loss,
+        MetricName::Accuracy,
+        MetricName::ErrorRate,
+    ]
+}

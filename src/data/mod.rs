@@ -1,0 +1,262 @@
+//! Datasets: where their files live, how to fetch them, how to read them.
+//!
+//! Each [`DatasetKind`] has a [`DatasetSpec`] (file names, checksums, official address,
+//! classes, sample shape). [`locate`] finds a folder that holds the files without reading
+//! them (for `runner check`); [`load`] reads them, downloading first when allowed.
+
+pub mod download;
+pub mod idx;
+pub mod loader;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::{DataConfig, DatasetKind};
+use download::Checksum;
+
+/// What the program knows about a dataset.
+pub struct DatasetSpec {
+    pub name: &'static str,
+    /// `(file name, published checksum)`: train images, train labels, test images, test labels.
+    pub files: [(&'static str, Checksum); 4],
+    pub base_url: &'static str,
+    /// Folders searched after `data/<name>`, e.g. where a system package installs the files.
+    pub system_dirs: &'static [&'static str],
+    pub classes: &'static [&'static str],
+    /// `[channels, height, width]`.
+    pub shape: [usize; 3],
+}
+
+// Checksums: the MD5 sums the datasets' authors publish (the same ones torchvision checks).
+static MNIST: DatasetSpec = DatasetSpec {
+    name: "mnist",
+    files: [
+        (
+            "train-images-idx3-ubyte.gz",
+            Checksum::Md5("f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        ),
+        (
+            "train-labels-idx1-ubyte.gz",
+            Checksum::Md5("d53e105ee54ea40749a09fcbcd1e9432"),
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            Checksum::Md5("9fb629c4189551a2d022fa330f9573f3"),
+        ),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            Checksum::Md5("ec29112dd5afa0611ce80d1b7f02629c"),
+        ),
+    ],
+    base_url: "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    system_dirs: &["/usr/share/datasets/mnist"],
+    classes: &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+    shape: [1, 28, 28],
+};
+
+static FASHION_MNIST: DatasetSpec = DatasetSpec {
+    name: "fashion_mnist",
+    files: [
+        (
+            "train-images-idx3-ubyte.gz",
+            Checksum::Md5("8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+        ),
+        (
+            "train-labels-idx1-ubyte.gz",
+            Checksum::Md5("25c81989df183df01b3e8a0aad5dffbe"),
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            Checksum::Md5("bef4ecab320f06d8554ea6380940ec79"),
+        ),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            Checksum::Md5("bb300cfdad3c16e7a12a480ee83cd310"),
+        ),
+    ],
+    base_url: "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    // Debian's package `dataset-fashion-mnist`.
+    system_dirs: &["/usr/share/datasets/fashion-mnist"],
+    classes: &[
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ],
+    shape: [1, 28, 28],
+};
+
+pub fn spec(kind: DatasetKind) -> &'static DatasetSpec {
+    match kind {
+        DatasetKind::Mnist => &MNIST,
+        DatasetKind::FashionMnist => &FASHION_MNIST,
+    }
+}
+
+/// Where a dataset's files are, or where they would be downloaded to.
+#[derive(Debug, Clone)]
+pub enum Located {
+    Found(PathBuf),
+    Missing {
+        searched: Vec<PathBuf>,
+        download_to: PathBuf,
+    },
+}
+
+/// A file of the spec in `dir`: the gzipped name, or the same name without `.gz`.
+fn file_in(dir: &Path, name: &str) -> Option<PathBuf> {
+    let gz = dir.join(name);
+    if gz.is_file() {
+        return Some(gz);
+    }
+    let raw = dir.join(name.trim_end_matches(".gz"));
+    raw.is_file().then_some(raw)
+}
+
+fn has_all(dir: &Path, spec: &DatasetSpec) -> bool {
+    spec.files
+        .iter()
+        .all(|(name, _)| file_in(dir, name).is_some())
+}
+
+/// Finds the dataset's folder: `[data] root` if set, else `data/<name>`, then system folders.
+pub fn locate(cfg: &DataConfig) -> Located {
+    let spec = spec(cfg.dataset);
+    let candidates: Vec<PathBuf> = match &cfg.root {
+        Some(root) => vec![PathBuf::from(root)],
+        None => std::iter::once(PathBuf::from("data").join(spec.name))
+            .chain(spec.system_dirs.iter().map(PathBuf::from))
+            .collect(),
+    };
+    match candidates.iter().find(|d| has_all(d, spec)) {
+        Some(d) => Located::Found(d.clone()),
+        None => Located::Missing {
+            download_to: candidates[0].clone(),
+            searched: candidates,
+        },
+    }
+}
+
+/// One split in memory: `len` samples of `shape`, pixels as bytes.
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u32>,
+    pub len: usize,
+}
+
+impl Split {
+    fn limited(mut self, limit: usize, sample: usize) -> Split {
+        if limit > 0 && limit < self.len {
+            self.len = limit;
+            self.pixels.truncate(limit * sample);
+            self.labels.truncate(limit);
+        }
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: &'static str,
+    pub root: PathBuf,
+    pub classes: Vec<String>,
+    pub shape: [usize; 3],
+    pub train: Split,
+    pub test: Split,
+}
+
+/// Reads the dataset, downloading missing files first when `[data] download = true`.
+pub fn load(cfg: &DataConfig) -> Result<Dataset> {
+    let spec = spec(cfg.dataset);
+    let dir = match locate(cfg) {
+        Located::Found(dir) => dir,
+        Located::Missing {
+            searched,
+            download_to,
+        } => {
+            if !cfg.download {
+                bail!("{}", missing_message(spec, &searched, &download_to));
+            }
+            let base = cfg.mirror.as_deref().unwrap_or(spec.base_url);
+            for (name, checksum) in &spec.files {
+                if file_in(&download_to, name).is_none() {
+                    let url = format!("{}/{name}", base.trim_end_matches('/'));
+                    download::fetch(&url, &download_to.join(name), *checksum)?;
+                }
+            }
+            download_to
+        }
+    };
+    let path = |i: usize| file_in(&dir, spec.files[i].0).expect("located folder holds every file"); // ok: checked by locate/fetch
+    let [c, h, w] = spec.shape;
+    let read_split = |images: PathBuf, labels: PathBuf| -> Result<Split> {
+        let img = idx::parse_images(&idx::read_maybe_gz(&images)?, &images)?;
+        let lab = idx::parse_labels(&idx::read_maybe_gz(&labels)?, &labels)?;
+        if (img.rows, img.cols) != (h, w) {
+            bail!(
+                "{}: images are {}x{}, expected {h}x{w} for {}",
+                images.display(),
+                img.rows,
+                img.cols,
+                spec.name
+            );
+        }
+        if img.count != lab.len() {
+            bail!(
+                "{} holds {} images but {} holds {} labels",
+                images.display(),
+                img.count,
+                labels.display(),
+                lab.len()
+            );
+        }
+        if let Some((i, l)) = lab
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l as usize >= spec.classes.len())
+        {
+            bail!(
+                "{}: label {l} at index {i} is outside 0..{}",
+                labels.display(),
+                spec.classes.len()
+            );
+        }
+        Ok(Split {
+            pixels: img.pixels,
+            labels: lab.into_iter().map(u32::from).collect(),
+            len: img.count,
+        })
+    };
+    let train = read_split(path(0), path(1)).context("reading the training split")?;
+    let test = read_split(path(2), path(3)).context("reading the test split")?;
+    Ok(Dataset {
+        name: spec.name,
+        root: dir,
+        classes: spec.classes.iter().map(|s| s.to_string()).collect(),
+        shape: [c, h, w],
+        train: train.limited(cfg.train_limit, c * h * w),
+        test: test.limited(cfg.test_limit, c * h * w),
+    })
+}
+
+pub fn missing_message(spec: &DatasetSpec, searched: &[PathBuf], download_to: &Path) -> String {
+    let list: Vec<String> = searched.iter().map(|p| p.display().to_string()).collect();
+    let mut msg = format!(
+        "dataset {}: files not found (searched {}); set `data.download = true` (or --set data.download=true) to fetch them into {}",
+        spec.name,
+        list.join(", "),
+        download_to.display()
+    );
+    if spec.name == "fashion_mnist" {
+        msg += ", or install Debian's package: apt-get install dataset-fashion-mnist";
+    }
+    msg
+}

@@ -1,0 +1,18 @@
+//! runner: a declarative deep-learning experiment runner for computer vision, on candle.
+//!
+//! Data flow: [`config`] (TOML files merged, strict) -> [`plan`] (validated, shapes
+//! inferred, no tensors) -> [`data`] and [`model`] -> [`train`] (optimizer, metrics) ->
+//! [`runlog`] (the run folder and its parquet tables). [`cli`] wires them to commands.
+
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod plan;
+pub mod progress;
+pub mod rng;
+pub mod runlog;
+pub mod train;

@@ -1,0 +1,13 @@
+//! The `runner` command: parse, run, print the error chain, exit 2 on error.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match runner::cli::main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

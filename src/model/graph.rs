@@ -1,0 +1,249 @@
+//! The model graph at plan time: every layer with its dotted path, input and output shapes
+//! and parameter count, inferred from `[model] input` without building a tensor.
+//!
+//! A layer's path is `<group>.<index>` (`features.0`), as in a PyTorch `nn.Sequential`
+//! inside a named module; its weights are `<path>.weight` and `<path>.bias`.
+
+use anyhow::{bail, Result};
+
+use crate::config::{LayerKind, ModelConfig};
+
+/// A layer resolved against its input shape. Shapes exclude the batch dimension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedLayer {
+    /// `features.0`
+    pub path: String,
+    /// Where it was written: `model.groups[0].layers[0]`.
+    pub key: String,
+    pub kind: LayerKind,
+    pub in_shape: Vec<usize>,
+    pub out_shape: Vec<usize>,
+    /// `(name, shape)` of each parameter, e.g. `("weight", [6, 1, 5, 5])`.
+    pub params: Vec<(String, Vec<usize>)>,
+}
+
+impl PlannedLayer {
+    pub fn num_params(&self) -> usize {
+        self.params
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+fn fmt_shape(s: &[usize]) -> String {
+    format!(
+        "[{}]",
+        s.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Infers every layer's shapes; a mismatch is an error naming the group, layer and key.
+pub fn plan_layers(cfg: &ModelConfig) -> Result<Vec<PlannedLayer>> {
+    if cfg.input.len() != 3 || cfg.input.contains(&0) {
+        bail!(
+            "key `model.input`: expected [channels, height, width] with each > 0, is {}",
+            fmt_shape(&cfg.input)
+        );
+    }
+    if cfg.groups.is_empty() {
+        bail!("key `model.groups`: the model has no groups");
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut shape = cfg.input.clone();
+    let mut out = Vec::new();
+    for (g, group) in cfg.groups.iter().enumerate() {
+        let gkey = format!("model.groups[{g}]");
+        if group.name.is_empty()
+            || !group
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            bail!(
+                "key `{gkey}.name`: a group name is letters, digits and '_', is {:?}",
+                group.name
+            );
+        }
+        if !names.insert(group.name.clone()) {
+            bail!(
+                "key `{gkey}.name`: group name `{}` is used twice",
+                group.name
+            );
+        }
+        for (i, layer) in group.layers.iter().enumerate() {
+            let path = format!("{}.{i}", group.name);
+            let key = format!("{gkey}.layers[{i}]");
+            let kind = layer.0.clone();
+            let (out_shape, params) = infer(&kind, &shape)
+                .map_err(|e| anyhow::anyhow!("key `{key}` ({path} {}): {e}", kind.name()))?;
+            out.push(PlannedLayer {
+                path,
+                key,
+                kind,
+                in_shape: shape.clone(),
+                out_shape: out_shape.clone(),
+                params,
+            });
+            shape = out_shape;
+        }
+    }
+    Ok(out)
+}
+
+type Params = Vec<(String, Vec<usize>)>;
+
+fn infer(kind: &LayerKind, input: &[usize]) -> Result<(Vec<usize>, Params)> {
+    let spatial = |what: &str| -> Result<(usize, usize, usize)> {
+        match input {
+            [c, h, w] => Ok((*c, *h, *w)),
+            _ => bail!(
+                "{what} expects a [channels, height, width] input, gets {}",
+                fmt_shape(input)
+            ),
+        }
+    };
+    Ok(match kind {
+        LayerKind::Conv2d {
+            out,
+            kernel,
+            stride,
+            padding,
+            bias,
+        } => {
+            let (c, h, w) = spatial("conv2d")?;
+            if *out == 0 || *kernel == 0 || *stride == 0 {
+                bail!("out, kernel and stride must be > 0");
+            }
+            if h + 2 * padding < *kernel || w + 2 * padding < *kernel {
+                bail!(
+                    "kernel {kernel} is larger than the padded input {}x{}",
+                    h + 2 * padding,
+                    w + 2 * padding
+                );
+            }
+            let oh = (h + 2 * padding - kernel) / stride + 1;
+            let ow = (w + 2 * padding - kernel) / stride + 1;
+            let mut params = vec![("weight".to_string(), vec![*out, c, *kernel, *kernel])];
+            if *bias {
+                params.push(("bias".into(), vec![*out]));
+            }
+            (vec![*out, oh, ow], params)
+        }
+        LayerKind::Maxpool { kernel, stride } => {
+            let (c, h, w) = spatial("maxpool")?;
+            let stride = stride.unwrap_or(*kernel);
+            if *kernel == 0 {
+                bail!("kernel must be > 0");
+            }
+            if stride != *kernel {
+                bail!("maxpool with stride ({stride}) != kernel ({kernel}) is not supported yet");
+            }
+            if h < *kernel || w < *kernel {
+                bail!("kernel {kernel} is larger than the input {h}x{w}");
+            }
+            (vec![c, h / kernel, w / kernel], vec![])
+        }
+        LayerKind::Relu {} | LayerKind::Dropout { .. } => {
+            if let LayerKind::Dropout { p } = kind {
+                if !(0.0..1.0).contains(p) {
+                    bail!("p must be in [0, 1), is {p}");
+                }
+            }
+            (input.to_vec(), vec![])
+        }
+        LayerKind::Flatten {} => (vec![input.iter().product()], vec![]),
+        LayerKind::Linear { out, bias } => {
+            let [inp] = input else {
+                bail!(
+                    "linear expects a flat input, gets {}; add \"flatten\" before it",
+                    fmt_shape(input)
+                );
+            };
+            if *out == 0 {
+                bail!("out must be > 0");
+            }
+            let mut params = vec![("weight".to_string(), vec![*out, *inp])];
+            if *bias {
+                params.push(("bias".into(), vec![*out]));
+            }
+            (vec![*out], params)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{GroupConfig, Layer};
+
+    fn model(layers: Vec<LayerKind>) -> ModelConfig {
+        ModelConfig {
+            input: vec![1, 28, 28],
+            groups: vec![GroupConfig {
+                name: "features".into(),
+                layers: layers.into_iter().map(Layer).collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn conv_and_pool_shapes() {
+        // Hand computation: (28 - 5)/1 + 1 = 24; 24 / 2 = 12; 12*12*6 = 864.
+        let layers = plan_layers(&model(vec![
+            LayerKind::Conv2d {
+                out: 6,
+                kernel: 5,
+                stride: 1,
+                padding: 0,
+                bias: true,
+            },
+            LayerKind::Maxpool {
+                kernel: 2,
+                stride: None,
+            },
+            LayerKind::Flatten {},
+            LayerKind::Linear {
+                out: 10,
+                bias: true,
+            },
+        ]))
+        .unwrap();
+        assert_eq!(layers[0].out_shape, vec![6, 24, 24]);
+        assert_eq!(layers[0].num_params(), 6 * 25 + 6);
+        assert_eq!(layers[1].out_shape, vec![6, 12, 12]);
+        assert_eq!(layers[2].out_shape, vec![864]);
+        assert_eq!(layers[3].num_params(), 864 * 10 + 10);
+        assert_eq!(layers[3].path, "features.3");
+    }
+
+    #[test]
+    fn mismatches_name_the_layer() {
+        let e = plan_layers(&model(vec![LayerKind::Linear {
+            out: 10,
+            bias: true,
+        }]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("model.groups[0].layers[0]") && e.contains("flatten"),
+            "{e}"
+        );
+        let e = plan_layers(&model(vec![LayerKind::Conv2d {
+            out: 6,
+            kernel: 29,
+            stride: 1,
+            padding: 0,
+            bias: true,
+        }]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("features.0 conv2d") && e.contains("larger than the padded input 28x28"),
+            "{e}"
+        );
+    }
+}

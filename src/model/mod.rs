@@ -1,0 +1,205 @@
+//! The model at run time: planned layers turned into candle tensors and a forward pass.
+//!
+//! Weights live in one map keyed by dotted path (`features.0.weight`), the names that
+//! checkpoints, freezing rules and log rows share. They are initialised from the project's
+//! seeded RNG the way PyTorch initialises `Conv2d` and `Linear` by default, so one seed gives
+//! one set of weights on every machine.
+
+pub mod graph;
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+
+use crate::config::LayerKind;
+use crate::rng::Rng;
+pub use graph::{plan_layers, PlannedLayer};
+
+pub struct Model {
+    layers: Vec<PlannedLayer>,
+    /// Every parameter by dotted path.
+    pub params: BTreeMap<String, Var>,
+    device: Device,
+}
+
+/// Per-forward context: whether this is training (dropout on) and which step, for masks.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    pub train: bool,
+    pub seed: u64,
+    pub epoch: usize,
+    pub step: usize,
+}
+
+impl Pass {
+    pub fn eval() -> Self {
+        Pass {
+            train: false,
+            seed: 0,
+            epoch: 0,
+            step: 0,
+        }
+    }
+}
+
+/// PyTorch's default init for conv and linear layers: `kaiming_uniform_(a = sqrt(5))` for the
+/// weight, i.e. U(-b, b) with b = gain * sqrt(3 / fan_in), gain = sqrt(2 / (1 + a^2)), which
+/// is b = 1 / sqrt(fan_in); and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias.
+pub fn init_param(seed: u64, path: &str, shape: &[usize], fan_in: usize) -> Vec<f32> {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let mut rng = Rng::derive(seed, &["init".into(), path.into()]);
+    let n: usize = shape.iter().product();
+    (0..n)
+        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+        .collect()
+}
+
+impl Model {
+    pub fn new(layers: &[PlannedLayer], seed: u64, device: &Device) -> Result<Self> {
+        let mut params = BTreeMap::new();
+        for layer in layers {
+            // fan_in: everything in the weight but the output dimension.
+            let fan_in = layer
+                .params
+                .first()
+                .map(|(_, s)| s[1..].iter().product::<usize>())
+                .unwrap_or(1);
+            for (name, shape) in &layer.params {
+                let path = format!("{}.{name}", layer.path);
+                let data = init_param(seed, &path, shape, fan_in);
+                let t = Tensor::from_vec(data, shape.as_slice(), device)?;
+                params.insert(path, Var::from_tensor(&t)?);
+            }
+        }
+        Ok(Model {
+            layers: layers.to_vec(),
+            params,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.params.values().map(|v| v.elem_count()).sum()
+    }
+
+    fn param(&self, layer: &PlannedLayer, name: &str) -> Option<&Tensor> {
+        self.params
+            .get(&format!("{}.{name}", layer.path))
+            .map(|v| v.as_tensor())
+    }
+
+    /// `xs`: `[batch, c, h, w]` -> logits `[batch, classes]`.
+    pub fn forward(&self, xs: &Tensor, pass: Pass) -> Result<Tensor> {
+        let mut x = xs.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = match &layer.kind {
+                LayerKind::Conv2d {
+                    stride, padding, ..
+                } => {
+                    let w = self
+                        .param(layer, "weight")
+                        .ok_or_else(|| missing(layer, "weight"))?;
+                    let y = x.conv2d(w, *padding, *stride, 1, 1)?; // [b, out, oh, ow]
+                    match self.param(layer, "bias") {
+                        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
+                        None => y,
+                    }
+                }
+                LayerKind::Maxpool { kernel, .. } => crate::ops::pool::max_pool2d(&x, *kernel)?,
+                LayerKind::Relu {} => x.relu()?,
+                LayerKind::Flatten {} => x.flatten_from(1)?,
+                LayerKind::Linear { .. } => {
+                    let w = self
+                        .param(layer, "weight")
+                        .ok_or_else(|| missing(layer, "weight"))?;
+                    let y = x.matmul(&w.t()?)?; // [b, out]
+                    match self.param(layer, "bias") {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    }
+                }
+                LayerKind::Dropout { p } => {
+                    if pass.train && *p > 0.0 {
+                        dropout(
+                            &x,
+                            *p,
+                            Rng::derive(
+                                pass.seed,
+                                &[
+                                    "dropout".into(),
+                                    i.into(),
+                                    pass.epoch.into(),
+                                    pass.step.into(),
+                                ],
+                            ),
+                        )?
+                    } else {
+                        x
+                    }
+                }
+            };
+        }
+        Ok(x)
+    }
+}
+
+fn missing(layer: &PlannedLayer, name: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "{}: parameter `{}.{name}` is missing",
+        layer.key, layer.path
+    ))
+}
+
+/// Inverted dropout: zero each element with probability `p`, scale the rest by 1 / (1 - p).
+fn dropout(x: &Tensor, p: f64, mut rng: Rng) -> Result<Tensor> {
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.next_f64() < p { 0.0 } else { scale })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)
+}
+
+/// Index of the largest logit per row.
+pub fn argmax(logits: &Tensor) -> Result<Vec<u32>> {
+    logits
+        .argmax(D::Minus1)?
+        .to_dtype(DType::U32)?
+        .to_vec1::<u32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_bounds_follow_pytorch_default() {
+        // fan_in = 25: bound 1/5 = 0.2 (hand computation of kaiming_uniform_(a=sqrt(5))).
+        let w = init_param(0, "features.0.weight", &[6, 1, 5, 5], 25);
+        assert!(w.iter().all(|v| v.abs() <= 0.2));
+        let max = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(
+            max > 0.18,
+            "150 draws should come near the bound, max {max}"
+        );
+        // Same seed and path, same values; another path, other values.
+        assert_eq!(w, init_param(0, "features.0.weight", &[6, 1, 5, 5], 25));
+        assert_ne!(w, init_param(0, "features.3.weight", &[6, 1, 5, 5], 25));
+    }
+
+    #[test]
+    fn dropout_keeps_expectation() {
+        let x = Tensor::ones((1000,), DType::F32, &Device::Cpu).unwrap();
+        let y = dropout(&x, 0.5, Rng::new(1))
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let zeros = y.iter().filter(|v| **v == 0.0).count();
+        assert!((400..600).contains(&zeros), "{zeros}");
+        assert!(y.iter().all(|v| *v == 0.0 || *v == 2.0));
+    }
+}

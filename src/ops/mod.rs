@@ -1,0 +1,3 @@
+//! Tensor operations the model graph needs beyond candle's, with exact gradients.
+
+pub mod pool;

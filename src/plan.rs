@@ -1,0 +1,326 @@
+//! The plan: a loaded config checked as a whole before any tensor exists.
+//!
+//! Shapes are inferred, the dataset is located, the device resolved, and every value that
+//! can be wrong is checked here with the file and key it came from. `runner check` stops
+//! after the plan and prints it.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use candle_core::Device;
+
+use crate::config::{AugmentOp, Loaded, MetricsConfig, OptimizerConfig};
+use crate::data::{self, Located};
+use crate::model::{plan_layers, PlannedLayer};
+
+pub struct Plan {
+    pub experiment: String,
+    pub seed: u64,
+    /// As configured: `auto`, `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    pub data: crate::config::DataConfig,
+    pub located: Located,
+    pub classes: Vec<String>,
+    pub augment_train: Vec<AugmentOp>,
+    pub augment_test: Vec<AugmentOp>,
+    pub layers: Vec<PlannedLayer>,
+    pub train: crate::config::TrainConfig,
+    pub metrics: MetricsConfig,
+    /// Things that will not stop a run but that a user should know.
+    pub warnings: Vec<String>,
+}
+
+/// Collects problems with the file each key came from.
+struct Problems<'a> {
+    loaded: &'a Loaded,
+    list: Vec<String>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, key: &str, msg: impl std::fmt::Display) {
+        let source = self.loaded.source_of_key(key);
+        let source = if source == "default" {
+            "default value".to_string()
+        } else {
+            source
+        };
+        self.list.push(format!("{source}: key `{key}`: {msg}"));
+    }
+}
+
+pub fn plan(loaded: &Loaded) -> Result<Plan> {
+    let cfg = &loaded.config;
+    let mut p = Problems {
+        loaded,
+        list: Vec::new(),
+    };
+
+    if cfg.experiment.name.is_empty()
+        || cfg.experiment.name.contains(['/', '\\'])
+        || cfg.experiment.name.starts_with('.')
+    {
+        p.add(
+            "experiment.name",
+            format!("must be a plain folder name, is {:?}", cfg.experiment.name),
+        );
+    }
+    if let Err(e) = parse_device(&cfg.experiment.device) {
+        p.add("experiment.device", e);
+    }
+
+    // Data.
+    let spec = data::spec(cfg.data.dataset);
+    let located = data::locate(&cfg.data);
+    let mut warnings = Vec::new();
+    if let Located::Missing {
+        searched,
+        download_to,
+    } = &located
+    {
+        let msg = data::missing_message(spec, searched, download_to);
+        if cfg.data.download {
+            warnings.push(format!(
+                "dataset {} is not on disk yet; it will be downloaded into {} when the run starts",
+                spec.name,
+                download_to.display()
+            ));
+        } else {
+            p.add("data.dataset", msg);
+        }
+    }
+    if cfg.data.batch_size == 0 {
+        p.add("data.batch_size", "must be > 0");
+    }
+    if cfg.data.eval_batch_size == Some(0) {
+        p.add("data.eval_batch_size", "must be > 0");
+    }
+    for (split, ops) in [("train", &cfg.augment.train), ("test", &cfg.augment.test)] {
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                AugmentOp::Normalize { mean, std } => {
+                    let key = format!("augment.{split}[{i}].normalize");
+                    let c = spec.shape[0];
+                    if mean.len() != c || std.len() != c {
+                        p.add(
+                            &key,
+                            format!(
+                                "mean and std need {c} values (one per channel), have {} and {}",
+                                mean.len(),
+                                std.len()
+                            ),
+                        );
+                    }
+                    if std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
+                        p.add(&key, format!("std values must be > 0, are {std:?}"));
+                    }
+                }
+            }
+        }
+    }
+
+    // Model.
+    let layers = match plan_layers(&cfg.model) {
+        Ok(layers) => layers,
+        Err(e) => {
+            p.list
+                .push(format!("{}: {e}", loaded.source_of_key("model.groups")));
+            Vec::new()
+        }
+    };
+    if cfg.model.input != spec.shape {
+        p.add(
+            "model.input",
+            format!(
+                "is {:?} but {} samples are {:?}",
+                cfg.model.input, spec.name, spec.shape
+            ),
+        );
+    }
+    if let Some(last) = layers.last() {
+        if last.out_shape != [spec.classes.len()] {
+            p.list.push(format!(
+                "{}: key `{}` ({}): the model ends in shape {:?}, but {} has {} classes; end with {{ linear = {{ out = {} }} }}",
+                loaded.source_of_key("model.groups"),
+                last.key,
+                last.path,
+                last.out_shape,
+                spec.name,
+                spec.classes.len(),
+                spec.classes.len()
+            ));
+        }
+    }
+
+    // Training.
+    if cfg.train.epochs == 0 {
+        p.add("train.epochs", "must be > 0");
+    }
+    match cfg.train.optimizer {
+        OptimizerConfig::Sgd {
+            lr,
+            momentum,
+            dampening,
+            nesterov,
+            weight_decay,
+        } => {
+            let k = "train.optimizer.sgd";
+            if !(lr > 0.0 && lr.is_finite()) {
+                p.add(&format!("{k}.lr"), format!("must be > 0, is {lr}"));
+            }
+            if !(0.0..1.0).contains(&momentum) {
+                p.add(
+                    &format!("{k}.momentum"),
+                    format!("must be in [0, 1), is {momentum}"),
+                );
+            }
+            if nesterov && (momentum == 0.0 || dampening != 0.0) {
+                p.add(
+                    &format!("{k}.nesterov"),
+                    "needs momentum > 0 and dampening = 0 (as in PyTorch)",
+                );
+            }
+            if weight_decay < 0.0 {
+                p.add(
+                    &format!("{k}.weight_decay"),
+                    format!("must be >= 0, is {weight_decay}"),
+                );
+            }
+        }
+        OptimizerConfig::Adam {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+        } => {
+            let k = "train.optimizer.adam";
+            if !(lr > 0.0 && lr.is_finite()) {
+                p.add(&format!("{k}.lr"), format!("must be > 0, is {lr}"));
+            }
+            if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+                p.add(
+                    &format!("{k}.betas"),
+                    format!("each must be in [0, 1), are {betas:?}"),
+                );
+            }
+            if eps <= 0.0 {
+                p.add(&format!("{k}.eps"), format!("must be > 0, is {eps}"));
+            }
+            if weight_decay < 0.0 {
+                p.add(
+                    &format!("{k}.weight_decay"),
+                    format!("must be >= 0, is {weight_decay}"),
+                );
+            }
+        }
+    }
+    for (split, list) in [("train", &cfg.metrics.train), ("test", &cfg.metrics.test)] {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in list {
+            if !seen.insert(m) {
+                p.add(
+                    &format!("metrics.{split}"),
+                    format!("`{}` is listed twice", m.as_str()),
+                );
+            }
+        }
+    }
+
+    if !p.list.is_empty() {
+        return Err(crate::config::load::ConfigError { problems: p.list }.into());
+    }
+    Ok(Plan {
+        experiment: cfg.experiment.name.clone(),
+        seed: cfg.experiment.seed,
+        device: cfg.experiment.device.clone(),
+        data: cfg.data.clone(),
+        located,
+        classes: spec.classes.iter().map(|s| s.to_string()).collect(),
+        augment_train: cfg.augment.train.clone(),
+        augment_test: cfg.augment.test.clone(),
+        layers,
+        train: cfg.train.clone(),
+        metrics: cfg.metrics.clone(),
+        warnings,
+    })
+}
+
+/// `auto` picks CUDA when built with it and a GPU answers, else the CPU.
+pub fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
+    match s {
+        "auto" => Ok(DeviceChoice::Auto),
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "cuda" => Ok(DeviceChoice::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+            _ => Err(format!(
+                "expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", is {s:?}"
+            )),
+        },
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    pub fn open(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+            DeviceChoice::Cuda(n) => {
+                if !candle_core::utils::cuda_is_available() {
+                    anyhow::bail!("device cuda:{n} asked for, but this runner was built without CUDA (build with `--features cuda`)");
+                }
+                Ok(Device::new_cuda(n)?)
+            }
+        }
+    }
+}
+
+pub fn device_name(d: &Device) -> String {
+    if d.is_cuda() {
+        "cuda".into()
+    } else if d.is_metal() {
+        "metal".into()
+    } else {
+        "cpu".into()
+    }
+}
+
+impl Plan {
+    pub fn num_params(&self) -> usize {
+        self.layers.iter().map(|l| l.num_params()).sum()
+    }
+
+    /// The model table (Darknet's start-up table) and totals.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<16} {:<10} {:<16} {:>10}  {}",
+            "path", "layer", "output", "params", "trainable"
+        );
+        for l in &self.layers {
+            let shape = format!("{:?}", l.out_shape);
+            let params = l.num_params();
+            let trainable = if params > 0 { "yes" } else { "-" };
+            let _ = writeln!(
+                s,
+                "{:<16} {:<10} {:<16} {:>10}  {}",
+                l.path,
+                l.kind.name(),
+                shape,
+                params,
+                trainable
+            );
+        }
+        let n = self.num_params();
+        let _ = writeln!(s, "params: {n}");
+        let _ = writeln!(s, "trainable: {n}");
+        s
+    }
+}

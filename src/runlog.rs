@@ -1,0 +1,323 @@
+//! The run folder `runs/<experiment>/<run-id>/` and its parquet tables.
+//!
+//! `run.parquet` (one row), `params.parquet` (the flattened config) and `metrics.parquet`
+//! (long format). Tables are rewritten whole after each epoch through a temporary file and a
+//! rename, so a crash leaves the last complete epoch and never a half-written file.
+//! The files open in pandas, polars and DuckDB without this program.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use arrow_array::{
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use parquet::arrow::ArrowWriter;
+
+/// One row of `metrics.parquet`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRow {
+    pub epoch: i32,
+    /// Optimizer steps taken when the value was measured.
+    pub step: i64,
+    pub split: String,
+    pub metric: String,
+    /// Set for per-class metrics.
+    pub class: Option<String>,
+    pub value: f64,
+    /// Seconds since the run started.
+    pub wall_time_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    Completed,
+    Failed,
+    Interrupted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
+pub struct RunLog {
+    pub dir: PathBuf,
+    pub run_id: String,
+    experiment: String,
+    config_hash: String,
+    git_commit: Option<String>,
+    seed: u64,
+    device: String,
+    status: Status,
+    started_at_us: i64,
+    finished_at_us: Option<i64>,
+    /// Final test metrics, `test.<metric>` -> value.
+    pub final_metrics: BTreeMap<String, f64>,
+    metrics: Vec<MetricRow>,
+}
+
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian (Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `20261128-070512-123`: UTC date, time and milliseconds; sorts by time.
+pub fn timestamp_id(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}{mo:02}{d:02}-{:02}{:02}{:02}-{:03}",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60,
+        us.rem_euclid(1_000_000) / 1000
+    )
+}
+
+impl RunLog {
+    /// Creates `<output_dir>/<experiment>/<run-id>/`. The id is the start time to the
+    /// millisecond plus a counter, claimed with `create_dir` so two runs never share one.
+    pub fn create(
+        output_dir: &Path,
+        experiment: &str,
+        config_hash: &str,
+        seed: u64,
+        device: &str,
+    ) -> Result<Self> {
+        let parent = output_dir.join(experiment);
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("cannot create run folder parent {}", parent.display()))?;
+        let started_at_us = now_us();
+        let stamp = timestamp_id(started_at_us);
+        let mut n = 0;
+        let (run_id, dir) = loop {
+            let id = format!("{stamp}-{n:02}");
+            let dir = parent.join(&id);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break (id, dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 99 => n += 1,
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot create run folder {}", dir.display()))
+                }
+            }
+        };
+        Ok(RunLog {
+            dir,
+            run_id,
+            experiment: experiment.to_string(),
+            config_hash: config_hash.to_string(),
+            git_commit: git_commit(),
+            seed,
+            device: device.to_string(),
+            status: Status::Running,
+            started_at_us,
+            finished_at_us: None,
+            final_metrics: BTreeMap::new(),
+            metrics: Vec::new(),
+        })
+    }
+
+    pub fn elapsed_s(&self) -> f64 {
+        (now_us() - self.started_at_us) as f64 / 1e6
+    }
+
+    pub fn write_text(&self, name: &str, text: &str) -> Result<()> {
+        atomic_write(&self.dir.join(name), |p| {
+            std::fs::write(p, text).map_err(Into::into)
+        })
+    }
+
+    pub fn write_params(&self, params: &BTreeMap<String, String>) -> Result<()> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("key", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![self.run_id.as_str(); params.len()])),
+            Arc::new(StringArray::from_iter_values(params.keys())),
+            Arc::new(StringArray::from_iter_values(params.values())),
+        ];
+        write_parquet(
+            &self.dir.join("params.parquet"),
+            RecordBatch::try_new(schema, columns)?,
+        )
+    }
+
+    pub fn push(&mut self, row: MetricRow) {
+        self.metrics.push(row);
+    }
+
+    pub fn metrics(&self) -> &[MetricRow] {
+        &self.metrics
+    }
+
+    pub fn set_status(&mut self, status: Status) {
+        self.status = status;
+        if status != Status::Running {
+            self.finished_at_us = Some(now_us());
+        }
+    }
+
+    /// Rewrites `metrics.parquet` and `run.parquet`.
+    pub fn flush(&self) -> Result<()> {
+        self.write_metrics()?;
+        self.write_run()
+    }
+
+    fn write_metrics(&self) -> Result<()> {
+        let m = &self.metrics;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("epoch", DataType::Int32, false),
+            Field::new("step", DataType::Int64, false),
+            Field::new("split", DataType::Utf8, false),
+            Field::new("metric", DataType::Utf8, false),
+            Field::new("class", DataType::Utf8, true),
+            Field::new("value", DataType::Float64, false),
+            Field::new("wall_time_s", DataType::Float64, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![self.run_id.as_str(); m.len()])),
+            Arc::new(Int32Array::from_iter_values(m.iter().map(|r| r.epoch))),
+            Arc::new(Int64Array::from_iter_values(m.iter().map(|r| r.step))),
+            Arc::new(StringArray::from_iter_values(
+                m.iter().map(|r| r.split.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                m.iter().map(|r| r.metric.as_str()),
+            )),
+            Arc::new(StringArray::from(
+                m.iter().map(|r| r.class.as_deref()).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from_iter_values(m.iter().map(|r| r.value))),
+            Arc::new(Float64Array::from_iter_values(
+                m.iter().map(|r| r.wall_time_s),
+            )),
+        ];
+        write_parquet(
+            &self.dir.join("metrics.parquet"),
+            RecordBatch::try_new(schema, columns)?,
+        )
+    }
+
+    fn write_run(&self) -> Result<()> {
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let mut fields = vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("experiment", DataType::Utf8, false),
+            Field::new("config_hash", DataType::Utf8, false),
+            Field::new("git_commit", DataType::Utf8, true),
+            Field::new("seed", DataType::UInt64, false),
+            Field::new("device", DataType::Utf8, false),
+            Field::new("status", DataType::Utf8, false),
+            Field::new("started_at", ts.clone(), false),
+            Field::new("finished_at", ts, true),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![self.run_id.as_str()])),
+            Arc::new(StringArray::from(vec![self.experiment.as_str()])),
+            Arc::new(StringArray::from(vec![self.config_hash.as_str()])),
+            Arc::new(StringArray::from(vec![self.git_commit.as_deref()])),
+            Arc::new(UInt64Array::from(vec![self.seed])),
+            Arc::new(StringArray::from(vec![self.device.as_str()])),
+            Arc::new(StringArray::from(vec![self.status.as_str()])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![self.started_at_us]).with_timezone("UTC"),
+            ),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![self.finished_at_us]).with_timezone("UTC"),
+            ),
+        ];
+        for (name, value) in &self.final_metrics {
+            fields.push(Field::new(name, DataType::Float64, true));
+            columns.push(Arc::new(Float64Array::from(vec![*value])));
+        }
+        write_parquet(
+            &self.dir.join("run.parquet"),
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?,
+        )
+    }
+}
+
+/// Writes through `<path>.tmp` and renames, so readers see the old or the new file, whole.
+fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    write(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+fn write_parquet(path: &Path, batch: RecordBatch) -> Result<()> {
+    atomic_write(path, |tmp| {
+        let file = std::fs::File::create(tmp)?;
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .build();
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+        writer.write(&batch)?;
+        writer.close()?;
+        Ok(())
+    })
+}
+
+/// The commit of the git checkout in the current folder, if any.
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_format_as_utc() {
+        // 2026-11-28T07:05:12.345Z = 1795849512 s (by `date -u -d 2026-11-28T07:05:12Z +%s`).
+        assert_eq!(timestamp_id(1_795_849_512_345_000), "20261128-070512-345");
+        assert_eq!(timestamp_id(0), "19700101-000000-000");
+        // 2000-02-29 (a leap day): 951782400 s.
+        assert_eq!(timestamp_id(951_782_400_000_000), "20000229-000000-000");
+    }
+}

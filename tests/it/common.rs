@@ -1,0 +1,85 @@
+//! Helpers shared by the integration tests: generated IDX datasets and running the binary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use runner::data::idx;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A learnable toy dataset in MNIST's layout (gzipped IDX): class `k` is a bright 6x6
+/// square at one of 10 positions, plus seeded noise. Written as the four official file names.
+pub fn write_toy_mnist(dir: &Path, n_train: usize, n_test: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut rng = runner::rng::Rng::new(42);
+    let mut make = |n: usize| {
+        let mut pixels = vec![0u8; n * 28 * 28];
+        let mut labels = vec![0u8; n];
+        for i in 0..n {
+            let k = (i % 10) as u8;
+            labels[i] = k;
+            let img = &mut pixels[i * 784..(i + 1) * 784];
+            for p in img.iter_mut() {
+                *p = (rng.next_f64() * 60.0) as u8;
+            }
+            let (r0, c0) = (2 + (k as usize / 5) * 14, 2 + (k as usize % 5) * 5);
+            for r in r0..r0 + 6 {
+                for c in c0..(c0 + 6).min(28) {
+                    img[r * 28 + c] = 200 + (rng.next_f64() * 55.0) as u8;
+                }
+            }
+        }
+        (pixels, labels)
+    };
+    let (trp, trl) = make(n_train);
+    let (tep, tel) = make(n_test);
+    let gz = |name: &str, bytes: Vec<u8>| {
+        let f = std::fs::File::create(dir.join(name)).unwrap();
+        let mut e = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        e.write_all(&bytes).unwrap();
+        e.finish().unwrap();
+    };
+    gz(
+        "train-images-idx3-ubyte.gz",
+        idx::encode_images(n_train, 28, 28, &trp),
+    );
+    gz("train-labels-idx1-ubyte.gz", idx::encode_labels(&trl));
+    gz(
+        "t10k-images-idx3-ubyte.gz",
+        idx::encode_images(n_test, 28, 28, &tep),
+    );
+    gz("t10k-labels-idx1-ubyte.gz", idx::encode_labels(&tel));
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `runner` binary in `cwd`.
+pub fn runner(cwd: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runner binary runs");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The folder named by the last stdout line `run folder: <path>`.
+pub fn run_folder(cwd: &Path, out: &Output) -> PathBuf {
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let p = last
+        .strip_prefix("run folder: ")
+        .unwrap_or_else(|| panic!("last line is {last:?}\n{}", out.stderr));
+    cwd.join(p)
+}

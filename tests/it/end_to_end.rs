@@ -1,0 +1,312 @@
+//! Tiny end-to-end runs of the binary on generated IDX data: the run folder, its parquet
+//! tables read back, determinism, and bad data files.
+
+use std::path::Path;
+
+use arrow_array::{Array, Float64Array, Int32Array, RecordBatch, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::common::{run_folder, runner, write_toy_mnist};
+
+fn read(path: &Path) -> RecordBatch {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    arrow_select_concat(&batches)
+}
+
+fn arrow_select_concat(batches: &[RecordBatch]) -> RecordBatch {
+    assert_eq!(batches.len(), 1, "small tables come back as one batch");
+    batches[0].clone()
+}
+
+fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
+    b.column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap()
+}
+
+/// Writes toy data and a small experiment into `dir`; returns the experiment path.
+fn setup(dir: &Path, epochs: usize) -> std::path::PathBuf {
+    write_toy_mnist(&dir.join("data/toy"), 300, 100);
+    let exp = dir.join("tiny.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            r#"
+[experiment]
+name = "tiny"
+seed = 3
+device = "cpu"
+
+[data]
+dataset = "mnist"
+root = "data/toy"
+batch_size = 20
+eval_batch_size = 50
+
+[[augment.train]]
+normalize = {{ mean = [0.2], std = [0.3] }}
+[[augment.test]]
+normalize = {{ mean = [0.2], std = [0.3] }}
+
+[model]
+input = [1, 28, 28]
+[[model.groups]]
+name = "features"
+layers = [{{ conv2d = {{ out = 4, kernel = 5, stride = 2 }} }}, "relu", {{ maxpool = {{ kernel = 2 }} }}]
+[[model.groups]]
+name = "classifier"
+layers = ["flatten", {{ dropout = {{ p = 0.1 }} }}, {{ linear = {{ out = 10 }} }}]
+
+[train]
+epochs = {epochs}
+optimizer = {{ sgd = {{ lr = 0.05, momentum = 0.9 }} }}
+"#
+        ),
+    )
+    .unwrap();
+    exp
+}
+
+#[test]
+fn tiny_run_writes_readable_tables_and_is_deterministic() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path(), 3);
+    let out = runner(d.path(), &["tiny.toml"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let dir = run_folder(d.path(), &out);
+    assert!(
+        dir.starts_with(d.path().join("runs/tiny")),
+        "{}",
+        dir.display()
+    );
+    for f in [
+        "config.toml",
+        "run.parquet",
+        "params.parquet",
+        "metrics.parquet",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+
+    // metrics.parquet: exact columns and one row per (epoch, split, metric).
+    let m = read(&dir.join("metrics.parquet"));
+    let names: Vec<String> = m
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "run_id",
+            "epoch",
+            "step",
+            "split",
+            "metric",
+            "class",
+            "value",
+            "wall_time_s"
+        ]
+    );
+    let (epoch, split, metric, value) = (
+        col::<Int32Array>(&m, "epoch"),
+        col::<StringArray>(&m, "split"),
+        col::<StringArray>(&m, "metric"),
+        col::<Float64Array>(&m, "value"),
+    );
+    assert_eq!(
+        col::<StringArray>(&m, "class").null_count(),
+        m.num_rows(),
+        "no per-class rows yet"
+    );
+    let get = |e: i32, s: &str, name: &str| -> f64 {
+        (0..m.num_rows())
+            .find(|&i| epoch.value(i) == e && split.value(i) == s && metric.value(i) == name)
+            .map(|i| value.value(i))
+            .unwrap_or_else(|| panic!("no row {e} {s} {name}"))
+    };
+    for e in 0..3 {
+        let (acc, err) = (get(e, "test", "accuracy"), get(e, "test", "error_rate"));
+        assert!((acc + err - 1.0).abs() < 1e-12);
+        // Accuracy is a count over 100 test samples.
+        assert!((acc * 100.0 - (acc * 100.0).round()).abs() < 1e-9, "{acc}");
+    }
+    let final_acc = get(2, "test", "accuracy");
+    assert!(
+        final_acc >= 0.9,
+        "the toy classes are separable; got test accuracy {final_acc}"
+    );
+    assert!(
+        get(2, "train", "loss") < get(0, "train", "loss"),
+        "training lowers the loss"
+    );
+
+    // run.parquet: one completed row whose final metrics match the last epoch and stdout.
+    let r = read(&dir.join("run.parquet"));
+    assert_eq!(r.num_rows(), 1);
+    assert_eq!(col::<StringArray>(&r, "status").value(0), "completed");
+    assert_eq!(col::<StringArray>(&r, "experiment").value(0), "tiny");
+    assert_eq!(col::<Float64Array>(&r, "test.accuracy").value(0), final_acc);
+    assert!(
+        out.stdout
+            .contains(&format!("test.accuracy = {final_acc:.4}")),
+        "{}",
+        out.stdout
+    );
+    for c in [
+        "run_id",
+        "config_hash",
+        "seed",
+        "device",
+        "started_at",
+        "finished_at",
+    ] {
+        assert!(r.column_by_name(c).is_some(), "run.parquet lacks {c}");
+    }
+
+    // params.parquet: the flattened config.
+    let p = read(&dir.join("params.parquet"));
+    let keys = col::<StringArray>(&p, "key");
+    let vals = col::<StringArray>(&p, "value");
+    let lr = (0..p.num_rows())
+        .find(|&i| keys.value(i) == "train.optimizer.sgd.lr")
+        .map(|i| vals.value(i));
+    assert_eq!(lr, Some("0.05"));
+
+    // The resolved config.toml runs again as an experiment, and the same seed gives the
+    // same numbers.
+    let again = runner(d.path(), &[dir.join("config.toml").to_str().unwrap()]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let m2 = read(&run_folder(d.path(), &again).join("metrics.parquet"));
+    let values = |b: &RecordBatch| -> Vec<(i32, String, String, f64)> {
+        let (e, s, n, v) = (
+            col::<Int32Array>(b, "epoch"),
+            col::<StringArray>(b, "split"),
+            col::<StringArray>(b, "metric"),
+            col::<Float64Array>(b, "value"),
+        );
+        (0..b.num_rows())
+            .filter(|&i| !n.value(i).ends_with("_s") && n.value(i) != "images_per_s")
+            .map(|i| {
+                (
+                    e.value(i),
+                    s.value(i).to_string(),
+                    n.value(i).to_string(),
+                    v.value(i),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        values(&m),
+        values(&m2),
+        "same config and seed, same metrics"
+    );
+
+    check_with_pyarrow(&dir);
+}
+
+/// The tables open in pyarrow (Python), without this program. `make test` sets
+/// RUNNER_REQUIRE_PYARROW=1 after installing pyarrow, so a missing module fails there.
+fn check_with_pyarrow(dir: &Path) {
+    let script = crate::common::repo().join("tests/read_run.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(dir)
+        .output();
+    let required = std::env::var("RUNNER_REQUIRE_PYARROW").is_ok_and(|v| v == "1");
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(text.contains("ok"), "{text}");
+        }
+        Ok(o) if o.status.code() == Some(3) && !required => {
+            eprintln!(
+                "skipped the pyarrow check: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(o) => panic!(
+            "tests/read_run.py failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) if !required => eprintln!("skipped the pyarrow check: no python3 ({e})"),
+        Err(e) => panic!("python3 is required here: {e}"),
+    }
+}
+
+#[test]
+fn corrupt_data_file_is_an_error_naming_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path(), 1);
+    // Truncate the test labels: 100 images but 99 labels.
+    let labels = runner::data::idx::encode_labels(&[0u8; 99]);
+    let p = d.path().join("data/toy/t10k-labels-idx1-ubyte.gz");
+    std::fs::remove_file(&p).unwrap();
+    std::fs::write(d.path().join("data/toy/t10k-labels-idx1-ubyte"), labels).unwrap();
+    let out = runner(d.path(), &["tiny.toml"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("t10k-labels-idx1-ubyte") && out.stderr.contains("99 labels"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+#[test]
+fn check_prints_the_summary_and_errors_exit_2() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path(), 1);
+    let out = runner(d.path(), &["check", "tiny.toml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // conv 4x1x5x5 + 4 = 104; linear (4*6*6=144)*10 + 10 = 1450. Total 1554 by hand.
+    assert!(out.stdout.contains("params: 1554"), "{}", out.stdout);
+    assert!(
+        !d.path().join("runs").exists(),
+        "check trains nothing and writes no run folder"
+    );
+
+    let out = runner(
+        d.path(),
+        &["check", "tiny.toml", "--set", "data.root=\"elsewhere\""],
+    );
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("key `data.dataset`") && out.stderr.contains("data.download = true"),
+        "{}",
+        out.stderr
+    );
+
+    let out = runner(
+        d.path(),
+        &[
+            "check",
+            "tiny.toml",
+            "--set",
+            "data.root=\"elsewhere\"",
+            "--set",
+            "data.download=true",
+        ],
+    );
+    assert_eq!(
+        out.code, 0,
+        "absent but downloadable data is a warning: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("will be downloaded"), "{}", out.stderr);
+
+    let out = runner(d.path(), &["no_such.toml"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("no_such.toml"), "{}", out.stderr);
+}

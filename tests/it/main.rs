@@ -1,0 +1,7 @@
+//! Integration tests, built as one binary. Each module names what it guards.
+
+mod common;
+mod config_errors;
+mod download;
+mod end_to_end;
+mod fashion_mnist;
