@@ -53,11 +53,7 @@ enum Command {
 
 pub fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
-    crate::progress::init_logging(if cli.quiet {
-        -1
-    } else {
-        cli.verbose.min(2) as i8
-    });
+    crate::progress::init_logging(if cli.quiet { -1 } else { cli.verbose.min(2) as i8 });
     match cli.command {
         None => train(cli.run),
         Some(Command::Run(args)) => train(args),
@@ -68,17 +64,9 @@ pub fn main() -> Result<ExitCode> {
 
 fn load(args: &ExpArgs) -> Result<config::Loaded> {
     let Some(path) = &args.experiment else {
-        anyhow::bail!(
-            "no experiment file given; try: runner experiments/lenet5_fashion_mnist.toml"
-        );
+        anyhow::bail!("no experiment file given; try: runner experiments/lenet5_fashion_mnist.toml");
     };
-    Ok(config::load(
-        path,
-        &LoadOptions {
-            sets: args.sets.clone(),
-            env: true,
-        },
-    )?)
+    Ok(config::load(path, &LoadOptions { sets: args.sets.clone(), env: true })?)
 }
 
 fn check(args: ExpArgs) -> Result<ExitCode> {
@@ -87,25 +75,15 @@ fn check(args: ExpArgs) -> Result<ExitCode> {
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
-    println!(
-        "experiment: {}  (seed {}, device {})",
-        plan.experiment, plan.seed, plan.device
-    );
+    println!("experiment: {}  (seed {}, device {})", plan.experiment, plan.seed, plan.device);
     let data = match &plan.located {
         crate::data::Located::Found(d) => format!("found in {}", d.display()),
         crate::data::Located::Missing { download_to, .. } => {
             format!("will be downloaded into {}", download_to.display())
         }
     };
-    println!(
-        "data: {} ({} classes), {data}",
-        crate::data::spec(plan.data.dataset).name,
-        plan.classes.len()
-    );
-    println!(
-        "train: {} epochs, batch {}, {:?}",
-        plan.train.epochs, plan.data.batch_size, plan.train.optimizer
-    );
+    println!("data: {} ({} classes), {data}", crate::data::spec(plan.data.dataset).name, plan.classes.len());
+    println!("train: {} epochs, batch {}, {:?}", plan.train.epochs, plan.data.batch_size, plan.train.optimizer);
     println!();
     print!("{}", plan.summary());
     println!("ok: {} is valid", loaded.path.display());
@@ -115,12 +93,7 @@ fn check(args: ExpArgs) -> Result<ExitCode> {
 fn show_config(args: ExpArgs) -> Result<ExitCode> {
     let loaded = load(&args)?;
     let rows = loaded.provenance();
-    let width = rows
-        .iter()
-        .map(|(k, v, _)| k.len() + v.len() + 3)
-        .filter(|w| *w <= 60)
-        .max()
-        .unwrap_or(20);
+    let width = rows.iter().map(|(k, v, _)| k.len() + v.len() + 3).filter(|w| *w <= 60).max().unwrap_or(20);
     for (key, value, source) in rows {
         let line = format!("{key} = {value}");
         println!("{line:<width$}  # {source}");
@@ -149,13 +122,7 @@ fn train(args: ExpArgs) -> Result<ExitCode> {
         match reference.get(name) {
             Some(r) => println!(
                 "{name} = {value:.4}   (reference {r:.4}{})",
-                loaded
-                    .config
-                    .experiment
-                    .reference_source
-                    .as_deref()
-                    .map(|s| format!(", {s}"))
-                    .unwrap_or_default()
+                loaded.config.experiment.reference_source.as_deref().map(|s| format!(", {s}")).unwrap_or_default()
             ),
             None => println!("{name} = {value:.4}"),
         }

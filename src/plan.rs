@@ -39,30 +39,20 @@ struct Problems<'a> {
 impl Problems<'_> {
     fn add(&mut self, key: &str, msg: impl std::fmt::Display) {
         let source = self.loaded.source_of_key(key);
-        let source = if source == "default" {
-            "default value".to_string()
-        } else {
-            source
-        };
+        let source = if source == "default" { "default value".to_string() } else { source };
         self.list.push(format!("{source}: key `{key}`: {msg}"));
     }
 }
 
 pub fn plan(loaded: &Loaded) -> Result<Plan> {
     let cfg = &loaded.config;
-    let mut p = Problems {
-        loaded,
-        list: Vec::new(),
-    };
+    let mut p = Problems { loaded, list: Vec::new() };
 
     if cfg.experiment.name.is_empty()
         || cfg.experiment.name.contains(['/', '\\'])
         || cfg.experiment.name.starts_with('.')
     {
-        p.add(
-            "experiment.name",
-            format!("must be a plain folder name, is {:?}", cfg.experiment.name),
-        );
+        p.add("experiment.name", format!("must be a plain folder name, is {:?}", cfg.experiment.name));
     }
     if let Err(e) = parse_device(&cfg.experiment.device) {
         p.add("experiment.device", e);
@@ -72,11 +62,7 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
     let spec = data::spec(cfg.data.dataset);
     let located = data::locate(&cfg.data);
     let mut warnings = Vec::new();
-    if let Located::Missing {
-        searched,
-        download_to,
-    } = &located
-    {
+    if let Located::Missing { searched, download_to } = &located {
         let msg = data::missing_message(spec, searched, download_to);
         if cfg.data.download {
             warnings.push(format!(
@@ -122,19 +108,12 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
     let layers = match plan_layers(&cfg.model) {
         Ok(layers) => layers,
         Err(e) => {
-            p.list
-                .push(format!("{}: {e}", loaded.source_of_key("model.groups")));
+            p.list.push(format!("{}: {e}", loaded.source_of_key("model.groups")));
             Vec::new()
         }
     };
     if cfg.model.input != spec.shape {
-        p.add(
-            "model.input",
-            format!(
-                "is {:?} but {} samples are {:?}",
-                cfg.model.input, spec.name, spec.shape
-            ),
-        );
+        p.add("model.input", format!("is {:?} but {} samples are {:?}", cfg.model.input, spec.name, spec.shape));
     }
     if let Some(last) = layers.last() {
         if last.out_shape != [spec.classes.len()] {
@@ -156,60 +135,34 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
         p.add("train.epochs", "must be > 0");
     }
     match cfg.train.optimizer {
-        OptimizerConfig::Sgd {
-            lr,
-            momentum,
-            dampening,
-            nesterov,
-            weight_decay,
-        } => {
+        OptimizerConfig::Sgd { lr, momentum, dampening, nesterov, weight_decay } => {
             let k = "train.optimizer.sgd";
             if !(lr > 0.0 && lr.is_finite()) {
                 p.add(&format!("{k}.lr"), format!("must be > 0, is {lr}"));
             }
             if !(0.0..1.0).contains(&momentum) {
-                p.add(
-                    &format!("{k}.momentum"),
-                    format!("must be in [0, 1), is {momentum}"),
-                );
+                p.add(&format!("{k}.momentum"), format!("must be in [0, 1), is {momentum}"));
             }
             if nesterov && (momentum == 0.0 || dampening != 0.0) {
-                p.add(
-                    &format!("{k}.nesterov"),
-                    "needs momentum > 0 and dampening = 0 (as in PyTorch)",
-                );
+                p.add(&format!("{k}.nesterov"), "needs momentum > 0 and dampening = 0 (as in PyTorch)");
             }
             if weight_decay < 0.0 {
-                p.add(
-                    &format!("{k}.weight_decay"),
-                    format!("must be >= 0, is {weight_decay}"),
-                );
+                p.add(&format!("{k}.weight_decay"), format!("must be >= 0, is {weight_decay}"));
             }
         }
-        OptimizerConfig::Adam {
-            lr,
-            betas,
-            eps,
-            weight_decay,
-        } => {
+        OptimizerConfig::Adam { lr, betas, eps, weight_decay } => {
             let k = "train.optimizer.adam";
             if !(lr > 0.0 && lr.is_finite()) {
                 p.add(&format!("{k}.lr"), format!("must be > 0, is {lr}"));
             }
             if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-                p.add(
-                    &format!("{k}.betas"),
-                    format!("each must be in [0, 1), are {betas:?}"),
-                );
+                p.add(&format!("{k}.betas"), format!("each must be in [0, 1), are {betas:?}"));
             }
             if eps <= 0.0 {
                 p.add(&format!("{k}.eps"), format!("must be > 0, is {eps}"));
             }
             if weight_decay < 0.0 {
-                p.add(
-                    &format!("{k}.weight_decay"),
-                    format!("must be >= 0, is {weight_decay}"),
-                );
+                p.add(&format!("{k}.weight_decay"), format!("must be >= 0, is {weight_decay}"));
             }
         }
     }
@@ -217,10 +170,7 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
         let mut seen = std::collections::BTreeSet::new();
         for m in list {
             if !seen.insert(m) {
-                p.add(
-                    &format!("metrics.{split}"),
-                    format!("`{}` is listed twice", m.as_str()),
-                );
+                p.add(&format!("metrics.{split}"), format!("`{}` is listed twice", m.as_str()));
             }
         }
     }
@@ -252,9 +202,7 @@ pub fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
         "cuda" => Ok(DeviceChoice::Cuda(0)),
         _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
-            _ => Err(format!(
-                "expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", is {s:?}"
-            )),
+            _ => Err(format!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", is {s:?}")),
         },
     }
 }
@@ -299,24 +247,12 @@ impl Plan {
     /// The model table (Darknet's start-up table) and totals.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "{:<16} {:<10} {:<16} {:>10}  {}",
-            "path", "layer", "output", "params", "trainable"
-        );
+        let _ = writeln!(s, "{:<16} {:<10} {:<16} {:>10}  {}", "path", "layer", "output", "params", "trainable");
         for l in &self.layers {
             let shape = format!("{:?}", l.out_shape);
             let params = l.num_params();
             let trainable = if params > 0 { "yes" } else { "-" };
-            let _ = writeln!(
-                s,
-                "{:<16} {:<10} {:<16} {:>10}  {}",
-                l.path,
-                l.kind.name(),
-                shape,
-                params,
-                trainable
-            );
+            let _ = writeln!(s, "{:<16} {:<10} {:<16} {:>10}  {}", l.path, l.kind.name(), shape, params, trainable);
         }
         let n = self.num_params();
         let _ = writeln!(s, "params: {n}");

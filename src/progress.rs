@@ -18,26 +18,16 @@ pub fn init_logging(verbosity: i8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("runner={level},warn")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("runner={level},warn")));
     let terminal = std::io::stderr().is_terminal();
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_target(false)
-        .with_ansi(terminal);
+    let fmt = tracing_subscriber::fmt::layer().with_target(false).with_ansi(terminal);
     if terminal && verbosity >= 0 {
         let bars = IndicatifLayer::new();
         let fmt = fmt.with_writer(bars.get_stderr_writer());
-        let _ = tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt)
-            .with(bars)
-            .try_init();
+        let _ = tracing_subscriber::registry().with(filter).with(fmt).with(bars).try_init();
     } else {
         let fmt = fmt.with_writer(std::io::stderr);
-        let _ = tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt)
-            .try_init();
+        let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
     }
 }
 
@@ -77,17 +67,9 @@ impl Bar {
 }
 
 pub fn bytes_bar(total: Option<u64>, label: &str) -> Bar {
-    Bar::new(
-        total,
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-        label,
-    )
+    Bar::new(total, "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}", label)
 }
 
 pub fn batch_bar(batches: usize, label: &str) -> Bar {
-    Bar::new(
-        Some(batches as u64),
-        "{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
-        label,
-    )
+    Bar::new(Some(batches as u64), "{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}", label)
 }

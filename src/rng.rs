@@ -55,14 +55,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 impl Rng {
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
-        Rng {
-            s: [
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-            ],
-        }
+        Rng { s: [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)] }
     }
 
     /// The stream for `seed` and `labels`, e.g. `Rng::derive(seed, &["shuffle".into(), epoch.into()])`.

@@ -12,8 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use arrow_array::{
-    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray, UInt64Array,
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -69,10 +68,7 @@ pub struct RunLog {
 }
 
 pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian (Hinnant's algorithm).
@@ -105,13 +101,7 @@ pub fn timestamp_id(us: i64) -> String {
 impl RunLog {
     /// Creates `<output_dir>/<experiment>/<run-id>/`. The id is the start time to the
     /// millisecond plus a counter, claimed with `create_dir` so two runs never share one.
-    pub fn create(
-        output_dir: &Path,
-        experiment: &str,
-        config_hash: &str,
-        seed: u64,
-        device: &str,
-    ) -> Result<Self> {
+    pub fn create(output_dir: &Path, experiment: &str, config_hash: &str, seed: u64, device: &str) -> Result<Self> {
         let parent = output_dir.join(experiment);
         std::fs::create_dir_all(&parent)
             .with_context(|| format!("cannot create run folder parent {}", parent.display()))?;
@@ -124,10 +114,7 @@ impl RunLog {
             match std::fs::create_dir(&dir) {
                 Ok(()) => break (id, dir),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 99 => n += 1,
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot create run folder {}", dir.display()))
-                }
+                Err(e) => return Err(e).with_context(|| format!("cannot create run folder {}", dir.display())),
             }
         };
         Ok(RunLog {
@@ -151,9 +138,7 @@ impl RunLog {
     }
 
     pub fn write_text(&self, name: &str, text: &str) -> Result<()> {
-        atomic_write(&self.dir.join(name), |p| {
-            std::fs::write(p, text).map_err(Into::into)
-        })
+        atomic_write(&self.dir.join(name), |p| std::fs::write(p, text).map_err(Into::into))
     }
 
     pub fn write_params(&self, params: &BTreeMap<String, String>) -> Result<()> {
@@ -167,10 +152,7 @@ impl RunLog {
             Arc::new(StringArray::from_iter_values(params.keys())),
             Arc::new(StringArray::from_iter_values(params.values())),
         ];
-        write_parquet(
-            &self.dir.join("params.parquet"),
-            RecordBatch::try_new(schema, columns)?,
-        )
+        write_parquet(&self.dir.join("params.parquet"), RecordBatch::try_new(schema, columns)?)
     }
 
     pub fn push(&mut self, row: MetricRow) {
@@ -210,24 +192,13 @@ impl RunLog {
             Arc::new(StringArray::from(vec![self.run_id.as_str(); m.len()])),
             Arc::new(Int32Array::from_iter_values(m.iter().map(|r| r.epoch))),
             Arc::new(Int64Array::from_iter_values(m.iter().map(|r| r.step))),
-            Arc::new(StringArray::from_iter_values(
-                m.iter().map(|r| r.split.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                m.iter().map(|r| r.metric.as_str()),
-            )),
-            Arc::new(StringArray::from(
-                m.iter().map(|r| r.class.as_deref()).collect::<Vec<_>>(),
-            )),
+            Arc::new(StringArray::from_iter_values(m.iter().map(|r| r.split.as_str()))),
+            Arc::new(StringArray::from_iter_values(m.iter().map(|r| r.metric.as_str()))),
+            Arc::new(StringArray::from(m.iter().map(|r| r.class.as_deref()).collect::<Vec<_>>())),
             Arc::new(Float64Array::from_iter_values(m.iter().map(|r| r.value))),
-            Arc::new(Float64Array::from_iter_values(
-                m.iter().map(|r| r.wall_time_s),
-            )),
+            Arc::new(Float64Array::from_iter_values(m.iter().map(|r| r.wall_time_s))),
         ];
-        write_parquet(
-            &self.dir.join("metrics.parquet"),
-            RecordBatch::try_new(schema, columns)?,
-        )
+        write_parquet(&self.dir.join("metrics.parquet"), RecordBatch::try_new(schema, columns)?)
     }
 
     fn write_run(&self) -> Result<()> {
@@ -251,21 +222,14 @@ impl RunLog {
             Arc::new(UInt64Array::from(vec![self.seed])),
             Arc::new(StringArray::from(vec![self.device.as_str()])),
             Arc::new(StringArray::from(vec![self.status.as_str()])),
-            Arc::new(
-                TimestampMicrosecondArray::from(vec![self.started_at_us]).with_timezone("UTC"),
-            ),
-            Arc::new(
-                TimestampMicrosecondArray::from(vec![self.finished_at_us]).with_timezone("UTC"),
-            ),
+            Arc::new(TimestampMicrosecondArray::from(vec![self.started_at_us]).with_timezone("UTC")),
+            Arc::new(TimestampMicrosecondArray::from(vec![self.finished_at_us]).with_timezone("UTC")),
         ];
         for (name, value) in &self.final_metrics {
             fields.push(Field::new(name, DataType::Float64, true));
             columns.push(Arc::new(Float64Array::from(vec![*value])));
         }
-        write_parquet(
-            &self.dir.join("run.parquet"),
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?,
-        )
+        write_parquet(&self.dir.join("run.parquet"), RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
     }
 }
 
@@ -273,13 +237,10 @@ impl RunLog {
 fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
-        path.extension()
-            .map(|e| e.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
     ));
     write(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 fn write_parquet(path: &Path, batch: RecordBatch) -> Result<()> {
@@ -302,10 +263,7 @@ fn git_commit() -> Option<String> {
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]

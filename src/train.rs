@@ -39,36 +39,20 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcom
         dataset.test.len,
         dataset.root.display()
     );
-    let device = parse_device(&plan.device)
-        .map_err(anyhow::Error::msg)?
-        .open()?;
+    let device = parse_device(&plan.device).map_err(anyhow::Error::msg)?.open()?;
     let model = Model::new(&plan.layers, plan.seed, &device)?;
     let mut optimizer = Optimizer::new(&plan.train.optimizer);
 
     let resolved = loaded.resolved_toml();
     let hash = config_hash(&resolved);
     let output_dir = PathBuf::from(&loaded.config.experiment.output_dir);
-    let mut log = RunLog::create(
-        &output_dir,
-        &plan.experiment,
-        &hash,
-        plan.seed,
-        &device_name(&device),
-    )?;
+    let mut log = RunLog::create(&output_dir, &plan.experiment, &hash, plan.seed, &device_name(&device))?;
     log.write_text("config.toml", &config_file_text(loaded, &resolved))?;
     log.write_params(&loaded.flat_params())?;
     log.flush()?;
     tracing::info!("run {} in {}", log.run_id, log.dir.display());
 
-    let result = epochs(
-        plan,
-        &dataset,
-        &model,
-        &mut optimizer,
-        &device,
-        &mut log,
-        &stop,
-    );
+    let result = epochs(plan, &dataset, &model, &mut optimizer, &device, &mut log, &stop);
     let status = match &result {
         Ok(true) => Status::Completed,
         Ok(false) => Status::Interrupted,
@@ -76,19 +60,9 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcom
     };
     log.set_status(status);
     let flushed = log.flush();
-    result.with_context(|| {
-        format!(
-            "run {} failed; tables so far are in {}",
-            log.run_id,
-            log.dir.display()
-        )
-    })?;
+    result.with_context(|| format!("run {} failed; tables so far are in {}", log.run_id, log.dir.display()))?;
     flushed?;
-    Ok(Outcome {
-        run_dir: log.dir.clone(),
-        status,
-        final_metrics: log.final_metrics.clone(),
-    })
+    Ok(Outcome { run_dir: log.dir.clone(), status, final_metrics: log.final_metrics.clone() })
 }
 
 /// All epochs; `Ok(false)` when stopped early by `stop`.
@@ -122,11 +96,7 @@ fn epochs(
     let test_split = Arc::new(dataset.test.clone());
     let n_batches = train_spec.num_batches(train_split.len);
     if n_batches == 0 {
-        bail!(
-            "the training split has {} samples: not one batch of {}",
-            train_split.len,
-            train_spec.batch_size
-        );
+        bail!("the training split has {} samples: not one batch of {}", train_split.len, train_spec.batch_size);
     }
     let epochs = plan.train.epochs;
     let mut step: i64 = 0;
@@ -138,20 +108,11 @@ fn epochs(
         let mut train_stats = EpochStats::default();
         for (b, batch) in loader::batches(train_split.clone(), &train_spec, epoch).enumerate() {
             if stop.load(Ordering::SeqCst) {
-                tracing::warn!(
-                    "interrupted during epoch {}; keeping the {} finished epochs",
-                    epoch + 1,
-                    epoch
-                );
+                tracing::warn!("interrupted during epoch {}; keeping the {} finished epochs", epoch + 1, epoch);
                 return Ok(false);
             }
             let (xs, ys) = to_tensors(&batch, shape, device)?;
-            let pass = Pass {
-                train: true,
-                seed: plan.seed,
-                epoch,
-                step: step as usize,
-            };
+            let pass = Pass { train: true, seed: plan.seed, epoch, step: step as usize };
             let logits = model.forward(&xs, pass)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
             let grads = loss.backward()?;
@@ -160,15 +121,14 @@ fn epochs(
 
             let loss_value = loss.to_scalar::<f32>()? as f64;
             if !loss_value.is_finite() {
-                bail!("loss is {loss_value} at epoch {} step {step}: training diverged (try a lower learning rate)", epoch + 1);
+                bail!(
+                    "loss is {loss_value} at epoch {} step {step}: training diverged (try a lower learning rate)",
+                    epoch + 1
+                );
             }
             train_stats.update(loss_value, &argmax(&logits)?, &batch.labels);
             bar.inc(1);
-            bar.set_message(&format!(
-                "epoch {}/{epochs} loss {:.4}",
-                epoch + 1,
-                train_stats.mean_loss()
-            ));
+            bar.set_message(&format!("epoch {}/{epochs} loss {:.4}", epoch + 1, train_stats.mean_loss()));
             let every = plan.train.log_every;
             if !progress::bars_enabled() && every > 0 && (b + 1) % every == 0 {
                 let rate = train_stats.count() as f64 / started.elapsed().as_secs_f64();
@@ -201,21 +161,13 @@ fn epochs(
             log.push(row("train", m.as_str(), train_stats.compute(*m)));
         }
         log.push(row("train", "epoch_time_s", train_time));
-        log.push(row(
-            "train",
-            "images_per_s",
-            train_stats.count() as f64 / train_time,
-        ));
+        log.push(row("train", "images_per_s", train_stats.count() as f64 / train_time));
         log.push(row("train", "lr", optimizer.lr()));
         for m in &plan.metrics.test {
             log.push(row("test", m.as_str(), test_stats.compute(*m)));
         }
-        log.final_metrics = plan
-            .metrics
-            .test
-            .iter()
-            .map(|m| (format!("test.{}", m.as_str()), test_stats.compute(*m)))
-            .collect();
+        log.final_metrics =
+            plan.metrics.test.iter().map(|m| (format!("test.{}", m.as_str()), test_stats.compute(*m))).collect();
         log.flush()?;
         tracing::info!(
             "epoch {}/{epochs}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | {:.1} s, {:.0} img/s",
@@ -232,12 +184,7 @@ fn epochs(
 }
 
 /// Loss and predictions over a whole split, in eval mode (no dropout).
-pub fn evaluate(
-    model: &Model,
-    split: &Arc<Split>,
-    spec: &LoaderSpec,
-    device: &Device,
-) -> Result<EpochStats> {
+pub fn evaluate(model: &Model, split: &Arc<Split>, spec: &LoaderSpec, device: &Device) -> Result<EpochStats> {
     let mut stats = EpochStats::default();
     for batch in loader::batches(split.clone(), spec, 0) {
         let (xs, ys) = to_tensors(&batch, spec.shape, device)?;

@@ -63,9 +63,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn one_problem(msg: String) -> ConfigError {
-    ConfigError {
-        problems: vec![msg],
-    }
+    ConfigError { problems: vec![msg] }
 }
 
 /// Loads `path` with its `extends` chain and the overrides in `opts`.
@@ -84,17 +82,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         figment = figment.merge(SetOverride::parse(raw)?);
     }
 
-    let mut value = figment
-        .find_value("")
-        .map_err(|e| one_problem(format!("{}: {e}", path.display())))?;
+    let mut value = figment.find_value("").map_err(|e| one_problem(format!("{}: {e}", path.display())))?;
     let config = deserialize_reporting_all(&figment, &mut value)?;
-    Ok(Loaded {
-        config,
-        path: path.to_path_buf(),
-        files,
-        sets: opts.sets.clone(),
-        figment,
-    })
+    Ok(Loaded { config, path: path.to_path_buf(), files, sets: opts.sets.clone(), figment })
 }
 
 /// Depth-first: a file's extended files come before it, in the order listed.
@@ -106,28 +96,17 @@ fn collect_extends(
 ) -> Result<(), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         one_problem(match named_by {
-            Some(parent) => format!(
-                "{}: cannot read {} named in `extends`: {e}",
-                parent.display(),
-                path.display()
-            ),
+            Some(parent) => format!("{}: cannot read {} named in `extends`: {e}", parent.display(), path.display()),
             None => format!("cannot read config {}: {e}", path.display()),
         })
     })?;
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     if stack.contains(&canonical) {
-        let cycle: Vec<String> = stack
-            .iter()
-            .chain([&canonical])
-            .map(|p| p.display().to_string())
-            .collect();
-        return Err(one_problem(format!(
-            "`extends` forms a cycle: {}",
-            cycle.join(" -> ")
-        )));
+        let cycle: Vec<String> = stack.iter().chain([&canonical]).map(|p| p.display().to_string()).collect();
+        return Err(one_problem(format!("`extends` forms a cycle: {}", cycle.join(" -> "))));
     }
-    let table: toml::Table = toml::from_str(&text)
-        .map_err(|e| one_problem(format!("{}: invalid TOML: {e}", path.display())))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| one_problem(format!("{}: invalid TOML: {e}", path.display())))?;
     let extends = match table.get("extends") {
         None => Vec::new(),
         Some(toml::Value::Array(items)) => items
@@ -155,10 +134,7 @@ fn collect_extends(
         collect_extends(&normalize(&dir.join(rel)), Some(path), stack, out)?;
     }
     stack.pop();
-    if !out
-        .iter()
-        .any(|p| p.canonicalize().map(|c| c == canonical).unwrap_or(false))
-    {
+    if !out.iter().any(|p| p.canonicalize().map(|c| c == canonical).unwrap_or(false)) {
         out.push(path.to_path_buf());
     }
     Ok(())
@@ -172,9 +148,7 @@ fn normalize(path: &Path) -> PathBuf {
     for c in path.components() {
         match c {
             Component::CurDir => {}
-            Component::ParentDir
-                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
-            {
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
                 out.pop();
             }
             other => out.push(other),
@@ -221,22 +195,14 @@ fn deserialize_reporting_all(figment: &Figment, value: &mut Value) -> Result<Con
                         break;
                     }
                     Kind::MissingField(field) => {
-                        let full = if key.is_empty() {
-                            field.to_string()
-                        } else {
-                            format!("{key}.{field}")
-                        };
+                        let full = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
                         problems.push(format!(
                             "missing key `{full}`: set it in the experiment file, a file it extends, or with --set {full}=..."
                         ));
                         break;
                     }
                     other => {
-                        let at = if key.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" key `{key}`:")
-                        };
+                        let at = if key.is_empty() { String::new() } else { format!(" key `{key}`:") };
                         problems.push(format!("{source}:{at} {other}"));
                         break;
                     }
@@ -342,11 +308,7 @@ struct SetOverride {
 
 impl SetOverride {
     fn parse(raw: &str) -> Result<Self, ConfigError> {
-        let bad = |why: &str| {
-            one_problem(format!(
-                "--set {raw}: {why}; expected key.path=value, e.g. train.epochs=3"
-            ))
-        };
+        let bad = |why: &str| one_problem(format!("--set {raw}: {why}; expected key.path=value, e.g. train.epochs=3"));
         let (key, text) = raw.split_once('=').ok_or_else(|| bad("no `=`"))?;
         let key = key.trim();
         if key.is_empty() || key.split('.').any(|p| p.is_empty()) {
@@ -365,10 +327,7 @@ impl SetOverride {
         let Value::Dict(_, data) = value else {
             return Err(bad("empty key"));
         };
-        Ok(SetOverride {
-            raw: raw.to_string(),
-            data,
-        })
+        Ok(SetOverride { raw: raw.to_string(), data })
     }
 }
 
@@ -384,16 +343,12 @@ impl Provider for SetOverride {
 impl Loaded {
     /// The config with `extends` consumed: what was merged is in the values themselves.
     fn resolved(&self) -> Config {
-        Config {
-            extends: Vec::new(),
-            ..self.config.clone()
-        }
+        Config { extends: Vec::new(), ..self.config.clone() }
     }
 
     /// The resolved config (defaults filled in) as TOML.
     pub fn resolved_toml(&self) -> String {
-        toml::to_string(&self.resolved())
-            .unwrap_or_else(|e| format!("# cannot serialize config: {e}\n"))
+        toml::to_string(&self.resolved()).unwrap_or_else(|e| format!("# cannot serialize config: {e}\n"))
     }
 
     /// Every leaf key of the resolved config with its value (as TOML) and where it was set:
@@ -407,37 +362,18 @@ impl Loaded {
     }
 
     /// `source`: set inside arrays of tables, whose elements figment cannot look up.
-    fn walk(
-        &self,
-        prefix: &str,
-        table: &toml::Table,
-        source: Option<&str>,
-        out: &mut Vec<(String, String, String)>,
-    ) {
+    fn walk(&self, prefix: &str, table: &toml::Table, source: Option<&str>, out: &mut Vec<(String, String, String)>) {
         for (k, v) in table {
             if prefix.is_empty() && k == "extends" {
                 continue;
             }
-            let part = if k.contains(['.', ' ', '"']) {
-                format!("{k:?}")
-            } else {
-                k.clone()
-            };
-            let path = if prefix.is_empty() {
-                part
-            } else {
-                format!("{prefix}.{part}")
-            };
-            let src = || {
-                source
-                    .map(str::to_string)
-                    .unwrap_or_else(|| self.source_of_key(&path))
-            };
+            let part = if k.contains(['.', ' ', '"']) { format!("{k:?}") } else { k.clone() };
+            let path = if prefix.is_empty() { part } else { format!("{prefix}.{part}") };
+            let src = || source.map(str::to_string).unwrap_or_else(|| self.source_of_key(&path));
             match v {
                 toml::Value::Table(t) if !t.is_empty() => self.walk(&path, t, source, out),
                 toml::Value::Array(items)
-                    if !items.is_empty()
-                        && items.iter().all(|i| matches!(i, toml::Value::Table(_))) =>
+                    if !items.is_empty() && items.iter().all(|i| matches!(i, toml::Value::Table(_))) =>
                 {
                     let s = src();
                     for (i, item) in items.iter().enumerate() {
@@ -454,11 +390,7 @@ impl Loaded {
     /// Where a key's value was set: a file, `--set ...`, the environment, or `default`.
     pub fn source_of_key(&self, path: &str) -> String {
         // Keys of the reference table hold dots (`test.accuracy`): ask for the table.
-        let lookup = if path.starts_with("experiment.reference.") {
-            "experiment.reference"
-        } else {
-            path
-        };
+        let lookup = if path.starts_with("experiment.reference.") { "experiment.reference" } else { path };
         if lookup.contains(['[', '"']) {
             return "default".into();
         }
@@ -470,9 +402,6 @@ impl Loaded {
 
     /// The flattened resolved config: `(key, value)` rows for `params.parquet`.
     pub fn flat_params(&self) -> BTreeMap<String, String> {
-        self.provenance()
-            .into_iter()
-            .map(|(k, v, _)| (k, v))
-            .collect()
+        self.provenance().into_iter().map(|(k, v, _)| (k, v)).collect()
     }
 }

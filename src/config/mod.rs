@@ -144,6 +144,10 @@ pub enum LayerKind {
         stride: usize,
         #[serde(default)]
         padding: usize,
+        #[serde(default = "one")]
+        dilation: usize,
+        #[serde(default = "one")]
+        groups: usize,
         #[serde(default = "yes")]
         bias: bool,
     },
@@ -152,6 +156,20 @@ pub enum LayerKind {
         /// Defaults to `kernel`.
         #[serde(default)]
         stride: Option<usize>,
+        #[serde(default)]
+        padding: usize,
+        #[serde(default)]
+        ceil_mode: bool,
+    },
+    Avgpool {
+        kernel: usize,
+        /// Defaults to `kernel`.
+        #[serde(default)]
+        stride: Option<usize>,
+        #[serde(default)]
+        padding: usize,
+        #[serde(default)]
+        ceil_mode: bool,
     },
     Relu {},
     Flatten {},
@@ -167,7 +185,7 @@ pub enum LayerKind {
 }
 
 /// The layer names, for messages.
-pub const LAYER_NAMES: &[&str] = &["conv2d", "maxpool", "relu", "flatten", "linear", "dropout"];
+pub const LAYER_NAMES: &[&str] = &["conv2d", "maxpool", "avgpool", "relu", "flatten", "linear", "dropout"];
 
 fn one() -> usize {
     1
@@ -177,10 +195,29 @@ fn half() -> f64 {
 }
 
 impl LayerKind {
+    /// The pooling geometry of a `maxpool` or `avgpool` layer.
+    pub fn pool(&self) -> Option<(crate::ops::pool::PoolKind, crate::ops::pool::PoolGeom)> {
+        use crate::ops::pool::{PoolGeom, PoolKind};
+        let (kind, kernel, stride, padding, ceil_mode) = match self {
+            LayerKind::Maxpool { kernel, stride, padding, ceil_mode } => {
+                (PoolKind::Max, kernel, stride, padding, ceil_mode)
+            }
+            LayerKind::Avgpool { kernel, stride, padding, ceil_mode } => {
+                (PoolKind::Avg, kernel, stride, padding, ceil_mode)
+            }
+            _ => return None,
+        };
+        Some((
+            kind,
+            PoolGeom { kernel: *kernel, stride: stride.unwrap_or(*kernel), padding: *padding, ceil_mode: *ceil_mode },
+        ))
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             LayerKind::Conv2d { .. } => "conv2d",
             LayerKind::Maxpool { .. } => "maxpool",
+            LayerKind::Avgpool { .. } => "avgpool",
             LayerKind::Relu {} => "relu",
             LayerKind::Flatten {} => "flatten",
             LayerKind::Linear { .. } => "linear",
@@ -205,9 +242,7 @@ impl<'de> Deserialize<'de> for Layer {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = Layer;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str(
-                    "a layer name such as \"relu\" or a table such as { linear = { out = 10 } }",
-                )
+                f.write_str("a layer name such as \"relu\" or a table such as { linear = { out = 10 } }")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Layer, E> {
                 if !LAYER_NAMES.contains(&s) {
@@ -219,12 +254,7 @@ impl<'de> Deserialize<'de> for Layer {
                 figment::value::Value::from(table)
                     .deserialize::<LayerKind>()
                     .map(Layer)
-                    .map_err(|e| {
-                        E::custom(format!(
-                            "\"{s}\" needs keys, write it as a table: {}",
-                            e.kind
-                        ))
-                    })
+                    .map_err(|e| E::custom(format!("\"{s}\" needs keys, write it as a table: {}", e.kind)))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Layer, A::Error> {
                 LayerKind::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Layer)
@@ -316,17 +346,10 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig {
-            train: default_metrics(),
-            test: default_metrics(),
-        }
+        MetricsConfig { train: default_metrics(), test: default_metrics() }
     }
 }
 
 fn default_metrics() -> Vec<MetricName> {
-    vec![
-        MetricName::Loss,
-        MetricName::Accuracy,
-        MetricName::ErrorRate,
-    ]
+    vec![MetricName::Loss, MetricName::Accuracy, MetricName::ErrorRate]
 }

@@ -60,14 +60,11 @@ impl Hasher {
 
 /// The hex digest of a file already on disk.
 pub fn file_digest(path: &Path, checksum: Checksum) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = checksum.hasher();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -79,14 +76,11 @@ pub fn file_digest(path: &Path, checksum: Checksum) -> Result<String> {
 /// Downloads `url` to `dest`, verifying `checksum`. Shows a progress bar on a terminal.
 pub fn fetch(url: &str, dest: &Path, checksum: Checksum) -> Result<()> {
     if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
     }
     let part = dest.with_file_name(format!(
         "{}.part",
-        dest.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     ));
     let result = fetch_to(url, &part, checksum);
     match result {
@@ -107,34 +101,26 @@ fn fetch_to(url: &str, part: &Path, checksum: Checksum) -> Result<()> {
         }
         other => anyhow::anyhow!("download of {url} failed: {other}"),
     })?;
-    let total: Option<u64> = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let total: Option<u64> =
+        response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let bar = crate::progress::bytes_bar(total, url);
     let mut reader = response.into_body().into_reader();
-    let mut file =
-        std::fs::File::create(part).with_context(|| format!("cannot create {}", part.display()))?;
+    let mut file = std::fs::File::create(part).with_context(|| format!("cannot create {}", part.display()))?;
     let mut hasher = checksum.hasher();
     let mut buf = vec![0u8; 1 << 16];
     let mut got: u64 = 0;
     loop {
-        let n = reader
-            .read(&mut buf)
-            .with_context(|| format!("download of {url} broke off after {got} bytes"))?;
+        let n = reader.read(&mut buf).with_context(|| format!("download of {url} broke off after {got} bytes"))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])
-            .with_context(|| format!("cannot write {}", part.display()))?;
+        file.write_all(&buf[..n]).with_context(|| format!("cannot write {}", part.display()))?;
         got += n as u64;
         bar.set_position(got);
     }
     bar.finish_and_clear();
-    file.sync_all()
-        .with_context(|| format!("cannot write {}", part.display()))?;
+    file.sync_all().with_context(|| format!("cannot write {}", part.display()))?;
     if let Some(t) = total {
         if got != t {
             bail!("download of {url} is truncated: got {got} of {t} bytes");

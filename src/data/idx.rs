@@ -36,11 +36,7 @@ fn header(bytes: &[u8], path: &Path, dims: usize) -> Result<Vec<usize>> {
     let magic = 0x0800 + dims as u32;
     let len = 4 + 4 * dims;
     if bytes.len() < 4 {
-        bail!(
-            "{}: too short for an IDX header ({} bytes)",
-            path.display(),
-            bytes.len()
-        );
+        bail!("{}: too short for an IDX header ({} bytes)", path.display(), bytes.len());
     }
     let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let found = word(0);
@@ -48,19 +44,11 @@ fn header(bytes: &[u8], path: &Path, dims: usize) -> Result<Vec<usize>> {
         bail!(
             "{}: bad IDX magic number {found:#010x}, expected {magic:#010x} ({})",
             path.display(),
-            if dims == 3 {
-                "unsigned-byte images"
-            } else {
-                "unsigned-byte labels"
-            }
+            if dims == 3 { "unsigned-byte images" } else { "unsigned-byte labels" }
         );
     }
     if bytes.len() < len {
-        bail!(
-            "{}: too short for an IDX header ({} bytes)",
-            path.display(),
-            bytes.len()
-        );
+        bail!("{}: too short for an IDX header ({} bytes)", path.display(), bytes.len());
     }
     Ok((0..dims).map(|d| word(4 + 4 * d) as usize).collect())
 }
@@ -71,12 +59,7 @@ pub fn parse_images(bytes: &[u8], path: &Path) -> Result<IdxImages> {
     let expected = count
         .checked_mul(rows)
         .and_then(|n| n.checked_mul(cols))
-        .with_context(|| {
-            format!(
-                "{}: header sizes overflow: {count}x{rows}x{cols}",
-                path.display()
-            )
-        })?;
+        .with_context(|| format!("{}: header sizes overflow: {count}x{rows}x{cols}", path.display()))?;
     let body = &bytes[16..];
     if body.len() != expected {
         bail!(
@@ -86,12 +69,7 @@ pub fn parse_images(bytes: &[u8], path: &Path) -> Result<IdxImages> {
             if body.len() < expected { " (truncated?)" } else { "" }
         );
     }
-    Ok(IdxImages {
-        count,
-        rows,
-        cols,
-        pixels: body.to_vec(),
-    })
+    Ok(IdxImages { count, rows, cols, pixels: body.to_vec() })
 }
 
 pub fn parse_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
@@ -103,11 +81,7 @@ pub fn parse_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
             path.display(),
             dims[0],
             body.len(),
-            if body.len() < dims[0] {
-                " (truncated?)"
-            } else {
-                ""
-            }
+            if body.len() < dims[0] { " (truncated?)" } else { "" }
         );
     }
     Ok(body.to_vec())
@@ -143,19 +117,14 @@ mod tests {
         let img = parse_images(&encode_images(2, 3, 4, &px), p).unwrap();
         assert_eq!((img.count, img.rows, img.cols), (2, 3, 4));
         assert_eq!(img.pixels, px);
-        assert_eq!(
-            parse_labels(&encode_labels(&[3, 1, 4]), p).unwrap(),
-            vec![3, 1, 4]
-        );
+        assert_eq!(parse_labels(&encode_labels(&[3, 1, 4]), p).unwrap(), vec![3, 1, 4]);
 
         let mut truncated = encode_images(2, 3, 4, &px);
         truncated.pop();
         let e = parse_images(&truncated, p).unwrap_err().to_string();
         assert!(e.contains("x.idx") && e.contains("truncated"), "{e}");
 
-        let e = parse_images(&encode_labels(&[1]), p)
-            .unwrap_err()
-            .to_string();
+        let e = parse_images(&encode_labels(&[1]), p).unwrap_err().to_string();
         assert!(e.contains("bad IDX magic number 0x00000801"), "{e}");
 
         let e = parse_labels(&[0, 0, 8, 1, 0], p).unwrap_err().to_string();

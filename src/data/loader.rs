@@ -66,11 +66,7 @@ pub fn make_batch(split: &Split, spec: &LoaderSpec, indices: &[usize]) -> Batch 
     let sample = c * h * w;
     let mut images = Vec::with_capacity(indices.len() * sample);
     for &i in indices {
-        images.extend(
-            split.pixels[i * sample..(i + 1) * sample]
-                .iter()
-                .map(|&p| p as f32 / 255.0),
-        );
+        images.extend(split.pixels[i * sample..(i + 1) * sample].iter().map(|&p| p as f32 / 255.0));
     }
     for op in &spec.augment {
         match op {
@@ -84,11 +80,7 @@ pub fn make_batch(split: &Split, spec: &LoaderSpec, indices: &[usize]) -> Batch 
             }
         }
     }
-    Batch {
-        images,
-        labels: indices.iter().map(|&i| split.labels[i]).collect(),
-        indices: indices.to_vec(),
-    }
+    Batch { images, labels: indices.iter().map(|&i| split.labels[i]).collect(), indices: indices.to_vec() }
 }
 
 /// An epoch's batches, prepared on a background thread.
@@ -128,10 +120,7 @@ pub fn batches(split: Arc<Split>, spec: &LoaderSpec, epoch: usize) -> Batches {
             }
         }
     });
-    Batches {
-        rx,
-        worker: Some(worker),
-    }
+    Batches { rx, worker: Some(worker) }
 }
 
 #[cfg(test)]
@@ -139,46 +128,27 @@ mod tests {
     use super::*;
 
     fn split(n: usize) -> Split {
-        Split {
-            pixels: (0..n * 4).map(|i| (i % 256) as u8).collect(),
-            labels: (0..n as u32).collect(),
-            len: n,
-        }
+        Split { pixels: (0..n * 4).map(|i| (i % 256) as u8).collect(), labels: (0..n as u32).collect(), len: n }
     }
 
     fn spec(bs: usize, shuffle: bool, drop_last: bool) -> LoaderSpec {
-        LoaderSpec {
-            batch_size: bs,
-            shuffle,
-            drop_last,
-            seed: 5,
-            shape: [1, 2, 2],
-            augment: vec![],
-            prefetch: 2,
-        }
+        LoaderSpec { batch_size: bs, shuffle, drop_last, seed: 5, shape: [1, 2, 2], augment: vec![], prefetch: 2 }
     }
 
     #[test]
     fn batch_counts_and_drop_last() {
         let s = Arc::new(split(10));
-        let sizes: Vec<usize> = batches(s.clone(), &spec(4, false, false), 0)
-            .map(|b| b.len())
-            .collect();
+        let sizes: Vec<usize> = batches(s.clone(), &spec(4, false, false), 0).map(|b| b.len()).collect();
         assert_eq!(sizes, vec![4, 4, 2]);
-        let sizes: Vec<usize> = batches(s, &spec(4, false, true), 0)
-            .map(|b| b.len())
-            .collect();
+        let sizes: Vec<usize> = batches(s, &spec(4, false, true), 0).map(|b| b.len()).collect();
         assert_eq!(sizes, vec![4, 4]);
     }
 
     #[test]
     fn shuffle_depends_on_seed_and_epoch_only() {
         let s = Arc::new(split(50));
-        let labels = |epoch| -> Vec<u32> {
-            batches(s.clone(), &spec(7, true, false), epoch)
-                .flat_map(|b| b.labels)
-                .collect()
-        };
+        let labels =
+            |epoch| -> Vec<u32> { batches(s.clone(), &spec(7, true, false), epoch).flat_map(|b| b.labels).collect() };
         let (e0, e0_again, e1) = (labels(0), labels(0), labels(1));
         assert_eq!(e0, e0_again);
         assert_ne!(e0, e1);
@@ -190,16 +160,9 @@ mod tests {
     #[test]
     fn normalize_applies_per_channel() {
         // Hand computation: pixel 51 -> 0.2; (0.2 - 0.1) / 0.5 = 0.2.
-        let s = Split {
-            pixels: vec![51, 0, 255, 102],
-            labels: vec![0],
-            len: 1,
-        };
+        let s = Split { pixels: vec![51, 0, 255, 102], labels: vec![0], len: 1 };
         let mut sp = spec(1, false, false);
-        sp.augment = vec![AugmentOp::Normalize {
-            mean: vec![0.1],
-            std: vec![0.5],
-        }];
+        sp.augment = vec![AugmentOp::Normalize { mean: vec![0.1], std: vec![0.5] }];
         let b = make_batch(&s, &sp, &[0]);
         let expect = [0.2, -0.2, 1.8, 0.6];
         for (a, e) in b.images.iter().zip(expect) {

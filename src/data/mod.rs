@@ -32,22 +32,10 @@ pub struct DatasetSpec {
 static MNIST: DatasetSpec = DatasetSpec {
     name: "mnist",
     files: [
-        (
-            "train-images-idx3-ubyte.gz",
-            Checksum::Md5("f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-        ),
-        (
-            "train-labels-idx1-ubyte.gz",
-            Checksum::Md5("d53e105ee54ea40749a09fcbcd1e9432"),
-        ),
-        (
-            "t10k-images-idx3-ubyte.gz",
-            Checksum::Md5("9fb629c4189551a2d022fa330f9573f3"),
-        ),
-        (
-            "t10k-labels-idx1-ubyte.gz",
-            Checksum::Md5("ec29112dd5afa0611ce80d1b7f02629c"),
-        ),
+        ("train-images-idx3-ubyte.gz", Checksum::Md5("f68b3c2dcbeaaa9fbdd348bbdeb94873")),
+        ("train-labels-idx1-ubyte.gz", Checksum::Md5("d53e105ee54ea40749a09fcbcd1e9432")),
+        ("t10k-images-idx3-ubyte.gz", Checksum::Md5("9fb629c4189551a2d022fa330f9573f3")),
+        ("t10k-labels-idx1-ubyte.gz", Checksum::Md5("ec29112dd5afa0611ce80d1b7f02629c")),
     ],
     base_url: "https://ossci-datasets.s3.amazonaws.com/mnist/",
     system_dirs: &["/usr/share/datasets/mnist"],
@@ -58,22 +46,10 @@ static MNIST: DatasetSpec = DatasetSpec {
 static FASHION_MNIST: DatasetSpec = DatasetSpec {
     name: "fashion_mnist",
     files: [
-        (
-            "train-images-idx3-ubyte.gz",
-            Checksum::Md5("8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-        ),
-        (
-            "train-labels-idx1-ubyte.gz",
-            Checksum::Md5("25c81989df183df01b3e8a0aad5dffbe"),
-        ),
-        (
-            "t10k-images-idx3-ubyte.gz",
-            Checksum::Md5("bef4ecab320f06d8554ea6380940ec79"),
-        ),
-        (
-            "t10k-labels-idx1-ubyte.gz",
-            Checksum::Md5("bb300cfdad3c16e7a12a480ee83cd310"),
-        ),
+        ("train-images-idx3-ubyte.gz", Checksum::Md5("8d4fb7e6c68d591d4c3dfef9ec88bf0d")),
+        ("train-labels-idx1-ubyte.gz", Checksum::Md5("25c81989df183df01b3e8a0aad5dffbe")),
+        ("t10k-images-idx3-ubyte.gz", Checksum::Md5("bef4ecab320f06d8554ea6380940ec79")),
+        ("t10k-labels-idx1-ubyte.gz", Checksum::Md5("bb300cfdad3c16e7a12a480ee83cd310")),
     ],
     base_url: "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     // Debian's package `dataset-fashion-mnist`.
@@ -104,10 +80,7 @@ pub fn spec(kind: DatasetKind) -> &'static DatasetSpec {
 #[derive(Debug, Clone)]
 pub enum Located {
     Found(PathBuf),
-    Missing {
-        searched: Vec<PathBuf>,
-        download_to: PathBuf,
-    },
+    Missing { searched: Vec<PathBuf>, download_to: PathBuf },
 }
 
 /// A file of the spec in `dir`: the gzipped name, or the same name without `.gz`.
@@ -121,9 +94,7 @@ fn file_in(dir: &Path, name: &str) -> Option<PathBuf> {
 }
 
 fn has_all(dir: &Path, spec: &DatasetSpec) -> bool {
-    spec.files
-        .iter()
-        .all(|(name, _)| file_in(dir, name).is_some())
+    spec.files.iter().all(|(name, _)| file_in(dir, name).is_some())
 }
 
 /// Finds the dataset's folder: `[data] root` if set, else `data/<name>`, then system folders.
@@ -137,10 +108,7 @@ pub fn locate(cfg: &DataConfig) -> Located {
     };
     match candidates.iter().find(|d| has_all(d, spec)) {
         Some(d) => Located::Found(d.clone()),
-        None => Located::Missing {
-            download_to: candidates[0].clone(),
-            searched: candidates,
-        },
+        None => Located::Missing { download_to: candidates[0].clone(), searched: candidates },
     }
 }
 
@@ -178,10 +146,7 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
     let spec = spec(cfg.dataset);
     let dir = match locate(cfg) {
         Located::Found(dir) => dir,
-        Located::Missing {
-            searched,
-            download_to,
-        } => {
+        Located::Missing { searched, download_to } => {
             if !cfg.download {
                 bail!("{}", missing_message(spec, &searched, &download_to));
             }
@@ -201,13 +166,7 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
         let img = idx::parse_images(&idx::read_maybe_gz(&images)?, &images)?;
         let lab = idx::parse_labels(&idx::read_maybe_gz(&labels)?, &labels)?;
         if (img.rows, img.cols) != (h, w) {
-            bail!(
-                "{}: images are {}x{}, expected {h}x{w} for {}",
-                images.display(),
-                img.rows,
-                img.cols,
-                spec.name
-            );
+            bail!("{}: images are {}x{}, expected {h}x{w} for {}", images.display(), img.rows, img.cols, spec.name);
         }
         if img.count != lab.len() {
             bail!(
@@ -218,22 +177,10 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
                 lab.len()
             );
         }
-        if let Some((i, l)) = lab
-            .iter()
-            .enumerate()
-            .find(|(_, l)| **l as usize >= spec.classes.len())
-        {
-            bail!(
-                "{}: label {l} at index {i} is outside 0..{}",
-                labels.display(),
-                spec.classes.len()
-            );
+        if let Some((i, l)) = lab.iter().enumerate().find(|(_, l)| **l as usize >= spec.classes.len()) {
+            bail!("{}: label {l} at index {i} is outside 0..{}", labels.display(), spec.classes.len());
         }
-        Ok(Split {
-            pixels: img.pixels,
-            labels: lab.into_iter().map(u32::from).collect(),
-            len: img.count,
-        })
+        Ok(Split { pixels: img.pixels, labels: lab.into_iter().map(u32::from).collect(), len: img.count })
     };
     let train = read_split(path(0), path(1)).context("reading the training split")?;
     let test = read_split(path(2), path(3)).context("reading the test split")?;

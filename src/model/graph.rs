@@ -24,30 +24,18 @@ pub struct PlannedLayer {
 
 impl PlannedLayer {
     pub fn num_params(&self) -> usize {
-        self.params
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
+        self.params.iter().map(|(_, s)| s.iter().product::<usize>()).sum()
     }
 }
 
 fn fmt_shape(s: &[usize]) -> String {
-    format!(
-        "[{}]",
-        s.iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
 }
 
 /// Infers every layer's shapes; a mismatch is an error naming the group, layer and key.
 pub fn plan_layers(cfg: &ModelConfig) -> Result<Vec<PlannedLayer>> {
     if cfg.input.len() != 3 || cfg.input.contains(&0) {
-        bail!(
-            "key `model.input`: expected [channels, height, width] with each > 0, is {}",
-            fmt_shape(&cfg.input)
-        );
+        bail!("key `model.input`: expected [channels, height, width] with each > 0, is {}", fmt_shape(&cfg.input));
     }
     if cfg.groups.is_empty() {
         bail!("key `model.groups`: the model has no groups");
@@ -57,37 +45,19 @@ pub fn plan_layers(cfg: &ModelConfig) -> Result<Vec<PlannedLayer>> {
     let mut out = Vec::new();
     for (g, group) in cfg.groups.iter().enumerate() {
         let gkey = format!("model.groups[{g}]");
-        if group.name.is_empty()
-            || !group
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            bail!(
-                "key `{gkey}.name`: a group name is letters, digits and '_', is {:?}",
-                group.name
-            );
+        if group.name.is_empty() || !group.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("key `{gkey}.name`: a group name is letters, digits and '_', is {:?}", group.name);
         }
         if !names.insert(group.name.clone()) {
-            bail!(
-                "key `{gkey}.name`: group name `{}` is used twice",
-                group.name
-            );
+            bail!("key `{gkey}.name`: group name `{}` is used twice", group.name);
         }
         for (i, layer) in group.layers.iter().enumerate() {
             let path = format!("{}.{i}", group.name);
             let key = format!("{gkey}.layers[{i}]");
             let kind = layer.0.clone();
-            let (out_shape, params) = infer(&kind, &shape)
-                .map_err(|e| anyhow::anyhow!("key `{key}` ({path} {}): {e}", kind.name()))?;
-            out.push(PlannedLayer {
-                path,
-                key,
-                kind,
-                in_shape: shape.clone(),
-                out_shape: out_shape.clone(),
-                params,
-            });
+            let (out_shape, params) =
+                infer(&kind, &shape).map_err(|e| anyhow::anyhow!("key `{key}` ({path} {}): {e}", kind.name()))?;
+            out.push(PlannedLayer { path, key, kind, in_shape: shape.clone(), out_shape: out_shape.clone(), params });
             shape = out_shape;
         }
     }
@@ -100,52 +70,39 @@ fn infer(kind: &LayerKind, input: &[usize]) -> Result<(Vec<usize>, Params)> {
     let spatial = |what: &str| -> Result<(usize, usize, usize)> {
         match input {
             [c, h, w] => Ok((*c, *h, *w)),
-            _ => bail!(
-                "{what} expects a [channels, height, width] input, gets {}",
-                fmt_shape(input)
-            ),
+            _ => bail!("{what} expects a [channels, height, width] input, gets {}", fmt_shape(input)),
         }
     };
     Ok(match kind {
-        LayerKind::Conv2d {
-            out,
-            kernel,
-            stride,
-            padding,
-            bias,
-        } => {
+        LayerKind::Conv2d { out, kernel, stride, padding, dilation, groups, bias } => {
             let (c, h, w) = spatial("conv2d")?;
-            if *out == 0 || *kernel == 0 || *stride == 0 {
-                bail!("out, kernel and stride must be > 0");
+            if *out == 0 || *kernel == 0 || *stride == 0 || *dilation == 0 || *groups == 0 {
+                bail!("out, kernel, stride, dilation and groups must be > 0");
             }
-            if h + 2 * padding < *kernel || w + 2 * padding < *kernel {
+            if c % groups != 0 || out % groups != 0 {
+                bail!("groups = {groups} must divide the input channels ({c}) and out ({out})");
+            }
+            let span = dilation * (kernel - 1) + 1;
+            if h + 2 * padding < span || w + 2 * padding < span {
                 bail!(
-                    "kernel {kernel} is larger than the padded input {}x{}",
+                    "kernel {kernel} (dilation {dilation}) is larger than the padded input {}x{}",
                     h + 2 * padding,
                     w + 2 * padding
                 );
             }
-            let oh = (h + 2 * padding - kernel) / stride + 1;
-            let ow = (w + 2 * padding - kernel) / stride + 1;
-            let mut params = vec![("weight".to_string(), vec![*out, c, *kernel, *kernel])];
+            let oh = (h + 2 * padding - span) / stride + 1;
+            let ow = (w + 2 * padding - span) / stride + 1;
+            let mut params = vec![("weight".to_string(), vec![*out, c / groups, *kernel, *kernel])];
             if *bias {
                 params.push(("bias".into(), vec![*out]));
             }
             (vec![*out, oh, ow], params)
         }
-        LayerKind::Maxpool { kernel, stride } => {
-            let (c, h, w) = spatial("maxpool")?;
-            let stride = stride.unwrap_or(*kernel);
-            if *kernel == 0 {
-                bail!("kernel must be > 0");
-            }
-            if stride != *kernel {
-                bail!("maxpool with stride ({stride}) != kernel ({kernel}) is not supported yet");
-            }
-            if h < *kernel || w < *kernel {
-                bail!("kernel {kernel} is larger than the input {h}x{w}");
-            }
-            (vec![c, h / kernel, w / kernel], vec![])
+        LayerKind::Maxpool { .. } | LayerKind::Avgpool { .. } => {
+            let (c, h, w) = spatial(kind.name())?;
+            let Some((_, g)) = kind.pool() else { bail!("not a pooling layer") };
+            g.validate(h, w).map_err(anyhow::Error::msg)?;
+            (vec![c, g.out_size(h), g.out_size(w)], vec![])
         }
         LayerKind::Relu {} | LayerKind::Dropout { .. } => {
             if let LayerKind::Dropout { p } = kind {
@@ -158,10 +115,7 @@ fn infer(kind: &LayerKind, input: &[usize]) -> Result<(Vec<usize>, Params)> {
         LayerKind::Flatten {} => (vec![input.iter().product()], vec![]),
         LayerKind::Linear { out, bias } => {
             let [inp] = input else {
-                bail!(
-                    "linear expects a flat input, gets {}; add \"flatten\" before it",
-                    fmt_shape(input)
-                );
+                bail!("linear expects a flat input, gets {}; add \"flatten\" before it", fmt_shape(input));
             };
             if *out == 0 {
                 bail!("out must be > 0");
@@ -183,10 +137,7 @@ mod tests {
     fn model(layers: Vec<LayerKind>) -> ModelConfig {
         ModelConfig {
             input: vec![1, 28, 28],
-            groups: vec![GroupConfig {
-                name: "features".into(),
-                layers: layers.into_iter().map(Layer).collect(),
-            }],
+            groups: vec![GroupConfig { name: "features".into(), layers: layers.into_iter().map(Layer).collect() }],
         }
     }
 
@@ -194,22 +145,10 @@ mod tests {
     fn conv_and_pool_shapes() {
         // Hand computation: (28 - 5)/1 + 1 = 24; 24 / 2 = 12; 12*12*6 = 864.
         let layers = plan_layers(&model(vec![
-            LayerKind::Conv2d {
-                out: 6,
-                kernel: 5,
-                stride: 1,
-                padding: 0,
-                bias: true,
-            },
-            LayerKind::Maxpool {
-                kernel: 2,
-                stride: None,
-            },
+            LayerKind::Conv2d { out: 6, kernel: 5, stride: 1, padding: 0, dilation: 1, groups: 1, bias: true },
+            LayerKind::Maxpool { kernel: 2, stride: None, padding: 0, ceil_mode: false },
             LayerKind::Flatten {},
-            LayerKind::Linear {
-                out: 10,
-                bias: true,
-            },
+            LayerKind::Linear { out: 10, bias: true },
         ]))
         .unwrap();
         assert_eq!(layers[0].out_shape, vec![6, 24, 24]);
@@ -222,28 +161,25 @@ mod tests {
 
     #[test]
     fn mismatches_name_the_layer() {
-        let e = plan_layers(&model(vec![LayerKind::Linear {
-            out: 10,
-            bias: true,
-        }]))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("model.groups[0].layers[0]") && e.contains("flatten"),
-            "{e}"
-        );
+        let e = plan_layers(&model(vec![LayerKind::Linear { out: 10, bias: true }])).unwrap_err().to_string();
+        assert!(e.contains("model.groups[0].layers[0]") && e.contains("flatten"), "{e}");
         let e = plan_layers(&model(vec![LayerKind::Conv2d {
             out: 6,
             kernel: 29,
             stride: 1,
             padding: 0,
+            dilation: 1,
+            groups: 1,
             bias: true,
         }]))
         .unwrap_err()
         .to_string();
-        assert!(
-            e.contains("features.0 conv2d") && e.contains("larger than the padded input 28x28"),
-            "{e}"
-        );
+        assert!(e.contains("features.0 conv2d") && e.contains("larger than the padded input 28x28"), "{e}");
+        let conv = LayerKind::Conv2d { out: 6, kernel: 3, stride: 1, padding: 0, dilation: 1, groups: 4, bias: true };
+        let e = plan_layers(&model(vec![conv])).unwrap_err().to_string();
+        assert!(e.contains("groups = 4 must divide the input channels (1)"), "{e}");
+        let pool = LayerKind::Maxpool { kernel: 3, stride: Some(2), padding: 2, ceil_mode: false };
+        let e = plan_layers(&model(vec![pool])).unwrap_err().to_string();
+        assert!(e.contains("features.0 maxpool") && e.contains("at most half the kernel"), "{e}");
     }
 }

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
 use crate::config::LayerKind;
+use crate::ops::conv::{conv2d, ConvGeom};
+use crate::ops::pool::pool2d;
 use crate::rng::Rng;
 pub use graph::{plan_layers, PlannedLayer};
 
@@ -33,12 +35,7 @@ pub struct Pass {
 
 impl Pass {
     pub fn eval() -> Self {
-        Pass {
-            train: false,
-            seed: 0,
-            epoch: 0,
-            step: 0,
-        }
+        Pass { train: false, seed: 0, epoch: 0, step: 0 }
     }
 }
 
@@ -49,9 +46,7 @@ pub fn init_param(seed: u64, path: &str, shape: &[usize], fan_in: usize) -> Vec<
     let bound = 1.0 / (fan_in as f64).sqrt();
     let mut rng = Rng::derive(seed, &["init".into(), path.into()]);
     let n: usize = shape.iter().product();
-    (0..n)
-        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
-        .collect()
+    (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect()
 }
 
 impl Model {
@@ -59,11 +54,7 @@ impl Model {
         let mut params = BTreeMap::new();
         for layer in layers {
             // fan_in: everything in the weight but the output dimension.
-            let fan_in = layer
-                .params
-                .first()
-                .map(|(_, s)| s[1..].iter().product::<usize>())
-                .unwrap_or(1);
+            let fan_in = layer.params.first().map(|(_, s)| s[1..].iter().product::<usize>()).unwrap_or(1);
             for (name, shape) in &layer.params {
                 let path = format!("{}.{name}", layer.path);
                 let data = init_param(seed, &path, shape, fan_in);
@@ -71,11 +62,7 @@ impl Model {
                 params.insert(path, Var::from_tensor(&t)?);
             }
         }
-        Ok(Model {
-            layers: layers.to_vec(),
-            params,
-            device: device.clone(),
-        })
+        Ok(Model { layers: layers.to_vec(), params, device: device.clone() })
     }
 
     pub fn device(&self) -> &Device {
@@ -87,9 +74,7 @@ impl Model {
     }
 
     fn param(&self, layer: &PlannedLayer, name: &str) -> Option<&Tensor> {
-        self.params
-            .get(&format!("{}.{name}", layer.path))
-            .map(|v| v.as_tensor())
+        self.params.get(&format!("{}.{name}", layer.path)).map(|v| v.as_tensor())
     }
 
     /// `xs`: `[batch, c, h, w]` -> logits `[batch, classes]`.
@@ -97,25 +82,23 @@ impl Model {
         let mut x = xs.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             x = match &layer.kind {
-                LayerKind::Conv2d {
-                    stride, padding, ..
-                } => {
-                    let w = self
-                        .param(layer, "weight")
-                        .ok_or_else(|| missing(layer, "weight"))?;
-                    let y = x.conv2d(w, *padding, *stride, 1, 1)?; // [b, out, oh, ow]
+                LayerKind::Conv2d { stride, padding, dilation, groups, .. } => {
+                    let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
+                    let geom = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
+                    let y = conv2d(&x, w, geom)?; // [b, out, oh, ow]
                     match self.param(layer, "bias") {
                         Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
                         None => y,
                     }
                 }
-                LayerKind::Maxpool { kernel, .. } => crate::ops::pool::max_pool2d(&x, *kernel)?,
+                LayerKind::Maxpool { .. } | LayerKind::Avgpool { .. } => match layer.kind.pool() {
+                    Some((kind, geom)) => pool2d(&x, kind, geom)?,
+                    None => x,
+                },
                 LayerKind::Relu {} => x.relu()?,
                 LayerKind::Flatten {} => x.flatten_from(1)?,
                 LayerKind::Linear { .. } => {
-                    let w = self
-                        .param(layer, "weight")
-                        .ok_or_else(|| missing(layer, "weight"))?;
+                    let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
                     let y = x.matmul(&w.t()?)?; // [b, out]
                     match self.param(layer, "bias") {
                         Some(b) => y.broadcast_add(b)?,
@@ -127,15 +110,7 @@ impl Model {
                         dropout(
                             &x,
                             *p,
-                            Rng::derive(
-                                pass.seed,
-                                &[
-                                    "dropout".into(),
-                                    i.into(),
-                                    pass.epoch.into(),
-                                    pass.step.into(),
-                                ],
-                            ),
+                            Rng::derive(pass.seed, &["dropout".into(), i.into(), pass.epoch.into(), pass.step.into()]),
                         )?
                     } else {
                         x
@@ -148,28 +123,20 @@ impl Model {
 }
 
 fn missing(layer: &PlannedLayer, name: &str) -> candle_core::Error {
-    candle_core::Error::Msg(format!(
-        "{}: parameter `{}.{name}` is missing",
-        layer.key, layer.path
-    ))
+    candle_core::Error::Msg(format!("{}: parameter `{}.{name}` is missing", layer.key, layer.path))
 }
 
 /// Inverted dropout: zero each element with probability `p`, scale the rest by 1 / (1 - p).
 fn dropout(x: &Tensor, p: f64, mut rng: Rng) -> Result<Tensor> {
     let scale = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.next_f64() < p { 0.0 } else { scale })
-        .collect();
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.next_f64() < p { 0.0 } else { scale }).collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x.mul(&mask)
 }
 
 /// Index of the largest logit per row.
 pub fn argmax(logits: &Tensor) -> Result<Vec<u32>> {
-    logits
-        .argmax(D::Minus1)?
-        .to_dtype(DType::U32)?
-        .to_vec1::<u32>()
+    logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()
 }
 
 #[cfg(test)]
@@ -182,10 +149,7 @@ mod tests {
         let w = init_param(0, "features.0.weight", &[6, 1, 5, 5], 25);
         assert!(w.iter().all(|v| v.abs() <= 0.2));
         let max = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(
-            max > 0.18,
-            "150 draws should come near the bound, max {max}"
-        );
+        assert!(max > 0.18, "150 draws should come near the bound, max {max}");
         // Same seed and path, same values; another path, other values.
         assert_eq!(w, init_param(0, "features.0.weight", &[6, 1, 5, 5], 25));
         assert_ne!(w, init_param(0, "features.3.weight", &[6, 1, 5, 5], 25));
@@ -194,10 +158,7 @@ mod tests {
     #[test]
     fn dropout_keeps_expectation() {
         let x = Tensor::ones((1000,), DType::F32, &Device::Cpu).unwrap();
-        let y = dropout(&x, 0.5, Rng::new(1))
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let y = dropout(&x, 0.5, Rng::new(1)).unwrap().to_vec1::<f32>().unwrap();
         let zeros = y.iter().filter(|v| **v == 0.0).count();
         assert!((400..600).contains(&zeros), "{zeros}");
         assert!(y.iter().all(|v| *v == 0.0 || *v == 2.0));

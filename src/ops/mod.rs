@@ -1,3 +1,44 @@
-//! Tensor operations the model graph needs beyond candle's, with exact gradients.
+//! Tensor operations for the model graph with exact gradients, fast on the CPU.
+//!
+//! CPU kernels are candle custom ops (forward and backward); on other devices each op falls
+//! back to a formulation from candle's own ops, so one graph runs everywhere.
 
+pub mod conv;
+pub mod gemm;
 pub mod pool;
+#[cfg(test)]
+pub mod testing;
+
+use candle_core::{CpuStorage, Layout, Result};
+
+/// Element types the CPU kernels support.
+pub trait Elem:
+    Copy + Default + Send + Sync + 'static + std::ops::AddAssign + PartialOrd + gemm::num_one::One + candle_core::WithDType
+{
+}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+/// Threads the kernels split work over: candle's setting (`RAYON_NUM_THREADS` /
+/// `CANDLE_NUM_THREADS`, else every core).
+pub fn threads() -> usize {
+    candle_core::utils::get_num_threads().max(1)
+}
+
+/// The contiguous data of two CPU tensors of type `T`.
+pub fn cpu_slices<'a, T: Elem>(
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+) -> Result<(&'a [T], &'a [T])> {
+    Ok((contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?))
+}
+
+pub fn contiguous<'a, T: Elem>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let data = T::cpu_storage_as_slice(s)?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("runner ops expect contiguous tensors"),
+    }
+}

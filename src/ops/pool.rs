@@ -1,63 +1,292 @@
-//! Max pooling with an exact gradient.
+//! Max and average pooling with kernel, stride, padding and `ceil_mode`, any kernel/stride
+//! combination (AlexNet's 3/2 included), with exact gradients, as PyTorch defines them:
+//! max pooling sends each window's gradient to its first maximum; average pooling counts
+//! padding in the divisor (`count_include_pad = true`).
 //!
-//! candle 0.11's `max_pool2d` scales its gradient by 1/(k*k) (see
-//! `../shared/reference/findings.md`). Here a k x k pool with stride k is written as a
-//! reshape and two `max` reductions, whose backward sends the gradient to the arg-max of
-//! each window (to every element that ties for the maximum). Rows and columns that do not
-//! fill a window are dropped, as PyTorch does with `ceil_mode = false`.
+//! candle 0.11's `max_pool2d` scales its gradient by 1/(k*k) and cannot train when the
+//! kernel differs from the stride (see `../shared/reference/findings.md`); it is not used.
+//! On devices other than the CPU, pools with stride == kernel and no padding are built from
+//! candle's reshape and reductions, which give exact gradients; others are an error there.
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
-/// `[n, c, h, w]` -> `[n, c, h / k, w / k]`.
-pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
+use super::{contiguous, cpu_slices, Elem};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Avg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGeom {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub ceil_mode: bool,
+}
+
+impl PoolGeom {
+    pub fn new(kernel: usize, stride: usize) -> Self {
+        PoolGeom { kernel, stride, padding: 0, ceil_mode: false }
+    }
+
+    /// Checks PyTorch's rules; the error says what is wrong.
+    pub fn validate(&self, h: usize, w: usize) -> std::result::Result<(), String> {
+        if self.kernel == 0 || self.stride == 0 {
+            return Err("kernel and stride must be > 0".into());
+        }
+        if self.padding * 2 > self.kernel {
+            return Err(format!("padding {} must be at most half the kernel {}", self.padding, self.kernel));
+        }
+        if h + 2 * self.padding < self.kernel || w + 2 * self.padding < self.kernel {
+            return Err(format!(
+                "kernel {} is larger than the padded input {}x{}",
+                self.kernel,
+                h + 2 * self.padding,
+                w + 2 * self.padding
+            ));
+        }
+        Ok(())
+    }
+
+    /// Output size along one side, PyTorch's formula: floor (or ceil) of
+    /// `(size + 2p - k) / s` plus one; with `ceil_mode` a last window must start inside
+    /// the input or its left padding.
+    pub fn out_size(&self, size: usize) -> usize {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let span = size + 2 * p - k;
+        let mut out = if self.ceil_mode { span.div_ceil(s) } else { span / s } + 1;
+        if self.ceil_mode && (out - 1) * s >= size + p {
+            out -= 1;
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    planes: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    g: PoolGeom,
+}
+
+impl Dims {
+    fn new(dims: &[usize], g: PoolGeom) -> Result<Dims> {
+        let &[n, c, h, w] = dims else { candle_core::bail!("pooling expects [n, c, h, w], got {dims:?}") };
+        g.validate(h, w).map_err(candle_core::Error::Msg)?;
+        Ok(Dims { planes: n * c, h, w, oh: g.out_size(h), ow: g.out_size(w), g })
+    }
+
+    /// The window of output `(y, x)`: rows `y0..y1`, columns `x0..x1` inside the input,
+    /// and the divisor of average pooling (the window clipped to the padded input).
+    fn window(&self, y: usize, x: usize) -> (usize, usize, usize, usize, usize) {
+        let (k, s, p) = (self.g.kernel as isize, self.g.stride as isize, self.g.padding as isize);
+        let (ys, xs) = (y as isize * s - p, x as isize * s - p);
+        let (ye, xe) = ((ys + k).min(self.h as isize + p), (xs + k).min(self.w as isize + p));
+        let divisor = ((ye - ys) * (xe - xs)) as usize;
+        let clip = |v: isize, hi: usize| v.clamp(0, hi as isize) as usize;
+        (clip(ys, self.h), clip(ye, self.h), clip(xs, self.w), clip(xe, self.w), divisor)
+    }
+}
+
+fn forward<T: Elem>(x: &[T], d: &Dims, kind: PoolKind) -> Vec<T> {
+    let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
+    let mut out = vec![T::default(); d.planes * ohw];
+    out.par_chunks_mut(ohw).enumerate().for_each(|(pl, o)| {
+        let plane = &x[pl * hw..(pl + 1) * hw];
+        for y in 0..d.oh {
+            for xo in 0..d.ow {
+                let (y0, y1, x0, x1, divisor) = d.window(y, xo);
+                o[y * d.ow + xo] = match kind {
+                    PoolKind::Max => {
+                        let mut best = plane[y0 * d.w + x0];
+                        for r in y0..y1 {
+                            for v in &plane[r * d.w + x0..r * d.w + x1] {
+                                if *v > best || v.to_f64().is_nan() {
+                                    best = *v;
+                                }
+                            }
+                        }
+                        best
+                    }
+                    PoolKind::Avg => {
+                        let mut sum = 0f64;
+                        for r in y0..y1 {
+                            sum += plane[r * d.w + x0..r * d.w + x1].iter().map(|v| v.to_f64()).sum::<f64>();
+                        }
+                        T::from_f64(sum / divisor as f64)
+                    }
+                };
+            }
+        }
+    });
+    out
+}
+
+fn backward<T: Elem>(x: &[T], dy: &[T], d: &Dims, kind: PoolKind) -> Vec<T> {
+    let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
+    let mut dx = vec![T::default(); d.planes * hw];
+    dx.par_chunks_mut(hw).enumerate().for_each(|(pl, g)| {
+        let plane = &x[pl * hw..(pl + 1) * hw];
+        let dys = &dy[pl * ohw..(pl + 1) * ohw];
+        for y in 0..d.oh {
+            for xo in 0..d.ow {
+                let (y0, y1, x0, x1, divisor) = d.window(y, xo);
+                let grad = dys[y * d.ow + xo];
+                match kind {
+                    PoolKind::Max => {
+                        // The first maximum in row-major order, as PyTorch's CPU kernel.
+                        let mut best = y0 * d.w + x0;
+                        for r in y0..y1 {
+                            for i in r * d.w + x0..r * d.w + x1 {
+                                if plane[i] > plane[best] || plane[i].to_f64().is_nan() {
+                                    best = i;
+                                }
+                            }
+                        }
+                        g[best] += grad;
+                    }
+                    PoolKind::Avg => {
+                        let share = T::from_f64(grad.to_f64() / divisor as f64);
+                        for r in y0..y1 {
+                            g[r * d.w + x0..r * d.w + x1].iter_mut().for_each(|v| *v += share);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    dx
+}
+
+struct PoolOp(PoolKind, PoolGeom);
+struct PoolGrad(PoolKind, PoolGeom);
+
+impl CustomOp1 for PoolOp {
+    fn name(&self) -> &'static str {
+        "runner-pool2d"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l.dims(), self.1)?;
+        let shape = Shape::from((l.dims()[0], l.dims()[1], d.oh, d.ow));
+        Ok(match s {
+            CpuStorage::F32(_) => (CpuStorage::F32(forward(contiguous::<f32>(s, l)?, &d, self.0)), shape),
+            CpuStorage::F64(_) => (CpuStorage::F64(forward(contiguous::<f64>(s, l)?, &d, self.0)), shape),
+            _ => candle_core::bail!("runner pooling supports f32 and f64"),
+        })
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &PoolGrad(self.0, self.1))?))
+    }
+}
+
+impl CustomOp2 for PoolGrad {
+    fn name(&self) -> &'static str {
+        "runner-pool2d-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), self.1)?;
+        let shape = l1.shape().clone();
+        Ok(match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (x, dy) = cpu_slices::<f32>(s1, l1, s2, l2)?;
+                (CpuStorage::F32(backward(x, dy, &d, self.0)), shape)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (x, dy) = cpu_slices::<f64>(s1, l1, s2, l2)?;
+                (CpuStorage::F64(backward(x, dy, &d, self.0)), shape)
+            }
+            _ => candle_core::bail!("runner pooling supports f32 and f64 of one dtype"),
+        })
+    }
+}
+
+/// `[n, c, h, w]` -> `[n, c, oh, ow]`.
+pub fn pool2d(x: &Tensor, kind: PoolKind, g: PoolGeom) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return x.contiguous()?.apply_op1(PoolOp(kind, g));
+    }
+    // Other devices: non-overlapping windows as a reshape and a reduction.
     let (n, c, h, w) = x.dims4()?;
-    let (oh, ow) = (h / k, w / k);
-    let x = if oh * k != h || ow * k != w {
-        x.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)?
-    } else {
-        x.clone()
-    };
-    x.reshape((n, c, oh, k, ow, k))?.max(5)?.max(3)
+    if g.stride != g.kernel || g.padding != 0 {
+        candle_core::bail!(
+            "pooling with stride != kernel or padding runs on the CPU only for now (device {:?})",
+            x.device().location()
+        );
+    }
+    let (oh, ow) = (g.out_size(h), g.out_size(w));
+    let k = g.kernel;
+    let x = x.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)?.reshape((n, c, oh, k, ow, k))?;
+    match kind {
+        PoolKind::Max => x.max(5)?.max(3),
+        PoolKind::Avg => x.mean(5)?.mean(3),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::ops::testing::{check_grads, rand_tensor};
+    use candle_core::{DType, Device, Var};
 
     #[test]
     fn gradient_goes_to_the_argmax_with_weight_one() {
         // The findings' repro: input [[1,2],[3,4]], k = 2. d(max)/dx = [0,0,0,1] by hand.
         let x = Var::new(&[[[[1f32, 2.], [3., 4.]]]], &Device::Cpu).unwrap();
-        let y = max_pool2d(&x, 2).unwrap();
-        assert_eq!(
-            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            vec![4.0]
-        );
+        let y = pool2d(&x, PoolKind::Max, PoolGeom::new(2, 2)).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![4.0]);
         let grads = y.sum_all().unwrap().backward().unwrap();
-        let g = grads
-            .get(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let g = grads.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(g, vec![0.0, 0.0, 0.0, 1.0]);
     }
 
     #[test]
-    fn odd_sizes_drop_the_last_row_and_column() {
-        // 3x3 input, k = 2: one window over the top-left 2x2 block (PyTorch floor mode).
-        let x = Tensor::new(
-            &[[[[1f32, 5., 9.], [2., 3., 9.], [9., 9., 9.]]]],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let y = max_pool2d(&x, 2).unwrap();
-        assert_eq!(y.dims(), &[1, 1, 1, 1]);
-        assert_eq!(
-            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            vec![5.0]
-        );
+    fn output_sizes_follow_pytorch() {
+        // torch.nn.MaxPool2d(3, 2) on 55x55 -> 27 (AlexNet); on 13 -> 6.
+        assert_eq!(PoolGeom::new(3, 2).out_size(55), 27);
+        assert_eq!(PoolGeom::new(3, 2).out_size(13), 6);
+        // ceil_mode: MaxPool2d(2, 2, ceil_mode=True) on 5 -> 3; (3, 2, pad 1, ceil) on 6 -> 4.
+        // MaxPool2d(2, 2, padding=1, ceil_mode=True) on 3: ceil(3/2)+1 = 3, but the third
+        // window would start in the right padding, so 2 (PyTorch's rule).
+        assert_eq!(PoolGeom { ceil_mode: true, ..PoolGeom::new(2, 2) }.out_size(5), 3);
+        assert_eq!(PoolGeom { padding: 1, ceil_mode: true, ..PoolGeom::new(3, 2) }.out_size(6), 4);
+        assert_eq!(PoolGeom { padding: 1, ceil_mode: true, ..PoolGeom::new(2, 2) }.out_size(3), 2);
+        assert!(PoolGeom { padding: 2, ..PoolGeom::new(3, 1) }.validate(5, 5).is_err());
+    }
+
+    #[test]
+    fn overlapping_max_and_padded_avg_by_hand() {
+        // 1x1x3x3 = [[1,2,3],[4,5,6],[7,8,9]].
+        let x = Tensor::new(&[[[[1f32, 2., 3.], [4., 5., 6.], [7., 8., 9.]]]], &Device::Cpu).unwrap();
+        // max k=2 s=1: [[5,6],[8,9]].
+        let y = pool2d(&x, PoolKind::Max, PoolGeom::new(2, 1)).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![5., 6., 8., 9.]);
+        // avg k=2 s=2 pad=1 (count_include_pad): windows see [1], [2,3], [4,7], [5,6,8,9]
+        // each over 4 cells: [0.25, 1.25, 2.75, 7.0].
+        let y = pool2d(&x, PoolKind::Avg, PoolGeom { padding: 1, ..PoolGeom::new(2, 2) }).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.25, 1.25, 2.75, 7.0]);
+    }
+
+    #[test]
+    fn finite_difference_gradients() {
+        let geoms = [
+            PoolGeom::new(2, 2),
+            PoolGeom::new(3, 2),
+            PoolGeom { padding: 1, ..PoolGeom::new(3, 2) },
+            PoolGeom { ceil_mode: true, ..PoolGeom::new(2, 2) },
+            PoolGeom { padding: 1, ceil_mode: true, ..PoolGeom::new(3, 2) },
+        ];
+        for g in geoms {
+            for kind in [PoolKind::Max, PoolKind::Avg] {
+                // Random values have no ties, so max is differentiable at the test point.
+                let x = Var::from_tensor(&rand_tensor(&[2, 3, 7, 6], 7, DType::F64)).unwrap();
+                check_grads(&[&x], |v| pool2d(v[0], kind, g), &format!("{kind:?} {g:?}"));
+            }
+        }
     }
 }

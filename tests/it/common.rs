@@ -42,15 +42,9 @@ pub fn write_toy_mnist(dir: &Path, n_train: usize, n_test: usize) {
         e.write_all(&bytes).unwrap();
         e.finish().unwrap();
     };
-    gz(
-        "train-images-idx3-ubyte.gz",
-        idx::encode_images(n_train, 28, 28, &trp),
-    );
+    gz("train-images-idx3-ubyte.gz", idx::encode_images(n_train, 28, 28, &trp));
     gz("train-labels-idx1-ubyte.gz", idx::encode_labels(&trl));
-    gz(
-        "t10k-images-idx3-ubyte.gz",
-        idx::encode_images(n_test, 28, 28, &tep),
-    );
+    gz("t10k-images-idx3-ubyte.gz", idx::encode_images(n_test, 28, 28, &tep));
     gz("t10k-labels-idx1-ubyte.gz", idx::encode_labels(&tel));
 }
 
@@ -78,8 +72,6 @@ pub fn runner(cwd: &Path, args: &[&str]) -> Output {
 /// The folder named by the last stdout line `run folder: <path>`.
 pub fn run_folder(cwd: &Path, out: &Output) -> PathBuf {
     let last = out.stdout.lines().last().unwrap_or_default();
-    let p = last
-        .strip_prefix("run folder: ")
-        .unwrap_or_else(|| panic!("last line is {last:?}\n{}", out.stderr));
+    let p = last.strip_prefix("run folder: ").unwrap_or_else(|| panic!("last line is {last:?}\n{}", out.stderr));
     cwd.join(p)
 }

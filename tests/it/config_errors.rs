@@ -28,10 +28,7 @@ optimizer = { sgd = { lr = 0.1 } }
 "#;
 
 fn opts(sets: &[&str]) -> LoadOptions {
-    LoadOptions {
-        sets: sets.iter().map(|s| s.to_string()).collect(),
-        env: false,
-    }
+    LoadOptions { sets: sets.iter().map(|s| s.to_string()).collect(), env: false }
 }
 
 #[test]
@@ -46,55 +43,24 @@ fn extends_merge_in_order_then_set_wins() {
     );
     let l = load(&exp, &opts(&[])).unwrap();
     assert_eq!(l.config.train.epochs, 5, "later extended file wins");
-    assert_eq!(
-        l.config.data.batch_size, 16,
-        "the experiment wins over what it extends"
-    );
+    assert_eq!(l.config.data.batch_size, 16, "the experiment wins over what it extends");
     assert_eq!(l.files.len(), 3);
 
-    let l = load(
-        &exp,
-        &opts(&[
-            "train.epochs=2",
-            "train.optimizer.sgd.lr=0.05",
-            "experiment.name=other",
-        ]),
-    )
-    .unwrap();
+    let l = load(&exp, &opts(&["train.epochs=2", "train.optimizer.sgd.lr=0.05", "experiment.name=other"])).unwrap();
     assert_eq!(l.config.train.epochs, 2);
-    assert_eq!(
-        l.config.experiment.name, "other",
-        "an unquoted string is taken as a string"
-    );
+    assert_eq!(l.config.experiment.name, "other", "an unquoted string is taken as a string");
     let prov = l.provenance();
-    let src = |k: &str| {
-        prov.iter()
-            .find(|(key, _, _)| key == k)
-            .map(|(_, _, s)| s.clone())
-            .unwrap()
-    };
+    let src = |k: &str| prov.iter().find(|(key, _, _)| key == k).map(|(_, _, s)| s.clone()).unwrap();
     assert_eq!(src("train.epochs"), "--set train.epochs=2");
-    assert!(
-        src("data.batch_size").ends_with("experiments/e.toml"),
-        "{}",
-        src("data.batch_size")
-    );
-    assert!(
-        src("data.dataset").ends_with("configs/base.toml"),
-        "{}",
-        src("data.dataset")
-    );
+    assert!(src("data.batch_size").ends_with("experiments/e.toml"), "{}", src("data.batch_size"));
+    assert!(src("data.dataset").ends_with("configs/base.toml"), "{}", src("data.dataset"));
     assert_eq!(src("data.shuffle"), "default");
 }
 
 #[test]
 fn three_misspelled_keys_are_all_reported_with_files_and_suggestions() {
     let d = tempfile::tempdir().unwrap();
-    write(
-        d.path(),
-        "base.toml",
-        &BASE.replace("batch_size = 32", "batch_sise = 32\nbatch_size = 32"),
-    );
+    write(d.path(), "base.toml", &BASE.replace("batch_size = 32", "batch_sise = 32\nbatch_size = 32"));
     let exp = write(
         d.path(),
         "e.toml",
@@ -102,38 +68,17 @@ fn three_misspelled_keys_are_all_reported_with_files_and_suggestions() {
     );
     let e = load(&exp, &opts(&[])).err().expect("must fail").to_string();
     assert!(e.starts_with("3 problems"), "{e}");
-    assert!(
-        e.contains("base.toml: unknown key `data.batch_sise`, did you mean `batch_size`?"),
-        "{e}"
-    );
-    assert!(
-        e.contains("e.toml: unknown key `experiment.sed`, did you mean `seed`?"),
-        "{e}"
-    );
-    assert!(
-        e.contains(
-            "e.toml: unknown key `train.optimizer.sgd.weight_decy`, did you mean `weight_decay`?"
-        ),
-        "{e}"
-    );
+    assert!(e.contains("base.toml: unknown key `data.batch_sise`, did you mean `batch_size`?"), "{e}");
+    assert!(e.contains("e.toml: unknown key `experiment.sed`, did you mean `seed`?"), "{e}");
+    assert!(e.contains("e.toml: unknown key `train.optimizer.sgd.weight_decy`, did you mean `weight_decay`?"), "{e}");
 }
 
 #[test]
 fn unknown_key_from_set_names_the_override() {
     let d = tempfile::tempdir().unwrap();
-    let exp = write(
-        d.path(),
-        "e.toml",
-        &format!("[experiment]\nname = \"e\"\n{BASE}"),
-    );
-    let e = load(&exp, &opts(&["train.epochz=3"]))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("--set train.epochz=3: unknown key `train.epochz`, did you mean `epochs`?"),
-        "{e}"
-    );
+    let exp = write(d.path(), "e.toml", &format!("[experiment]\nname = \"e\"\n{BASE}"));
+    let e = load(&exp, &opts(&["train.epochz=3"])).err().unwrap().to_string();
+    assert!(e.contains("--set train.epochz=3: unknown key `train.epochz`, did you mean `epochs`?"), "{e}");
 }
 
 #[test]
@@ -142,10 +87,7 @@ fn wrong_type_names_key_file_and_expected_type() {
     let exp = write(
         d.path(),
         "e.toml",
-        &format!(
-            "[experiment]\nname = \"e\"\n{}",
-            BASE.replace("epochs = 3", "epochs = \"ten\"")
-        ),
+        &format!("[experiment]\nname = \"e\"\n{}", BASE.replace("epochs = 3", "epochs = \"ten\"")),
     );
     let e = load(&exp, &opts(&[])).err().unwrap().to_string();
     assert!(e.contains("e.toml: key `train.epochs`"), "{e}");
@@ -158,16 +100,10 @@ fn unknown_layer_name_suggests_the_closest() {
     let exp = write(
         d.path(),
         "e.toml",
-        &format!(
-            "[experiment]\nname = \"e\"\n{}",
-            BASE.replace("\"flatten\"", "\"flaten\"")
-        ),
+        &format!("[experiment]\nname = \"e\"\n{}", BASE.replace("\"flatten\"", "\"flaten\"")),
     );
     let e = load(&exp, &opts(&[])).err().unwrap().to_string();
-    assert!(
-        e.contains("model.groups[0].layers[0]") && e.contains("did you mean `flatten`?"),
-        "{e}"
-    );
+    assert!(e.contains("model.groups[0].layers[0]") && e.contains("did you mean `flatten`?"), "{e}");
 }
 
 #[test]
@@ -175,38 +111,22 @@ fn missing_extended_file_and_cycles() {
     let d = tempfile::tempdir().unwrap();
     let exp = write(d.path(), "e.toml", "extends = [\"nope.toml\"]\n");
     let e = load(&exp, &opts(&[])).err().unwrap().to_string();
-    assert!(
-        e.contains("e.toml: cannot read") && e.contains("nope.toml") && e.contains("extends"),
-        "{e}"
-    );
+    assert!(e.contains("e.toml: cannot read") && e.contains("nope.toml") && e.contains("extends"), "{e}");
 
     write(d.path(), "a.toml", "extends = [\"b.toml\"]\n");
     write(d.path(), "b.toml", "extends = [\"a.toml\"]\n");
-    let e = load(&d.path().join("a.toml"), &opts(&[]))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load(&d.path().join("a.toml"), &opts(&[])).err().unwrap().to_string();
     assert!(e.contains("cycle"), "{e}");
 }
 
 #[test]
 fn bad_set_syntax_and_missing_key() {
     let d = tempfile::tempdir().unwrap();
-    let exp = write(
-        d.path(),
-        "e.toml",
-        &format!("[experiment]\nname = \"e\"\n{BASE}"),
-    );
-    let e = load(&exp, &opts(&["train.epochs"]))
-        .err()
-        .unwrap()
-        .to_string();
+    let exp = write(d.path(), "e.toml", &format!("[experiment]\nname = \"e\"\n{BASE}"));
+    let e = load(&exp, &opts(&["train.epochs"])).err().unwrap().to_string();
     assert!(e.contains("--set train.epochs: no `=`"), "{e}");
     let exp = write(d.path(), "f.toml", &BASE.replace("epochs = 3\n", ""));
-    let e = load(&exp, &opts(&["experiment.name=x"]))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load(&exp, &opts(&["experiment.name=x"])).err().unwrap().to_string();
     assert!(e.contains("missing key `train.epochs`"), "{e}");
 }
 
@@ -214,26 +134,13 @@ fn bad_set_syntax_and_missing_key() {
 fn plan_errors_name_file_and_key() {
     let d = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(d.path().join("data")).unwrap();
-    let text = format!(
-        "[experiment]\nname = \"e\"\n{}",
-        BASE.replace("out = 10", "out = 7")
-            .replace("lr = 0.1", "lr = -1.0")
-    );
+    let text =
+        format!("[experiment]\nname = \"e\"\n{}", BASE.replace("out = 10", "out = 7").replace("lr = 0.1", "lr = -1.0"));
     let exp = write(d.path(), "e.toml", &text);
-    let l = load(
-        &exp,
-        &opts(&["data.root=\"nowhere\"", "data.download=true"]),
-    )
-    .unwrap();
+    let l = load(&exp, &opts(&["data.root=\"nowhere\"", "data.download=true"])).unwrap();
     let e = runner::plan::plan(&l).err().unwrap().to_string();
-    assert!(
-        e.contains("e.toml: key `train.optimizer.sgd.lr`: must be > 0, is -1"),
-        "{e}"
-    );
-    assert!(
-        e.contains("model.groups[0].layers[1]") && e.contains("10 classes"),
-        "{e}"
-    );
+    assert!(e.contains("e.toml: key `train.optimizer.sgd.lr`: must be > 0, is -1"), "{e}");
+    assert!(e.contains("model.groups[0].layers[1]") && e.contains("10 classes"), "{e}");
 }
 
 #[test]
@@ -244,17 +151,8 @@ fn committed_configs_check_cleanly() {
         let path = entry.unwrap().path();
         let l = load(&path, &opts(&[])).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let plan = runner::plan::plan(&l).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        if path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("lenet5")
-        {
-            assert_eq!(
-                plan.num_params(),
-                44_426,
-                "the course's LeNet5 has 44,426 parameters"
-            );
+        if path.file_name().unwrap().to_string_lossy().starts_with("lenet5") {
+            assert_eq!(plan.num_params(), 44_426, "the course's LeNet5 has 44,426 parameters");
         }
     }
 }

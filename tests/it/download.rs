@@ -25,20 +25,12 @@ fn serve(files: BTreeMap<String, Vec<u8>>, requests: usize) -> String {
             let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
             match files.get(&path) {
                 Some(body) => {
-                    write!(
-                        stream,
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .unwrap();
+                    write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+                        .unwrap();
                     stream.write_all(body).unwrap();
                 }
                 None => {
-                    write!(
-                        stream,
-                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    )
-                    .unwrap();
+                    write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
                 }
             }
         }
@@ -48,10 +40,7 @@ fn serve(files: BTreeMap<String, Vec<u8>>, requests: usize) -> String {
 
 fn sha256_hex(bytes: &[u8]) -> &'static str {
     use sha2::Digest;
-    let hex: String = sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
     Box::leak(hex.into_boxed_str())
 }
 
@@ -60,53 +49,27 @@ fn good_corrupt_and_missing_files() {
     let good = runner::data::idx::encode_labels(&[1, 2, 3, 4]);
     let mut corrupt = good.clone();
     corrupt[9] ^= 0xff;
-    let files = BTreeMap::from([
-        ("/good.idx".to_string(), good.clone()),
-        ("/corrupt.idx".to_string(), corrupt),
-    ]);
+    let files = BTreeMap::from([("/good.idx".to_string(), good.clone()), ("/corrupt.idx".to_string(), corrupt)]);
     let base = serve(files, 3);
     let dir = tempfile::tempdir().unwrap();
 
     // A good file lands under its name with the right bytes, and no .part is left.
     let dest = dir.path().join("sub/good.idx");
-    fetch(
-        &format!("{base}/good.idx"),
-        &dest,
-        Checksum::Sha256(sha256_hex(&good)),
-    )
-    .unwrap();
+    fetch(&format!("{base}/good.idx"), &dest, Checksum::Sha256(sha256_hex(&good))).unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), good);
     assert!(!dir.path().join("sub/good.idx.part").exists());
-    assert_eq!(
-        file_digest(&dest, Checksum::Sha256("")).unwrap(),
-        sha256_hex(&good)
-    );
+    assert_eq!(file_digest(&dest, Checksum::Sha256("")).unwrap(), sha256_hex(&good));
 
     // A corrupt file is rejected with both digests named and nothing kept.
     let dest = dir.path().join("corrupt.idx");
-    let e = fetch(
-        &format!("{base}/corrupt.idx"),
-        &dest,
-        Checksum::Sha256(sha256_hex(&good)),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("checksum mismatch")
-            && e.contains(sha256_hex(&good))
-            && e.contains("corrupt.idx"),
-        "{e}"
-    );
+    let e = fetch(&format!("{base}/corrupt.idx"), &dest, Checksum::Sha256(sha256_hex(&good))).unwrap_err().to_string();
+    assert!(e.contains("checksum mismatch") && e.contains(sha256_hex(&good)) && e.contains("corrupt.idx"), "{e}");
     assert!(!dest.exists() && !dir.path().join("corrupt.idx.part").exists());
 
     // A 404 names the URL and the status.
-    let e = fetch(
-        &format!("{base}/missing.idx"),
-        &dir.path().join("m.idx"),
-        Checksum::Sha256(sha256_hex(&good)),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = fetch(&format!("{base}/missing.idx"), &dir.path().join("m.idx"), Checksum::Sha256(sha256_hex(&good)))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/missing.idx") && e.contains("404"), "{e}");
 }
 
@@ -116,10 +79,7 @@ fn md5_of_a_known_string() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("abc");
     std::fs::write(&p, "abc").unwrap();
-    assert_eq!(
-        file_digest(&p, Checksum::Md5("")).unwrap(),
-        "900150983cd24fb0d6963f7d28e17f72"
-    );
+    assert_eq!(file_digest(&p, Checksum::Md5("")).unwrap(), "900150983cd24fb0d6963f7d28e17f72");
 }
 
 #[test]
@@ -132,10 +92,7 @@ fn dataset_download_through_a_mirror_checks_the_published_checksums() {
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(&toy).unwrap() {
         let p = entry.unwrap().path();
-        files.insert(
-            format!("/{}", p.file_name().unwrap().to_string_lossy()),
-            std::fs::read(&p).unwrap(),
-        );
+        files.insert(format!("/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(&p).unwrap());
     }
     let base = serve(files, 1);
     let cfg: runner::config::DataConfig = toml::from_str(&format!(
@@ -144,13 +101,7 @@ fn dataset_download_through_a_mirror_checks_the_published_checksums() {
     ))
     .unwrap();
     let e = runner::data::load(&cfg).unwrap_err().to_string();
-    assert!(
-        e.contains("train-images-idx3-ubyte.gz") && e.contains("MD5 checksum mismatch"),
-        "{e}"
-    );
+    assert!(e.contains("train-images-idx3-ubyte.gz") && e.contains("MD5 checksum mismatch"), "{e}");
     assert!(!d.path().join("mnist/train-images-idx3-ubyte.gz").exists());
-    assert!(!d
-        .path()
-        .join("mnist/train-images-idx3-ubyte.gz.part")
-        .exists());
+    assert!(!d.path().join("mnist/train-images-idx3-ubyte.gz.part").exists());
 }

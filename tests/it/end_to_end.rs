@@ -10,12 +10,8 @@ use crate::common::{run_folder, runner, write_toy_mnist};
 
 fn read(path: &Path) -> RecordBatch {
     let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect();
+    let batches: Vec<RecordBatch> =
+        ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().map(|b| b.unwrap()).collect();
     arrow_select_concat(&batches)
 }
 
@@ -25,11 +21,7 @@ fn arrow_select_concat(batches: &[RecordBatch]) -> RecordBatch {
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
-    b.column_by_name(name)
-        .unwrap_or_else(|| panic!("no column {name}"))
-        .as_any()
-        .downcast_ref::<T>()
-        .unwrap()
+    b.column_by_name(name).unwrap_or_else(|| panic!("no column {name}")).as_any().downcast_ref::<T>().unwrap()
 }
 
 /// Writes toy data and a small experiment into `dir`; returns the experiment path.
@@ -82,52 +74,22 @@ fn tiny_run_writes_readable_tables_and_is_deterministic() {
     let out = runner(d.path(), &["tiny.toml"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let dir = run_folder(d.path(), &out);
-    assert!(
-        dir.starts_with(d.path().join("runs/tiny")),
-        "{}",
-        dir.display()
-    );
-    for f in [
-        "config.toml",
-        "run.parquet",
-        "params.parquet",
-        "metrics.parquet",
-    ] {
+    assert!(dir.starts_with(d.path().join("runs/tiny")), "{}", dir.display());
+    for f in ["config.toml", "run.parquet", "params.parquet", "metrics.parquet"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
 
     // metrics.parquet: exact columns and one row per (epoch, split, metric).
     let m = read(&dir.join("metrics.parquet"));
-    let names: Vec<String> = m
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    assert_eq!(
-        names,
-        [
-            "run_id",
-            "epoch",
-            "step",
-            "split",
-            "metric",
-            "class",
-            "value",
-            "wall_time_s"
-        ]
-    );
+    let names: Vec<String> = m.schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(names, ["run_id", "epoch", "step", "split", "metric", "class", "value", "wall_time_s"]);
     let (epoch, split, metric, value) = (
         col::<Int32Array>(&m, "epoch"),
         col::<StringArray>(&m, "split"),
         col::<StringArray>(&m, "metric"),
         col::<Float64Array>(&m, "value"),
     );
-    assert_eq!(
-        col::<StringArray>(&m, "class").null_count(),
-        m.num_rows(),
-        "no per-class rows yet"
-    );
+    assert_eq!(col::<StringArray>(&m, "class").null_count(), m.num_rows(), "no per-class rows yet");
     let get = |e: i32, s: &str, name: &str| -> f64 {
         (0..m.num_rows())
             .find(|&i| epoch.value(i) == e && split.value(i) == s && metric.value(i) == name)
@@ -141,14 +103,8 @@ fn tiny_run_writes_readable_tables_and_is_deterministic() {
         assert!((acc * 100.0 - (acc * 100.0).round()).abs() < 1e-9, "{acc}");
     }
     let final_acc = get(2, "test", "accuracy");
-    assert!(
-        final_acc >= 0.9,
-        "the toy classes are separable; got test accuracy {final_acc}"
-    );
-    assert!(
-        get(2, "train", "loss") < get(0, "train", "loss"),
-        "training lowers the loss"
-    );
+    assert!(final_acc >= 0.9, "the toy classes are separable; got test accuracy {final_acc}");
+    assert!(get(2, "train", "loss") < get(0, "train", "loss"), "training lowers the loss");
 
     // run.parquet: one completed row whose final metrics match the last epoch and stdout.
     let r = read(&dir.join("run.parquet"));
@@ -156,20 +112,8 @@ fn tiny_run_writes_readable_tables_and_is_deterministic() {
     assert_eq!(col::<StringArray>(&r, "status").value(0), "completed");
     assert_eq!(col::<StringArray>(&r, "experiment").value(0), "tiny");
     assert_eq!(col::<Float64Array>(&r, "test.accuracy").value(0), final_acc);
-    assert!(
-        out.stdout
-            .contains(&format!("test.accuracy = {final_acc:.4}")),
-        "{}",
-        out.stdout
-    );
-    for c in [
-        "run_id",
-        "config_hash",
-        "seed",
-        "device",
-        "started_at",
-        "finished_at",
-    ] {
+    assert!(out.stdout.contains(&format!("test.accuracy = {final_acc:.4}")), "{}", out.stdout);
+    for c in ["run_id", "config_hash", "seed", "device", "started_at", "finished_at"] {
         assert!(r.column_by_name(c).is_some(), "run.parquet lacks {c}");
     }
 
@@ -177,9 +121,7 @@ fn tiny_run_writes_readable_tables_and_is_deterministic() {
     let p = read(&dir.join("params.parquet"));
     let keys = col::<StringArray>(&p, "key");
     let vals = col::<StringArray>(&p, "value");
-    let lr = (0..p.num_rows())
-        .find(|&i| keys.value(i) == "train.optimizer.sgd.lr")
-        .map(|i| vals.value(i));
+    let lr = (0..p.num_rows()).find(|&i| keys.value(i) == "train.optimizer.sgd.lr").map(|i| vals.value(i));
     assert_eq!(lr, Some("0.05"));
 
     // The resolved config.toml runs again as an experiment, and the same seed gives the
@@ -196,21 +138,10 @@ fn tiny_run_writes_readable_tables_and_is_deterministic() {
         );
         (0..b.num_rows())
             .filter(|&i| !n.value(i).ends_with("_s") && n.value(i) != "images_per_s")
-            .map(|i| {
-                (
-                    e.value(i),
-                    s.value(i).to_string(),
-                    n.value(i).to_string(),
-                    v.value(i),
-                )
-            })
+            .map(|i| (e.value(i), s.value(i).to_string(), n.value(i).to_string(), v.value(i)))
             .collect()
     };
-    assert_eq!(
-        values(&m),
-        values(&m2),
-        "same config and seed, same metrics"
-    );
+    assert_eq!(values(&m), values(&m2), "same config and seed, same metrics");
 
     check_with_pyarrow(&dir);
 }
@@ -219,10 +150,7 @@ fn tiny_run_writes_readable_tables_and_is_deterministic() {
 /// RUNNER_REQUIRE_PYARROW=1 after installing pyarrow, so a missing module fails there.
 fn check_with_pyarrow(dir: &Path) {
     let script = crate::common::repo().join("tests/read_run.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(dir)
-        .output();
+    let out = std::process::Command::new("python3").arg(&script).arg(dir).output();
     let required = std::env::var("RUNNER_REQUIRE_PYARROW").is_ok_and(|v| v == "1");
     match out {
         Ok(o) if o.status.success() => {
@@ -230,10 +158,7 @@ fn check_with_pyarrow(dir: &Path) {
             assert!(text.contains("ok"), "{text}");
         }
         Ok(o) if o.status.code() == Some(3) && !required => {
-            eprintln!(
-                "skipped the pyarrow check: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            eprintln!("skipped the pyarrow check: {}", String::from_utf8_lossy(&o.stderr));
         }
         Ok(o) => panic!(
             "tests/read_run.py failed: {}{}",
@@ -256,11 +181,7 @@ fn corrupt_data_file_is_an_error_naming_the_file() {
     std::fs::write(d.path().join("data/toy/t10k-labels-idx1-ubyte"), labels).unwrap();
     let out = runner(d.path(), &["tiny.toml"]);
     assert_eq!(out.code, 2);
-    assert!(
-        out.stderr.contains("t10k-labels-idx1-ubyte") && out.stderr.contains("99 labels"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("t10k-labels-idx1-ubyte") && out.stderr.contains("99 labels"), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
 
@@ -272,41 +193,65 @@ fn check_prints_the_summary_and_errors_exit_2() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     // conv 4x1x5x5 + 4 = 104; linear (4*6*6=144)*10 + 10 = 1450. Total 1554 by hand.
     assert!(out.stdout.contains("params: 1554"), "{}", out.stdout);
-    assert!(
-        !d.path().join("runs").exists(),
-        "check trains nothing and writes no run folder"
-    );
+    assert!(!d.path().join("runs").exists(), "check trains nothing and writes no run folder");
 
-    let out = runner(
-        d.path(),
-        &["check", "tiny.toml", "--set", "data.root=\"elsewhere\""],
-    );
+    let out = runner(d.path(), &["check", "tiny.toml", "--set", "data.root=\"elsewhere\""]);
     assert_eq!(out.code, 2);
-    assert!(
-        out.stderr.contains("key `data.dataset`") && out.stderr.contains("data.download = true"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("key `data.dataset`") && out.stderr.contains("data.download = true"), "{}", out.stderr);
 
-    let out = runner(
-        d.path(),
-        &[
-            "check",
-            "tiny.toml",
-            "--set",
-            "data.root=\"elsewhere\"",
-            "--set",
-            "data.download=true",
-        ],
-    );
-    assert_eq!(
-        out.code, 0,
-        "absent but downloadable data is a warning: {}",
-        out.stderr
-    );
+    let out =
+        runner(d.path(), &["check", "tiny.toml", "--set", "data.root=\"elsewhere\"", "--set", "data.download=true"]);
+    assert_eq!(out.code, 0, "absent but downloadable data is a warning: {}", out.stderr);
     assert!(out.stderr.contains("will be downloaded"), "{}", out.stderr);
 
     let out = runner(d.path(), &["no_such.toml"]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("no_such.toml"), "{}", out.stderr);
+}
+
+#[test]
+fn ctrl_c_keeps_finished_epochs_and_marks_the_run_interrupted() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path(), 500);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["tiny.toml", "-q"])
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until at least one epoch is in metrics.parquet, then send SIGINT.
+    let runs = d.path().join("runs/tiny");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let metrics = loop {
+        let found = std::fs::read_dir(&runs)
+            .ok()
+            .and_then(|mut it| it.next())
+            .map(|e| e.unwrap().path().join("metrics.parquet"));
+        if let Some(m) = found.filter(|m| m.exists()) {
+            if read(&m).num_rows() > 0 {
+                break m;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no epoch finished in time");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = metrics.parent().unwrap();
+    let r = read(&dir.join("run.parquet"));
+    assert_eq!(col::<StringArray>(&r, "status").value(0), "interrupted");
+    assert!(col::<arrow_array::TimestampMicrosecondArray>(&r, "finished_at").is_valid(0));
+    let m = read(&metrics);
+    let epochs: std::collections::BTreeSet<i32> = col::<Int32Array>(&m, "epoch").iter().flatten().collect();
+    assert!(!epochs.is_empty() && epochs.len() < 500, "{epochs:?}");
+    // Every logged epoch is complete: each has the test accuracy row.
+    let (e, s, n) = (col::<Int32Array>(&m, "epoch"), col::<StringArray>(&m, "split"), col::<StringArray>(&m, "metric"));
+    for ep in &epochs {
+        assert!((0..m.num_rows()).any(|i| e.value(i) == *ep && s.value(i) == "test" && n.value(i) == "accuracy"));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().last().unwrap_or_default().starts_with("run folder: "), "{stdout}");
 }

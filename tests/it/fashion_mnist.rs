@@ -24,10 +24,7 @@ fn lenet5_learns_fashion_mnist() {
             "--set",
             "train.epochs=2",
             "--set",
-            &format!(
-                "experiment.output_dir={:?}",
-                out_dir.path().display().to_string()
-            ),
+            &format!("experiment.output_dir={:?}", out_dir.path().display().to_string()),
         ],
     );
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -42,8 +39,5 @@ fn lenet5_learns_fashion_mnist() {
         .unwrap_or_else(|| panic!("no test.accuracy line in {}", out.stdout));
     // Measured on this recipe (seed 0, 2 epochs of SGD lr 0.01, momentum 0.9): 0.8646.
     // PyTorch's LeNet5 with the same recipe lands in the same range; 0.84 leaves margin.
-    assert!(
-        acc >= 0.84,
-        "test accuracy after 2 epochs is {acc}, expected >= 0.84"
-    );
+    assert!(acc >= 0.84, "test accuracy after 2 epochs is {acc}, expected >= 0.84");
 }

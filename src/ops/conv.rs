@@ -1,0 +1,392 @@
+//! 2-D convolution with stride, padding, dilation and groups, as candle custom ops.
+//!
+//! On the CPU: im2col per sample feeding `gemm`, with samples split across threads.
+//! Backward computes the weight gradient always and the input gradient only when the input
+//! takes part in the gradient (not for the image itself). On other devices, candle's own
+//! `conv2d` runs (its gradients are exact there).
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{matmul, Mat};
+use super::{cpu_slices, threads, Elem};
+
+/// Geometry of a convolution (square kernels are the common case but not required).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+impl Default for ConvGeom {
+    fn default() -> Self {
+        ConvGeom { stride: 1, padding: 0, dilation: 1, groups: 1 }
+    }
+}
+
+/// All sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    g: ConvGeom,
+}
+
+impl Dims {
+    fn new(x: &[usize], wt: &[usize], g: ConvGeom) -> Result<Dims> {
+        let (&[n, c, h, w], &[o, cg, kh, kw]) = (x, wt) else {
+            candle_core::bail!(
+                "conv2d expects [n, c, h, w] input and [o, c/groups, kh, kw] weight, got {x:?} and {wt:?}"
+            )
+        };
+        if g.groups == 0 || c % g.groups != 0 || o % g.groups != 0 || cg * g.groups != c {
+            candle_core::bail!(
+                "conv2d: {c} input channels, {o} outputs and weight {wt:?} do not fit groups = {}",
+                g.groups
+            );
+        }
+        let ekh = g.dilation * (kh - 1) + 1;
+        let ekw = g.dilation * (kw - 1) + 1;
+        if h + 2 * g.padding < ekh || w + 2 * g.padding < ekw || g.stride == 0 {
+            candle_core::bail!("conv2d: kernel {kh}x{kw} (dilation {}) is larger than the padded input", g.dilation);
+        }
+        let oh = (h + 2 * g.padding - ekh) / g.stride + 1;
+        let ow = (w + 2 * g.padding - ekw) / g.stride + 1;
+        Ok(Dims { n, c, h, w, o, kh, kw, oh, ow, g })
+    }
+    /// Rows of the column matrix per group: (c / groups) * kh * kw.
+    fn kg(&self) -> usize {
+        self.c / self.g.groups * self.kh * self.kw
+    }
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// A 1x1, stride-1, unpadded conv reads the input itself as the column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.g.stride == 1 && self.g.padding == 0
+    }
+}
+
+/// `col[(ci, ki, kj), (y, x)] = x[ci, y * s - p + ki * d, x * s - p + kj * d]` (0 outside).
+fn im2col<T: Elem>(x: &[T], d: &Dims, col: &mut [T]) {
+    let (s, p, dil) = (d.g.stride as isize, d.g.padding as isize, d.g.dilation as isize);
+    let pp = d.p();
+    for ci in 0..d.c {
+        let plane = &x[ci * d.h * d.w..(ci + 1) * d.h * d.w];
+        for ki in 0..d.kh {
+            for kj in 0..d.kw {
+                let row = &mut col[((ci * d.kh + ki) * d.kw + kj) * pp..][..pp];
+                for y in 0..d.oh {
+                    let iy = y as isize * s - p + ki as isize * dil;
+                    let out = &mut row[y * d.ow..(y + 1) * d.ow];
+                    if iy < 0 || iy >= d.h as isize {
+                        out.fill(T::default());
+                        continue;
+                    }
+                    let src = &plane[iy as usize * d.w..(iy as usize + 1) * d.w];
+                    for (xo, v) in out.iter_mut().enumerate() {
+                        let ix = xo as isize * s - p + kj as isize * dil;
+                        *v = if ix >= 0 && ix < d.w as isize { src[ix as usize] } else { T::default() };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each column entry back into its input pixel.
+fn col2im<T: Elem>(col: &[T], d: &Dims, x: &mut [T]) {
+    let (s, p, dil) = (d.g.stride as isize, d.g.padding as isize, d.g.dilation as isize);
+    let pp = d.p();
+    for ci in 0..d.c {
+        let plane = &mut x[ci * d.h * d.w..(ci + 1) * d.h * d.w];
+        for ki in 0..d.kh {
+            for kj in 0..d.kw {
+                let row = &col[((ci * d.kh + ki) * d.kw + kj) * pp..][..pp];
+                for y in 0..d.oh {
+                    let iy = y as isize * s - p + ki as isize * dil;
+                    if iy < 0 || iy >= d.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * d.w..(iy as usize + 1) * d.w];
+                    for (xo, v) in row[y * d.ow..(y + 1) * d.ow].iter().enumerate() {
+                        let ix = xo as isize * s - p + kj as isize * dil;
+                        if ix >= 0 && ix < d.w as isize {
+                            dst[ix as usize] += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits the batch across threads when it has at least as many samples as threads;
+/// otherwise runs samples in turn and lets gemm use the threads.
+fn plan_threads(n: usize) -> (bool, usize) {
+    let t = threads();
+    if n >= t {
+        (true, 1)
+    } else {
+        (false, t)
+    }
+}
+
+fn forward<T: Elem>(x: &[T], wt: &[T], d: &Dims) -> Vec<T> {
+    let (per_sample, gemm_threads) = plan_threads(d.n);
+    let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
+    let mut out = vec![T::default(); d.n * d.o * pp];
+    let one = |(i, y): (usize, &mut [T])| {
+        let xs = &x[i * c_in..(i + 1) * c_in];
+        let mut buf = Vec::new();
+        let col: &[T] = if d.is_pointwise() {
+            xs
+        } else {
+            buf.resize(d.c * d.kh * d.kw * pp, T::default());
+            im2col(xs, d, &mut buf);
+            &buf
+        };
+        for g in 0..d.g.groups {
+            // y_g (og x P) = W_g (og x kg) * col_g (kg x P)
+            matmul(
+                og,
+                pp,
+                kg,
+                &mut y[g * og * pp..(g + 1) * og * pp],
+                Mat::N(&wt[g * og * kg..(g + 1) * og * kg]),
+                Mat::N(&col[g * kg * pp..(g + 1) * kg * pp]),
+                false,
+                gemm_threads,
+            );
+        }
+    };
+    if per_sample {
+        out.par_chunks_mut(d.o * pp).enumerate().for_each(one);
+    } else {
+        out.chunks_mut(d.o * pp).enumerate().for_each(one);
+    }
+    out
+}
+
+/// `dW = sum_n dY[n] (o x P) * col[n]^T (P x kg)`, per group.
+fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
+    let (per_sample, gemm_threads) = plan_threads(d.n);
+    let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
+    let wlen = d.o * kg;
+    let acc = |mut dw: Vec<T>, i: usize| {
+        let xs = &x[i * c_in..(i + 1) * c_in];
+        let mut buf = Vec::new();
+        let col: &[T] = if d.is_pointwise() {
+            xs
+        } else {
+            buf.resize(d.c * d.kh * d.kw * pp, T::default());
+            im2col(xs, d, &mut buf);
+            &buf
+        };
+        let dys = &dy[i * d.o * pp..(i + 1) * d.o * pp];
+        for g in 0..d.g.groups {
+            matmul(
+                og,
+                kg,
+                pp,
+                &mut dw[g * og * kg..(g + 1) * og * kg],
+                Mat::N(&dys[g * og * pp..(g + 1) * og * pp]),
+                Mat::T(&col[g * kg * pp..(g + 1) * kg * pp]),
+                true,
+                gemm_threads,
+            );
+        }
+        dw
+    };
+    if per_sample {
+        (0..d.n).into_par_iter().fold(|| vec![T::default(); wlen], acc).reduce(
+            || vec![T::default(); wlen],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+    } else {
+        (0..d.n).fold(vec![T::default(); wlen], acc)
+    }
+}
+
+/// `dX[n] = col2im(W^T (kg x o) * dY[n] (o x P))`, per group.
+fn grad_input<T: Elem>(wt: &[T], dy: &[T], d: &Dims) -> Vec<T> {
+    let (per_sample, gemm_threads) = plan_threads(d.n);
+    let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
+    let mut dx = vec![T::default(); d.n * c_in];
+    let one = |(i, dxs): (usize, &mut [T])| {
+        let dys = &dy[i * d.o * pp..(i + 1) * d.o * pp];
+        let mut col = vec![T::default(); d.c * d.kh * d.kw * pp];
+        for g in 0..d.g.groups {
+            matmul(
+                kg,
+                pp,
+                og,
+                &mut col[g * kg * pp..(g + 1) * kg * pp],
+                Mat::T(&wt[g * og * kg..(g + 1) * og * kg]),
+                Mat::N(&dys[g * og * pp..(g + 1) * og * pp]),
+                false,
+                gemm_threads,
+            );
+        }
+        if d.is_pointwise() {
+            dxs.copy_from_slice(&col);
+        } else {
+            col2im(&col, d, dxs);
+        }
+    };
+    if per_sample {
+        dx.par_chunks_mut(c_in).enumerate().for_each(one);
+    } else {
+        dx.chunks_mut(c_in).enumerate().for_each(one);
+    }
+    dx
+}
+
+/// Forward: `(x, weight) -> y`.
+struct Conv2dOp(ConvGeom);
+/// Backward pieces: `(x, dy) -> dW` and `(weight, dy) -> dX`.
+struct Conv2dGradWeight(ConvGeom, Shape);
+struct Conv2dGradInput(ConvGeom, Shape);
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "runner-conv2d"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), l2.dims(), self.0)?;
+        let shape = Shape::from((d.n, d.o, d.oh, d.ow));
+        Ok(match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (x, w) = cpu_slices::<f32>(s1, l1, s2, l2)?;
+                (CpuStorage::F32(forward(x, w, &d)), shape)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (x, w) = cpu_slices::<f64>(s1, l1, s2, l2)?;
+                (CpuStorage::F64(forward(x, w, &d)), shape)
+            }
+            _ => candle_core::bail!("runner conv2d supports f32 and f64 tensors of one dtype"),
+        })
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dw = x.apply_op2_no_bwd(&dy, &Conv2dGradWeight(self.0, w.shape().clone()))?;
+        // The image (a tensor with no history) needs no gradient.
+        let dx = if x.track_op() {
+            Some(w.apply_op2_no_bwd(&dy, &Conv2dGradInput(self.0, x.shape().clone()))?)
+        } else {
+            None
+        };
+        Ok((dx, Some(dw)))
+    }
+}
+
+impl CustomOp2 for Conv2dGradWeight {
+    fn name(&self) -> &'static str {
+        "runner-conv2d-grad-weight"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), self.1.dims(), self.0)?;
+        Ok(match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (x, dy) = cpu_slices::<f32>(s1, l1, s2, l2)?;
+                (CpuStorage::F32(grad_weight(x, dy, &d)), self.1.clone())
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (x, dy) = cpu_slices::<f64>(s1, l1, s2, l2)?;
+                (CpuStorage::F64(grad_weight(x, dy, &d)), self.1.clone())
+            }
+            _ => candle_core::bail!("runner conv2d supports f32 and f64 tensors of one dtype"),
+        })
+    }
+}
+
+impl CustomOp2 for Conv2dGradInput {
+    fn name(&self) -> &'static str {
+        "runner-conv2d-grad-input"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(self.1.dims(), l1.dims(), self.0)?;
+        Ok(match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (w, dy) = cpu_slices::<f32>(s1, l1, s2, l2)?;
+                (CpuStorage::F32(grad_input(w, dy, &d)), self.1.clone())
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (w, dy) = cpu_slices::<f64>(s1, l1, s2, l2)?;
+                (CpuStorage::F64(grad_input(w, dy, &d)), self.1.clone())
+            }
+            _ => candle_core::bail!("runner conv2d supports f32 and f64 tensors of one dtype"),
+        })
+    }
+}
+
+/// `x`: `[n, c, h, w]`, `weight`: `[o, c / groups, kh, kw]` -> `[n, o, oh, ow]` (no bias).
+pub fn conv2d(x: &Tensor, weight: &Tensor, g: ConvGeom) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op2(&weight.contiguous()?, Conv2dOp(g))
+    } else {
+        x.conv2d(weight, g.padding, g.stride, g.dilation, g.groups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{check_grads, rand_tensor};
+    use candle_core::{DType, Device, Var};
+
+    fn geoms() -> Vec<(usize, usize, usize, usize, ConvGeom)> {
+        // (n, c, hw, o, k) with stride, padding, dilation and groups in turn.
+        vec![
+            (2, 3, 7, 4, ConvGeom::default()),
+            (2, 2, 8, 3, ConvGeom { stride: 2, padding: 1, ..Default::default() }),
+            (1, 2, 9, 2, ConvGeom { dilation: 2, padding: 2, ..Default::default() }),
+            (3, 4, 6, 6, ConvGeom { groups: 2, padding: 1, ..Default::default() }),
+        ]
+    }
+
+    #[test]
+    fn matches_candle_forward() {
+        for (n, c, hw, o, g) in geoms() {
+            for k in [1, 3] {
+                let x = rand_tensor(&[n, c, hw, hw], 1, DType::F32);
+                let w = rand_tensor(&[o, c / g.groups, k, k], 2, DType::F32);
+                let ours = conv2d(&x, &w, g).unwrap();
+                let theirs = x.conv2d(&w, g.padding, g.stride, g.dilation, g.groups).unwrap();
+                let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-5, "{g:?} k={k}: max diff {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn finite_difference_gradients() {
+        for (n, c, hw, o, g) in geoms() {
+            let x = Var::from_tensor(&rand_tensor(&[n, c, hw, hw], 3, DType::F64)).unwrap();
+            let w = Var::from_tensor(&rand_tensor(&[o, c / g.groups, 3, 3], 4, DType::F64)).unwrap();
+            check_grads(&[&x, &w], |v| conv2d(v[0], v[1], g), &format!("conv2d {g:?}"));
+        }
+    }
+
+    #[test]
+    fn no_input_gradient_for_the_image() {
+        let x = rand_tensor(&[2, 1, 5, 5], 5, DType::F32);
+        let w = Var::from_tensor(&rand_tensor(&[2, 1, 3, 3], 6, DType::F32)).unwrap();
+        let grads = conv2d(&x, &w, ConvGeom::default()).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none());
+        assert!(grads.get(&w).is_some());
+        let _ = Device::Cpu;
+    }
+}

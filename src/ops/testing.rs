@@ -1,0 +1,54 @@
+//! Test helpers: seeded random tensors and a finite-difference gradient check in f64.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+use crate::rng::Rng;
+
+/// Uniform in [-1, 1) from `seed`.
+pub fn rand_tensor(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let mut r = Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| r.next_f64() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+}
+
+/// Compares the backward pass of `f` with central differences of `L = sum(f(vars) * R)`
+/// for a fixed random `R`, on up to 40 elements of each variable. Vars must be f64.
+pub fn check_grads(vars: &[&Var], f: impl Fn(&[&Tensor]) -> Result<Tensor>, what: &str) {
+    let tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+    let y = f(&tensors).unwrap();
+    let r = rand_tensor(y.dims(), 99, DType::F64);
+    let loss =
+        |vs: &[&Tensor]| -> f64 { (f(vs).unwrap() * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() };
+    let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let eps = 1e-6;
+    for (vi, var) in vars.iter().enumerate() {
+        let analytic: Vec<f64> = grads
+            .get(var)
+            .unwrap_or_else(|| panic!("{what}: no gradient for input {vi}"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = var.flatten_all().unwrap().to_vec1().unwrap();
+        let step = (base.len() / 40).max(1);
+        for i in (0..base.len()).step_by(step) {
+            let eval = |delta: f64| {
+                let mut v = base.clone();
+                v[i] += delta;
+                let t = Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap();
+                let mut ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+                ts[vi] = t;
+                let refs: Vec<&Tensor> = ts.iter().collect();
+                loss(&refs)
+            };
+            let numeric = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            let err = (numeric - analytic[i]).abs();
+            assert!(
+                err <= 1e-6 * (1.0 + numeric.abs()),
+                "{what}: input {vi} element {i}: analytic {} vs numeric {numeric}",
+                analytic[i]
+            );
+        }
+    }
+}
