@@ -27,8 +27,12 @@ pyarrow:
 test: data pyarrow
 	RUNNER_REQUIRE_PYARROW=1 $(CARGO) test --release
 
-bench:
-	@echo "nothing to bench yet"
+# Installs Debian's python3-torch for the reference where apt works; prints torch=na otherwise.
+bench: build
+	@/usr/bin/python3 -c "import torch" 2>/dev/null || \
+	  (command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && apt-get install -y -q python3-torch >/dev/null) || \
+	  echo "python3-torch not available: torch=na"
+	$(PYTHON) bench/run.py
 
 fmt:
 	$(CARGO) fmt --all

@@ -53,6 +53,7 @@ enum Command {
 
 pub fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
+    crate::ops::tune_allocator();
     crate::progress::init_logging(if cli.quiet { -1 } else { cli.verbose.min(2) as i8 });
     match cli.command {
         None => train(cli.run),

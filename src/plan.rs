@@ -247,7 +247,7 @@ impl Plan {
     /// The model table (Darknet's start-up table) and totals.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "{:<16} {:<10} {:<16} {:>10}  {}", "path", "layer", "output", "params", "trainable");
+        let _ = writeln!(s, "{:<16} {:<10} {:<16} {:>10}  trainable", "path", "layer", "output", "params");
         for l in &self.layers {
             let shape = format!("{:?}", l.out_shape);
             let params = l.num_params();

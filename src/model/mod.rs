@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
 use crate::config::LayerKind;
+use crate::ops::bias::add_channel_bias;
 use crate::ops::conv::{conv2d, ConvGeom};
 use crate::ops::pool::pool2d;
 use crate::rng::Rng;
@@ -87,7 +88,7 @@ impl Model {
                     let geom = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
                     let y = conv2d(&x, w, geom)?; // [b, out, oh, ow]
                     match self.param(layer, "bias") {
-                        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
+                        Some(b) => add_channel_bias(&y, b)?,
                         None => y,
                     }
                 }

@@ -76,6 +76,15 @@ impl Dims {
     }
 }
 
+/// The output columns `xo` whose input column `xo * s - p + kj * d` lies inside `0..w`.
+fn valid_cols(d: &Dims, kj: usize) -> (usize, usize) {
+    let (s, off) = (d.g.stride as isize, kj as isize * d.g.dilation as isize - d.g.padding as isize);
+    // xo * s + off >= 0  and  xo * s + off < w
+    let lo = if off >= 0 { 0 } else { ((-off) as usize).div_ceil(s as usize) };
+    let hi = if (d.w as isize) <= off { 0 } else { ((d.w as isize - off) as usize).div_ceil(s as usize) };
+    (lo.min(d.ow), hi.min(d.ow).max(lo.min(d.ow)))
+}
+
 /// `col[(ci, ki, kj), (y, x)] = x[ci, y * s - p + ki * d, x * s - p + kj * d]` (0 outside).
 fn im2col<T: Elem>(x: &[T], d: &Dims, col: &mut [T]) {
     let (s, p, dil) = (d.g.stride as isize, d.g.padding as isize, d.g.dilation as isize);
@@ -85,6 +94,8 @@ fn im2col<T: Elem>(x: &[T], d: &Dims, col: &mut [T]) {
         for ki in 0..d.kh {
             for kj in 0..d.kw {
                 let row = &mut col[((ci * d.kh + ki) * d.kw + kj) * pp..][..pp];
+                let (lo, hi) = valid_cols(d, kj);
+                let off = kj as isize * dil - p;
                 for y in 0..d.oh {
                     let iy = y as isize * s - p + ki as isize * dil;
                     let out = &mut row[y * d.ow..(y + 1) * d.ow];
@@ -93,9 +104,15 @@ fn im2col<T: Elem>(x: &[T], d: &Dims, col: &mut [T]) {
                         continue;
                     }
                     let src = &plane[iy as usize * d.w..(iy as usize + 1) * d.w];
-                    for (xo, v) in out.iter_mut().enumerate() {
-                        let ix = xo as isize * s - p + kj as isize * dil;
-                        *v = if ix >= 0 && ix < d.w as isize { src[ix as usize] } else { T::default() };
+                    out[..lo].fill(T::default());
+                    out[hi..].fill(T::default());
+                    let start = (lo as isize * s + off) as usize;
+                    if s == 1 {
+                        out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                    } else {
+                        for (i, v) in out[lo..hi].iter_mut().enumerate() {
+                            *v = src[start + i * s as usize];
+                        }
                     }
                 }
             }
@@ -112,16 +129,21 @@ fn col2im<T: Elem>(col: &[T], d: &Dims, x: &mut [T]) {
         for ki in 0..d.kh {
             for kj in 0..d.kw {
                 let row = &col[((ci * d.kh + ki) * d.kw + kj) * pp..][..pp];
+                let (lo, hi) = valid_cols(d, kj);
+                let off = kj as isize * dil - p;
                 for y in 0..d.oh {
                     let iy = y as isize * s - p + ki as isize * dil;
                     if iy < 0 || iy >= d.h as isize {
                         continue;
                     }
                     let dst = &mut plane[iy as usize * d.w..(iy as usize + 1) * d.w];
-                    for (xo, v) in row[y * d.ow..(y + 1) * d.ow].iter().enumerate() {
-                        let ix = xo as isize * s - p + kj as isize * dil;
-                        if ix >= 0 && ix < d.w as isize {
-                            dst[ix as usize] += *v;
+                    let src = &row[y * d.ow + lo..y * d.ow + hi];
+                    let start = (lo as isize * s + off) as usize;
+                    if s == 1 {
+                        dst[start..start + src.len()].iter_mut().zip(src).for_each(|(a, b)| *a += *b);
+                    } else {
+                        for (i, v) in src.iter().enumerate() {
+                            dst[start + i * s as usize] += *v;
                         }
                     }
                 }
@@ -158,9 +180,7 @@ fn forward<T: Elem>(x: &[T], wt: &[T], d: &Dims) -> Vec<T> {
         for g in 0..d.g.groups {
             // y_g (og x P) = W_g (og x kg) * col_g (kg x P)
             matmul(
-                og,
-                pp,
-                kg,
+                (og, pp, kg),
                 &mut y[g * og * pp..(g + 1) * og * pp],
                 Mat::N(&wt[g * og * kg..(g + 1) * og * kg]),
                 Mat::N(&col[g * kg * pp..(g + 1) * kg * pp]),
@@ -195,9 +215,7 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         let dys = &dy[i * d.o * pp..(i + 1) * d.o * pp];
         for g in 0..d.g.groups {
             matmul(
-                og,
-                kg,
-                pp,
+                (og, kg, pp),
                 &mut dw[g * og * kg..(g + 1) * og * kg],
                 Mat::N(&dys[g * og * pp..(g + 1) * og * pp]),
                 Mat::T(&col[g * kg * pp..(g + 1) * kg * pp]),
@@ -208,13 +226,20 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         dw
     };
     if per_sample {
-        (0..d.n).into_par_iter().fold(|| vec![T::default(); wlen], acc).reduce(
-            || vec![T::default(); wlen],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+        // Fixed chunks of the batch, one per thread, summed in a fixed order: the result
+        // is the same on every run with the same thread count (rayon's own reduce splits
+        // work as it is stolen, which changes the order of additions from run to run).
+        let t = threads();
+        let chunk = d.n.div_ceil(t);
+        let partials: Vec<Vec<T>> = (0..t)
+            .into_par_iter()
+            .map(|c| (c * chunk..((c + 1) * chunk).min(d.n)).fold(vec![T::default(); wlen], acc))
+            .collect();
+        let mut total = vec![T::default(); wlen];
+        for p in partials {
+            total.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+        total
     } else {
         (0..d.n).fold(vec![T::default(); wlen], acc)
     }
@@ -230,9 +255,7 @@ fn grad_input<T: Elem>(wt: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         let mut col = vec![T::default(); d.c * d.kh * d.kw * pp];
         for g in 0..d.g.groups {
             matmul(
-                kg,
-                pp,
-                og,
+                (kg, pp, og),
                 &mut col[g * kg * pp..(g + 1) * kg * pp],
                 Mat::T(&wt[g * og * kg..(g + 1) * og * kg]),
                 Mat::N(&dys[g * og * pp..(g + 1) * og * pp]),

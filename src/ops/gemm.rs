@@ -14,9 +14,7 @@ pub enum Mat<'a, T> {
 
 /// `dst (m x n) = [dst +] a (m x k) * b (k x n)`, all row-major. `accumulate` adds to `dst`.
 pub fn matmul<T: Copy + 'static + num_one::One>(
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     a: Mat<T>,
     b: Mat<T>,
@@ -99,19 +97,19 @@ mod tests {
         let a = [1f32, 2., 3., 4., 5., 6.];
         let b = [1f32, 0., 0., 1., 1., 1.];
         let mut d = [0f32; 4];
-        matmul(2, 2, 3, &mut d, Mat::N(&a), Mat::N(&b), false, 1);
+        matmul((2, 2, 3), &mut d, Mat::N(&a), Mat::N(&b), false, 1);
         assert_eq!(d, [4., 5., 10., 11.]);
         // Accumulate: d += a*b.
-        matmul(2, 2, 3, &mut d, Mat::N(&a), Mat::N(&b), true, 1);
+        matmul((2, 2, 3), &mut d, Mat::N(&a), Mat::N(&b), true, 1);
         assert_eq!(d, [8., 10., 20., 22.]);
         // a^T (3x2) * [[1],[1]] = column sums... as a (3x2) stored as 2x3: [[1,4],[2,5],[3,6]] * [1,1]^T.
         let mut d = [0f32; 3];
-        matmul(3, 1, 2, &mut d, Mat::T(&a), Mat::N(&[1f32, 1.]), false, 1);
+        matmul((3, 1, 2), &mut d, Mat::T(&a), Mat::N(&[1f32, 1.]), false, 1);
         assert_eq!(d, [5., 7., 9.]);
         // a * b^T with b stored 2x3: [[1,2,3],[4,5,6]] * [[1,1,1],[0,1,0]]^T = [[6,2],[15,5]].
         let bt = [1f32, 1., 1., 0., 1., 0.];
         let mut d = [0f32; 4];
-        matmul(2, 2, 3, &mut d, Mat::N(&a), Mat::T(&bt), false, 1);
+        matmul((2, 2, 3), &mut d, Mat::N(&a), Mat::T(&bt), false, 1);
         assert_eq!(d, [6., 2., 15., 5.]);
     }
 }

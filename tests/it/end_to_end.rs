@@ -213,7 +213,7 @@ fn check_prints_the_summary_and_errors_exit_2() {
 fn ctrl_c_keeps_finished_epochs_and_marks_the_run_interrupted() {
     let d = tempfile::tempdir().unwrap();
     setup(d.path(), 500);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
         .args(["tiny.toml", "-q"])
         .current_dir(d.path())
         .stdout(std::process::Stdio::piped())

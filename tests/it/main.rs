@@ -5,3 +5,4 @@ mod config_errors;
 mod download;
 mod end_to_end;
 mod fashion_mnist;
+mod torch_parity;

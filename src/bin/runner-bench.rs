@@ -1,0 +1,213 @@
+//! Throughput of the course's models on runner's ops, for `make bench`.
+//!
+//!     RAYON_NUM_THREADS=2 runner-bench lenet5_train
+//!
+//! Prints one line `images_per_s=<x>`. The same cases, models and batch sizes are in
+//! `bench/torch_bench.py` for the PyTorch reference; `bench/run.py` runs both, alternating.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use runner::config::{GroupConfig, Layer, LayerKind, ModelConfig, OptimizerConfig};
+use runner::model::{plan_layers, Model, Pass};
+use runner::ops::conv::{conv2d, ConvGeom};
+use runner::optim::Optimizer;
+use runner::rng::Rng;
+
+fn rand(shape: &[usize], seed: u64, scale: f64) -> Result<Tensor> {
+    let mut r = Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| ((r.next_f64() * 2.0 - 1.0) * scale) as f32).collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+fn labels(n: usize, classes: u32) -> Result<Tensor> {
+    Ok(Tensor::from_vec((0..n as u32).map(|i| i % classes).collect::<Vec<u32>>(), n, &Device::Cpu)?)
+}
+
+fn conv(out: usize, kernel: usize, stride: usize, padding: usize) -> Layer {
+    Layer(LayerKind::Conv2d { out, kernel, stride, padding, dilation: 1, groups: 1, bias: true })
+}
+fn maxpool(kernel: usize, stride: usize) -> Layer {
+    Layer(LayerKind::Maxpool { kernel, stride: Some(stride), padding: 0, ceil_mode: false })
+}
+fn linear(out: usize) -> Layer {
+    Layer(LayerKind::Linear { out, bias: true })
+}
+fn relu() -> Layer {
+    Layer(LayerKind::Relu {})
+}
+
+fn model(input: [usize; 3], groups: Vec<(&str, Vec<Layer>)>) -> Result<Model> {
+    let cfg = ModelConfig {
+        input: input.to_vec(),
+        groups: groups.into_iter().map(|(n, l)| GroupConfig { name: n.into(), layers: l }).collect(),
+    };
+    Ok(Model::new(&plan_layers(&cfg)?, 0, &Device::Cpu)?)
+}
+
+/// Times `iters` calls of `step` after `warmup` calls; returns images per second.
+fn time(batch: usize, warmup: usize, iters: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        step()?;
+    }
+    let t = Instant::now();
+    for _ in 0..iters {
+        step()?;
+    }
+    Ok((batch * iters) as f64 / t.elapsed().as_secs_f64())
+}
+
+fn lenet5_train() -> Result<f64> {
+    let m = model(
+        [1, 28, 28],
+        vec![
+            ("features", vec![conv(6, 5, 1, 0), relu(), maxpool(2, 2), conv(16, 5, 1, 0), relu(), maxpool(2, 2)]),
+            ("classifier", vec![Layer(LayerKind::Flatten {}), linear(120), relu(), linear(84), relu(), linear(10)]),
+        ],
+    )?;
+    let mut opt = Optimizer::new(&OptimizerConfig::Sgd {
+        lr: 0.01,
+        momentum: 0.9,
+        dampening: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+    });
+    let (x, y) = (rand(&[100, 1, 28, 28], 1, 1.0)?, labels(100, 10)?);
+    time(100, 5, 60, || {
+        let loss = candle_nn::loss::cross_entropy(&m.forward(&x, Pass::eval())?, &y)?;
+        opt.step(m.params.iter(), &loss.backward()?)?;
+        Ok(())
+    })
+}
+
+/// Training-mode batch norm over (n, h, w) per channel, no running stats (a bench).
+fn batchnorm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    let mean = x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?.mean_keepdim(0)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?.mean_keepdim(0)?;
+    let xn = xc.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
+    Ok(xn.broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?.broadcast_add(&beta.reshape((1, c, 1, 1))?)?)
+}
+
+/// The course's CIFAR-10 ResBlock net at bench size: conv 3->64, one ResBlock
+/// (conv-bn-relu-conv-bn, add, relu), global average pool, linear 64->10. Adam.
+fn resnet_cifar_train() -> Result<f64> {
+    let var = |shape: &[usize], seed: u64, fan_in: usize| -> Result<Var> {
+        Ok(Var::from_tensor(&rand(shape, seed, 1.0 / (fan_in as f64).sqrt())?)?)
+    };
+    let ones = || Var::from_tensor(&Tensor::ones(64, DType::F32, &Device::Cpu).unwrap());
+    let zeros = || Var::from_tensor(&Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap());
+    let params: Vec<(String, Var)> = vec![
+        ("stem.w".into(), var(&[64, 3, 3, 3], 1, 27)?),
+        ("stem.b".into(), zeros()?),
+        ("c1.w".into(), var(&[64, 64, 3, 3], 2, 576)?),
+        ("bn1.g".into(), ones()?),
+        ("bn1.b".into(), zeros()?),
+        ("c2.w".into(), var(&[64, 64, 3, 3], 3, 576)?),
+        ("bn2.g".into(), ones()?),
+        ("bn2.b".into(), zeros()?),
+        ("fc.w".into(), var(&[10, 64], 4, 64)?),
+        ("fc.b".into(), var(&[10], 5, 64)?),
+    ];
+    let p = |i: usize| params[i].1.as_tensor();
+    let mut opt =
+        Optimizer::new(&OptimizerConfig::Adam { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 });
+    let (x, y) = (rand(&[64, 3, 32, 32], 6, 1.0)?, labels(64, 10)?);
+    let same = ConvGeom { padding: 1, ..Default::default() };
+    time(64, 2, 8, || {
+        let h = conv2d(&x, p(0), same)?.broadcast_add(&p(1).reshape((1, 64, 1, 1))?)?.relu()?; // [64, 64, 32, 32]
+        let r = batchnorm(&conv2d(&h, p(2), same)?, p(3), p(4))?.relu()?;
+        let r = batchnorm(&conv2d(&r, p(5), same)?, p(6), p(7))?;
+        let h = (h + r)?.relu()?;
+        let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?; // [64, 64]
+        let logits = pooled.matmul(&p(8).t()?)?.broadcast_add(p(9))?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        opt.step(params.iter().map(|(n, v)| (n, v)), &loss.backward()?)?;
+        Ok(())
+    })
+}
+
+/// torchvision's AlexNet, forward only (eval mode), batch 8 of 3x224x224.
+fn alexnet_forward() -> Result<f64> {
+    let m = model(
+        [3, 224, 224],
+        vec![
+            (
+                "features",
+                vec![
+                    conv(64, 11, 4, 2),
+                    relu(),
+                    maxpool(3, 2),
+                    conv(192, 5, 1, 2),
+                    relu(),
+                    maxpool(3, 2),
+                    conv(384, 3, 1, 1),
+                    relu(),
+                    conv(256, 3, 1, 1),
+                    relu(),
+                    conv(256, 3, 1, 1),
+                    relu(),
+                    maxpool(3, 2),
+                ],
+            ),
+            (
+                "classifier",
+                vec![
+                    Layer(LayerKind::Flatten {}),
+                    Layer(LayerKind::Dropout { p: 0.5 }),
+                    linear(4096),
+                    relu(),
+                    Layer(LayerKind::Dropout { p: 0.5 }),
+                    linear(4096),
+                    relu(),
+                    linear(1000),
+                ],
+            ),
+        ],
+    )?;
+    let x = rand(&[8, 3, 224, 224], 1, 1.0)?;
+    time(8, 1, 5, || {
+        m.forward(&x, Pass::eval())?.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    })
+}
+
+/// conv2d at the ResBlock's shape (batch 64, 64 -> 64 channels, 32x32, 3x3, padding 1).
+fn conv_op(backward: bool) -> Result<f64> {
+    let x = Var::from_tensor(&rand(&[64, 64, 32, 32], 1, 1.0)?)?;
+    let w = Var::from_tensor(&rand(&[64, 64, 3, 3], 2, 0.04)?)?;
+    let g = ConvGeom { padding: 1, ..Default::default() };
+    if backward {
+        let y = conv2d(&x, &w, g)?;
+        time(64, 1, 3, || {
+            // Backward alone: the forward is outside the timed call's graph reuse.
+            y.sum_all()?.backward()?;
+            Ok(())
+        })
+    } else {
+        time(64, 1, 3, || {
+            conv2d(x.as_tensor(), &w, g)?;
+            Ok(())
+        })
+    }
+}
+
+fn main() -> Result<()> {
+    runner::ops::tune_allocator();
+    let case = std::env::args().nth(1).unwrap_or_default();
+    let ips = match case.as_str() {
+        "lenet5_train" => lenet5_train()?,
+        "resnet_cifar_train" => resnet_cifar_train()?,
+        "alexnet_forward" => alexnet_forward()?,
+        "conv2d_forward" => conv_op(false)?,
+        "conv2d_backward" => conv_op(true)?,
+        other => bail!(
+            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward"
+        ),
+    };
+    println!("images_per_s={ips:.1}");
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! runner's conv2d and pooling against PyTorch on fixed inputs: outputs and gradients.
+//! The fixture is made by
+//!     /usr/bin/python3 tests/fixtures/make_ops_fixture.py > tests/fixtures/ops_torch.toml
+//! (Debian's python3-torch 1.13, float64).
+
+use candle_core::{Device, Tensor, Var};
+use runner::ops::bias::add_channel_bias;
+use runner::ops::conv::{conv2d, ConvGeom};
+use runner::ops::pool::{pool2d, PoolGeom, PoolKind};
+
+fn fixture() -> toml::Table {
+    let path = crate::common::repo().join("tests/fixtures/ops_torch.toml");
+    toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn tensor(case: &toml::Table, name: &str) -> Tensor {
+    let shape: Vec<usize> =
+        case[&format!("{name}_shape")].as_array().unwrap().iter().map(|v| v.as_integer().unwrap() as usize).collect();
+    let data: Vec<f64> = case[name].as_array().unwrap().iter().map(|v| v.as_float().unwrap()).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+fn int(case: &toml::Table, name: &str) -> usize {
+    case[name].as_integer().unwrap() as usize
+}
+
+fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    assert!(diff < 1e-10, "{what}: max abs difference {diff}");
+}
+
+#[test]
+fn conv2d_matches_pytorch() {
+    let f = fixture();
+    let cases = f["conv"].as_array().unwrap();
+    assert_eq!(cases.len(), 6);
+    for (i, case) in cases.iter().enumerate() {
+        let case = case.as_table().unwrap();
+        let g = ConvGeom {
+            stride: int(case, "stride"),
+            padding: int(case, "padding"),
+            dilation: int(case, "dilation"),
+            groups: int(case, "groups"),
+        };
+        let x = Var::from_tensor(&tensor(case, "x")).unwrap();
+        let w = Var::from_tensor(&tensor(case, "w")).unwrap();
+        let b = Var::from_tensor(&tensor(case, "b")).unwrap();
+        let y = add_channel_bias(&conv2d(&x, &w, g).unwrap(), &b).unwrap();
+        let what = format!("conv case {i} {g:?}");
+        assert_close(&y, &tensor(case, "y"), &format!("{what} output"));
+        let grads = (y * tensor(case, "r")).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(grads.get(&x).unwrap(), &tensor(case, "dx"), &format!("{what} dx"));
+        assert_close(grads.get(&w).unwrap(), &tensor(case, "dw"), &format!("{what} dw"));
+        assert_close(grads.get(&b).unwrap(), &tensor(case, "db"), &format!("{what} db"));
+    }
+}
+
+#[test]
+fn pooling_matches_pytorch() {
+    let f = fixture();
+    let cases = f["pool"].as_array().unwrap();
+    assert_eq!(cases.len(), 7);
+    for (i, case) in cases.iter().enumerate() {
+        let case = case.as_table().unwrap();
+        let kind = if case["kind"].as_str() == Some("max") { PoolKind::Max } else { PoolKind::Avg };
+        let g = PoolGeom {
+            kernel: int(case, "kernel"),
+            stride: int(case, "stride"),
+            padding: int(case, "padding"),
+            ceil_mode: case["ceil_mode"].as_bool().unwrap(),
+        };
+        let x = Var::from_tensor(&tensor(case, "x")).unwrap();
+        let y = pool2d(&x, kind, g).unwrap();
+        let what = format!("pool case {i} {kind:?} {g:?}");
+        assert_close(&y, &tensor(case, "y"), &format!("{what} output"));
+        let grads = (y * tensor(case, "r")).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(grads.get(&x).unwrap(), &tensor(case, "dx"), &format!("{what} dx"));
+    }
+}
+
+#[test]
+fn upsampling_matches_pytorch() {
+    use runner::ops::upsample::{upsample2d, UpsampleMode};
+    let f = fixture();
+    let cases = f["upsample"].as_array().unwrap();
+    assert_eq!(cases.len(), 5);
+    for (i, case) in cases.iter().enumerate() {
+        let case = case.as_table().unwrap();
+        let mode =
+            if case["mode"].as_str() == Some("bilinear") { UpsampleMode::Bilinear } else { UpsampleMode::Nearest };
+        let expected = tensor(case, "y");
+        let (oh, ow) = (expected.dim(2).unwrap(), expected.dim(3).unwrap());
+        let x = Var::from_tensor(&tensor(case, "x")).unwrap();
+        let y = upsample2d(&x, mode, (oh, ow)).unwrap();
+        let what = format!("upsample case {i} {mode:?} to {oh}x{ow}");
+        assert_close(&y, &expected, &format!("{what} output"));
+        let grads = (y * tensor(case, "r")).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(grads.get(&x).unwrap(), &tensor(case, "dx"), &format!("{what} dx"));
+    }
+}
