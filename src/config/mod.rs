@@ -172,6 +172,22 @@ pub enum LayerKind {
         ceil_mode: bool,
     },
     Relu {},
+    /// `x` for x > 0, else `slope * x`.
+    LeakyRelu {
+        #[serde(default = "default_slope")]
+        slope: f64,
+    },
+    Sigmoid {},
+    /// Nearest or bilinear (`align_corners = false`) upsampling by an integer `scale` or to
+    /// an exact `size = [h, w]`.
+    Upsample {
+        #[serde(default = "default_upsample_mode")]
+        mode: String,
+        #[serde(default)]
+        scale: Option<usize>,
+        #[serde(default)]
+        size: Option<[usize; 2]>,
+    },
     Flatten {},
     Linear {
         out: usize,
@@ -185,7 +201,15 @@ pub enum LayerKind {
 }
 
 /// The layer names, for messages.
-pub const LAYER_NAMES: &[&str] = &["conv2d", "maxpool", "avgpool", "relu", "flatten", "linear", "dropout"];
+pub const LAYER_NAMES: &[&str] =
+    &["conv2d", "maxpool", "avgpool", "relu", "leaky_relu", "sigmoid", "upsample", "flatten", "linear", "dropout"];
+
+fn default_slope() -> f64 {
+    0.01
+}
+fn default_upsample_mode() -> String {
+    "nearest".into()
+}
 
 fn one() -> usize {
     1
@@ -195,6 +219,26 @@ fn half() -> f64 {
 }
 
 impl LayerKind {
+    /// The mode and output size of an `upsample` layer for an input of `h x w`.
+    pub fn upsample(
+        &self,
+        h: usize,
+        w: usize,
+    ) -> Option<std::result::Result<(crate::ops::upsample::UpsampleMode, (usize, usize)), String>> {
+        use crate::ops::upsample::UpsampleMode;
+        let LayerKind::Upsample { mode, scale, size } = self else { return None };
+        let mode = match mode.as_str() {
+            "nearest" => UpsampleMode::Nearest,
+            "bilinear" => UpsampleMode::Bilinear,
+            other => return Some(Err(format!("mode must be \"nearest\" or \"bilinear\", is {other:?}"))),
+        };
+        Some(match (scale, size) {
+            (Some(s), None) if *s > 0 => Ok((mode, (h * s, w * s))),
+            (None, Some([oh, ow])) if *oh > 0 && *ow > 0 => Ok((mode, (*oh, *ow))),
+            _ => Err("give exactly one of scale (> 0) or size = [h, w] (> 0)".into()),
+        })
+    }
+
     /// The pooling geometry of a `maxpool` or `avgpool` layer.
     pub fn pool(&self) -> Option<(crate::ops::pool::PoolKind, crate::ops::pool::PoolGeom)> {
         use crate::ops::pool::{PoolGeom, PoolKind};
@@ -219,6 +263,9 @@ impl LayerKind {
             LayerKind::Maxpool { .. } => "maxpool",
             LayerKind::Avgpool { .. } => "avgpool",
             LayerKind::Relu {} => "relu",
+            LayerKind::LeakyRelu { .. } => "leaky_relu",
+            LayerKind::Sigmoid {} => "sigmoid",
+            LayerKind::Upsample { .. } => "upsample",
             LayerKind::Flatten {} => "flatten",
             LayerKind::Linear { .. } => "linear",
             LayerKind::Dropout { .. } => "dropout",

@@ -104,7 +104,16 @@ fn infer(kind: &LayerKind, input: &[usize]) -> Result<(Vec<usize>, Params)> {
             g.validate(h, w).map_err(anyhow::Error::msg)?;
             (vec![c, g.out_size(h), g.out_size(w)], vec![])
         }
-        LayerKind::Relu {} | LayerKind::Dropout { .. } => {
+        LayerKind::Upsample { .. } => {
+            let (c, h, w) = spatial("upsample")?;
+            match kind.upsample(h, w) {
+                Some(Ok((_, (oh, ow)))) => (vec![c, oh, ow], vec![]),
+                Some(Err(e)) => bail!("{e}"),
+                None => bail!("not an upsample layer"),
+            }
+        }
+        LayerKind::LeakyRelu { slope } if !slope.is_finite() => bail!("slope must be a number, is {slope}"),
+        LayerKind::Relu {} | LayerKind::LeakyRelu { .. } | LayerKind::Sigmoid {} | LayerKind::Dropout { .. } => {
             if let LayerKind::Dropout { p } = kind {
                 if !(0.0..1.0).contains(p) {
                     bail!("p must be in [0, 1), is {p}");

@@ -15,6 +15,7 @@ use crate::config::LayerKind;
 use crate::ops::bias::add_channel_bias;
 use crate::ops::conv::{conv2d, ConvGeom};
 use crate::ops::pool::pool2d;
+use crate::ops::upsample::upsample2d;
 use crate::rng::Rng;
 pub use graph::{plan_layers, PlannedLayer};
 
@@ -97,6 +98,16 @@ impl Model {
                     None => x,
                 },
                 LayerKind::Relu {} => x.relu()?,
+                LayerKind::LeakyRelu { slope } => candle_nn::ops::leaky_relu(&x, *slope)?,
+                LayerKind::Sigmoid {} => candle_nn::ops::sigmoid(&x)?,
+                LayerKind::Upsample { .. } => {
+                    let (_, _, h, w) = x.dims4()?;
+                    match layer.kind.upsample(h, w) {
+                        Some(Ok((mode, size))) => upsample2d(&x, mode, size)?,
+                        Some(Err(e)) => return Err(candle_core::Error::Msg(format!("{}: {e}", layer.key))),
+                        None => x,
+                    }
+                }
                 LayerKind::Flatten {} => x.flatten_from(1)?,
                 LayerKind::Linear { .. } => {
                     let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
@@ -154,6 +165,27 @@ mod tests {
         // Same seed and path, same values; another path, other values.
         assert_eq!(w, init_param(0, "features.0.weight", &[6, 1, 5, 5], 25));
         assert_ne!(w, init_param(0, "features.3.weight", &[6, 1, 5, 5], 25));
+    }
+
+    #[test]
+    fn activations_by_hand() {
+        use crate::config::{GroupConfig, Layer, ModelConfig};
+        // leaky_relu(0.1) of [-2, 3] = [-0.2, 3]; sigmoid(0) = 0.5; nearest x2 of [1, 2].
+        let run = |kind: LayerKind, x: Tensor| -> Vec<f32> {
+            let cfg = ModelConfig {
+                input: x.dims()[1..].to_vec(),
+                groups: vec![GroupConfig { name: "g".into(), layers: vec![Layer(kind)] }],
+            };
+            let m = Model::new(&plan_layers(&cfg).unwrap(), 0, &Device::Cpu).unwrap();
+            m.forward(&x, Pass::eval()).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let x = Tensor::new(&[[[[-2f32, 3.]]]], &Device::Cpu).unwrap();
+        let y = run(LayerKind::LeakyRelu { slope: 0.1 }, x.clone());
+        assert!((y[0] + 0.2).abs() < 1e-7 && y[1] == 3.0, "{y:?}");
+        let y = run(LayerKind::Sigmoid {}, x.zeros_like().unwrap());
+        assert_eq!(y, vec![0.5, 0.5]);
+        let up = LayerKind::Upsample { mode: "nearest".into(), scale: Some(2), size: None };
+        assert_eq!(run(up, x), vec![-2., -2., 3., 3., -2., -2., 3., 3.]);
     }
 
     #[test]
