@@ -11,6 +11,8 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use runner::config::{GroupConfig, Layer, LayerKind, ModelConfig, OptimizerConfig};
 use runner::model::{plan_layers, Model, Pass};
+use runner::ops::activation::relu_op;
+use runner::ops::bias::add_channel_bias;
 use runner::ops::conv::{conv2d, ConvGeom};
 use runner::optim::Optimizer;
 use runner::rng::Rng;
@@ -82,14 +84,8 @@ fn lenet5_train() -> Result<f64> {
     })
 }
 
-/// Training-mode batch norm over (n, h, w) per channel, no running stats (a bench).
 fn batchnorm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
-    let c = x.dim(1)?;
-    let mean = x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?.mean_keepdim(0)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?.mean_keepdim(0)?;
-    let xn = xc.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
-    Ok(xn.broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?.broadcast_add(&beta.reshape((1, c, 1, 1))?)?)
+    Ok(runner::ops::batchnorm::batch_norm_train(x, gamma, beta, 1e-5)?.0)
 }
 
 /// The course's CIFAR-10 ResBlock net at bench size: conv 3->64, one ResBlock
@@ -118,10 +114,10 @@ fn resnet_cifar_train() -> Result<f64> {
     let (x, y) = (rand(&[64, 3, 32, 32], 6, 1.0)?, labels(64, 10)?);
     let same = ConvGeom { padding: 1, ..Default::default() };
     time(64, 2, 8, || {
-        let h = conv2d(&x, p(0), same)?.broadcast_add(&p(1).reshape((1, 64, 1, 1))?)?.relu()?; // [64, 64, 32, 32]
-        let r = batchnorm(&conv2d(&h, p(2), same)?, p(3), p(4))?.relu()?;
+        let h = relu_op(&add_channel_bias(&conv2d(&x, p(0), same)?, p(1))?)?; // [64, 64, 32, 32]
+        let r = relu_op(&batchnorm(&conv2d(&h, p(2), same)?, p(3), p(4))?)?;
         let r = batchnorm(&conv2d(&r, p(5), same)?, p(6), p(7))?;
-        let h = (h + r)?.relu()?;
+        let h = relu_op(&(h + r)?)?;
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?; // [64, 64]
         let logits = pooled.matmul(&p(8).t()?)?.broadcast_add(p(9))?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;

@@ -218,13 +218,12 @@ fn half() -> f64 {
     0.5
 }
 
+/// An upsample layer's mode and output size, or why its keys do not work.
+pub type UpsamplePlan = std::result::Result<(crate::ops::upsample::UpsampleMode, (usize, usize)), String>;
+
 impl LayerKind {
     /// The mode and output size of an `upsample` layer for an input of `h x w`.
-    pub fn upsample(
-        &self,
-        h: usize,
-        w: usize,
-    ) -> Option<std::result::Result<(crate::ops::upsample::UpsampleMode, (usize, usize)), String>> {
+    pub fn upsample(&self, h: usize, w: usize) -> Option<UpsamplePlan> {
         use crate::ops::upsample::UpsampleMode;
         let LayerKind::Upsample { mode, scale, size } = self else { return None };
         let mode = match mode.as_str() {

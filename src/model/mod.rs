@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
 use crate::config::LayerKind;
+use crate::ops::activation::relu_op;
 use crate::ops::bias::add_channel_bias;
 use crate::ops::conv::{conv2d, ConvGeom};
 use crate::ops::pool::pool2d;
@@ -97,7 +98,7 @@ impl Model {
                     Some((kind, geom)) => pool2d(&x, kind, geom)?,
                     None => x,
                 },
-                LayerKind::Relu {} => x.relu()?,
+                LayerKind::Relu {} => relu_op(&x)?,
                 LayerKind::LeakyRelu { slope } => candle_nn::ops::leaky_relu(&x, *slope)?,
                 LayerKind::Sigmoid {} => candle_nn::ops::sigmoid(&x)?,
                 LayerKind::Upsample { .. } => {

@@ -19,11 +19,16 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
 
 fn add<T: Elem>(y: &[T], b: &[T], c: usize, hw: usize) -> Vec<T> {
     let mut out = y.to_vec();
-    out.par_chunks_mut(c * hw).for_each(|sample| {
+    let f = |sample: &mut [T]| {
         for (plane, bias) in sample.chunks_mut(hw).zip(b) {
             plane.iter_mut().for_each(|v| *v += *bias);
         }
-    });
+    };
+    if super::parallel(out.len()) {
+        out.par_chunks_mut(c * hw).for_each(f);
+    } else {
+        out.chunks_mut(c * hw).for_each(f);
+    }
     out
 }
 

@@ -3,6 +3,8 @@
 //! CPU kernels are candle custom ops (forward and backward); on other devices each op falls
 //! back to a formulation from candle's own ops, so one graph runs everywhere.
 
+pub mod activation;
+pub mod batchnorm;
 pub mod bias;
 pub mod conv;
 pub mod gemm;
@@ -37,6 +39,12 @@ pub fn tune_allocator() {
 /// `CANDLE_NUM_THREADS`, else every core).
 pub fn threads() -> usize {
     candle_core::utils::get_num_threads().max(1)
+}
+
+/// Whether an element-wise pass over `len` values is worth handing to the thread pool:
+/// handing work over costs microseconds, and with one thread it buys nothing.
+pub fn parallel(len: usize) -> bool {
+    len >= 1 << 17 && threads() > 1
 }
 
 /// The contiguous data of two CPU tensors of type `T`.

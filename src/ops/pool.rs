@@ -9,6 +9,8 @@
 //! candle's reshape and reductions, which give exact gradients; others are an error there.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use std::sync::{Arc, Mutex};
+
 use rayon::prelude::*;
 
 use super::{contiguous, cpu_slices, Elem};
@@ -94,25 +96,31 @@ impl Dims {
     }
 }
 
-fn forward<T: Elem>(x: &[T], d: &Dims, kind: PoolKind) -> Vec<T> {
+/// The pooled values and, for max pooling, the index (within its plane) of each window's
+/// first maximum, which the backward pass scatters to.
+fn forward<T: Elem>(x: &[T], d: &Dims, kind: PoolKind) -> (Vec<T>, Vec<u32>) {
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
     let mut out = vec![T::default(); d.planes * ohw];
-    out.par_chunks_mut(ohw).enumerate().for_each(|(pl, o)| {
+    let mut arg = vec![0u32; if kind == PoolKind::Max { d.planes * ohw } else { 0 }];
+    let one = |(pl, (o, a)): (usize, (&mut [T], &mut [u32]))| {
         let plane = &x[pl * hw..(pl + 1) * hw];
         for y in 0..d.oh {
             for xo in 0..d.ow {
                 let (y0, y1, x0, x1, divisor) = d.window(y, xo);
-                o[y * d.ow + xo] = match kind {
+                let i = y * d.ow + xo;
+                o[i] = match kind {
                     PoolKind::Max => {
-                        let mut best = plane[y0 * d.w + x0];
+                        let mut best = y0 * d.w + x0;
                         for r in y0..y1 {
-                            for v in &plane[r * d.w + x0..r * d.w + x1] {
-                                if *v > best || v.to_f64().is_nan() {
-                                    best = *v;
+                            for j in r * d.w + x0..r * d.w + x1 {
+                                let v = plane[j];
+                                if v > plane[best] || v.to_f64().is_nan() {
+                                    best = j;
                                 }
                             }
                         }
-                        best
+                        a[i] = best as u32;
+                        plane[best]
                     }
                     PoolKind::Avg => {
                         let mut sum = 0f64;
@@ -124,14 +132,39 @@ fn forward<T: Elem>(x: &[T], d: &Dims, kind: PoolKind) -> Vec<T> {
                 };
             }
         }
-    });
-    out
+    };
+    // Average pooling keeps no indices: give each plane an empty slice.
+    let arg_chunk = if kind == PoolKind::Max { ohw } else { 1 };
+    let mut empty = vec![0u32; if kind == PoolKind::Max { 0 } else { d.planes }];
+    let args: &mut [u32] = if kind == PoolKind::Max { &mut arg } else { &mut empty };
+    if super::parallel(out.len() * d.g.kernel * d.g.kernel) {
+        out.par_chunks_mut(ohw).zip(args.par_chunks_mut(arg_chunk)).enumerate().for_each(one);
+    } else {
+        out.chunks_mut(ohw).zip(args.chunks_mut(arg_chunk)).enumerate().for_each(one);
+    }
+    (out, arg)
+}
+
+/// Max pooling's backward from the forward's arg-max indices: `dx[plane, arg] += dy`.
+fn scatter<T: Elem>(dy: &[T], arg: &[u32], planes: usize, hw: usize, ohw: usize) -> Vec<T> {
+    let mut dx = vec![T::default(); planes * hw];
+    let one = |((g, d), a): ((&mut [T], &[T]), &[u32])| {
+        for (v, i) in d.iter().zip(a) {
+            g[*i as usize] += *v;
+        }
+    };
+    if super::parallel(dx.len()) {
+        dx.par_chunks_mut(hw).zip(dy.par_chunks(ohw)).zip(arg.par_chunks(ohw)).for_each(one);
+    } else {
+        dx.chunks_mut(hw).zip(dy.chunks(ohw)).zip(arg.chunks(ohw)).for_each(one);
+    }
+    dx
 }
 
 fn backward<T: Elem>(x: &[T], dy: &[T], d: &Dims, kind: PoolKind) -> Vec<T> {
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
     let mut dx = vec![T::default(); d.planes * hw];
-    dx.par_chunks_mut(hw).enumerate().for_each(|(pl, g)| {
+    let one = |(pl, g): (usize, &mut [T])| {
         let plane = &x[pl * hw..(pl + 1) * hw];
         let dys = &dy[pl * ohw..(pl + 1) * ohw];
         for y in 0..d.oh {
@@ -160,12 +193,21 @@ fn backward<T: Elem>(x: &[T], dy: &[T], d: &Dims, kind: PoolKind) -> Vec<T> {
                 }
             }
         }
-    });
+    };
+    if super::parallel(dx.len()) {
+        dx.par_chunks_mut(hw).enumerate().for_each(one);
+    } else {
+        dx.chunks_mut(hw).enumerate().for_each(one);
+    }
     dx
 }
 
-struct PoolOp(PoolKind, PoolGeom);
+/// The forward op; a max pool keeps its arg-max indices for the backward pass.
+struct PoolOp(PoolKind, PoolGeom, Mutex<Option<Arc<Vec<u32>>>>);
+/// `(x, dy) -> dx`, recomputing the windows (average pooling, or max without indices).
 struct PoolGrad(PoolKind, PoolGeom);
+/// `dy -> dx` for max pooling from stored indices.
+struct PoolScatter(Arc<Vec<u32>>, Shape);
 
 impl CustomOp1 for PoolOp {
     fn name(&self) -> &'static str {
@@ -174,14 +216,56 @@ impl CustomOp1 for PoolOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = Dims::new(l.dims(), self.1)?;
         let shape = Shape::from((l.dims()[0], l.dims()[1], d.oh, d.ow));
-        Ok(match s {
-            CpuStorage::F32(_) => (CpuStorage::F32(forward(contiguous::<f32>(s, l)?, &d, self.0)), shape),
-            CpuStorage::F64(_) => (CpuStorage::F64(forward(contiguous::<f64>(s, l)?, &d, self.0)), shape),
+        let (storage, arg) = match s {
+            CpuStorage::F32(_) => {
+                let (y, a) = forward(contiguous::<f32>(s, l)?, &d, self.0);
+                (CpuStorage::F32(y), a)
+            }
+            CpuStorage::F64(_) => {
+                let (y, a) = forward(contiguous::<f64>(s, l)?, &d, self.0);
+                (CpuStorage::F64(y), a)
+            }
             _ => candle_core::bail!("runner pooling supports f32 and f64"),
-        })
+        };
+        if self.0 == PoolKind::Max {
+            if let Ok(mut slot) = self.2.lock() {
+                *slot = Some(Arc::new(arg));
+            }
+        }
+        Ok((storage, shape))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &PoolGrad(self.0, self.1))?))
+        let dy = dy.contiguous()?;
+        let stored = self.2.lock().ok().and_then(|s| s.clone());
+        Ok(Some(match stored {
+            Some(arg) => dy.apply_op1_no_bwd(&PoolScatter(arg, x.shape().clone()))?,
+            None => x.apply_op2_no_bwd(&dy, &PoolGrad(self.0, self.1))?,
+        }))
+    }
+}
+
+impl CustomOp1 for PoolScatter {
+    fn name(&self) -> &'static str {
+        "runner-maxpool-scatter"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (planes, hw) = match self.1.dims() {
+            &[n, c, h, w] => (n * c, h * w),
+            d => candle_core::bail!("pooling expects [n, c, h, w], got {d:?}"),
+        };
+        let ohw = l.shape().elem_count() / planes.max(1);
+        if self.0.len() != l.shape().elem_count() {
+            candle_core::bail!("max-pool indices do not match the gradient's shape {:?}", l.dims());
+        }
+        Ok(match s {
+            CpuStorage::F32(_) => {
+                (CpuStorage::F32(scatter(contiguous::<f32>(s, l)?, &self.0, planes, hw, ohw)), self.1.clone())
+            }
+            CpuStorage::F64(_) => {
+                (CpuStorage::F64(scatter(contiguous::<f64>(s, l)?, &self.0, planes, hw, ohw)), self.1.clone())
+            }
+            _ => candle_core::bail!("runner pooling supports f32 and f64"),
+        })
     }
 }
 
@@ -209,7 +293,7 @@ impl CustomOp2 for PoolGrad {
 /// `[n, c, h, w]` -> `[n, c, oh, ow]`.
 pub fn pool2d(x: &Tensor, kind: PoolKind, g: PoolGeom) -> Result<Tensor> {
     if x.device().is_cpu() {
-        return x.contiguous()?.apply_op1(PoolOp(kind, g));
+        return x.contiguous()?.apply_op1(PoolOp(kind, g, Mutex::new(None)));
     }
     // Other devices: non-overlapping windows as a reshape and a reduction.
     let (n, c, h, w) = x.dims4()?;

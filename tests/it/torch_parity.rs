@@ -99,3 +99,24 @@ fn upsampling_matches_pytorch() {
         assert_close(grads.get(&x).unwrap(), &tensor(case, "dx"), &format!("{what} dx"));
     }
 }
+
+#[test]
+fn batchnorm_training_mode_matches_pytorch() {
+    use runner::ops::batchnorm::batch_norm_train;
+    let f = fixture();
+    let cases = f["batchnorm"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    for (i, case) in cases.iter().enumerate() {
+        let case = case.as_table().unwrap();
+        let x = Var::from_tensor(&tensor(case, "x")).unwrap();
+        let g = Var::from_tensor(&tensor(case, "g")).unwrap();
+        let b = Var::from_tensor(&tensor(case, "b")).unwrap();
+        let (y, _, _) = batch_norm_train(&x, &g, &b, 1e-5).unwrap();
+        let what = format!("batchnorm case {i}");
+        assert_close(&y, &tensor(case, "y"), &format!("{what} output"));
+        let grads = (y * tensor(case, "r")).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(grads.get(&x).unwrap(), &tensor(case, "dx"), &format!("{what} dx"));
+        assert_close(grads.get(&g).unwrap(), &tensor(case, "dg"), &format!("{what} dgamma"));
+        assert_close(grads.get(&b).unwrap(), &tensor(case, "db"), &format!("{what} dbeta"));
+    }
+}

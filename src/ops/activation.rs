@@ -1,0 +1,102 @@
+//! ReLU as one pass forward and one pass backward (candle's backward is a comparison, a
+//! type conversion and a product: three passes and three allocations).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{contiguous, cpu_slices, parallel, Elem};
+
+struct Relu;
+/// `(y, dy) -> dy * (y > 0)`.
+struct ReluGrad;
+
+const CHUNK: usize = 1 << 14;
+
+fn relu<T: Elem>(x: &[T]) -> Vec<T> {
+    let mut y = x.to_vec();
+    let f = |c: &mut [T]| {
+        // A select rather than a branch, so the loop vectorizes.
+        c.iter_mut().for_each(|v| *v = if *v > T::default() { *v } else { T::default() })
+    };
+    if parallel(y.len()) {
+        y.par_chunks_mut(CHUNK).for_each(f);
+    } else {
+        f(&mut y);
+    }
+    y
+}
+
+fn relu_grad<T: Elem>(y: &[T], dy: &[T]) -> Vec<T> {
+    let mut dx = dy.to_vec();
+    let f = |(d, y): (&mut [T], &[T])| {
+        d.iter_mut().zip(y).for_each(|(d, y)| *d = if *y > T::default() { *d } else { T::default() })
+    };
+    if parallel(dx.len()) {
+        dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).for_each(f);
+    } else {
+        f((&mut dx, y));
+    }
+    dx
+}
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "runner-relu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok(match s {
+            CpuStorage::F32(_) => (CpuStorage::F32(relu(contiguous::<f32>(s, l)?)), l.shape().clone()),
+            CpuStorage::F64(_) => (CpuStorage::F64(relu(contiguous::<f64>(s, l)?)), l.shape().clone()),
+            _ => candle_core::bail!("runner relu supports f32 and f64"),
+        })
+    }
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&dy.contiguous()?, &ReluGrad)?))
+    }
+}
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "runner-relu-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok(match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (y, dy) = cpu_slices::<f32>(s1, l1, s2, l2)?;
+                (CpuStorage::F32(relu_grad(y, dy)), l1.shape().clone())
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (y, dy) = cpu_slices::<f64>(s1, l1, s2, l2)?;
+                (CpuStorage::F64(relu_grad(y, dy)), l1.shape().clone())
+            }
+            _ => candle_core::bail!("runner relu supports f32 and f64 of one dtype"),
+        })
+    }
+}
+
+/// `max(x, 0)`; the gradient is 0 where the output is 0 (as PyTorch's).
+pub fn relu_op(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op1(Relu)
+    } else {
+        x.relu()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{check_grads, rand_tensor};
+    use candle_core::{DType, Var};
+
+    #[test]
+    fn relu_and_its_gradient() {
+        let x = Var::new(&[-1f32, 0., 2.], &candle_core::Device::Cpu).unwrap();
+        let y = relu_op(&x).unwrap();
+        assert_eq!(y.to_vec1::<f32>().unwrap(), vec![0., 0., 2.]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(&x).unwrap().to_vec1::<f32>().unwrap(), vec![0., 0., 1.]);
+        let x = Var::from_tensor(&rand_tensor(&[3, 50], 4, DType::F64)).unwrap();
+        check_grads(&[&x], |v| relu_op(v[0]), "relu");
+    }
+}
