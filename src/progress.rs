@@ -71,5 +71,5 @@ pub fn bytes_bar(total: Option<u64>, label: &str) -> Bar {
 }
 
 pub fn batch_bar(batches: usize, label: &str) -> Bar {
-    Bar::new(Some(batches as u64), "{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}", label)
+    Bar::new(Some(batches as u64), "{msg} [{bar:30}] {pos}/{len} ETA {eta}", label)
 }

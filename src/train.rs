@@ -128,10 +128,14 @@ fn epochs(
             }
             train_stats.update(loss_value, &argmax(&logits)?, &batch.labels);
             bar.inc(1);
-            bar.set_message(&format!("epoch {}/{epochs} loss {:.4}", epoch + 1, train_stats.mean_loss()));
+            let rate = train_stats.count() as f64 / started.elapsed().as_secs_f64();
+            bar.set_message(&format!(
+                "epoch {}/{epochs} loss {:.4} {rate:.0} img/s",
+                epoch + 1,
+                train_stats.mean_loss()
+            ));
             let every = plan.train.log_every;
             if !progress::bars_enabled() && every > 0 && (b + 1) % every == 0 {
-                let rate = train_stats.count() as f64 / started.elapsed().as_secs_f64();
                 tracing::info!(
                     "epoch {}/{epochs} batch {}/{n_batches} loss {:.4} {rate:.0} img/s",
                     epoch + 1,

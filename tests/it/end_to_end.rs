@@ -204,6 +204,19 @@ fn check_prints_the_summary_and_errors_exit_2() {
     assert_eq!(out.code, 0, "absent but downloadable data is a warning: {}", out.stderr);
     assert!(out.stderr.contains("will be downloaded"), "{}", out.stderr);
 
+    // Environment overrides come after the files and before --set.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["config", "tiny.toml", "--set", "data.batch_size=8"])
+        .current_dir(d.path())
+        .env("RUNNER__TRAIN__EPOCHS", "7")
+        .env("RUNNER__DATA__BATCH_SIZE", "9")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |k: &str| text.lines().find(|l| l.starts_with(k)).unwrap_or_default().to_string();
+    assert!(line("train.epochs = 7").contains("RUNNER__"), "{text}");
+    assert!(line("data.batch_size = 8").contains("--set data.batch_size=8"), "{text}");
+
     let out = runner(d.path(), &["no_such.toml"]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("no_such.toml"), "{}", out.stderr);
