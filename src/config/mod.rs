@@ -151,6 +151,23 @@ pub enum LayerKind {
         #[serde(default = "yes")]
         bias: bool,
     },
+    /// Transposed convolution (learned upsampling, as in FCN).
+    ConvTranspose2d {
+        out: usize,
+        kernel: usize,
+        #[serde(default = "one")]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+        #[serde(default)]
+        output_padding: usize,
+        #[serde(default = "one")]
+        dilation: usize,
+        #[serde(default = "one")]
+        groups: usize,
+        #[serde(default = "yes")]
+        bias: bool,
+    },
     Maxpool {
         kernel: usize,
         /// Defaults to `kernel`.
@@ -201,8 +218,19 @@ pub enum LayerKind {
 }
 
 /// The layer names, for messages.
-pub const LAYER_NAMES: &[&str] =
-    &["conv2d", "maxpool", "avgpool", "relu", "leaky_relu", "sigmoid", "upsample", "flatten", "linear", "dropout"];
+pub const LAYER_NAMES: &[&str] = &[
+    "conv2d",
+    "conv_transpose2d",
+    "maxpool",
+    "avgpool",
+    "relu",
+    "leaky_relu",
+    "sigmoid",
+    "upsample",
+    "flatten",
+    "linear",
+    "dropout",
+];
 
 fn default_slope() -> f64 {
     0.01
@@ -259,6 +287,7 @@ impl LayerKind {
     pub fn name(&self) -> &'static str {
         match self {
             LayerKind::Conv2d { .. } => "conv2d",
+            LayerKind::ConvTranspose2d { .. } => "conv_transpose2d",
             LayerKind::Maxpool { .. } => "maxpool",
             LayerKind::Avgpool { .. } => "avgpool",
             LayerKind::Relu {} => "relu",

@@ -98,6 +98,29 @@ fn infer(kind: &LayerKind, input: &[usize]) -> Result<(Vec<usize>, Params)> {
             }
             (vec![*out, oh, ow], params)
         }
+        LayerKind::ConvTranspose2d { out, kernel, stride, padding, output_padding, dilation, groups, bias } => {
+            let (c, h, w) = spatial("conv_transpose2d")?;
+            if *out == 0 || *kernel == 0 || *stride == 0 || *dilation == 0 || *groups == 0 {
+                bail!("out, kernel, stride, dilation and groups must be > 0");
+            }
+            if c % groups != 0 || out % groups != 0 {
+                bail!("groups = {groups} must divide the input channels ({c}) and out ({out})");
+            }
+            if output_padding >= stride.max(dilation) {
+                bail!("output_padding ({output_padding}) must be smaller than stride or dilation");
+            }
+            let g =
+                crate::ops::conv::ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
+            let size = |s| crate::ops::conv::conv_transpose_out(s, *kernel, g, *output_padding).filter(|o| *o > 0);
+            let (Some(oh), Some(ow)) = (size(h), size(w)) else {
+                bail!("padding {padding} is too large for a {h}x{w} input");
+            };
+            let mut params = vec![("weight".to_string(), vec![c, out / groups, *kernel, *kernel])];
+            if *bias {
+                params.push(("bias".into(), vec![*out]));
+            }
+            (vec![*out, oh, ow], params)
+        }
         LayerKind::Maxpool { .. } | LayerKind::Avgpool { .. } => {
             let (c, h, w) = spatial(kind.name())?;
             let Some((_, g)) = kind.pool() else { bail!("not a pooling layer") };

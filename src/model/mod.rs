@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 use crate::config::LayerKind;
 use crate::ops::activation::relu_op;
 use crate::ops::bias::add_channel_bias;
-use crate::ops::conv::{conv2d, ConvGeom};
+use crate::ops::conv::{conv2d, conv_transpose2d, ConvGeom};
 use crate::ops::pool::pool2d;
 use crate::ops::upsample::upsample2d;
 use crate::rng::Rng;
@@ -89,6 +89,15 @@ impl Model {
                     let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
                     let geom = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
                     let y = conv2d(&x, w, geom)?; // [b, out, oh, ow]
+                    match self.param(layer, "bias") {
+                        Some(b) => add_channel_bias(&y, b)?,
+                        None => y,
+                    }
+                }
+                LayerKind::ConvTranspose2d { stride, padding, output_padding, dilation, groups, .. } => {
+                    let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
+                    let geom = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
+                    let y = conv_transpose2d(&x, w, geom, *output_padding)?; // [b, out, oh, ow]
                     match self.param(layer, "bias") {
                         Some(b) => add_channel_bias(&y, b)?,
                         None => y,

@@ -364,6 +364,71 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, g: ConvGeom) -> Result<Tensor> {
     }
 }
 
+/// Transposed convolution: `x [n, cin, h, w]`, `weight [cin, cout / groups, kh, kw]` ->
+/// `[n, cout, oh, ow]` with `oh = (h - 1) * stride - 2 * padding + dilation * (kh - 1) +
+/// output_padding + 1`. It is the input gradient of the convolution that maps the output
+/// back to `x`, so it reuses those kernels: forward is that convolution's input gradient,
+/// backward is the convolution itself (for `x`) and its weight gradient (for `weight`).
+struct ConvTranspose2dOp(ConvGeom, Shape);
+
+impl CustomOp2 for ConvTranspose2dOp {
+    fn name(&self) -> &'static str {
+        "runner-conv-transpose2d"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        // The equivalent convolution maps `self.1` (our output) to `x`, with weight `w`.
+        let d = Dims::new(self.1.dims(), l2.dims(), self.0)?;
+        if (d.n, d.o, d.oh, d.ow) != (l1.dims()[0], l1.dims()[1], l1.dims()[2], l1.dims()[3]) {
+            candle_core::bail!("conv_transpose2d: input {:?} does not fit output {:?}", l1.dims(), self.1.dims());
+        }
+        Ok(match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (x, w) = cpu_slices::<f32>(s1, l1, s2, l2)?;
+                (CpuStorage::F32(grad_input(w, x, &d)), self.1.clone())
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (x, w) = cpu_slices::<f64>(s1, l1, s2, l2)?;
+                (CpuStorage::F64(grad_input(w, x, &d)), self.1.clone())
+            }
+            _ => candle_core::bail!("runner conv_transpose2d supports f32 and f64 tensors of one dtype"),
+        })
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dw = dy.apply_op2_no_bwd(x, &Conv2dGradWeight(self.0, w.shape().clone()))?;
+        let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &Conv2dOp(self.0))?) } else { None };
+        Ok((dx, Some(dw)))
+    }
+}
+
+/// Output size of a transposed convolution along one side.
+pub fn conv_transpose_out(size: usize, kernel: usize, g: ConvGeom, output_padding: usize) -> Option<usize> {
+    ((size - 1) * g.stride + g.dilation * (kernel - 1) + output_padding + 1).checked_sub(2 * g.padding)
+}
+
+/// `x [n, cin, h, w]`, `weight [cin, cout / groups, k, k]` -> `[n, cout, oh, ow]` (no bias).
+pub fn conv_transpose2d(x: &Tensor, weight: &Tensor, g: ConvGeom, output_padding: usize) -> Result<Tensor> {
+    let (n, _, h, w) = x.dims4()?;
+    let (_, cog, kh, kw) = weight.dims4()?;
+    let (Some(oh), Some(ow)) =
+        (conv_transpose_out(h, kh, g, output_padding), conv_transpose_out(w, kw, g, output_padding))
+    else {
+        candle_core::bail!("conv_transpose2d: padding {} is too large for a {h}x{w} input", g.padding)
+    };
+    if output_padding >= g.stride.max(g.dilation) {
+        candle_core::bail!("conv_transpose2d: output_padding must be smaller than stride or dilation");
+    }
+    if x.device().is_cpu() {
+        let out = Shape::from((n, cog * g.groups, oh, ow));
+        x.contiguous()?.apply_op2(&weight.contiguous()?, ConvTranspose2dOp(g, out))
+    } else {
+        if g.groups != 1 {
+            candle_core::bail!("grouped conv_transpose2d runs on the CPU only for now");
+        }
+        x.conv_transpose2d(weight, g.padding, output_padding, g.stride, g.dilation)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +466,16 @@ mod tests {
             let w = Var::from_tensor(&rand_tensor(&[o, c / g.groups, 3, 3], 4, DType::F64)).unwrap();
             check_grads(&[&x, &w], |v| conv2d(v[0], v[1], g), &format!("conv2d {g:?}"));
         }
+    }
+
+    #[test]
+    fn conv_transpose_finite_differences_and_shape() {
+        // (4 - 1) * 2 - 2 * 1 + (3 - 1) + 1 + 1 = 8: PyTorch's ConvTranspose2d(3, 2, 3, 2, 1, 1) on 4x4.
+        let g = ConvGeom { stride: 2, padding: 1, ..Default::default() };
+        let x = Var::from_tensor(&rand_tensor(&[2, 3, 4, 4], 7, DType::F64)).unwrap();
+        let w = Var::from_tensor(&rand_tensor(&[3, 2, 3, 3], 8, DType::F64)).unwrap();
+        assert_eq!(conv_transpose2d(&x, &w, g, 1).unwrap().dims(), &[2, 2, 8, 8]);
+        check_grads(&[&x, &w], |v| conv_transpose2d(v[0], v[1], g, 1), "conv_transpose2d");
     }
 
     #[test]

@@ -120,3 +120,28 @@ fn batchnorm_training_mode_matches_pytorch() {
         assert_close(grads.get(&b).unwrap(), &tensor(case, "db"), &format!("{what} dbeta"));
     }
 }
+
+#[test]
+fn conv_transpose2d_matches_pytorch() {
+    use runner::ops::conv::conv_transpose2d;
+    let f = fixture();
+    let cases = f["conv_transpose"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for (i, case) in cases.iter().enumerate() {
+        let case = case.as_table().unwrap();
+        let g = ConvGeom {
+            stride: int(case, "stride"),
+            padding: int(case, "padding"),
+            dilation: int(case, "dilation"),
+            groups: int(case, "groups"),
+        };
+        let x = Var::from_tensor(&tensor(case, "x")).unwrap();
+        let w = Var::from_tensor(&tensor(case, "w")).unwrap();
+        let y = conv_transpose2d(&x, &w, g, int(case, "output_padding")).unwrap();
+        let what = format!("conv_transpose case {i} {g:?}");
+        assert_close(&y, &tensor(case, "y"), &format!("{what} output"));
+        let grads = (y * tensor(case, "r")).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(grads.get(&x).unwrap(), &tensor(case, "dx"), &format!("{what} dx"));
+        assert_close(grads.get(&w).unwrap(), &tensor(case, "dw"), &format!("{what} dw"));
+    }
+}
