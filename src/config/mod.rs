@@ -188,6 +188,8 @@ pub enum LayerKind {
         #[serde(default)]
         ceil_mode: bool,
     },
+    /// Mean over height and width: `[c, h, w]` -> `[c, 1, 1]`.
+    GlobalAvgpool {},
     Relu {},
     /// `x` for x > 0, else `slope * x`.
     LeakyRelu {
@@ -290,6 +292,7 @@ impl LayerKind {
             LayerKind::ConvTranspose2d { .. } => "conv_transpose2d",
             LayerKind::Maxpool { .. } => "maxpool",
             LayerKind::Avgpool { .. } => "avgpool",
+            LayerKind::GlobalAvgpool {} => "global_avgpool",
             LayerKind::Relu {} => "relu",
             LayerKind::LeakyRelu { .. } => "leaky_relu",
             LayerKind::Sigmoid {} => "sigmoid",

@@ -127,6 +127,10 @@ fn infer(kind: &LayerKind, input: &[usize]) -> Result<(Vec<usize>, Params)> {
             g.validate(h, w).map_err(anyhow::Error::msg)?;
             (vec![c, g.out_size(h), g.out_size(w)], vec![])
         }
+        LayerKind::GlobalAvgpool {} => {
+            let (c, _, _) = spatial("global_avgpool")?;
+            (vec![c, 1, 1], vec![])
+        }
         LayerKind::Upsample { .. } => {
             let (c, h, w) = spatial("upsample")?;
             match kind.upsample(h, w) {

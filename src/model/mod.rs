@@ -107,6 +107,7 @@ impl Model {
                     Some((kind, geom)) => pool2d(&x, kind, geom)?,
                     None => x,
                 },
+                LayerKind::GlobalAvgpool {} => x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?, // [b, c, 1, 1]
                 LayerKind::Relu {} => relu_op(&x)?,
                 LayerKind::LeakyRelu { slope } => candle_nn::ops::leaky_relu(&x, *slope)?,
                 LayerKind::Sigmoid {} => candle_nn::ops::sigmoid(&x)?,
@@ -196,6 +197,20 @@ mod tests {
         assert_eq!(y, vec![0.5, 0.5]);
         let up = LayerKind::Upsample { mode: "nearest".into(), scale: Some(2), size: None };
         assert_eq!(run(up, x), vec![-2., -2., 3., 3., -2., -2., 3., 3.]);
+    }
+
+    #[test]
+    fn activation_and_global_pool_gradients() {
+        use crate::ops::testing::{check_grads, rand_tensor};
+        use candle_core::Var;
+        let x = Var::from_tensor(&rand_tensor(&[2, 3, 4, 5], 21, DType::F64)).unwrap();
+        check_grads(&[&x], |v| candle_nn::ops::leaky_relu(v[0], 0.1), "leaky_relu");
+        check_grads(&[&x], |v| candle_nn::ops::sigmoid(v[0]), "sigmoid");
+        check_grads(&[&x], |v| v[0].mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2), "global_avgpool");
+        // Hand computation: the mean of 1..=4 is 2.5.
+        let t = Tensor::new(&[[[[1f32, 2.], [3., 4.]]]], &Device::Cpu).unwrap();
+        let m = t.mean_keepdim(D::Minus1).unwrap().mean_keepdim(D::Minus2).unwrap();
+        assert_eq!(m.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![2.5]);
     }
 
     #[test]
