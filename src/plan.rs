@@ -24,6 +24,8 @@ pub struct Plan {
     pub augment_train: Vec<AugmentOp>,
     pub augment_test: Vec<AugmentOp>,
     pub layers: Vec<PlannedLayer>,
+    /// The model's input `[c, h, w]`: what both splits' augmentations produce.
+    pub input: [usize; 3],
     pub train: crate::config::TrainConfig,
     pub metrics: MetricsConfig,
     /// Things that will not stop a run but that a user should know.
@@ -80,28 +82,17 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
     if cfg.data.eval_batch_size == Some(0) {
         p.add("data.eval_batch_size", "must be > 0");
     }
+    // Each split's ops, in order, from the stored sample shape to what the model sees.
+    let mut split_shapes = Vec::new();
     for (split, ops) in [("train", &cfg.augment.train), ("test", &cfg.augment.test)] {
+        let mut shape = spec.shape;
         for (i, op) in ops.iter().enumerate() {
-            match op {
-                AugmentOp::Normalize { mean, std } => {
-                    let key = format!("augment.{split}[{i}].normalize");
-                    let c = spec.shape[0];
-                    if mean.len() != c || std.len() != c {
-                        p.add(
-                            &key,
-                            format!(
-                                "mean and std need {c} values (one per channel), have {} and {}",
-                                mean.len(),
-                                std.len()
-                            ),
-                        );
-                    }
-                    if std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
-                        p.add(&key, format!("std values must be > 0, are {std:?}"));
-                    }
-                }
+            match op.out_shape(shape) {
+                Ok(next) => shape = next,
+                Err(e) => p.add(&format!("augment.{split}[{i}].{}", op.name()), e),
             }
         }
+        split_shapes.push((split, shape));
     }
 
     // Model.
@@ -112,8 +103,16 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
             Vec::new()
         }
     };
-    if cfg.model.input != spec.shape {
-        p.add("model.input", format!("is {:?} but {} samples are {:?}", cfg.model.input, spec.name, spec.shape));
+    for (split, shape) in &split_shapes {
+        if cfg.model.input != shape {
+            p.add(
+                "model.input",
+                format!(
+                    "is {:?} but {} samples after the {split} augmentations are {:?}",
+                    cfg.model.input, spec.name, shape
+                ),
+            );
+        }
     }
     if let Some(last) = layers.last() {
         if last.out_shape != [spec.classes.len()] {
@@ -188,6 +187,7 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
         augment_train: cfg.augment.train.clone(),
         augment_test: cfg.augment.test.clone(),
         layers,
+        input: [cfg.model.input[0], cfg.model.input[1], cfg.model.input[2]],
         train: cfg.train.clone(),
         metrics: cfg.metrics.clone(),
         warnings,

@@ -76,12 +76,14 @@ fn epochs(
     stop: &AtomicBool,
 ) -> Result<bool> {
     let shape = dataset.shape;
+    let out_shape = plan.input;
     let train_spec = LoaderSpec {
         batch_size: plan.data.batch_size,
         shuffle: plan.data.shuffle,
         drop_last: plan.data.drop_last,
         seed: plan.seed,
         shape,
+        out_shape,
         augment: plan.augment_train.clone(),
         prefetch: 2,
     };
@@ -111,7 +113,7 @@ fn epochs(
                 tracing::warn!("interrupted during epoch {}; keeping the {} finished epochs", epoch + 1, epoch);
                 return Ok(false);
             }
-            let (xs, ys) = to_tensors(&batch, shape, device)?;
+            let (xs, ys) = to_tensors(&batch, out_shape, device)?;
             let pass = Pass { train: true, seed: plan.seed, epoch, step: step as usize };
             let logits = model.forward(&xs, pass)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
@@ -191,7 +193,7 @@ fn epochs(
 pub fn evaluate(model: &Model, split: &Arc<Split>, spec: &LoaderSpec, device: &Device) -> Result<EpochStats> {
     let mut stats = EpochStats::default();
     for batch in loader::batches(split.clone(), spec, 0) {
-        let (xs, ys) = to_tensors(&batch, spec.shape, device)?;
+        let (xs, ys) = to_tensors(&batch, spec.out_shape, device)?;
         let logits = model.forward(&xs, Pass::eval())?;
         let loss = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()? as f64;
         stats.update(loss, &argmax(&logits)?, &batch.labels);

@@ -62,6 +62,7 @@ fn default_output_dir() -> String {
 pub enum DatasetKind {
     Mnist,
     FashionMnist,
+    Cifar10,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +115,64 @@ pub struct AugmentConfig {
 pub enum AugmentOp {
     /// `(x / 255 - mean[c]) / std[c]` per channel.
     Normalize { mean: Vec<f64>, std: Vec<f64> },
+    /// Pad each side with `padding` zeros, then cut a random `size x size` window.
+    RandomCrop {
+        size: usize,
+        #[serde(default)]
+        padding: usize,
+    },
+    /// Mirror left-right with probability `p`.
+    Hflip {
+        #[serde(default = "half")]
+        p: f64,
+    },
+}
+
+impl AugmentOp {
+    /// The op's name in config files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AugmentOp::Normalize { .. } => "normalize",
+            AugmentOp::RandomCrop { .. } => "random_crop",
+            AugmentOp::Hflip { .. } => "hflip",
+        }
+    }
+
+    /// The image shape `[c, h, w]` after this op, or why the op cannot take `input`.
+    pub fn out_shape(&self, input: [usize; 3]) -> std::result::Result<[usize; 3], String> {
+        let [c, h, w] = input;
+        match self {
+            AugmentOp::Normalize { mean, std } => {
+                if mean.len() != c || std.len() != c {
+                    return Err(format!(
+                        "mean and std need {c} values (one per channel), have {} and {}",
+                        mean.len(),
+                        std.len()
+                    ));
+                }
+                if std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
+                    return Err(format!("std values must be > 0, are {std:?}"));
+                }
+                Ok(input)
+            }
+            AugmentOp::RandomCrop { size, padding } => {
+                if *size == 0 || *size > h + 2 * padding || *size > w + 2 * padding {
+                    return Err(format!(
+                        "size {size} does not fit the padded image {}x{}",
+                        h + 2 * padding,
+                        w + 2 * padding
+                    ));
+                }
+                Ok([c, *size, *size])
+            }
+            AugmentOp::Hflip { p } => {
+                if !(0.0..=1.0).contains(p) {
+                    return Err(format!("p must be in [0, 1], is {p}"));
+                }
+                Ok(input)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,9 +1,10 @@
 //! Datasets: where their files live, how to fetch them, how to read them.
 //!
-//! Each [`DatasetKind`] has a [`DatasetSpec`] (file names, checksums, official address,
+//! Each [`DatasetKind`] has a [`DatasetSpec`] (file layout, checksums, official address,
 //! classes, sample shape). [`locate`] finds a folder that holds the files without reading
 //! them (for `runner check`); [`load`] reads them, downloading first when allowed.
 
+pub mod cifar;
 pub mod download;
 pub mod idx;
 pub mod loader;
@@ -15,11 +16,25 @@ use anyhow::{bail, Context, Result};
 use crate::config::{DataConfig, DatasetKind};
 use download::Checksum;
 
+/// How a dataset's files are laid out.
+pub enum Files {
+    /// MNIST's IDX files, `(file name, published checksum)`: train images, train labels,
+    /// test images, test labels; each may also be present without `.gz`.
+    Idx([(&'static str, Checksum); 4]),
+    /// CIFAR's binary version: one archive holding `folder/` with the batch files.
+    Cifar {
+        archive: &'static str,
+        checksum: Checksum,
+        folder: &'static str,
+        train: &'static [&'static str],
+        test: &'static str,
+    },
+}
+
 /// What the program knows about a dataset.
 pub struct DatasetSpec {
     pub name: &'static str,
-    /// `(file name, published checksum)`: train images, train labels, test images, test labels.
-    pub files: [(&'static str, Checksum); 4],
+    pub files: Files,
     pub base_url: &'static str,
     /// Folders searched after `data/<name>`, e.g. where a system package installs the files.
     pub system_dirs: &'static [&'static str],
@@ -31,12 +46,12 @@ pub struct DatasetSpec {
 // Checksums: the MD5 sums the datasets' authors publish (the same ones torchvision checks).
 static MNIST: DatasetSpec = DatasetSpec {
     name: "mnist",
-    files: [
+    files: Files::Idx([
         ("train-images-idx3-ubyte.gz", Checksum::Md5("f68b3c2dcbeaaa9fbdd348bbdeb94873")),
         ("train-labels-idx1-ubyte.gz", Checksum::Md5("d53e105ee54ea40749a09fcbcd1e9432")),
         ("t10k-images-idx3-ubyte.gz", Checksum::Md5("9fb629c4189551a2d022fa330f9573f3")),
         ("t10k-labels-idx1-ubyte.gz", Checksum::Md5("ec29112dd5afa0611ce80d1b7f02629c")),
-    ],
+    ]),
     base_url: "https://ossci-datasets.s3.amazonaws.com/mnist/",
     system_dirs: &["/usr/share/datasets/mnist"],
     classes: &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
@@ -45,12 +60,12 @@ static MNIST: DatasetSpec = DatasetSpec {
 
 static FASHION_MNIST: DatasetSpec = DatasetSpec {
     name: "fashion_mnist",
-    files: [
+    files: Files::Idx([
         ("train-images-idx3-ubyte.gz", Checksum::Md5("8d4fb7e6c68d591d4c3dfef9ec88bf0d")),
         ("train-labels-idx1-ubyte.gz", Checksum::Md5("25c81989df183df01b3e8a0aad5dffbe")),
         ("t10k-images-idx3-ubyte.gz", Checksum::Md5("bef4ecab320f06d8554ea6380940ec79")),
         ("t10k-labels-idx1-ubyte.gz", Checksum::Md5("bb300cfdad3c16e7a12a480ee83cd310")),
-    ],
+    ]),
     base_url: "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     // Debian's package `dataset-fashion-mnist`.
     system_dirs: &["/usr/share/datasets/fashion-mnist"],
@@ -69,10 +84,28 @@ static FASHION_MNIST: DatasetSpec = DatasetSpec {
     shape: [1, 28, 28],
 };
 
+// Krizhevsky (2009), "Learning Multiple Layers of Features from Tiny Images"; the MD5 is the
+// one on the dataset's page for the binary version.
+static CIFAR10: DatasetSpec = DatasetSpec {
+    name: "cifar10",
+    files: Files::Cifar {
+        archive: "cifar-10-binary.tar.gz",
+        checksum: Checksum::Md5("c32a1d4ab5d03f1284b67883e8d87530"),
+        folder: "cifar-10-batches-bin",
+        train: &["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"],
+        test: "test_batch.bin",
+    },
+    base_url: "https://www.cs.toronto.edu/~kriz/",
+    system_dirs: &[],
+    classes: &["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+    shape: [3, 32, 32],
+};
+
 pub fn spec(kind: DatasetKind) -> &'static DatasetSpec {
     match kind {
         DatasetKind::Mnist => &MNIST,
         DatasetKind::FashionMnist => &FASHION_MNIST,
+        DatasetKind::Cifar10 => &CIFAR10,
     }
 }
 
@@ -93,8 +126,14 @@ fn file_in(dir: &Path, name: &str) -> Option<PathBuf> {
     raw.is_file().then_some(raw)
 }
 
-fn has_all(dir: &Path, spec: &DatasetSpec) -> bool {
-    spec.files.iter().all(|(name, _)| file_in(dir, name).is_some())
+/// The folder under `dir` that holds every file of the spec, if any.
+fn holding_folder(dir: &Path, spec: &DatasetSpec) -> Option<PathBuf> {
+    match &spec.files {
+        Files::Idx(files) => files.iter().all(|(name, _)| file_in(dir, name).is_some()).then(|| dir.to_path_buf()),
+        Files::Cifar { folder, train, test, .. } => [dir.join(folder), dir.to_path_buf()]
+            .into_iter()
+            .find(|d| train.iter().chain([test]).all(|f| d.join(f).is_file())),
+    }
 }
 
 /// Finds the dataset's folder: `[data] root` if set, else `data/<name>`, then system folders.
@@ -106,8 +145,8 @@ pub fn locate(cfg: &DataConfig) -> Located {
             .chain(spec.system_dirs.iter().map(PathBuf::from))
             .collect(),
     };
-    match candidates.iter().find(|d| has_all(d, spec)) {
-        Some(d) => Located::Found(d.clone()),
+    match candidates.iter().find_map(|d| holding_folder(d, spec)) {
+        Some(d) => Located::Found(d),
         None => Located::Missing { download_to: candidates[0].clone(), searched: candidates },
     }
 }
@@ -150,40 +189,30 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             if !cfg.download {
                 bail!("{}", missing_message(spec, &searched, &download_to));
             }
-            let base = cfg.mirror.as_deref().unwrap_or(spec.base_url);
-            for (name, checksum) in &spec.files {
-                if file_in(&download_to, name).is_none() {
-                    let url = format!("{}/{name}", base.trim_end_matches('/'));
-                    download::fetch(&url, &download_to.join(name), *checksum)?;
-                }
-            }
-            download_to
+            let base = cfg.mirror.as_deref().unwrap_or(spec.base_url).trim_end_matches('/');
+            fetch_files(spec, base, &download_to)?;
+            holding_folder(&download_to, spec).with_context(|| {
+                format!("{}: the download did not produce the dataset's files", download_to.display())
+            })?
         }
     };
-    let path = |i: usize| file_in(&dir, spec.files[i].0).expect("located folder holds every file"); // ok: checked by locate/fetch
     let [c, h, w] = spec.shape;
-    let read_split = |images: PathBuf, labels: PathBuf| -> Result<Split> {
-        let img = idx::parse_images(&idx::read_maybe_gz(&images)?, &images)?;
-        let lab = idx::parse_labels(&idx::read_maybe_gz(&labels)?, &labels)?;
-        if (img.rows, img.cols) != (h, w) {
-            bail!("{}: images are {}x{}, expected {h}x{w} for {}", images.display(), img.rows, img.cols, spec.name);
+    let (train, test) = match &spec.files {
+        Files::Idx(files) => {
+            let path = |i: usize| {
+                file_in(&dir, files[i].0).with_context(|| format!("{}: {} is missing", dir.display(), files[i].0))
+            };
+            let train = read_idx_split(spec, path(0)?, path(1)?).context("reading the training split")?;
+            let test = read_idx_split(spec, path(2)?, path(3)?).context("reading the test split")?;
+            (train, test)
         }
-        if img.count != lab.len() {
-            bail!(
-                "{} holds {} images but {} holds {} labels",
-                images.display(),
-                img.count,
-                labels.display(),
-                lab.len()
-            );
+        Files::Cifar { train, test, .. } => {
+            let paths: Vec<PathBuf> = train.iter().map(|f| dir.join(f)).collect();
+            let train = cifar::read_split(&paths, spec.classes.len()).context("reading the training split")?;
+            let test = cifar::read_split(&[dir.join(test)], spec.classes.len()).context("reading the test split")?;
+            (train, test)
         }
-        if let Some((i, l)) = lab.iter().enumerate().find(|(_, l)| **l as usize >= spec.classes.len()) {
-            bail!("{}: label {l} at index {i} is outside 0..{}", labels.display(), spec.classes.len());
-        }
-        Ok(Split { pixels: img.pixels, labels: lab.into_iter().map(u32::from).collect(), len: img.count })
     };
-    let train = read_split(path(0), path(1)).context("reading the training split")?;
-    let test = read_split(path(2), path(3)).context("reading the test split")?;
     Ok(Dataset {
         name: spec.name,
         root: dir,
@@ -192,6 +221,44 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
         train: train.limited(cfg.train_limit, c * h * w),
         test: test.limited(cfg.test_limit, c * h * w),
     })
+}
+
+/// Downloads what the spec needs into `dir` from `base` (no trailing slash).
+pub fn fetch_files(spec: &DatasetSpec, base: &str, dir: &Path) -> Result<()> {
+    match &spec.files {
+        Files::Idx(files) => {
+            for (name, checksum) in files {
+                if file_in(dir, name).is_none() {
+                    download::fetch(&format!("{base}/{name}"), &dir.join(name), *checksum)?;
+                }
+            }
+        }
+        Files::Cifar { archive, checksum, folder, train, test } => {
+            let path = dir.join(archive);
+            if !path.is_file() {
+                download::fetch(&format!("{base}/{archive}"), &path, *checksum)?;
+            }
+            let members: Vec<String> = train.iter().chain([test]).map(|f| format!("{folder}/{f}")).collect();
+            cifar::extract(&path, dir, &members)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_idx_split(spec: &DatasetSpec, images: PathBuf, labels: PathBuf) -> Result<Split> {
+    let [_, h, w] = spec.shape;
+    let img = idx::parse_images(&idx::read_maybe_gz(&images)?, &images)?;
+    let lab = idx::parse_labels(&idx::read_maybe_gz(&labels)?, &labels)?;
+    if (img.rows, img.cols) != (h, w) {
+        bail!("{}: images are {}x{}, expected {h}x{w} for {}", images.display(), img.rows, img.cols, spec.name);
+    }
+    if img.count != lab.len() {
+        bail!("{} holds {} images but {} holds {} labels", images.display(), img.count, labels.display(), lab.len());
+    }
+    if let Some((i, l)) = lab.iter().enumerate().find(|(_, l)| **l as usize >= spec.classes.len()) {
+        bail!("{}: label {l} at index {i} is outside 0..{}", labels.display(), spec.classes.len());
+    }
+    Ok(Split { pixels: img.pixels, labels: lab.into_iter().map(u32::from).collect(), len: img.count })
 }
 
 pub fn missing_message(spec: &DatasetSpec, searched: &[PathBuf], download_to: &Path) -> String {

@@ -1,5 +1,6 @@
 //! Integration tests, built as one binary. Each module names what it guards.
 
+mod cifar;
 mod common;
 mod config_errors;
 mod download;
