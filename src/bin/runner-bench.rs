@@ -94,8 +94,8 @@ fn resnet_cifar_train() -> Result<f64> {
     let var = |shape: &[usize], seed: u64, fan_in: usize| -> Result<Var> {
         Ok(Var::from_tensor(&rand(shape, seed, 1.0 / (fan_in as f64).sqrt())?)?)
     };
-    let ones = || Var::from_tensor(&Tensor::ones(64, DType::F32, &Device::Cpu).unwrap());
-    let zeros = || Var::from_tensor(&Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap());
+    let ones = || -> Result<Var> { Ok(Var::from_tensor(&Tensor::ones(64, DType::F32, &Device::Cpu)?)?) };
+    let zeros = || -> Result<Var> { Ok(Var::from_tensor(&Tensor::zeros(64, DType::F32, &Device::Cpu)?)?) };
     let params: Vec<(String, Var)> = vec![
         ("stem.w".into(), var(&[64, 3, 3, 3], 1, 27)?),
         ("stem.b".into(), zeros()?),

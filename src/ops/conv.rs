@@ -152,6 +152,17 @@ fn col2im<T: Elem>(col: &[T], d: &Dims, x: &mut [T]) {
     }
 }
 
+/// The column matrix of one sample: the input itself for a pointwise conv, else im2col
+/// into `buf`.
+fn columns<'a, T: Elem>(xs: &'a [T], d: &Dims, buf: &'a mut Vec<T>) -> &'a [T] {
+    if d.is_pointwise() {
+        return xs;
+    }
+    buf.resize(d.c * d.kh * d.kw * d.p(), T::default());
+    im2col(xs, d, buf);
+    buf
+}
+
 /// Splits the batch across threads when it has at least as many samples as threads;
 /// otherwise runs samples in turn and lets gemm use the threads.
 fn plan_threads(n: usize) -> (bool, usize) {
@@ -170,13 +181,7 @@ fn forward<T: Elem>(x: &[T], wt: &[T], d: &Dims) -> Vec<T> {
     let one = |(i, y): (usize, &mut [T])| {
         let xs = &x[i * c_in..(i + 1) * c_in];
         let mut buf = Vec::new();
-        let col: &[T] = if d.is_pointwise() {
-            xs
-        } else {
-            buf.resize(d.c * d.kh * d.kw * pp, T::default());
-            im2col(xs, d, &mut buf);
-            &buf
-        };
+        let col = columns(xs, d, &mut buf);
         for g in 0..d.g.groups {
             // y_g (og x P) = W_g (og x kg) * col_g (kg x P)
             matmul(
@@ -205,13 +210,7 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
     let acc = |mut dw: Vec<T>, i: usize| {
         let xs = &x[i * c_in..(i + 1) * c_in];
         let mut buf = Vec::new();
-        let col: &[T] = if d.is_pointwise() {
-            xs
-        } else {
-            buf.resize(d.c * d.kh * d.kw * pp, T::default());
-            im2col(xs, d, &mut buf);
-            &buf
-        };
+        let col = columns(xs, d, &mut buf);
         let dys = &dy[i * d.o * pp..(i + 1) * d.o * pp];
         for g in 0..d.g.groups {
             matmul(
