@@ -79,6 +79,12 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
     if cfg.data.batch_size == 0 {
         p.add("data.batch_size", "must be > 0");
     }
+    if cfg.data.num_workers == 0 || cfg.data.num_workers > 64 {
+        p.add("data.num_workers", format!("must be in 1..=64, is {}", cfg.data.num_workers));
+    }
+    if cfg.data.prefetch == 0 {
+        p.add("data.prefetch", "must be > 0");
+    }
     if cfg.data.eval_batch_size == Some(0) {
         p.add("data.eval_batch_size", "must be > 0");
     }

@@ -85,7 +85,8 @@ fn epochs(
         shape,
         out_shape,
         augment: plan.augment_train.clone(),
-        prefetch: 2,
+        prefetch: plan.data.prefetch,
+        workers: plan.data.num_workers,
     };
     let test_spec = LoaderSpec {
         batch_size: plan.data.eval_batch_size.unwrap_or(plan.data.batch_size),

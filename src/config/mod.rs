@@ -88,12 +88,25 @@ pub struct DataConfig {
     pub shuffle: bool,
     #[serde(default)]
     pub drop_last: bool,
+    /// Threads that decode and augment batches (results do not depend on it).
+    #[serde(default = "one")]
+    pub num_workers: usize,
+    /// Ready batches kept ahead of the model.
+    #[serde(default = "two")]
+    pub prefetch: usize,
+    /// Accepted for PyTorch familiarity; batches are staged for the device either way.
+    #[serde(default)]
+    pub pin_memory: bool,
     /// Use only the first N training samples (quick experiments, tests). 0 = all.
     #[serde(default)]
     pub train_limit: usize,
     /// Use only the first N test samples. 0 = all.
     #[serde(default)]
     pub test_limit: usize,
+}
+
+fn two() -> usize {
+    2
 }
 
 fn yes() -> bool {
@@ -126,6 +139,36 @@ pub enum AugmentOp {
         #[serde(default = "half")]
         p: f64,
     },
+    /// Mirror top-bottom with probability `p`.
+    Vflip {
+        #[serde(default = "half")]
+        p: f64,
+    },
+    /// Cut the central `size x size` window (torchvision's rounding).
+    CenterCrop { size: usize },
+    /// AlexNet's PCA colour augmentation: add `sum_j eigvec[c][j] * alpha_j * eigval[j]` to
+    /// channel `c` of every pixel, `alpha_j ~ N(0, std)` drawn per image.
+    PcaColorJitter {
+        #[serde(default = "default_pca_std")]
+        std: f64,
+        #[serde(default = "imagenet_eigval")]
+        eigval: [f64; 3],
+        #[serde(default = "imagenet_eigvec")]
+        eigvec: [[f64; 3]; 3],
+    },
+}
+
+fn default_pca_std() -> f64 {
+    0.1
+}
+
+/// The ImageNet RGB covariance's eigenvalues and eigenvectors (one column per component)
+/// used by AlexNet-style training (as in fb.resnet.torch), for pixels scaled to [0, 1].
+fn imagenet_eigval() -> [f64; 3] {
+    [0.2175, 0.0188, 0.0045]
+}
+fn imagenet_eigvec() -> [[f64; 3]; 3] {
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
 }
 
 impl AugmentOp {
@@ -135,6 +178,9 @@ impl AugmentOp {
             AugmentOp::Normalize { .. } => "normalize",
             AugmentOp::RandomCrop { .. } => "random_crop",
             AugmentOp::Hflip { .. } => "hflip",
+            AugmentOp::Vflip { .. } => "vflip",
+            AugmentOp::CenterCrop { .. } => "center_crop",
+            AugmentOp::PcaColorJitter { .. } => "pca_color_jitter",
         }
     }
 
@@ -165,9 +211,24 @@ impl AugmentOp {
                 }
                 Ok([c, *size, *size])
             }
-            AugmentOp::Hflip { p } => {
+            AugmentOp::Hflip { p } | AugmentOp::Vflip { p } => {
                 if !(0.0..=1.0).contains(p) {
                     return Err(format!("p must be in [0, 1], is {p}"));
+                }
+                Ok(input)
+            }
+            AugmentOp::CenterCrop { size } => {
+                if *size == 0 || *size > h || *size > w {
+                    return Err(format!("size {size} does not fit the image {h}x{w}"));
+                }
+                Ok([c, *size, *size])
+            }
+            AugmentOp::PcaColorJitter { std, .. } => {
+                if c != 3 {
+                    return Err(format!("needs 3 (RGB) channels, the image has {c}"));
+                }
+                if !(*std >= 0.0 && std.is_finite()) {
+                    return Err(format!("std must be >= 0, is {std}"));
                 }
                 Ok(input)
             }

@@ -41,6 +41,8 @@ pub struct LoaderSpec {
     pub augment: Vec<AugmentOp>,
     /// Ready batches kept ahead of the model.
     pub prefetch: usize,
+    /// Threads that decode and augment batches.
+    pub workers: usize,
 }
 
 impl LoaderSpec {
@@ -117,47 +119,93 @@ pub fn apply(op: &AugmentOp, mut img: Vec<f32>, dims: &mut [usize; 3], rng: &mut
             }
             img
         }
+        AugmentOp::Vflip { p } => {
+            if rng.next_f64() < *p {
+                for plane in img.chunks_mut(h * w) {
+                    for y in 0..h / 2 {
+                        let (top, bottom) = plane.split_at_mut((h - 1 - y) * w);
+                        top[y * w..(y + 1) * w].swap_with_slice(&mut bottom[..w]);
+                    }
+                }
+            }
+            img
+        }
+        AugmentOp::CenterCrop { size } => {
+            // torchvision: top = round((h - size) / 2), Python's round (half to even).
+            let offset = |d: usize| (d as f64 / 2.0).round_ties_even() as usize;
+            let (top, left) = (offset(h - size), offset(w - size));
+            let mut out = Vec::with_capacity(c * size * size);
+            for ch in 0..c {
+                for y in top..top + size {
+                    out.extend_from_slice(&img[(ch * h + y) * w + left..(ch * h + y) * w + left + size]);
+                }
+            }
+            *dims = [c, *size, *size];
+            out
+        }
+        AugmentOp::PcaColorJitter { std, eigval, eigvec } => {
+            let alpha: Vec<f64> = (0..3).map(|_| rng.next_normal() * std).collect();
+            for (ch, plane) in img.chunks_mut(h * w).enumerate() {
+                let shift: f64 = (0..3).map(|j| eigvec[ch][j] * alpha[j] * eigval[j]).sum();
+                plane.iter_mut().for_each(|v| *v += shift as f32);
+            }
+            img
+        }
     }
 }
 
-/// An epoch's batches, prepared on a background thread.
+/// An epoch's batches, prepared by `workers` background threads: batch `b` is made by
+/// worker `b % workers` and read back in order, so the sequence is the same for any number
+/// of workers.
 pub struct Batches {
-    rx: Receiver<Batch>,
-    worker: Option<JoinHandle<()>>,
+    rxs: Vec<Receiver<Batch>>,
+    next: usize,
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl Iterator for Batches {
     type Item = Batch;
     fn next(&mut self) -> Option<Batch> {
-        self.rx.recv().ok()
+        let n = self.rxs.len();
+        let batch = self.rxs[self.next % n].recv().ok()?;
+        self.next += 1;
+        Some(batch)
     }
 }
 
 impl Drop for Batches {
     fn drop(&mut self) {
-        // Dropping the receiver ends the worker at its next send.
-        let (_tx, rx) = sync_channel(0);
-        drop(std::mem::replace(&mut self.rx, rx));
-        if let Some(w) = self.worker.take() {
+        // Dropping the receivers ends each worker at its next send.
+        self.rxs.clear();
+        for w in self.workers.drain(..) {
             let _ = w.join();
         }
     }
 }
 
 pub fn batches(split: Arc<Split>, spec: &LoaderSpec, epoch: usize) -> Batches {
-    let spec = spec.clone();
-    let (tx, rx) = sync_channel(spec.prefetch.max(1));
-    let worker = std::thread::spawn(move || {
-        let order = epoch_order(split.len, &spec, epoch);
-        for b in 0..spec.num_batches(split.len) {
-            let end = ((b + 1) * spec.batch_size).min(order.len());
-            let batch = make_batch(&split, &spec, &order[b * spec.batch_size..end], epoch);
-            if tx.send(batch).is_err() {
-                return;
+    let n_workers = spec.workers.max(1);
+    let order = Arc::new(epoch_order(split.len, spec, epoch));
+    let total = spec.num_batches(split.len);
+    let mut rxs = Vec::with_capacity(n_workers);
+    let mut workers = Vec::with_capacity(n_workers);
+    // Ready batches in flight across all workers: about `prefetch`.
+    let per_worker = spec.prefetch.div_ceil(n_workers).max(1);
+    for w in 0..n_workers {
+        let (tx, rx) = sync_channel(per_worker);
+        let (split, spec, order) = (split.clone(), spec.clone(), order.clone());
+        workers.push(std::thread::spawn(move || {
+            for b in (w..total).step_by(n_workers) {
+                let end = ((b + 1) * spec.batch_size).min(order.len());
+                let batch = make_batch(&split, &spec, &order[b * spec.batch_size..end], epoch);
+                if tx.send(batch).is_err() {
+                    return;
+                }
             }
-        }
-    });
-    Batches { rx, worker: Some(worker) }
+        }));
+        rxs.push(rx);
+    }
+    Batches { rxs, next: 0, workers }
 }
 
 #[cfg(test)]
@@ -178,6 +226,7 @@ mod tests {
             out_shape: [1, 2, 2],
             augment: vec![],
             prefetch: 2,
+            workers: 1,
         }
     }
 
@@ -236,6 +285,39 @@ mod tests {
     }
 
     #[test]
+    fn vflip_center_crop_and_pca_by_hand() {
+        // 1x3x2 [[1,2],[3,4],[5,6]] flipped top-bottom: [[5,6],[3,4],[1,2]].
+        let mut rng = Rng::new(0);
+        let out = apply(&AugmentOp::Vflip { p: 1.0 }, vec![1., 2., 3., 4., 5., 6.], &mut [1, 3, 2], &mut rng);
+        assert_eq!(out, vec![5., 6., 3., 4., 1., 2.]);
+        // center_crop 2 of a 5x5 ramp: (5 - 2) / 2 = 1.5 rounds to 2 (half to even, as
+        // torchvision): rows 2..4, columns 2..4.
+        let img: Vec<f32> = (0..25).map(|v| v as f32).collect();
+        let mut dims = [1, 5, 5];
+        let out = apply(&AugmentOp::CenterCrop { size: 2 }, img, &mut dims, &mut rng);
+        assert_eq!((out, dims), (vec![12., 13., 17., 18.], [1, 2, 2]));
+        // PCA jitter: the shift of channel c is sum_j eigvec[c][j] * alpha_j * eigval[j]
+        // with alpha_j the stream's first three normal draws times std (hand formula).
+        let (std, eigval) = (0.1, [0.2175, 0.0188, 0.0045]);
+        let eigvec = [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]];
+        let mut draws = Rng::new(5);
+        let alpha: Vec<f64> = (0..3).map(|_| draws.next_normal() * std).collect();
+        let out = apply(
+            &AugmentOp::PcaColorJitter { std, eigval, eigvec },
+            vec![0.5; 3 * 4],
+            &mut [3, 2, 2],
+            &mut Rng::new(5),
+        );
+        for ch in 0..3 {
+            let shift: f64 = (0..3).map(|j| eigvec[ch][j] * alpha[j] * eigval[j]).sum();
+            for v in &out[ch * 4..(ch + 1) * 4] {
+                assert!((*v as f64 - (0.5 + shift)).abs() < 1e-6);
+            }
+            assert!(shift != 0.0);
+        }
+    }
+
+    #[test]
     fn augmented_batches_do_not_depend_on_batching() {
         // The same sample gets the same crop whatever batch it lands in.
         let s =
@@ -246,8 +328,14 @@ mod tests {
         sp.augment = vec![AugmentOp::RandomCrop { size: 3, padding: 1 }, AugmentOp::Hflip { p: 0.5 }];
         let a: Vec<f32> = batches(s.clone(), &sp, 2).flat_map(|b| b.images).collect();
         sp.batch_size = 7;
-        let b: Vec<f32> = batches(s, &sp, 2).flat_map(|b| b.images).collect();
+        let b: Vec<f32> = batches(s.clone(), &sp, 2).flat_map(|b| b.images).collect();
         assert_eq!(a, b);
+        // And whatever the number of workers.
+        for workers in [2, 3, 4] {
+            sp.workers = workers;
+            let c: Vec<f32> = batches(s.clone(), &sp, 2).flat_map(|b| b.images).collect();
+            assert_eq!(a, c, "{workers} workers");
+        }
     }
 
     #[test]
