@@ -49,6 +49,16 @@ enum Command {
     Check(ExpArgs),
     /// Print the merged config and, per key, the file or override that set it.
     Config(ExpArgs),
+    /// Dataset tools.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Per-channel mean and std of the training split (and, for RGB, the colour covariance's
+    /// eigenvalues and eigenvectors), printed as TOML to paste into `[augment]`.
+    Stats(ExpArgs),
 }
 
 pub fn main() -> Result<ExitCode> {
@@ -60,6 +70,7 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Run(args)) => train(args),
         Some(Command::Check(args)) => check(args),
         Some(Command::Config(args)) => show_config(args),
+        Some(Command::Data(DataCommand::Stats(args))) => data_stats(args),
     }
 }
 
@@ -99,6 +110,14 @@ fn show_config(args: ExpArgs) -> Result<ExitCode> {
         let line = format!("{key} = {value}");
         println!("{line:<width$}  # {source}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn data_stats(args: ExpArgs) -> Result<ExitCode> {
+    let loaded = load(&args)?;
+    let data = crate::data::load(&loaded.config.data)?;
+    let stats = crate::data::stats::pixel_stats(&data.train, data.shape);
+    print!("{}", crate::data::stats::to_toml(&stats, data.name, data.train.len));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,6 +8,7 @@ pub mod cifar;
 pub mod download;
 pub mod idx;
 pub mod loader;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 

@@ -41,3 +41,18 @@ fn lenet5_learns_fashion_mnist() {
     // 0.8347 after epoch 1, 0.8602 after epoch 2. 0.84 leaves margin for other thread counts.
     assert!(acc >= 0.84, "test accuracy after 2 epochs is {acc}, expected >= 0.84");
 }
+
+#[test]
+fn data_stats_reproduce_the_usual_fashion_mnist_normalization() {
+    let repo = repo();
+    let exp = repo.join("experiments/lenet5_fashion_mnist.toml");
+    let loaded = load(&exp, &LoadOptions::default()).unwrap();
+    if let Located::Missing { searched, .. } = locate(&loaded.config.data) {
+        eprintln!("SKIPPED data_stats: Fashion-MNIST not found in {searched:?}");
+        return;
+    }
+    let out = runner(&repo, &["data", "stats", exp.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The mean and std commonly used for Fashion-MNIST (and in configs/data/fashion_mnist.toml).
+    assert!(out.stdout.contains("normalize = { mean = [0.2860], std = [0.3530] }"), "{}", out.stdout);
+}
