@@ -95,8 +95,8 @@ fn epochs(
         augment: plan.augment_test.clone(),
         ..train_spec.clone()
     };
-    let train_split = Arc::new(dataset.train.clone());
-    let test_split = Arc::new(dataset.test.clone());
+    let train_split = dataset.train.clone();
+    let test_split = dataset.test.clone();
     let n_batches = train_spec.num_batches(train_split.len);
     if n_batches == 0 {
         bail!("the training split has {} samples: not one batch of {}", train_split.len, train_spec.batch_size);
@@ -118,17 +118,19 @@ fn epochs(
             let pass = Pass { train: true, seed: plan.seed, epoch, step: step as usize };
             let logits = model.forward(&xs, pass)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+            // Checked before the update, so the weights never take a step from a NaN.
+            let loss_value = loss.to_scalar::<f32>()? as f64;
+            if !loss_value.is_finite() {
+                bail!(
+                    "loss is {loss_value} at epoch {} step {}: training diverged (try a lower learning rate)",
+                    epoch + 1,
+                    step + 1
+                );
+            }
             let grads = loss.backward()?;
             optimizer.step(model.params.iter(), &grads)?;
             step += 1;
 
-            let loss_value = loss.to_scalar::<f32>()? as f64;
-            if !loss_value.is_finite() {
-                bail!(
-                    "loss is {loss_value} at epoch {} step {step}: training diverged (try a lower learning rate)",
-                    epoch + 1
-                );
-            }
             train_stats.update(loss_value, &argmax(&logits)?, &batch.labels);
             bar.inc(1);
             let rate = train_stats.count() as f64 / started.elapsed().as_secs_f64();

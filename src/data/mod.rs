@@ -177,8 +177,9 @@ pub struct Dataset {
     pub root: PathBuf,
     pub classes: Vec<String>,
     pub shape: [usize; 3],
-    pub train: Split,
-    pub test: Split,
+    /// Shared with the loader's threads.
+    pub train: std::sync::Arc<Split>,
+    pub test: std::sync::Arc<Split>,
 }
 
 /// Reads the dataset, downloading missing files first when `[data] download = true`.
@@ -219,8 +220,8 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
         root: dir,
         classes: spec.classes.iter().map(|s| s.to_string()).collect(),
         shape: [c, h, w],
-        train: train.limited(cfg.train_limit, c * h * w),
-        test: test.limited(cfg.test_limit, c * h * w),
+        train: std::sync::Arc::new(train.limited(cfg.train_limit, c * h * w)),
+        test: std::sync::Arc::new(test.limited(cfg.test_limit, c * h * w)),
     })
 }
 
