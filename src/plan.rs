@@ -266,3 +266,24 @@ impl Plan {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert_eq!(parse_device("auto"), Ok(DeviceChoice::Auto));
+        assert_eq!(parse_device("cpu"), Ok(DeviceChoice::Cpu));
+        assert_eq!(parse_device("cuda"), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!(parse_device("cuda:3"), Ok(DeviceChoice::Cuda(3)));
+        let e = parse_device("gpu").unwrap_err();
+        assert!(e.contains("\"cuda:N\"") && e.contains("\"gpu\""), "{e}");
+        assert!(parse_device("cuda:x").is_err());
+        // Without the `cuda` feature (as built here), asking for CUDA is a clear error.
+        if !candle_core::utils::cuda_is_available() {
+            let e = DeviceChoice::Cuda(0).open().unwrap_err().to_string();
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
+}

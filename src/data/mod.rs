@@ -276,3 +276,18 @@ pub fn missing_message(spec: &DatasetSpec, searched: &[PathBuf], download_to: &P
     }
     msg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_keep_the_first_samples() {
+        let s = Split { pixels: (0..12).collect(), labels: vec![0, 1, 2, 3, 4, 5], len: 6 };
+        let l = s.clone().limited(2, 2);
+        assert_eq!((l.len, l.pixels, l.labels), (2, vec![0, 1, 2, 3], vec![0, 1]));
+        // 0 or a limit above the size keeps everything.
+        assert_eq!(s.clone().limited(0, 2).len, 6);
+        assert_eq!(s.limited(10, 2).len, 6);
+    }
+}

@@ -60,6 +60,7 @@ layers = ["flatten", {{ dropout = {{ p = 0.1 }} }}, {{ linear = {{ out = 10 }} }
 [train]
 epochs = {epochs}
 optimizer = {{ sgd = {{ lr = 0.05, momentum = 0.9 }} }}
+log_every = 5
 "#
         ),
     )
@@ -75,6 +76,13 @@ fn tiny_run_writes_readable_tables_and_is_deterministic() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let dir = run_folder(d.path(), &out);
     assert!(dir.starts_with(d.path().join("runs/tiny")), "{}", dir.display());
+    // Not a terminal: a plain progress line every `log_every` (5) of the 15 batches.
+    assert!(
+        out.stderr.contains("epoch 1/3 batch 5/15") && out.stderr.contains("epoch 3/3 batch 15/15"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("batch 4/15"), "{}", out.stderr);
     for f in ["config.toml", "run.parquet", "params.parquet", "metrics.parquet"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
