@@ -24,8 +24,11 @@ pub struct Plan {
     pub augment_train: Vec<AugmentOp>,
     pub augment_test: Vec<AugmentOp>,
     pub layers: Vec<PlannedLayer>,
-    /// The model's input `[c, h, w]`: what both splits' augmentations produce.
+    /// The model's input `[c, h, w]`: what the training augmentations produce.
     pub input: [usize; 3],
+    /// Test samples after the test augmentations: the input, or larger for ten-crop TTA.
+    pub test_shape: [usize; 3],
+    pub tta: crate::config::Tta,
     pub train: crate::config::TrainConfig,
     pub metrics: MetricsConfig,
     /// Things that will not stop a run but that a user should know.
@@ -109,7 +112,26 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
             Vec::new()
         }
     };
+    let tta = cfg.eval.tta == crate::config::Tta::TenCrop;
     for (split, shape) in &split_shapes {
+        if tta && *split == "test" {
+            let [c, h, w] = *shape;
+            if cfg.model.input.len() == 3
+                && (c != cfg.model.input[0] || h < cfg.model.input[1] || w < cfg.model.input[2])
+            {
+                p.add(
+                    "eval.tta",
+                    format!(
+                        "ten_crop cuts {:?} crops, but test samples after the augmentations are {shape:?}",
+                        cfg.model.input
+                    ),
+                );
+            }
+            if cfg.model.input.len() == 3 && cfg.model.input[1] != cfg.model.input[2] {
+                p.add("eval.tta", "ten_crop needs a square model input");
+            }
+            continue;
+        }
         if cfg.model.input != shape {
             p.add(
                 "model.input",
@@ -194,6 +216,8 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
         augment_test: cfg.augment.test.clone(),
         layers,
         input: [cfg.model.input[0], cfg.model.input[1], cfg.model.input[2]],
+        test_shape: split_shapes[1].1,
+        tta: cfg.eval.tta,
         train: cfg.train.clone(),
         metrics: cfg.metrics.clone(),
         warnings,

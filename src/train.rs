@@ -12,8 +12,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
-use crate::config::{Loaded, MetricName};
+use crate::config::{Loaded, MetricName, Tta};
 use crate::data::loader::{self, Batch, LoaderSpec};
+use crate::data::tta::ten_crop;
 use crate::data::{self, Split};
 use crate::metrics::EpochStats;
 use crate::model::{argmax, Model, Pass};
@@ -92,6 +93,7 @@ fn epochs(
         batch_size: plan.data.eval_batch_size.unwrap_or(plan.data.batch_size),
         shuffle: false,
         drop_last: false,
+        out_shape: plan.test_shape,
         augment: plan.augment_test.clone(),
         ..train_spec.clone()
     };
@@ -153,7 +155,7 @@ fn epochs(
         let train_time = started.elapsed().as_secs_f64();
 
         // Evaluate.
-        let test_stats = evaluate(model, &test_split, &test_spec, device)?;
+        let test_stats = evaluate(model, &test_split, &test_spec, plan.tta, plan.input, device)?;
 
         // Log.
         let wall = log.elapsed_s();
@@ -192,14 +194,39 @@ fn epochs(
     Ok(true)
 }
 
-/// Loss and predictions over a whole split, in eval mode (no dropout).
-pub fn evaluate(model: &Model, split: &Arc<Split>, spec: &LoaderSpec, device: &Device) -> Result<EpochStats> {
+/// Loss and predictions over a whole split, in eval mode (no dropout). With ten-crop TTA
+/// the class probabilities are the mean of the ten crops' softmax outputs, and the loss is
+/// the mean of `-ln p[label]` under those probabilities.
+pub fn evaluate(
+    model: &Model,
+    split: &Arc<Split>,
+    spec: &LoaderSpec,
+    tta: Tta,
+    input: [usize; 3],
+    device: &Device,
+) -> Result<EpochStats> {
     let mut stats = EpochStats::default();
     for batch in loader::batches(split.clone(), spec, 0) {
-        let (xs, ys) = to_tensors(&batch, spec.out_shape, device)?;
-        let logits = model.forward(&xs, Pass::eval())?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()? as f64;
-        stats.update(loss, &argmax(&logits)?, &batch.labels);
+        let (_, ys) = to_tensors(&batch, spec.out_shape, device)?;
+        match tta {
+            Tta::None => {
+                let (xs, _) = to_tensors(&batch, spec.out_shape, device)?;
+                let logits = model.forward(&xs, Pass::eval())?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()? as f64;
+                stats.update(loss, &argmax(&logits)?, &batch.labels);
+            }
+            Tta::TenCrop => {
+                let n = batch.len();
+                let [c, size, _] = input;
+                let crops = ten_crop(&batch.images, n, spec.out_shape, size);
+                let xs = Tensor::from_vec(crops, (n * 10, c, size, size), device)?; // [10 n, c, s, s]
+                let probs = candle_nn::ops::softmax_last_dim(&model.forward(&xs, Pass::eval())?)?;
+                let probs = probs.reshape((n, 10, ()))?.mean(1)?; // [n, classes]
+                let picked = probs.gather(&ys.unsqueeze(1)?, 1)?; // [n, 1]
+                let loss = picked.log()?.neg()?.mean_all()?.to_scalar::<f32>()? as f64;
+                stats.update(loss, &argmax(&probs)?, &batch.labels);
+            }
+        }
     }
     Ok(stats)
 }

@@ -26,6 +26,28 @@ pub struct Config {
     pub train: TrainConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// How the test split is evaluated.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    #[serde(default)]
+    pub tta: Tta,
+}
+
+/// Test-time augmentation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tta {
+    /// One forward pass per test image.
+    #[default]
+    None,
+    /// The four corner crops and the centre crop of the model's input size, and the same of
+    /// the mirror image; the ten softmax outputs are averaged (AlexNet, the course).
+    TenCrop,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

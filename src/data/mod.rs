@@ -9,6 +9,7 @@ pub mod download;
 pub mod idx;
 pub mod loader;
 pub mod stats;
+pub mod tta;
 
 use std::path::{Path, PathBuf};
 

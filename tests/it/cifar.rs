@@ -105,6 +105,73 @@ optimizer = {{ adam = {{ lr = 0.01 }} }}
 }
 
 #[test]
+fn ten_crop_test_time_augmentation() {
+    let d = tempfile::tempdir().unwrap();
+    let bins = d.path().join("data/cifar10/cifar-10-batches-bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    for i in 1..=5 {
+        std::fs::write(bins.join(format!("data_batch_{i}.bin")), encode(&records(60, i))).unwrap();
+    }
+    std::fs::write(bins.join("test_batch.bin"), encode(&records(100, 9))).unwrap();
+    let exp = |tta: &str, test_ops: &str| {
+        format!(
+            r#"[experiment]
+name = "tta"
+[data]
+dataset = "cifar10"
+root = "data/cifar10"
+batch_size = 25
+[[augment.train]]
+random_crop = {{ size = 28 }}
+[[augment.train]]
+hflip = {{ p = 0.5 }}
+{test_ops}
+[eval]
+tta = "{tta}"
+[model]
+input = [3, 28, 28]
+[[model.groups]]
+name = "features"
+layers = [{{ conv2d = {{ out = 8, kernel = 3, padding = 1 }} }}, "relu", {{ maxpool = {{ kernel = 4 }} }}]
+[[model.groups]]
+name = "classifier"
+layers = ["flatten", {{ linear = {{ out = 10 }} }}]
+[train]
+epochs = 4
+optimizer = {{ adam = {{ lr = 0.01 }} }}
+"#
+        )
+    };
+    // Test images stay 32x32; the ten 28x28 crops are averaged.
+    std::fs::write(d.path().join("tta.toml"), exp("ten_crop", "")).unwrap();
+    let out = runner(d.path(), &["tta.toml"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let acc: f64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("test.accuracy = "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(acc >= 0.6, "ten-crop test accuracy {acc}");
+
+    // Without TTA the 32x32 test images do not fit the 28x28 model: a plan error.
+    std::fs::write(d.path().join("plain.toml"), exp("none", "")).unwrap();
+    let out = runner(d.path(), &["check", "plain.toml"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("model.input") && out.stderr.contains("after the test augmentations"),
+        "{}",
+        out.stderr
+    );
+    // With TTA, test images smaller than the crop are a plan error naming eval.tta.
+    let smaller = "[[augment.test]]\ncenter_crop = { size = 24 }";
+    std::fs::write(d.path().join("small.toml"), exp("ten_crop", smaller)).unwrap();
+    let out = runner(d.path(), &["check", "small.toml"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("eval.tta") && out.stderr.contains("[3, 24, 24]"), "{}", out.stderr);
+}
+
+#[test]
 fn augmentation_keys_are_checked_at_plan_time() {
     let d = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(d.path().join("data/cifar10")).unwrap();
