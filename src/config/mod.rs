@@ -168,6 +168,17 @@ pub enum AugmentOp {
     },
     /// Cut the central `size x size` window (torchvision's rounding).
     CenterCrop { size: usize },
+    /// Resize to `size = [h, w]`, or so that the shorter side is `shorter` (the longer side
+    /// scaled and truncated, as torchvision), by `mode` (`"bilinear"`, align_corners = false
+    /// and no antialiasing, as `F.interpolate`; or `"nearest"`).
+    Resize {
+        #[serde(default)]
+        size: Option<[usize; 2]>,
+        #[serde(default)]
+        shorter: Option<usize>,
+        #[serde(default = "default_resize_mode")]
+        mode: String,
+    },
     /// AlexNet's PCA colour augmentation: add `sum_j eigvec[c][j] * alpha_j * eigval[j]` to
     /// channel `c` of every pixel, `alpha_j ~ N(0, std)` drawn per image.
     PcaColorJitter {
@@ -178,6 +189,20 @@ pub enum AugmentOp {
         #[serde(default = "imagenet_eigvec")]
         eigvec: [[f64; 3]; 3],
     },
+}
+
+/// torchvision's shorter-side resize: the short side becomes `s`, the long side
+/// `floor(s * long / short)`.
+pub fn resized_shorter(h: usize, w: usize, s: usize) -> (usize, usize) {
+    if h <= w {
+        (s, s * w / h)
+    } else {
+        (s * h / w, s)
+    }
+}
+
+fn default_resize_mode() -> String {
+    "bilinear".into()
 }
 
 fn default_pca_std() -> f64 {
@@ -202,6 +227,7 @@ impl AugmentOp {
             AugmentOp::Hflip { .. } => "hflip",
             AugmentOp::Vflip { .. } => "vflip",
             AugmentOp::CenterCrop { .. } => "center_crop",
+            AugmentOp::Resize { .. } => "resize",
             AugmentOp::PcaColorJitter { .. } => "pca_color_jitter",
         }
     }
@@ -238,6 +264,19 @@ impl AugmentOp {
                     return Err(format!("p must be in [0, 1], is {p}"));
                 }
                 Ok(input)
+            }
+            AugmentOp::Resize { size, shorter, mode } => {
+                if mode != "bilinear" && mode != "nearest" {
+                    return Err(format!("mode must be \"bilinear\" or \"nearest\", is {mode:?}"));
+                }
+                match (size, shorter) {
+                    (Some([rh, rw]), None) if *rh > 0 && *rw > 0 => Ok([c, *rh, *rw]),
+                    (None, Some(s)) if *s > 0 => {
+                        let (nh, nw) = resized_shorter(h, w, *s);
+                        Ok([c, nh, nw])
+                    }
+                    _ => Err("give exactly one of size = [h, w] or shorter (both > 0)".into()),
+                }
             }
             AugmentOp::CenterCrop { size } => {
                 if *size == 0 || *size > h || *size > w {

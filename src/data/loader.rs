@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use crate::config::AugmentOp;
 use crate::data::Split;
+use crate::ops::upsample::{resample, UpsampleMode};
 use crate::rng::Rng;
 
 /// A batch ready for the model: `images` is `[n, c, h, w]` row-major, as f32.
@@ -129,6 +130,16 @@ pub fn apply(op: &AugmentOp, mut img: Vec<f32>, dims: &mut [usize; 3], rng: &mut
                 }
             }
             img
+        }
+        AugmentOp::Resize { size, shorter, mode } => {
+            let (oh, ow) = match (size, shorter) {
+                (Some([rh, rw]), _) => (*rh, *rw),
+                (None, Some(s)) => crate::config::resized_shorter(h, w, *s),
+                (None, None) => (h, w),
+            };
+            let m = if mode == "nearest" { UpsampleMode::Nearest } else { UpsampleMode::Bilinear };
+            *dims = [c, oh, ow];
+            resample(m, &img, c, (h, w), (oh, ow))
         }
         AugmentOp::CenterCrop { size } => {
             // torchvision: top = round((h - size) / 2), Python's round (half to even).
@@ -315,6 +326,22 @@ mod tests {
             }
             assert!(shift != 0.0);
         }
+    }
+
+    #[test]
+    fn resize_by_hand() {
+        // Bilinear [1, 2] to width 4 = [1, 1.25, 1.75, 2] (F.interpolate, align_corners=False).
+        let mut dims = [1, 1, 2];
+        let op = AugmentOp::Resize { size: Some([1, 4]), shorter: None, mode: "bilinear".into() };
+        let out = apply(&op, vec![1., 2.], &mut dims, &mut Rng::new(0));
+        assert_eq!((out, dims), (vec![1.0, 1.25, 1.75, 2.0], [1, 1, 4]));
+        // Shorter side 2 of a 4x6 image: 2 x floor(2 * 6 / 4) = 2x3 (torchvision's rule);
+        // nearest picks rows 0, 2 and columns 0, 2, 4.
+        let img: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let mut dims = [1, 4, 6];
+        let op = AugmentOp::Resize { size: None, shorter: Some(2), mode: "nearest".into() };
+        let out = apply(&op, img, &mut dims, &mut Rng::new(0));
+        assert_eq!((out, dims), (vec![0., 2., 4., 12., 14., 16.], [1, 2, 3]));
     }
 
     #[test]

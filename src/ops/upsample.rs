@@ -35,7 +35,7 @@ fn taps(mode: UpsampleMode, input: usize, output: usize) -> Vec<(usize, usize, f
         .collect()
 }
 
-fn resample<T: Elem>(
+pub(crate) fn resample<T: Elem>(
     mode: UpsampleMode,
     x: &[T],
     planes: usize,
@@ -44,7 +44,7 @@ fn resample<T: Elem>(
 ) -> Vec<T> {
     let (ty, tx) = (taps(mode, h, oh), taps(mode, w, ow));
     let mut out = vec![T::default(); planes * oh * ow];
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
+    let one = |(p, o): (usize, &mut [T])| {
         let src = &x[p * h * w..(p + 1) * h * w];
         for (y, &(y0, y1, ly)) in ty.iter().enumerate() {
             for (xo, &(x0, x1, lx)) in tx.iter().enumerate() {
@@ -54,7 +54,12 @@ fn resample<T: Elem>(
                 o[y * ow + xo] = T::from_f64(top * (1.0 - ly) + bottom * ly);
             }
         }
-    });
+    };
+    if super::parallel(out.len()) {
+        out.par_chunks_mut(oh * ow).enumerate().for_each(one);
+    } else {
+        out.chunks_mut(oh * ow).enumerate().for_each(one);
+    }
     out
 }
 
