@@ -64,11 +64,24 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
     }
 
     // Data.
-    let spec = data::spec(cfg.data.dataset);
+    let spec = match data::describe(&cfg.data) {
+        Ok(info) => info,
+        Err(e) => {
+            p.add("data.root", e);
+            data::DataInfo {
+                name: data::spec(cfg.data.dataset).name,
+                classes: Vec::new(),
+                shape: [cfg.data.channels, 0, 0],
+            }
+        }
+    };
+    if cfg.data.dataset == crate::config::DatasetKind::ImageFolder && ![1, 3].contains(&cfg.data.channels) {
+        p.add("data.channels", format!("must be 1 or 3, is {}", cfg.data.channels));
+    }
     let located = data::locate(&cfg.data);
     let mut warnings = Vec::new();
     if let Located::Missing { searched, download_to } = &located {
-        let msg = data::missing_message(spec, searched, download_to);
+        let msg = data::missing_message(data::spec(cfg.data.dataset), searched, download_to);
         if cfg.data.download {
             warnings.push(format!(
                 "dataset {} is not on disk yet; it will be downloaded into {} when the run starts",
@@ -100,6 +113,12 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
                 Ok(next) => shape = next,
                 Err(e) => p.add(&format!("augment.{split}[{i}].{}", op.name()), e),
             }
+        }
+        if shape[1] == 0 || shape[2] == 0 {
+            p.add(
+                &format!("augment.{split}"),
+                "images vary in size: end the augmentations with a crop or a resize to size = [h, w]",
+            );
         }
         split_shapes.push((split, shape));
     }
@@ -142,7 +161,7 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
             );
         }
     }
-    if let Some(last) = layers.last() {
+    if let Some(last) = layers.last().filter(|_| !spec.classes.is_empty()) {
         if last.out_shape != [spec.classes.len()] {
             p.list.push(format!(
                 "{}: key `{}` ({}): the model ends in shape {:?}, but {} has {} classes; end with {{ linear = {{ out = {} }} }}",
@@ -211,7 +230,7 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
         device: cfg.experiment.device.clone(),
         data: cfg.data.clone(),
         located,
-        classes: spec.classes.iter().map(|s| s.to_string()).collect(),
+        classes: spec.classes.clone(),
         augment_train: cfg.augment.train.clone(),
         augment_test: cfg.augment.test.clone(),
         layers,

@@ -112,6 +112,7 @@ fn epochs(
         let bar = progress::batch_bar(n_batches, &format!("epoch {}/{epochs}", epoch + 1));
         let mut train_stats = EpochStats::default();
         for (b, batch) in loader::batches(train_split.clone(), &train_spec, epoch).enumerate() {
+            let batch = batch?;
             if stop.load(Ordering::SeqCst) {
                 tracing::warn!("interrupted during epoch {}; keeping the {} finished epochs", epoch + 1, epoch);
                 return Ok(false);
@@ -207,6 +208,7 @@ pub fn evaluate(
 ) -> Result<EpochStats> {
     let mut stats = EpochStats::default();
     for batch in loader::batches(split.clone(), spec, 0) {
+        let batch = batch?;
         let (_, ys) = to_tensors(&batch, spec.out_shape, device)?;
         match tta {
             Tta::None => {

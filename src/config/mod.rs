@@ -85,6 +85,8 @@ pub enum DatasetKind {
     Mnist,
     FashionMnist,
     Cifar10,
+    /// `root/<train_dir>/<class>/<image>` and `root/<test_dir>/<class>/<image>`.
+    ImageFolder,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +112,15 @@ pub struct DataConfig {
     pub shuffle: bool,
     #[serde(default)]
     pub drop_last: bool,
+    /// `image_folder`: the training split's folder under `root`.
+    #[serde(default = "default_train_dir")]
+    pub train_dir: String,
+    /// `image_folder`: the test split's folder under `root`.
+    #[serde(default = "default_test_dir")]
+    pub test_dir: String,
+    /// `image_folder`: decode images to 1 (grey) or 3 (RGB) channels.
+    #[serde(default = "three")]
+    pub channels: usize,
     /// Threads that decode and augment batches (results do not depend on it).
     #[serde(default = "one")]
     pub num_workers: usize,
@@ -125,6 +136,16 @@ pub struct DataConfig {
     /// Use only the first N test samples. 0 = all.
     #[serde(default)]
     pub test_limit: usize,
+}
+
+fn three() -> usize {
+    3
+}
+fn default_train_dir() -> String {
+    "train".into()
+}
+fn default_test_dir() -> String {
+    "val".into()
 }
 
 fn two() -> usize {
@@ -250,7 +271,9 @@ impl AugmentOp {
                 Ok(input)
             }
             AugmentOp::RandomCrop { size, padding } => {
-                if *size == 0 || *size > h + 2 * padding || *size > w + 2 * padding {
+                // h or w = 0: images of varying size, checked per image when loaded.
+                let fits = |d: usize| d == 0 || *size <= d + 2 * padding;
+                if *size == 0 || !fits(h) || !fits(w) {
                     return Err(format!(
                         "size {size} does not fit the padded image {}x{}",
                         h + 2 * padding,
@@ -272,6 +295,9 @@ impl AugmentOp {
                 match (size, shorter) {
                     (Some([rh, rw]), None) if *rh > 0 && *rw > 0 => Ok([c, *rh, *rw]),
                     (None, Some(s)) if *s > 0 => {
+                        if h == 0 || w == 0 {
+                            return Ok([c, 0, 0]);
+                        }
                         let (nh, nw) = resized_shorter(h, w, *s);
                         Ok([c, nh, nw])
                     }
@@ -279,7 +305,8 @@ impl AugmentOp {
                 }
             }
             AugmentOp::CenterCrop { size } => {
-                if *size == 0 || *size > h || *size > w {
+                let fits = |d: usize| d == 0 || *size <= d;
+                if *size == 0 || !fits(h) || !fits(w) {
                     return Err(format!("size {size} does not fit the image {h}x{w}"));
                 }
                 Ok([c, *size, *size])

@@ -32,7 +32,7 @@ pub fn read_split(paths: &[PathBuf], classes: usize) -> Result<Split> {
             pixels.extend_from_slice(&rec[1..]);
         }
     }
-    Ok(Split { len: labels.len(), pixels, labels })
+    Ok(Split { len: labels.len(), pixels, labels, files: Vec::new() })
 }
 
 /// Extracts `members` (paths inside the archive) from a `.tar.gz` into `dir`, each written

@@ -6,6 +6,8 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use anyhow::{bail, Result};
+
 use crate::config::AugmentOp;
 use crate::data::Split;
 use crate::ops::upsample::{resample, UpsampleMode};
@@ -68,26 +70,43 @@ pub fn epoch_order(len: usize, spec: &LoaderSpec, epoch: usize) -> Vec<usize> {
 /// Turns samples into a batch: bytes to [0, 1] floats, then the augmentation ops in order.
 /// Each sample's random draws come from `(seed, epoch, sample index)`, so a batch does not
 /// depend on which thread made it.
-pub fn make_batch(split: &Split, spec: &LoaderSpec, indices: &[usize], epoch: usize) -> Batch {
+pub fn make_batch(split: &Split, spec: &LoaderSpec, indices: &[usize], epoch: usize) -> Result<Batch> {
     let [c, h, w] = spec.shape;
     let sample = c * h * w;
     let mut images = Vec::with_capacity(indices.len() * spec.out_shape.iter().product::<usize>());
     for &i in indices {
-        let mut img: Vec<f32> = split.pixels[i * sample..(i + 1) * sample].iter().map(|&p| p as f32 / 255.0).collect();
-        let mut dims = spec.shape;
+        // In memory, or an image file decoded now (image folders).
+        let what = || match split.files.get(i) {
+            Some(path) => path.display().to_string(),
+            None => format!("sample {i}"),
+        };
+        let (mut img, mut dims): (Vec<f32>, [usize; 3]) = match split.files.get(i) {
+            Some(path) => {
+                let (bytes, fh, fw) = super::folder::decode(path, c)?;
+                (bytes.iter().map(|&p| p as f32 / 255.0).collect(), [c, fh, fw])
+            }
+            None => {
+                (split.pixels[i * sample..(i + 1) * sample].iter().map(|&p| p as f32 / 255.0).collect(), spec.shape)
+            }
+        };
         let mut rng = Rng::derive(spec.seed, &["augment".into(), epoch.into(), i.into()]);
         for op in &spec.augment {
-            img = apply(op, img, &mut dims, &mut rng);
+            img = apply(op, img, &mut dims, &mut rng).map_err(|e| anyhow::anyhow!("{}: {}: {e}", what(), op.name()))?;
+        }
+        if dims != spec.out_shape {
+            bail!("{}: after the augmentations the image is {dims:?}, the model takes {:?}", what(), spec.out_shape);
         }
         images.extend_from_slice(&img);
     }
-    Batch { images, labels: indices.iter().map(|&i| split.labels[i]).collect(), indices: indices.to_vec() }
+    Ok(Batch { images, labels: indices.iter().map(|&i| split.labels[i]).collect(), indices: indices.to_vec() })
 }
 
 /// One op on one `[c, h, w]` image; `dims` is updated to the output's.
-pub fn apply(op: &AugmentOp, mut img: Vec<f32>, dims: &mut [usize; 3], rng: &mut Rng) -> Vec<f32> {
+/// Ops that need a minimum size fail on smaller images (only images of varying size reach
+/// that: fixed sizes are checked at plan time).
+pub fn apply(op: &AugmentOp, mut img: Vec<f32>, dims: &mut [usize; 3], rng: &mut Rng) -> Result<Vec<f32>, String> {
     let [c, h, w] = *dims;
-    match op {
+    Ok(match op {
         AugmentOp::Normalize { mean, std } => {
             for (ch, plane) in img.chunks_mut(h * w).enumerate() {
                 let (m, s) = (mean[ch] as f32, std[ch] as f32);
@@ -97,6 +116,9 @@ pub fn apply(op: &AugmentOp, mut img: Vec<f32>, dims: &mut [usize; 3], rng: &mut
         }
         AugmentOp::RandomCrop { size, padding } => {
             let (ph, pw) = (h + 2 * padding, w + 2 * padding);
+            if *size > ph || *size > pw {
+                return Err(format!("a {size}x{size} crop does not fit the padded {ph}x{pw} image"));
+            }
             let top = rng.below((ph - size + 1) as u64) as usize;
             let left = rng.below((pw - size + 1) as u64) as usize;
             let mut out = vec![0f32; c * size * size];
@@ -139,9 +161,15 @@ pub fn apply(op: &AugmentOp, mut img: Vec<f32>, dims: &mut [usize; 3], rng: &mut
             };
             let m = if mode == "nearest" { UpsampleMode::Nearest } else { UpsampleMode::Bilinear };
             *dims = [c, oh, ow];
+            if oh == 0 || ow == 0 {
+                return Err(format!("resizing {h}x{w} gives an empty image"));
+            }
             resample(m, &img, c, (h, w), (oh, ow))
         }
         AugmentOp::CenterCrop { size } => {
+            if *size > h || *size > w {
+                return Err(format!("a {size}x{size} crop does not fit the {h}x{w} image"));
+            }
             // torchvision: top = round((h - size) / 2), Python's round (half to even).
             let offset = |d: usize| (d as f64 / 2.0).round_ties_even() as usize;
             let (top, left) = (offset(h - size), offset(w - size));
@@ -162,21 +190,21 @@ pub fn apply(op: &AugmentOp, mut img: Vec<f32>, dims: &mut [usize; 3], rng: &mut
             }
             img
         }
-    }
+    })
 }
 
 /// An epoch's batches, prepared by `workers` background threads: batch `b` is made by
 /// worker `b % workers` and read back in order, so the sequence is the same for any number
 /// of workers.
 pub struct Batches {
-    rxs: Vec<Receiver<Batch>>,
+    rxs: Vec<Receiver<Result<Batch>>>,
     next: usize,
     workers: Vec<JoinHandle<()>>,
 }
 
 impl Iterator for Batches {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
         let n = self.rxs.len();
         let batch = self.rxs[self.next % n].recv().ok()?;
         self.next += 1;
@@ -209,7 +237,8 @@ pub fn batches(split: Arc<Split>, spec: &LoaderSpec, epoch: usize) -> Batches {
             for b in (w..total).step_by(n_workers) {
                 let end = ((b + 1) * spec.batch_size).min(order.len());
                 let batch = make_batch(&split, &spec, &order[b * spec.batch_size..end], epoch);
-                if tx.send(batch).is_err() {
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
                     return;
                 }
             }
@@ -224,7 +253,12 @@ mod tests {
     use super::*;
 
     fn split(n: usize) -> Split {
-        Split { pixels: (0..n * 4).map(|i| (i % 256) as u8).collect(), labels: (0..n as u32).collect(), len: n }
+        Split {
+            pixels: (0..n * 4).map(|i| (i % 256) as u8).collect(),
+            labels: (0..n as u32).collect(),
+            len: n,
+            ..Default::default()
+        }
     }
 
     fn spec(bs: usize, shuffle: bool, drop_last: bool) -> LoaderSpec {
@@ -244,17 +278,18 @@ mod tests {
     #[test]
     fn batch_counts_and_drop_last() {
         let s = Arc::new(split(10));
-        let sizes: Vec<usize> = batches(s.clone(), &spec(4, false, false), 0).map(|b| b.len()).collect();
+        let sizes: Vec<usize> = batches(s.clone(), &spec(4, false, false), 0).map(|b| b.unwrap().len()).collect();
         assert_eq!(sizes, vec![4, 4, 2]);
-        let sizes: Vec<usize> = batches(s, &spec(4, false, true), 0).map(|b| b.len()).collect();
+        let sizes: Vec<usize> = batches(s, &spec(4, false, true), 0).map(|b| b.unwrap().len()).collect();
         assert_eq!(sizes, vec![4, 4]);
     }
 
     #[test]
     fn shuffle_depends_on_seed_and_epoch_only() {
         let s = Arc::new(split(50));
-        let labels =
-            |epoch| -> Vec<u32> { batches(s.clone(), &spec(7, true, false), epoch).flat_map(|b| b.labels).collect() };
+        let labels = |epoch| -> Vec<u32> {
+            batches(s.clone(), &spec(7, true, false), epoch).flat_map(|b| b.unwrap().labels).collect()
+        };
         let (e0, e0_again, e1) = (labels(0), labels(0), labels(1));
         assert_eq!(e0, e0_again);
         assert_ne!(e0, e1);
@@ -269,9 +304,9 @@ mod tests {
         let img: Vec<f32> = vec![1., 2., 3., 4., 5., 6.];
         let mut rng = Rng::new(0);
         let mut dims = [1, 2, 3];
-        let out = apply(&AugmentOp::Hflip { p: 1.0 }, img.clone(), &mut dims, &mut rng);
+        let out = apply(&AugmentOp::Hflip { p: 1.0 }, img.clone(), &mut dims, &mut rng).unwrap();
         assert_eq!(out, vec![3., 2., 1., 6., 5., 4.]);
-        assert_eq!(apply(&AugmentOp::Hflip { p: 0.0 }, img.clone(), &mut dims, &mut rng), img);
+        assert_eq!(apply(&AugmentOp::Hflip { p: 0.0 }, img.clone(), &mut dims, &mut rng).unwrap(), img);
         // random_crop size 2, padding 1: the padded image is 4x5; every window is one of
         // (top 0..=2) x (left 0..=3); each must equal that window of the padded image.
         let padded = |y: usize, x: usize| -> f32 {
@@ -285,7 +320,7 @@ mod tests {
         for seed in 0..200 {
             let mut rng = Rng::new(seed);
             let mut dims = [1, 2, 3];
-            let out = apply(&AugmentOp::RandomCrop { size: 2, padding: 1 }, img.clone(), &mut dims, &mut rng);
+            let out = apply(&AugmentOp::RandomCrop { size: 2, padding: 1 }, img.clone(), &mut dims, &mut rng).unwrap();
             assert_eq!(dims, [1, 2, 2]);
             let window = (0..3)
                 .flat_map(|t| (0..4).map(move |l| (t, l)))
@@ -299,13 +334,13 @@ mod tests {
     fn vflip_center_crop_and_pca_by_hand() {
         // 1x3x2 [[1,2],[3,4],[5,6]] flipped top-bottom: [[5,6],[3,4],[1,2]].
         let mut rng = Rng::new(0);
-        let out = apply(&AugmentOp::Vflip { p: 1.0 }, vec![1., 2., 3., 4., 5., 6.], &mut [1, 3, 2], &mut rng);
+        let out = apply(&AugmentOp::Vflip { p: 1.0 }, vec![1., 2., 3., 4., 5., 6.], &mut [1, 3, 2], &mut rng).unwrap();
         assert_eq!(out, vec![5., 6., 3., 4., 1., 2.]);
         // center_crop 2 of a 5x5 ramp: (5 - 2) / 2 = 1.5 rounds to 2 (half to even, as
         // torchvision): rows 2..4, columns 2..4.
         let img: Vec<f32> = (0..25).map(|v| v as f32).collect();
         let mut dims = [1, 5, 5];
-        let out = apply(&AugmentOp::CenterCrop { size: 2 }, img, &mut dims, &mut rng);
+        let out = apply(&AugmentOp::CenterCrop { size: 2 }, img, &mut dims, &mut rng).unwrap();
         assert_eq!((out, dims), (vec![12., 13., 17., 18.], [1, 2, 2]));
         // PCA jitter: the shift of channel c is sum_j eigvec[c][j] * alpha_j * eigval[j]
         // with alpha_j the stream's first three normal draws times std (hand formula).
@@ -318,7 +353,8 @@ mod tests {
             vec![0.5; 3 * 4],
             &mut [3, 2, 2],
             &mut Rng::new(5),
-        );
+        )
+        .unwrap();
         for ch in 0..3 {
             let shift: f64 = (0..3).map(|j| eigvec[ch][j] * alpha[j] * eigval[j]).sum();
             for v in &out[ch * 4..(ch + 1) * 4] {
@@ -333,34 +369,38 @@ mod tests {
         // Bilinear [1, 2] to width 4 = [1, 1.25, 1.75, 2] (F.interpolate, align_corners=False).
         let mut dims = [1, 1, 2];
         let op = AugmentOp::Resize { size: Some([1, 4]), shorter: None, mode: "bilinear".into() };
-        let out = apply(&op, vec![1., 2.], &mut dims, &mut Rng::new(0));
+        let out = apply(&op, vec![1., 2.], &mut dims, &mut Rng::new(0)).unwrap();
         assert_eq!((out, dims), (vec![1.0, 1.25, 1.75, 2.0], [1, 1, 4]));
         // Shorter side 2 of a 4x6 image: 2 x floor(2 * 6 / 4) = 2x3 (torchvision's rule);
         // nearest picks rows 0, 2 and columns 0, 2, 4.
         let img: Vec<f32> = (0..24).map(|v| v as f32).collect();
         let mut dims = [1, 4, 6];
         let op = AugmentOp::Resize { size: None, shorter: Some(2), mode: "nearest".into() };
-        let out = apply(&op, img, &mut dims, &mut Rng::new(0));
+        let out = apply(&op, img, &mut dims, &mut Rng::new(0)).unwrap();
         assert_eq!((out, dims), (vec![0., 2., 4., 12., 14., 16.], [1, 2, 3]));
     }
 
     #[test]
     fn augmented_batches_do_not_depend_on_batching() {
         // The same sample gets the same crop whatever batch it lands in.
-        let s =
-            Arc::new(Split { pixels: (0..40 * 16).map(|i| (i % 256) as u8).collect(), labels: vec![0; 40], len: 40 });
+        let s = Arc::new(Split {
+            pixels: (0..40 * 16).map(|i| (i % 256) as u8).collect(),
+            labels: vec![0; 40],
+            len: 40,
+            ..Default::default()
+        });
         let mut sp = spec(4, false, false);
         sp.shape = [1, 4, 4];
         sp.out_shape = [1, 3, 3];
         sp.augment = vec![AugmentOp::RandomCrop { size: 3, padding: 1 }, AugmentOp::Hflip { p: 0.5 }];
-        let a: Vec<f32> = batches(s.clone(), &sp, 2).flat_map(|b| b.images).collect();
+        let a: Vec<f32> = batches(s.clone(), &sp, 2).flat_map(|b| b.unwrap().images).collect();
         sp.batch_size = 7;
-        let b: Vec<f32> = batches(s.clone(), &sp, 2).flat_map(|b| b.images).collect();
+        let b: Vec<f32> = batches(s.clone(), &sp, 2).flat_map(|b| b.unwrap().images).collect();
         assert_eq!(a, b);
         // And whatever the number of workers.
         for workers in [2, 3, 4] {
             sp.workers = workers;
-            let c: Vec<f32> = batches(s.clone(), &sp, 2).flat_map(|b| b.images).collect();
+            let c: Vec<f32> = batches(s.clone(), &sp, 2).flat_map(|b| b.unwrap().images).collect();
             assert_eq!(a, c, "{workers} workers");
         }
     }
@@ -368,10 +408,10 @@ mod tests {
     #[test]
     fn normalize_applies_per_channel() {
         // Hand computation: pixel 51 -> 0.2; (0.2 - 0.1) / 0.5 = 0.2.
-        let s = Split { pixels: vec![51, 0, 255, 102], labels: vec![0], len: 1 };
+        let s = Split { pixels: vec![51, 0, 255, 102], labels: vec![0], len: 1, ..Default::default() };
         let mut sp = spec(1, false, false);
         sp.augment = vec![AugmentOp::Normalize { mean: vec![0.1], std: vec![0.5] }];
-        let b = make_batch(&s, &sp, &[0], 0);
+        let b = make_batch(&s, &sp, &[0], 0).unwrap();
         let expect = [0.2, -0.2, 1.8, 0.6];
         for (a, e) in b.images.iter().zip(expect) {
             assert!((a - e).abs() < 1e-6, "{:?}", b.images);

@@ -6,6 +6,7 @@
 
 pub mod cifar;
 pub mod download;
+pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod stats;
@@ -23,6 +24,8 @@ pub enum Files {
     /// MNIST's IDX files, `(file name, published checksum)`: train images, train labels,
     /// test images, test labels; each may also be present without `.gz`.
     Idx([(&'static str, Checksum); 4]),
+    /// `root/<train_dir>/<class>/<image>`: no fixed size, classes from the folders, no download.
+    Folder,
     /// CIFAR's binary version: one archive holding `folder/` with the batch files.
     Cifar {
         archive: &'static str,
@@ -103,12 +106,57 @@ static CIFAR10: DatasetSpec = DatasetSpec {
     shape: [3, 32, 32],
 };
 
+static IMAGE_FOLDER: DatasetSpec = DatasetSpec {
+    name: "image_folder",
+    files: Files::Folder,
+    base_url: "",
+    system_dirs: &[],
+    classes: &[],
+    // Channels come from `data.channels`; height and width vary (0 = not fixed).
+    shape: [3, 0, 0],
+};
+
 pub fn spec(kind: DatasetKind) -> &'static DatasetSpec {
     match kind {
         DatasetKind::Mnist => &MNIST,
         DatasetKind::FashionMnist => &FASHION_MNIST,
         DatasetKind::Cifar10 => &CIFAR10,
+        DatasetKind::ImageFolder => &IMAGE_FOLDER,
     }
+}
+
+/// What the plan needs to know of a dataset: its name, classes and sample shape
+/// (`[c, 0, 0]` where images vary in size). Image folders are listed (not decoded).
+pub struct DataInfo {
+    pub name: &'static str,
+    pub classes: Vec<String>,
+    pub shape: [usize; 3],
+}
+
+pub fn describe(cfg: &DataConfig) -> std::result::Result<DataInfo, String> {
+    let spec = spec(cfg.dataset);
+    match spec.files {
+        Files::Folder => {
+            let Located::Found(root) = locate(cfg) else {
+                return Err(folder_missing(cfg));
+            };
+            let listing = folder::scan(&root.join(&cfg.train_dir)).map_err(|e| format!("{e:#}"))?;
+            Ok(DataInfo { name: spec.name, classes: listing.classes, shape: [cfg.channels, 0, 0] })
+        }
+        _ => Ok(DataInfo {
+            name: spec.name,
+            classes: spec.classes.iter().map(|c| c.to_string()).collect(),
+            shape: spec.shape,
+        }),
+    }
+}
+
+fn folder_missing(cfg: &DataConfig) -> String {
+    let root = cfg.root.clone().unwrap_or_else(|| "data/image_folder".into());
+    format!(
+        "image folder {root} needs `{}/` and `{}/` holding <class>/<image> files (set data.root, data.train_dir, data.test_dir)",
+        cfg.train_dir, cfg.test_dir
+    )
 }
 
 /// Where a dataset's files are, or where they would be downloaded to.
@@ -129,8 +177,11 @@ fn file_in(dir: &Path, name: &str) -> Option<PathBuf> {
 }
 
 /// The folder under `dir` that holds every file of the spec, if any.
-fn holding_folder(dir: &Path, spec: &DatasetSpec) -> Option<PathBuf> {
+fn holding_folder(dir: &Path, spec: &DatasetSpec, cfg: &DataConfig) -> Option<PathBuf> {
     match &spec.files {
+        Files::Folder => {
+            (dir.join(&cfg.train_dir).is_dir() && dir.join(&cfg.test_dir).is_dir()).then(|| dir.to_path_buf())
+        }
         Files::Idx(files) => files.iter().all(|(name, _)| file_in(dir, name).is_some()).then(|| dir.to_path_buf()),
         Files::Cifar { folder, train, test, .. } => [dir.join(folder), dir.to_path_buf()]
             .into_iter()
@@ -147,18 +198,20 @@ pub fn locate(cfg: &DataConfig) -> Located {
             .chain(spec.system_dirs.iter().map(PathBuf::from))
             .collect(),
     };
-    match candidates.iter().find_map(|d| holding_folder(d, spec)) {
+    match candidates.iter().find_map(|d| holding_folder(d, spec, cfg)) {
         Some(d) => Located::Found(d),
         None => Located::Missing { download_to: candidates[0].clone(), searched: candidates },
     }
 }
 
-/// One split in memory: `len` samples of `shape`, pixels as bytes.
-#[derive(Debug, Clone)]
+/// One split: `len` samples, either in memory (`pixels`, all of the dataset's shape, as
+/// bytes) or as image files decoded when a batch needs them (`files`).
+#[derive(Debug, Clone, Default)]
 pub struct Split {
     pub pixels: Vec<u8>,
     pub labels: Vec<u32>,
     pub len: usize,
+    pub files: Vec<PathBuf>,
 }
 
 impl Split {
@@ -167,6 +220,7 @@ impl Split {
             self.len = limit;
             self.pixels.truncate(limit * sample);
             self.labels.truncate(limit);
+            self.files.truncate(limit);
         }
         self
     }
@@ -189,18 +243,42 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
     let dir = match locate(cfg) {
         Located::Found(dir) => dir,
         Located::Missing { searched, download_to } => {
+            if matches!(spec.files, Files::Folder) {
+                bail!("{}", folder_missing(cfg));
+            }
             if !cfg.download {
                 bail!("{}", missing_message(spec, &searched, &download_to));
             }
             let base = cfg.mirror.as_deref().unwrap_or(spec.base_url).trim_end_matches('/');
             fetch_files(spec, base, &download_to)?;
-            holding_folder(&download_to, spec).with_context(|| {
+            holding_folder(&download_to, spec, cfg).with_context(|| {
                 format!("{}: the download did not produce the dataset's files", download_to.display())
             })?
         }
     };
     let [c, h, w] = spec.shape;
+    let mut classes: Vec<String> = spec.classes.iter().map(|s| s.to_string()).collect();
+    let mut shape = spec.shape;
     let (train, test) = match &spec.files {
+        Files::Folder => {
+            let split = |sub: &str| -> Result<(Vec<String>, Split)> {
+                let listing = folder::scan(&dir.join(sub))?;
+                let labels = listing.files.iter().map(|(_, l)| *l).collect();
+                let files: Vec<PathBuf> = listing.files.into_iter().map(|(p, _)| p).collect();
+                Ok((listing.classes, Split { len: files.len(), labels, files, pixels: Vec::new() }))
+            };
+            let (train_names, train) = split(&cfg.train_dir).context("reading the training split")?;
+            let (test_names, test) = split(&cfg.test_dir).context("reading the test split")?;
+            if train_names != test_names {
+                bail!(
+                    "{}: the test classes {test_names:?} differ from the training classes {train_names:?}",
+                    dir.join(&cfg.test_dir).display()
+                );
+            }
+            classes = train_names;
+            shape = [cfg.channels, 0, 0];
+            (train, test)
+        }
         Files::Idx(files) => {
             let path = |i: usize| {
                 file_in(&dir, files[i].0).with_context(|| format!("{}: {} is missing", dir.display(), files[i].0))
@@ -219,8 +297,8 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
     Ok(Dataset {
         name: spec.name,
         root: dir,
-        classes: spec.classes.iter().map(|s| s.to_string()).collect(),
-        shape: [c, h, w],
+        classes,
+        shape,
         train: std::sync::Arc::new(train.limited(cfg.train_limit, c * h * w)),
         test: std::sync::Arc::new(test.limited(cfg.test_limit, c * h * w)),
     })
@@ -236,6 +314,7 @@ pub fn fetch_files(spec: &DatasetSpec, base: &str, dir: &Path) -> Result<()> {
                 }
             }
         }
+        Files::Folder => bail!("image folders are not downloaded; set data.root"),
         Files::Cifar { archive, checksum, folder, train, test } => {
             let path = dir.join(archive);
             if !path.is_file() {
@@ -261,7 +340,12 @@ fn read_idx_split(spec: &DatasetSpec, images: PathBuf, labels: PathBuf) -> Resul
     if let Some((i, l)) = lab.iter().enumerate().find(|(_, l)| **l as usize >= spec.classes.len()) {
         bail!("{}: label {l} at index {i} is outside 0..{}", labels.display(), spec.classes.len());
     }
-    Ok(Split { pixels: img.pixels, labels: lab.into_iter().map(u32::from).collect(), len: img.count })
+    Ok(Split {
+        pixels: img.pixels,
+        labels: lab.into_iter().map(u32::from).collect(),
+        len: img.count,
+        files: Vec::new(),
+    })
 }
 
 pub fn missing_message(spec: &DatasetSpec, searched: &[PathBuf], download_to: &Path) -> String {
@@ -284,7 +368,7 @@ mod tests {
 
     #[test]
     fn limits_keep_the_first_samples() {
-        let s = Split { pixels: (0..12).collect(), labels: vec![0, 1, 2, 3, 4, 5], len: 6 };
+        let s = Split { pixels: (0..12).collect(), labels: vec![0, 1, 2, 3, 4, 5], len: 6, ..Default::default() };
         let l = s.clone().limited(2, 2);
         assert_eq!((l.len, l.pixels, l.labels), (2, vec![0, 1, 2, 3], vec![0, 1]));
         // 0 or a limit above the size keeps everything.

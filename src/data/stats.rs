@@ -109,7 +109,7 @@ mod tests {
     fn mean_and_std_by_hand() {
         // Two 1x1x2 images with pixels 0, 255 and 255, 255: values 0, 1, 1, 1;
         // mean 0.75, population variance 0.1875, std 0.4330.
-        let split = Split { pixels: vec![0, 255, 255, 255], labels: vec![0, 0], len: 2 };
+        let split = Split { pixels: vec![0, 255, 255, 255], labels: vec![0, 0], len: 2, ..Default::default() };
         let s = pixel_stats(&split, [1, 1, 2]);
         assert!((s.mean[0] - 0.75).abs() < 1e-12);
         assert!((s.std[0] - 0.1875f64.sqrt()).abs() < 1e-12);
@@ -138,7 +138,7 @@ mod tests {
     fn pca_of_colours_on_a_line() {
         // Pixels (t, t, t) for t in {0, 1}: all variance along (1,1,1)/sqrt 3 with
         // eigenvalue 3 * var(t) = 3 * 0.25; the others are 0.
-        let split = Split { pixels: vec![0, 0, 0, 255, 255, 255], labels: vec![0, 0], len: 2 };
+        let split = Split { pixels: vec![0, 0, 0, 255, 255, 255], labels: vec![0, 0], len: 2, ..Default::default() };
         let s = pixel_stats(&split, [3, 1, 1]);
         let (val, vec) = s.pca.unwrap();
         assert!((val[0] - 0.75).abs() < 1e-12 && val[1].abs() < 1e-12 && val[2].abs() < 1e-12, "{val:?}");

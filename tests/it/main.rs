@@ -6,4 +6,5 @@ mod config_errors;
 mod download;
 mod end_to_end;
 mod fashion_mnist;
+mod image_folder;
 mod torch_parity;
