@@ -432,6 +432,7 @@ pub const LAYER_NAMES: &[&str] = &[
     "conv2d",
     "conv_transpose2d",
     "maxpool",
+    "global_avgpool",
     "avgpool",
     "relu",
     "leaky_relu",
@@ -638,4 +639,22 @@ impl Default for MetricsConfig {
 
 fn default_metrics() -> Vec<MetricName> {
     vec![MetricName::Loss, MetricName::Accuracy, MetricName::ErrorRate]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_names_list_every_layer_kind() {
+        // Regression: `global_avgpool` was missing from LAYER_NAMES, so its short form
+        // "global_avgpool" was rejected. serde's own variant list comes from an unknown name.
+        let err = toml::from_str::<LayerKind>("bogus = {}").unwrap_err().to_string();
+        let variants: Vec<&str> = err.split('`').skip(3).step_by(2).collect();
+        let mut want: Vec<&str> = LAYER_NAMES.to_vec();
+        let mut got = variants.clone();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{err}");
+    }
 }

@@ -105,3 +105,39 @@ fn image_folder_trains_and_reports_bad_files() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("zebra") && out.stderr.contains("no .jpg"), "{}", out.stderr);
 }
+
+#[test]
+fn alexnet_pipeline_config_runs_on_an_image_folder() {
+    // configs/data/imagenet_alexnet.toml end to end on a tiny folder: resize 256, crops,
+    // flips, PCA jitter, normalize, and ten-crop evaluation.
+    let d = tempfile::tempdir().unwrap();
+    write_images(&d.path().join("images/train"), 6, 3);
+    write_images(&d.path().join("images/val"), 3, 4);
+    let cfg = crate::common::repo().join("configs/data/imagenet_alexnet.toml");
+    let exp = format!(
+        r#"extends = [{:?}]
+[experiment]
+name = "alexnet_pipeline"
+[data]
+root = "images"
+batch_size = 4
+eval_batch_size = 3
+[model]
+input = [3, 224, 224]
+[[model.groups]]
+name = "features"
+layers = [{{ conv2d = {{ out = 4, kernel = 8, stride = 8 }} }}, "relu", "global_avgpool"]
+[[model.groups]]
+name = "classifier"
+layers = ["flatten", {{ linear = {{ out = 2 }} }}]
+[train]
+epochs = 1
+optimizer = {{ sgd = {{ lr = 0.01 }} }}
+"#,
+        cfg.display().to_string()
+    );
+    std::fs::write(d.path().join("a.toml"), exp).unwrap();
+    let out = runner(d.path(), &["a.toml"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("test.accuracy = "), "{}", out.stdout);
+}
