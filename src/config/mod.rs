@@ -189,6 +189,25 @@ pub enum AugmentOp {
     },
     /// Cut the central `size x size` window (torchvision's rounding).
     CenterCrop { size: usize },
+    /// torchvision's `RandomResizedCrop`: a random window of `scale` of the area and
+    /// `ratio` aspect, resized (bilinear) to `size x size`.
+    RandomResizedCrop {
+        size: usize,
+        #[serde(default = "default_rrc_scale")]
+        scale: [f64; 2],
+        #[serde(default = "default_rrc_ratio")]
+        ratio: [f64; 2],
+    },
+    /// torchvision's `ColorJitter` (brightness, contrast, saturation), factors uniform in
+    /// `[max(0, 1 - x), 1 + x]`, applied in a random order, values clamped to [0, 1].
+    ColorJitter {
+        #[serde(default)]
+        brightness: f64,
+        #[serde(default)]
+        contrast: f64,
+        #[serde(default)]
+        saturation: f64,
+    },
     /// Resize to `size = [h, w]`, or so that the shorter side is `shorter` (the longer side
     /// scaled and truncated, as torchvision), by `mode` (`"bilinear"`, align_corners = false
     /// and no antialiasing, as `F.interpolate`; or `"nearest"`).
@@ -222,6 +241,13 @@ pub fn resized_shorter(h: usize, w: usize, s: usize) -> (usize, usize) {
     }
 }
 
+fn default_rrc_scale() -> [f64; 2] {
+    [0.08, 1.0]
+}
+fn default_rrc_ratio() -> [f64; 2] {
+    [3.0 / 4.0, 4.0 / 3.0]
+}
+
 fn default_resize_mode() -> String {
     "bilinear".into()
 }
@@ -249,6 +275,8 @@ impl AugmentOp {
             AugmentOp::Vflip { .. } => "vflip",
             AugmentOp::CenterCrop { .. } => "center_crop",
             AugmentOp::Resize { .. } => "resize",
+            AugmentOp::RandomResizedCrop { .. } => "random_resized_crop",
+            AugmentOp::ColorJitter { .. } => "color_jitter",
             AugmentOp::PcaColorJitter { .. } => "pca_color_jitter",
         }
     }
@@ -303,6 +331,27 @@ impl AugmentOp {
                     }
                     _ => Err("give exactly one of size = [h, w] or shorter (both > 0)".into()),
                 }
+            }
+            AugmentOp::RandomResizedCrop { size, scale, ratio } => {
+                if *size == 0 {
+                    return Err("size must be > 0".into());
+                }
+                if !(0.0 < scale[0] && scale[0] <= scale[1] && scale[1] <= 1.0) {
+                    return Err(format!("scale must be 0 < min <= max <= 1, is {scale:?}"));
+                }
+                if !(0.0 < ratio[0] && ratio[0] <= ratio[1]) {
+                    return Err(format!("ratio must be 0 < min <= max, is {ratio:?}"));
+                }
+                Ok([c, *size, *size])
+            }
+            AugmentOp::ColorJitter { brightness, contrast, saturation } => {
+                if [brightness, contrast, saturation].iter().any(|v| !(**v >= 0.0 && v.is_finite())) {
+                    return Err("brightness, contrast and saturation must be >= 0".into());
+                }
+                if *saturation > 0.0 && c != 3 {
+                    return Err(format!("saturation needs 3 (RGB) channels, the image has {c}"));
+                }
+                Ok(input)
             }
             AugmentOp::CenterCrop { size } => {
                 let fits = |d: usize| d == 0 || *size <= d;

@@ -166,6 +166,47 @@ pub fn apply(op: &AugmentOp, mut img: Vec<f32>, dims: &mut [usize; 3], rng: &mut
             }
             resample(m, &img, c, (h, w), (oh, ow))
         }
+        AugmentOp::RandomResizedCrop { size, scale, ratio } => {
+            let (top, left, ch, cw) = resized_crop_window(h, w, *scale, *ratio, rng);
+            let mut window = Vec::with_capacity(c * ch * cw);
+            for plane in img.chunks(h * w) {
+                for y in top..top + ch {
+                    window.extend_from_slice(&plane[y * w + left..y * w + left + cw]);
+                }
+            }
+            *dims = [c, *size, *size];
+            resample(UpsampleMode::Bilinear, &window, c, (ch, cw), (*size, *size))
+        }
+        AugmentOp::ColorJitter { brightness, contrast, saturation } => {
+            let factor = |x: f64, rng: &mut Rng| (1.0 - x).max(0.0) + rng.next_f64() * ((1.0 + x) - (1.0 - x).max(0.0));
+            let mut order = [0usize, 1, 2];
+            rng.shuffle(&mut order);
+            for k in order {
+                let amount = [*brightness, *contrast, *saturation][k];
+                if amount == 0.0 {
+                    continue;
+                }
+                let f = factor(amount, rng) as f32;
+                match k {
+                    0 => img.iter_mut().for_each(|v| *v = (*v * f).clamp(0.0, 1.0)),
+                    1 => {
+                        // Blend with the mean of the greyscale image.
+                        let mean = grey(&img, c, h * w).iter().sum::<f32>() / (h * w) as f32;
+                        img.iter_mut().for_each(|v| *v = (f * *v + (1.0 - f) * mean).clamp(0.0, 1.0));
+                    }
+                    _ => {
+                        // Blend each pixel with its grey value.
+                        let g = grey(&img, c, h * w);
+                        for plane in img.chunks_mut(h * w) {
+                            for (v, gv) in plane.iter_mut().zip(&g) {
+                                *v = (f * *v + (1.0 - f) * gv).clamp(0.0, 1.0);
+                            }
+                        }
+                    }
+                }
+            }
+            img
+        }
         AugmentOp::CenterCrop { size } => {
             if *size > h || *size > w {
                 return Err(format!("a {size}x{size} crop does not fit the {h}x{w} image"));
@@ -191,6 +232,49 @@ pub fn apply(op: &AugmentOp, mut img: Vec<f32>, dims: &mut [usize; 3], rng: &mut
             img
         }
     })
+}
+
+/// ITU-R 601-2 luma, as PIL's and torchvision's `rgb_to_grayscale`; a 1-channel image is
+/// its own grey.
+fn grey(img: &[f32], c: usize, hw: usize) -> Vec<f32> {
+    if c != 3 {
+        return img[..hw].to_vec();
+    }
+    (0..hw).map(|p| 0.299 * img[p] + 0.587 * img[hw + p] + 0.114 * img[2 * hw + p]).collect()
+}
+
+/// torchvision's `RandomResizedCrop.get_params`: up to 10 tries of a window with a random
+/// area fraction in `scale` and log-uniform aspect in `ratio`; else the centre window of the
+/// whole image with its aspect clamped to `ratio`. Returns `(top, left, height, width)`.
+pub fn resized_crop_window(
+    h: usize,
+    w: usize,
+    scale: [f64; 2],
+    ratio: [f64; 2],
+    rng: &mut Rng,
+) -> (usize, usize, usize, usize) {
+    let area = (h * w) as f64;
+    let (lr0, lr1) = (ratio[0].ln(), ratio[1].ln());
+    for _ in 0..10 {
+        let target = area * (scale[0] + rng.next_f64() * (scale[1] - scale[0]));
+        let aspect = (lr0 + rng.next_f64() * (lr1 - lr0)).exp();
+        let cw = (target * aspect).sqrt().round() as usize;
+        let ch = (target / aspect).sqrt().round() as usize;
+        if 0 < cw && cw <= w && 0 < ch && ch <= h {
+            let top = rng.below((h - ch + 1) as u64) as usize;
+            let left = rng.below((w - cw + 1) as u64) as usize;
+            return (top, left, ch, cw);
+        }
+    }
+    let in_ratio = w as f64 / h as f64;
+    let (ch, cw) = if in_ratio < ratio[0] {
+        (((w as f64) / ratio[0]).round() as usize, w)
+    } else if in_ratio > ratio[1] {
+        (h, ((h as f64) * ratio[1]).round() as usize)
+    } else {
+        (h, w)
+    };
+    ((h - ch) / 2, (w - cw) / 2, ch, cw)
 }
 
 /// An epoch's batches, prepared by `workers` background threads: batch `b` is made by
@@ -378,6 +462,46 @@ mod tests {
         let op = AugmentOp::Resize { size: None, shorter: Some(2), mode: "nearest".into() };
         let out = apply(&op, img, &mut dims, &mut Rng::new(0)).unwrap();
         assert_eq!((out, dims), (vec![0., 2., 4., 12., 14., 16.], [1, 2, 3]));
+    }
+
+    #[test]
+    fn random_resized_crop_windows() {
+        // Every window respects the bounds, the area fraction and the aspect range.
+        for seed in 0..200 {
+            let (t, l, ch, cw) = resized_crop_window(40, 60, [0.08, 1.0], [0.75, 4.0 / 3.0], &mut Rng::new(seed));
+            assert!(t + ch <= 40 && l + cw <= 60 && ch > 0 && cw > 0);
+            let frac = (ch * cw) as f64 / 2400.0;
+            assert!((0.06..=1.0).contains(&frac), "{frac}");
+        }
+        // Impossible aspect ranges fall back to torchvision's centre window: a 10x100 image
+        // with ratio <= 2 gives height 10, width round(10 * 2) = 20, left (100 - 20) / 2.
+        let win = resized_crop_window(10, 100, [0.9, 1.0], [1.0, 2.0], &mut Rng::new(1));
+        assert_eq!(win, (0, 40, 10, 20));
+        let mut dims = [1, 10, 100];
+        let op = AugmentOp::RandomResizedCrop { size: 8, scale: [0.9, 1.0], ratio: [1.0, 2.0] };
+        let out = apply(&op, vec![0.5; 1000], &mut dims, &mut Rng::new(1)).unwrap();
+        assert_eq!((out.len(), dims), (64, [1, 8, 8]));
+        assert!(out.iter().all(|v| (*v - 0.5).abs() < 1e-6));
+    }
+
+    #[test]
+    fn color_jitter_by_hand() {
+        // Brightness only: the factor is 1 - b + u * 2b for the stream's draw u after the
+        // order shuffle; pixels multiply by it (then clamp).
+        let b = 0.4;
+        let mut draws = Rng::new(9);
+        draws.shuffle(&mut [0usize, 1, 2]);
+        let f = (1.0 - b + draws.next_f64() * 2.0 * b) as f32;
+        let op = AugmentOp::ColorJitter { brightness: b, contrast: 0.0, saturation: 0.0 };
+        let out = apply(&op, vec![0.1, 0.5, 0.9], &mut [1, 1, 3], &mut Rng::new(9)).unwrap();
+        for (o, x) in out.iter().zip([0.1f32, 0.5, 0.9]) {
+            assert!((o - (x * f).clamp(0.0, 1.0)).abs() < 1e-6, "{out:?} {f}");
+        }
+        // Saturation 0 factor leaves an image; a grey image is unchanged by saturation and
+        // contrast whatever the factor (grey = R = G = B, its mean blend is itself when flat).
+        let op = AugmentOp::ColorJitter { brightness: 0.0, contrast: 0.9, saturation: 0.9 };
+        let out = apply(&op, vec![0.3; 12], &mut [3, 2, 2], &mut Rng::new(2)).unwrap();
+        assert!(out.iter().all(|v| (*v - 0.3).abs() < 1e-6), "{out:?}");
     }
 
     #[test]
