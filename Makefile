@@ -29,8 +29,8 @@ test: data pyarrow
 
 # Installs Debian's python3-torch for the reference where apt works; prints torch=na otherwise.
 bench: build
-	@/usr/bin/python3 -c "import torch" 2>/dev/null || \
-	  (command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && apt-get install -y -q python3-torch >/dev/null) || \
+	@/usr/bin/python3 -c "import torch, torchvision" 2>/dev/null || \
+	  (command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && apt-get install -y -q python3-torch python3-torchvision >/dev/null) || \
 	  echo "python3-torch not available: torch=na"
 	$(PYTHON) bench/run.py
 

@@ -5,13 +5,15 @@ so machine noise hits both; the better of each pair is reported:
 
     bench <case> threads=<n> runner=<images/s> torch=<images/s> ratio=<runner/torch>
 
-torch=na where Debian's python3-torch is not installed.
+torch=na where Debian's python3-torch is not installed. Loader cases run one epoch with
+`threads` workers against torchvision's DataLoader (python3-torchvision) on the same files.
 """
 import os
 import subprocess
 import sys
 
-CASES = ["lenet5_train", "resnet_cifar_train", "alexnet_forward", "conv2d_forward", "conv2d_backward"]
+CASES = ["lenet5_train", "resnet_cifar_train", "alexnet_forward", "conv2d_forward", "conv2d_backward",
+         "loader_cifar10_crop_flip_norm", "loader_jpeg_256_crop224_flip_pca"]
 RUNNER = os.environ.get("RUNNER_BENCH", "target/release/runner-bench")
 TORCH_PY = os.environ.get("TORCH_PYTHON", "/usr/bin/python3")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,7 +47,9 @@ def main():
             for _ in range(2):
                 runner.append(measure([RUNNER, case], threads))
                 if torch_ok:
-                    torch.append(measure([TORCH_PY, os.path.join(HERE, "torch_bench.py"), case, str(threads)], threads))
+                    # Loader cases: torchvision's DataLoader with `threads` worker processes.
+                    script = "torch_loader_bench.py" if case.startswith("loader_") else "torch_bench.py"
+                    torch.append(measure([TORCH_PY, os.path.join(HERE, script), case, str(threads)], threads))
             r = max((v for v in runner if v is not None), default=None)
             t = max((v for v in torch if v is not None), default=None)
             rs = f"{r:.1f}" if r is not None else "na"

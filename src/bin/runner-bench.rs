@@ -191,6 +191,90 @@ fn conv_op(backward: bool) -> Result<f64> {
     }
 }
 
+/// Generated once into bench/out: CIFAR-10 binary records and a folder of 256x256 JPEGs.
+fn bench_data(case: &str) -> Result<std::path::PathBuf> {
+    let root = std::path::PathBuf::from("bench/out");
+    match case {
+        "cifar" => {
+            let dir = root.join("cifar");
+            let file = dir.join("data_batch_1.bin");
+            if !file.is_file() {
+                std::fs::create_dir_all(&dir)?;
+                let mut r = Rng::new(1);
+                let recs: Vec<(u8, Vec<u8>)> = (0..10_000)
+                    .map(|i| ((i % 10) as u8, (0..3072).map(|_| (r.next_u64() >> 56) as u8).collect()))
+                    .collect();
+                std::fs::write(&file, runner::data::cifar::encode(&recs))?;
+            }
+            Ok(file)
+        }
+        _ => {
+            let dir = root.join("jpeg/train");
+            if !dir.join("c9").is_dir() {
+                let mut r = Rng::new(2);
+                for i in 0..500usize {
+                    let class_dir = dir.join(format!("c{}", i % 10));
+                    std::fs::create_dir_all(&class_dir)?;
+                    let (a, b) = ((r.next_u64() % 200) as u32, (r.next_u64() % 200) as u32);
+                    let img = image::RgbImage::from_fn(256, 256, |x, y| {
+                        let n = (r.next_u64() >> 59) as u32;
+                        image::Rgb([((x + a) % 256) as u8, ((y + b) % 256) as u8, ((x + y + n) % 256) as u8])
+                    });
+                    img.save(class_dir.join(format!("{i}.jpg")))?;
+                }
+            }
+            Ok(dir)
+        }
+    }
+}
+
+/// One epoch of the loader with `threads` workers; images per second.
+fn loader(case: &str) -> Result<f64> {
+    use runner::config::AugmentOp;
+    use runner::data::loader::{batches, LoaderSpec};
+    let workers = runner::ops::threads();
+    let norm = AugmentOp::Normalize { mean: vec![0.5; 3], std: vec![0.25; 3] };
+    let (split, shape, out_shape, augment) = if case == "loader_cifar10_crop_flip_norm" {
+        let split = runner::data::cifar::read_split(&[bench_data("cifar")?], 10)?;
+        let ops = vec![AugmentOp::RandomCrop { size: 32, padding: 4 }, AugmentOp::Hflip { p: 0.5 }, norm];
+        (split, [3, 32, 32], [3, 32, 32], ops)
+    } else {
+        let listing = runner::data::folder::scan(&bench_data("jpeg")?)?;
+        let labels = listing.files.iter().map(|(_, l)| *l).collect();
+        let files: Vec<_> = listing.files.into_iter().map(|(p, _)| p).collect();
+        let split = runner::data::Split { len: files.len(), labels, files, pixels: Vec::new() };
+        let pca = AugmentOp::PcaColorJitter {
+            std: 0.1,
+            eigval: [0.2175, 0.0188, 0.0045],
+            eigvec: [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]],
+        };
+        let ops = vec![AugmentOp::RandomCrop { size: 224, padding: 0 }, AugmentOp::Hflip { p: 0.5 }, pca, norm];
+        (split, [3, 0, 0], [3, 224, 224], ops)
+    };
+    let n = split.len;
+    let spec = LoaderSpec {
+        batch_size: 64,
+        shuffle: true,
+        drop_last: false,
+        seed: 0,
+        shape,
+        out_shape,
+        augment,
+        prefetch: 2 * workers,
+        workers,
+    };
+    let split = std::sync::Arc::new(split);
+    // A short warm-up epoch prefix, then one timed epoch.
+    for b in batches(split.clone(), &spec, 0).take(2) {
+        b?;
+    }
+    let t = Instant::now();
+    for b in batches(split, &spec, 1) {
+        b?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
 fn main() -> Result<()> {
     runner::ops::tune_allocator();
     let case = std::env::args().nth(1).unwrap_or_default();
@@ -200,8 +284,9 @@ fn main() -> Result<()> {
         "alexnet_forward" => alexnet_forward()?,
         "conv2d_forward" => conv_op(false)?,
         "conv2d_backward" => conv_op(true)?,
+        "loader_cifar10_crop_flip_norm" | "loader_jpeg_256_crop224_flip_pca" => loader(&case)?,
         other => bail!(
-            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward"
+            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca"
         ),
     };
     println!("images_per_s={ips:.1}");
