@@ -88,6 +88,7 @@ fn epochs(
         augment: plan.augment_train.clone(),
         prefetch: plan.data.prefetch,
         workers: plan.data.num_workers,
+        skip_errors: plan.data.on_error == crate::config::OnError::Skip,
     };
     let test_spec = LoaderSpec {
         batch_size: plan.data.eval_batch_size.unwrap_or(plan.data.batch_size),
@@ -111,8 +112,13 @@ fn epochs(
         let started = std::time::Instant::now();
         let bar = progress::batch_bar(n_batches, &format!("epoch {}/{epochs}", epoch + 1));
         let mut train_stats = EpochStats::default();
+        let mut train_skipped = 0usize;
         for (b, batch) in loader::batches(train_split.clone(), &train_spec, epoch).enumerate() {
             let batch = batch?;
+            train_skipped += batch.skipped.len();
+            if batch.is_empty() {
+                continue;
+            }
             if stop.load(Ordering::SeqCst) {
                 tracing::warn!("interrupted during epoch {}; keeping the {} finished epochs", epoch + 1, epoch);
                 return Ok(false);
@@ -156,7 +162,7 @@ fn epochs(
         let train_time = started.elapsed().as_secs_f64();
 
         // Evaluate.
-        let test_stats = evaluate(model, &test_split, &test_spec, plan.tta, plan.input, device)?;
+        let (test_stats, test_skipped) = evaluate(model, &test_split, &test_spec, plan.tta, plan.input, device)?;
 
         // Log.
         let wall = log.elapsed_s();
@@ -175,6 +181,13 @@ fn epochs(
         log.push(row("train", "epoch_time_s", train_time));
         log.push(row("train", "images_per_s", train_stats.count() as f64 / train_time));
         log.push(row("train", "lr", optimizer.lr()));
+        if plan.data.on_error == crate::config::OnError::Skip {
+            log.push(row("train", "skipped_samples", train_skipped as f64));
+            log.push(row("test", "skipped_samples", test_skipped as f64));
+            if train_skipped + test_skipped > 0 {
+                tracing::warn!("epoch {}: skipped {train_skipped} train and {test_skipped} test samples", epoch + 1);
+            }
+        }
         for m in &plan.metrics.test {
             log.push(row("test", m.as_str(), test_stats.compute(*m)));
         }
@@ -197,7 +210,8 @@ fn epochs(
 
 /// Loss and predictions over a whole split, in eval mode (no dropout). With ten-crop TTA
 /// the class probabilities are the mean of the ten crops' softmax outputs, and the loss is
-/// the mean of `-ln p[label]` under those probabilities.
+/// the mean of `-ln p[label]` under those probabilities. Also returns how many samples were
+/// skipped as unreadable (`on_error = "skip"`).
 pub fn evaluate(
     model: &Model,
     split: &Arc<Split>,
@@ -205,10 +219,15 @@ pub fn evaluate(
     tta: Tta,
     input: [usize; 3],
     device: &Device,
-) -> Result<EpochStats> {
+) -> Result<(EpochStats, usize)> {
     let mut stats = EpochStats::default();
+    let mut skipped = 0;
     for batch in loader::batches(split.clone(), spec, 0) {
         let batch = batch?;
+        skipped += batch.skipped.len();
+        if batch.is_empty() {
+            continue;
+        }
         let (_, ys) = to_tensors(&batch, spec.out_shape, device)?;
         match tta {
             Tta::None => {
@@ -230,7 +249,7 @@ pub fn evaluate(
             }
         }
     }
-    Ok(stats)
+    Ok((stats, skipped))
 }
 
 fn to_tensors(batch: &Batch, shape: [usize; 3], device: &Device) -> Result<(Tensor, Tensor)> {

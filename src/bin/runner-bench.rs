@@ -262,6 +262,7 @@ fn loader(case: &str) -> Result<f64> {
         augment,
         prefetch: 2 * workers,
         workers,
+        skip_errors: false,
     };
     let split = std::sync::Arc::new(split);
     // A short warm-up epoch prefix, then one timed epoch.

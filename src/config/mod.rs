@@ -127,6 +127,10 @@ pub struct DataConfig {
     /// Ready batches kept ahead of the model.
     #[serde(default = "two")]
     pub prefetch: usize,
+    /// What a sample that cannot be read does: stop the run (`fail`) or be left out and
+    /// counted (`skip`).
+    #[serde(default)]
+    pub on_error: OnError,
     /// Accepted for PyTorch familiarity; batches are staged for the device either way.
     #[serde(default)]
     pub pin_memory: bool,
@@ -154,6 +158,14 @@ fn two() -> usize {
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Fail,
+    Skip,
 }
 
 /// Per-split lists of sample transforms, applied in order.

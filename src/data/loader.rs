@@ -20,6 +20,8 @@ pub struct Batch {
     pub labels: Vec<u32>,
     /// Index of each sample in its split.
     pub indices: Vec<usize>,
+    /// Samples that could not be read and were left out (`on_error = "skip"`).
+    pub skipped: Vec<usize>,
 }
 
 impl Batch {
@@ -46,6 +48,8 @@ pub struct LoaderSpec {
     pub prefetch: usize,
     /// Threads that decode and augment batches.
     pub workers: usize,
+    /// Leave out samples that fail to load instead of stopping.
+    pub skip_errors: bool,
 }
 
 impl LoaderSpec {
@@ -71,37 +75,50 @@ pub fn epoch_order(len: usize, spec: &LoaderSpec, epoch: usize) -> Vec<usize> {
 /// Each sample's random draws come from `(seed, epoch, sample index)`, so a batch does not
 /// depend on which thread made it.
 pub fn make_batch(split: &Split, spec: &LoaderSpec, indices: &[usize], epoch: usize) -> Result<Batch> {
-    let [c, h, w] = spec.shape;
-    let sample = c * h * w;
     let mut images = Vec::with_capacity(indices.len() * spec.out_shape.iter().product::<usize>());
+    let (mut labels, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
     for &i in indices {
-        // In memory, or an image file decoded now (image folders).
-        let what = || match split.files.get(i) {
-            Some(path) => path.display().to_string(),
-            None => format!("sample {i}"),
-        };
-        let (mut img, mut dims): (Vec<f32>, [usize; 3]) = match split.files.get(i) {
-            Some(path) => {
-                let (bytes, fh, fw) = super::folder::decode(path, c)?;
-                (bytes.iter().map(|&p| p as f32 / 255.0).collect(), [c, fh, fw])
+        match make_sample(split, spec, i, epoch) {
+            Ok(img) => {
+                images.extend_from_slice(&img);
+                labels.push(split.labels[i]);
+                kept.push(i);
             }
-            None => {
-                (split.pixels[i * sample..(i + 1) * sample].iter().map(|&p| p as f32 / 255.0).collect(), spec.shape)
+            Err(e) if spec.skip_errors => {
+                tracing::warn!("skipped: {e:#}");
+                skipped.push(i);
             }
-        };
-        let mut rng = Rng::derive(spec.seed, &["augment".into(), epoch.into(), i.into()]);
-        for op in &spec.augment {
-            img = apply(op, img, &mut dims, &mut rng).map_err(|e| anyhow::anyhow!("{}: {}: {e}", what(), op.name()))?;
+            Err(e) => return Err(e),
         }
-        if dims != spec.out_shape {
-            bail!("{}: after the augmentations the image is {dims:?}, the model takes {:?}", what(), spec.out_shape);
-        }
-        images.extend_from_slice(&img);
     }
-    Ok(Batch { images, labels: indices.iter().map(|&i| split.labels[i]).collect(), indices: indices.to_vec() })
+    Ok(Batch { images, labels, indices: kept, skipped })
 }
 
-/// One op on one `[c, h, w]` image; `dims` is updated to the output's.
+/// One sample, from memory or decoded from its file (image folders), through the ops.
+fn make_sample(split: &Split, spec: &LoaderSpec, i: usize, epoch: usize) -> Result<Vec<f32>> {
+    let [c, h, w] = spec.shape;
+    let sample = c * h * w;
+    let what = || match split.files.get(i) {
+        Some(path) => path.display().to_string(),
+        None => format!("sample {i}"),
+    };
+    let (mut img, mut dims): (Vec<f32>, [usize; 3]) = match split.files.get(i) {
+        Some(path) => {
+            let (bytes, fh, fw) = super::folder::decode(path, c)?;
+            (bytes.iter().map(|&p| p as f32 / 255.0).collect(), [c, fh, fw])
+        }
+        None => (split.pixels[i * sample..(i + 1) * sample].iter().map(|&p| p as f32 / 255.0).collect(), spec.shape),
+    };
+    let mut rng = Rng::derive(spec.seed, &["augment".into(), epoch.into(), i.into()]);
+    for op in &spec.augment {
+        img = apply(op, img, &mut dims, &mut rng).map_err(|e| anyhow::anyhow!("{}: {}: {e}", what(), op.name()))?;
+    }
+    if dims != spec.out_shape {
+        bail!("{}: after the augmentations the image is {dims:?}, the model takes {:?}", what(), spec.out_shape);
+    }
+    Ok(img)
+}
+
 /// Ops that need a minimum size fail on smaller images (only images of varying size reach
 /// that: fixed sizes are checked at plan time).
 pub fn apply(op: &AugmentOp, mut img: Vec<f32>, dims: &mut [usize; 3], rng: &mut Rng) -> Result<Vec<f32>, String> {
@@ -356,6 +373,7 @@ mod tests {
             augment: vec![],
             prefetch: 2,
             workers: 1,
+            skip_errors: false,
         }
     }
 

@@ -99,6 +99,31 @@ fn image_folder_trains_and_reports_bad_files() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("images/val/dog/1.JPG") && !out.stderr.contains("panicked"), "{}", out.stderr);
 
+    // With on_error = "skip" the run goes on without it, and the count is in the tables:
+    // one test sample per epoch.
+    let out = runner(d.path(), &["folder.toml", "--set", "data.on_error=\"skip\""]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("skipped") && out.stderr.contains("1.JPG"), "{}", out.stderr);
+    let metrics = crate::common::run_folder(d.path(), &out).join("metrics.parquet");
+    let f = std::fs::File::open(metrics).unwrap();
+    let batch = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let col = |n: &str| batch.column_by_name(n).unwrap().clone();
+    let (split, metric, value) = (col("split"), col("metric"), col("value"));
+    let split = split.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+    let metric = metric.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+    let value = value.as_any().downcast_ref::<arrow_array::Float64Array>().unwrap();
+    let skipped: Vec<f64> = (0..batch.num_rows())
+        .filter(|&i| split.value(i) == "test" && metric.value(i) == "skipped_samples")
+        .map(|i| value.value(i))
+        .collect();
+    assert_eq!(skipped, vec![1.0, 1.0, 1.0]);
+
     // An empty class folder is named at plan time.
     std::fs::create_dir_all(d.path().join("images/train/zebra")).unwrap();
     let out = runner(d.path(), &["check", "folder.toml"]);
