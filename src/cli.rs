@@ -59,6 +59,23 @@ enum DataCommand {
     /// Per-channel mean and std of the training split (and, for RGB, the colour covariance's
     /// eigenvalues and eigenvectors), printed as TOML to paste into `[augment]`.
     Stats(ExpArgs),
+    /// A PNG grid of samples after the split's augmentations, with class indices.
+    Preview(PreviewArgs),
+}
+
+#[derive(Args, Debug)]
+struct PreviewArgs {
+    #[command(flatten)]
+    exp: ExpArgs,
+    /// `train` or `test`.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// How many samples.
+    #[arg(long, default_value_t = 16)]
+    n: usize,
+    /// The PNG to write.
+    #[arg(long, default_value = "preview.png")]
+    out: PathBuf,
 }
 
 pub fn main() -> Result<ExitCode> {
@@ -71,6 +88,7 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Check(args)) => check(args),
         Some(Command::Config(args)) => show_config(args),
         Some(Command::Data(DataCommand::Stats(args))) => data_stats(args),
+        Some(Command::Data(DataCommand::Preview(args))) => data_preview(args),
     }
 }
 
@@ -118,6 +136,41 @@ fn data_stats(args: ExpArgs) -> Result<ExitCode> {
     let data = crate::data::load(&loaded.config.data)?;
     let stats = crate::data::stats::pixel_stats(&data.train, data.shape);
     print!("{}", crate::data::stats::to_toml(&stats, data.name, data.train.len));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn data_preview(args: PreviewArgs) -> Result<ExitCode> {
+    let loaded = load(&args.exp)?;
+    let plan = crate::plan::plan(&loaded)?;
+    let data = crate::data::load(&plan.data)?;
+    let (split, augment, out_shape) = match args.split.as_str() {
+        "train" => (&data.train, plan.augment_train.clone(), plan.input),
+        "test" => (&data.test, plan.augment_test.clone(), plan.test_shape),
+        other => anyhow::bail!("--split {other}: expected train or test"),
+    };
+    if args.n == 0 {
+        anyhow::bail!("--n 0: nothing to show");
+    }
+    let spec = crate::data::loader::LoaderSpec {
+        batch_size: args.n,
+        shuffle: plan.data.shuffle && args.split == "train",
+        drop_last: false,
+        seed: plan.seed,
+        shape: data.shape,
+        out_shape,
+        augment,
+        prefetch: 1,
+        workers: 1,
+        skip_errors: plan.data.on_error == crate::config::OnError::Skip,
+    };
+    let labels = crate::data::preview::write_grid(split, &spec, args.n, &args.out)?;
+    let mut shown: Vec<u32> = labels.clone();
+    shown.sort();
+    shown.dedup();
+    for l in shown {
+        println!("{l}: {}", data.classes.get(l as usize).map(String::as_str).unwrap_or("?"));
+    }
+    println!("wrote {} ({} samples, {} split)", args.out.display(), labels.len(), args.split);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,7 @@ pub mod download;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod preview;
 pub mod stats;
 pub mod tta;
 

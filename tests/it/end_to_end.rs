@@ -276,3 +276,22 @@ fn ctrl_c_keeps_finished_epochs_and_marks_the_run_interrupted() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.lines().last().unwrap_or_default().starts_with("run folder: "), "{stdout}");
 }
+
+#[test]
+fn data_preview_writes_a_labelled_grid() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path(), 1);
+    let out = runner(d.path(), &["data", "preview", "tiny.toml", "--split", "test", "--n", "5", "--out", "grid.png"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Test split in order: labels 0..4 (the toy data cycles through the classes).
+    assert!(out.stdout.contains("0: 0") && out.stdout.contains("4: 4"), "{}", out.stdout);
+    let img = image::open(d.path().join("grid.png")).unwrap().to_rgb8();
+    // 5 samples -> 3 columns x 2 rows of (28 + 2) x (28 + 8 + 2) cells, plus a 2-pixel margin.
+    assert_eq!(img.dimensions(), (3 * 30 + 2, 2 * 38 + 2));
+    // The first label digit is drawn in yellow under the first image.
+    let yellow = (30..36).any(|y| (2..6).any(|x| img.get_pixel(x, y).0 == [255, 255, 0]));
+    assert!(yellow);
+    let out = runner(d.path(), &["data", "preview", "tiny.toml", "--split", "val"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--split val"), "{}", out.stderr);
+}

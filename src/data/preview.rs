@@ -1,0 +1,79 @@
+//! `runner data preview`: a PNG grid of samples as the model sees them (after the split's
+//! augmentations), each with its class index under it; the index -> name legend is printed.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::config::AugmentOp;
+use crate::data::loader::{epoch_order, make_batch, LoaderSpec};
+use crate::data::Split;
+
+/// 3x5 bitmaps of the digits 0-9, one row per `u8`, high bits left.
+const DIGITS: [[u8; 5]; 10] = [
+    [0b111, 0b101, 0b101, 0b101, 0b111],
+    [0b010, 0b110, 0b010, 0b010, 0b111],
+    [0b111, 0b001, 0b111, 0b100, 0b111],
+    [0b111, 0b001, 0b111, 0b001, 0b111],
+    [0b101, 0b101, 0b111, 0b001, 0b001],
+    [0b111, 0b100, 0b111, 0b001, 0b111],
+    [0b111, 0b100, 0b111, 0b101, 0b111],
+    [0b111, 0b001, 0b010, 0b010, 0b010],
+    [0b111, 0b101, 0b111, 0b101, 0b111],
+    [0b111, 0b101, 0b111, 0b001, 0b111],
+];
+
+const PAD: usize = 2;
+const LABEL: usize = 8;
+
+/// Writes the first `n` samples of `split` in epoch-0 order as a grid to `out`.
+pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, out: &Path) -> Result<Vec<u32>> {
+    let order = epoch_order(split.len, spec, 0);
+    let picked: Vec<usize> = order.into_iter().take(n).collect();
+    let batch = make_batch(split, spec, &picked, 0)?;
+    let [c, h, w] = spec.out_shape;
+    let count = batch.len();
+    let cols = (count as f64).sqrt().ceil().max(1.0) as usize;
+    let rows = count.div_ceil(cols);
+    let (cell_w, cell_h) = (w + PAD, h + LABEL + PAD);
+    let mut img = image::RgbImage::new((cols * cell_w + PAD) as u32, (rows * cell_h + PAD) as u32);
+    // Undo a final normalize so that colours look as in the file.
+    let unnormalize = match spec.augment.last() {
+        Some(AugmentOp::Normalize { mean, std }) => Some((mean.clone(), std.clone())),
+        _ => None,
+    };
+    for (k, sample) in batch.images.chunks(c * h * w).enumerate() {
+        let (x0, y0) = (PAD + (k % cols) * cell_w, PAD + (k / cols) * cell_h);
+        for y in 0..h {
+            for x in 0..w {
+                let px = |ch: usize| {
+                    let mut v = sample[(ch.min(c - 1) * h + y) * w + x] as f64;
+                    if let Some((m, s)) = &unnormalize {
+                        v = v * s[ch.min(c - 1)] + m[ch.min(c - 1)];
+                    }
+                    (v.clamp(0.0, 1.0) * 255.0).round() as u8
+                };
+                img.put_pixel((x0 + x) as u32, (y0 + y) as u32, image::Rgb([px(0), px(1), px(2)]));
+            }
+        }
+        draw_number(&mut img, batch.labels[k], x0, y0 + h + 2);
+    }
+    img.save(out).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(batch.labels)
+}
+
+fn draw_number(img: &mut image::RgbImage, n: u32, x0: usize, y0: usize) {
+    for (d, ch) in n.to_string().bytes().enumerate() {
+        let glyph = DIGITS[(ch - b'0') as usize];
+        for (r, bits) in glyph.iter().enumerate() {
+            for col in 0..3 {
+                if bits & (0b100 >> col) != 0 {
+                    let (x, y) = ((x0 + d * 4 + col) as u32, (y0 + r) as u32);
+                    if x < img.width() && y < img.height() {
+                        img.put_pixel(x, y, image::Rgb([255, 255, 0]));
+                    }
+                }
+            }
+        }
+    }
+}
