@@ -4,6 +4,7 @@
 //! classes, sample shape). [`locate`] finds a folder that holds the files without reading
 //! them (for `runner check`); [`load`] reads them, downloading first when allowed.
 
+pub mod augment;
 pub mod cifar;
 pub mod download;
 pub mod folder;
