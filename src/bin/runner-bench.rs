@@ -236,7 +236,11 @@ fn loader(case: &str) -> Result<f64> {
     let norm = AugmentOp::Normalize { mean: vec![0.5; 3], std: vec![0.25; 3] };
     let (split, shape, out_shape, augment) = if case == "loader_cifar10_crop_flip_norm" {
         let split = runner::data::cifar::read_split(&[bench_data("cifar")?], 10)?;
-        let ops = vec![AugmentOp::RandomCrop { size: 32, padding: 4 }, AugmentOp::Hflip { p: 0.5 }, norm];
+        let ops = vec![
+            AugmentOp::RandomCrop { size: 32, padding: 4, pad_mode: Default::default() },
+            AugmentOp::Hflip { p: 0.5 },
+            norm,
+        ];
         (split, [3, 32, 32], [3, 32, 32], ops)
     } else {
         let listing = runner::data::folder::scan(&bench_data("jpeg")?)?;
@@ -248,7 +252,12 @@ fn loader(case: &str) -> Result<f64> {
             eigval: [0.2175, 0.0188, 0.0045],
             eigvec: [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]],
         };
-        let ops = vec![AugmentOp::RandomCrop { size: 224, padding: 0 }, AugmentOp::Hflip { p: 0.5 }, pca, norm];
+        let ops = vec![
+            AugmentOp::RandomCrop { size: 224, padding: 0, pad_mode: Default::default() },
+            AugmentOp::Hflip { p: 0.5 },
+            pca,
+            norm,
+        ];
         (split, [3, 0, 0], [3, 224, 224], ops)
     };
     let n = split.len;

@@ -168,6 +168,15 @@ pub enum OnError {
     Skip,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PadMode {
+    #[default]
+    Constant,
+    Edge,
+    Reflect,
+}
+
 /// Per-split lists of sample transforms, applied in order.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +197,10 @@ pub enum AugmentOp {
         size: usize,
         #[serde(default)]
         padding: usize,
+        /// How the padding is filled: `constant` (zeros), `edge` (repeat the border pixel)
+        /// or `reflect` (mirror without repeating the border), as torchvision's `padding_mode`.
+        #[serde(default)]
+        pad_mode: PadMode,
     },
     /// Mirror left-right with probability `p`.
     Hflip {
@@ -310,7 +323,10 @@ impl AugmentOp {
                 }
                 Ok(input)
             }
-            AugmentOp::RandomCrop { size, padding } => {
+            AugmentOp::RandomCrop { size, padding, pad_mode } => {
+                if *pad_mode == PadMode::Reflect && ((h > 0 && *padding >= h) || (w > 0 && *padding >= w)) {
+                    return Err(format!("reflect padding {padding} must be smaller than the image {h}x{w}"));
+                }
                 // h or w = 0: images of varying size, checked per image when loaded.
                 let fits = |d: usize| d == 0 || *size <= d + 2 * padding;
                 if *size == 0 || !fits(h) || !fits(w) {

@@ -4,7 +4,7 @@
 //! Each op draws its randomness from the sample's own stream (see the loader), in the same
 //! order with or without targets.
 
-use crate::config::AugmentOp;
+use crate::config::{AugmentOp, PadMode};
 use crate::ops::upsample::{resample, UpsampleMode};
 use crate::rng::Rng;
 
@@ -90,6 +90,28 @@ fn crop<T: Copy>(img: &[T], [c, h, w]: [usize; 3], top: isize, left: isize, ch: 
     out
 }
 
+/// A window that reaches into `edge` or `reflect` padding: each coordinate outside the
+/// image maps to the border pixel (edge) or its mirror image without the border (reflect).
+fn crop_padded(img: &[f32], [c, h, w]: [usize; 3], top: isize, left: isize, size: usize, mode: PadMode) -> Vec<f32> {
+    let map = |i: isize, n: usize| -> usize {
+        let n = n as isize;
+        let j = match mode {
+            PadMode::Reflect if i < 0 => -i,
+            PadMode::Reflect if i >= n => 2 * (n - 1) - i,
+            _ => i,
+        };
+        j.clamp(0, n - 1) as usize
+    };
+    let mut out = Vec::with_capacity(c * size * size);
+    for plane in img.chunks(h * w).take(c) {
+        for y in 0..size {
+            let sy = map(top + y as isize, h);
+            out.extend((0..size).map(|x| plane[sy * w + map(left + x as isize, w)]));
+        }
+    }
+    out
+}
+
 fn vflip_plane<T>(plane: &mut [T], h: usize, w: usize) {
     for y in 0..h / 2 {
         let (top, bottom) = plane.split_at_mut((h - 1 - y) * w);
@@ -122,7 +144,7 @@ pub fn apply_with_targets(
             }
             img
         }
-        AugmentOp::RandomCrop { size, padding } => {
+        AugmentOp::RandomCrop { size, padding, pad_mode } => {
             let (ph, pw) = (h + 2 * padding, w + 2 * padding);
             if *size > ph || *size > pw {
                 return Err(format!("a {size}x{size} crop does not fit the padded {ph}x{pw} image"));
@@ -131,7 +153,10 @@ pub fn apply_with_targets(
             let left = rng.below((pw - size + 1) as u64) as isize - *padding as isize;
             *dims = [c, *size, *size];
             t.crop([h, w], top, left, *size, *size);
-            crop(&img, [c, h, w], top, left, *size, *size, 0.0)
+            match pad_mode {
+                PadMode::Constant => crop(&img, [c, h, w], top, left, *size, *size, 0.0),
+                mode => crop_padded(&img, [c, h, w], top, left, *size, *mode),
+            }
         }
         AugmentOp::Hflip { p } => {
             if rng.next_f64() < *p {
@@ -292,7 +317,13 @@ mod tests {
         for seed in 0..200 {
             let mut rng = Rng::new(seed);
             let mut dims = [1, 2, 3];
-            let out = apply(&AugmentOp::RandomCrop { size: 2, padding: 1 }, img.clone(), &mut dims, &mut rng).unwrap();
+            let out = apply(
+                &AugmentOp::RandomCrop { size: 2, padding: 1, pad_mode: PadMode::Constant },
+                img.clone(),
+                &mut dims,
+                &mut rng,
+            )
+            .unwrap();
             assert_eq!(dims, [1, 2, 2]);
             let window = (0..3)
                 .flat_map(|t| (0..4).map(move |l| (t, l)))
@@ -392,6 +423,20 @@ mod tests {
         assert!(out.iter().all(|v| (*v - 0.3).abs() < 1e-6), "{out:?}");
     }
     #[test]
+    fn pad_modes_by_hand() {
+        // Row [1, 2, 3] padded by 2 (torchvision's padding modes):
+        // constant 0 0 1 2 3 0 0, edge 1 1 1 2 3 3 3, reflect 3 2 1 2 3 2 1.
+        let row = vec![1f32, 2., 3.];
+        let full = |mode| crop_padded(&row, [1, 1, 3], 0, -2, 7, mode);
+        assert_eq!(crop(&row, [1, 1, 3], 0, -2, 1, 7, 0.0), vec![0., 0., 1., 2., 3., 0., 0.]);
+        // crop_padded takes square windows; check the middle row of a 1x3 image.
+        let edge = full(PadMode::Edge);
+        let reflect = full(PadMode::Reflect);
+        assert_eq!(&edge[..7], &[1., 1., 1., 2., 3., 3., 3.]);
+        assert_eq!(&reflect[..7], &[3., 2., 1., 2., 3., 2., 1.]);
+    }
+
+    #[test]
     fn boxes_and_masks_follow_the_geometry() {
         // A 1x4x6 image with one box [1, 1, 3, 2] (x0, y0, x1, y1) and a mask marking the
         // same pixels with class 7.
@@ -437,7 +482,7 @@ mod tests {
             let mut t = base.clone();
             let marked: Vec<f32> = base.mask.as_ref().unwrap().iter().map(|v| *v as f32).collect();
             let mut dims = [1, 4, 6];
-            let op = AugmentOp::RandomCrop { size: 4, padding: 2 };
+            let op = AugmentOp::RandomCrop { size: 4, padding: 2, pad_mode: PadMode::Constant };
             let out = apply_with_targets(&op, marked, &mut t, &mut dims, &mut Rng::new(seed)).unwrap();
             let m = t.mask.as_ref().unwrap();
             for (v, mv) in out.iter().zip(m) {
@@ -448,9 +493,14 @@ mod tests {
             assert_eq!(inside as f32, area, "seed {seed}: box {:?}", t.boxes);
         }
         // The same seed gives the same image with or without targets.
-        let a = apply(&AugmentOp::RandomCrop { size: 4, padding: 2 }, img.clone(), &mut [1, 4, 6], &mut Rng::new(3));
+        let a = apply(
+            &AugmentOp::RandomCrop { size: 4, padding: 2, pad_mode: PadMode::Constant },
+            img.clone(),
+            &mut [1, 4, 6],
+            &mut Rng::new(3),
+        );
         let b = apply_with_targets(
-            &AugmentOp::RandomCrop { size: 4, padding: 2 },
+            &AugmentOp::RandomCrop { size: 4, padding: 2, pad_mode: PadMode::Constant },
             img,
             &mut base.clone(),
             &mut [1, 4, 6],

@@ -237,7 +237,10 @@ mod tests {
         let mut sp = spec(4, false, false);
         sp.shape = [1, 4, 4];
         sp.out_shape = [1, 3, 3];
-        sp.augment = vec![AugmentOp::RandomCrop { size: 3, padding: 1 }, AugmentOp::Hflip { p: 0.5 }];
+        sp.augment = vec![
+            AugmentOp::RandomCrop { size: 3, padding: 1, pad_mode: Default::default() },
+            AugmentOp::Hflip { p: 0.5 },
+        ];
         let a: Vec<f32> = batches(s.clone(), &sp, 2).flat_map(|b| b.unwrap().images).collect();
         sp.batch_size = 7;
         let b: Vec<f32> = batches(s.clone(), &sp, 2).flat_map(|b| b.unwrap().images).collect();
