@@ -133,6 +133,9 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
     };
     let tta = cfg.eval.tta == crate::config::Tta::TenCrop;
     for (split, shape) in &split_shapes {
+        if shape[1] == 0 || shape[2] == 0 {
+            continue; // reported above: the images vary in size
+        }
         if tta && *split == "test" {
             let [c, h, w] = *shape;
             if cfg.model.input.len() == 3

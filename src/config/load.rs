@@ -391,7 +391,9 @@ impl Loaded {
     pub fn source_of_key(&self, path: &str) -> String {
         // Keys of the reference table hold dots (`test.accuracy`): ask for the table.
         let lookup = if path.starts_with("experiment.reference.") { "experiment.reference" } else { path };
-        if lookup.contains(['[', '"']) {
+        // figment cannot index arrays: `augment.train[0].normalize` was set with `augment.train`.
+        let lookup = lookup.split('[').next().unwrap_or(lookup);
+        if lookup.contains('"') {
             return "default".into();
         }
         match self.figment.find_metadata(lookup) {

@@ -141,6 +141,15 @@ fn plan_errors_name_file_and_key() {
     let e = runner::plan::plan(&l).err().unwrap().to_string();
     assert!(e.contains("e.toml: key `train.optimizer.sgd.lr`: must be > 0, is -1"), "{e}");
     assert!(e.contains("model.groups[0].layers[1]") && e.contains("10 classes"), "{e}");
+
+    // Keys inside arrays name the file that set the array.
+    let text = format!(
+        "[experiment]\nname = \"e\"\n{BASE}\n[[augment.train]]\nnormalize = {{ mean = [0.1, 0.2], std = [1.0] }}\n"
+    );
+    let exp = write(d.path(), "g.toml", &text);
+    let l = load(&exp, &opts(&["data.root=\"nowhere\"", "data.download=true"])).unwrap();
+    let e = runner::plan::plan(&l).err().unwrap().to_string();
+    assert!(e.contains("g.toml: key `augment.train[0].normalize`: mean and std need 1 values"), "{e}");
 }
 
 #[test]
