@@ -93,12 +93,7 @@ optimizer = {{ adam = {{ lr = 0.01 }} }}
     .unwrap();
     let out = runner(d.path(), &["tiny_cifar.toml"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let acc: f64 = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("test.accuracy = "))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let acc = crate::common::test_accuracy(&out);
     // The squares survive a 4-pixel shift and a flip; chance is 0.1.
     assert!(acc >= 0.6, "tiny CIFAR test accuracy {acc}");
     assert!(run_folder(d.path(), &out).join("metrics.parquet").is_file());
@@ -146,12 +141,7 @@ optimizer = {{ adam = {{ lr = 0.01 }} }}
     std::fs::write(d.path().join("tta.toml"), exp("ten_crop", "")).unwrap();
     let out = runner(d.path(), &["tta.toml"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let acc: f64 = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("test.accuracy = "))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let acc = crate::common::test_accuracy(&out);
     assert!(acc >= 0.6, "ten-crop test accuracy {acc}");
 
     // Without TTA the 32x32 test images do not fit the 28x28 model: a plan error.

@@ -75,3 +75,12 @@ pub fn run_folder(cwd: &Path, out: &Output) -> PathBuf {
     let p = last.strip_prefix("run folder: ").unwrap_or_else(|| panic!("last line is {last:?}\n{}", out.stderr));
     cwd.join(p)
 }
+
+/// The value of the `test.accuracy = <v>` line the run printed.
+pub fn test_accuracy(out: &Output) -> f64 {
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("test.accuracy = "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no test.accuracy line in {}\n{}", out.stdout, out.stderr))
+}

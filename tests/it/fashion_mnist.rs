@@ -30,13 +30,7 @@ fn lenet5_learns_fashion_mnist() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let dir = run_folder(&repo, &out);
     assert!(dir.starts_with(out_dir.path()));
-    let acc: f64 = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("test.accuracy = "))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no test.accuracy line in {}", out.stdout));
+    let acc = crate::common::test_accuracy(&out);
     // Measured with this recipe (seed 0, batch 32, SGD lr 0.005, momentum 0.9, 2 threads):
     // 0.8347 after epoch 1, 0.8602 after epoch 2. 0.84 leaves margin for other thread counts.
     assert!(acc >= 0.84, "test accuracy after 2 epochs is {acc}, expected >= 0.84");

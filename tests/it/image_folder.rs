@@ -75,12 +75,7 @@ fn image_folder_trains_and_reports_bad_files() {
 
     let out = runner(d.path(), &["folder.toml"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let acc: f64 = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("test.accuracy = "))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let acc = crate::common::test_accuracy(&out);
     // Colour alone separates the classes except on the greyscale third; chance is 0.5.
     assert!(acc >= 0.6, "image folder test accuracy {acc}");
 
