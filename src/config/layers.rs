@@ -60,6 +60,14 @@ pub enum LayerKind {
         #[serde(default)]
         ceil_mode: bool,
     },
+    /// Batch normalization per channel (PyTorch's `BatchNorm2d`): batch statistics in
+    /// training, running averages (updated with `momentum`) in evaluation.
+    Batchnorm {
+        #[serde(default = "default_bn_eps")]
+        eps: f64,
+        #[serde(default = "default_bn_momentum")]
+        momentum: f64,
+    },
     /// Mean over height and width: `[c, h, w]` -> `[c, 1, 1]`.
     GlobalAvgpool {},
     Relu {},
@@ -97,6 +105,7 @@ pub const LAYER_NAMES: &[&str] = &[
     "conv_transpose2d",
     "maxpool",
     "global_avgpool",
+    "batchnorm",
     "avgpool",
     "relu",
     "leaky_relu",
@@ -106,6 +115,13 @@ pub const LAYER_NAMES: &[&str] = &[
     "linear",
     "dropout",
 ];
+
+fn default_bn_eps() -> f64 {
+    1e-5
+}
+fn default_bn_momentum() -> f64 {
+    0.1
+}
 
 fn default_slope() -> f64 {
     0.01
@@ -159,6 +175,7 @@ impl LayerKind {
             LayerKind::Maxpool { .. } => "maxpool",
             LayerKind::Avgpool { .. } => "avgpool",
             LayerKind::GlobalAvgpool {} => "global_avgpool",
+            LayerKind::Batchnorm { .. } => "batchnorm",
             LayerKind::Relu {} => "relu",
             LayerKind::LeakyRelu { .. } => "leaky_relu",
             LayerKind::Sigmoid {} => "sigmoid",

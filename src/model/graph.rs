@@ -127,6 +127,16 @@ fn infer(kind: &LayerKind, input: &[usize]) -> Result<(Vec<usize>, Params)> {
             g.validate(h, w).map_err(anyhow::Error::msg)?;
             (vec![c, g.out_size(h), g.out_size(w)], vec![])
         }
+        LayerKind::Batchnorm { eps, momentum } => {
+            let (c, _, _) = spatial("batchnorm")?;
+            if *eps <= 0.0 || eps.is_nan() {
+                bail!("eps must be > 0, is {eps}");
+            }
+            if !(0.0..=1.0).contains(momentum) {
+                bail!("momentum must be in [0, 1], is {momentum}");
+            }
+            (input.to_vec(), vec![("weight".to_string(), vec![c]), ("bias".to_string(), vec![c])])
+        }
         LayerKind::GlobalAvgpool {} => {
             let (c, _, _) = spatial("global_avgpool")?;
             (vec![c, 1, 1], vec![])

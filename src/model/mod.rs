@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 
 use crate::config::LayerKind;
 use crate::ops::activation::relu_op;
+use crate::ops::batchnorm::{batch_norm_eval, batch_norm_train};
 use crate::ops::bias::add_channel_bias;
 use crate::ops::conv::{conv2d, conv_transpose2d, ConvGeom};
 use crate::ops::pool::pool2d;
@@ -24,6 +25,8 @@ pub struct Model {
     layers: Vec<PlannedLayer>,
     /// Every parameter by dotted path.
     pub params: BTreeMap<String, Var>,
+    /// State that is not trained: batch norm's `running_mean` and `running_var`.
+    pub buffers: BTreeMap<String, Var>,
     device: Device,
 }
 
@@ -55,7 +58,18 @@ pub fn init_param(seed: u64, path: &str, shape: &[usize], fan_in: usize) -> Vec<
 impl Model {
     pub fn new(layers: &[PlannedLayer], seed: u64, device: &Device) -> Result<Self> {
         let mut params = BTreeMap::new();
+        let mut buffers = BTreeMap::new();
         for layer in layers {
+            if let LayerKind::Batchnorm { .. } = layer.kind {
+                // PyTorch: weight 1, bias 0, running mean 0, running variance 1.
+                let c = layer.in_shape[0];
+                let p = &layer.path;
+                params.insert(format!("{p}.weight"), Var::ones(c, DType::F32, device)?);
+                params.insert(format!("{p}.bias"), Var::zeros(c, DType::F32, device)?);
+                buffers.insert(format!("{p}.running_mean"), Var::zeros(c, DType::F32, device)?);
+                buffers.insert(format!("{p}.running_var"), Var::ones(c, DType::F32, device)?);
+                continue;
+            }
             // fan_in: everything in the weight but the output dimension.
             let fan_in = layer.params.first().map(|(_, s)| s[1..].iter().product::<usize>()).unwrap_or(1);
             for (name, shape) in &layer.params {
@@ -65,7 +79,7 @@ impl Model {
                 params.insert(path, Var::from_tensor(&t)?);
             }
         }
-        Ok(Model { layers: layers.to_vec(), params, device: device.clone() })
+        Ok(Model { layers: layers.to_vec(), params, buffers, device: device.clone() })
     }
 
     pub fn device(&self) -> &Device {
@@ -107,6 +121,26 @@ impl Model {
                     Some((kind, geom)) => pool2d(&x, kind, geom)?,
                     None => x,
                 },
+                LayerKind::Batchnorm { eps, momentum } => {
+                    let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
+                    let b = self.param(layer, "bias").ok_or_else(|| missing(layer, "bias"))?;
+                    let buffer =
+                        |n: &str| self.buffers.get(&format!("{}.{n}", layer.path)).ok_or_else(|| missing(layer, n));
+                    let (rm, rv) = (buffer("running_mean")?, buffer("running_var")?);
+                    if pass.train {
+                        let (y, mean, var) = batch_norm_train(&x, w, b, *eps)?;
+                        // PyTorch: running = (1 - momentum) * running + momentum * batch,
+                        // the variance unbiased (n / (n - 1)) over n = batch * h * w values.
+                        let n = (x.elem_count() / x.dim(1)?) as f64;
+                        let unbiased = (var * (n / (n - 1.0).max(1.0)))?.to_dtype(DType::F32)?;
+                        let mean = mean.to_dtype(DType::F32)?;
+                        rm.set(&((rm.as_tensor() * (1.0 - momentum))? + (mean * *momentum)?)?)?;
+                        rv.set(&((rv.as_tensor() * (1.0 - momentum))? + (unbiased * *momentum)?)?)?;
+                        y
+                    } else {
+                        batch_norm_eval(&x, w, b, rm.as_tensor(), rv.as_tensor(), *eps)?
+                    }
+                }
                 LayerKind::GlobalAvgpool {} => x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?, // [b, c, 1, 1]
                 LayerKind::Relu {} => relu_op(&x)?,
                 LayerKind::LeakyRelu { slope } => candle_nn::ops::leaky_relu(&x, *slope)?,
@@ -211,6 +245,37 @@ mod tests {
         let t = Tensor::new(&[[[[1f32, 2.], [3., 4.]]]], &Device::Cpu).unwrap();
         let m = t.mean_keepdim(D::Minus1).unwrap().mean_keepdim(D::Minus2).unwrap();
         assert_eq!(m.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![2.5]);
+    }
+
+    #[test]
+    fn batchnorm_layer_tracks_running_statistics() {
+        use crate::config::{GroupConfig, Layer, ModelConfig};
+        // One channel, batch of two 1x2 images [1, 3] and [5, 7]: mean 4, biased var 5,
+        // unbiased var 5 * 4 / 3 = 20/3. After one training pass with momentum 0.1:
+        // running_mean = 0.9 * 0 + 0.1 * 4 = 0.4; running_var = 0.9 * 1 + 0.1 * 20/3 = 1.5667.
+        let cfg = ModelConfig {
+            input: vec![1, 1, 2],
+            groups: vec![GroupConfig {
+                name: "g".into(),
+                layers: vec![Layer(LayerKind::Batchnorm { eps: 1e-5, momentum: 0.1 })],
+            }],
+        };
+        let m = Model::new(&plan_layers(&cfg).unwrap(), 0, &Device::Cpu).unwrap();
+        assert_eq!(m.num_params(), 2, "weight and bias; running statistics are buffers");
+        let x = Tensor::new(&[[[[1f32, 3.]]], [[[5., 7.]]]], &Device::Cpu).unwrap();
+        let y = m.forward(&x, Pass { train: true, seed: 0, epoch: 0, step: 0 }).unwrap();
+        let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let s = (5f32 + 1e-5).sqrt();
+        for (a, b) in y.iter().zip([-3. / s, -1. / s, 1. / s, 3. / s]) {
+            assert!((a - b).abs() < 1e-5, "{y:?}");
+        }
+        let rm = m.buffers["g.0.running_mean"].as_tensor().to_vec1::<f32>().unwrap();
+        let rv = m.buffers["g.0.running_var"].as_tensor().to_vec1::<f32>().unwrap();
+        assert!((rm[0] - 0.4).abs() < 1e-6 && (rv[0] - (0.9 + 2.0 / 3.0)).abs() < 1e-5, "{rm:?} {rv:?}");
+        // Evaluation uses the running statistics: (1 - 0.4) / sqrt(1.5667 + eps).
+        let e = m.forward(&Tensor::new(&[[[[1f32, 1.]]]], &Device::Cpu).unwrap(), Pass::eval()).unwrap();
+        let e: Vec<f32> = e.flatten_all().unwrap().to_vec1().unwrap();
+        assert!((e[0] - 0.6 / (rv[0] + 1e-5).sqrt()).abs() < 1e-5, "{e:?}");
     }
 
     #[test]
