@@ -228,10 +228,9 @@ pub fn evaluate(
         if batch.is_empty() {
             continue;
         }
-        let (_, ys) = to_tensors(&batch, spec.out_shape, device)?;
         match tta {
             Tta::None => {
-                let (xs, _) = to_tensors(&batch, spec.out_shape, device)?;
+                let (xs, ys) = to_tensors(&batch, spec.out_shape, device)?;
                 let logits = model.forward(&xs, Pass::eval())?;
                 let loss = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()? as f64;
                 stats.update(loss, &argmax(&logits)?, &batch.labels);
@@ -241,6 +240,7 @@ pub fn evaluate(
                 let [c, size, _] = input;
                 let crops = ten_crop(&batch.images, n, spec.out_shape, size);
                 let xs = Tensor::from_vec(crops, (n * 10, c, size, size), device)?; // [10 n, c, s, s]
+                let ys = Tensor::from_slice(&batch.labels, n, device)?; // [n]
                 let probs = candle_nn::ops::softmax_last_dim(&model.forward(&xs, Pass::eval())?)?;
                 let probs = probs.reshape((n, 10, ()))?.mean(1)?; // [n, classes]
                 let picked = probs.gather(&ys.unsqueeze(1)?, 1)?; // [n, 1]

@@ -94,6 +94,14 @@ impl Model {
         self.params.get(&format!("{}.{name}", layer.path)).map(|v| v.as_tensor())
     }
 
+    /// `y + bias` per channel when the layer has a bias.
+    fn channel_bias(&self, layer: &PlannedLayer, y: Tensor) -> Result<Tensor> {
+        match self.param(layer, "bias") {
+            Some(b) => add_channel_bias(&y, b),
+            None => Ok(y),
+        }
+    }
+
     /// `xs`: `[batch, c, h, w]` -> logits `[batch, classes]`.
     pub fn forward(&self, xs: &Tensor, pass: Pass) -> Result<Tensor> {
         let mut x = xs.clone();
@@ -103,19 +111,13 @@ impl Model {
                     let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
                     let geom = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
                     let y = conv2d(&x, w, geom)?; // [b, out, oh, ow]
-                    match self.param(layer, "bias") {
-                        Some(b) => add_channel_bias(&y, b)?,
-                        None => y,
-                    }
+                    self.channel_bias(layer, y)?
                 }
                 LayerKind::ConvTranspose2d { stride, padding, output_padding, dilation, groups, .. } => {
                     let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
                     let geom = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
                     let y = conv_transpose2d(&x, w, geom, *output_padding)?; // [b, out, oh, ow]
-                    match self.param(layer, "bias") {
-                        Some(b) => add_channel_bias(&y, b)?,
-                        None => y,
-                    }
+                    self.channel_bias(layer, y)?
                 }
                 LayerKind::Maxpool { .. } | LayerKind::Avgpool { .. } => match layer.kind.pool() {
                     Some((kind, geom)) => pool2d(&x, kind, geom)?,
