@@ -230,6 +230,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reflect_padding_must_be_smaller_than_the_image() {
+        let op =
+            crate::config::AugmentOp::RandomCrop { size: 28, padding: 30, pad_mode: crate::config::PadMode::Reflect };
+        let e = op.out_shape([1, 28, 28]).unwrap_err();
+        assert!(e.contains("reflect padding 30 must be smaller than the image 28x28"), "{e}");
+        let op = crate::config::AugmentOp::RandomCrop { size: 28, padding: 30, pad_mode: crate::config::PadMode::Edge };
+        assert_eq!(op.out_shape([1, 28, 28]), Ok([1, 28, 28]));
+    }
+
+    #[test]
     fn layer_names_list_every_layer_kind() {
         // Regression: `global_avgpool` was missing from LAYER_NAMES, so its short form
         // "global_avgpool" was rejected. serde's own variant list comes from an unknown name.

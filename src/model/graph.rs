@@ -227,5 +227,8 @@ mod tests {
         let pool = LayerKind::Maxpool { kernel: 3, stride: Some(2), padding: 2, ceil_mode: false };
         let e = plan_layers(&model(vec![pool])).unwrap_err().to_string();
         assert!(e.contains("features.0 maxpool") && e.contains("at most half the kernel"), "{e}");
+        let bn = LayerKind::Batchnorm { eps: 1e-5, momentum: 1.5 };
+        let e = plan_layers(&model(vec![bn])).unwrap_err().to_string();
+        assert!(e.contains("features.0 batchnorm") && e.contains("momentum must be in [0, 1], is 1.5"), "{e}");
     }
 }
