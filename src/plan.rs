@@ -11,7 +11,7 @@ use candle_core::Device;
 
 use crate::config::{AugmentOp, Loaded, MetricsConfig, OptimizerConfig};
 use crate::data::{self, Located};
-use crate::model::{plan_layers, PlannedLayer};
+use crate::model::{plan_model, PlannedGraph};
 
 pub struct Plan {
     pub experiment: String,
@@ -23,7 +23,9 @@ pub struct Plan {
     pub classes: Vec<String>,
     pub augment_train: Vec<AugmentOp>,
     pub augment_test: Vec<AugmentOp>,
-    pub layers: Vec<PlannedLayer>,
+    pub graph: PlannedGraph,
+    /// Each group's `init`, with its file resolved: `(group, init, file)`.
+    pub inits: Vec<(String, crate::config::InitConfig, std::path::PathBuf)>,
     /// The model's input `[c, h, w]`: what the training augmentations produce.
     pub input: [usize; 3],
     /// Test samples after the test augmentations: the input, or larger for ten-crop TTA.
@@ -124,13 +126,47 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
     }
 
     // Model.
-    let layers = match plan_layers(&cfg.model) {
-        Ok(layers) => layers,
+    let graph = match plan_model(&cfg.model) {
+        Ok(graph) => Some(graph),
         Err(e) => {
             p.list.push(format!("{}: {e}", loaded.source_of_key("model.groups")));
-            Vec::new()
+            None
         }
     };
+    let mut inits = Vec::new();
+    for (g, group) in cfg.model.groups.iter().enumerate() {
+        let Some(init) = &group.init else { continue };
+        let file = std::path::Path::new(&init.file);
+        let file = match loaded.file_of_key("model.groups") {
+            Some(cfg_file) if file.is_relative() => cfg_file.parent().unwrap_or(std::path::Path::new(".")).join(file),
+            _ => file.to_path_buf(),
+        };
+        if !file.is_file() {
+            p.add(&format!("model.groups[{g}].init.file"), format!("no file {}", file.display()));
+        }
+        inits.push((group.name.clone(), init.clone(), file));
+    }
+    if let Some(graph) = &graph {
+        for (f, rule) in cfg.train.freeze.iter().enumerate() {
+            let key = format!("train.freeze[{f}]");
+            if rule.groups.is_empty() {
+                p.add(&format!("{key}.groups"), "lists no group");
+            }
+            for path in &rule.groups {
+                if let Err(e) = graph.params_under(path) {
+                    p.add(&format!("{key}.groups"), e);
+                }
+            }
+            if let Some(until) = rule.until_epoch {
+                if until <= rule.from_epoch {
+                    p.add(
+                        &format!("{key}.until_epoch"),
+                        format!("({until}) must be after from_epoch ({})", rule.from_epoch),
+                    );
+                }
+            }
+        }
+    }
     let tta = cfg.eval.tta == crate::config::Tta::TenCrop;
     for (split, shape) in &split_shapes {
         if shape[1] == 0 || shape[2] == 0 {
@@ -164,8 +200,10 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
             );
         }
     }
-    if let Some(last) = layers.last().filter(|_| !spec.classes.is_empty()) {
-        if last.out_shape != [spec.classes.len()] {
+    let last = graph.as_ref().and_then(|g| g.layers().last().cloned());
+    if let Some(last) = last.filter(|_| !spec.classes.is_empty()) {
+        let classes = spec.classes.len();
+        if last.out_shape != [classes] && last.out_shape != [classes, 1, 1] {
             p.list.push(format!(
                 "{}: key `{}` ({}): the model ends in shape {:?}, but {} has {} classes; end with {{ linear = {{ out = {} }} }}",
                 loaded.source_of_key("model.groups"),
@@ -236,7 +274,8 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
         classes: spec.classes.clone(),
         augment_train: cfg.augment.train.clone(),
         augment_test: cfg.augment.test.clone(),
-        layers,
+        graph: graph.ok_or_else(|| anyhow::anyhow!("the model did not plan"))?,
+        inits,
         input: [cfg.model.input[0], cfg.model.input[1], cfg.model.input[2]],
         test_shape: split_shapes[1].1,
         tta: cfg.eval.tta,
@@ -293,24 +332,91 @@ pub fn device_name(d: &Device) -> String {
 
 impl Plan {
     pub fn num_params(&self) -> usize {
-        self.layers.iter().map(|l| l.num_params()).sum()
+        self.graph.num_params()
     }
 
-    /// The model table (Darknet's start-up table) and totals.
+    /// The parameters frozen during `epoch` (0-based), by name.
+    pub fn frozen_at(&self, epoch: usize) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for rule in self.train.freeze.iter().filter(|r| r.active(epoch)) {
+            for path in &rule.groups {
+                out.extend(self.graph.params_under(path).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// The model table (Darknet's start-up table) and totals: per layer its path, kind,
+    /// output shape, parameters, multiply-adds per image, and whether it trains in the
+    /// first epoch (with the epochs it is frozen when a freeze schedule names it).
     pub fn summary(&self) -> String {
+        let epochs = self.train.epochs;
+        let frozen_by_epoch: Vec<_> = (0..epochs).map(|e| self.frozen_at(e)).collect();
         let mut s = String::new();
-        let _ = writeln!(s, "{:<16} {:<10} {:<16} {:>10}  trainable", "path", "layer", "output", "params");
-        for l in &self.layers {
+        let _ = writeln!(
+            s,
+            "{:<22} {:<16} {:<16} {:>10} {:>14}  trainable",
+            "path", "layer", "output", "params", "mult-adds"
+        );
+        for l in self.graph.layers() {
             let shape = format!("{:?}", l.out_shape);
             let params = l.num_params();
-            let trainable = if params > 0 { "yes" } else { "-" };
-            let _ = writeln!(s, "{:<16} {:<10} {:<16} {:>10}  {}", l.path, l.kind.name(), shape, params, trainable);
+            let names: Vec<String> = l.params.iter().map(|(n, _)| format!("{}.{n}", l.path)).collect();
+            let frozen_epochs: Vec<usize> =
+                (0..epochs).filter(|e| names.iter().any(|n| frozen_by_epoch[*e].contains(n))).collect();
+            let trainable = if params == 0 {
+                "-".to_string()
+            } else if frozen_epochs.is_empty() {
+                "yes".to_string()
+            } else if frozen_epochs.len() == epochs {
+                "frozen".to_string()
+            } else {
+                format!("frozen in epochs {}", ranges(&frozen_epochs))
+            };
+            let kind = if l.conv_kernel.is_some() { "linear (as conv)" } else { l.kind.name() };
+            let _ =
+                writeln!(s, "{:<22} {:<16} {:<16} {:>10} {:>14}  {}", l.path, kind, shape, params, l.macs, trainable);
         }
         let n = self.num_params();
+        let _ = writeln!(s, "mult-adds per image: {}", self.graph.macs());
         let _ = writeln!(s, "params: {n}");
-        let _ = writeln!(s, "trainable: {n}");
+        let first: usize = frozen_by_epoch.first().map(|f| self.count(f)).unwrap_or(0);
+        let _ = writeln!(s, "trainable: {}", n - first);
+        let mut changes = Vec::new();
+        for e in 1..epochs {
+            if frozen_by_epoch[e] != frozen_by_epoch[e - 1] {
+                changes.push(format!("from epoch {e}: {}", n - self.count(&frozen_by_epoch[e])));
+            }
+        }
+        if !changes.is_empty() {
+            let _ = writeln!(s, "trainable {}", changes.join(", "));
+        }
         s
     }
+
+    fn count(&self, names: &std::collections::BTreeSet<String>) -> usize {
+        self.graph
+            .param_shapes()
+            .iter()
+            .filter(|(n, _)| names.contains(*n))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// `[0, 1, 2, 5]` -> `0-2, 5`.
+fn ranges(v: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j { v[i].to_string() } else { format!("{}-{}", v[i], v[j]) });
+        i = j + 1;
+    }
+    out.join(", ")
 }
 
 #[cfg(test)]

@@ -41,7 +41,8 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcom
         dataset.root.display()
     );
     let device = parse_device(&plan.device).map_err(anyhow::Error::msg)?.open()?;
-    let model = Model::new(&plan.layers, plan.seed, &device)?;
+    let mut model = Model::new(&plan.graph, plan.seed, &device)?;
+    crate::model::weights::load_group_inits(&model, &plan.inits)?;
     let mut optimizer = Optimizer::new(&plan.train.optimizer);
 
     let resolved = loaded.resolved_toml();
@@ -53,7 +54,7 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcom
     log.flush()?;
     tracing::info!("run {} in {}", log.run_id, log.dir.display());
 
-    let result = epochs(plan, &dataset, &model, &mut optimizer, &device, &mut log, &stop);
+    let result = epochs(plan, &dataset, &mut model, &mut optimizer, &device, &mut log, &stop);
     let status = match &result {
         Ok(true) => Status::Completed,
         Ok(false) => Status::Interrupted,
@@ -70,7 +71,7 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcom
 fn epochs(
     plan: &Plan,
     dataset: &data::Dataset,
-    model: &Model,
+    model: &mut Model,
     optimizer: &mut Optimizer,
     device: &Device,
     log: &mut RunLog,
@@ -108,6 +109,16 @@ fn epochs(
     let mut step: i64 = 0;
 
     for epoch in 0..epochs {
+        let frozen = plan.frozen_at(epoch);
+        if epoch == 0 || frozen != *model.frozen() {
+            let n: usize = model.params.iter().filter(|(k, _)| frozen.contains(*k)).map(|(_, v)| v.elem_count()).sum();
+            if n > 0 || epoch > 0 {
+                tracing::info!("epoch {}: {} parameters frozen, {} trainable", epoch + 1, n, model.num_params() - n);
+            }
+            model.set_frozen(frozen);
+        }
+        let model = &*model;
+        let trainable: usize = model.trainable().map(|(_, v)| v.elem_count()).sum();
         // Train.
         let started = std::time::Instant::now();
         let bar = progress::batch_bar(n_batches, &format!("epoch {}/{epochs}", epoch + 1));
@@ -137,7 +148,7 @@ fn epochs(
                 );
             }
             let grads = loss.backward()?;
-            optimizer.step(model.params.iter(), &grads)?;
+            optimizer.step(model.trainable(), &grads)?;
             step += 1;
 
             train_stats.update(loss_value, &argmax(&logits)?, &batch.labels);
@@ -181,6 +192,7 @@ fn epochs(
         log.push(row("train", "epoch_time_s", train_time));
         log.push(row("train", "images_per_s", train_stats.count() as f64 / train_time));
         log.push(row("train", "lr", optimizer.lr()));
+        log.push(row("train", "trainable_params", trainable as f64));
         if plan.data.on_error == crate::config::OnError::Skip {
             log.push(row("train", "skipped_samples", train_skipped as f64));
             log.push(row("test", "skipped_samples", test_skipped as f64));
@@ -194,6 +206,7 @@ fn epochs(
         log.final_metrics =
             plan.metrics.test.iter().map(|m| (format!("test.{}", m.as_str()), test_stats.compute(*m))).collect();
         log.flush()?;
+        crate::model::weights::save(model, &log.dir.join("model.safetensors"))?;
         tracing::info!(
             "epoch {}/{epochs}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | {:.1} s, {:.0} img/s",
             epoch + 1,

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use runner::config::{GroupConfig, Layer, LayerKind, ModelConfig, OptimizerConfig};
-use runner::model::{plan_layers, Model, Pass};
+use runner::model::{plan_model, Model, Pass};
 use runner::ops::activation::relu_op;
 use runner::ops::bias::add_channel_bias;
 use runner::ops::conv::{conv2d, ConvGeom};
@@ -29,13 +29,13 @@ fn labels(n: usize, classes: u32) -> Result<Tensor> {
 }
 
 fn conv(out: usize, kernel: usize, stride: usize, padding: usize) -> Layer {
-    Layer(LayerKind::Conv2d { out, kernel, stride, padding, dilation: 1, groups: 1, bias: true })
+    Layer(LayerKind::Conv2d { inp: None, out, kernel, stride, padding, dilation: 1, groups: 1, bias: true })
 }
 fn maxpool(kernel: usize, stride: usize) -> Layer {
     Layer(LayerKind::Maxpool { kernel, stride: Some(stride), padding: 0, ceil_mode: false })
 }
 fn linear(out: usize) -> Layer {
-    Layer(LayerKind::Linear { out, bias: true })
+    Layer(LayerKind::Linear { inp: None, out, bias: true })
 }
 fn relu() -> Layer {
     Layer(LayerKind::Relu {})
@@ -44,9 +44,10 @@ fn relu() -> Layer {
 fn model(input: [usize; 3], groups: Vec<(&str, Vec<Layer>)>) -> Result<Model> {
     let cfg = ModelConfig {
         input: input.to_vec(),
-        groups: groups.into_iter().map(|(n, l)| GroupConfig { name: n.into(), layers: l }).collect(),
+        groups: groups.into_iter().map(|(n, l)| GroupConfig::new(n, l)).collect(),
+        fully_convolutional: false,
     };
-    Ok(Model::new(&plan_layers(&cfg)?, 0, &Device::Cpu)?)
+    Ok(Model::new(&plan_model(&cfg)?, 0, &Device::Cpu)?)
 }
 
 /// Times `iters` calls of `step` after `warmup` calls; returns images per second.

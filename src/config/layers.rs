@@ -10,6 +10,9 @@ use super::{half, one, yes};
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum LayerKind {
     Conv2d {
+        /// Input channels, checked at plan time when given (inferred otherwise).
+        #[serde(rename = "in", default, skip_serializing_if = "Option::is_none")]
+        inp: Option<usize>,
         out: usize,
         kernel: usize,
         #[serde(default = "one")]
@@ -25,6 +28,9 @@ pub enum LayerKind {
     },
     /// Transposed convolution (learned upsampling, as in FCN).
     ConvTranspose2d {
+        /// Input channels, checked at plan time when given (inferred otherwise).
+        #[serde(rename = "in", default, skip_serializing_if = "Option::is_none")]
+        inp: Option<usize>,
         out: usize,
         kernel: usize,
         #[serde(default = "one")]
@@ -89,6 +95,9 @@ pub enum LayerKind {
     },
     Flatten {},
     Linear {
+        /// Input features, checked at plan time when given (inferred otherwise).
+        #[serde(rename = "in", default, skip_serializing_if = "Option::is_none")]
+        inp: Option<usize>,
         out: usize,
         #[serde(default = "yes")]
         bias: bool,
@@ -96,6 +105,15 @@ pub enum LayerKind {
     Dropout {
         #[serde(default = "half")]
         p: f64,
+    },
+    /// Joins the running output with the outputs of earlier groups along the channels, in
+    /// the order `[this, with...]` (heights and widths must match).
+    Concat {
+        with: Vec<String>,
+    },
+    /// Adds the outputs of earlier groups to the running output (shapes must match).
+    Add {
+        with: Vec<String>,
     },
 }
 
@@ -114,6 +132,8 @@ pub const LAYER_NAMES: &[&str] = &[
     "flatten",
     "linear",
     "dropout",
+    "concat",
+    "add",
 ];
 
 fn default_bn_eps() -> f64 {
@@ -183,6 +203,8 @@ impl LayerKind {
             LayerKind::Flatten {} => "flatten",
             LayerKind::Linear { .. } => "linear",
             LayerKind::Dropout { .. } => "dropout",
+            LayerKind::Concat { .. } => "concat",
+            LayerKind::Add { .. } => "add",
         }
     }
 }

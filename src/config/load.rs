@@ -402,6 +402,16 @@ impl Loaded {
         }
     }
 
+    /// The file that set `path` (for paths written in it, relative to it); `None` when
+    /// an override or the environment set it.
+    pub fn file_of_key(&self, path: &str) -> Option<PathBuf> {
+        let md = self.figment.find_metadata(path)?;
+        match &md.source {
+            Some(Source::File(p)) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
     /// The flattened resolved config: `(key, value)` rows for `params.parquet`.
     pub fn flat_params(&self) -> BTreeMap<String, String> {
         self.provenance().into_iter().map(|(k, v, _)| (k, v)).collect()

@@ -184,6 +184,11 @@ pub struct ModelConfig {
     /// Input shape `[channels, height, width]`.
     pub input: Vec<usize>,
     pub groups: Vec<GroupConfig>,
+    /// Run each `linear` layer that follows a spatial map as the equivalent convolution
+    /// (kernel = that map's size; the course's `convolutionize`): the same weights and logits
+    /// at the input size, a map of class scores on a larger image.
+    #[serde(default)]
+    pub fully_convolutional: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +197,59 @@ pub struct GroupConfig {
     /// The group's name: the first part of each weight's dotted path (`features.0.weight`).
     pub name: String,
     pub layers: Vec<Layer>,
+    /// The group's layers N times in a row; weight paths become `<name>.<rep>.<layer>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<usize>,
+    /// Each repetition is a residual block: its output plus its input (through a 1x1
+    /// convolution and batch norm when the shape changes).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub residual: bool,
+    /// A layer applied after the residual sum (`"relu"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Layer>,
+    /// Take the output of an earlier group (or `"input"`, the image) instead of the previous one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Weights from a file for this group's parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitConfig>,
+}
+
+impl GroupConfig {
+    pub fn new(name: &str, layers: Vec<Layer>) -> Self {
+        GroupConfig {
+            name: name.into(),
+            layers,
+            repeat: None,
+            residual: false,
+            activation: None,
+            from: None,
+            init: None,
+        }
+    }
+}
+
+/// `init = { file = "alexnet.pth", prefix = "features.0", rename = { ... } }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    /// A safetensors file or a PyTorch state dict (`.pth`, `.pt`, `.bin`), relative to the
+    /// config file that names it.
+    pub file: String,
+    /// The name prefix in the file that stands for this group (default: the group's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Names in the file (after the prefix) mapped to names in the group: `{ "0" = "0" }`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Every parameter of the group must be found with its shape, and nothing else under the
+    /// prefix may be left over; `false` logs the differences and loads what matches.
+    #[serde(default = "yes")]
+    pub strict: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +260,28 @@ pub struct TrainConfig {
     /// Log a progress line every N batches when the output is not a terminal (0 = per epoch).
     #[serde(default = "default_log_every")]
     pub log_every: usize,
+    /// `[[train.freeze]]`: groups (or repetitions or layers, by dotted path) not trained
+    /// during a range of epochs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<FreezeConfig>,
+}
+
+/// `{ groups = ["features"], from_epoch = 0, until_epoch = 25 }`: frozen for epochs
+/// `from_epoch <= e < until_epoch` (counted from 0; no `until_epoch`: to the end).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeConfig {
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub from_epoch: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_epoch: Option<usize>,
+}
+
+impl FreezeConfig {
+    pub fn active(&self, epoch: usize) -> bool {
+        epoch >= self.from_epoch && self.until_epoch.is_none_or(|u| epoch < u)
+    }
 }
 
 fn default_log_every() -> usize {

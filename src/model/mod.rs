@@ -6,8 +6,9 @@
 //! one set of weights on every machine.
 
 pub mod graph;
+pub mod weights;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
@@ -19,14 +20,17 @@ use crate::ops::conv::{conv2d, conv_transpose2d, ConvGeom};
 use crate::ops::pool::pool2d;
 use crate::ops::upsample::upsample2d;
 use crate::rng::Rng;
-pub use graph::{plan_layers, PlannedLayer};
+pub use graph::{plan_model, PlannedGraph, PlannedLayer};
 
 pub struct Model {
-    layers: Vec<PlannedLayer>,
+    graph: PlannedGraph,
     /// Every parameter by dotted path.
     pub params: BTreeMap<String, Var>,
     /// State that is not trained: batch norm's `running_mean` and `running_var`.
     pub buffers: BTreeMap<String, Var>,
+    /// Parameters that are not trained now: used detached (no gradient reaches them or
+    /// anything before them through them), their batch norms in evaluation mode.
+    frozen: BTreeSet<String>,
     device: Device,
 }
 
@@ -56,10 +60,10 @@ pub fn init_param(seed: u64, path: &str, shape: &[usize], fan_in: usize) -> Vec<
 }
 
 impl Model {
-    pub fn new(layers: &[PlannedLayer], seed: u64, device: &Device) -> Result<Self> {
+    pub fn new(graph: &PlannedGraph, seed: u64, device: &Device) -> Result<Self> {
         let mut params = BTreeMap::new();
         let mut buffers = BTreeMap::new();
-        for layer in layers {
+        for layer in graph.layers() {
             if let LayerKind::Batchnorm { .. } = layer.kind {
                 // PyTorch: weight 1, bias 0, running mean 0, running variance 1.
                 let c = layer.in_shape[0];
@@ -79,105 +83,196 @@ impl Model {
                 params.insert(path, Var::from_tensor(&t)?);
             }
         }
-        Ok(Model { layers: layers.to_vec(), params, buffers, device: device.clone() })
+        Ok(Model { graph: graph.clone(), params, buffers, frozen: BTreeSet::new(), device: device.clone() })
     }
 
     pub fn device(&self) -> &Device {
         &self.device
     }
 
+    pub fn graph(&self) -> &PlannedGraph {
+        &self.graph
+    }
+
     pub fn num_params(&self) -> usize {
         self.params.values().map(|v| v.elem_count()).sum()
     }
 
-    fn param(&self, layer: &PlannedLayer, name: &str) -> Option<&Tensor> {
-        self.params.get(&format!("{}.{name}", layer.path)).map(|v| v.as_tensor())
+    /// Freezes exactly these parameters (by name); the others train.
+    pub fn set_frozen(&mut self, names: BTreeSet<String>) {
+        self.frozen = names;
+    }
+
+    pub fn frozen(&self) -> &BTreeSet<String> {
+        &self.frozen
+    }
+
+    /// The parameters that train now.
+    pub fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.params.iter().filter(|(n, _)| !self.frozen.contains(*n))
+    }
+
+    fn param(&self, layer: &PlannedLayer, name: &str) -> Option<Tensor> {
+        let key = format!("{}.{name}", layer.path);
+        let v = self.params.get(&key)?;
+        Some(if self.frozen.contains(&key) { v.as_tensor().detach() } else { v.as_tensor().clone() })
+    }
+
+    fn required(&self, layer: &PlannedLayer, name: &str) -> Result<Tensor> {
+        self.param(layer, name).ok_or_else(|| missing(layer, name))
     }
 
     /// `y + bias` per channel when the layer has a bias.
     fn channel_bias(&self, layer: &PlannedLayer, y: Tensor) -> Result<Tensor> {
         match self.param(layer, "bias") {
-            Some(b) => add_channel_bias(&y, b),
+            Some(b) => add_channel_bias(&y, &b),
             None => Ok(y),
         }
     }
 
-    /// `xs`: `[batch, c, h, w]` -> logits `[batch, classes]`.
+    /// `xs`: `[batch, c, h, w]` -> the last group's output: logits `[batch, classes]`
+    /// (a fully convolutional model gives `[batch, classes, h, w]`, flattened when 1x1).
     pub fn forward(&self, xs: &Tensor, pass: Pass) -> Result<Tensor> {
+        let mut kept: BTreeMap<&str, Tensor> = BTreeMap::new();
+        kept.insert(graph::INPUT, xs.clone());
         let mut x = xs.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = match &layer.kind {
-                LayerKind::Conv2d { stride, padding, dilation, groups, .. } => {
-                    let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
-                    let geom = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
-                    let y = conv2d(&x, w, geom)?; // [b, out, oh, ow]
-                    self.channel_bias(layer, y)?
+        for group in &self.graph.groups {
+            if let Some(from) = &group.from {
+                x = kept
+                    .get(from.as_str())
+                    .ok_or_else(|| candle_core::Error::Msg(format!("group {}: no output `{from}`", group.name)))?
+                    .clone();
+            }
+            for block in &group.blocks {
+                let block_in = x.clone();
+                for layer in &block.layers {
+                    x = self.apply(layer, x, pass, &kept)?;
                 }
-                LayerKind::ConvTranspose2d { stride, padding, output_padding, dilation, groups, .. } => {
-                    let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
-                    let geom = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
-                    let y = conv_transpose2d(&x, w, geom, *output_padding)?; // [b, out, oh, ow]
-                    self.channel_bias(layer, y)?
-                }
-                LayerKind::Maxpool { .. } | LayerKind::Avgpool { .. } => match layer.kind.pool() {
-                    Some((kind, geom)) => pool2d(&x, kind, geom)?,
-                    None => x,
-                },
-                LayerKind::Batchnorm { eps, momentum } => {
-                    let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
-                    let b = self.param(layer, "bias").ok_or_else(|| missing(layer, "bias"))?;
-                    let buffer =
-                        |n: &str| self.buffers.get(&format!("{}.{n}", layer.path)).ok_or_else(|| missing(layer, n));
-                    let (rm, rv) = (buffer("running_mean")?, buffer("running_var")?);
-                    if pass.train {
-                        let (y, mean, var) = batch_norm_train(&x, w, b, *eps)?;
-                        // PyTorch: running = (1 - momentum) * running + momentum * batch,
-                        // the variance unbiased (n / (n - 1)) over n = batch * h * w values.
-                        let n = (x.elem_count() / x.dim(1)?) as f64;
-                        let unbiased = (var * (n / (n - 1.0).max(1.0)))?.to_dtype(DType::F32)?;
-                        let mean = mean.to_dtype(DType::F32)?;
-                        rm.set(&((rm.as_tensor() * (1.0 - momentum))? + (mean * *momentum)?)?)?;
-                        rv.set(&((rv.as_tensor() * (1.0 - momentum))? + (unbiased * *momentum)?)?)?;
-                        y
-                    } else {
-                        batch_norm_eval(&x, w, b, rm.as_tensor(), rv.as_tensor(), *eps)?
+                if let Some(res) = &block.residual {
+                    let mut s = block_in;
+                    for layer in &res.shortcut {
+                        s = self.apply(layer, s, pass, &kept)?;
+                    }
+                    x = (x + s)?;
+                    if let Some(act) = &res.activation {
+                        x = self.apply(act, x, pass, &kept)?;
                     }
                 }
-                LayerKind::GlobalAvgpool {} => x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?, // [b, c, 1, 1]
-                LayerKind::Relu {} => relu_op(&x)?,
-                LayerKind::LeakyRelu { slope } => candle_nn::ops::leaky_relu(&x, *slope)?,
-                LayerKind::Sigmoid {} => candle_nn::ops::sigmoid(&x)?,
-                LayerKind::Upsample { .. } => {
-                    let (_, _, h, w) = x.dims4()?;
-                    match layer.kind.upsample(h, w) {
-                        Some(Ok((mode, size))) => upsample2d(&x, mode, size)?,
-                        Some(Err(e)) => return Err(candle_core::Error::Msg(format!("{}: {e}", layer.key))),
-                        None => x,
-                    }
-                }
-                LayerKind::Flatten {} => x.flatten_from(1)?,
-                LayerKind::Linear { .. } => {
-                    let w = self.param(layer, "weight").ok_or_else(|| missing(layer, "weight"))?;
-                    let y = x.matmul(&w.t()?)?; // [b, out]
-                    match self.param(layer, "bias") {
-                        Some(b) => y.broadcast_add(b)?,
-                        None => y,
-                    }
-                }
-                LayerKind::Dropout { p } => {
-                    if pass.train && *p > 0.0 {
-                        dropout(
-                            &x,
-                            *p,
-                            Rng::derive(pass.seed, &["dropout".into(), i.into(), pass.epoch.into(), pass.step.into()]),
-                        )?
-                    } else {
-                        x
-                    }
-                }
-            };
+            }
+            if group.keep {
+                kept.insert(group.name.as_str(), x.clone());
+            }
+        }
+        if self.graph.fully_convolutional && x.rank() == 4 && x.dim(2)? == 1 && x.dim(3)? == 1 {
+            x = x.flatten_from(1)?;
         }
         Ok(x)
+    }
+
+    fn apply(&self, layer: &PlannedLayer, x: Tensor, pass: Pass, kept: &BTreeMap<&str, Tensor>) -> Result<Tensor> {
+        Ok(match &layer.kind {
+            LayerKind::Conv2d { stride, padding, dilation, groups, .. } => {
+                let w = self.required(layer, "weight")?;
+                let geom = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
+                let y = conv2d(&x, &w, geom)?; // [b, out, oh, ow]
+                self.channel_bias(layer, y)?
+            }
+            LayerKind::ConvTranspose2d { stride, padding, output_padding, dilation, groups, .. } => {
+                let w = self.required(layer, "weight")?;
+                let geom = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
+                let y = conv_transpose2d(&x, &w, geom, *output_padding)?; // [b, out, oh, ow]
+                self.channel_bias(layer, y)?
+            }
+            LayerKind::Maxpool { .. } | LayerKind::Avgpool { .. } => match layer.kind.pool() {
+                Some((kind, geom)) => pool2d(&x, kind, geom)?,
+                None => x,
+            },
+            LayerKind::Batchnorm { eps, momentum } => {
+                let w = self.required(layer, "weight")?;
+                let b = self.required(layer, "bias")?;
+                let buffer =
+                    |n: &str| self.buffers.get(&format!("{}.{n}", layer.path)).ok_or_else(|| missing(layer, n));
+                let (rm, rv) = (buffer("running_mean")?, buffer("running_var")?);
+                let frozen = self.frozen.contains(&format!("{}.weight", layer.path));
+                if pass.train && !frozen {
+                    let (y, mean, var) = batch_norm_train(&x, &w, &b, *eps)?;
+                    // PyTorch: running = (1 - momentum) * running + momentum * batch,
+                    // the variance unbiased (n / (n - 1)) over n = batch * h * w values.
+                    let n = (x.elem_count() / x.dim(1)?) as f64;
+                    let unbiased = (var * (n / (n - 1.0).max(1.0)))?.to_dtype(DType::F32)?;
+                    let mean = mean.to_dtype(DType::F32)?;
+                    rm.set(&((rm.as_tensor() * (1.0 - momentum))? + (mean * *momentum)?)?)?;
+                    rv.set(&((rv.as_tensor() * (1.0 - momentum))? + (unbiased * *momentum)?)?)?;
+                    y
+                } else {
+                    batch_norm_eval(&x, &w, &b, rm.as_tensor(), rv.as_tensor(), *eps)?
+                }
+            }
+            LayerKind::GlobalAvgpool {} => x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?, // [b, c, 1, 1]
+            LayerKind::Relu {} => relu_op(&x)?,
+            LayerKind::LeakyRelu { slope } => candle_nn::ops::leaky_relu(&x, *slope)?,
+            LayerKind::Sigmoid {} => candle_nn::ops::sigmoid(&x)?,
+            LayerKind::Upsample { .. } => {
+                let (_, _, h, w) = x.dims4()?;
+                match layer.kind.upsample(h, w) {
+                    Some(Ok((mode, size))) => upsample2d(&x, mode, size)?,
+                    Some(Err(e)) => return Err(candle_core::Error::Msg(format!("{}: {e}", layer.key))),
+                    None => x,
+                }
+            }
+            LayerKind::Flatten {} if self.graph.fully_convolutional => x,
+            LayerKind::Flatten {} => x.flatten_from(1)?,
+            LayerKind::Linear { out, .. } => {
+                let w = self.required(layer, "weight")?;
+                match layer.conv_kernel {
+                    Some([kh, kw]) => {
+                        // The course's `convolutionize`: the linear weight seen as a
+                        // convolution kernel over the whole map it was trained on.
+                        let c = layer.in_shape[0];
+                        let w = w.reshape((*out, c, kh, kw))?;
+                        let geom = ConvGeom { stride: 1, padding: 0, dilation: 1, groups: 1 };
+                        let y = conv2d(&x, &w, geom)?;
+                        self.channel_bias(layer, y)?
+                    }
+                    None => {
+                        let y = x.matmul(&w.t()?)?; // [b, out]
+                        match self.param(layer, "bias") {
+                            Some(b) => y.broadcast_add(&b)?,
+                            None => y,
+                        }
+                    }
+                }
+            }
+            LayerKind::Dropout { p } => {
+                if pass.train && *p > 0.0 {
+                    let rng = Rng::derive(
+                        pass.seed,
+                        &["dropout".into(), layer.path.as_str().into(), pass.epoch.into(), pass.step.into()],
+                    );
+                    dropout(&x, *p, rng)?
+                } else {
+                    x
+                }
+            }
+            LayerKind::Concat { with } | LayerKind::Add { with } => {
+                let mut parts = vec![x];
+                for name in with {
+                    let t = kept
+                        .get(name.as_str())
+                        .ok_or_else(|| candle_core::Error::Msg(format!("{}: no output `{name}` kept", layer.key)))?;
+                    parts.push(t.clone());
+                }
+                if let LayerKind::Concat { .. } = layer.kind {
+                    Tensor::cat(&parts, 1)?
+                } else {
+                    let mut sum = parts[0].clone();
+                    for p in &parts[1..] {
+                        sum = (sum + p)?;
+                    }
+                    sum
+                }
+            }
+        })
     }
 }
 
@@ -221,9 +316,10 @@ mod tests {
         let run = |kind: LayerKind, x: Tensor| -> Vec<f32> {
             let cfg = ModelConfig {
                 input: x.dims()[1..].to_vec(),
-                groups: vec![GroupConfig { name: "g".into(), layers: vec![Layer(kind)] }],
+                groups: vec![GroupConfig::new("g", vec![Layer(kind)])],
+                fully_convolutional: false,
             };
-            let m = Model::new(&plan_layers(&cfg).unwrap(), 0, &Device::Cpu).unwrap();
+            let m = Model::new(&plan_model(&cfg).unwrap(), 0, &Device::Cpu).unwrap();
             m.forward(&x, Pass::eval()).unwrap().flatten_all().unwrap().to_vec1().unwrap()
         };
         let x = Tensor::new(&[[[[-2f32, 3.]]]], &Device::Cpu).unwrap();
@@ -257,12 +353,10 @@ mod tests {
         // running_mean = 0.9 * 0 + 0.1 * 4 = 0.4; running_var = 0.9 * 1 + 0.1 * 20/3 = 1.5667.
         let cfg = ModelConfig {
             input: vec![1, 1, 2],
-            groups: vec![GroupConfig {
-                name: "g".into(),
-                layers: vec![Layer(LayerKind::Batchnorm { eps: 1e-5, momentum: 0.1 })],
-            }],
+            groups: vec![GroupConfig::new("g", vec![Layer(LayerKind::Batchnorm { eps: 1e-5, momentum: 0.1 })])],
+            fully_convolutional: false,
         };
-        let m = Model::new(&plan_layers(&cfg).unwrap(), 0, &Device::Cpu).unwrap();
+        let m = Model::new(&plan_model(&cfg).unwrap(), 0, &Device::Cpu).unwrap();
         assert_eq!(m.num_params(), 2, "weight and bias; running statistics are buffers");
         let x = Tensor::new(&[[[[1f32, 3.]]], [[[5., 7.]]]], &Device::Cpu).unwrap();
         let y = m.forward(&x, Pass { train: true, seed: 0, epoch: 0, step: 0 }).unwrap();

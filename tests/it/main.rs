@@ -8,3 +8,4 @@ mod end_to_end;
 mod fashion_mnist;
 mod image_folder;
 mod torch_parity;
+mod zoo;

@@ -1,0 +1,225 @@
+//! The model zoo in configs/models/, and loading PyTorch weights into it.
+//!
+//! Parity: `tests/fixtures/make_zoo_parity.py` (run here with Debian's python3-torch and
+//! python3-torchvision, `/usr/bin/python3 tests/fixtures/make_zoo_parity.py OUT_DIR`)
+//! builds torchvision's `alexnet()` and the course's Monster with `torch.manual_seed`, and
+//! saves their state dicts and eval-mode logits for fixed inputs. runner loads the `.pth`
+//! files into the committed TOML models and must give the same logits. `make test` sets
+//! RUNNER_REQUIRE_TORCH=1 after installing torch, so a missing torch fails there.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor};
+use runner::config::{InitConfig, ModelConfig};
+use runner::model::weights::{load_group_inits, load_into, read};
+use runner::model::{plan_model, Model, Pass};
+
+fn zoo(name: &str) -> ModelConfig {
+    #[derive(serde::Deserialize)]
+    struct File {
+        model: ModelConfig,
+    }
+    let path = crate::common::repo().join(format!("configs/models/{name}.toml"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    toml::from_str::<File>(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())).model
+}
+
+#[test]
+fn zoo_parameter_counts() {
+    // Sources: LeNet5 and Monster as the course writes them (44,426 by hand; Monster 621,002
+    // in the course); torchvision's documentation for AlexNet (61,100,840 parameters,
+    // 0.71 GFLOPS); ResNet-20 with projection shortcuts (option A's 269,722 plus the two
+    // projections 16*32 + 2*32 and 32*64 + 2*64, by hand), 40.8 M multiply-adds
+    // (the "41M FLOPs" usually quoted).
+    let count = |name: &str| {
+        let g = plan_model(&zoo(name)).unwrap();
+        (g.num_params(), g.macs())
+    };
+    assert_eq!(count("lenet5").0, 44_426);
+    let (alexnet, alexnet_macs) = count("alexnet");
+    assert_eq!(alexnet, 61_100_840);
+    assert_eq!((alexnet_macs as f64 / 1e9 * 100.0).round() / 100.0, 0.71, "{alexnet_macs}");
+    assert_eq!(count("monster").0, 621_002);
+    let (resnet20, resnet20_macs) = count("resnet20");
+    assert_eq!(resnet20, 269_722 + (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64));
+    assert_eq!((resnet20_macs as f64 / 1e6).round(), 41.0, "{resnet20_macs}");
+    // alexnet_cifar, by hand: convs 1,792 + 110,784 + 663,936 + 884,992 + 590,080;
+    // linears 1024*4096+4096 + 4096*4096+4096 + 4096*10+10.
+    let convs = 1_792 + 110_784 + 663_936 + 884_992 + 590_080;
+    assert_eq!(count("alexnet_cifar").0, convs + 4_198_400 + 16_781_312 + 40_970);
+}
+
+#[test]
+fn monster_paths_follow_the_graph() {
+    let g = plan_model(&zoo("monster")).unwrap();
+    let names = g.param_shapes();
+    assert_eq!(names["features.0.weight"], vec![64, 3, 11, 11]);
+    assert_eq!(names["resblocks.7.3.weight"], vec![64, 64, 3, 3]);
+    assert_eq!(names["fc.0.weight"], vec![10, 64]);
+    // Group, repetition and layer paths address parameters; an unknown one is an error.
+    assert_eq!(g.params_under("resblocks").unwrap().len(), 8 * 8);
+    assert_eq!(g.params_under("resblocks.2").unwrap().len(), 8);
+    assert_eq!(g.params_under("features.0").unwrap(), vec!["features.0.bias", "features.0.weight"]);
+    let e = g.params_under("featurs").unwrap_err();
+    assert!(e.contains("did you mean `features`?"), "{e}");
+}
+
+/// The parity files, made once per test process; `None` when torch is missing and not required.
+fn torch_files() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<tempfile::TempDir>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let required = std::env::var("RUNNER_REQUIRE_TORCH").is_ok_and(|v| v == "1");
+        let dir = tempfile::tempdir().unwrap();
+        let script = crate::common::repo().join("tests/fixtures/make_zoo_parity.py");
+        let out = std::process::Command::new("/usr/bin/python3").arg(&script).arg(dir.path()).output();
+        match out {
+            Ok(o) if o.status.success() => Some(dir),
+            Ok(o) if !required => {
+                eprintln!("skipped the torch parity tests: {}", String::from_utf8_lossy(&o.stderr));
+                None
+            }
+            Err(e) if !required => {
+                eprintln!("skipped the torch parity tests: {e}");
+                None
+            }
+            Ok(o) => panic!("make_zoo_parity.py failed: {}", String::from_utf8_lossy(&o.stderr)),
+            Err(e) => panic!("/usr/bin/python3 is required here: {e}"),
+        }
+    });
+    dir.as_ref().map(|d| d.path())
+}
+
+fn io(file: &Path) -> (Tensor, Tensor) {
+    let t = read(file, &Device::Cpu).unwrap();
+    (t["x"].clone(), t["logits"].clone())
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn alexnet_matches_torchvision() {
+    let Some(dir) = torch_files() else { return };
+    let model = Model::new(&plan_model(&zoo("alexnet")).unwrap(), 0, &Device::Cpu).unwrap();
+    let report = load_into(&model, &dir.join("alexnet.pth"), "", "", &BTreeMap::new(), true).unwrap();
+    assert_eq!(report.loaded, 16, "8 weights and 8 biases");
+    let (x, want) = io(&dir.join("alexnet_io.pth"));
+    let got = model.forward(&x, Pass::eval()).unwrap();
+    let d = max_diff(&got, &want);
+    eprintln!("alexnet: max abs difference to torchvision {d}");
+    assert!(d <= 1e-4, "max abs difference to torchvision's logits: {d}");
+}
+
+fn init(file: &Path, prefix: &str, rename: &[(&str, &str)]) -> InitConfig {
+    InitConfig {
+        file: file.display().to_string(),
+        prefix: Some(prefix.into()),
+        rename: rename.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        strict: true,
+    }
+}
+
+/// The course's Monster state dict into configs/models/monster.toml, one group at a time.
+fn monster_inits(file: &Path) -> Vec<(String, InitConfig, PathBuf)> {
+    let one = [("weight", "0.weight"), ("bias", "0.bias")];
+    let block = [("*.conv1", "*.0"), ("*.bn1", "*.1"), ("*.conv2", "*.3"), ("*.bn2", "*.4")];
+    [
+        ("features", init(file, "features", &[])),
+        ("conv", init(file, "conv", &one)),
+        ("resblocks", init(file, "resblocks", &block)),
+        ("fc", init(file, "fc", &one)),
+    ]
+    .into_iter()
+    .map(|(g, i)| (g.to_string(), i, file.to_path_buf()))
+    .collect()
+}
+
+#[test]
+fn monster_matches_the_course_model_in_eval_mode() {
+    let Some(dir) = torch_files() else { return };
+    let model = Model::new(&plan_model(&zoo("monster")).unwrap(), 0, &Device::Cpu).unwrap();
+    load_group_inits(&model, &monster_inits(&dir.join("monster.pth"))).unwrap();
+    // The batch-norm statistics came from the file (random there), not the defaults.
+    let rm = model.buffers["resblocks.5.4.running_mean"].as_tensor().to_vec1::<f32>().unwrap();
+    assert!(rm.iter().any(|v| *v != 0.0));
+    let (x, want) = io(&dir.join("monster_io.pth"));
+    let got = model.forward(&x, Pass::eval()).unwrap();
+    let d = max_diff(&got, &want);
+    eprintln!("monster: max abs difference to the course model {d}");
+    assert!(d <= 1e-4, "max abs difference to the course model's logits: {d}");
+}
+
+#[test]
+fn a_pretrained_first_conv_from_alexnet() {
+    // The course's Monster starts from AlexNet's features[0]: the group takes that conv, the
+    // rest of the file's `features` is left unused (listed), not an error.
+    let Some(dir) = torch_files() else { return };
+    let model = Model::new(&plan_model(&zoo("monster")).unwrap(), 0, &Device::Cpu).unwrap();
+    let r = load_into(&model, &dir.join("alexnet.pth"), "features", "features", &BTreeMap::new(), true).unwrap();
+    assert_eq!(r.loaded, 2);
+    assert_eq!(r.unused.len(), 8, "{:?}", r.unused);
+    let file = read(&dir.join("alexnet.pth"), &Device::Cpu).unwrap();
+    let w = model.params["features.0.weight"].as_tensor();
+    assert_eq!(max_diff(w, &file["features.0.weight"]), 0.0);
+}
+
+#[test]
+fn bad_weight_files_say_what_they_hold() {
+    let Some(dir) = torch_files() else { return };
+    let cfg = zoo("lenet5");
+    let model = Model::new(&plan_model(&cfg).unwrap(), 0, &Device::Cpu).unwrap();
+    let load = |file: &str, prefix: &str, strict: bool| {
+        load_into(&model, &dir.join(file), "features", prefix, &BTreeMap::new(), strict)
+    };
+    let e = format!("{:#}", load("whole_model.pth", "", true).unwrap_err());
+    assert!(e.contains("whole pickled model object") && e.contains("torch.save(model.state_dict(), path)"), "{e}");
+    assert!(e.contains("whole_model.pth"), "{e}");
+    let e = format!("{:#}", load("legacy.pth", "", true).unwrap_err());
+    assert!(e.contains("legacy format"), "{e}");
+    // A checkpoint dict with the state dict under "state_dict" is read through.
+    let t = read(&dir.join("nested.pth"), &Device::Cpu).unwrap();
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["0.bias", "0.weight"]);
+    // A prefix that matches nothing lists what the file has.
+    let e = format!("{:#}", load("alexnet.pth", "backbone", true).unwrap_err());
+    assert!(e.contains("no tensor is named `backbone.*`") && e.contains("features") && e.contains("classifier"), "{e}");
+    // Strict: every problem in one error. AlexNet's features have other shapes than LeNet5's.
+    let e = format!("{:#}", load("alexnet.pth", "features", true).unwrap_err());
+    assert!(e.contains("shape: `features.0.weight` is [6, 1, 5, 5] in the model"), "{e}");
+    assert!(e.contains("shape: `features.3.weight`"), "{e}");
+    // Not strict: loads nothing that mismatches, keeps the problems for the log.
+    let r = load("alexnet.pth", "features", false).unwrap();
+    assert_eq!(r.loaded, 0);
+    assert_eq!(r.problems.len(), 4, "{:?}", r.problems);
+}
+
+#[test]
+fn files_that_are_not_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("notes.pth");
+    std::fs::write(&f, "hello, not weights").unwrap();
+    let e = format!("{:#}", read(&f, &Device::Cpu).unwrap_err());
+    assert!(e.contains("notes.pth") && e.contains("neither a safetensors file nor a PyTorch state dict"), "{e}");
+    let e = format!("{:#}", read(&dir.path().join("missing.safetensors"), &Device::Cpu).unwrap_err());
+    assert!(e.contains("cannot read weights file") && e.contains("missing.safetensors"), "{e}");
+}
+
+#[test]
+fn checkpoints_round_trip_with_dotted_names() {
+    let cfg = zoo("monster");
+    let a = Model::new(&plan_model(&cfg).unwrap(), 1, &Device::Cpu).unwrap();
+    let b = Model::new(&plan_model(&cfg).unwrap(), 2, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("model.safetensors");
+    runner::model::weights::save(&a, &f).unwrap();
+    let names: Vec<String> = read(&f, &Device::Cpu).unwrap().into_keys().collect();
+    assert!(names.contains(&"resblocks.3.1.running_var".to_string()), "{names:?}");
+    let r = load_into(&b, &f, "", "", &BTreeMap::new(), true).unwrap();
+    assert_eq!(r.loaded, a.params.len() + a.buffers.len());
+    for (n, v) in &a.params {
+        assert_eq!(max_diff(v.as_tensor(), b.params[n].as_tensor()), 0.0, "{n}");
+    }
+}
