@@ -52,6 +52,30 @@ enum Command {
     /// Dataset tools.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Class scores for image files: `#<rank> <score> <class>` per image.
+    Predict(PredictArgs),
+}
+
+#[derive(Args, Debug)]
+struct PredictArgs {
+    /// An experiment file (with --weights or group `init` files) or a run folder (its
+    /// config.toml and model.safetensors).
+    target: PathBuf,
+    /// JPEG or PNG images; each goes through the experiment's test augmentations.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Weights for the whole model: safetensors or a PyTorch state dict (.pth).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// How many classes to print per image.
+    #[arg(long, default_value_t = 5)]
+    topk: usize,
+    /// Class names: one per line, or the {0: 'name', ...} format of imagenet1000_clsid_to_human.txt.
+    #[arg(long)]
+    classes: Option<PathBuf>,
+    /// Override a config key (as for a run). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,7 +113,24 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Config(args)) => show_config(args),
         Some(Command::Data(DataCommand::Stats(args))) => data_stats(args),
         Some(Command::Data(DataCommand::Preview(args))) => data_preview(args),
+        Some(Command::Predict(args)) => predict(args),
     }
+}
+
+fn predict(args: PredictArgs) -> Result<ExitCode> {
+    let req = crate::predict::Request {
+        target: args.target,
+        images: args.images,
+        weights: args.weights,
+        topk: args.topk,
+        classes: args.classes,
+        sets: args.sets,
+    };
+    let (predictions, classes) = crate::predict::run(&req)?;
+    for p in &predictions {
+        print!("{}", crate::predict::format(p, &classes));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load(args: &ExpArgs) -> Result<config::Loaded> {

@@ -12,6 +12,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod plan;
+pub mod predict;
 pub mod progress;
 pub mod rng;
 pub mod runlog;

@@ -382,4 +382,59 @@ mod tests {
         assert!((400..600).contains(&zeros), "{zeros}");
         assert!(y.iter().all(|v| *v == 0.0 || *v == 2.0));
     }
+
+    #[test]
+    fn fully_convolutional_lenet_slides_the_classifier() {
+        use crate::config::{GroupConfig, Layer, ModelConfig};
+        use crate::ops::testing::rand_tensor;
+        let conv = |out| {
+            Layer(LayerKind::Conv2d {
+                inp: None,
+                out,
+                kernel: 5,
+                stride: 1,
+                padding: 0,
+                dilation: 1,
+                groups: 1,
+                bias: true,
+            })
+        };
+        let pool = || Layer(LayerKind::Maxpool { kernel: 2, stride: None, padding: 0, ceil_mode: false });
+        let linear = |out| Layer(LayerKind::Linear { inp: None, out, bias: true });
+        let relu = || Layer(LayerKind::Relu {});
+        let mut cfg = ModelConfig {
+            input: vec![1, 28, 28],
+            groups: vec![
+                GroupConfig::new("features", vec![conv(6), relu(), pool(), conv(16), relu(), pool()]),
+                GroupConfig::new("classifier", vec![Layer(LayerKind::Flatten {}), linear(120), relu(), linear(10)]),
+            ],
+            fully_convolutional: false,
+        };
+        let flat = Model::new(&plan_model(&cfg).unwrap(), 3, &Device::Cpu).unwrap();
+        cfg.fully_convolutional = true;
+        let fc = Model::new(&plan_model(&cfg).unwrap(), 3, &Device::Cpu).unwrap();
+        // Same names, shapes and values: a checkpoint of one is a checkpoint of the other.
+        for (n, v) in &flat.params {
+            let w = fc.params[n].as_tensor();
+            let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(values(v.as_tensor()), values(w), "{n}");
+            assert_eq!(v.dims(), w.dims(), "{n}");
+        }
+        let x = rand_tensor(&[2, 1, 28, 28], 5, DType::F32);
+        let a = flat.forward(&x, Pass::eval()).unwrap();
+        let b = fc.forward(&x, Pass::eval()).unwrap();
+        assert_eq!(b.dims(), &[2, 10]);
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "identical logits at the training size, max diff {d}");
+        // A 36x36 image: the map is 3x3 (the total stride is 4), and position (i, j) holds the
+        // linear model's logits for the 28x28 crop at (4i, 4j).
+        let big = rand_tensor(&[2, 1, 36, 36], 6, DType::F32);
+        let map = fc.forward(&big, Pass::eval()).unwrap();
+        assert_eq!(map.dims(), &[2, 10, 3, 3]);
+        let crop = big.narrow(2, 4, 28).unwrap().narrow(3, 8, 28).unwrap().contiguous().unwrap();
+        let want = flat.forward(&crop, Pass::eval()).unwrap();
+        let got = map.narrow(2, 1, 1).unwrap().narrow(3, 2, 1).unwrap().flatten_from(1).unwrap();
+        let d = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "map position (1, 2) = the crop at (4, 8), max diff {d}");
+    }
 }

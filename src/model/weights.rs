@@ -286,7 +286,8 @@ fn apply_rename(rest: &str, rename: &BTreeMap<String, String>) -> String {
             continue;
         }
         let mut captured = captured.into_iter();
-        let head: Vec<&str> = to.split('.').map(|t| if t == "*" { captured.next().unwrap_or("*") } else { t }).collect();
+        let head: Vec<&str> =
+            to.split('.').map(|t| if t == "*" { captured.next().unwrap_or("*") } else { t }).collect();
         let mut out = head.join(".");
         for tail in &parts[pattern.len()..] {
             out.push('.');

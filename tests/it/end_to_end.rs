@@ -25,7 +25,7 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
 }
 
 /// Writes toy data and a small experiment into `dir`; returns the experiment path.
-fn setup(dir: &Path, epochs: usize) -> std::path::PathBuf {
+pub fn setup(dir: &Path, epochs: usize) -> std::path::PathBuf {
     write_toy_mnist(&dir.join("data/toy"), 300, 100);
     let exp = dir.join("tiny.toml");
     std::fs::write(

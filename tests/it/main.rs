@@ -7,5 +7,6 @@ mod download;
 mod end_to_end;
 mod fashion_mnist;
 mod image_folder;
+mod predict;
 mod torch_parity;
 mod zoo;

@@ -1,0 +1,244 @@
+//! `runner predict EXP_OR_RUN_DIR IMAGE...`: class scores for image files, printed in the
+//! course's format `#<rank> <score:.2f> <class name>`.
+//!
+//! The weights come from `--weights FILE`, else from the run folder's `model.safetensors`,
+//! else from the experiment's group `init` files. Each image goes through the experiment's
+//! test augmentations. The score is the model's output for the class (the logit, as the
+//! course prints it); with ten-crop TTA it is the mean softmax probability of the ten crops;
+//! a fully convolutional model on a larger image gives a map, averaged over its positions.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, D};
+
+use crate::config::{LoadOptions, Tta};
+use crate::model::{weights, Model, Pass};
+use crate::rng::Rng;
+
+pub struct Request {
+    pub target: PathBuf,
+    pub images: Vec<PathBuf>,
+    pub weights: Option<PathBuf>,
+    pub topk: usize,
+    pub classes: Option<PathBuf>,
+    pub sets: Vec<String>,
+}
+
+/// One image's ranked classes: `(class index, score)`, best first.
+pub struct Prediction {
+    pub image: PathBuf,
+    pub ranked: Vec<(usize, f32)>,
+    /// How the scores were made, for the header line.
+    pub note: String,
+}
+
+pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
+    if req.images.is_empty() {
+        bail!("no image given: runner predict EXP_OR_RUN_DIR IMAGE...");
+    }
+    if req.topk == 0 {
+        bail!("--topk 0: nothing to print");
+    }
+    let (config_path, run_weights) = if req.target.is_dir() {
+        let cfg = req.target.join("config.toml");
+        if !cfg.is_file() {
+            bail!("{}: not a run folder (no config.toml) and not an experiment file", req.target.display());
+        }
+        (cfg, Some(req.target.join("model.safetensors")))
+    } else {
+        (req.target.clone(), None)
+    };
+    let weights_file = req.weights.clone().or(run_weights);
+    let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: req.sets.clone(), env: true })?;
+    if weights_file.is_some() {
+        // The whole model comes from the weights file: the groups' own files are not needed.
+        for g in &mut loaded.config.model.groups {
+            g.init = None;
+        }
+    }
+    let plan = crate::plan::plan(&loaded)?;
+    let device = Device::Cpu;
+    let model = Model::new(&plan.graph, plan.seed, &device)?;
+    match &weights_file {
+        Some(f) => {
+            if !f.is_file() {
+                bail!("no weights file {} (a run writes model.safetensors after its first epoch)", f.display());
+            }
+            weights::load_into(&model, f, "", "", &Default::default(), true)
+                .with_context(|| format!("loading {} into the model of {}", f.display(), config_path.display()))?;
+        }
+        None if !plan.inits.is_empty() => weights::load_group_inits(&model, &plan.inits)?,
+        None => bail!(
+            "{}: no weights to predict with: pass --weights FILE (safetensors or a PyTorch state dict), or a run folder",
+            config_path.display()
+        ),
+    }
+    let classes = match &req.classes {
+        Some(f) => read_class_names(f)?,
+        None => plan.classes.clone(),
+    };
+
+    let [c, _, _] = plan.input;
+    let mut out = Vec::new();
+    for image in &req.images {
+        let (bytes, h, w) = crate::data::folder::decode(image, c)?;
+        let mut img: Vec<f32> = bytes.iter().map(|&p| p as f32 / 255.0).collect();
+        let mut dims = [c, h, w];
+        let mut rng = Rng::derive(plan.seed, &["predict".into()]);
+        for op in &plan.augment_test {
+            img = crate::data::augment::apply(op, img, &mut dims, &mut rng)
+                .map_err(|e| anyhow::anyhow!("{}: {}: {e}", image.display(), op.name()))?;
+        }
+        let (scores, note) = scores(&model, &plan, img, dims, image)?;
+        if !classes.is_empty() && classes.len() != scores.len() {
+            bail!("the model gives {} scores but {} class names are known", scores.len(), classes.len());
+        }
+        let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(req.topk);
+        out.push(Prediction { image: image.clone(), ranked, note });
+    }
+    Ok((out, classes))
+}
+
+fn scores(
+    model: &Model,
+    plan: &crate::plan::Plan,
+    img: Vec<f32>,
+    dims: [usize; 3],
+    image: &Path,
+) -> Result<(Vec<f32>, String)> {
+    let device = model.device();
+    let input = plan.input;
+    if plan.tta == Tta::TenCrop && dims == plan.test_shape {
+        let size = input[1];
+        let crops = crate::data::tta::ten_crop(&img, 1, dims, size);
+        let xs = Tensor::from_vec(crops, (10, input[0], size, size), device)?;
+        let probs = candle_nn::ops::softmax_last_dim(&model.forward(&xs, Pass::eval())?)?.mean(0)?;
+        return Ok((probs.to_vec1()?, "mean softmax probability of ten crops".into()));
+    }
+    let larger = dims[0] == input[0] && dims[1] >= input[1] && dims[2] >= input[2];
+    if dims != input && !(plan.graph.fully_convolutional && larger) {
+        bail!(
+            "{}: after the test augmentations the image is {dims:?}, the model takes {input:?}; \
+             add a resize and crop to [augment.test] (or make the model fully_convolutional)",
+            image.display()
+        );
+    }
+    let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), device)?;
+    let y = model.forward(&xs, Pass::eval())?;
+    Ok(match y.rank() {
+        2 => (y.squeeze(0)?.to_vec1()?, "logits".into()),
+        4 => {
+            let (_, _, mh, mw) = y.dims4()?;
+            let mean = y.mean(D::Minus1)?.mean(D::Minus1)?.squeeze(0)?;
+            (mean.to_vec1()?, format!("logits, mean over a {mh}x{mw} map"))
+        }
+        _ => bail!("the model's output has shape {:?}, not class scores", y.dims()),
+    })
+}
+
+/// Class names, one per line, or the `{0: 'tench, Tinca tinca', 1: ...}` dict format of
+/// `imagenet1000_clsid_to_human.txt`.
+pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read class names {}", path.display()))?;
+    let names = if text.trim_start().starts_with('{') {
+        parse_class_dict(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    } else {
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+    };
+    if names.is_empty() {
+        bail!("{}: no class names", path.display());
+    }
+    Ok(names)
+}
+
+/// `{0: 'a', 1: "b's"}` -> `["a", "b's"]`; the ids must be 0..n.
+fn parse_class_dict(text: &str) -> std::result::Result<Vec<String>, String> {
+    let mut chars = text.trim().chars().peekable();
+    let mut out: Vec<(usize, String)> = Vec::new();
+    if chars.next() != Some('{') {
+        return Err("expected `{`".into());
+    }
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        match chars.peek() {
+            Some('}') => break,
+            None => return Err("missing the closing `}`".into()),
+            _ => {}
+        }
+        let id: String = std::iter::from_fn(|| chars.next_if(|c| c.is_ascii_digit())).collect();
+        let id: usize = id.parse().map_err(|_| format!("expected a class id after entry {}", out.len()))?;
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some(':') {
+            return Err(format!("expected `:` after id {id}"));
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let quote = match chars.next() {
+            Some(q @ ('\'' | '"')) => q,
+            _ => return Err(format!("expected a quoted name for id {id}")),
+        };
+        let mut name = String::new();
+        loop {
+            match chars.next() {
+                Some('\\') => {
+                    if let Some(c) = chars.next() {
+                        name.push(c);
+                    }
+                }
+                Some(c) if c == quote => break,
+                Some(c) => name.push(c),
+                None => return Err(format!("unterminated name for id {id}")),
+            }
+        }
+        out.push((id, name));
+    }
+    out.sort_by_key(|(id, _)| *id);
+    for (i, (id, _)) in out.iter().enumerate() {
+        if *id != i {
+            return Err(format!("class ids must be 0..{}, id {i} is missing", out.len()));
+        }
+    }
+    Ok(out.into_iter().map(|(_, n)| n).collect())
+}
+
+/// The course's lines: `#1 12.34 tench, Tinca tinca`.
+pub fn format(p: &Prediction, classes: &[String]) -> String {
+    let mut s = format!("{} ({})\n", p.image.display(), p.note);
+    for (rank, (class, score)) in p.ranked.iter().enumerate() {
+        let name = classes.get(*class).cloned().unwrap_or_else(|| class.to_string());
+        s += &format!("#{} {score:.2} {name}\n", rank + 1);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_dict_format() {
+        // The first lines of imagenet1000_clsid_to_human.txt, with a name holding a quote.
+        let text = "{0: 'tench, Tinca tinca',\n 1: 'goldfish, Carassius auratus',\n 2: \"carpenter's kit\"}";
+        assert_eq!(
+            parse_class_dict(text).unwrap(),
+            ["tench, Tinca tinca", "goldfish, Carassius auratus", "carpenter's kit"]
+        );
+        assert!(parse_class_dict("{0: 'a', 2: 'c'}").unwrap_err().contains("id 1 is missing"));
+        assert!(parse_class_dict("{0: 'a'").unwrap_err().contains("closing"));
+    }
+
+    #[test]
+    fn course_format() {
+        let p = Prediction { image: "dog.jpg".into(), ranked: vec![(1, 12.346), (0, -3.0)], note: "logits".into() };
+        let s = format(&p, &["cat".into(), "dog".into()]);
+        assert_eq!(s, "dog.jpg (logits)\n#1 12.35 dog\n#2 -3.00 cat\n");
+    }
+}
