@@ -295,3 +295,80 @@ fn data_preview_writes_a_labelled_grid() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("--split val"), "{}", out.stderr);
 }
+
+/// `[[train.freeze]]`: a frozen group keeps its initial weights bit for bit while the rest
+/// trains; the trainable count is logged per epoch; `runner check` shows the schedule.
+#[test]
+fn frozen_groups_do_not_move() {
+    let d = tempfile::tempdir().unwrap();
+    let exp = setup(d.path(), 2);
+    let mut text = std::fs::read_to_string(&exp).unwrap();
+    text += "\n[[train.freeze]]\ngroups = [\"features\"]\nuntil_epoch = 2\n";
+    std::fs::write(&exp, &text).unwrap();
+    let check = runner(d.path(), &["check", "tiny.toml"]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    // features.0: 4 * 1 * 5 * 5 + 4 = 104 parameters; the classifier 4*6*6*10 + 10 = 1450.
+    assert!(check.stdout.contains("params: 1554") && check.stdout.contains("trainable: 1450"), "{}", check.stdout);
+    let row = check.stdout.lines().find(|l| l.starts_with("features.0 ")).unwrap();
+    assert!(row.ends_with("frozen"), "{row}");
+
+    let out = runner(d.path(), &["tiny.toml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let dir = run_folder(d.path(), &out);
+    // The initial weights: same config, same seed (the data root made absolute, as the
+    // test process runs elsewhere).
+    let abs = text.replace("root = \"data/toy\"", &format!("root = {:?}", d.path().join("data/toy")));
+    std::fs::write(d.path().join("abs.toml"), abs).unwrap();
+    let loaded = runner::config::load(&d.path().join("abs.toml"), &Default::default()).unwrap();
+    let plan = runner::plan::plan(&loaded).unwrap();
+    let init = runner::model::Model::new(&plan.graph, plan.seed, &candle_core::Device::Cpu).unwrap();
+    let trained = runner::model::weights::read(&dir.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let same = |name: &str| {
+        let a = init.params[name].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = trained[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits())
+    };
+    assert!(same("features.0.weight") && same("features.0.bias"), "frozen weights moved");
+    assert!(!same("classifier.2.weight"), "the classifier trains");
+    let m = read(&dir.join("metrics.parquet"));
+    let (metric, value) = (col::<StringArray>(&m, "metric"), col::<Float64Array>(&m, "value"));
+    let counts: Vec<f64> =
+        (0..m.num_rows()).filter(|&i| metric.value(i) == "trainable_params").map(|i| value.value(i)).collect();
+    assert_eq!(counts, [1450.0, 1450.0]);
+
+    // An unknown group in the schedule is a plan error with a suggestion.
+    std::fs::write(&exp, text.replace("groups = [\"features\"]", "groups = [\"feature\"]")).unwrap();
+    let e = runner(d.path(), &["check", "tiny.toml"]);
+    assert_eq!(e.code, 2, "{}", e.stderr);
+    assert!(
+        e.stderr.contains("train.freeze[0].groups") && e.stderr.contains("did you mean `features`?"),
+        "{}",
+        e.stderr
+    );
+}
+
+/// A group's `init` file is found relative to the config file that names it; a missing one
+/// is a plan error naming the key.
+#[test]
+fn group_init_files_resolve_relative_to_their_config() {
+    let d = tempfile::tempdir().unwrap();
+    let exp = setup(d.path(), 1);
+    let out = runner(d.path(), &["tiny.toml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let weights = run_folder(d.path(), &out).join("model.safetensors");
+    std::fs::create_dir_all(d.path().join("exps/w")).unwrap();
+    std::fs::copy(&weights, d.path().join("exps/w/tiny.safetensors")).unwrap();
+    let text = std::fs::read_to_string(&exp)
+        .unwrap()
+        .replace("name = \"features\"\n", "name = \"features\"\ninit = { file = \"w/tiny.safetensors\" }\n");
+    assert!(text.contains("init = "));
+    // Data roots are relative to the working folder, weight files to the config file.
+    std::fs::write(d.path().join("exps/pre.toml"), text).unwrap();
+    let out = runner(d.path(), &["exps/pre.toml", "--set", "train.epochs=1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("group features: 2 tensors from"), "{}", out.stderr);
+    std::fs::remove_file(d.path().join("exps/w/tiny.safetensors")).unwrap();
+    let e = runner(d.path(), &["check", "exps/pre.toml"]);
+    assert_eq!(e.code, 2);
+    assert!(e.stderr.contains("model.groups[0].init.file") && e.stderr.contains("tiny.safetensors"), "{}", e.stderr);
+}
