@@ -52,6 +52,16 @@ impl Problems<'_> {
 }
 
 pub fn plan(loaded: &Loaded) -> Result<Plan> {
+    plan_with(loaded, true)
+}
+
+/// The plan for work that needs the model but not the dataset (`runner predict`): a missing
+/// dataset is not a problem, and an image folder's class names are then unknown.
+pub fn plan_without_data(loaded: &Loaded) -> Result<Plan> {
+    plan_with(loaded, false)
+}
+
+fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     let cfg = &loaded.config;
     let mut p = Problems { loaded, list: Vec::new() };
 
@@ -69,7 +79,9 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
     let spec = match data::describe(&cfg.data) {
         Ok(info) => info,
         Err(e) => {
-            p.add("data.root", e);
+            if need_data {
+                p.add("data.root", e);
+            }
             data::DataInfo {
                 name: data::spec(cfg.data.dataset).name,
                 classes: Vec::new(),
@@ -90,7 +102,7 @@ pub fn plan(loaded: &Loaded) -> Result<Plan> {
                 spec.name,
                 download_to.display()
             ));
-        } else {
+        } else if need_data {
             p.add("data.dataset", msg);
         }
     }

@@ -57,7 +57,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
             g.init = None;
         }
     }
-    let plan = crate::plan::plan(&loaded)?;
+    let plan = crate::plan::plan_without_data(&loaded)?;
     let device = Device::Cpu;
     let model = Model::new(&plan.graph, plan.seed, &device)?;
     match &weights_file {
