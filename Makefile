@@ -31,12 +31,15 @@ torch:
 	   (apt-get install -y -q python3-torch python3-torchvision || \
 	    (apt-get update -q && apt-get install -y -q python3-torch python3-torchvision))) || \
 	  echo "WARNING: python3-torch/python3-torchvision not installed: the PyTorch parity tests will be skipped"
+	@PYTHONPATH=.pydeps /usr/bin/python3 -c "import safetensors" 2>/dev/null || \
+	  $(PYTHON) -m pip install --quiet --target .pydeps safetensors || \
+	  echo "WARNING: could not install safetensors into .pydeps: the checkpoint test will be skipped"
 
 # Tests run in release mode: one optimised build serves `make run` and `make test`.
 # The parity tests are required wherever torch could be installed.
 test: data pyarrow torch
 	RUNNER_REQUIRE_PYARROW=1 \
-	RUNNER_REQUIRE_TORCH=$$(/usr/bin/python3 -c "import torch, torchvision" 2>/dev/null && echo 1 || echo 0) \
+	RUNNER_REQUIRE_TORCH=$$(PYTHONPATH=.pydeps /usr/bin/python3 -c "import torch, torchvision, safetensors" 2>/dev/null && echo 1 || echo 0) \
 	$(CARGO) test --release
 
 # Installs Debian's python3-torch for the reference where apt works; prints torch=na otherwise.

@@ -223,3 +223,41 @@ fn checkpoints_round_trip_with_dotted_names() {
         assert_eq!(max_diff(v.as_tensor(), b.params[n].as_tensor()), 0.0, "{n}");
     }
 }
+
+/// A runner checkpoint loads into the same model written in PyTorch with
+/// `safetensors.torch.load_file` + `load_state_dict(strict=True)` and gives the same logits.
+#[test]
+fn runner_checkpoints_load_in_pytorch() {
+    let required = std::env::var("RUNNER_REQUIRE_TORCH").is_ok_and(|v| v == "1");
+    let model = Model::new(&plan_model(&zoo("lenet5")).unwrap(), 7, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    runner::model::weights::save(&model, &dir.path().join("model.safetensors")).unwrap();
+    let mut rng = runner::rng::Rng::new(9);
+    let values: Vec<f32> = (0..2 * 28 * 28).map(|_| rng.next_f64() as f32).collect();
+    let x = Tensor::from_vec(values, (2, 1, 28, 28), &Device::Cpu).unwrap();
+    let logits = model.forward(&x, Pass::eval()).unwrap();
+    let io: std::collections::HashMap<String, Tensor> = [("x".to_string(), x), ("logits".to_string(), logits)].into();
+    candle_core::safetensors::save(&io, dir.path().join("io.safetensors")).unwrap();
+    let repo = crate::common::repo();
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(repo.join("tests/fixtures/check_checkpoint.py"))
+        .arg(dir.path().join("model.safetensors"))
+        .arg(dir.path().join("io.safetensors"))
+        .env("PYTHONPATH", repo.join(".pydeps"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            eprintln!("pytorch: {text}");
+            assert!(text.starts_with("ok "), "{text}");
+        }
+        Ok(o) if o.status.code() == Some(3) && !required => {
+            eprintln!("skipped: {}", String::from_utf8_lossy(&o.stderr))
+        }
+        Err(e) if !required => eprintln!("skipped: {e}"),
+        Ok(o) => {
+            panic!("check_checkpoint.py: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+        }
+        Err(e) => panic!("/usr/bin/python3 is required here: {e}"),
+    }
+}
