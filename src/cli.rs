@@ -1,6 +1,7 @@
 //! The command line: `runner EXP` trains; `runner check EXP` and `runner config EXP` stop
 //! after the plan and after the merge.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +55,14 @@ enum Command {
     Data(DataCommand),
     /// Class scores for image files: `#<rank> <score> <class>` per image.
     Predict(PredictArgs),
+    /// Continue an interrupted or failed run in its folder, from its last checkpoint.
+    Resume(ResumeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ResumeArgs {
+    /// The run folder, e.g. runs/lenet5_fashion_mnist/20261128-094002-148-00.
+    run_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -114,7 +123,50 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Data(DataCommand::Stats(args))) => data_stats(args),
         Some(Command::Data(DataCommand::Preview(args))) => data_preview(args),
         Some(Command::Predict(args)) => predict(args),
+        Some(Command::Resume(args)) => resume(args),
     }
+}
+
+fn resume(args: ResumeArgs) -> Result<ExitCode> {
+    let stop = stop_flag();
+    let outcome = crate::train::resume(&args.run_dir, stop)?;
+    report(&outcome, &BTreeMap::new(), None)
+}
+
+/// Set by the first Ctrl-C / SIGTERM: finish cleanly at the next batch. A second one leaves
+/// at once.
+fn stop_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this batch (Ctrl-C again to quit at once)");
+    });
+    stop
+}
+
+/// The final metrics beside their references, then `run folder: <path>`; the exit status.
+fn report(
+    outcome: &crate::train::Outcome,
+    reference: &BTreeMap<String, f64>,
+    source: Option<&str>,
+) -> Result<ExitCode> {
+    for (name, value) in &outcome.final_metrics {
+        match reference.get(name) {
+            Some(r) => println!(
+                "{name} = {value:.4}   (reference {r:.4}{})",
+                source.map(|s| format!(", {s}")).unwrap_or_default()
+            ),
+            None => println!("{name} = {value:.4}"),
+        }
+    }
+    println!("run folder: {}", outcome.run_dir.display());
+    Ok(match outcome.status {
+        Status::Interrupted => ExitCode::from(130),
+        _ => ExitCode::SUCCESS,
+    })
 }
 
 fn predict(args: PredictArgs) -> Result<ExitCode> {
@@ -221,29 +273,8 @@ fn train(args: ExpArgs) -> Result<ExitCode> {
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // First Ctrl-C: finish cleanly at the next batch. Second: leave at once.
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this batch (Ctrl-C again to quit at once)");
-    });
+    let stop = stop_flag();
     let outcome = crate::train::run(&loaded, &plan, stop)?;
-    let reference = &loaded.config.experiment.reference;
-    for (name, value) in &outcome.final_metrics {
-        match reference.get(name) {
-            Some(r) => println!(
-                "{name} = {value:.4}   (reference {r:.4}{})",
-                loaded.config.experiment.reference_source.as_deref().map(|s| format!(", {s}")).unwrap_or_default()
-            ),
-            None => println!("{name} = {value:.4}"),
-        }
-    }
-    println!("run folder: {}", outcome.run_dir.display());
-    Ok(match outcome.status {
-        Status::Interrupted => ExitCode::from(130),
-        _ => ExitCode::SUCCESS,
-    })
+    let reference: BTreeMap<String, f64> = loaded.config.experiment.reference.clone().into_iter().collect();
+    report(&outcome, &reference, loaded.config.experiment.reference_source.as_deref())
 }

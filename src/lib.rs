@@ -4,6 +4,7 @@
 //! inferred, no tensors) -> [`data`] and [`model`] -> [`train`] (optimizer, metrics) ->
 //! [`runlog`] (the run folder and its parquet tables). [`cli`] wires them to commands.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -16,4 +17,5 @@ pub mod predict;
 pub mod progress;
 pub mod rng;
 pub mod runlog;
+pub mod schedule;
 pub mod train;

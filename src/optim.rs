@@ -1,8 +1,11 @@
 //! Optimizers with PyTorch's update rules: `torch.optim.SGD` (momentum, dampening,
-//! Nesterov, L2 weight decay) and `torch.optim.Adam` (L2 weight decay added to the gradient).
+//! Nesterov, L2 weight decay), `torch.optim.Adam` (L2 weight decay added to the gradient)
+//! and `torch.optim.AdamW` (decoupled weight decay).
 //!
-//! Each parameter's state is kept by its dotted path, so state survives a change in which
-//! parameters are trained.
+//! Each parameter's state (momentum buffer or moments, and its own step count, as PyTorch
+//! keeps `state[p]["step"]`) is kept by its dotted path, so state survives a change in which
+//! parameters are trained, and a parameter frozen for a while starts Adam's bias correction
+//! from its own first step, as in PyTorch.
 
 use std::collections::BTreeMap;
 
@@ -11,77 +14,190 @@ use candle_core::{Result, Tensor, Var};
 
 use crate::config::OptimizerConfig;
 
+/// Per-parameter multipliers from `[[train.param_groups]]` and `no_weight_decay_on`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hyper {
+    pub lr_mult: f64,
+    pub wd_mult: f64,
+}
+
+impl Default for Hyper {
+    fn default() -> Self {
+        Hyper { lr_mult: 1.0, wd_mult: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ParamState {
+    pub step: u64,
+    /// SGD: the momentum buffer. Adam and AdamW: first and second moments.
+    pub slots: Vec<Tensor>,
+}
+
 pub struct Optimizer {
     cfg: OptimizerConfig,
-    /// SGD: momentum buffer. Adam: first and second moments.
-    state: BTreeMap<String, Vec<Tensor>>,
-    steps: u64,
+    state: BTreeMap<String, ParamState>,
+}
+
+/// The gradients of `params` in `grads`, detached, by name.
+pub fn collect_grads<'a>(
+    grads: &GradStore,
+    params: impl IntoIterator<Item = (&'a String, &'a Var)>,
+) -> BTreeMap<String, Tensor> {
+    params.into_iter().filter_map(|(n, v)| grads.get(v).map(|g| (n.clone(), g.detach()))).collect()
+}
+
+/// Scales `grads` in place so that their global L2 norm is at most `max_norm`
+/// (`torch.nn.utils.clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when below 1).
+/// Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
+    let mut sq = 0f64;
+    for g in grads.values() {
+        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    }
+    let norm = sq.sqrt();
+    let factor = max_norm / (norm + 1e-6);
+    if factor < 1.0 {
+        for g in grads.values_mut() {
+            *g = (&*g * factor)?;
+        }
+    }
+    Ok(norm)
 }
 
 impl Optimizer {
     pub fn new(cfg: &OptimizerConfig) -> Self {
-        Optimizer { cfg: cfg.clone(), state: BTreeMap::new(), steps: 0 }
+        Optimizer { cfg: cfg.clone(), state: BTreeMap::new() }
     }
 
-    pub fn lr(&self) -> f64 {
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.cfg
+    }
+
+    /// The configured learning rate (before any schedule).
+    pub fn base_lr(&self) -> f64 {
         match self.cfg {
-            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => lr,
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } | OptimizerConfig::Adamw { lr, .. } => {
+                lr
+            }
         }
     }
 
-    /// One update of every parameter in `params` that has a gradient in `grads`.
+    /// One update at learning rate `lr` of every parameter in `params` that has a gradient
+    /// in `grads`; `hyper` holds multipliers by name (absent: 1).
     pub fn step<'a>(
         &mut self,
+        lr: f64,
         params: impl IntoIterator<Item = (&'a String, &'a Var)>,
-        grads: &GradStore,
+        grads: &BTreeMap<String, Tensor>,
+        hyper: &BTreeMap<String, Hyper>,
     ) -> Result<()> {
-        self.steps += 1;
         for (name, var) in params {
-            let Some(g) = grads.get(var) else { continue };
+            let Some(g) = grads.get(name) else { continue };
+            let h = hyper.get(name).copied().unwrap_or_default();
+            let lr = lr * h.lr_mult;
             // Detached: the update and the kept state must not hold this step's graph, or
             // every step's activations stay alive through the momentum buffers.
             let g = g.detach();
             let p = var.as_tensor().detach();
-            let new = match self.cfg {
-                OptimizerConfig::Sgd { lr, momentum, dampening, nesterov, weight_decay } => {
-                    let mut d = g.clone();
-                    if weight_decay != 0.0 {
-                        d = (d + (&p * weight_decay)?)?;
+            let prev = self.state.get(name);
+            let t = prev.map(|s| s.step).unwrap_or(0) + 1;
+            let (new, slots) = match self.cfg {
+                OptimizerConfig::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
+                    let wd = weight_decay * h.wd_mult;
+                    let mut d = g;
+                    if wd != 0.0 {
+                        d = (d + (&p * wd)?)?;
                     }
+                    let mut slots = Vec::new();
                     if momentum != 0.0 {
-                        let buf = match self.state.get(name) {
+                        let buf = match prev {
                             // buf = momentum * buf + (1 - dampening) * d
-                            Some(s) => ((&s[0] * momentum)? + (&d * (1.0 - dampening))?)?,
+                            Some(s) => ((&s.slots[0] * momentum)? + (&d * (1.0 - dampening))?)?,
                             None => d.clone(),
                         };
                         d = if nesterov { (d + (&buf * momentum)?)? } else { buf.clone() };
-                        self.state.insert(name.clone(), vec![buf]);
+                        slots.push(buf);
                     }
-                    (&p - (d * lr)?)?
+                    ((&p - (d * lr)?)?, slots)
                 }
-                OptimizerConfig::Adam { lr, betas: [b1, b2], eps, weight_decay } => {
-                    let mut d = g.clone();
-                    if weight_decay != 0.0 {
-                        d = (d + (&p * weight_decay)?)?;
-                    }
-                    let (m, v) = match self.state.get(name) {
-                        Some(s) => (((&s[0] * b1)? + (&d * (1.0 - b1))?)?, ((&s[1] * b2)? + (d.sqr()? * (1.0 - b2))?)?),
-                        None => ((&d * (1.0 - b1))?, (d.sqr()? * (1.0 - b2))?),
-                    };
-                    // PyTorch: denom = sqrt(v) / sqrt(1 - b2^t) + eps; p -= lr / (1 - b1^t) * m / denom
-                    let t = self.steps as i32;
-                    let bc1 = 1.0 - b1.powi(t);
-                    let bc2 = 1.0 - b2.powi(t);
-                    let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
-                    let update = (m.div(&denom)? * (lr / bc1))?;
-                    self.state.insert(name.clone(), vec![m, v]);
-                    (&p - update)?
+                OptimizerConfig::Adam { betas, eps, weight_decay, .. } => {
+                    let wd = weight_decay * h.wd_mult;
+                    let d = if wd != 0.0 { (g + (&p * wd)?)? } else { g };
+                    adam(&p, &d, prev, t, lr, betas, eps)?
+                }
+                OptimizerConfig::Adamw { betas, eps, weight_decay, .. } => {
+                    // PyTorch: p *= 1 - lr * wd, then the Adam step without weight decay.
+                    let wd = weight_decay * h.wd_mult;
+                    let p = if wd != 0.0 { (&p * (1.0 - lr * wd))? } else { p };
+                    adam(&p, &g, prev, t, lr, betas, eps)?
                 }
             };
+            self.state.insert(name.clone(), ParamState { step: t, slots });
             var.set(&new)?;
         }
         Ok(())
     }
+
+    /// The state as named tensors (`<param>/<slot>`) and per-parameter step counts, for
+    /// checkpoints.
+    pub fn export(&self) -> (BTreeMap<String, Tensor>, BTreeMap<String, u64>) {
+        let mut tensors = BTreeMap::new();
+        let mut steps = BTreeMap::new();
+        for (name, s) in &self.state {
+            steps.insert(name.clone(), s.step);
+            for (i, t) in s.slots.iter().enumerate() {
+                tensors.insert(format!("{name}/{i}"), t.clone());
+            }
+        }
+        (tensors, steps)
+    }
+
+    /// Restores what [`Optimizer::export`] gave.
+    pub fn import(
+        &mut self,
+        tensors: &BTreeMap<String, Tensor>,
+        steps: &BTreeMap<String, u64>,
+    ) -> std::result::Result<(), String> {
+        let slots = match self.cfg {
+            OptimizerConfig::Sgd { momentum, .. } => usize::from(momentum != 0.0),
+            _ => 2,
+        };
+        self.state.clear();
+        for (name, step) in steps {
+            let mut v = Vec::new();
+            for i in 0..slots {
+                let t =
+                    tensors.get(&format!("{name}/{i}")).ok_or_else(|| format!("no optimizer state `{name}/{i}`"))?;
+                v.push(t.clone());
+            }
+            self.state.insert(name.clone(), ParamState { step: *step, slots: v });
+        }
+        Ok(())
+    }
+}
+
+/// Adam's update of `p` with gradient `d` at step `t`; returns the new value and moments.
+fn adam(
+    p: &Tensor,
+    d: &Tensor,
+    prev: Option<&ParamState>,
+    t: u64,
+    lr: f64,
+    [b1, b2]: [f64; 2],
+    eps: f64,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let (m, v) = match prev {
+        Some(s) => (((&s.slots[0] * b1)? + (d * (1.0 - b1))?)?, ((&s.slots[1] * b2)? + (d.sqr()? * (1.0 - b2))?)?),
+        None => ((d * (1.0 - b1))?, (d.sqr()? * (1.0 - b2))?),
+    };
+    // PyTorch: denom = sqrt(v) / sqrt(1 - b2^t) + eps; p -= lr / (1 - b1^t) * m / denom
+    let t = t as i32;
+    let bc1 = 1.0 - b1.powi(t);
+    let bc2 = 1.0 - b2.powi(t);
+    let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
+    let update = (m.div(&denom)? * (lr / bc1))?;
+    Ok(((p - update)?, vec![m, v]))
 }
 
 #[cfg(test)]
@@ -102,9 +218,10 @@ mod tests {
             let mut opt = Optimizer::new(&cfg);
             for _ in 0..3 {
                 let grads = (p.as_tensor().sqr().unwrap().sum_all().unwrap()).backward().unwrap();
-                opt.step([(&name, &p)], &grads).unwrap();
+                let grads = collect_grads(&grads, [(&name, &p)]);
+                opt.step(0.1, [(&name, &p)], &grads, &BTreeMap::new()).unwrap();
             }
-            assert!(opt.state["p"].iter().all(|t| !t.track_op()), "{cfg:?}");
+            assert!(opt.state["p"].slots.iter().all(|t| !t.track_op()), "{cfg:?}");
         }
     }
 
@@ -115,8 +232,8 @@ mod tests {
         let mut opt = Optimizer::new(&cfg);
         for _ in 0..steps {
             let loss = (p.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap();
-            let grads = loss.backward().unwrap();
-            opt.step([(&name, &p)], &grads).unwrap();
+            let grads = collect_grads(&loss.backward().unwrap(), [(&name, &p)]);
+            opt.step(opt.base_lr(), [(&name, &p)], &grads, &BTreeMap::new()).unwrap();
         }
         p.as_tensor().to_vec1::<f32>().unwrap()
     }

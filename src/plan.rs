@@ -26,6 +26,8 @@ pub struct Plan {
     pub graph: PlannedGraph,
     /// Each group's `init`, with its file resolved: `(group, init, file)`.
     pub inits: Vec<(String, crate::config::InitConfig, std::path::PathBuf)>,
+    /// Learning-rate and weight-decay multipliers by parameter name (absent: 1).
+    pub hypers: std::collections::BTreeMap<String, crate::optim::Hyper>,
     /// The model's input `[c, h, w]`: what the training augmentations produce.
     pub input: [usize; 3],
     /// Test samples after the test augmentations: the input, or larger for ten-crop TTA.
@@ -249,8 +251,12 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
                 p.add(&format!("{k}.weight_decay"), format!("must be >= 0, is {weight_decay}"));
             }
         }
-        OptimizerConfig::Adam { lr, betas, eps, weight_decay } => {
-            let k = "train.optimizer.adam";
+        OptimizerConfig::Adam { lr, betas, eps, weight_decay }
+        | OptimizerConfig::Adamw { lr, betas, eps, weight_decay } => {
+            let k = match cfg.train.optimizer {
+                OptimizerConfig::Adamw { .. } => "train.optimizer.adamw",
+                _ => "train.optimizer.adam",
+            };
             if !(lr > 0.0 && lr.is_finite()) {
                 p.add(&format!("{k}.lr"), format!("must be > 0, is {lr}"));
             }
@@ -263,6 +269,55 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
             if weight_decay < 0.0 {
                 p.add(&format!("{k}.weight_decay"), format!("must be >= 0, is {weight_decay}"));
             }
+        }
+    }
+    for (key, msg) in crate::schedule::validate(&cfg.train) {
+        p.add(&key, msg);
+    }
+    if cfg.train.accumulate == 0 {
+        p.add("train.accumulate", "must be >= 1");
+    }
+    if !(cfg.train.clip_grad_norm >= 0.0) {
+        p.add("train.clip_grad_norm", format!("must be >= 0 (0 = off), is {}", cfg.train.clip_grad_norm));
+    }
+    if !(0.0..1.0).contains(&cfg.train.label_smoothing) {
+        p.add("train.label_smoothing", format!("must be in [0, 1), is {}", cfg.train.label_smoothing));
+    }
+    if cfg.train.checkpoint.keep_last == 0 {
+        p.add("train.checkpoint.keep_last", "must be >= 1 (resume needs the last checkpoint)");
+    }
+    let logged: Vec<String> = [("train", &cfg.metrics.train), ("test", &cfg.metrics.test)]
+        .iter()
+        .flat_map(|(split, list)| list.iter().map(move |m| format!("{split}.{}", m.as_str())))
+        .collect();
+    let known: Vec<&str> = logged.iter().map(String::as_str).collect();
+    let metric_problem = |name: &str| -> Option<String> {
+        if known.contains(&name) {
+            return None;
+        }
+        let hint = crate::config::load::did_you_mean(name, &known)
+            .map(|s| format!("did you mean `{s}`? "))
+            .unwrap_or_default();
+        Some(format!("`{name}` is not a logged metric; {hint}the run logs {}", known.join(", ")))
+    };
+    if let Some(best) = &cfg.train.checkpoint.best {
+        if let Some(e) = metric_problem(best) {
+            p.add("train.checkpoint.best", e);
+        }
+    }
+    if let Some(es) = &cfg.train.early_stopping {
+        if let Some(e) = metric_problem(&es.metric) {
+            p.add("train.early_stopping.metric", e);
+        }
+        if es.patience == 0 {
+            p.add("train.early_stopping.patience", "must be >= 1");
+        }
+    }
+    let mut hypers = std::collections::BTreeMap::new();
+    if let Some(graph) = &graph {
+        match param_hypers(graph, &cfg.train) {
+            Ok(h) => hypers = h,
+            Err((key, e)) => p.add(&key, e),
         }
     }
     for (split, list) in [("train", &cfg.metrics.train), ("test", &cfg.metrics.test)] {
@@ -288,6 +343,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         augment_test: cfg.augment.test.clone(),
         graph: graph.ok_or_else(|| anyhow::anyhow!("the model did not plan"))?,
         inits,
+        hypers,
         input: [cfg.model.input[0], cfg.model.input[1], cfg.model.input[2]],
         test_shape: split_shapes[1].1,
         tta: cfg.eval.tta,
@@ -295,6 +351,48 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         metrics: cfg.metrics.clone(),
         warnings,
     })
+}
+
+/// Each parameter's multipliers from `[[train.param_groups]]` (a later group wins) and
+/// `no_weight_decay_on`; an unknown path is `(key, message)`.
+fn param_hypers(
+    graph: &PlannedGraph,
+    train: &crate::config::TrainConfig,
+) -> std::result::Result<std::collections::BTreeMap<String, crate::optim::Hyper>, (String, String)> {
+    use crate::optim::Hyper;
+    let mut out: std::collections::BTreeMap<String, Hyper> =
+        graph.param_shapes().into_keys().map(|n| (n, Hyper::default())).collect();
+    for (i, g) in train.param_groups.iter().enumerate() {
+        let key = format!("train.param_groups[{i}]");
+        if !(g.lr_mult >= 0.0) || !(g.weight_decay_mult >= 0.0) {
+            return Err((key, "lr_mult and weight_decay_mult must be >= 0".into()));
+        }
+        for path in &g.paths {
+            for name in graph.params_under(path).map_err(|e| (format!("{key}.paths"), e))? {
+                out.insert(name, Hyper { lr_mult: g.lr_mult, wd_mult: g.weight_decay_mult });
+            }
+        }
+    }
+    let batchnorm: Vec<String> = graph
+        .layers()
+        .filter(|l| matches!(l.kind, crate::config::LayerKind::Batchnorm { .. }))
+        .flat_map(|l| l.params.iter().map(move |(n, _)| format!("{}.{n}", l.path)))
+        .collect();
+    for what in &train.no_weight_decay_on {
+        let names: Vec<String> = match what.as_str() {
+            "bias" => out.keys().filter(|n| n.ends_with(".bias")).cloned().collect(),
+            "batchnorm" => batchnorm.clone(),
+            path => graph
+                .params_under(path)
+                .map_err(|e| ("train.no_weight_decay_on".to_string(), format!("`bias`, `batchnorm` or a path: {e}")))?,
+        };
+        for n in names {
+            if let Some(h) = out.get_mut(&n) {
+                h.wd_mult = 0.0;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `auto` picks CUDA when built with it and a GPU answers, else the CPU.

@@ -133,6 +133,91 @@ impl RunLog {
         })
     }
 
+    /// Opens an existing run folder to continue it (`runner resume`): its `run.parquet` and
+    /// `metrics.parquet` are read back; rows of epochs after `keep_through` are dropped.
+    pub fn open(dir: &Path, keep_through: Option<i32>) -> Result<Self> {
+        use arrow_array::Array;
+        let run = read_parquet(&dir.join("run.parquet"))?.into_iter().next().context("run.parquet is empty")?;
+        let s = |name: &str| -> Result<Option<String>> {
+            let c = run.column_by_name(name).with_context(|| format!("run.parquet has no column `{name}`"))?;
+            let c = c
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .with_context(|| format!("run.parquet: `{name}` is not text"))?;
+            Ok((!c.is_null(0)).then(|| c.value(0).to_string()))
+        };
+        if run.num_rows() != 1 {
+            anyhow::bail!("{}: expected one row, found {}", dir.join("run.parquet").display(), run.num_rows());
+        }
+        let started = run
+            .column_by_name("started_at")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>().map(|a| a.value(0)))
+            .context("run.parquet has no started_at")?;
+        let seed = run
+            .column_by_name("seed")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().map(|a| a.value(0)))
+            .context("run.parquet has no seed")?;
+        let mut metrics = Vec::new();
+        let mpath = dir.join("metrics.parquet");
+        if mpath.is_file() {
+            for m in read_parquet(&mpath)? {
+                let col = |name: &str| {
+                    m.column_by_name(name).with_context(|| format!("{}: no column `{name}`", mpath.display()))
+                };
+                let epoch = col("epoch")?.as_any().downcast_ref::<Int32Array>().context("epoch is not int32")?.clone();
+                let step = col("step")?.as_any().downcast_ref::<Int64Array>().context("step is not int64")?.clone();
+                let split = col("split")?.as_any().downcast_ref::<StringArray>().context("split is not text")?.clone();
+                let metric =
+                    col("metric")?.as_any().downcast_ref::<StringArray>().context("metric is not text")?.clone();
+                let class = col("class")?.as_any().downcast_ref::<StringArray>().context("class is not text")?.clone();
+                let value =
+                    col("value")?.as_any().downcast_ref::<Float64Array>().context("value is not float64")?.clone();
+                let wall = col("wall_time_s")?.as_any().downcast_ref::<Float64Array>().context("wall_time_s")?.clone();
+                for i in 0..m.num_rows() {
+                    if keep_through.is_none_or(|k| epoch.value(i) > k) {
+                        continue;
+                    }
+                    metrics.push(MetricRow {
+                        epoch: epoch.value(i),
+                        step: step.value(i),
+                        split: split.value(i).to_string(),
+                        metric: metric.value(i).to_string(),
+                        class: (!class.is_null(i)).then(|| class.value(i).to_string()),
+                        value: value.value(i),
+                        wall_time_s: wall.value(i),
+                    });
+                }
+            }
+        }
+        let final_metrics = match keep_through {
+            Some(k) => metrics
+                .iter()
+                .filter(|r| r.epoch == k && r.split == "test" && r.class.is_none())
+                .map(|r| (format!("test.{}", r.metric), r.value))
+                .filter(|(k, _)| !k.ends_with("skipped_samples"))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        Ok(RunLog {
+            dir: dir.to_path_buf(),
+            run_id: s("run_id")?.context("run.parquet has no run_id")?,
+            experiment: s("experiment")?.unwrap_or_default(),
+            config_hash: s("config_hash")?.unwrap_or_default(),
+            git_commit: s("git_commit")?,
+            seed,
+            device: s("device")?.unwrap_or_default(),
+            status: Status::Running,
+            started_at_us: started,
+            finished_at_us: None,
+            final_metrics,
+            metrics,
+        })
+    }
+
+    pub fn config_hash(&self) -> &str {
+        &self.config_hash
+    }
+
     pub fn elapsed_s(&self) -> f64 {
         (now_us() - self.started_at_us) as f64 / 1e6
     }
@@ -233,8 +318,16 @@ impl RunLog {
     }
 }
 
+fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .and_then(|b| b.build())
+        .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
+    reader.collect::<std::result::Result<_, _>>().with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// Writes through `<path>.tmp` and renames, so readers see the old or the new file, whole.
-fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()

@@ -1,45 +1,54 @@
 //! The training loop: one function, read top to bottom. Per epoch: train on every batch
-//! (forward, cross-entropy, backward, optimizer step), evaluate on the test split, log the
-//! metrics and rewrite the run's tables.
+//! (forward, cross-entropy, backward, an optimizer step every `accumulate` batches at the
+//! scheduled learning rate), evaluate on the test split, log the metrics, rewrite the run's
+//! tables, write `model.safetensors` and a checkpoint.
 //!
 //! Ctrl-C (or SIGTERM) stops at the next batch: the epochs already finished stay in the
-//! tables and the run is marked `interrupted`. An error marks it `failed`.
+//! tables and checkpoints, and the run is marked `interrupted`; `runner resume RUN_DIR`
+//! continues from the last finished epoch and gives the same per-epoch metrics as a run
+//! that was never stopped. An error marks the run `failed`.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
-use crate::config::{Loaded, MetricName, Tta};
+use crate::checkpoint::{self, Sidecar};
+use crate::config::{LoadOptions, Loaded, MetricName, Mode, Tta};
 use crate::data::loader::{self, Batch, LoaderSpec};
 use crate::data::tta::ten_crop;
 use crate::data::{self, Split};
 use crate::metrics::EpochStats;
 use crate::model::{argmax, Model, Pass};
-use crate::optim::Optimizer;
+use crate::optim::{clip_grad_norm, collect_grads, Optimizer};
 use crate::plan::{device_name, parse_device, Plan};
 use crate::progress;
 use crate::runlog::{MetricRow, RunLog, Status};
+use crate::schedule::{lr_at, Position};
 
 pub struct Outcome {
     pub run_dir: PathBuf,
     pub status: Status,
     /// `test.<metric>` -> value after the last epoch.
-    pub final_metrics: std::collections::BTreeMap<String, f64>,
+    pub final_metrics: BTreeMap<String, f64>,
+}
+
+/// Where training stands between epochs: what a checkpoint restores.
+#[derive(Debug, Clone, Default)]
+struct State {
+    next_epoch: usize,
+    step: i64,
+    best: Option<(f64, usize)>,
+    early_best: Option<f64>,
+    bad_epochs: usize,
 }
 
 /// Trains and evaluates `plan`, writing a run folder. `stop` is set by Ctrl-C.
 pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcome> {
-    let dataset = data::load(&plan.data)?;
-    tracing::info!(
-        "{}: {} train / {} test samples from {}",
-        dataset.name,
-        dataset.train.len,
-        dataset.test.len,
-        dataset.root.display()
-    );
+    let dataset = load_data(plan)?;
     let device = parse_device(&plan.device).map_err(anyhow::Error::msg)?.open()?;
     let mut model = Model::new(&plan.graph, plan.seed, &device)?;
     crate::model::weights::load_group_inits(&model, &plan.inits)?;
@@ -48,13 +57,105 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcom
     let resolved = loaded.resolved_toml();
     let hash = config_hash(&resolved);
     let output_dir = PathBuf::from(&loaded.config.experiment.output_dir);
-    let mut log = RunLog::create(&output_dir, &plan.experiment, &hash, plan.seed, &device_name(&device))?;
+    let log = RunLog::create(&output_dir, &plan.experiment, &hash, plan.seed, &device_name(&device))?;
     log.write_text("config.toml", &config_file_text(loaded, &resolved))?;
     log.write_params(&loaded.flat_params())?;
     log.flush()?;
     tracing::info!("run {} in {}", log.run_id, log.dir.display());
+    finish(plan, &dataset, &mut model, &mut optimizer, &device, log, State::default(), &stop)
+}
 
-    let result = epochs(plan, &dataset, &mut model, &mut optimizer, &device, &mut log, &stop);
+/// Continues the run in `dir` from its last checkpoint, in the same folder: its tables keep
+/// the finished epochs (rows of a later, unfinished epoch are dropped) and grow from there.
+/// Everything is checked before the folder is touched.
+pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
+    let config_path = dir.join("config.toml");
+    if !dir.is_dir() || !config_path.is_file() || !dir.join("run.parquet").is_file() {
+        bail!(
+            "{}: not a run folder (it needs config.toml and run.parquet, as `runner EXP` writes them)",
+            dir.display()
+        );
+    }
+    let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: Vec::new(), env: false })?;
+    let latest = checkpoint::latest(&dir.join("checkpoints"))?;
+    if latest.is_some() {
+        // The weights come from the checkpoint: the groups' own files are not needed.
+        for g in &mut loaded.config.model.groups {
+            g.init = None;
+        }
+    }
+    let plan = crate::plan::plan(&loaded)?;
+    let probe = RunLog::open(dir, Some(-1))?;
+    let hash = config_hash(&loaded.resolved_toml());
+    if let Some((_, side)) = &latest {
+        if side.config_hash != probe.config_hash() {
+            bail!(
+                "{}: the checkpoint was written by another config (hash {}, the run's is {})",
+                dir.display(),
+                side.config_hash,
+                probe.config_hash()
+            );
+        }
+    }
+    if hash != probe.config_hash() {
+        tracing::warn!("{}: config.toml differs from the one the run started with", dir.display());
+    }
+    let dataset = load_data(&plan)?;
+    let device = parse_device(&plan.device).map_err(anyhow::Error::msg)?.open()?;
+    let mut model = Model::new(&plan.graph, plan.seed, &device)?;
+    let mut optimizer = Optimizer::new(&plan.train.optimizer);
+    let state = match &latest {
+        Some((path, side)) => {
+            checkpoint::restore(path, side, &model, &mut optimizer)?;
+            tracing::info!("resuming after epoch {} (step {}) from {}", side.epoch + 1, side.step, path.display());
+            State {
+                next_epoch: side.epoch + 1,
+                step: side.step,
+                best: side.best,
+                early_best: side.early_best,
+                bad_epochs: side.bad_epochs,
+            }
+        }
+        None => {
+            crate::model::weights::load_group_inits(&model, &plan.inits)?;
+            tracing::info!("no checkpoint in {}: starting again from epoch 1", dir.display());
+            State::default()
+        }
+    };
+    if state.next_epoch >= plan.train.epochs {
+        bail!("{}: all {} epochs are finished; nothing to resume", dir.display(), plan.train.epochs);
+    }
+    let keep = state.next_epoch as i32 - 1;
+    let mut log = RunLog::open(dir, Some(keep))?;
+    log.set_status(Status::Running);
+    log.flush()?;
+    finish(&plan, &dataset, &mut model, &mut optimizer, &device, log, state, &stop)
+}
+
+fn load_data(plan: &Plan) -> Result<data::Dataset> {
+    let dataset = data::load(&plan.data)?;
+    tracing::info!(
+        "{}: {} train / {} test samples from {}",
+        dataset.name,
+        dataset.train.len,
+        dataset.test.len,
+        dataset.root.display()
+    );
+    Ok(dataset)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    plan: &Plan,
+    dataset: &data::Dataset,
+    model: &mut Model,
+    optimizer: &mut Optimizer,
+    device: &Device,
+    mut log: RunLog,
+    state: State,
+    stop: &AtomicBool,
+) -> Result<Outcome> {
+    let result = epochs(plan, dataset, model, optimizer, device, &mut log, state, stop);
     let status = match &result {
         Ok(true) => Status::Completed,
         Ok(false) => Status::Interrupted,
@@ -67,7 +168,19 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcom
     Ok(Outcome { run_dir: log.dir.clone(), status, final_metrics: log.final_metrics.clone() })
 }
 
-/// All epochs; `Ok(false)` when stopped early by `stop`.
+/// Cross-entropy, with PyTorch's label smoothing `e`: `(1 - e) * nll + e * mean_c(-log p_c)`.
+fn loss_fn(logits: &Tensor, ys: &Tensor, smoothing: f64) -> Result<Tensor> {
+    if smoothing == 0.0 {
+        return Ok(candle_nn::loss::cross_entropy(logits, ys)?);
+    }
+    let logp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    let nll = logp.gather(&ys.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
+    let uniform = logp.mean(candle_core::D::Minus1)?.neg()?.mean_all()?;
+    Ok(((nll * (1.0 - smoothing))? + (uniform * smoothing)?)?)
+}
+
+/// The epochs from `state.next_epoch`; `Ok(false)` when stopped early by `stop`.
+#[allow(clippy::too_many_arguments)]
 fn epochs(
     plan: &Plan,
     dataset: &data::Dataset,
@@ -75,6 +188,7 @@ fn epochs(
     optimizer: &mut Optimizer,
     device: &Device,
     log: &mut RunLog,
+    mut state: State,
     stop: &AtomicBool,
 ) -> Result<bool> {
     let shape = dataset.shape;
@@ -106,13 +220,14 @@ fn epochs(
         bail!("the training split has {} samples: not one batch of {}", train_split.len, train_spec.batch_size);
     }
     let epochs = plan.train.epochs;
-    let mut step: i64 = 0;
+    let accumulate = plan.train.accumulate.max(1);
+    let config_hash = log.config_hash().to_string();
 
-    for epoch in 0..epochs {
+    for epoch in state.next_epoch..epochs {
         let frozen = plan.frozen_at(epoch);
-        if epoch == 0 || frozen != *model.frozen() {
+        if epoch == state.next_epoch || frozen != *model.frozen() {
             let n: usize = model.params.iter().filter(|(k, _)| frozen.contains(*k)).map(|(_, v)| v.elem_count()).sum();
-            if n > 0 || epoch > 0 {
+            if n > 0 || epoch > state.next_epoch {
                 tracing::info!("epoch {}: {} parameters frozen, {} trainable", epoch + 1, n, model.num_params() - n);
             }
             model.set_frozen(frozen);
@@ -124,34 +239,68 @@ fn epochs(
         let bar = progress::batch_bar(n_batches, &format!("epoch {}/{epochs}", epoch + 1));
         let mut train_stats = EpochStats::default();
         let mut train_skipped = 0usize;
+        let mut summed: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut pending = 0usize;
+        let mut lr = optimizer.base_lr();
+        // The learning rate of each step; logged with the epoch, so that the tables only
+        // ever hold finished epochs.
+        let mut lr_rows = Vec::new();
         for (b, batch) in loader::batches(train_split.clone(), &train_spec, epoch).enumerate() {
             let batch = batch?;
             train_skipped += batch.skipped.len();
-            if batch.is_empty() {
-                continue;
-            }
             if stop.load(Ordering::SeqCst) {
                 tracing::warn!("interrupted during epoch {}; keeping the {} finished epochs", epoch + 1, epoch);
                 return Ok(false);
             }
-            let (xs, ys) = to_tensors(&batch, out_shape, device)?;
-            let pass = Pass { train: true, seed: plan.seed, epoch, step: step as usize };
-            let logits = model.forward(&xs, pass)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
-            // Checked before the update, so the weights never take a step from a NaN.
-            let loss_value = loss.to_scalar::<f32>()? as f64;
-            if !loss_value.is_finite() {
-                bail!(
-                    "loss is {loss_value} at epoch {} step {}: training diverged (try a lower learning rate)",
-                    epoch + 1,
-                    step + 1
-                );
+            if !batch.is_empty() {
+                if pending == 0 {
+                    lr = lr_at(&plan.train, optimizer.base_lr(), Position { epoch, batch: b, batches: n_batches });
+                }
+                let (xs, ys) = to_tensors(&batch, out_shape, device)?;
+                let pass =
+                    Pass { train: true, seed: plan.seed, epoch, step: state.step as usize * accumulate + pending };
+                let logits = model.forward(&xs, pass)?;
+                let loss = loss_fn(&logits, &ys, plan.train.label_smoothing)?;
+                // Checked before the update, so the weights never take a step from a NaN.
+                let loss_value = loss.to_scalar::<f32>()? as f64;
+                if !loss_value.is_finite() {
+                    bail!(
+                        "loss is {loss_value} at epoch {} step {}: training diverged (try a lower learning rate)",
+                        epoch + 1,
+                        state.step + 1
+                    );
+                }
+                let loss = if accumulate > 1 { (loss / accumulate as f64)? } else { loss };
+                let grads = collect_grads(&loss.backward()?, model.trainable());
+                for (name, g) in grads {
+                    let g = match summed.remove(&name) {
+                        Some(prev) => (prev + g)?,
+                        None => g,
+                    };
+                    summed.insert(name, g);
+                }
+                pending += 1;
+                train_stats.update(loss_value, &argmax(&logits)?, &batch.labels);
             }
-            let grads = loss.backward()?;
-            optimizer.step(model.trainable(), &grads)?;
-            step += 1;
-
-            train_stats.update(loss_value, &argmax(&logits)?, &batch.labels);
+            // A step every `accumulate` batches, and at the end of the epoch.
+            if pending > 0 && (pending == accumulate || b + 1 == n_batches) {
+                if plan.train.clip_grad_norm > 0.0 {
+                    clip_grad_norm(&mut summed, plan.train.clip_grad_norm)?;
+                }
+                optimizer.step(lr, model.trainable(), &summed, &plan.hypers)?;
+                summed.clear();
+                pending = 0;
+                state.step += 1;
+                lr_rows.push(MetricRow {
+                    epoch: epoch as i32,
+                    step: state.step,
+                    split: "train".into(),
+                    metric: "lr".into(),
+                    class: None,
+                    value: lr,
+                    wall_time_s: log.elapsed_s(),
+                });
+            }
             bar.inc(1);
             let rate = train_stats.count() as f64 / started.elapsed().as_secs_f64();
             bar.set_message(&format!(
@@ -177,6 +326,7 @@ fn epochs(
 
         // Log.
         let wall = log.elapsed_s();
+        let step = state.step;
         let row = |split: &str, metric: &str, value: f64| MetricRow {
             epoch: epoch as i32,
             step,
@@ -186,12 +336,16 @@ fn epochs(
             value,
             wall_time_s: wall,
         };
+        for r in lr_rows {
+            log.push(r);
+        }
+        let mut values: BTreeMap<String, f64> = BTreeMap::new();
         for m in &plan.metrics.train {
+            values.insert(format!("train.{}", m.as_str()), train_stats.compute(*m));
             log.push(row("train", m.as_str(), train_stats.compute(*m)));
         }
         log.push(row("train", "epoch_time_s", train_time));
         log.push(row("train", "images_per_s", train_stats.count() as f64 / train_time));
-        log.push(row("train", "lr", optimizer.lr()));
         log.push(row("train", "trainable_params", trainable as f64));
         if plan.data.on_error == crate::config::OnError::Skip {
             log.push(row("train", "skipped_samples", train_skipped as f64));
@@ -201,14 +355,50 @@ fn epochs(
             }
         }
         for m in &plan.metrics.test {
+            values.insert(format!("test.{}", m.as_str()), test_stats.compute(*m));
             log.push(row("test", m.as_str(), test_stats.compute(*m)));
         }
         log.final_metrics =
             plan.metrics.test.iter().map(|m| (format!("test.{}", m.as_str()), test_stats.compute(*m))).collect();
         log.flush()?;
         crate::model::weights::save(model, &log.dir.join("model.safetensors"))?;
+
+        // Best checkpoint and early stopping.
+        let ck = &plan.train.checkpoint;
+        let mut is_best = false;
+        if let Some(metric) = &ck.best {
+            let v = values[metric];
+            let mode = ck.mode.unwrap_or_else(|| Mode::for_metric(metric));
+            if state.best.is_none_or(|(b, _)| mode.better(v, b, 0.0)) {
+                state.best = Some((v, epoch));
+                is_best = true;
+            }
+        }
+        let mut early_stop = false;
+        if let Some(es) = &plan.train.early_stopping {
+            let v = values[&es.metric];
+            let mode = es.mode.unwrap_or_else(|| Mode::for_metric(&es.metric));
+            if state.early_best.is_none_or(|b| mode.better(v, b, es.min_delta)) {
+                state.early_best = Some(v);
+                state.bad_epochs = 0;
+            } else {
+                state.bad_epochs += 1;
+                early_stop = state.bad_epochs >= es.patience;
+            }
+        }
+        let (_, optimizer_steps) = optimizer.export();
+        let side = Sidecar {
+            epoch,
+            step: state.step,
+            best: state.best,
+            early_best: state.early_best,
+            bad_epochs: state.bad_epochs,
+            config_hash: config_hash.clone(),
+            optimizer_steps,
+        };
+        checkpoint::save(&log.dir.join("checkpoints"), model, optimizer, &side, ck.keep_last, is_best)?;
         tracing::info!(
-            "epoch {}/{epochs}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | {:.1} s, {:.0} img/s",
+            "epoch {}/{epochs}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | lr {lr:.3e} | {:.1} s, {:.0} img/s",
             epoch + 1,
             train_stats.mean_loss(),
             train_stats.compute(MetricName::Accuracy),
@@ -217,6 +407,11 @@ fn epochs(
             train_time,
             train_stats.count() as f64 / train_time
         );
+        if early_stop {
+            let es = plan.train.early_stopping.as_ref().map(|e| (e.metric.as_str(), e.patience)).unwrap_or_default();
+            tracing::info!("early stopping after epoch {}: {} has not improved for {} epochs", epoch + 1, es.0, es.1);
+            return Ok(true);
+        }
     }
     Ok(true)
 }

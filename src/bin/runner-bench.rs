@@ -80,7 +80,8 @@ fn lenet5_train() -> Result<f64> {
     let (x, y) = (rand(&[100, 1, 28, 28], 1, 1.0)?, labels(100, 10)?);
     time(100, 5, 60, || {
         let loss = candle_nn::loss::cross_entropy(&m.forward(&x, Pass::eval())?, &y)?;
-        opt.step(m.params.iter(), &loss.backward()?)?;
+        let grads = runner::optim::collect_grads(&loss.backward()?, m.params.iter());
+        opt.step(opt.base_lr(), m.params.iter(), &grads, &Default::default())?;
         Ok(())
     })
 }
@@ -122,7 +123,8 @@ fn resnet_cifar_train() -> Result<f64> {
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?; // [64, 64]
         let logits = pooled.matmul(&p(8).t()?)?.broadcast_add(p(9))?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-        opt.step(params.iter().map(|(n, v)| (n, v)), &loss.backward()?)?;
+        let grads = runner::optim::collect_grads(&loss.backward()?, params.iter().map(|(n, v)| (n, v)));
+        opt.step(opt.base_lr(), params.iter().map(|(n, v)| (n, v)), &grads, &Default::default())?;
         Ok(())
     })
 }

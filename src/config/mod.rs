@@ -264,6 +264,183 @@ pub struct TrainConfig {
     /// during a range of epochs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<FreezeConfig>,
+    /// The learning rate over training, as a factor of (or, for `piecewise`, instead of)
+    /// the optimizer's `lr`.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Evaluate step, multistep, exponential, cosine and polynomial schedules at every
+    /// step (fractional epochs) instead of once per epoch (PyTorch's usual `scheduler.step()`
+    /// after each epoch).
+    #[serde(default)]
+    pub schedule_per_step: bool,
+    /// Linear warm-up, multiplied with the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<WarmupConfig>,
+    /// `[[train.param_groups]]`: learning-rate and weight-decay multipliers by dotted path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub param_groups: Vec<ParamGroupConfig>,
+    /// No weight decay for these: `"bias"` (every bias), `"batchnorm"` (batch norm weights
+    /// and biases), or dotted paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_weight_decay_on: Vec<String>,
+    /// Sum the gradients of N batches before each optimizer step (Darknet's subdivisions).
+    #[serde(default = "one")]
+    pub accumulate: usize,
+    /// Scale the gradients so that their global L2 norm is at most this (0 = off).
+    #[serde(default)]
+    pub clip_grad_norm: f64,
+    /// Cross-entropy against (1 - e) * one-hot + e / classes (PyTorch's `label_smoothing`).
+    #[serde(default)]
+    pub label_smoothing: f64,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStoppingConfig>,
+}
+
+/// `schedule = { multistep = { milestones = [82, 123], gamma = 0.1 } }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScheduleConfig {
+    /// The optimizer's `lr` throughout.
+    #[default]
+    Constant,
+    /// `lr * gamma^floor(epoch / step_size)` (PyTorch's `StepLR`).
+    Step {
+        step_size: usize,
+        #[serde(default = "tenth")]
+        gamma: f64,
+    },
+    /// `lr * gamma^(milestones passed)` (`MultiStepLR`).
+    Multistep {
+        milestones: Vec<usize>,
+        #[serde(default = "tenth")]
+        gamma: f64,
+    },
+    /// `lr * gamma^epoch` (`ExponentialLR`).
+    Exponential { gamma: f64 },
+    /// `eta_min + (lr - eta_min) (1 + cos(pi epoch / t_max)) / 2` (`CosineAnnealingLR`;
+    /// `t_max` defaults to the number of epochs).
+    Cosine {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        t_max: Option<f64>,
+        #[serde(default)]
+        eta_min: f64,
+    },
+    /// `(lr - end_lr) (1 - min(epoch, total) / total)^power + end_lr` (`PolynomialLR`).
+    Polynomial {
+        #[serde(default = "one_f")]
+        power: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<f64>,
+        #[serde(default)]
+        end_lr: f64,
+    },
+    /// Learning rates at epochs `[[epoch, lr], ...]` (epochs not decreasing), linear or
+    /// constant in between, evaluated at fractional epochs; a repeated epoch is a jump. The
+    /// optimizer's `lr` is not used.
+    Piecewise {
+        points: Vec<[f64; 2]>,
+        #[serde(default)]
+        interpolate: Interpolate,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interpolate {
+    #[default]
+    Linear,
+    Constant,
+}
+
+/// `warmup = { epochs = 1, start_factor = 0.1 }`: the factor goes linearly from
+/// `start_factor` to 1 over `epochs` (fractional; per step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupConfig {
+    pub epochs: f64,
+    #[serde(default = "default_start_factor")]
+    pub start_factor: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamGroupConfig {
+    pub paths: Vec<String>,
+    #[serde(default = "one_f")]
+    pub lr_mult: f64,
+    #[serde(default = "one_f")]
+    pub weight_decay_mult: f64,
+}
+
+/// `[train.checkpoint]`: what is kept in the run's `checkpoints/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// The last N epochs' checkpoints (>= 1: resume needs the last).
+    #[serde(default = "one")]
+    pub keep_last: usize,
+    /// Also keep `best`, by this metric (`test.accuracy`, `test.loss`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<String>,
+    /// `max` or `min`; by default `min` for loss and error metrics, `max` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { keep_last: 1, best: None, mode: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Min,
+    Max,
+}
+
+impl Mode {
+    /// `min` for losses and error rates, `max` for the rest.
+    pub fn for_metric(metric: &str) -> Mode {
+        if metric.contains("loss") || metric.contains("error") {
+            Mode::Min
+        } else {
+            Mode::Max
+        }
+    }
+
+    /// Whether `new` beats `old` by more than `delta`.
+    pub fn better(self, new: f64, old: f64, delta: f64) -> bool {
+        match self {
+            Mode::Min => new < old - delta,
+            Mode::Max => new > old + delta,
+        }
+    }
+}
+
+/// `[train.early_stopping]`: stop when `metric` has not improved for `patience` epochs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStoppingConfig {
+    pub metric: String,
+    pub patience: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+fn tenth() -> f64 {
+    0.1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn default_start_factor() -> f64 {
+    1.0 / 3.0
 }
 
 /// `{ groups = ["features"], from_epoch = 0, until_epoch = 25 }`: frozen for epochs
@@ -314,6 +491,21 @@ pub enum OptimizerConfig {
         #[serde(default)]
         weight_decay: f64,
     },
+    /// PyTorch's `torch.optim.AdamW` (decoupled weight decay: `p -= lr * wd * p`).
+    Adamw {
+        #[serde(default = "default_adam_lr")]
+        lr: f64,
+        #[serde(default = "default_betas")]
+        betas: [f64; 2],
+        #[serde(default = "default_eps")]
+        eps: f64,
+        #[serde(default = "default_adamw_wd")]
+        weight_decay: f64,
+    },
+}
+
+fn default_adamw_wd() -> f64 {
+    1e-2
 }
 
 fn default_adam_lr() -> f64 {
