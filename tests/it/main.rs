@@ -8,5 +8,6 @@ mod end_to_end;
 mod fashion_mnist;
 mod image_folder;
 mod predict;
+mod resume;
 mod torch_parity;
 mod zoo;

@@ -145,3 +145,69 @@ fn conv_transpose2d_matches_pytorch() {
         assert_close(grads.get(&w).unwrap(), &tensor(case, "dw"), &format!("{what} dw"));
     }
 }
+
+/// runner's optimizers against PyTorch's for fixed gradients and learning rates, with
+/// parameter groups (lr and weight-decay multipliers) and a parameter without a gradient at
+/// the first step. Fixture: `/usr/bin/python3 tests/fixtures/make_optim_fixture.py >
+/// tests/fixtures/optim_torch.toml` (python3-torch 1.13, float64).
+#[test]
+fn optimizer_updates_match_pytorch() {
+    use runner::config::OptimizerConfig;
+    use runner::optim::{Hyper, Optimizer};
+    use std::collections::BTreeMap;
+    let path = crate::common::repo().join("tests/fixtures/optim_torch.toml");
+    let f: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let floats =
+        |v: &toml::Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_float().unwrap()).collect() };
+    let lists = |v: &toml::Value| -> Vec<Vec<f64>> { v.as_array().unwrap().iter().map(floats).collect() };
+    let (a0, b0) = (floats(&f["a0"]), floats(&f["b0"]));
+    let (grads_a, grads_b, lrs) = (lists(&f["grads_a"]), lists(&f["grads_b"]), floats(&f["lrs"]));
+    let mult_b = floats(&f["mult_b"]);
+    let cases = f["case"].as_array().unwrap();
+    assert_eq!(cases.len(), 5);
+    for case in cases {
+        let c = case.as_table().unwrap();
+        let num = |k: &str| c[k].as_float().unwrap();
+        let betas = || {
+            let b = floats(&c["betas"]);
+            [b[0], b[1]]
+        };
+        let cfg = match c["kind"].as_str().unwrap() {
+            "sgd" => OptimizerConfig::Sgd {
+                lr: lrs[0],
+                momentum: num("momentum"),
+                dampening: num("dampening"),
+                nesterov: c["nesterov"].as_bool().unwrap(),
+                weight_decay: num("weight_decay"),
+            },
+            "adam" => {
+                OptimizerConfig::Adam { lr: lrs[0], betas: betas(), eps: num("eps"), weight_decay: num("weight_decay") }
+            }
+            _ => OptimizerConfig::Adamw {
+                lr: lrs[0],
+                betas: betas(),
+                eps: num("eps"),
+                weight_decay: num("weight_decay"),
+            },
+        };
+        let a = Var::from_tensor(&Tensor::from_vec(a0.clone(), (2, 3), &Device::Cpu).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::from_vec(b0.clone(), 3, &Device::Cpu).unwrap()).unwrap();
+        let (na, nb) = ("a".to_string(), "b".to_string());
+        let hyper = BTreeMap::from([(nb.clone(), Hyper { lr_mult: mult_b[0], wd_mult: mult_b[1] })]);
+        let mut opt = Optimizer::new(&cfg);
+        let (want_a, want_b) = (lists(&c["a"]), lists(&c["b"]));
+        for t in 0..lrs.len() {
+            let mut grads =
+                BTreeMap::from([(na.clone(), Tensor::from_vec(grads_a[t].clone(), (2, 3), &Device::Cpu).unwrap())]);
+            if !grads_b[t].is_empty() {
+                grads.insert(nb.clone(), Tensor::from_vec(grads_b[t].clone(), 3, &Device::Cpu).unwrap());
+            }
+            opt.step(lrs[t], [(&na, &a), (&nb, &b)], &grads, &hyper).unwrap();
+            for (v, want, n) in [(&a, &want_a[t], "a"), (&b, &want_b[t], "b")] {
+                let got: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+                let d = got.iter().zip(want).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+                assert!(d < 1e-12, "{cfg:?} step {} param {n}: max abs difference {d}", t + 1);
+            }
+        }
+    }
+}

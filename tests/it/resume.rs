@@ -1,0 +1,254 @@
+//! Checkpoints and `runner resume`: a run continued from any finished epoch ends with the
+//! same per-epoch metrics, bit for bit, as the run that was never stopped; bad folders and
+//! checkpoints are errors that leave the folder as it was. Also the NaN guard.
+
+use std::path::{Path, PathBuf};
+
+use arrow_array::{Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::common::{run_folder, runner};
+
+fn rows(path: &Path) -> Vec<(i32, i64, String, String, u64)> {
+    let f = std::fs::File::open(path).unwrap();
+    let batches: Vec<RecordBatch> =
+        ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().map(|b| b.unwrap()).collect();
+    let mut out = Vec::new();
+    for b in batches {
+        let col = |n: &str| b.column_by_name(n).unwrap().clone();
+        let (e, s, sp, m, v) = (col("epoch"), col("step"), col("split"), col("metric"), col("value"));
+        let e = e.as_any().downcast_ref::<Int32Array>().unwrap();
+        let s = s.as_any().downcast_ref::<Int64Array>().unwrap();
+        let sp = sp.as_any().downcast_ref::<StringArray>().unwrap();
+        let m = m.as_any().downcast_ref::<StringArray>().unwrap();
+        let v = v.as_any().downcast_ref::<Float64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            // Timings differ between any two runs; everything else must not.
+            if ["epoch_time_s", "images_per_s"].contains(&m.value(i)) {
+                continue;
+            }
+            out.push((e.value(i), s.value(i), sp.value(i).to_string(), m.value(i).to_string(), v.value(i).to_bits()));
+        }
+    }
+    out
+}
+
+fn status(dir: &Path) -> String {
+    let f = std::fs::File::open(dir.join("run.parquet")).unwrap();
+    let b = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().next().unwrap().unwrap();
+    b.column_by_name("status").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string()
+}
+
+/// A tiny experiment with dropout, momentum, a schedule with warm-up and a freeze that ends
+/// at epoch 1: everything resume must restore.
+fn setup(dir: &Path) -> PathBuf {
+    let exp = crate::end_to_end::setup(dir, 3);
+    let mut text = std::fs::read_to_string(&exp).unwrap();
+    text += r#"
+schedule = { cosine = { eta_min = 0.001 } }
+warmup = { epochs = 0.5, start_factor = 0.2 }
+accumulate = 2
+clip_grad_norm = 5.0
+label_smoothing = 0.1
+
+[train.checkpoint]
+keep_last = 3
+best = "test.accuracy"
+
+[[train.freeze]]
+groups = ["features"]
+until_epoch = 1
+"#;
+    std::fs::write(&exp, text).unwrap();
+    exp
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let target = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &target);
+        } else {
+            std::fs::copy(&p, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn resumed_runs_equal_uninterrupted_runs() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let out = runner(d.path(), &["tiny.toml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let full = run_folder(d.path(), &out);
+    let want = rows(&full.join("metrics.parquet"));
+    let ck = full.join("checkpoints");
+    for f in ["epoch_0001", "epoch_0002", "epoch_0003", "best"] {
+        assert!(ck.join(format!("{f}.safetensors")).is_file() && ck.join(format!("{f}.toml")).is_file(), "{f}");
+    }
+    // One lr row per optimizer step: 15 batches per epoch, accumulate 2 -> 8 steps.
+    assert_eq!(want.iter().filter(|r| r.3 == "lr").count(), 3 * 8);
+
+    // Stopped after epoch 1 or 2 (the later checkpoints and table rows are what a stop
+    // leaves or what resume drops), then resumed: the same rows, bit for bit.
+    for after in [1, 2] {
+        let copy = d.path().join(format!("runs/tiny/stopped_after_{after}"));
+        copy_dir(&full, &copy);
+        for later in after + 1..=3 {
+            for ext in ["safetensors", "toml"] {
+                std::fs::remove_file(copy.join(format!("checkpoints/epoch_{later:04}.{ext}"))).unwrap();
+            }
+        }
+        let copy_arg = copy.to_string_lossy().into_owned();
+        let out = runner(d.path(), &["resume", &copy_arg]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(out.stderr.contains(&format!("resuming after epoch {after}")), "{}", out.stderr);
+        assert_eq!(rows(&copy.join("metrics.parquet")), want, "resumed after epoch {after}");
+        assert_eq!(status(&copy), "completed");
+        let a = std::fs::read(full.join("model.safetensors")).unwrap();
+        assert_eq!(std::fs::read(copy.join("model.safetensors")).unwrap(), a, "final weights after {after}");
+    }
+
+    // A finished run has nothing to resume.
+    let full_arg = full.to_string_lossy().into_owned();
+    let e = runner(d.path(), &["resume", &full_arg]);
+    assert_ne!(e.code, 0);
+    assert!(e.stderr.contains("nothing to resume"), "{}", e.stderr);
+}
+
+#[test]
+fn ctrl_c_then_resume_equals_one_run() {
+    // Interrupted wherever the signal lands (after some epoch, or in the middle of one):
+    // resume continues from the last finished epoch.
+    let d = tempfile::tempdir().unwrap();
+    let exp = crate::end_to_end::setup(d.path(), 200);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([exp.to_str().unwrap(), "-q"])
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runs = d.path().join("runs/tiny");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let dir = loop {
+        let found = std::fs::read_dir(&runs).ok().and_then(|mut it| it.next()).map(|e| e.unwrap().path());
+        // keep_last = 1: one epoch_NNNN.toml at a time, renamed into place.
+        let has_checkpoint = |p: &PathBuf| {
+            std::fs::read_dir(p.join("checkpoints"))
+                .map(|it| it.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".toml")))
+                .unwrap_or(false)
+        };
+        if let Some(dir) = found.filter(has_checkpoint) {
+            break dir;
+        }
+        assert!(std::time::Instant::now() < deadline, "no epoch finished in time");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let code = child.wait_with_output().unwrap().status.code();
+    if code == Some(0) {
+        eprintln!("the run finished before the signal; nothing to check");
+        return;
+    }
+    assert_eq!(code, Some(130));
+    assert_eq!(status(&dir), "interrupted");
+    let out = runner(d.path(), &["resume", dir.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let again = runner(d.path(), &["tiny.toml"]);
+    let reference = run_folder(d.path(), &again);
+    assert_eq!(rows(&dir.join("metrics.parquet")), rows(&reference.join("metrics.parquet")));
+}
+
+#[test]
+fn bad_resumes_leave_the_folder_as_it_was() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let out = runner(d.path(), &["tiny.toml", "--set", "train.epochs=2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = run_folder(d.path(), &out);
+    // Make it resumable: drop the second epoch's checkpoint.
+    for ext in ["safetensors", "toml"] {
+        std::fs::remove_file(run.join(format!("checkpoints/epoch_0002.{ext}"))).unwrap();
+    }
+    let snapshot = |p: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v: Vec<(PathBuf, Vec<u8>)> =
+            walk(p).into_iter().map(|f| (f.clone(), std::fs::read(&f).unwrap())).collect();
+        v.sort();
+        v
+    };
+    let arg = run.to_string_lossy().into_owned();
+
+    // Not a run folder.
+    let e = runner(d.path(), &["resume", "data"]);
+    assert!(e.code != 0 && e.stderr.contains("not a run folder"), "{}", e.stderr);
+
+    // A corrupt checkpoint: named, and nothing written.
+    let ck = run.join("checkpoints/epoch_0001.safetensors");
+    let good = std::fs::read(&ck).unwrap();
+    std::fs::write(&ck, &good[..good.len() / 2]).unwrap();
+    let before = snapshot(&run);
+    let e = runner(d.path(), &["resume", &arg]);
+    assert!(e.code != 0 && e.stderr.contains("epoch_0001.safetensors"), "{}", e.stderr);
+    assert!(snapshot(&run) == before, "the folder changed");
+    std::fs::write(&ck, &good).unwrap();
+
+    // A checkpoint from another config (the model's shapes differ): refused, nothing written.
+    let cfg = run.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("out = 4", "out = 5")).unwrap();
+    let before = snapshot(&run);
+    let e = runner(d.path(), &["resume", &arg]);
+    assert!(e.code != 0, "{}", e.stderr);
+    assert!(e.stderr.contains("another config") || e.stderr.contains("does not fit"), "{}", e.stderr);
+    assert!(snapshot(&run) == before, "the folder changed");
+    std::fs::write(&cfg, text).unwrap();
+
+    // Restored, it resumes.
+    let out = runner(d.path(), &["resume", &arg]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_diverging_run_fails_naming_epoch_and_step() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 3);
+    let out = runner(d.path(), &["tiny.toml", "--set", "train.optimizer.sgd.lr=1e30"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("training diverged") && out.stderr.contains("at epoch 1 step"), "{}", out.stderr);
+    let run = std::fs::read_dir(d.path().join("runs/tiny")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(status(&run), "failed");
+    assert!(run.join("metrics.parquet").is_file() && run.join("config.toml").is_file());
+}
+
+#[test]
+fn same_seed_same_tables_and_early_stopping() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 6);
+    // The toy data is learnt after one epoch: the test loss stops improving by 0.5 at once.
+    let args = ["tiny.toml", "--set", "train.early_stopping={ metric = \"test.loss\", patience = 2, min_delta = 0.5 }"];
+    let a = runner(d.path(), &args);
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    assert!(a.stderr.contains("early stopping after epoch 3"), "{}", a.stderr);
+    let b = runner(d.path(), &args);
+    let (ra, rb) = (run_folder(d.path(), &a), run_folder(d.path(), &b));
+    let rows_a = rows(&ra.join("metrics.parquet"));
+    assert_eq!(rows_a, rows(&rb.join("metrics.parquet")));
+    assert_eq!(rows_a.iter().map(|r| r.0).max(), Some(2), "epochs 0-2 ran");
+    assert_eq!(status(&ra), "completed");
+}
