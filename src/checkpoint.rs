@@ -34,6 +34,9 @@ pub struct Sidecar {
     #[serde(default)]
     pub bad_epochs: usize,
     pub config_hash: String,
+    /// The threads the kernels used: results depend on it (summation order).
+    #[serde(default)]
+    pub threads: usize,
     /// Per-parameter optimizer step counts.
     pub optimizer_steps: BTreeMap<String, u64>,
 }

@@ -207,10 +207,40 @@ fn check(args: ExpArgs) -> Result<ExitCode> {
     };
     println!("data: {} ({} classes), {data}", crate::data::spec(plan.data.dataset).name, plan.classes.len());
     println!("train: {} epochs, batch {}, {:?}", plan.train.epochs, plan.data.batch_size, plan.train.optimizer);
+    println!("lr at the start of each epoch: {}", lr_summary(&plan));
     println!();
     print!("{}", plan.summary());
     println!("ok: {} is valid", loaded.path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `1-82: 0.1, 83-123: 0.01, 124-164: 0.001` (epochs from 1), or samples when it keeps changing.
+fn lr_summary(plan: &crate::plan::Plan) -> String {
+    use crate::schedule::{lr_at, Position};
+    let base = crate::optim::Optimizer::new(&plan.train.optimizer).base_lr();
+    let n = plan.train.epochs;
+    let lrs: Vec<f64> = (0..n).map(|e| lr_at(&plan.train, base, Position { epoch: e, batch: 0, batches: 1 })).collect();
+    let mut runs: Vec<(usize, usize, f64)> = Vec::new();
+    for (e, lr) in lrs.iter().enumerate() {
+        match runs.last_mut() {
+            Some((_, end, v)) if v == lr => *end = e,
+            _ => runs.push((e, e, *lr)),
+        }
+    }
+    if runs.len() <= 6 {
+        let part = |(a, b, v): &(usize, usize, f64)| {
+            if a == b {
+                format!("{}: {v:.4e}", a + 1)
+            } else {
+                format!("{}-{}: {v:.4e}", a + 1, b + 1)
+            }
+        };
+        runs.iter().map(part).collect::<Vec<_>>().join(", ")
+    } else {
+        let picks: std::collections::BTreeSet<usize> = [0, n / 4, n / 2, 3 * n / 4, n - 1].into_iter().collect();
+        picks.iter().map(|e| format!("{}: {:.4e}", e + 1, lrs[*e])).collect::<Vec<_>>().join(", ")
+            + " (changing every epoch)"
+    }
 }
 
 fn show_config(args: ExpArgs) -> Result<ExitCode> {

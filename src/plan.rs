@@ -4,6 +4,9 @@
 //! can be wrong is checked here with the file and key it came from. `runner check` stops
 //! after the plan and prints it.
 
+// `!(x > 0.0)` is written on purpose: it rejects NaN as well.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use std::fmt::Write as _;
 
 use anyhow::Result;

@@ -6,6 +6,9 @@
 //! (`schedule_per_step = true`: the fractional epoch `epoch + batch / batches_per_epoch`).
 //! `piecewise` and the warm-up always see the fractional epoch.
 
+// `!(x > 0.0)` is written on purpose: it rejects NaN as well.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 use crate::config::{Interpolate, ScheduleConfig, TrainConfig, WarmupConfig};
 
 /// Where training is: the epoch (from 0), the batch within it, and the batches per epoch.

@@ -108,6 +108,15 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
         Some((path, side)) => {
             checkpoint::restore(path, side, &model, &mut optimizer)?;
             tracing::info!("resuming after epoch {} (step {}) from {}", side.epoch + 1, side.step, path.display());
+            if side.threads != 0 && side.threads != crate::ops::threads() {
+                tracing::warn!(
+                    "the run used {} threads, this process {}: results will differ slightly from an uninterrupted run \
+                     (set RAYON_NUM_THREADS={} for bitwise-equal results)",
+                    side.threads,
+                    crate::ops::threads(),
+                    side.threads
+                );
+            }
             State {
                 next_epoch: side.epoch + 1,
                 step: side.step,
@@ -394,6 +403,7 @@ fn epochs(
             early_best: state.early_best,
             bad_epochs: state.bad_epochs,
             config_hash: config_hash.clone(),
+            threads: crate::ops::threads(),
             optimizer_steps,
         };
         checkpoint::save(&log.dir.join("checkpoints"), model, optimizer, &side, ck.keep_last, is_best)?;
