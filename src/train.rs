@@ -496,3 +496,40 @@ fn config_file_text(loaded: &Loaded, resolved: &str) -> String {
     }
     s + "\n" + resolved
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_smoothing_matches_pytorch() {
+        // PyTorch 1.13: F.cross_entropy(tensor([[1., 2, 3], [0.5, -1, 2]]), tensor([2, 0]),
+        // label_smoothing=0.1) = 1.1244585514068604.
+        let logits = Tensor::new(&[[1f32, 2., 3.], [0.5, -1., 2.]], &Device::Cpu).unwrap();
+        let ys = Tensor::new(&[2u32, 0], &Device::Cpu).unwrap();
+        let l = loss_fn(&logits, &ys, 0.1).unwrap().to_scalar::<f32>().unwrap();
+        assert!((l - 1.124_458_6).abs() < 1e-6, "{l}");
+        // Without smoothing, plain cross-entropy.
+        let plain = candle_nn::loss::cross_entropy(&logits, &ys).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(loss_fn(&logits, &ys, 0.0).unwrap().to_scalar::<f32>().unwrap(), plain);
+    }
+
+    #[test]
+    fn gradient_clipping_matches_pytorch() {
+        // torch.nn.utils.clip_grad_norm_ on grads [3, 0] and [4], max 1: norm 5, grads scaled
+        // by 1 / (5 + 1e-6): [0.6, 0], [0.8].
+        let mut g = BTreeMap::from([
+            ("a".to_string(), Tensor::new(&[3f32, 0.], &Device::Cpu).unwrap()),
+            ("b".to_string(), Tensor::new(&[4f32], &Device::Cpu).unwrap()),
+        ]);
+        let norm = clip_grad_norm(&mut g, 1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-9);
+        let a = g["a"].to_vec1::<f32>().unwrap();
+        let b = g["b"].to_vec1::<f32>().unwrap();
+        assert!((a[0] - 0.6).abs() < 1e-6 && a[1] == 0.0 && (b[0] - 0.8).abs() < 1e-6, "{a:?} {b:?}");
+        // Below the limit: unchanged.
+        let before = g["a"].to_vec1::<f32>().unwrap();
+        clip_grad_norm(&mut g, 10.0).unwrap();
+        assert_eq!(g["a"].to_vec1::<f32>().unwrap(), before);
+    }
+}

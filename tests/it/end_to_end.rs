@@ -304,11 +304,15 @@ fn frozen_groups_do_not_move() {
     let exp = setup(d.path(), 2);
     let mut text = std::fs::read_to_string(&exp).unwrap();
     text += "\n[[train.freeze]]\ngroups = [\"features\"]\nuntil_epoch = 2\n";
+    // A batch norm in the frozen group: its running statistics must not move either.
+    text = text.replace("\"relu\", { maxpool", "\"batchnorm\", \"relu\", { maxpool");
+    assert!(text.contains("batchnorm"));
     std::fs::write(&exp, &text).unwrap();
     let check = runner(d.path(), &["check", "tiny.toml"]);
     assert_eq!(check.code, 0, "{}", check.stderr);
-    // features.0: 4 * 1 * 5 * 5 + 4 = 104 parameters; the classifier 4*6*6*10 + 10 = 1450.
-    assert!(check.stdout.contains("params: 1554") && check.stdout.contains("trainable: 1450"), "{}", check.stdout);
+    // features.0: 4 * 1 * 5 * 5 + 4 = 104 parameters, features.1 (batch norm) 8; the
+    // classifier 4*6*6*10 + 10 = 1450.
+    assert!(check.stdout.contains("params: 1562") && check.stdout.contains("trainable: 1450"), "{}", check.stdout);
     let row = check.stdout.lines().find(|l| l.starts_with("features.0 ")).unwrap();
     assert!(row.ends_with("frozen"), "{row}");
 
@@ -329,6 +333,10 @@ fn frozen_groups_do_not_move() {
         a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits())
     };
     assert!(same("features.0.weight") && same("features.0.bias"), "frozen weights moved");
+    assert!(same("features.1.weight") && same("features.1.bias"), "frozen batch norm moved");
+    let rm = trained["features.1.running_mean"].to_vec1::<f32>().unwrap();
+    let rv = trained["features.1.running_var"].to_vec1::<f32>().unwrap();
+    assert!(rm.iter().all(|v| *v == 0.0) && rv.iter().all(|v| *v == 1.0), "frozen running statistics moved");
     assert!(!same("classifier.2.weight"), "the classifier trains");
     let m = read(&dir.join("metrics.parquet"));
     let (metric, value) = (col::<StringArray>(&m, "metric"), col::<Float64Array>(&m, "value"));
@@ -371,4 +379,34 @@ fn group_init_files_resolve_relative_to_their_config() {
     let e = runner(d.path(), &["check", "exps/pre.toml"]);
     assert_eq!(e.code, 2);
     assert!(e.stderr.contains("model.groups[0].init.file") && e.stderr.contains("tiny.safetensors"), "{}", e.stderr);
+}
+
+/// `accumulate = 2` over batches of 10 takes the same steps as batches of 20 (SGD, no
+/// dropout or batch norm): the mean gradient of 20 samples is the mean of two halves' means.
+#[test]
+fn gradient_accumulation_equals_a_larger_batch() {
+    let d = tempfile::tempdir().unwrap();
+    let exp = setup(d.path(), 2);
+    let text = std::fs::read_to_string(&exp).unwrap().replace("{ dropout = { p = 0.1 } }, ", "");
+    assert!(!text.contains("dropout"));
+    std::fs::write(&exp, text).unwrap();
+    let big = runner(d.path(), &["tiny.toml", "--set", "data.batch_size=20"]);
+    let acc = runner(d.path(), &["tiny.toml", "--set", "data.batch_size=10", "--set", "train.accumulate=2"]);
+    assert_eq!(big.code, 0, "{}", big.stderr);
+    assert_eq!(acc.code, 0, "{}", acc.stderr);
+    let loss = |out: &crate::common::Output| -> f64 {
+        let m = read(&run_folder(d.path(), out).join("metrics.parquet"));
+        let (e, s, n, v) = (
+            col::<Int32Array>(&m, "epoch"),
+            col::<StringArray>(&m, "split"),
+            col::<StringArray>(&m, "metric"),
+            col::<Float64Array>(&m, "value"),
+        );
+        (0..m.num_rows())
+            .find(|&i| e.value(i) == 1 && s.value(i) == "train" && n.value(i) == "loss")
+            .map(|i| v.value(i))
+            .unwrap()
+    };
+    let (a, b) = (loss(&big), loss(&acc));
+    assert!((a - b).abs() < 1e-4 * a.abs().max(1e-3), "train loss of epoch 2: batch 20 {a}, 10 x 2 {b}");
 }
