@@ -29,6 +29,8 @@ pub struct Plan {
     pub graph: PlannedGraph,
     /// Each group's `init`, with its file resolved: `(group, init, file)`.
     pub inits: Vec<(String, crate::config::InitConfig, std::path::PathBuf)>,
+    /// The positive class and threshold of binary metrics.
+    pub binary: crate::metrics::Binary,
     /// Learning-rate and weight-decay multipliers by parameter name (absent: 1).
     pub hypers: std::collections::BTreeMap<String, crate::optim::Hyper>,
     /// The model's input `[c, h, w]`: what the training augmentations produce.
@@ -291,8 +293,26 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     }
     let logged: Vec<String> = [("train", &cfg.metrics.train), ("test", &cfg.metrics.test)]
         .iter()
-        .flat_map(|(split, list)| list.iter().map(move |m| format!("{split}.{}", m.as_str())))
+        .flat_map(|(split, list)| list.iter().filter(|m| m.is_scalar()).map(move |m| format!("{split}.{}", m.as_str())))
         .collect();
+    let n_classes = graph.as_ref().and_then(|g| g.out_shape().first().copied()).unwrap_or(0);
+    let positive = match &cfg.metrics.positive {
+        None => 1,
+        Some(name) => match spec.classes.iter().position(|c| c == name).or_else(|| name.parse::<usize>().ok()) {
+            Some(i) if n_classes == 0 || i < n_classes => i,
+            _ => {
+                p.add(
+                    "metrics.positive",
+                    format!("`{name}` is neither a class name nor a class index below {n_classes}"),
+                );
+                1
+            }
+        },
+    };
+    if !(0.0..=1.0).contains(&cfg.metrics.threshold) {
+        p.add("metrics.threshold", format!("must be in [0, 1], is {}", cfg.metrics.threshold));
+    }
+    let binary = crate::metrics::Binary { positive, threshold: cfg.metrics.threshold };
     let known: Vec<&str> = logged.iter().map(String::as_str).collect();
     let metric_problem = |name: &str| -> Option<String> {
         if known.contains(&name) {
@@ -347,6 +367,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         graph: graph.ok_or_else(|| anyhow::anyhow!("the model did not plan"))?,
         inits,
         hypers,
+        binary,
         input: [cfg.model.input[0], cfg.model.input[1], cfg.model.input[2]],
         test_shape: split_shapes[1].1,
         tta: cfg.eval.tta,

@@ -255,6 +255,100 @@ impl RunLog {
         }
     }
 
+    /// `predictions.parquet`: the test split's samples after the latest epoch: `sample`
+    /// (index in the split), `label`, `pred`, `scores` (class probabilities).
+    pub fn write_predictions(&self, stats: &crate::metrics::EpochStats) -> Result<()> {
+        use arrow_array::{Float32Array, ListArray};
+        let n = stats.labels.len();
+        let c = stats.classes();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("sample", DataType::Int64, false),
+            Field::new("label", DataType::Int32, false),
+            Field::new("pred", DataType::Int32, false),
+            Field::new("scores", DataType::List(Arc::new(Field::new("item", DataType::Float32, true))), false),
+        ]));
+        let values = Arc::new(Float32Array::from(stats.probs.clone()));
+        let offs = arrow_buffer_offsets(n, if stats.has_probs() { c } else { 0 });
+        let scores = ListArray::try_new(Arc::new(Field::new("item", DataType::Float32, true)), offs, values, None)?;
+        let samples: Vec<i64> = if stats.samples.len() == n { stats.samples.clone() } else { (0..n as i64).collect() };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![self.run_id.as_str(); n])),
+            Arc::new(Int64Array::from(samples)),
+            Arc::new(Int32Array::from_iter_values(stats.labels.iter().map(|&l| l as i32))),
+            Arc::new(Int32Array::from_iter_values(stats.preds.iter().map(|&p| p as i32))),
+            Arc::new(scores),
+        ];
+        write_parquet(&self.dir.join("predictions.parquet"), RecordBatch::try_new(schema, columns)?)
+    }
+
+    /// `confusion_matrix.parquet` after the latest epoch: one row per (true, predicted) class.
+    pub fn write_confusion(&self, epoch: usize, split: &str, m: &[Vec<u64>], names: &[String]) -> Result<()> {
+        let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+        let (mut t, mut p, mut n) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, row) in m.iter().enumerate() {
+            for (j, count) in row.iter().enumerate() {
+                t.push(name(i));
+                p.push(name(j));
+                n.push(*count as i64);
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("epoch", DataType::Int32, false),
+            Field::new("split", DataType::Utf8, false),
+            Field::new("true_class", DataType::Utf8, false),
+            Field::new("pred_class", DataType::Utf8, false),
+            Field::new("count", DataType::Int64, false),
+        ]));
+        let rows = n.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![self.run_id.as_str(); rows])),
+            Arc::new(Int32Array::from(vec![epoch as i32; rows])),
+            Arc::new(StringArray::from(vec![split; rows])),
+            Arc::new(StringArray::from(t)),
+            Arc::new(StringArray::from(p)),
+            Arc::new(Int64Array::from(n)),
+        ];
+        write_parquet(
+            &self.dir.join(format!("confusion_matrix_{split}.parquet")),
+            RecordBatch::try_new(schema, columns)?,
+        )
+    }
+
+    /// `roc_<split>.parquet` after the latest epoch: per class (one vs rest) its curve.
+    pub fn write_roc(&self, epoch: usize, split: &str, curves: &[(String, Vec<(f64, f64, f64)>)]) -> Result<()> {
+        let (mut class, mut thr, mut fpr, mut tpr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (c, points) in curves {
+            for (t, f, p) in points {
+                class.push(c.clone());
+                thr.push(*t);
+                fpr.push(*f);
+                tpr.push(*p);
+            }
+        }
+        let rows = class.len();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("epoch", DataType::Int32, false),
+            Field::new("split", DataType::Utf8, false),
+            Field::new("class", DataType::Utf8, false),
+            Field::new("threshold", DataType::Float64, false),
+            Field::new("fpr", DataType::Float64, false),
+            Field::new("tpr", DataType::Float64, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![self.run_id.as_str(); rows])),
+            Arc::new(Int32Array::from(vec![epoch as i32; rows])),
+            Arc::new(StringArray::from(vec![split; rows])),
+            Arc::new(StringArray::from(class)),
+            Arc::new(Float64Array::from(thr)),
+            Arc::new(Float64Array::from(fpr)),
+            Arc::new(Float64Array::from(tpr)),
+        ];
+        write_parquet(&self.dir.join(format!("roc_{split}.parquet")), RecordBatch::try_new(schema, columns)?)
+    }
+
     /// Rewrites `metrics.parquet` and `run.parquet`.
     pub fn flush(&self) -> Result<()> {
         self.write_metrics()?;
@@ -316,6 +410,11 @@ impl RunLog {
         }
         write_parquet(&self.dir.join("run.parquet"), RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
     }
+}
+
+/// Offsets of `n` lists of `len` values each.
+fn arrow_buffer_offsets(n: usize, len: usize) -> arrow_buffer::OffsetBuffer<i32> {
+    arrow_buffer::OffsetBuffer::<i32>::from_lengths(std::iter::repeat_n(len, n))
 }
 
 fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {

@@ -231,6 +231,7 @@ fn epochs(
     let epochs = plan.train.epochs;
     let accumulate = plan.train.accumulate.max(1);
     let config_hash = log.config_hash().to_string();
+    let classes = plan.graph.out_shape().first().copied().unwrap_or(0);
 
     for epoch in state.next_epoch..epochs {
         let frozen = plan.frozen_at(epoch);
@@ -246,7 +247,13 @@ fn epochs(
         // Train.
         let started = std::time::Instant::now();
         let bar = progress::batch_bar(n_batches, &format!("epoch {}/{epochs}", epoch + 1));
-        let mut train_stats = EpochStats::default();
+        let keep_probs = plan.metrics.train.iter().any(|m| {
+            !matches!(
+                m,
+                MetricName::Loss | MetricName::Accuracy | MetricName::ErrorRate | MetricName::BalancedErrorRate
+            )
+        });
+        let mut train_stats = EpochStats::new(classes, keep_probs);
         let mut train_skipped = 0usize;
         let mut summed: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut pending = 0usize;
@@ -289,7 +296,12 @@ fn epochs(
                     summed.insert(name, g);
                 }
                 pending += 1;
-                train_stats.update(loss_value, &argmax(&logits)?, &batch.labels);
+                let probs = if keep_probs {
+                    Some(candle_nn::ops::softmax_last_dim(&logits)?.flatten_all()?.to_vec1::<f32>()?)
+                } else {
+                    None
+                };
+                train_stats.update(loss_value, probs.as_deref(), &argmax(&logits)?, &batch.labels);
             }
             // A step every `accumulate` batches, and at the end of the epoch.
             if pending > 0 && (pending == accumulate || b + 1 == n_batches) {
@@ -331,7 +343,8 @@ fn epochs(
         let train_time = started.elapsed().as_secs_f64();
 
         // Evaluate.
-        let (test_stats, test_skipped) = evaluate(model, &test_split, &test_spec, plan.tta, plan.input, device)?;
+        let (test_stats, test_skipped) =
+            evaluate(model, &test_split, &test_spec, plan.tta, plan.input, device, classes)?;
 
         // Log.
         let wall = log.elapsed_s();
@@ -348,11 +361,7 @@ fn epochs(
         for r in lr_rows {
             log.push(r);
         }
-        let mut values: BTreeMap<String, f64> = BTreeMap::new();
-        for m in &plan.metrics.train {
-            values.insert(format!("train.{}", m.as_str()), train_stats.compute(*m));
-            log.push(row("train", m.as_str(), train_stats.compute(*m)));
-        }
+        let mut values = log_metrics(log, plan, "train", &plan.metrics.train, &train_stats, epoch, step)?;
         log.push(row("train", "epoch_time_s", train_time));
         log.push(row("train", "images_per_s", train_stats.count() as f64 / train_time));
         log.push(row("train", "trainable_params", trainable as f64));
@@ -363,12 +372,10 @@ fn epochs(
                 tracing::warn!("epoch {}: skipped {train_skipped} train and {test_skipped} test samples", epoch + 1);
             }
         }
-        for m in &plan.metrics.test {
-            values.insert(format!("test.{}", m.as_str()), test_stats.compute(*m));
-            log.push(row("test", m.as_str(), test_stats.compute(*m)));
-        }
-        log.final_metrics =
-            plan.metrics.test.iter().map(|m| (format!("test.{}", m.as_str()), test_stats.compute(*m))).collect();
+        let test_values = log_metrics(log, plan, "test", &plan.metrics.test, &test_stats, epoch, step)?;
+        values.extend(test_values.clone());
+        log.write_predictions(&test_stats)?;
+        log.final_metrics = test_values;
         log.flush()?;
         crate::model::weights::save(model, &log.dir.join("model.safetensors"))?;
 
@@ -411,9 +418,9 @@ fn epochs(
             "epoch {}/{epochs}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | lr {lr:.3e} | {:.1} s, {:.0} img/s",
             epoch + 1,
             train_stats.mean_loss(),
-            train_stats.compute(MetricName::Accuracy),
+            crate::metrics::accuracy(&train_stats.labels, &train_stats.preds),
             test_stats.mean_loss(),
-            test_stats.compute(MetricName::Accuracy),
+            crate::metrics::accuracy(&test_stats.labels, &test_stats.preds),
             train_time,
             train_stats.count() as f64 / train_time
         );
@@ -437,8 +444,9 @@ pub fn evaluate(
     tta: Tta,
     input: [usize; 3],
     device: &Device,
+    classes: usize,
 ) -> Result<(EpochStats, usize)> {
-    let mut stats = EpochStats::default();
+    let mut stats = EpochStats::new(classes, true);
     let mut skipped = 0;
     for batch in loader::batches(split.clone(), spec, 0) {
         let batch = batch?;
@@ -446,12 +454,12 @@ pub fn evaluate(
         if batch.is_empty() {
             continue;
         }
-        match tta {
+        let (probs, loss) = match tta {
             Tta::None => {
                 let (xs, ys) = to_tensors(&batch, spec.out_shape, device)?;
                 let logits = model.forward(&xs, Pass::eval())?;
                 let loss = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()? as f64;
-                stats.update(loss, &argmax(&logits)?, &batch.labels);
+                (candle_nn::ops::softmax_last_dim(&logits)?, loss)
             }
             Tta::TenCrop => {
                 let n = batch.len();
@@ -462,12 +470,64 @@ pub fn evaluate(
                 let probs = candle_nn::ops::softmax_last_dim(&model.forward(&xs, Pass::eval())?)?;
                 let probs = probs.reshape((n, 10, ()))?.mean(1)?; // [n, classes]
                 let picked = probs.gather(&ys.unsqueeze(1)?, 1)?; // [n, 1]
-                let loss = picked.log()?.neg()?.mean_all()?.to_scalar::<f32>()? as f64;
-                stats.update(loss, &argmax(&probs)?, &batch.labels);
+                (probs, picked.log()?.neg()?.mean_all()?.to_scalar::<f32>()? as f64)
+            }
+        };
+        let flat: Vec<f32> = probs.flatten_all()?.to_vec1()?;
+        stats.update(loss, Some(&flat), &argmax(&probs)?, &batch.labels);
+        stats.samples.extend(batch.indices.iter().map(|&i| i as i64));
+    }
+    Ok((stats, skipped))
+}
+
+/// The rows and tables of one split's metrics for an epoch: scalars (and per-class rows)
+/// into `metrics.parquet`, the ROC curve and the confusion matrix into their tables.
+/// Returns the scalar values by `split.metric`.
+pub fn log_metrics(
+    log: &mut RunLog,
+    plan: &Plan,
+    split: &str,
+    metrics: &[MetricName],
+    stats: &EpochStats,
+    epoch: usize,
+    step: i64,
+) -> Result<BTreeMap<String, f64>> {
+    let wall = log.elapsed_s();
+    let row = |metric: &str, class: Option<String>, value: f64| MetricRow {
+        epoch: epoch as i32,
+        step,
+        split: split.into(),
+        metric: metric.into(),
+        class,
+        value,
+        wall_time_s: wall,
+    };
+    let name = |c: usize| plan.classes.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let mut values = BTreeMap::new();
+    for &m in metrics {
+        match m {
+            MetricName::PerClassError => {
+                for (c, e) in stats.per_class_error().into_iter().enumerate() {
+                    log.push(row("per_class_error", Some(name(c)), e));
+                }
+            }
+            MetricName::ConfusionMatrix => log.write_confusion(epoch, split, &stats.confusion(), &plan.classes)?,
+            MetricName::Roc => {
+                let curves: Vec<(String, Vec<(f64, f64, f64)>)> = if stats.classes() == 2 {
+                    vec![(name(plan.binary.positive), stats.roc(plan.binary.positive))]
+                } else {
+                    (0..stats.classes()).map(|c| (name(c), stats.roc(c))).collect()
+                };
+                log.write_roc(epoch, split, &curves)?;
+            }
+            m => {
+                let v = stats.compute(m, plan.binary);
+                values.insert(format!("{split}.{}", m.as_str()), v);
+                log.push(row(&m.as_str(), None, v));
             }
         }
     }
-    Ok((stats, skipped))
+    Ok(values)
 }
 
 fn to_tensors(batch: &Batch, shape: [usize; 3], device: &Device) -> Result<(Tensor, Tensor)> {

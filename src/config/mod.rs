@@ -518,22 +518,112 @@ fn default_eps() -> f64 {
     1e-8
 }
 
-/// A metric computed per epoch on a split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// A classification metric computed per epoch on a split. In TOML its name: `"loss"`,
+/// `"accuracy"`, `"top5_accuracy"` (any k), `"balanced_error_rate"`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MetricName {
     Loss,
     Accuracy,
     ErrorRate,
+    /// The label is among the k highest scores.
+    TopK(usize),
+    /// 1 - the mean over classes of each class's recall (scikit-learn's
+    /// `1 - balanced_accuracy_score`).
+    BalancedErrorRate,
+    /// Per class: the fraction of its samples predicted as another class (rows with `class`).
+    PerClassError,
+    /// `metrics.positive` vs the rest at `metrics.threshold` on its probability.
+    TpRate,
+    FpRate,
+    /// The ROC curve of `metrics.positive` vs the rest (binary) or of each class (one vs
+    /// rest), stored in `roc.parquet`.
+    Roc,
+    /// Area under the ROC curve: binary (`metrics.positive`), else the macro mean of the
+    /// one-vs-rest areas.
+    RocAuc,
+    RocAucMacro,
+    /// One-vs-rest with every (sample, class) pair pooled.
+    RocAucMicro,
+    /// Counts per (true, predicted) class in `confusion_matrix.parquet`.
+    ConfusionMatrix,
 }
 
+/// The metric names, for messages.
+pub const METRIC_NAMES: &[&str] = &[
+    "loss",
+    "accuracy",
+    "error_rate",
+    "top5_accuracy",
+    "balanced_error_rate",
+    "per_class_error",
+    "tp_rate",
+    "fp_rate",
+    "roc",
+    "roc_auc",
+    "roc_auc_macro",
+    "roc_auc_micro",
+    "confusion_matrix",
+];
+
 impl MetricName {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> String {
         match self {
-            MetricName::Loss => "loss",
-            MetricName::Accuracy => "accuracy",
-            MetricName::ErrorRate => "error_rate",
+            MetricName::Loss => "loss".into(),
+            MetricName::Accuracy => "accuracy".into(),
+            MetricName::ErrorRate => "error_rate".into(),
+            MetricName::TopK(k) => format!("top{k}_accuracy"),
+            MetricName::BalancedErrorRate => "balanced_error_rate".into(),
+            MetricName::PerClassError => "per_class_error".into(),
+            MetricName::TpRate => "tp_rate".into(),
+            MetricName::FpRate => "fp_rate".into(),
+            MetricName::Roc => "roc".into(),
+            MetricName::RocAuc => "roc_auc".into(),
+            MetricName::RocAucMacro => "roc_auc_macro".into(),
+            MetricName::RocAucMicro => "roc_auc_micro".into(),
+            MetricName::ConfusionMatrix => "confusion_matrix".into(),
         }
+    }
+
+    pub fn parse(s: &str) -> Option<MetricName> {
+        Some(match s {
+            "loss" => MetricName::Loss,
+            "accuracy" => MetricName::Accuracy,
+            "error_rate" => MetricName::ErrorRate,
+            "balanced_error_rate" => MetricName::BalancedErrorRate,
+            "per_class_error" => MetricName::PerClassError,
+            "tp_rate" => MetricName::TpRate,
+            "fp_rate" => MetricName::FpRate,
+            "roc" => MetricName::Roc,
+            "roc_auc" => MetricName::RocAuc,
+            "roc_auc_macro" => MetricName::RocAucMacro,
+            "roc_auc_micro" => MetricName::RocAucMicro,
+            "confusion_matrix" => MetricName::ConfusionMatrix,
+            other => {
+                let k = other.strip_prefix("top")?.strip_suffix("_accuracy")?.parse().ok()?;
+                if k == 0 {
+                    return None;
+                }
+                MetricName::TopK(k)
+            }
+        })
+    }
+
+    /// A single number per epoch (not per class, not a curve or a table).
+    pub fn is_scalar(self) -> bool {
+        !matches!(self, MetricName::PerClassError | MetricName::Roc | MetricName::ConfusionMatrix)
+    }
+}
+
+impl Serialize for MetricName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        MetricName::parse(&s).ok_or_else(|| serde::de::Error::unknown_variant(&s, METRIC_NAMES))
     }
 }
 
@@ -544,11 +634,22 @@ pub struct MetricsConfig {
     pub train: Vec<MetricName>,
     #[serde(default = "default_metrics")]
     pub test: Vec<MetricName>,
+    /// The positive class for `tp_rate`, `fp_rate` and binary `roc` / `roc_auc`: a class
+    /// name or index (default: index 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive: Option<String>,
+    /// A sample is predicted positive when the positive class's probability is at least this.
+    #[serde(default = "half_f")]
+    pub threshold: f64,
+}
+
+fn half_f() -> f64 {
+    0.5
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { train: default_metrics(), test: default_metrics() }
+        MetricsConfig { train: default_metrics(), test: default_metrics(), positive: None, threshold: 0.5 }
     }
 }
 
