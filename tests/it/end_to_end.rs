@@ -57,6 +57,9 @@ layers = [{{ conv2d = {{ out = 4, kernel = 5, stride = 2 }} }}, "relu", {{ maxpo
 name = "classifier"
 layers = ["flatten", {{ dropout = {{ p = 0.1 }} }}, {{ linear = {{ out = 10 }} }}]
 
+[metrics]
+test = ["loss", "accuracy", "error_rate", "balanced_error_rate", "per_class_error", "top2_accuracy", "roc_auc", "confusion_matrix", "roc"]
+
 [train]
 epochs = {epochs}
 optimizer = {{ sgd = {{ lr = 0.05, momentum = 0.9 }} }}
@@ -97,7 +100,13 @@ fn tiny_run_writes_readable_tables_and_is_deterministic() {
         col::<StringArray>(&m, "metric"),
         col::<Float64Array>(&m, "value"),
     );
-    assert_eq!(col::<StringArray>(&m, "class").null_count(), m.num_rows(), "no per-class rows yet");
+    // Per-class rows carry the class name (MNIST's digits); the rest have no class.
+    let class = col::<StringArray>(&m, "class");
+    let per_class: Vec<usize> = (0..m.num_rows()).filter(|&i| !class.is_null(i)).collect();
+    assert_eq!(per_class.len(), 3 * 10, "per_class_error for 10 classes, 3 epochs");
+    assert!(per_class.iter().all(|&i| col::<StringArray>(&m, "metric").value(i) == "per_class_error"));
+    assert!(dir.join("predictions.parquet").is_file() && dir.join("confusion_matrix_test.parquet").is_file());
+    assert!(dir.join("roc_test.parquet").is_file());
     let get = |e: i32, s: &str, name: &str| -> f64 {
         (0..m.num_rows())
             .find(|&i| epoch.value(i) == e && split.value(i) == s && metric.value(i) == name)
