@@ -57,6 +57,64 @@ enum Command {
     Predict(PredictArgs),
     /// Continue an interrupted or failed run in its folder, from its last checkpoint.
     Resume(ResumeArgs),
+    /// One row per run: status, the parameters that differ, final metrics.
+    Compare(CompareArgs),
+    /// The config keys that differ between two runs, side by side.
+    Diff(DiffArgs),
+    /// Run an experiment over a grid of overrides, each point an ordinary run.
+    Sweep(SweepArgs),
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// Run folders, or folders holding runs (searched below), e.g. runs/ or runs/lenet5_mnist.
+    #[arg(default_value = "runs")]
+    paths: Vec<PathBuf>,
+    /// Show every parameter, not only those that differ.
+    #[arg(long)]
+    all_params: bool,
+    /// Sort by this final metric, best first (lowest for loss and error metrics).
+    #[arg(long)]
+    sort: Option<String>,
+    /// Keep runs whose parameter KEY has VALUE. Repeatable.
+    #[arg(long = "where", value_name = "KEY=VALUE")]
+    filters: Vec<String>,
+    /// The metric columns, comma-separated (default: every final metric).
+    #[arg(long, value_delimiter = ',')]
+    metrics: Option<Vec<String>>,
+    /// table, csv or markdown.
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Also draw the runs' curves of --metric into this PNG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// The metric to plot, as split.metric (test.accuracy).
+    #[arg(long, default_value = "test.accuracy")]
+    metric: String,
+}
+
+#[derive(Args, Debug)]
+struct DiffArgs {
+    run_a: PathBuf,
+    run_b: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct SweepArgs {
+    /// The experiment file; its `[sweep]` table (grid, zip) adds to the options.
+    experiment: PathBuf,
+    /// KEY=V1,V2,...: every combination with the other grids. Repeatable.
+    #[arg(long = "grid", value_name = "KEY=V1,V2")]
+    grids: Vec<String>,
+    /// KEY=V1,V2,...: zipped with the other --zip lists (same length), crossed with the grids.
+    #[arg(long = "zip", value_name = "KEY=V1,V2")]
+    zips: Vec<String>,
+    /// Runs at a time, each a separate process (threads per run: cores / jobs).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Overrides for every point (as for a run). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -124,13 +182,60 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Data(DataCommand::Preview(args))) => data_preview(args),
         Some(Command::Predict(args)) => predict(args),
         Some(Command::Resume(args)) => resume(args),
+        Some(Command::Compare(args)) => compare(args),
+        Some(Command::Diff(args)) => diff(args),
+        Some(Command::Sweep(args)) => sweep(args),
     }
+}
+
+fn compare(args: CompareArgs) -> Result<ExitCode> {
+    use crate::compare;
+    let format: compare::Format = args.format.parse().map_err(anyhow::Error::msg)?;
+    let (runs, warnings) = compare::collect(&args.paths)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if runs.is_empty() {
+        anyhow::bail!("no runs found under {}", args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(png) = &args.plot {
+        crate::plots::compare_curves(&runs, &args.metric, png)?;
+        tracing::info!("wrote {}", png.display());
+    }
+    let opts = compare::Options {
+        all_params: args.all_params,
+        sort: args.sort,
+        filters: compare::parse_filters(&args.filters)?,
+        metrics: args.metrics,
+        format,
+    };
+    print!("{}", compare::table(runs, &opts)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn diff(args: DiffArgs) -> Result<ExitCode> {
+    let a = crate::compare::read_run(&args.run_a)?;
+    let b = crate::compare::read_run(&args.run_b)?;
+    print!("{}", crate::compare::diff(&a, &b));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sweep(args: SweepArgs) -> Result<ExitCode> {
+    let req = crate::sweep::Request {
+        experiment: args.experiment,
+        grids: args.grids,
+        zips: args.zips,
+        jobs: args.jobs,
+        sets: args.sets,
+    };
+    let failed = crate::sweep::run(&req, stop_flag())?;
+    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn resume(args: ResumeArgs) -> Result<ExitCode> {
     let stop = stop_flag();
-    let outcome = crate::train::resume(&args.run_dir, stop)?;
-    report(&outcome, &BTreeMap::new(), None)
+    let mut outcome = crate::train::resume(&args.run_dir, stop)?;
+    report(&mut outcome, &BTreeMap::new(), None)
 }
 
 /// Set by the first Ctrl-C / SIGTERM: finish cleanly at the next batch. A second one leaves
@@ -149,7 +254,7 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 /// The final metrics beside their references, then `run folder: <path>`; the exit status.
 fn report(
-    outcome: &crate::train::Outcome,
+    outcome: &mut crate::train::Outcome,
     reference: &BTreeMap<String, f64>,
     source: Option<&str>,
 ) -> Result<ExitCode> {
@@ -163,6 +268,9 @@ fn report(
         }
     }
     println!("run folder: {}", outcome.run_dir.display());
+    if let Some(e) = outcome.error.take() {
+        return Err(e);
+    }
     Ok(match outcome.status {
         Status::Interrupted => ExitCode::from(130),
         _ => ExitCode::SUCCESS,
@@ -304,7 +412,7 @@ fn train(args: ExpArgs) -> Result<ExitCode> {
         tracing::warn!("{w}");
     }
     let stop = stop_flag();
-    let outcome = crate::train::run(&loaded, &plan, stop)?;
+    let mut outcome = crate::train::run(&loaded, &plan, stop)?;
     let reference: BTreeMap<String, f64> = loaded.config.experiment.reference.clone().into_iter().collect();
-    report(&outcome, &reference, loaded.config.experiment.reference_source.as_deref())
+    report(&mut outcome, &reference, loaded.config.experiment.reference_source.as_deref())
 }

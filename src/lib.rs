@@ -6,16 +6,19 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod plots;
 pub mod plan;
 pub mod predict;
 pub mod progress;
 pub mod rng;
 pub mod runlog;
 pub mod schedule;
+pub mod sweep;
 pub mod train;

@@ -59,6 +59,8 @@ pub struct RunLog {
     git_commit: Option<String>,
     seed: u64,
     device: String,
+    /// Set for the points of a sweep (`RUNNER_SWEEP_ID`, set by `runner sweep`).
+    sweep_id: Option<String>,
     status: Status,
     started_at_us: i64,
     finished_at_us: Option<i64>,
@@ -125,6 +127,7 @@ impl RunLog {
             git_commit: git_commit(),
             seed,
             device: device.to_string(),
+            sweep_id: std::env::var("RUNNER_SWEEP_ID").ok().filter(|s| !s.is_empty()),
             status: Status::Running,
             started_at_us,
             finished_at_us: None,
@@ -206,6 +209,9 @@ impl RunLog {
             git_commit: s("git_commit")?,
             seed,
             device: s("device")?.unwrap_or_default(),
+            sweep_id: run
+                .column_by_name("sweep_id")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>().filter(|a| !a.is_null(0)).map(|a| a.value(0).to_string())),
             status: Status::Running,
             started_at_us: started,
             finished_at_us: None,
@@ -389,6 +395,7 @@ impl RunLog {
             Field::new("git_commit", DataType::Utf8, true),
             Field::new("seed", DataType::UInt64, false),
             Field::new("device", DataType::Utf8, false),
+            Field::new("sweep_id", DataType::Utf8, true),
             Field::new("status", DataType::Utf8, false),
             Field::new("started_at", ts.clone(), false),
             Field::new("finished_at", ts, true),
@@ -400,6 +407,7 @@ impl RunLog {
             Arc::new(StringArray::from(vec![self.git_commit.as_deref()])),
             Arc::new(UInt64Array::from(vec![self.seed])),
             Arc::new(StringArray::from(vec![self.device.as_str()])),
+            Arc::new(StringArray::from(vec![self.sweep_id.as_deref()])),
             Arc::new(StringArray::from(vec![self.status.as_str()])),
             Arc::new(TimestampMicrosecondArray::from(vec![self.started_at_us]).with_timezone("UTC")),
             Arc::new(TimestampMicrosecondArray::from(vec![self.finished_at_us]).with_timezone("UTC")),

@@ -34,6 +34,8 @@ pub struct Outcome {
     pub status: Status,
     /// `test.<metric>` -> value after the last epoch.
     pub final_metrics: BTreeMap<String, f64>,
+    /// Why the run failed (status `failed`); its folder and tables are kept.
+    pub error: Option<anyhow::Error>,
 }
 
 /// Where training stands between epochs: what a checkpoint restores.
@@ -172,9 +174,13 @@ fn finish(
     };
     log.set_status(status);
     let flushed = log.flush();
-    result.with_context(|| format!("run {} failed; tables so far are in {}", log.run_id, log.dir.display()))?;
-    flushed?;
-    Ok(Outcome { run_dir: log.dir.clone(), status, final_metrics: log.final_metrics.clone() })
+    let error = result
+        .with_context(|| format!("run {} failed; tables so far are in {}", log.run_id, log.dir.display()))
+        .err();
+    if error.is_none() {
+        flushed?;
+    }
+    Ok(Outcome { run_dir: log.dir.clone(), status, final_metrics: log.final_metrics.clone(), error })
 }
 
 /// Cross-entropy, with PyTorch's label smoothing `e`: `(1 - e) * nll + e * mean_c(-log p_c)`.

@@ -32,6 +32,20 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// `runner sweep`'s grid; a plain run ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepConfig>,
+}
+
+/// `[sweep]`: `grid = { "train.optimizer.sgd.lr" = [0.1, 0.01], seed = [0, 1] }` (every
+/// combination) and `zip = { ... }` (lists of one length, taken together).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    #[serde(default)]
+    pub grid: std::collections::BTreeMap<String, Vec<toml::Value>>,
+    #[serde(default)]
+    pub zip: std::collections::BTreeMap<String, Vec<toml::Value>>,
 }
 
 /// How the test split is evaluated.

@@ -9,5 +9,6 @@ mod fashion_mnist;
 mod image_folder;
 mod predict;
 mod resume;
+mod sweep;
 mod torch_parity;
 mod zoo;

@@ -1,0 +1,266 @@
+//! `runner compare` and `runner diff`: runs side by side from their folders' tables.
+//!
+//! A run is a folder with `run.parquet`; folders given are searched for runs below them.
+//! `compare` prints one row per run: the run, its status, the parameters that differ between
+//! the runs (all with `--all-params`; a key missing from a run shows empty) and the final
+//! metrics. A folder whose tables cannot be read is reported and skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use arrow_array::{Array, Float64Array, RecordBatch, StringArray};
+
+use crate::config::Mode;
+
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub dir: PathBuf,
+    pub run_id: String,
+    pub experiment: String,
+    pub status: String,
+    pub sweep_id: Option<String>,
+    pub params: BTreeMap<String, String>,
+    /// Final metrics, `test.accuracy` -> value.
+    pub finals: BTreeMap<String, f64>,
+}
+
+fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .and_then(|b| b.build())
+        .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
+    reader.collect::<std::result::Result<_, _>>().with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn text(b: &RecordBatch, name: &str, row: usize) -> Option<String> {
+    let c = b.column_by_name(name)?.as_any().downcast_ref::<StringArray>()?;
+    (!c.is_null(row)).then(|| c.value(row).to_string())
+}
+
+/// One run's `run.parquet` and `params.parquet`.
+pub fn read_run(dir: &Path) -> Result<RunInfo> {
+    let path = dir.join("run.parquet");
+    let batches = read_batches(&path)?;
+    let b = batches.first().with_context(|| format!("{}: empty table", path.display()))?;
+    if b.num_rows() != 1 {
+        bail!("{}: expected one row, found {}", path.display(), b.num_rows());
+    }
+    let run_id = text(b, "run_id", 0).with_context(|| format!("{}: no run_id: not a runner table", path.display()))?;
+    let mut finals = BTreeMap::new();
+    for (i, f) in b.schema().fields().iter().enumerate() {
+        if let Some(v) = b.column(i).as_any().downcast_ref::<Float64Array>() {
+            if !v.is_null(0) {
+                finals.insert(f.name().clone(), v.value(0));
+            }
+        }
+    }
+    let mut params = BTreeMap::new();
+    let ppath = dir.join("params.parquet");
+    if ppath.is_file() {
+        for p in read_batches(&ppath)? {
+            for i in 0..p.num_rows() {
+                if let (Some(k), Some(v)) = (text(&p, "key", i), text(&p, "value", i)) {
+                    params.insert(k, v);
+                }
+            }
+        }
+    }
+    Ok(RunInfo {
+        dir: dir.to_path_buf(),
+        run_id,
+        experiment: text(b, "experiment", 0).unwrap_or_default(),
+        status: text(b, "status", 0).unwrap_or_default(),
+        sweep_id: text(b, "sweep_id", 0),
+        params,
+        finals,
+    })
+}
+
+/// Every run folder at or below `paths` (a folder holding `run.parquet`), sorted; unreadable
+/// ones are returned as warnings.
+pub fn collect(paths: &[PathBuf]) -> Result<(Vec<RunInfo>, Vec<String>)> {
+    fn walk(p: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        if p.join("run.parquet").is_file() {
+            out.push(p.to_path_buf());
+            return;
+        }
+        if depth == 0 {
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir(p) {
+            let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+            dirs.sort();
+            for d in dirs {
+                walk(&d, depth - 1, out);
+            }
+        }
+    }
+    let mut dirs = Vec::new();
+    for p in paths {
+        if !p.is_dir() {
+            bail!("{}: no such folder", p.display());
+        }
+        walk(p, 4, &mut dirs);
+    }
+    dirs.sort();
+    dirs.dedup();
+    let mut runs = Vec::new();
+    let mut warnings = Vec::new();
+    for d in dirs {
+        match read_run(&d) {
+            Ok(r) => runs.push(r),
+            Err(e) => warnings.push(format!("skipped {}: {e:#}", d.display())),
+        }
+    }
+    Ok((runs, warnings))
+}
+
+/// The parameter keys whose values differ between `runs` (missing counts as a value).
+pub fn differing_keys(runs: &[RunInfo]) -> Vec<String> {
+    let keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.params.keys()).collect();
+    keys.into_iter()
+        .filter(|k| {
+            let first = runs.first().and_then(|r| r.params.get(*k));
+            runs.iter().any(|r| r.params.get(*k) != first)
+        })
+        .cloned()
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Csv,
+    Markdown,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "table" => Ok(Format::Table),
+            "csv" => Ok(Format::Csv),
+            "markdown" | "md" => Ok(Format::Markdown),
+            _ => Err(format!("--format {s}: expected table, csv or markdown")),
+        }
+    }
+}
+
+pub struct Options {
+    pub all_params: bool,
+    pub sort: Option<String>,
+    pub filters: Vec<(String, String)>,
+    pub metrics: Option<Vec<String>>,
+    pub format: Format,
+}
+
+/// Parses `key=value` filters.
+pub fn parse_filters(raw: &[String]) -> Result<Vec<(String, String)>> {
+    raw.iter()
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.trim_matches('"').to_string())),
+            _ => bail!("--where {w}: expected key=value"),
+        })
+        .collect()
+}
+
+/// The compare table as text.
+pub fn table(mut runs: Vec<RunInfo>, o: &Options) -> Result<String> {
+    runs.retain(|r| {
+        o.filters.iter().all(|(k, v)| r.params.get(k).map(|x| x.trim_matches('"')) == Some(v.as_str()))
+    });
+    let all_metrics: BTreeSet<String> = runs.iter().flat_map(|r| r.finals.keys().cloned()).collect();
+    let metrics: Vec<String> = match &o.metrics {
+        Some(m) => m.clone(),
+        None => all_metrics.into_iter().collect(),
+    };
+    if let Some(key) = &o.sort {
+        let mode = Mode::for_metric(key);
+        runs.sort_by(|a, b| {
+            let (x, y) = (a.finals.get(key).copied().unwrap_or(f64::NAN), b.finals.get(key).copied().unwrap_or(f64::NAN));
+            // Best first; runs without the metric last.
+            match (x.is_nan(), y.is_nan()) {
+                (true, false) => std::cmp::Ordering::Greater,
+                (false, true) => std::cmp::Ordering::Less,
+                _ if mode == Mode::Min => x.total_cmp(&y),
+                _ => y.total_cmp(&x),
+            }
+        });
+    }
+    let params: Vec<String> = if o.all_params {
+        runs.iter().flat_map(|r| r.params.keys().cloned()).collect::<BTreeSet<_>>().into_iter().collect()
+    } else {
+        differing_keys(&runs)
+    };
+    let mut header = vec!["run".to_string(), "status".to_string()];
+    header.extend(params.iter().cloned());
+    header.extend(metrics.iter().cloned());
+    let mut rows = Vec::new();
+    for r in &runs {
+        let mut row = vec![format!("{}/{}", r.experiment, r.run_id), r.status.clone()];
+        row.extend(params.iter().map(|k| r.params.get(k).cloned().unwrap_or_default()));
+        row.extend(metrics.iter().map(|m| r.finals.get(m).map(|v| format!("{v:.4}")).unwrap_or_default()));
+        rows.push(row);
+    }
+    Ok(render(&header, &rows, o.format))
+}
+
+pub fn render(header: &[String], rows: &[Vec<String>], format: Format) -> String {
+    let mut s = String::new();
+    match format {
+        Format::Csv => {
+            let q = |f: &String| {
+                if f.contains([',', '"', '\n']) {
+                    format!("\"{}\"", f.replace('"', "\"\""))
+                } else {
+                    f.clone()
+                }
+            };
+            for r in std::iter::once(header).chain(rows.iter().map(|r| r.as_slice())) {
+                s += &r.iter().map(q).collect::<Vec<_>>().join(",");
+                s.push('\n');
+            }
+        }
+        Format::Markdown => {
+            let line = |r: &[String]| format!("| {} |\n", r.iter().map(|f| f.replace('|', "\\|")).collect::<Vec<_>>().join(" | "));
+            s += &line(header);
+            s += &format!("|{}\n", " --- |".repeat(header.len()));
+            for r in rows {
+                s += &line(r);
+            }
+        }
+        Format::Table => {
+            let widths: Vec<usize> = (0..header.len())
+                .map(|i| std::iter::once(header).chain(rows.iter().map(|r| r.as_slice())).map(|r| r[i].chars().count()).max().unwrap_or(0))
+                .collect();
+            for r in std::iter::once(header).chain(rows.iter().map(|r| r.as_slice())) {
+                let cells: Vec<String> = r.iter().zip(&widths).map(|(f, w)| format!("{f:<w$}")).collect();
+                s += cells.join("  ").trim_end();
+                s.push('\n');
+            }
+        }
+    }
+    s
+}
+
+/// `runner diff A B`: the config keys that differ, side by side.
+pub fn diff(a: &RunInfo, b: &RunInfo) -> String {
+    let keys: BTreeSet<&String> = a.params.keys().chain(b.params.keys()).collect();
+    let header = vec!["key".to_string(), a.run_id.clone(), b.run_id.clone()];
+    let rows: Vec<Vec<String>> = keys
+        .into_iter()
+        .filter(|k| a.params.get(*k) != b.params.get(*k))
+        .map(|k| {
+            vec![
+                k.clone(),
+                a.params.get(k).cloned().unwrap_or_else(|| "(absent)".into()),
+                b.params.get(k).cloned().unwrap_or_else(|| "(absent)".into()),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "the two runs have the same config\n".into();
+    }
+    render(&header, &rows, Format::Table)
+}

@@ -1,0 +1,321 @@
+//! `runner sweep EXP --grid KEY=V1,V2 ... [--zip KEY=V1,V2 ...] [--jobs N]`: an experiment
+//! over a grid of overrides. The grids (and the experiment's `[sweep]` table) give every
+//! combination; `--zip` lists of one length are taken together and crossed with the grid.
+//!
+//! Each point is an ordinary run (`runner EXP --set ...` in its own process) whose
+//! `config.toml` records its overrides, with the sweep's id in `run.parquet` (`sweep_id`).
+//! Every point is planned before the first one starts, so a value that does not fit its key
+//! stops the sweep before any run. A failing point is marked and the others go on. The
+//! sweep's state is kept in `<output_dir>/<experiment>/sweeps/<sweep-id>.toml`; the same
+//! command again skips the points already completed. The compare table ends the sweep.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::LoadOptions;
+
+pub struct Request {
+    pub experiment: PathBuf,
+    pub grids: Vec<String>,
+    pub zips: Vec<String>,
+    pub jobs: usize,
+    pub sets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Point {
+    /// `key=value` overrides, as for `--set`.
+    pub overrides: Vec<String>,
+    /// `pending`, `completed`, `failed`, `interrupted`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    sweep_id: String,
+    experiment: String,
+    point: Vec<Point>,
+}
+
+/// `seed` is short for `experiment.seed`.
+fn full_key(k: &str) -> String {
+    if k == "seed" {
+        "experiment.seed".into()
+    } else {
+        k.to_string()
+    }
+}
+
+/// `KEY=V1,V2` with commas inside brackets or quotes kept: `k=[1,2],[3,4]` is two values.
+pub fn parse_list(raw: &str, flag: &str) -> Result<(String, Vec<String>)> {
+    let Some((k, v)) = raw.split_once('=') else { bail!("{flag} {raw}: expected KEY=V1,V2,...") };
+    if k.is_empty() || v.is_empty() {
+        bail!("{flag} {raw}: expected KEY=V1,V2,...");
+    }
+    let (mut out, mut cur, mut depth, mut quote) = (Vec::new(), String::new(), 0i32, None);
+    for ch in v.chars() {
+        match ch {
+            '"' | '\'' if quote == Some(ch) => quote = None,
+            '"' | '\'' if quote.is_none() => quote = Some(ch),
+            '[' | '{' if quote.is_none() => depth += 1,
+            ']' | '}' if quote.is_none() => depth -= 1,
+            ',' if quote.is_none() && depth == 0 => {
+                out.push(std::mem::take(&mut cur).trim().to_string());
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    out.push(cur.trim().to_string());
+    if out.iter().any(|s| s.is_empty()) {
+        bail!("{flag} {raw}: an empty value");
+    }
+    Ok((full_key(k.trim()), out))
+}
+
+/// A TOML value as `--set` text.
+fn value_text(v: &toml::Value) -> String {
+    v.to_string()
+}
+
+/// Every point's overrides: the grid's combinations (first key slowest), each crossed with
+/// the zipped lists.
+pub fn points(grids: &[(String, Vec<String>)], zips: &[(String, Vec<String>)]) -> Result<Vec<Vec<String>>> {
+    let zip_len = zips.first().map(|(_, v)| v.len());
+    for (k, v) in zips {
+        if Some(v.len()) != zip_len {
+            bail!("--zip {k}: {} values, but --zip {} has {}", v.len(), zips[0].0, zip_len.unwrap_or(0));
+        }
+    }
+    let mut out: Vec<Vec<String>> = vec![Vec::new()];
+    for (k, values) in grids {
+        out = out
+            .into_iter()
+            .flat_map(|p| {
+                values.iter().map(move |v| {
+                    let mut q = p.clone();
+                    q.push(format!("{k}={v}"));
+                    q
+                })
+            })
+            .collect();
+    }
+    if let Some(n) = zip_len {
+        out = out
+            .into_iter()
+            .flat_map(|p| {
+                (0..n).map(move |i| {
+                    let mut q = p.clone();
+                    q.extend(zips.iter().map(|(k, v)| format!("{k}={}", v[i])));
+                    q
+                })
+            })
+            .collect();
+    }
+    Ok(out)
+}
+
+/// Runs the sweep; returns how many points failed.
+pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
+    if req.jobs == 0 {
+        bail!("--jobs 0: at least one run at a time");
+    }
+    let base = crate::config::load(&req.experiment, &LoadOptions { sets: req.sets.clone(), env: true })?;
+    let file = base.config.sweep.clone().unwrap_or_default();
+    let mut grids: Vec<(String, Vec<String>)> =
+        file.grid.iter().map(|(k, v)| (full_key(k), v.iter().map(value_text).collect())).collect();
+    for g in &req.grids {
+        let (k, v) = parse_list(g, "--grid")?;
+        grids.retain(|(x, _)| *x != k);
+        grids.push((k, v));
+    }
+    let mut zips: Vec<(String, Vec<String>)> =
+        file.zip.iter().map(|(k, v)| (full_key(k), v.iter().map(value_text).collect())).collect();
+    for z in &req.zips {
+        let (k, v) = parse_list(z, "--zip")?;
+        zips.retain(|(x, _)| *x != k);
+        zips.push((k, v));
+    }
+    if grids.is_empty() && zips.is_empty() {
+        bail!("nothing to sweep: give --grid KEY=V1,V2 (or a [sweep] table in {})", req.experiment.display());
+    }
+    let all = points(&grids, &zips)?;
+
+    // Every point must plan before any runs.
+    let mut problems = Vec::new();
+    for p in &all {
+        let mut sets = req.sets.clone();
+        sets.extend(p.iter().cloned());
+        let plan = crate::config::load(&req.experiment, &LoadOptions { sets, env: true })
+            .map_err(anyhow::Error::from)
+            .and_then(|l| crate::plan::plan(&l).map(|_| ()));
+        if let Err(e) = plan {
+            problems.push(format!("point {}: {e:#}", p.join(" ")));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("the sweep was not started:\n{}", problems.join("\n"));
+    }
+
+    let experiment = base.config.experiment.name.clone();
+    let id = sweep_id(&experiment, &req.experiment, &req.sets, &all);
+    let dir = PathBuf::from(&base.config.experiment.output_dir).join(&experiment).join("sweeps");
+    std::fs::create_dir_all(dir.join(&id)).with_context(|| format!("cannot create {}", dir.display()))?;
+    let state_path = dir.join(format!("{id}.toml"));
+    let mut state = State {
+        sweep_id: id.clone(),
+        experiment: req.experiment.display().to_string(),
+        point: all.iter().map(|p| Point { overrides: p.clone(), status: "pending".into(), run_dir: None }).collect(),
+    };
+    if let Ok(text) = std::fs::read_to_string(&state_path) {
+        if let Ok(old) = toml::from_str::<State>(&text) {
+            for (new, old) in state.point.iter_mut().zip(old.point) {
+                if new.overrides == old.overrides && old.status == "completed" && completed(old.run_dir.as_deref()) {
+                    *new = old;
+                }
+            }
+        }
+    }
+    let done = state.point.iter().filter(|p| p.status == "completed").count();
+    tracing::info!(
+        "sweep {id}: {} points{}, {} at a time",
+        state.point.len(),
+        if done > 0 { format!(" ({done} already completed)") } else { String::new() },
+        req.jobs
+    );
+    write_state(&state_path, &state)?;
+
+    let threads = std::env::var("RAYON_NUM_THREADS").ok().unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        (cores / req.jobs).max(1).to_string()
+    });
+    let todo: Vec<usize> = (0..state.point.len()).filter(|&i| state.point[i].status != "completed").collect();
+    let state = Arc::new(Mutex::new(state));
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..req.jobs.min(todo.len()) {
+            s.spawn(|| loop {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&i) = todo.get(k) else { break };
+                let overrides = state.lock().map(|s| s.point[i].overrides.clone()).unwrap_or_default();
+                let log = dir.join(&id).join(format!("point_{i:03}.log"));
+                let (status, run_dir) = run_point(req, &id, &threads, &overrides, &log);
+                tracing::info!("sweep {id}: point {} ({}): {status}", i + 1, overrides.join(" "));
+                if let Ok(mut st) = state.lock() {
+                    st.point[i].status = status;
+                    st.point[i].run_dir = run_dir;
+                    if let Err(e) = write_state(&state_path, &st) {
+                        tracing::warn!("{e:#}");
+                    }
+                }
+            });
+        }
+    });
+    let state = state.lock().map(|s| s.clone()).map_err(|_| anyhow::anyhow!("sweep state poisoned"))?;
+    let failed = state.point.iter().filter(|p| p.status != "completed").count();
+
+    // The compare table of this sweep's runs, best first.
+    let dirs: Vec<PathBuf> = state.point.iter().filter_map(|p| p.run_dir.as_ref().map(PathBuf::from)).collect();
+    let mut runs = Vec::new();
+    for d in &dirs {
+        match crate::compare::read_run(d) {
+            Ok(r) => runs.push(r),
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
+    let sort = ["test.error_rate", "test.loss", "test.accuracy"]
+        .into_iter()
+        .find(|m| runs.iter().any(|r| r.finals.contains_key(*m)))
+        .map(str::to_string);
+    let opts = crate::compare::Options {
+        all_params: false,
+        sort,
+        filters: Vec::new(),
+        metrics: None,
+        format: crate::compare::Format::Table,
+    };
+    if !runs.is_empty() {
+        print!("{}", crate::compare::table(runs, &opts)?);
+    }
+    println!("sweep {id}: {} completed, {failed} not; state in {}", state.point.len() - failed, state_path.display());
+    Ok(failed)
+}
+
+fn completed(run_dir: Option<&str>) -> bool {
+    run_dir.and_then(|d| crate::compare::read_run(Path::new(d)).ok()).is_some_and(|r| r.status == "completed")
+}
+
+/// `<experiment>-<first 8 hex digits of the SHA-256 of the file, shared overrides and points>`:
+/// the same sweep gets the same id, so running it again resumes it.
+fn sweep_id(experiment: &str, file: &Path, sets: &[String], points: &[Vec<String>]) -> String {
+    let text = format!("{}\n{sets:?}\n{points:?}", file.display());
+    format!("{experiment}-{}", &crate::train::config_hash(&text)[..8])
+}
+
+fn write_state(path: &Path, state: &State) -> Result<()> {
+    let text = toml::to_string(state).context("cannot write the sweep state")?;
+    crate::runlog::atomic_write(path, |tmp| Ok(std::fs::write(tmp, &text)?))
+}
+
+/// One point as its own process; returns its status and run folder.
+fn run_point(req: &Request, id: &str, threads: &str, overrides: &[String], log: &Path) -> (String, Option<String>) {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return (format!("failed: {e}"), None),
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(&req.experiment);
+    for s in req.sets.iter().chain(overrides) {
+        cmd.arg("--set").arg(s);
+    }
+    cmd.env("RUNNER_SWEEP_ID", id).env("RAYON_NUM_THREADS", threads).env("CANDLE_NUM_THREADS", threads);
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => return (format!("failed: {e}"), None),
+    };
+    let _ = std::fs::write(log, [out.stdout.as_slice(), out.stderr.as_slice()].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let run_dir = stdout.lines().rev().find_map(|l| l.strip_prefix("run folder: ")).map(str::to_string);
+    let status = match out.status.code() {
+        Some(0) => "completed".to_string(),
+        Some(130) => "interrupted".to_string(),
+        _ => "failed".to_string(),
+    };
+    (status, run_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_points() {
+        let (k, v) = parse_list("train.optimizer.sgd.lr=0.1,0.03,0.01", "--grid").unwrap();
+        assert_eq!((k.as_str(), v.len()), ("train.optimizer.sgd.lr", 3));
+        let (k, v) = parse_list("seed=0,1", "--grid").unwrap();
+        assert_eq!((k.as_str(), v), ("experiment.seed", vec!["0".to_string(), "1".into()]));
+        let (_, v) = parse_list("model.input=[1,28,28],[1, 32, 32]", "--grid").unwrap();
+        assert_eq!(v, ["[1,28,28]", "[1, 32, 32]"]);
+        assert!(parse_list("lr", "--grid").is_err() && parse_list("lr=0.1,", "--grid").is_err());
+        let grids = vec![("a".to_string(), vec!["1".to_string(), "2".into()]), ("b".into(), vec!["x".into(), "y".into(), "z".into()])];
+        let p = points(&grids, &[]).unwrap();
+        assert_eq!(p.len(), 6);
+        assert_eq!(p[0], ["a=1", "b=x"]);
+        assert_eq!(p[5], ["a=2", "b=z"]);
+        let zips = vec![("c".to_string(), vec!["1".to_string(), "2".into()]), ("d".into(), vec!["p".into(), "q".into()])];
+        let p = points(&grids[..1], &zips).unwrap();
+        assert_eq!(p, vec![vec!["a=1", "c=1", "d=p"], vec!["a=1", "c=2", "d=q"], vec!["a=2", "c=1", "d=p"], vec!["a=2", "c=2", "d=q"]]);
+        let bad = vec![("c".to_string(), vec!["1".to_string()]), ("d".into(), vec!["p".into(), "q".into()])];
+        assert!(points(&[], &bad).unwrap_err().to_string().contains("--zip d: 2 values"));
+    }
+}

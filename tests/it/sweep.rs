@@ -1,0 +1,96 @@
+//! `runner sweep`, `runner compare` and `runner diff` on tiny runs.
+
+use crate::common::runner;
+
+#[test]
+fn a_sweep_of_3_lrs_by_2_seeds() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 1);
+    let args = ["sweep", "tiny.toml", "--grid", "train.optimizer.sgd.lr=0.1,0.03,0.01", "--grid", "seed=0,1", "--jobs", "2"];
+    let out = runner(d.path(), &args);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let runs: Vec<_> = std::fs::read_dir(d.path().join("runs/tiny"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("run.parquet").is_file())
+        .collect();
+    assert_eq!(runs.len(), 6, "six run folders");
+    // The table: header, 6 rows, the summary; only the swept keys as parameters.
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(&header[..4], ["run", "status", "experiment.seed", "train.optimizer.sgd.lr"], "{}", out.stdout);
+    assert!(header[4..].iter().all(|h| h.starts_with("test.")), "{header:?}");
+    let err_col = header.iter().position(|h| *h == "test.error_rate").unwrap();
+    let errors: Vec<f64> = lines[1..7].iter().map(|l| l.split_whitespace().nth(err_col).unwrap().parse().unwrap()).collect();
+    assert!(errors.windows(2).all(|w| w[0] <= w[1]), "sorted by test error: {errors:?}");
+    assert!(lines[1..7].iter().all(|l| l.contains("completed")));
+    assert!(lines[7].contains("6 completed, 0 not"), "{}", out.stdout);
+    // Each point's config.toml records its overrides; run.parquet its sweep id.
+    let one = &runs[0].path();
+    let cfg = std::fs::read_to_string(one.join("config.toml")).unwrap();
+    assert!(cfg.contains("# override: train.optimizer.sgd.lr="), "{cfg}");
+    let info = runner::compare::read_run(one).unwrap();
+    assert!(info.sweep_id.as_deref().is_some_and(|s| s.starts_with("tiny-")), "{:?}", info.sweep_id);
+
+    // The same command again: every point is done, nothing runs.
+    let again = runner(d.path(), &args);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stderr.contains("(6 already completed)"), "{}", again.stderr);
+    assert_eq!(std::fs::read_dir(d.path().join("runs/tiny")).unwrap().flatten().filter(|e| e.path().join("run.parquet").is_file()).count(), 6);
+
+    // compare: formats, filters, sorting; diff of two points.
+    let md = runner(d.path(), &["compare", "runs/tiny", "--format", "markdown", "--where", "experiment.seed=1", "--metrics", "test.accuracy"]);
+    assert_eq!(md.code, 0, "{}", md.stderr);
+    let md_lines: Vec<&str> = md.stdout.lines().collect();
+    assert_eq!(md_lines.len(), 2 + 3, "{}", md.stdout);
+    assert!(md_lines[0].starts_with("| run | status |") && md_lines[0].ends_with("| test.accuracy |"), "{}", md.stdout);
+    let csv = runner(d.path(), &["compare", "runs", "--format", "csv", "--sort", "test.loss"]);
+    assert_eq!(csv.stdout.lines().count(), 7, "{}", csv.stdout);
+    let dirs: Vec<String> = runs.iter().map(|e| e.path().to_string_lossy().into_owned()).collect();
+    let diff = runner(d.path(), &["diff", &dirs[0], &dirs[1]]);
+    assert_eq!(diff.code, 0, "{}", diff.stderr);
+    assert!(diff.stdout.lines().skip(1).all(|l| l.starts_with("experiment.seed") || l.starts_with("train.optimizer.sgd.lr")), "{}", diff.stdout);
+}
+
+#[test]
+fn bad_sweeps_stop_before_any_run() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 1);
+    let out = runner(d.path(), &["sweep", "tiny.toml", "--grid", "train.epochs=1,many"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("train.epochs") && out.stderr.contains("the sweep was not started"), "{}", out.stderr);
+    assert!(!d.path().join("runs/tiny").exists() || std::fs::read_dir(d.path().join("runs/tiny")).unwrap().count() == 0);
+    let out = runner(d.path(), &["sweep", "tiny.toml", "--zip", "seed=0,1", "--zip", "train.epochs=1"]);
+    assert!(out.stderr.contains("--zip train.epochs: 1 values"), "{}", out.stderr);
+}
+
+#[test]
+fn a_failing_point_is_marked_and_the_others_go_on() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 1);
+    // lr 1e30 diverges at the first step: that point fails, the other completes.
+    let out = runner(d.path(), &["sweep", "tiny.toml", "--grid", "train.optimizer.sgd.lr=1e30,0.05"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("1 completed, 1 not"), "{}", out.stdout);
+    assert!(out.stdout.contains("failed") && out.stdout.contains("completed"), "{}", out.stdout);
+}
+
+#[test]
+fn compare_skips_foreign_tables_and_unions_parameters() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 1);
+    assert_eq!(runner(d.path(), &["tiny.toml"]).code, 0);
+    // A second experiment with a key the first does not have.
+    let text = std::fs::read_to_string(d.path().join("tiny.toml")).unwrap().replace("name = \"tiny\"", "name = \"other\"");
+    std::fs::write(d.path().join("other.toml"), text + "\nlabel_smoothing = 0.1\n").unwrap();
+    let o = runner(d.path(), &["other.toml"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // A half-written table in a third folder.
+    std::fs::create_dir_all(d.path().join("runs/broken/x")).unwrap();
+    std::fs::write(d.path().join("runs/broken/x/run.parquet"), b"PAR1 not really").unwrap();
+    let out = runner(d.path(), &["compare", "runs"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("skipped") && out.stderr.contains("broken"), "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 3, "{}", out.stdout);
+    assert!(out.stdout.lines().next().unwrap().contains("train.label_smoothing"), "{}", out.stdout);
+}
