@@ -63,6 +63,22 @@ enum Command {
     Diff(DiffArgs),
     /// Run an experiment over a grid of overrides, each point an ordinary run.
     Sweep(SweepArgs),
+    /// Evaluate a run's saved model again and append the metrics to its tables.
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    run_dir: PathBuf,
+    /// best, last, or a weights file.
+    #[arg(long, default_value = "last")]
+    checkpoint: String,
+    /// test or train (through the test augmentations).
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// none or ten_crop.
+    #[arg(long)]
+    tta: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -185,7 +201,23 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Compare(args)) => compare(args),
         Some(Command::Diff(args)) => diff(args),
         Some(Command::Sweep(args)) => sweep(args),
+        Some(Command::Eval(args)) => eval(args),
     }
+}
+
+fn eval(args: EvalArgs) -> Result<ExitCode> {
+    let tta = match args.tta.as_deref() {
+        None => None,
+        Some("none") => Some(crate::config::Tta::None),
+        Some("ten_crop") => Some(crate::config::Tta::TenCrop),
+        Some(other) => anyhow::bail!("--tta {other}: expected none or ten_crop"),
+    };
+    let (split, values) = crate::train::eval_run(&args.run_dir, &args.checkpoint, &args.split, tta)?;
+    for (k, v) in &values {
+        println!("{k} = {v:.4}");
+    }
+    println!("appended to {} as split {split}", args.run_dir.join("metrics.parquet").display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn compare(args: CompareArgs) -> Result<ExitCode> {

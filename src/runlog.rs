@@ -136,8 +136,9 @@ impl RunLog {
         })
     }
 
-    /// Opens an existing run folder to continue it (`runner resume`): its `run.parquet` and
-    /// `metrics.parquet` are read back; rows of epochs after `keep_through` are dropped.
+    /// Opens an existing run folder (`runner resume`, `runner eval`): its `run.parquet` and
+    /// `metrics.parquet` are read back (status included); rows of epochs after
+    /// `keep_through` are dropped (`None`: all kept).
     pub fn open(dir: &Path, keep_through: Option<i32>) -> Result<Self> {
         use arrow_array::Array;
         let run = read_parquet(&dir.join("run.parquet"))?.into_iter().next().context("run.parquet is empty")?;
@@ -192,7 +193,8 @@ impl RunLog {
                 }
             }
         }
-        let final_metrics = match keep_through {
+        let last = metrics.iter().map(|r| r.epoch).max();
+        let final_metrics = match keep_through.or(last) {
             Some(k) => metrics
                 .iter()
                 .filter(|r| r.epoch == k && r.split == "test" && r.class.is_none())
@@ -209,12 +211,19 @@ impl RunLog {
             git_commit: s("git_commit")?,
             seed,
             device: s("device")?.unwrap_or_default(),
+            status: match s("status")?.as_deref() {
+                Some("completed") => Status::Completed,
+                Some("failed") => Status::Failed,
+                Some("interrupted") => Status::Interrupted,
+                _ => Status::Running,
+            },
+            finished_at_us: run
+                .column_by_name("finished_at")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>().filter(|a| !a.is_null(0)).map(|a| a.value(0))),
             sweep_id: run
                 .column_by_name("sweep_id")
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>().filter(|a| !a.is_null(0)).map(|a| a.value(0).to_string())),
-            status: Status::Running,
             started_at_us: started,
-            finished_at_us: None,
             final_metrics,
             metrics,
         })
@@ -248,6 +257,10 @@ impl RunLog {
 
     pub fn push(&mut self, row: MetricRow) {
         self.metrics.push(row);
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&MetricRow) -> bool) {
+        self.metrics.retain(keep);
     }
 
     pub fn metrics(&self) -> &[MetricRow] {

@@ -143,6 +143,71 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     finish(&plan, &dataset, &mut model, &mut optimizer, &device, log, state, &stop)
 }
 
+/// `runner eval RUN_DIR`: evaluates a saved model of the run again (`checkpoint`: `best`,
+/// `last` or a weights file) on `split` (`test` or `train`, through the test
+/// augmentations), optionally with other test-time augmentation, and appends the metrics to
+/// the run's tables under the split `<split>_eval` (`<split>_tta` with ten-crop TTA), at the
+/// run's last epoch. Returns that split name and the scalar values.
+pub fn eval_run(dir: &Path, checkpoint: &str, split: &str, tta: Option<Tta>) -> Result<(String, BTreeMap<String, f64>)> {
+    let config_path = dir.join("config.toml");
+    if !config_path.is_file() || !dir.join("run.parquet").is_file() {
+        bail!("{}: not a run folder (it needs config.toml and run.parquet)", dir.display());
+    }
+    if !["test", "train"].contains(&split) {
+        bail!("--split {split}: expected test or train");
+    }
+    let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: Vec::new(), env: false })?;
+    for g in &mut loaded.config.model.groups {
+        g.init = None;
+    }
+    if let Some(t) = tta {
+        loaded.config.eval.tta = t;
+    }
+    let plan = crate::plan::plan(&loaded)?;
+    let weights = match checkpoint {
+        "best" => dir.join("checkpoints/best.safetensors"),
+        "last" => match checkpoint::latest(&dir.join("checkpoints"))? {
+            Some((p, _)) => p,
+            None => dir.join("model.safetensors"),
+        },
+        path => PathBuf::from(path),
+    };
+    if !weights.is_file() {
+        bail!(
+            "no weights {} (best needs [train.checkpoint] best = \"<metric>\" in the run's config)",
+            weights.display()
+        );
+    }
+    let device = parse_device(&plan.device).map_err(anyhow::Error::msg)?.open()?;
+    let model = Model::new(&plan.graph, plan.seed, &device)?;
+    crate::model::weights::load_into(&model, &weights, "", "", &BTreeMap::new(), true)?;
+    let dataset = load_data(&plan)?;
+    let data = if split == "test" { dataset.test.clone() } else { dataset.train.clone() };
+    let spec = LoaderSpec {
+        batch_size: plan.data.eval_batch_size.unwrap_or(plan.data.batch_size),
+        shuffle: false,
+        drop_last: false,
+        seed: plan.seed,
+        shape: dataset.shape,
+        out_shape: plan.test_shape,
+        augment: plan.augment_test.clone(),
+        prefetch: plan.data.prefetch,
+        workers: plan.data.num_workers,
+        skip_errors: plan.data.on_error == crate::config::OnError::Skip,
+    };
+    let classes = plan.graph.out_shape().first().copied().unwrap_or(0);
+    let (stats, _) = evaluate(&model, &data, &spec, plan.tta, plan.input, &device, classes)?;
+    let name = format!("{split}_{}", if plan.tta == Tta::TenCrop { "tta" } else { "eval" });
+    let mut log = RunLog::open(dir, None)?;
+    let epoch = log.metrics().iter().map(|r| r.epoch).max().unwrap_or(0).max(0) as usize;
+    let step = log.metrics().iter().map(|r| r.step).max().unwrap_or(0);
+    // Rows of an earlier evaluation under the same name are replaced.
+    log.retain(|r| r.split != name);
+    let values = log_metrics(&mut log, &plan, &name, &plan.metrics.test, &stats, epoch, step)?;
+    log.flush()?;
+    Ok((name, values))
+}
+
 fn load_data(plan: &Plan) -> Result<data::Dataset> {
     let dataset = data::load(&plan.data)?;
     tracing::info!(

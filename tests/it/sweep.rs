@@ -94,3 +94,41 @@ fn compare_skips_foreign_tables_and_unions_parameters() {
     assert_eq!(out.stdout.lines().count(), 3, "{}", out.stdout);
     assert!(out.stdout.lines().next().unwrap().contains("train.label_smoothing"), "{}", out.stdout);
 }
+
+#[test]
+fn eval_appends_a_split_and_matches_the_run() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 2);
+    let out = runner(d.path(), &["tiny.toml", "--set", "train.checkpoint.best=\"test.loss\""]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let dir = crate::common::run_folder(d.path(), &out);
+    let arg = dir.to_string_lossy().into_owned();
+    let loss = |text: &str, key: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(&format!("{key} = "))).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap()
+    };
+    let final_loss = loss(&out.stdout, "test.loss");
+    // The last checkpoint is the final model: the same numbers (to the printed digits).
+    let e = runner(d.path(), &["eval", &arg]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    assert_eq!(loss(&e.stdout, "test_eval.loss"), final_loss, "{}", e.stdout);
+    let info = || {
+        let m = std::fs::File::open(dir.join("metrics.parquet")).unwrap();
+        let b: Vec<arrow_array::RecordBatch> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(m)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+        let split = b[0].column_by_name("split").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap().clone();
+        (0..arrow_array::Array::len(&split)).filter(|&i| split.value(i) == "test_eval").count()
+    };
+    let n = info();
+    assert!(n > 0);
+    // Again with the best checkpoint: the rows are replaced, not doubled; the status stays.
+    let e = runner(d.path(), &["eval", &arg, "--checkpoint", "best"]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    assert_eq!(info(), n);
+    assert_eq!(runner::compare::read_run(&dir).unwrap().status, "completed");
+    let e = runner(d.path(), &["eval", &arg, "--split", "val"]);
+    assert!(e.stderr.contains("--split val"), "{}", e.stderr);
+}
