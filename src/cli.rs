@@ -228,7 +228,10 @@ fn compare(args: CompareArgs) -> Result<ExitCode> {
         tracing::warn!("{w}");
     }
     if runs.is_empty() {
-        anyhow::bail!("no runs found under {}", args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        anyhow::bail!(
+            "no runs found under {}",
+            args.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
     }
     if let Some(png) = &args.plot {
         crate::plots::compare_curves(&runs, &args.metric, png)?;

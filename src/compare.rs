@@ -167,9 +167,7 @@ pub fn parse_filters(raw: &[String]) -> Result<Vec<(String, String)>> {
 
 /// The compare table as text.
 pub fn table(mut runs: Vec<RunInfo>, o: &Options) -> Result<String> {
-    runs.retain(|r| {
-        o.filters.iter().all(|(k, v)| r.params.get(k).map(|x| x.trim_matches('"')) == Some(v.as_str()))
-    });
+    runs.retain(|r| o.filters.iter().all(|(k, v)| r.params.get(k).map(|x| x.trim_matches('"')) == Some(v.as_str())));
     let all_metrics: BTreeSet<String> = runs.iter().flat_map(|r| r.finals.keys().cloned()).collect();
     let metrics: Vec<String> = match &o.metrics {
         Some(m) => m.clone(),
@@ -178,7 +176,8 @@ pub fn table(mut runs: Vec<RunInfo>, o: &Options) -> Result<String> {
     if let Some(key) = &o.sort {
         let mode = Mode::for_metric(key);
         runs.sort_by(|a, b| {
-            let (x, y) = (a.finals.get(key).copied().unwrap_or(f64::NAN), b.finals.get(key).copied().unwrap_or(f64::NAN));
+            let (x, y) =
+                (a.finals.get(key).copied().unwrap_or(f64::NAN), b.finals.get(key).copied().unwrap_or(f64::NAN));
             // Best first; runs without the metric last.
             match (x.is_nan(), y.is_nan()) {
                 (true, false) => std::cmp::Ordering::Greater,
@@ -223,7 +222,9 @@ pub fn render(header: &[String], rows: &[Vec<String>], format: Format) -> String
             }
         }
         Format::Markdown => {
-            let line = |r: &[String]| format!("| {} |\n", r.iter().map(|f| f.replace('|', "\\|")).collect::<Vec<_>>().join(" | "));
+            let line = |r: &[String]| {
+                format!("| {} |\n", r.iter().map(|f| f.replace('|', "\\|")).collect::<Vec<_>>().join(" | "))
+            };
             s += &line(header);
             s += &format!("|{}\n", " --- |".repeat(header.len()));
             for r in rows {
@@ -232,7 +233,13 @@ pub fn render(header: &[String], rows: &[Vec<String>], format: Format) -> String
         }
         Format::Table => {
             let widths: Vec<usize> = (0..header.len())
-                .map(|i| std::iter::once(header).chain(rows.iter().map(|r| r.as_slice())).map(|r| r[i].chars().count()).max().unwrap_or(0))
+                .map(|i| {
+                    std::iter::once(header)
+                        .chain(rows.iter().map(|r| r.as_slice()))
+                        .map(|r| r[i].chars().count())
+                        .max()
+                        .unwrap_or(0)
+                })
                 .collect();
             for r in std::iter::once(header).chain(rows.iter().map(|r| r.as_slice())) {
                 let cells: Vec<String> = r.iter().zip(&widths).map(|(f, w)| format!("{f:<w$}")).collect();

@@ -34,6 +34,9 @@ pub struct EpochStats {
     pub probs: Vec<f32>,
 }
 
+/// A class's ROC curve: its name and `(threshold, fpr, tpr)` points.
+pub type RocCurve = (String, Vec<(f64, f64, f64)>);
+
 /// What the scalar metrics need besides the samples.
 #[derive(Debug, Clone, Copy)]
 pub struct Binary {
@@ -119,6 +122,16 @@ impl EpochStats {
 
     pub fn confusion(&self) -> Vec<Vec<u64>> {
         confusion_matrix(&self.labels, &self.preds, self.classes)
+    }
+
+    /// The positive class's curve with two classes, else every class's against the rest.
+    pub fn roc_curves(&self, b: Binary, names: &[String]) -> Vec<RocCurve> {
+        let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+        if self.classes == 2 {
+            vec![(name(b.positive), self.roc(b.positive))]
+        } else {
+            (0..self.classes).map(|c| (name(c), self.roc(c))).collect()
+        }
     }
 
     /// The ROC curve of `class` against the rest: `(threshold, fpr, tpr)`.

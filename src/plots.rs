@@ -1,2 +1,222 @@
-//! placeholder
-pub fn compare_curves(_: &[crate::compare::RunInfo], _: &str, _: &std::path::Path) -> anyhow::Result<()> { anyhow::bail!("plots are not built yet") }
+//! PNG plots, drawn with plotters into memory and encoded with `image`; text in DejaVu Sans
+//! embedded in the binary (no system font packages).
+//!
+//! In each run's `plots/` after every epoch: `<metric>.png` (train and test per epoch),
+//! `roc.png` (the test split's ROC curves with their areas, when `roc` is configured) and
+//! `confusion_matrix.png` (a labelled heat map, when `confusion_matrix` is configured).
+//! `runner compare --plot` overlays the curves of several runs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+
+use crate::runlog::MetricRow;
+
+const FONT: &str = "sans-serif";
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+fn init_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_err() {
+            tracing::warn!("the embedded font did not load: plots will have no text");
+        }
+    });
+}
+
+/// Draws into a `w x h` RGB buffer and writes it as a PNG (through a temporary file).
+fn render(
+    path: &Path,
+    (w, h): (u32, u32),
+    draw: impl FnOnce(DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
+    init_font();
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        draw(root.clone())?;
+        root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf).context("plot buffer size")?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    crate::runlog::atomic_write(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png)?;
+        Ok(())
+    })
+}
+
+/// Lines of `(x, y)` points with their labels, on one chart.
+fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    let points: Vec<&(f64, f64)> = series.iter().flat_map(|(_, p)| p).filter(|(_, y)| y.is_finite()).collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (x, y) in &points {
+        x0 = x0.min(*x);
+        x1 = x1.max(*x);
+        y0 = y0.min(*y);
+        y1 = y1.max(*y);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let (y0, y1) = (y0 - pad, y1 + pad);
+    render(path, (800, 500), |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT, 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style((FONT, 14))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|(_, y)| y.is_finite()).collect();
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(|e| anyhow!("{e}"))?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font((FONT, 14))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    })
+}
+
+/// Per-epoch curves of every scalar metric logged for `train` or `test` (one PNG each).
+pub fn metric_curves(dir: &Path, rows: &[MetricRow], metrics: &[String]) -> Result<()> {
+    for metric in metrics {
+        let mut by_split: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+        for r in rows.iter().filter(|r| &r.metric == metric && r.class.is_none()) {
+            if r.split == "train" || r.split == "test" {
+                by_split.entry(r.split.as_str()).or_default().push((r.epoch as f64 + 1.0, r.value));
+            }
+        }
+        let series: Vec<(String, Vec<(f64, f64)>)> = by_split.into_iter().map(|(s, p)| (s.to_string(), p)).collect();
+        line_chart(&dir.join(format!("{metric}.png")), metric, "epoch", metric, &series)?;
+    }
+    Ok(())
+}
+
+/// ROC curves `(class, [(threshold, fpr, tpr)])` with their areas in the legend.
+pub fn roc(path: &Path, curves: &[crate::metrics::RocCurve]) -> Result<()> {
+    let series: Vec<(String, Vec<(f64, f64)>)> = curves
+        .iter()
+        .filter(|(_, c)| !c.is_empty())
+        .map(|(name, c)| {
+            let auc: f64 = c.windows(2).map(|w| (w[1].1 - w[0].1) * (w[1].2 + w[0].2) / 2.0).sum();
+            (format!("{name} (AUC {auc:.3})"), c.iter().map(|(_, f, t)| (*f, *t)).collect())
+        })
+        .collect();
+    line_chart(path, "ROC (test)", "false-positive rate", "true-positive rate", &series)
+}
+
+/// A heat map of `m[true][pred]` with the counts written in the cells.
+pub fn confusion(path: &Path, m: &[Vec<u64>], names: &[String]) -> Result<()> {
+    let n = m.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let max = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
+    let cell = (640 / n as u32).clamp(12, 80);
+    let side = cell * n as u32;
+    let label = |i: usize| names.get(i).cloned().unwrap_or_else(|| i.to_string());
+    render(path, (side + 180, side + 150), |root| {
+        let title_font = (FONT, 20).into_font();
+        root.draw(&Text::new("confusion matrix (rows: true, columns: predicted)", (10, 8), title_font))
+            .map_err(|e| anyhow!("{e}"))?;
+        let (ox, oy) = (160i32, 110i32);
+        let font_size = (cell as f64 * 0.35).clamp(8.0, 16.0);
+        for (i, row) in m.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let t = v as f64 / max;
+                let shade = (255.0 * (1.0 - t)) as u8;
+                let color = RGBColor(shade, shade, 255);
+                let (x, y) = (ox + (j as u32 * cell) as i32, oy + (i as u32 * cell) as i32);
+                root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], color.filled()))
+                    .map_err(|e| anyhow!("{e}"))?;
+                let text_color = if t > 0.5 { WHITE } else { BLACK };
+                let style = (FONT, font_size).into_font().color(&text_color);
+                root.draw(&Text::new(v.to_string(), (x + 3, y + cell as i32 / 3), style))
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+            let style = (FONT, font_size).into_font();
+            let y = oy + (i as u32 * cell) as i32 + cell as i32 / 3;
+            let mut name = label(i);
+            name.truncate(18);
+            root.draw(&Text::new(name, (8, y), style)).map_err(|e| anyhow!("{e}"))?;
+        }
+        for j in 0..n {
+            let style = (FONT, font_size).into_font().transform(FontTransform::Rotate270);
+            let x = ox + (j as u32 * cell) as i32 + cell as i32 / 3;
+            let mut name = label(j);
+            name.truncate(12);
+            root.draw(&Text::new(name, (x, oy - 6), style)).map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(())
+    })
+}
+
+/// `runner compare --plot`: the per-epoch `split.metric` of each run, overlaid.
+pub fn compare_curves(runs: &[crate::compare::RunInfo], metric: &str, png: &Path) -> Result<()> {
+    let Some((split, name)) = metric.split_once('.') else {
+        anyhow::bail!("--metric {metric}: expected split.metric, e.g. test.accuracy");
+    };
+    let mut series = Vec::new();
+    for r in runs {
+        let log = crate::runlog::RunLog::open(&r.dir, None)?;
+        let pts: Vec<(f64, f64)> = log
+            .metrics()
+            .iter()
+            .filter(|m| m.split == split && m.metric == name && m.class.is_none())
+            .map(|m| (m.epoch as f64 + 1.0, m.value))
+            .collect();
+        if !pts.is_empty() {
+            series.push((r.run_id.clone(), pts));
+        }
+    }
+    if series.is_empty() {
+        anyhow::bail!("no run logged {metric}");
+    }
+    line_chart(png, metric, "epoch", metric, &series)
+}

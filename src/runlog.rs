@@ -178,7 +178,7 @@ impl RunLog {
                     col("value")?.as_any().downcast_ref::<Float64Array>().context("value is not float64")?.clone();
                 let wall = col("wall_time_s")?.as_any().downcast_ref::<Float64Array>().context("wall_time_s")?.clone();
                 for i in 0..m.num_rows() {
-                    if keep_through.is_none_or(|k| epoch.value(i) > k) {
+                    if keep_through.is_some_and(|k| epoch.value(i) > k) {
                         continue;
                     }
                     metrics.push(MetricRow {
@@ -217,12 +217,12 @@ impl RunLog {
                 Some("interrupted") => Status::Interrupted,
                 _ => Status::Running,
             },
-            finished_at_us: run
-                .column_by_name("finished_at")
-                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>().filter(|a| !a.is_null(0)).map(|a| a.value(0))),
-            sweep_id: run
-                .column_by_name("sweep_id")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>().filter(|a| !a.is_null(0)).map(|a| a.value(0).to_string())),
+            finished_at_us: run.column_by_name("finished_at").and_then(|c| {
+                c.as_any().downcast_ref::<TimestampMicrosecondArray>().filter(|a| !a.is_null(0)).map(|a| a.value(0))
+            }),
+            sweep_id: run.column_by_name("sweep_id").and_then(|c| {
+                c.as_any().downcast_ref::<StringArray>().filter(|a| !a.is_null(0)).map(|a| a.value(0).to_string())
+            }),
             started_at_us: started,
             final_metrics,
             metrics,
@@ -336,7 +336,7 @@ impl RunLog {
     }
 
     /// `roc_<split>.parquet` after the latest epoch: per class (one vs rest) its curve.
-    pub fn write_roc(&self, epoch: usize, split: &str, curves: &[(String, Vec<(f64, f64, f64)>)]) -> Result<()> {
+    pub fn write_roc(&self, epoch: usize, split: &str, curves: &[crate::metrics::RocCurve]) -> Result<()> {
         let (mut class, mut thr, mut fpr, mut tpr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (c, points) in curves {
             for (t, f, p) in points {

@@ -307,14 +307,26 @@ mod tests {
         let (_, v) = parse_list("model.input=[1,28,28],[1, 32, 32]", "--grid").unwrap();
         assert_eq!(v, ["[1,28,28]", "[1, 32, 32]"]);
         assert!(parse_list("lr", "--grid").is_err() && parse_list("lr=0.1,", "--grid").is_err());
-        let grids = vec![("a".to_string(), vec!["1".to_string(), "2".into()]), ("b".into(), vec!["x".into(), "y".into(), "z".into()])];
+        let grids = vec![
+            ("a".to_string(), vec!["1".to_string(), "2".into()]),
+            ("b".into(), vec!["x".into(), "y".into(), "z".into()]),
+        ];
         let p = points(&grids, &[]).unwrap();
         assert_eq!(p.len(), 6);
         assert_eq!(p[0], ["a=1", "b=x"]);
         assert_eq!(p[5], ["a=2", "b=z"]);
-        let zips = vec![("c".to_string(), vec!["1".to_string(), "2".into()]), ("d".into(), vec!["p".into(), "q".into()])];
+        let zips =
+            vec![("c".to_string(), vec!["1".to_string(), "2".into()]), ("d".into(), vec!["p".into(), "q".into()])];
         let p = points(&grids[..1], &zips).unwrap();
-        assert_eq!(p, vec![vec!["a=1", "c=1", "d=p"], vec!["a=1", "c=2", "d=q"], vec!["a=2", "c=1", "d=p"], vec!["a=2", "c=2", "d=q"]]);
+        assert_eq!(
+            p,
+            vec![
+                vec!["a=1", "c=1", "d=p"],
+                vec!["a=1", "c=2", "d=q"],
+                vec!["a=2", "c=1", "d=p"],
+                vec!["a=2", "c=2", "d=q"]
+            ]
+        );
         let bad = vec![("c".to_string(), vec!["1".to_string()]), ("d".into(), vec!["p".into(), "q".into()])];
         assert!(points(&[], &bad).unwrap_err().to_string().contains("--zip d: 2 values"));
     }

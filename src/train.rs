@@ -148,7 +148,12 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
 /// augmentations), optionally with other test-time augmentation, and appends the metrics to
 /// the run's tables under the split `<split>_eval` (`<split>_tta` with ten-crop TTA), at the
 /// run's last epoch. Returns that split name and the scalar values.
-pub fn eval_run(dir: &Path, checkpoint: &str, split: &str, tta: Option<Tta>) -> Result<(String, BTreeMap<String, f64>)> {
+pub fn eval_run(
+    dir: &Path,
+    checkpoint: &str,
+    split: &str,
+    tta: Option<Tta>,
+) -> Result<(String, BTreeMap<String, f64>)> {
     let config_path = dir.join("config.toml");
     if !config_path.is_file() || !dir.join("run.parquet").is_file() {
         bail!("{}: not a run folder (it needs config.toml and run.parquet)", dir.display());
@@ -208,6 +213,24 @@ pub fn eval_run(dir: &Path, checkpoint: &str, split: &str, tta: Option<Tta>) -> 
     Ok((name, values))
 }
 
+/// The run's `plots/`: per-metric curves, and the test split's ROC and confusion matrix
+/// when those metrics are configured.
+fn draw_plots(log: &RunLog, plan: &Plan, test: &EpochStats) -> Result<()> {
+    let dir = log.dir.join("plots");
+    let mut names: Vec<String> =
+        plan.metrics.train.iter().chain(&plan.metrics.test).filter(|m| m.is_scalar()).map(|m| m.as_str()).collect();
+    names.sort();
+    names.dedup();
+    crate::plots::metric_curves(&dir, log.metrics(), &names)?;
+    if plan.metrics.test.contains(&MetricName::Roc) {
+        crate::plots::roc(&dir.join("roc.png"), &test.roc_curves(plan.binary, &plan.classes))?;
+    }
+    if plan.metrics.test.contains(&MetricName::ConfusionMatrix) {
+        crate::plots::confusion(&dir.join("confusion_matrix.png"), &test.confusion(), &plan.classes)?;
+    }
+    Ok(())
+}
+
 fn load_data(plan: &Plan) -> Result<data::Dataset> {
     let dataset = data::load(&plan.data)?;
     tracing::info!(
@@ -239,9 +262,8 @@ fn finish(
     };
     log.set_status(status);
     let flushed = log.flush();
-    let error = result
-        .with_context(|| format!("run {} failed; tables so far are in {}", log.run_id, log.dir.display()))
-        .err();
+    let error =
+        result.with_context(|| format!("run {} failed; tables so far are in {}", log.run_id, log.dir.display())).err();
     if error.is_none() {
         flushed?;
     }
@@ -449,6 +471,9 @@ fn epochs(
         log.final_metrics = test_values;
         log.flush()?;
         crate::model::weights::save(model, &log.dir.join("model.safetensors"))?;
+        if let Err(e) = draw_plots(log, plan, &test_stats) {
+            tracing::warn!("plots not drawn: {e:#}");
+        }
 
         // Best checkpoint and early stopping.
         let ck = &plan.train.checkpoint;
@@ -584,12 +609,7 @@ pub fn log_metrics(
             }
             MetricName::ConfusionMatrix => log.write_confusion(epoch, split, &stats.confusion(), &plan.classes)?,
             MetricName::Roc => {
-                let curves: Vec<(String, Vec<(f64, f64, f64)>)> = if stats.classes() == 2 {
-                    vec![(name(plan.binary.positive), stats.roc(plan.binary.positive))]
-                } else {
-                    (0..stats.classes()).map(|c| (name(c), stats.roc(c))).collect()
-                };
-                log.write_roc(epoch, split, &curves)?;
+                log.write_roc(epoch, split, &stats.roc_curves(plan.binary, &plan.classes))?;
             }
             m => {
                 let v = stats.compute(m, plan.binary);

@@ -107,6 +107,13 @@ fn tiny_run_writes_readable_tables_and_is_deterministic() {
     assert!(per_class.iter().all(|&i| col::<StringArray>(&m, "metric").value(i) == "per_class_error"));
     assert!(dir.join("predictions.parquet").is_file() && dir.join("confusion_matrix_test.parquet").is_file());
     assert!(dir.join("roc_test.parquet").is_file());
+    // Plots: decodable PNGs with something drawn on them.
+    for name in ["loss", "accuracy", "balanced_error_rate", "roc", "confusion_matrix"] {
+        let path = dir.join(format!("plots/{name}.png"));
+        let img = image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+        let coloured = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+        assert!(coloured > 1000, "{name}.png is nearly blank ({coloured} pixels drawn)");
+    }
     let get = |e: i32, s: &str, name: &str| -> f64 {
         (0..m.num_rows())
             .find(|&i| epoch.value(i) == e && split.value(i) == s && metric.value(i) == name)

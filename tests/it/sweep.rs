@@ -6,7 +6,8 @@ use crate::common::runner;
 fn a_sweep_of_3_lrs_by_2_seeds() {
     let d = tempfile::tempdir().unwrap();
     crate::end_to_end::setup(d.path(), 1);
-    let args = ["sweep", "tiny.toml", "--grid", "train.optimizer.sgd.lr=0.1,0.03,0.01", "--grid", "seed=0,1", "--jobs", "2"];
+    let args =
+        ["sweep", "tiny.toml", "--grid", "train.optimizer.sgd.lr=0.1,0.03,0.01", "--grid", "seed=0,1", "--jobs", "2"];
     let out = runner(d.path(), &args);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let runs: Vec<_> = std::fs::read_dir(d.path().join("runs/tiny"))
@@ -21,7 +22,8 @@ fn a_sweep_of_3_lrs_by_2_seeds() {
     assert_eq!(&header[..4], ["run", "status", "experiment.seed", "train.optimizer.sgd.lr"], "{}", out.stdout);
     assert!(header[4..].iter().all(|h| h.starts_with("test.")), "{header:?}");
     let err_col = header.iter().position(|h| *h == "test.error_rate").unwrap();
-    let errors: Vec<f64> = lines[1..7].iter().map(|l| l.split_whitespace().nth(err_col).unwrap().parse().unwrap()).collect();
+    let errors: Vec<f64> =
+        lines[1..7].iter().map(|l| l.split_whitespace().nth(err_col).unwrap().parse().unwrap()).collect();
     assert!(errors.windows(2).all(|w| w[0] <= w[1]), "sorted by test error: {errors:?}");
     assert!(lines[1..7].iter().all(|l| l.contains("completed")));
     assert!(lines[7].contains("6 completed, 0 not"), "{}", out.stdout);
@@ -36,20 +38,41 @@ fn a_sweep_of_3_lrs_by_2_seeds() {
     let again = runner(d.path(), &args);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(again.stderr.contains("(6 already completed)"), "{}", again.stderr);
-    assert_eq!(std::fs::read_dir(d.path().join("runs/tiny")).unwrap().flatten().filter(|e| e.path().join("run.parquet").is_file()).count(), 6);
+    assert_eq!(
+        std::fs::read_dir(d.path().join("runs/tiny"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("run.parquet").is_file())
+            .count(),
+        6
+    );
 
     // compare: formats, filters, sorting; diff of two points.
-    let md = runner(d.path(), &["compare", "runs/tiny", "--format", "markdown", "--where", "experiment.seed=1", "--metrics", "test.accuracy"]);
+    let md = runner(
+        d.path(),
+        &["compare", "runs/tiny", "--format", "markdown", "--where", "experiment.seed=1", "--metrics", "test.accuracy"],
+    );
     assert_eq!(md.code, 0, "{}", md.stderr);
     let md_lines: Vec<&str> = md.stdout.lines().collect();
     assert_eq!(md_lines.len(), 2 + 3, "{}", md.stdout);
     assert!(md_lines[0].starts_with("| run | status |") && md_lines[0].ends_with("| test.accuracy |"), "{}", md.stdout);
     let csv = runner(d.path(), &["compare", "runs", "--format", "csv", "--sort", "test.loss"]);
     assert_eq!(csv.stdout.lines().count(), 7, "{}", csv.stdout);
+    let plot = runner(d.path(), &["compare", "runs/tiny", "--plot", "curves.png", "--metric", "test.loss"]);
+    assert_eq!(plot.code, 0, "{}", plot.stderr);
+    let img = image::open(d.path().join("curves.png")).unwrap().to_rgb8();
+    assert!(img.width() == 800 && img.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 1000);
     let dirs: Vec<String> = runs.iter().map(|e| e.path().to_string_lossy().into_owned()).collect();
     let diff = runner(d.path(), &["diff", &dirs[0], &dirs[1]]);
     assert_eq!(diff.code, 0, "{}", diff.stderr);
-    assert!(diff.stdout.lines().skip(1).all(|l| l.starts_with("experiment.seed") || l.starts_with("train.optimizer.sgd.lr")), "{}", diff.stdout);
+    assert!(
+        diff.stdout
+            .lines()
+            .skip(1)
+            .all(|l| l.starts_with("experiment.seed") || l.starts_with("train.optimizer.sgd.lr")),
+        "{}",
+        diff.stdout
+    );
 }
 
 #[test]
@@ -59,7 +82,9 @@ fn bad_sweeps_stop_before_any_run() {
     let out = runner(d.path(), &["sweep", "tiny.toml", "--grid", "train.epochs=1,many"]);
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("train.epochs") && out.stderr.contains("the sweep was not started"), "{}", out.stderr);
-    assert!(!d.path().join("runs/tiny").exists() || std::fs::read_dir(d.path().join("runs/tiny")).unwrap().count() == 0);
+    assert!(
+        !d.path().join("runs/tiny").exists() || std::fs::read_dir(d.path().join("runs/tiny")).unwrap().count() == 0
+    );
     let out = runner(d.path(), &["sweep", "tiny.toml", "--zip", "seed=0,1", "--zip", "train.epochs=1"]);
     assert!(out.stderr.contains("--zip train.epochs: 1 values"), "{}", out.stderr);
 }
@@ -81,7 +106,8 @@ fn compare_skips_foreign_tables_and_unions_parameters() {
     crate::end_to_end::setup(d.path(), 1);
     assert_eq!(runner(d.path(), &["tiny.toml"]).code, 0);
     // A second experiment with a key the first does not have.
-    let text = std::fs::read_to_string(d.path().join("tiny.toml")).unwrap().replace("name = \"tiny\"", "name = \"other\"");
+    let text =
+        std::fs::read_to_string(d.path().join("tiny.toml")).unwrap().replace("name = \"tiny\"", "name = \"other\"");
     std::fs::write(d.path().join("other.toml"), text + "\nlabel_smoothing = 0.1\n").unwrap();
     let o = runner(d.path(), &["other.toml"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
@@ -104,7 +130,10 @@ fn eval_appends_a_split_and_matches_the_run() {
     let dir = crate::common::run_folder(d.path(), &out);
     let arg = dir.to_string_lossy().into_owned();
     let loss = |text: &str, key: &str| -> f64 {
-        text.lines().find_map(|l| l.strip_prefix(&format!("{key} = "))).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap()
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
     };
     let final_loss = loss(&out.stdout, "test.loss");
     // The last checkpoint is the final model: the same numbers (to the printed digits).
@@ -113,21 +142,26 @@ fn eval_appends_a_split_and_matches_the_run() {
     assert_eq!(loss(&e.stdout, "test_eval.loss"), final_loss, "{}", e.stdout);
     let info = || {
         let m = std::fs::File::open(dir.join("metrics.parquet")).unwrap();
-        let b: Vec<arrow_array::RecordBatch> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(m)
-            .unwrap()
-            .build()
-            .unwrap()
-            .map(|b| b.unwrap())
-            .collect();
-        let split = b[0].column_by_name("split").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap().clone();
-        (0..arrow_array::Array::len(&split)).filter(|&i| split.value(i) == "test_eval").count()
+        let b: Vec<arrow_array::RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(m)
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect();
+        let split =
+            b[0].column_by_name("split").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap().clone();
+        let count = |name: &str| (0..arrow_array::Array::len(&split)).filter(|&i| split.value(i) == name).count();
+        (count("test_eval"), count("test"))
     };
-    let n = info();
+    let (n, test_rows) = info();
     assert!(n > 0);
+    // Regression: the run's own rows stay (an early version kept only the new ones).
+    assert!(test_rows >= 2 * 3, "the run's test rows are kept: {test_rows}");
     // Again with the best checkpoint: the rows are replaced, not doubled; the status stays.
     let e = runner(d.path(), &["eval", &arg, "--checkpoint", "best"]);
     assert_eq!(e.code, 0, "{}", e.stderr);
-    assert_eq!(info(), n);
+    assert_eq!(info(), (n, test_rows));
     assert_eq!(runner::compare::read_run(&dir).unwrap().status, "completed");
     let e = runner(d.path(), &["eval", &arg, "--split", "val"]);
     assert!(e.stderr.contains("--split val"), "{}", e.stderr);
