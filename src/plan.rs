@@ -101,7 +101,9 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     }
     let located = data::locate(&cfg.data);
     let mut warnings = Vec::new();
-    if let Located::Missing { searched, download_to } = &located {
+    let folder = cfg.data.dataset == crate::config::DatasetKind::ImageFolder;
+    // An image folder cannot be downloaded; its missing folder is reported under data.root.
+    if let (Located::Missing { searched, download_to }, false) = (&located, folder) {
         let msg = data::missing_message(data::spec(cfg.data.dataset), searched, download_to);
         if cfg.data.download {
             warnings.push(format!(
@@ -298,16 +300,26 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     let n_classes = graph.as_ref().and_then(|g| g.out_shape().first().copied()).unwrap_or(0);
     let positive = match &cfg.metrics.positive {
         None => 1,
-        Some(name) => match spec.classes.iter().position(|c| c == name).or_else(|| name.parse::<usize>().ok()) {
-            Some(i) if n_classes == 0 || i < n_classes => i,
-            _ => {
-                p.add(
-                    "metrics.positive",
-                    format!("`{name}` is neither a class name nor a class index below {n_classes}"),
-                );
-                1
+        Some(class) => {
+            let (found, shown) = match class {
+                crate::config::ClassRef::Index(i) => (Some(*i), i.to_string()),
+                crate::config::ClassRef::Name(name) => (
+                    spec.classes.iter().position(|c| c == name).or_else(|| name.parse::<usize>().ok()),
+                    format!("{name:?}"),
+                ),
+            };
+            match found {
+                Some(i) if n_classes == 0 || i < n_classes => i,
+                _ => {
+                    let names = spec.classes.join(", ");
+                    p.add(
+                        "metrics.positive",
+                        format!("{shown} is neither a class name ({names}) nor an index below {n_classes}"),
+                    );
+                    1
+                }
             }
-        },
+        }
     };
     if !(0.0..=1.0).contains(&cfg.metrics.threshold) {
         p.add("metrics.threshold", format!("must be in [0, 1], is {}", cfg.metrics.threshold));

@@ -105,6 +105,12 @@ fn line_chart(
         for (i, (name, pts)) in series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|(_, y)| y.is_finite()).collect();
+            // Markers too, so that a one-epoch run still shows.
+            if pts.len() <= 60 {
+                chart
+                    .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
             chart
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                 .map_err(|e| anyhow!("{e}"))?

@@ -301,7 +301,7 @@ impl RunLog {
         write_parquet(&self.dir.join("predictions.parquet"), RecordBatch::try_new(schema, columns)?)
     }
 
-    /// `confusion_matrix.parquet` after the latest epoch: one row per (true, predicted) class.
+    /// `confusion_matrix_<split>.parquet` after the latest epoch: one row per (true, predicted) class.
     pub fn write_confusion(&self, epoch: usize, split: &str, m: &[Vec<u64>], names: &[String]) -> Result<()> {
         let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
         let (mut t, mut p, mut n) = (Vec::new(), Vec::new(), Vec::new());

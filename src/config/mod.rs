@@ -550,7 +550,7 @@ pub enum MetricName {
     TpRate,
     FpRate,
     /// The ROC curve of `metrics.positive` vs the rest (binary) or of each class (one vs
-    /// rest), stored in `roc.parquet`.
+    /// rest), stored in `roc_<split>.parquet`.
     Roc,
     /// Area under the ROC curve: binary (`metrics.positive`), else the macro mean of the
     /// one-vs-rest areas.
@@ -558,7 +558,7 @@ pub enum MetricName {
     RocAucMacro,
     /// One-vs-rest with every (sample, class) pair pooled.
     RocAucMicro,
-    /// Counts per (true, predicted) class in `confusion_matrix.parquet`.
+    /// Counts per (true, predicted) class in `confusion_matrix_<split>.parquet`.
     ConfusionMatrix,
 }
 
@@ -651,10 +651,18 @@ pub struct MetricsConfig {
     /// The positive class for `tp_rate`, `fp_rate` and binary `roc` / `roc_auc`: a class
     /// name or index (default: index 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub positive: Option<String>,
+    pub positive: Option<ClassRef>,
     /// A sample is predicted positive when the positive class's probability is at least this.
     #[serde(default = "half_f")]
     pub threshold: f64,
+}
+
+/// A class by index (`1`) or by name (`"Shirt"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClassRef {
+    Index(usize),
+    Name(String),
 }
 
 fn half_f() -> f64 {
