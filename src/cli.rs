@@ -273,8 +273,8 @@ fn resume(args: ResumeArgs) -> Result<ExitCode> {
     report(&mut outcome, &BTreeMap::new(), None)
 }
 
-/// Set by the first Ctrl-C / SIGTERM: finish cleanly at the next batch. A second one leaves
-/// at once.
+/// Set by the first Ctrl-C (SIGINT) or SIGTERM: finish cleanly at the next batch. A second
+/// one leaves at once (exit 130 / 143).
 fn stop_flag() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -284,7 +284,39 @@ fn stop_flag() -> Arc<AtomicBool> {
         }
         eprintln!("\nstopping after this batch (Ctrl-C again to quit at once)");
     });
+    sigterm::install(stop.clone());
     stop
+}
+
+/// SIGTERM sets the same stop flag as Ctrl-C and makes the exit status 143 (128 + 15).
+mod sigterm {
+    use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+    use std::sync::Arc;
+
+    static STOP: AtomicPtr<AtomicBool> = AtomicPtr::new(std::ptr::null_mut());
+    pub static SEEN: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_term(_: libc::c_int) {
+        // Only atomics and _exit here: both are async-signal-safe.
+        if SEEN.swap(true, Ordering::SeqCst) {
+            unsafe { libc::_exit(143) };
+        }
+        let p = STOP.load(Ordering::SeqCst);
+        if !p.is_null() {
+            unsafe { (*p).store(true, Ordering::SeqCst) };
+        }
+    }
+
+    pub fn install(stop: Arc<AtomicBool>) {
+        // The flag lives for the rest of the process.
+        STOP.store(Arc::into_raw(stop) as *mut AtomicBool, Ordering::SeqCst);
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_term as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+        }
+    }
 }
 
 /// The final metrics beside their references, then `run folder: <path>`; the exit status.
@@ -307,6 +339,7 @@ fn report(
         return Err(e);
     }
     Ok(match outcome.status {
+        Status::Interrupted if sigterm::SEEN.load(Ordering::SeqCst) => ExitCode::from(143),
         Status::Interrupted => ExitCode::from(130),
         _ => ExitCode::SUCCESS,
     })

@@ -252,3 +252,36 @@ fn same_seed_same_tables_and_early_stopping() {
     assert_eq!(rows_a.iter().map(|r| r.0).max(), Some(2), "epochs 0-2 ran");
     assert_eq!(status(&ra), "completed");
 }
+
+#[test]
+fn sigterm_stops_like_ctrl_c_with_status_143() {
+    let d = tempfile::tempdir().unwrap();
+    let exp = crate::end_to_end::setup(d.path(), 200);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([exp.to_str().unwrap(), "-q"])
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runs = d.path().join("runs/tiny");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let dir = loop {
+        let found = std::fs::read_dir(&runs).ok().and_then(|mut it| it.next()).map(|e| e.unwrap().path());
+        if let Some(dir) = found.filter(|p| p.join("model.safetensors").exists()) {
+            break dir;
+        }
+        assert!(std::time::Instant::now() < deadline, "no epoch finished in time");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.code() == Some(0) {
+        eprintln!("the run finished before the signal; nothing to check");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(status(&dir), "interrupted");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("run folder: "), "{stdout}");
+}
