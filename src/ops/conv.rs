@@ -178,10 +178,10 @@ fn forward<T: Elem>(x: &[T], wt: &[T], d: &Dims) -> Vec<T> {
     let (per_sample, gemm_threads) = plan_threads(d.n);
     let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
     let mut out = vec![T::default(); d.n * d.o * pp];
-    let one = |(i, y): (usize, &mut [T])| {
+    // `buf`: the im2col buffer, reused across the samples a thread takes.
+    let one = |buf: &mut Vec<T>, (i, y): (usize, &mut [T])| {
         let xs = &x[i * c_in..(i + 1) * c_in];
-        let mut buf = Vec::new();
-        let col = columns(xs, d, &mut buf);
+        let col = columns(xs, d, buf);
         for g in 0..d.g.groups {
             // y_g (og x P) = W_g (og x kg) * col_g (kg x P)
             matmul(
@@ -195,9 +195,10 @@ fn forward<T: Elem>(x: &[T], wt: &[T], d: &Dims) -> Vec<T> {
         }
     };
     if per_sample {
-        out.par_chunks_mut(d.o * pp).enumerate().for_each(one);
+        out.par_chunks_mut(d.o * pp).enumerate().for_each_init(Vec::new, one);
     } else {
-        out.chunks_mut(d.o * pp).enumerate().for_each(one);
+        let mut buf = Vec::new();
+        out.chunks_mut(d.o * pp).enumerate().for_each(|item| one(&mut buf, item));
     }
     out
 }
@@ -207,9 +208,8 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
     let (per_sample, gemm_threads) = plan_threads(d.n);
     let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
     let wlen = d.o * kg;
-    let acc = |mut dw: Vec<T>, i: usize| {
+    let acc = |(mut dw, mut buf): (Vec<T>, Vec<T>), i: usize| {
         let xs = &x[i * c_in..(i + 1) * c_in];
-        let mut buf = Vec::new();
         let col = columns(xs, d, &mut buf);
         let dys = &dy[i * d.o * pp..(i + 1) * d.o * pp];
         for g in 0..d.g.groups {
@@ -222,7 +222,7 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
                 gemm_threads,
             );
         }
-        dw
+        (dw, buf)
     };
     if per_sample {
         // Fixed chunks of the batch, one per thread, summed in a fixed order: the result
@@ -232,7 +232,7 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         let chunk = d.n.div_ceil(t);
         let partials: Vec<Vec<T>> = (0..t)
             .into_par_iter()
-            .map(|c| (c * chunk..((c + 1) * chunk).min(d.n)).fold(vec![T::default(); wlen], acc))
+            .map(|c| (c * chunk..((c + 1) * chunk).min(d.n)).fold((vec![T::default(); wlen], Vec::new()), acc).0)
             .collect();
         let mut total = vec![T::default(); wlen];
         for p in partials {
@@ -240,7 +240,7 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         }
         total
     } else {
-        (0..d.n).fold(vec![T::default(); wlen], acc)
+        (0..d.n).fold((vec![T::default(); wlen], Vec::new()), acc).0
     }
 }
 
@@ -249,9 +249,11 @@ fn grad_input<T: Elem>(wt: &[T], dy: &[T], d: &Dims) -> Vec<T> {
     let (per_sample, gemm_threads) = plan_threads(d.n);
     let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
     let mut dx = vec![T::default(); d.n * c_in];
-    let one = |(i, dxs): (usize, &mut [T])| {
+    // `col`: reused across the samples a thread takes; gemm overwrites it (no accumulate),
+    // so it is zeroed only when first made.
+    let one = |col: &mut Vec<T>, (i, dxs): (usize, &mut [T])| {
         let dys = &dy[i * d.o * pp..(i + 1) * d.o * pp];
-        let mut col = vec![T::default(); d.c * d.kh * d.kw * pp];
+        col.resize(d.c * d.kh * d.kw * pp, T::default());
         for g in 0..d.g.groups {
             matmul(
                 (kg, pp, og),
@@ -263,15 +265,16 @@ fn grad_input<T: Elem>(wt: &[T], dy: &[T], d: &Dims) -> Vec<T> {
             );
         }
         if d.is_pointwise() {
-            dxs.copy_from_slice(&col);
+            dxs.copy_from_slice(col);
         } else {
-            col2im(&col, d, dxs);
+            col2im(col, d, dxs);
         }
     };
     if per_sample {
-        dx.par_chunks_mut(c_in).enumerate().for_each(one);
+        dx.par_chunks_mut(c_in).enumerate().for_each_init(Vec::new, one);
     } else {
-        dx.chunks_mut(c_in).enumerate().for_each(one);
+        let mut col = Vec::new();
+        dx.chunks_mut(c_in).enumerate().for_each(|item| one(&mut col, item));
     }
     dx
 }
