@@ -213,16 +213,31 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         let col = columns(xs, d, &mut buf);
         let dys = &dy[i * d.o * pp..(i + 1) * d.o * pp];
         for g in 0..d.g.groups {
+            // Accumulated transposed, dW_g^T (kg x og) += col_g (kg x P) * dY_g^T (P x og):
+            // the large operand (col) is then read along its rows when gemm packs it.
             matmul(
-                (og, kg, pp),
+                (kg, og, pp),
                 &mut dw[g * og * kg..(g + 1) * og * kg],
-                Mat::N(&dys[g * og * pp..(g + 1) * og * pp]),
-                Mat::T(&col[g * kg * pp..(g + 1) * kg * pp]),
+                Mat::N(&col[g * kg * pp..(g + 1) * kg * pp]),
+                Mat::T(&dys[g * og * pp..(g + 1) * og * pp]),
                 true,
                 gemm_threads,
             );
         }
         (dw, buf)
+    };
+    // Each group's kg x og block back to og x kg.
+    let untranspose = |t: Vec<T>| -> Vec<T> {
+        let mut out = vec![T::default(); wlen];
+        for g in 0..d.g.groups {
+            let (src, dst) = (&t[g * og * kg..(g + 1) * og * kg], &mut out[g * og * kg..(g + 1) * og * kg]);
+            for r in 0..kg {
+                for c in 0..og {
+                    dst[c * kg + r] = src[r * og + c];
+                }
+            }
+        }
+        out
     };
     if per_sample {
         // Fixed chunks of the batch, one per thread, summed in a fixed order: the result
@@ -238,9 +253,9 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         for p in partials {
             total.iter_mut().zip(p).for_each(|(a, b)| *a += b);
         }
-        total
+        untranspose(total)
     } else {
-        (0..d.n).fold((vec![T::default(); wlen], Vec::new()), acc).0
+        untranspose((0..d.n).fold((vec![T::default(); wlen], Vec::new()), acc).0)
     }
 }
 
