@@ -369,6 +369,9 @@ fn load(args: &ExpArgs) -> Result<config::Loaded> {
 }
 
 fn check(args: ExpArgs) -> Result<ExitCode> {
+    if let Some(text) = args.experiment.as_ref().and_then(|p| model_only(p)) {
+        return check_model(args.experiment.as_deref().unwrap_or(std::path::Path::new("")), &text);
+    }
     let loaded = load(&args)?;
     let plan = crate::plan::plan(&loaded)?;
     for w in &plan.warnings {
@@ -387,6 +390,28 @@ fn check(args: ExpArgs) -> Result<ExitCode> {
     println!();
     print!("{}", plan.summary());
     println!("ok: {} is valid", loaded.path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A model file of the zoo (a `[model]` table and no `[experiment]`): its text.
+fn model_only(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    (table.contains_key("model") && !table.contains_key("experiment")).then_some(text)
+}
+
+/// `runner check configs/models/resnet20.toml`: the model table alone.
+fn check_model(path: &std::path::Path, text: &str) -> Result<ExitCode> {
+    #[derive(serde::Deserialize)]
+    struct ModelFile {
+        model: config::ModelConfig,
+    }
+    let file: ModelFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let graph = crate::model::plan_model(&file.model).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    println!("model: {} (input {:?}; a model file: no data, training or freezing)", path.display(), file.model.input);
+    println!();
+    print!("{}", crate::plan::graph_table(&graph, &[]));
+    println!("ok: {} is a valid model", path.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -496,58 +496,56 @@ impl Plan {
     /// output shape, parameters, multiply-adds per image, and whether it trains in the
     /// first epoch (with the epochs it is frozen when a freeze schedule names it).
     pub fn summary(&self) -> String {
-        let epochs = self.train.epochs;
-        let frozen_by_epoch: Vec<_> = (0..epochs).map(|e| self.frozen_at(e)).collect();
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "{:<22} {:<16} {:<16} {:>10} {:>14}  trainable",
-            "path", "layer", "output", "params", "mult-adds"
-        );
-        for l in self.graph.layers() {
-            let shape = format!("{:?}", l.out_shape);
-            let params = l.num_params();
-            let names: Vec<String> = l.params.iter().map(|(n, _)| format!("{}.{n}", l.path)).collect();
-            let frozen_epochs: Vec<usize> =
-                (0..epochs).filter(|e| names.iter().any(|n| frozen_by_epoch[*e].contains(n))).collect();
-            let trainable = if params == 0 {
-                "-".to_string()
-            } else if frozen_epochs.is_empty() {
-                "yes".to_string()
-            } else if frozen_epochs.len() == epochs {
-                "frozen".to_string()
-            } else {
-                format!("frozen in epochs {}", ranges(&frozen_epochs))
-            };
-            let kind = if l.conv_kernel.is_some() { "linear (as conv)" } else { l.kind.name() };
-            let _ =
-                writeln!(s, "{:<22} {:<16} {:<16} {:>10} {:>14}  {}", l.path, kind, shape, params, l.macs, trainable);
-        }
-        let n = self.num_params();
-        let _ = writeln!(s, "mult-adds per image: {}", self.graph.macs());
-        let _ = writeln!(s, "params: {n}");
-        let first: usize = frozen_by_epoch.first().map(|f| self.count(f)).unwrap_or(0);
-        let _ = writeln!(s, "trainable: {}", n - first);
-        let mut changes = Vec::new();
-        for e in 1..epochs {
-            if frozen_by_epoch[e] != frozen_by_epoch[e - 1] {
-                changes.push(format!("from epoch {e}: {}", n - self.count(&frozen_by_epoch[e])));
-            }
-        }
-        if !changes.is_empty() {
-            let _ = writeln!(s, "trainable {}", changes.join(", "));
-        }
-        s
+        let frozen_by_epoch: Vec<_> = (0..self.train.epochs).map(|e| self.frozen_at(e)).collect();
+        graph_table(&self.graph, &frozen_by_epoch)
     }
+}
 
-    fn count(&self, names: &std::collections::BTreeSet<String>) -> usize {
-        self.graph
-            .param_shapes()
-            .iter()
-            .filter(|(n, _)| names.contains(*n))
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
+/// The model table: per layer its path, kind, output shape, parameters, multiply-adds per
+/// image and whether it trains (or in which epochs it is frozen, `frozen_by_epoch[e]` being
+/// the frozen parameter names of epoch e); then the totals.
+pub fn graph_table(graph: &PlannedGraph, frozen_by_epoch: &[std::collections::BTreeSet<String>]) -> String {
+    let epochs = frozen_by_epoch.len();
+    let shapes = graph.param_shapes();
+    let count = |names: &std::collections::BTreeSet<String>| -> usize {
+        shapes.iter().filter(|(n, _)| names.contains(*n)).map(|(_, s)| s.iter().product::<usize>()).sum()
+    };
+    let mut s = String::new();
+    let _ =
+        writeln!(s, "{:<22} {:<16} {:<16} {:>10} {:>14}  trainable", "path", "layer", "output", "params", "mult-adds");
+    for l in graph.layers() {
+        let shape = format!("{:?}", l.out_shape);
+        let params = l.num_params();
+        let names: Vec<String> = l.params.iter().map(|(n, _)| format!("{}.{n}", l.path)).collect();
+        let frozen_epochs: Vec<usize> =
+            (0..epochs).filter(|e| names.iter().any(|n| frozen_by_epoch[*e].contains(n))).collect();
+        let trainable = if params == 0 {
+            "-".to_string()
+        } else if frozen_epochs.is_empty() {
+            "yes".to_string()
+        } else if frozen_epochs.len() == epochs {
+            "frozen".to_string()
+        } else {
+            format!("frozen in epochs {}", ranges(&frozen_epochs))
+        };
+        let kind = if l.conv_kernel.is_some() { "linear (as conv)" } else { l.kind.name() };
+        let _ = writeln!(s, "{:<22} {:<16} {:<16} {:>10} {:>14}  {}", l.path, kind, shape, params, l.macs, trainable);
     }
+    let n = graph.num_params();
+    let _ = writeln!(s, "mult-adds per image: {}", graph.macs());
+    let _ = writeln!(s, "params: {n}");
+    let first: usize = frozen_by_epoch.first().map(count).unwrap_or(0);
+    let _ = writeln!(s, "trainable: {}", n - first);
+    let mut changes = Vec::new();
+    for e in 1..epochs {
+        if frozen_by_epoch[e] != frozen_by_epoch[e - 1] {
+            changes.push(format!("from epoch {e}: {}", n - count(&frozen_by_epoch[e])));
+        }
+    }
+    if !changes.is_empty() {
+        let _ = writeln!(s, "trainable {}", changes.join(", "));
+    }
+    s
 }
 
 /// `[0, 1, 2, 5]` -> `0-2, 5`.

@@ -261,3 +261,12 @@ fn runner_checkpoints_load_in_pytorch() {
         Err(e) => panic!("/usr/bin/python3 is required here: {e}"),
     }
 }
+
+#[test]
+fn check_prints_a_model_file_alone() {
+    let repo = crate::common::repo();
+    let out = crate::common::runner(&repo, &["check", "configs/models/monster.toml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("params: 621002") && out.stdout.contains("resblocks.7.act"), "{}", out.stdout);
+    assert!(out.stdout.contains("ok: configs/models/monster.toml is a valid model"), "{}", out.stdout);
+}
