@@ -229,6 +229,10 @@ impl RunLog {
         })
     }
 
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
     pub fn config_hash(&self) -> &str {
         &self.config_hash
     }

@@ -87,7 +87,21 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
         }
     }
     let plan = crate::plan::plan(&loaded)?;
-    let probe = RunLog::open(dir, Some(-1))?;
+    let probe = RunLog::open(dir, None)?;
+    if probe.status() == Status::Completed {
+        bail!("{}: the run completed; nothing to resume", dir.display());
+    }
+    let finished = probe.metrics().iter().map(|r| r.epoch).max();
+    if latest.is_none() {
+        if let Some(e) = finished {
+            bail!(
+                "{}: no checkpoint in checkpoints/, but the tables hold {} finished epoch(s); resuming would \
+                 train again from epoch 1 and replace them",
+                dir.display(),
+                e + 1
+            );
+        }
+    }
     let hash = config_hash(&loaded.resolved_toml());
     if let Some((_, side)) = &latest {
         if side.config_hash != probe.config_hash() {
@@ -169,19 +183,26 @@ pub fn eval_run(
         loaded.config.eval.tta = t;
     }
     let plan = crate::plan::plan(&loaded)?;
-    let weights = match checkpoint {
-        "best" => dir.join("checkpoints/best.safetensors"),
+    let (weights, tag) = match checkpoint {
+        "best" => (dir.join("checkpoints/best.safetensors"), "best".to_string()),
         "last" => match checkpoint::latest(&dir.join("checkpoints"))? {
-            Some((p, _)) => p,
-            None => dir.join("model.safetensors"),
+            Some((p, _)) => (p, String::new()),
+            None => (dir.join("model.safetensors"), String::new()),
         },
-        path => PathBuf::from(path),
+        path => {
+            let p = PathBuf::from(path);
+            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let tag: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+            (p, tag)
+        }
     };
     if !weights.is_file() {
-        bail!(
-            "no weights {} (best needs [train.checkpoint] best = \"<metric>\" in the run's config)",
-            weights.display()
-        );
+        let hint = match checkpoint {
+            "best" => " (--checkpoint best needs [train.checkpoint] best = \"<metric>\" in the run's config)",
+            "last" => " (a run writes its weights after its first finished epoch)",
+            _ => "",
+        };
+        bail!("no weights {}{hint}", weights.display());
     }
     let device = parse_device(&plan.device).map_err(anyhow::Error::msg)?.open()?;
     let model = Model::new(&plan.graph, plan.seed, &device)?;
@@ -202,10 +223,24 @@ pub fn eval_run(
     };
     let classes = plan.graph.out_shape().first().copied().unwrap_or(0);
     let (stats, _) = evaluate(&model, &data, &spec, plan.tta, plan.input, &device, classes)?;
-    let name = format!("{split}_{}", if plan.tta == Tta::TenCrop { "tta" } else { "eval" });
+    // `test_eval`, `test_eval_best`, `test_tta_epoch_0001`: one set of rows per weights.
+    let mut name = format!("{split}_{}", if plan.tta == Tta::TenCrop { "tta" } else { "eval" });
+    if !tag.is_empty() {
+        name = format!("{name}_{tag}");
+    }
     let mut log = RunLog::open(dir, None)?;
-    let epoch = log.metrics().iter().map(|r| r.epoch).max().unwrap_or(0).max(0) as usize;
-    let step = log.metrics().iter().map(|r| r.step).max().unwrap_or(0);
+    // The epoch and step the weights come from: the checkpoint's sidecar, else the last.
+    let side = std::fs::read_to_string(weights.with_extension("toml"))
+        .ok()
+        .and_then(|t| toml::from_str::<checkpoint::Sidecar>(&t).ok());
+    let epoch = match &side {
+        Some(sc) => sc.epoch,
+        None => log.metrics().iter().map(|r| r.epoch).max().unwrap_or(0).max(0) as usize,
+    };
+    let step = match &side {
+        Some(sc) => sc.step,
+        None => log.metrics().iter().map(|r| r.step).max().unwrap_or(0),
+    };
     // Rows of an earlier evaluation under the same name are replaced.
     log.retain(|r| r.split != name);
     let values = log_metrics(&mut log, &plan, &name, &plan.metrics.test, &stats, epoch, step)?;

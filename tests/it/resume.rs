@@ -101,6 +101,10 @@ fn resumed_runs_equal_uninterrupted_runs() {
                 std::fs::remove_file(copy.join(format!("checkpoints/epoch_{later:04}.{ext}"))).unwrap();
             }
         }
+        // What a stop leaves: status interrupted.
+        let mut log = runner::runlog::RunLog::open(&copy, None).unwrap();
+        log.set_status(runner::runlog::Status::Interrupted);
+        log.flush().unwrap();
         let copy_arg = copy.to_string_lossy().into_owned();
         let out = runner(d.path(), &["resume", &copy_arg]);
         assert_eq!(out.code, 0, "{}", out.stderr);
@@ -111,11 +115,23 @@ fn resumed_runs_equal_uninterrupted_runs() {
         assert_eq!(std::fs::read(copy.join("model.safetensors")).unwrap(), a, "final weights after {after}");
     }
 
-    // A finished run has nothing to resume.
+    // A finished run has nothing to resume, even without its checkpoints (regression: it
+    // used to train again from epoch 1 over the finished tables).
     let full_arg = full.to_string_lossy().into_owned();
     let e = runner(d.path(), &["resume", &full_arg]);
     assert_ne!(e.code, 0);
     assert!(e.stderr.contains("nothing to resume"), "{}", e.stderr);
+    let bare = d.path().join("runs/tiny/no_checkpoints");
+    copy_dir(&full, &bare);
+    std::fs::remove_dir_all(bare.join("checkpoints")).unwrap();
+    let mut log = runner::runlog::RunLog::open(&bare, None).unwrap();
+    log.set_status(runner::runlog::Status::Failed);
+    log.flush().unwrap();
+    let before = std::fs::read(bare.join("metrics.parquet")).unwrap();
+    let e = runner(d.path(), &["resume", bare.to_str().unwrap()]);
+    assert_ne!(e.code, 0);
+    assert!(e.stderr.contains("no checkpoint") && e.stderr.contains("3 finished epoch(s)"), "{}", e.stderr);
+    assert_eq!(std::fs::read(bare.join("metrics.parquet")).unwrap(), before, "tables untouched");
 }
 
 #[test]
@@ -169,10 +185,13 @@ fn bad_resumes_leave_the_folder_as_it_was() {
     let out = runner(d.path(), &["tiny.toml", "--set", "train.epochs=2"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let run = run_folder(d.path(), &out);
-    // Make it resumable: drop the second epoch's checkpoint.
+    // Make it resumable: drop the second epoch's checkpoint, mark it interrupted.
     for ext in ["safetensors", "toml"] {
         std::fs::remove_file(run.join(format!("checkpoints/epoch_0002.{ext}"))).unwrap();
     }
+    let mut log = runner::runlog::RunLog::open(&run, None).unwrap();
+    log.set_status(runner::runlog::Status::Interrupted);
+    log.flush().unwrap();
     let snapshot = |p: &Path| -> Vec<(PathBuf, Vec<u8>)> {
         let mut v: Vec<(PathBuf, Vec<u8>)> =
             walk(p).into_iter().map(|f| (f.clone(), std::fs::read(&f).unwrap())).collect();

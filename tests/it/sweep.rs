@@ -158,9 +158,15 @@ fn eval_appends_a_split_and_matches_the_run() {
     assert!(n > 0);
     // Regression: the run's own rows stay (an early version kept only the new ones).
     assert!(test_rows >= 2 * 3, "the run's test rows are kept: {test_rows}");
-    // Again with the best checkpoint: the rows are replaced, not doubled; the status stays.
+    // Again: the rows are replaced, not doubled; the status stays.
+    let e = runner(d.path(), &["eval", &arg]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    assert_eq!(info(), (n, test_rows));
+    // Other weights get their own split, at their own epoch (regression: they replaced the
+    // last weights' rows and were stamped with the last epoch).
     let e = runner(d.path(), &["eval", &arg, "--checkpoint", "best"]);
     assert_eq!(e.code, 0, "{}", e.stderr);
+    assert!(e.stdout.contains("test_eval_best.loss = "), "{}", e.stdout);
     assert_eq!(info(), (n, test_rows));
     assert_eq!(runner::compare::read_run(&dir).unwrap().status, "completed");
     let e = runner(d.path(), &["eval", &arg, "--split", "val"]);
