@@ -41,6 +41,9 @@ fn text(b: &RecordBatch, name: &str, row: usize) -> Option<String> {
 /// One run's `run.parquet` and `params.parquet`.
 pub fn read_run(dir: &Path) -> Result<RunInfo> {
     let path = dir.join("run.parquet");
+    if !path.is_file() {
+        bail!("{}: not a run folder (no run.parquet)", dir.display());
+    }
     let batches = read_batches(&path)?;
     let b = batches.first().with_context(|| format!("{}: empty table", path.display()))?;
     if b.num_rows() != 1 {
@@ -98,6 +101,9 @@ pub fn collect(paths: &[PathBuf]) -> Result<(Vec<RunInfo>, Vec<String>)> {
     }
     let mut dirs = Vec::new();
     for p in paths {
+        if p.is_file() {
+            bail!("{}: a file; give run folders or folders holding runs", p.display());
+        }
         if !p.is_dir() {
             bail!("{}: no such folder", p.display());
         }
@@ -165,10 +171,45 @@ pub fn parse_filters(raw: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// The compare table as text.
+/// `value` as a filter sees it: numbers by value (`5e-2` is `0.05`), the rest as text.
+fn same_value(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_matches('"'), b.trim_matches('"'));
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The compare table as text. A sort key, filter key or metric that no run has is an
+/// error naming what the runs do have.
 pub fn table(mut runs: Vec<RunInfo>, o: &Options) -> Result<String> {
-    runs.retain(|r| o.filters.iter().all(|(k, v)| r.params.get(k).map(|x| x.trim_matches('"')) == Some(v.as_str())));
     let all_metrics: BTreeSet<String> = runs.iter().flat_map(|r| r.finals.keys().cloned()).collect();
+    let known = |what: &str, name: &str| -> Result<()> {
+        if all_metrics.contains(name) {
+            return Ok(());
+        }
+        let list: Vec<&str> = all_metrics.iter().map(String::as_str).collect();
+        let hint =
+            crate::config::load::did_you_mean(name, &list).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
+        bail!("{what} {name}: no run has this final metric; {hint}they have {}", list.join(", "))
+    };
+    if let Some(key) = &o.sort {
+        known("--sort", key)?;
+    }
+    for m in o.metrics.iter().flatten() {
+        known("--metrics", m)?;
+    }
+    for (k, _) in &o.filters {
+        if !runs.iter().any(|r| r.params.contains_key(k)) {
+            let keys: BTreeSet<&str> = runs.iter().flat_map(|r| r.params.keys().map(String::as_str)).collect();
+            let list: Vec<&str> = keys.into_iter().collect();
+            let hint = crate::config::load::did_you_mean(k, &list)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            bail!("--where {k}: no run has this parameter{hint}");
+        }
+    }
+    runs.retain(|r| o.filters.iter().all(|(k, v)| r.params.get(k).is_some_and(|x| same_value(x, v))));
     let metrics: Vec<String> = match &o.metrics {
         Some(m) => m.clone(),
         None => all_metrics.into_iter().collect(),

@@ -178,6 +178,12 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
                     p.add(&format!("{key}.groups"), e);
                 }
             }
+            if rule.from_epoch >= cfg.train.epochs {
+                warnings.push(format!(
+                    "train.freeze[{f}]: from_epoch {} is not before the last epoch ({} epochs): it never applies",
+                    rule.from_epoch, cfg.train.epochs
+                ));
+            }
             if let Some(until) = rule.until_epoch {
                 if until <= rule.from_epoch {
                     p.add(
@@ -321,6 +327,25 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
             }
         }
     };
+    for (split, list) in [("train", &cfg.metrics.train), ("test", &cfg.metrics.test)] {
+        for m in list {
+            if let crate::config::MetricName::TopK(k) = m {
+                if n_classes > 0 && *k >= n_classes {
+                    p.add(&format!("metrics.{split}"), format!("top{k}_accuracy needs more than {k} classes; the model has {n_classes}, so it would always be 1"));
+                }
+            }
+        }
+    }
+    let binary_metrics = [crate::config::MetricName::TpRate, crate::config::MetricName::FpRate];
+    if n_classes > 2
+        && cfg.metrics.positive.is_none()
+        && cfg.metrics.train.iter().chain(&cfg.metrics.test).any(|m| binary_metrics.contains(m))
+    {
+        let name = spec.classes.get(1).cloned().unwrap_or_else(|| "1".into());
+        warnings.push(format!(
+            "metrics: tp_rate / fp_rate on {n_classes} classes use class 1 (`{name}`) against the rest; set metrics.positive to choose"
+        ));
+    }
     if !(0.0..=1.0).contains(&cfg.metrics.threshold) {
         p.add("metrics.threshold", format!("must be in [0, 1], is {}", cfg.metrics.threshold));
     }
@@ -367,7 +392,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     if !p.list.is_empty() {
         return Err(crate::config::load::ConfigError { problems: p.list }.into());
     }
-    Ok(Plan {
+    let mut plan = Plan {
         experiment: cfg.experiment.name.clone(),
         seed: cfg.experiment.seed,
         device: cfg.experiment.device.clone(),
@@ -386,7 +411,19 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         train: cfg.train.clone(),
         metrics: cfg.metrics.clone(),
         warnings,
-    })
+    };
+    let all = plan.num_params();
+    let empty: Vec<usize> = (0..plan.train.epochs)
+        .filter(|&e| all > 0 && plan.frozen_at(e).len() == plan.graph.param_shapes().len())
+        .collect();
+    if !empty.is_empty() {
+        plan.warnings.push(format!(
+            "train.freeze: every parameter is frozen in {} of {} epochs: nothing trains then",
+            empty.len(),
+            plan.train.epochs
+        ));
+    }
+    Ok(plan)
 }
 
 /// Each parameter's multipliers from `[[train.param_groups]]` (a later group wins) and

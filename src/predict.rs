@@ -92,7 +92,11 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
         }
         let (scores, note) = scores(&model, &plan, img, dims, image)?;
         if !classes.is_empty() && classes.len() != scores.len() {
-            bail!("the model gives {} scores but {} class names are known", scores.len(), classes.len());
+            let source = match &req.classes {
+                Some(f) => format!("{} holds", f.display()),
+                None => "the dataset has".into(),
+            };
+            bail!("the model gives {} scores but {source} {} class names", scores.len(), classes.len());
         }
         let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -85,13 +85,38 @@ fn value_text(v: &toml::Value) -> String {
     v.to_string()
 }
 
+/// A key swept twice (in the grid and the zip, or also set for every point), an empty list
+/// or a repeated value would give duplicate or silently overridden runs: refused.
+fn check_keys(grids: &[(String, Vec<String>)], zips: &[(String, Vec<String>)], sets: &[String]) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, v) in grids.iter().chain(zips) {
+        if !seen.insert(k.clone()) {
+            bail!("`{k}` is both in the grid and in the zip: sweep each key once");
+        }
+        if v.is_empty() {
+            bail!("`{k}` lists no value");
+        }
+        let distinct: std::collections::BTreeSet<&String> = v.iter().collect();
+        if distinct.len() != v.len() {
+            bail!("`{k}` lists a value twice ({}): the points would repeat", v.join(", "));
+        }
+    }
+    for s in sets {
+        let key = s.split_once('=').map(|(k, _)| full_key(k.trim())).unwrap_or_default();
+        if seen.contains(&key) {
+            bail!("--set {s}: `{key}` is also swept; the sweep's values would replace it");
+        }
+    }
+    Ok(())
+}
+
 /// Every point's overrides: the grid's combinations (first key slowest), each crossed with
 /// the zipped lists.
 pub fn points(grids: &[(String, Vec<String>)], zips: &[(String, Vec<String>)]) -> Result<Vec<Vec<String>>> {
     let zip_len = zips.first().map(|(_, v)| v.len());
     for (k, v) in zips {
         if Some(v.len()) != zip_len {
-            bail!("--zip {k}: {} values, but --zip {} has {}", v.len(), zips[0].0, zip_len.unwrap_or(0));
+            bail!("zip `{k}`: {} values, but zip `{}` has {}", v.len(), zips[0].0, zip_len.unwrap_or(0));
         }
     }
     let mut out: Vec<Vec<String>> = vec![Vec::new()];
@@ -146,6 +171,7 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
     if grids.is_empty() && zips.is_empty() {
         bail!("nothing to sweep: give --grid KEY=V1,V2 (or a [sweep] table in {})", req.experiment.display());
     }
+    check_keys(&grids, &zips, &req.sets)?;
     let all = points(&grids, &zips)?;
 
     // Every point must plan before any runs.
@@ -165,7 +191,8 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
     }
 
     let experiment = base.config.experiment.name.clone();
-    let id = sweep_id(&experiment, &req.experiment, &req.sets, &all);
+    // The id covers the resolved experiment too: an edited file is another sweep.
+    let id = sweep_id(&experiment, &base.resolved_toml(), &req.sets, &all);
     let dir = PathBuf::from(&base.config.experiment.output_dir).join(&experiment).join("sweeps");
     std::fs::create_dir_all(dir.join(&id)).with_context(|| format!("cannot create {}", dir.display()))?;
     let state_path = dir.join(format!("{id}.toml"));
@@ -255,10 +282,11 @@ fn completed(run_dir: Option<&str>) -> bool {
     run_dir.and_then(|d| crate::compare::read_run(Path::new(d)).ok()).is_some_and(|r| r.status == "completed")
 }
 
-/// `<experiment>-<first 8 hex digits of the SHA-256 of the file, shared overrides and points>`:
+/// `<experiment>-<first 8 hex digits of the SHA-256 of the resolved experiment, shared
+/// overrides and points>`:
 /// the same sweep gets the same id, so running it again resumes it.
-fn sweep_id(experiment: &str, file: &Path, sets: &[String], points: &[Vec<String>]) -> String {
-    let text = format!("{}\n{sets:?}\n{points:?}", file.display());
+fn sweep_id(experiment: &str, resolved: &str, sets: &[String], points: &[Vec<String>]) -> String {
+    let text = format!("{resolved}\n{sets:?}\n{points:?}");
     format!("{experiment}-{}", &crate::train::config_hash(&text)[..8])
 }
 
@@ -328,6 +356,14 @@ mod tests {
             ]
         );
         let bad = vec![("c".to_string(), vec!["1".to_string()]), ("d".into(), vec!["p".into(), "q".into()])];
-        assert!(points(&[], &bad).unwrap_err().to_string().contains("--zip d: 2 values"));
+        assert!(points(&[], &bad).unwrap_err().to_string().contains("zip `d`: 2 values"));
+        let g = |k: &str, v: &[&str]| (k.to_string(), v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(check_keys(&[g("a", &["1", "2"])], &[g("a", &["1", "2"])], &[])
+            .unwrap_err()
+            .to_string()
+            .contains("both"));
+        assert!(check_keys(&[g("a", &["1", "1"])], &[], &[]).unwrap_err().to_string().contains("twice"));
+        assert!(check_keys(&[g("a", &[])], &[], &[]).unwrap_err().to_string().contains("no value"));
+        assert!(check_keys(&[g("a", &["1"])], &[], &["a=3".into()]).unwrap_err().to_string().contains("also swept"));
     }
 }

@@ -613,10 +613,11 @@ impl MetricName {
             "roc_auc_micro" => MetricName::RocAucMicro,
             "confusion_matrix" => MetricName::ConfusionMatrix,
             other => {
-                let k = other.strip_prefix("top")?.strip_suffix("_accuracy")?.parse().ok()?;
-                if k == 0 {
+                let digits = other.strip_prefix("top")?.strip_suffix("_accuracy")?;
+                if digits.starts_with('0') {
                     return None;
                 }
+                let k = digits.parse().ok()?;
                 MetricName::TopK(k)
             }
         })

@@ -56,6 +56,13 @@ fn a_sweep_of_3_lrs_by_2_seeds() {
     let md_lines: Vec<&str> = md.stdout.lines().collect();
     assert_eq!(md_lines.len(), 2 + 3, "{}", md.stdout);
     assert!(md_lines[0].starts_with("| run | status |") && md_lines[0].ends_with("| test.accuracy |"), "{}", md.stdout);
+    // Filters compare numbers by value; unknown sort keys and parameters are errors.
+    let num = runner(d.path(), &["compare", "runs/tiny", "--where", "train.optimizer.sgd.lr=1e-1"]);
+    assert_eq!(num.stdout.lines().count(), 1 + 2, "{}", num.stdout);
+    let bad = runner(d.path(), &["compare", "runs/tiny", "--sort", "test.acuracy"]);
+    assert!(bad.code != 0 && bad.stderr.contains("did you mean `test.accuracy`?"), "{}", bad.stderr);
+    let bad = runner(d.path(), &["compare", "runs/tiny", "--where", "train.lr=0.1"]);
+    assert!(bad.code != 0 && bad.stderr.contains("--where train.lr: no run has this parameter"), "{}", bad.stderr);
     let csv = runner(d.path(), &["compare", "runs", "--format", "csv", "--sort", "test.loss"]);
     assert_eq!(csv.stdout.lines().count(), 7, "{}", csv.stdout);
     let plot = runner(d.path(), &["compare", "runs/tiny", "--plot", "curves.png", "--metric", "test.loss"]);
@@ -86,7 +93,7 @@ fn bad_sweeps_stop_before_any_run() {
         !d.path().join("runs/tiny").exists() || std::fs::read_dir(d.path().join("runs/tiny")).unwrap().count() == 0
     );
     let out = runner(d.path(), &["sweep", "tiny.toml", "--zip", "seed=0,1", "--zip", "train.epochs=1"]);
-    assert!(out.stderr.contains("--zip train.epochs: 1 values"), "{}", out.stderr);
+    assert!(out.stderr.contains("zip `train.epochs`: 1 values"), "{}", out.stderr);
 }
 
 #[test]
