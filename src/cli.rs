@@ -18,7 +18,7 @@ use crate::runlog::Status;
     name = "runner",
     version,
     about = "Declarative deep-learning experiments for computer vision",
-    args_conflicts_with_subcommands = true
+    subcommand_precedence_over_arg = true
 )]
 pub struct Cli {
     #[command(subcommand)]
