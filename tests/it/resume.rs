@@ -134,35 +134,40 @@ fn resumed_runs_equal_uninterrupted_runs() {
     assert_eq!(std::fs::read(bare.join("metrics.parquet")).unwrap(), before, "tables untouched");
 }
 
+/// Starts a run of `exp` in `cwd` and waits until it has written a checkpoint (one
+/// `checkpoints/epoch_NNNN.toml` at a time with keep_last = 1, renamed into place).
+fn start_and_wait(cwd: &Path, exp: &Path) -> (std::process::Child, PathBuf) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([exp.to_str().unwrap(), "-q"])
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runs = cwd.join("runs/tiny");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let has_checkpoint = |p: &PathBuf| {
+        std::fs::read_dir(p.join("checkpoints"))
+            .map(|it| it.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".toml")))
+            .unwrap_or(false)
+    };
+    loop {
+        let found = std::fs::read_dir(&runs).ok().and_then(|mut it| it.next()).map(|e| e.unwrap().path());
+        if let Some(dir) = found.filter(has_checkpoint) {
+            return (child, dir);
+        }
+        assert!(std::time::Instant::now() < deadline, "no epoch finished in time");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn ctrl_c_then_resume_equals_one_run() {
     // Interrupted wherever the signal lands (after some epoch, or in the middle of one):
     // resume continues from the last finished epoch.
     let d = tempfile::tempdir().unwrap();
     let exp = crate::end_to_end::setup(d.path(), 200);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args([exp.to_str().unwrap(), "-q"])
-        .current_dir(d.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let runs = d.path().join("runs/tiny");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let dir = loop {
-        let found = std::fs::read_dir(&runs).ok().and_then(|mut it| it.next()).map(|e| e.unwrap().path());
-        // keep_last = 1: one epoch_NNNN.toml at a time, renamed into place.
-        let has_checkpoint = |p: &PathBuf| {
-            std::fs::read_dir(p.join("checkpoints"))
-                .map(|it| it.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".toml")))
-                .unwrap_or(false)
-        };
-        if let Some(dir) = found.filter(has_checkpoint) {
-            break dir;
-        }
-        assert!(std::time::Instant::now() < deadline, "no epoch finished in time");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let (child, dir) = start_and_wait(d.path(), &exp);
     std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let code = child.wait_with_output().unwrap().status.code();
     if code == Some(0) {
@@ -276,23 +281,7 @@ fn same_seed_same_tables_and_early_stopping() {
 fn sigterm_stops_like_ctrl_c_with_status_143() {
     let d = tempfile::tempdir().unwrap();
     let exp = crate::end_to_end::setup(d.path(), 200);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args([exp.to_str().unwrap(), "-q"])
-        .current_dir(d.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let runs = d.path().join("runs/tiny");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let dir = loop {
-        let found = std::fs::read_dir(&runs).ok().and_then(|mut it| it.next()).map(|e| e.unwrap().path());
-        if let Some(dir) = found.filter(|p| p.join("model.safetensors").exists()) {
-            break dir;
-        }
-        assert!(std::time::Instant::now() < deadline, "no epoch finished in time");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let (child, dir) = start_and_wait(d.path(), &exp);
     std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let out = child.wait_with_output().unwrap();
     if out.status.code() == Some(0) {
