@@ -137,7 +137,7 @@ fn resumed_runs_equal_uninterrupted_runs() {
 /// Starts a run of `exp` in `cwd` and waits until it has written a checkpoint (one
 /// `checkpoints/epoch_NNNN.toml` at a time with keep_last = 1, renamed into place).
 fn start_and_wait(cwd: &Path, exp: &Path) -> (std::process::Child, PathBuf) {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
         .args([exp.to_str().unwrap(), "-q"])
         .current_dir(cwd)
         .stdout(std::process::Stdio::piped())
@@ -156,7 +156,11 @@ fn start_and_wait(cwd: &Path, exp: &Path) -> (std::process::Child, PathBuf) {
         if let Some(dir) = found.filter(has_checkpoint) {
             return (child, dir);
         }
-        assert!(std::time::Instant::now() < deadline, "no epoch finished in time");
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no epoch finished in time");
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
