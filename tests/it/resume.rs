@@ -136,6 +136,8 @@ fn resumed_runs_equal_uninterrupted_runs() {
 
 /// Starts a run of `exp` in `cwd` and waits until it has written a checkpoint (one
 /// `checkpoints/epoch_NNNN.toml` at a time with keep_last = 1, renamed into place).
+// The caller waits on the returned child.
+#[allow(clippy::zombie_processes)]
 fn start_and_wait(cwd: &Path, exp: &Path) -> (std::process::Child, PathBuf) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
         .args([exp.to_str().unwrap(), "-q"])
