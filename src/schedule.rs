@@ -29,7 +29,7 @@ impl Position {
 /// The learning rate at `pos` for a base `lr` over `epochs` epochs.
 pub fn lr_at(train: &TrainConfig, base_lr: f64, pos: Position) -> f64 {
     let t = if train.schedule_per_step { pos.fractional() } else { pos.epoch as f64 };
-    let lr = scheduled(&train.schedule, base_lr, t, pos.fractional(), train.epochs as f64);
+    let lr = scheduled(&train.schedule.0, base_lr, t, pos.fractional(), train.epochs as f64);
     lr * warmup_factor(train.warmup.as_ref(), pos.fractional())
 }
 
@@ -83,7 +83,7 @@ pub fn warmup_factor(w: Option<&WarmupConfig>, t: f64) -> f64 {
 pub fn validate(train: &TrainConfig) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut add = |k: &str, m: String| out.push((format!("train.schedule.{k}"), m));
-    match &train.schedule {
+    match &train.schedule.0 {
         ScheduleConfig::Constant => {}
         ScheduleConfig::Step { step_size, gamma } => {
             if *step_size == 0 {
@@ -217,6 +217,21 @@ mod tests {
         // Per step, the step schedule sees 0.5 epochs: 0.1 * 0.5^0.
         train.schedule_per_step = true;
         close(lr_at(&train, 0.1, Position { epoch: 1, batch: 5, batches: 10 }), 0.05 * (0.5 + 0.5 * 1.5 / 2.0));
+    }
+
+    #[test]
+    fn bare_names_for_kinds_with_defaults() {
+        let t: TrainConfig =
+            toml::from_str("epochs = 10\noptimizer = { sgd = { lr = 0.1 } }\nschedule = \"cosine\"").unwrap();
+        assert_eq!(t.schedule.0, ScheduleConfig::Cosine { t_max: None, eta_min: 0.0 });
+        let t: TrainConfig =
+            toml::from_str("epochs = 10\noptimizer = { sgd = { lr = 0.1 } }\nschedule = \"constant\"").unwrap();
+        assert_eq!(t.schedule.0, ScheduleConfig::Constant);
+        let e =
+            toml::from_str::<TrainConfig>("epochs = 1\noptimizer = { sgd = { lr = 0.1 } }\nschedule = \"multistep\"")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("milestones"), "{e}");
     }
 
     #[test]

@@ -281,7 +281,7 @@ pub struct TrainConfig {
     /// The learning rate over training, as a factor of (or, for `piecewise`, instead of)
     /// the optimizer's `lr`.
     #[serde(default)]
-    pub schedule: ScheduleConfig,
+    pub schedule: Schedule,
     /// Evaluate step, multistep, exponential, cosine and polynomial schedules at every
     /// step (fractional epochs) instead of once per epoch (PyTorch's usual `scheduler.step()`
     /// after each epoch).
@@ -310,6 +310,44 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStoppingConfig>,
+}
+
+/// A schedule as written: a table `{ cosine = { eta_min = 0.001 } }`, or the bare name of a
+/// kind whose keys all have defaults: `"constant"`, `"cosine"`, `"polynomial"`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Schedule(pub ScheduleConfig);
+
+impl Serialize for Schedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Schedule;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a schedule such as \"cosine\" or { multistep = { milestones = [30, 60] } }")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Schedule, E> {
+                if s == "constant" {
+                    return Ok(Schedule(ScheduleConfig::Constant));
+                }
+                // The short form is the table form with every key at its default.
+                let mut table = figment::value::Dict::new();
+                table.insert(s.to_string(), figment::value::Dict::new().into());
+                figment::value::Value::from(table).deserialize::<ScheduleConfig>().map(Schedule).map_err(|e| {
+                    E::custom(format!("schedule \"{s}\": {} (kinds with required keys are tables)", e.kind))
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Schedule, A::Error> {
+                ScheduleConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Schedule)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `schedule = { multistep = { milestones = [82, 123], gamma = 0.1 } }`.
