@@ -119,7 +119,7 @@ fn resnet_cifar_train() -> Result<f64> {
         let h = relu_op(&add_channel_bias(&conv2d(&x, p(0), same)?, p(1))?)?; // [64, 64, 32, 32]
         let r = relu_op(&batchnorm(&conv2d(&h, p(2), same)?, p(3), p(4))?)?;
         let r = batchnorm(&conv2d(&r, p(5), same)?, p(6), p(7))?;
-        let h = relu_op(&(h + r)?)?;
+        let h = runner::ops::activation::add_relu_op(&h, &r)?;
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?; // [64, 64]
         let logits = pooled.matmul(&p(8).t()?)?.broadcast_add(p(9))?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;

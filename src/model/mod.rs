@@ -153,10 +153,14 @@ impl Model {
                     for layer in &res.shortcut {
                         s = self.apply(layer, s, pass, &kept)?;
                     }
-                    x = (x + s)?;
-                    if let Some(act) = &res.activation {
-                        x = self.apply(act, x, pass, &kept)?;
-                    }
+                    x = match &res.activation {
+                        // The sum and its ReLU as one op: one pass, one backprop node fewer.
+                        Some(act) if matches!(act.kind, LayerKind::Relu {}) => {
+                            crate::ops::activation::add_relu_op(&x, &s)?
+                        }
+                        Some(act) => self.apply(act, (x + s)?, pass, &kept)?,
+                        None => (x + s)?,
+                    };
                 }
             }
             if group.keep {

@@ -74,6 +74,60 @@ impl CustomOp2 for ReluGrad {
     }
 }
 
+/// `(a, b) -> max(a + b, 0)`: a residual sum and its ReLU in one pass, one backprop node.
+struct AddRelu;
+
+fn add_relu<T: Elem>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut y = a.to_vec();
+    let f = |(y, b): (&mut [T], &[T])| {
+        y.iter_mut().zip(b).for_each(|(y, b)| {
+            let v = *y + *b;
+            *y = if v > T::default() { v } else { T::default() }
+        })
+    };
+    if parallel(y.len()) {
+        y.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(f);
+    } else {
+        f((&mut y, b));
+    }
+    y
+}
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "runner-add-relu"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("runner add_relu: shapes {:?} and {:?} differ", l1.shape(), l2.shape());
+        }
+        Ok(match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (a, b) = cpu_slices::<f32>(s1, l1, s2, l2)?;
+                (CpuStorage::F32(add_relu(a, b)), l1.shape().clone())
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (a, b) = cpu_slices::<f64>(s1, l1, s2, l2)?;
+                (CpuStorage::F64(add_relu(a, b)), l1.shape().clone())
+            }
+            _ => candle_core::bail!("runner add_relu supports f32 and f64 of one dtype"),
+        })
+    }
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = y.apply_op2_no_bwd(&dy.contiguous()?, &ReluGrad)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// `max(a + b, 0)` (a residual block's sum and ReLU); the same gradient flows to both.
+pub fn add_relu_op(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.device().is_cpu() && a.shape() == b.shape() {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+    } else {
+        (a + b)?.relu()
+    }
+}
+
 /// `max(x, 0)`; the gradient is 0 where the output is 0 (as PyTorch's).
 pub fn relu_op(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() {
@@ -98,5 +152,11 @@ mod tests {
         assert_eq!(g.get(&x).unwrap().to_vec1::<f32>().unwrap(), vec![0., 0., 1.]);
         let x = Var::from_tensor(&rand_tensor(&[3, 50], 4, DType::F64)).unwrap();
         check_grads(&[&x], |v| relu_op(v[0]), "relu");
+        let y = Var::from_tensor(&rand_tensor(&[3, 50], 5, DType::F64)).unwrap();
+        check_grads(&[&x, &y], |v| add_relu_op(v[0], v[1]), "add_relu");
+        // By hand: relu([-1 + 0.5, 2 + (-3), 1 + 1]) = [0, 0, 2].
+        let a = Tensor::new(&[-1f32, 2., 1.], &candle_core::Device::Cpu).unwrap();
+        let b = Tensor::new(&[0.5f32, -3., 1.], &candle_core::Device::Cpu).unwrap();
+        assert_eq!(add_relu_op(&a, &b).unwrap().to_vec1::<f32>().unwrap(), vec![0., 0., 2.]);
     }
 }
