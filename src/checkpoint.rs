@@ -56,10 +56,7 @@ pub fn save(
     is_best: bool,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut all: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
-    for (n, v) in model.params.iter().chain(model.buffers.iter()) {
-        all.insert(n.clone(), v.as_tensor().to_device(&Device::Cpu)?);
-    }
+    let mut all = crate::model::weights::cpu_tensors(model)?;
     let (state, _) = optimizer.export();
     for (n, t) in state {
         all.insert(format!("optimizer/{n}"), t.to_device(&Device::Cpu)?);

@@ -25,14 +25,6 @@ pub struct RunInfo {
     pub finals: BTreeMap<String, f64>,
 }
 
-fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
-    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .and_then(|b| b.build())
-        .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
-    reader.collect::<std::result::Result<_, _>>().with_context(|| format!("cannot read {}", path.display()))
-}
-
 fn text(b: &RecordBatch, name: &str, row: usize) -> Option<String> {
     let c = b.column_by_name(name)?.as_any().downcast_ref::<StringArray>()?;
     (!c.is_null(row)).then(|| c.value(row).to_string())
@@ -44,7 +36,7 @@ pub fn read_run(dir: &Path) -> Result<RunInfo> {
     if !path.is_file() {
         bail!("{}: not a run folder (no run.parquet)", dir.display());
     }
-    let batches = read_batches(&path)?;
+    let batches = crate::runlog::read_parquet(&path)?;
     let b = batches.first().with_context(|| format!("{}: empty table", path.display()))?;
     if b.num_rows() != 1 {
         bail!("{}: expected one row, found {}", path.display(), b.num_rows());
@@ -61,7 +53,7 @@ pub fn read_run(dir: &Path) -> Result<RunInfo> {
     let mut params = BTreeMap::new();
     let ppath = dir.join("params.parquet");
     if ppath.is_file() {
-        for p in read_batches(&ppath)? {
+        for p in crate::runlog::read_parquet(&ppath)? {
             for i in 0..p.num_rows() {
                 if let (Some(k), Some(v)) = (text(&p, "key", i), text(&p, "value", i)) {
                     params.insert(k, v);

@@ -241,7 +241,11 @@ pub fn roc_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64, f64)> {
 
 /// Trapezoid area under the ROC curve; NaN with one class only.
 pub fn roc_auc(scores: &[f64], positive: &[bool]) -> f64 {
-    let curve = roc_curve(scores, positive);
+    curve_area(&roc_curve(scores, positive))
+}
+
+/// Trapezoid area under `(threshold, fpr, tpr)` points; NaN when a rate is undefined.
+pub fn curve_area(curve: &[(f64, f64, f64)]) -> f64 {
     if curve.iter().any(|(_, f, t)| f.is_nan() || t.is_nan()) {
         return f64::NAN;
     }

@@ -150,7 +150,7 @@ pub fn roc(path: &Path, curves: &[crate::metrics::RocCurve]) -> Result<()> {
         .iter()
         .filter(|(_, c)| !c.is_empty())
         .map(|(name, c)| {
-            let auc: f64 = c.windows(2).map(|w| (w[1].1 - w[0].1) * (w[1].2 + w[0].2) / 2.0).sum();
+            let auc = crate::metrics::curve_area(c);
             (format!("{name} (AUC {auc:.3})"), c.iter().map(|(_, f, t)| (*f, *t)).collect())
         })
         .collect();

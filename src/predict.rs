@@ -53,9 +53,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
     let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: req.sets.clone(), env: true })?;
     if weights_file.is_some() {
         // The whole model comes from the weights file: the groups' own files are not needed.
-        for g in &mut loaded.config.model.groups {
-            g.init = None;
-        }
+        loaded.config.model.drop_inits();
     }
     let plan = crate::plan::plan_without_data(&loaded)?;
     let device = Device::Cpu;

@@ -442,7 +442,8 @@ fn arrow_buffer_offsets(n: usize, len: usize) -> arrow_buffer::OffsetBuffer<i32>
     arrow_buffer::OffsetBuffer::<i32>::from_lengths(std::iter::repeat_n(len, n))
 }
 
-fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
+/// Every record batch of a parquet file, with the file named in errors.
+pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
         .and_then(|b| b.build())

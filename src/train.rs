@@ -82,9 +82,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     let latest = checkpoint::latest(&dir.join("checkpoints"))?;
     if latest.is_some() {
         // The weights come from the checkpoint: the groups' own files are not needed.
-        for g in &mut loaded.config.model.groups {
-            g.init = None;
-        }
+        loaded.config.model.drop_inits();
     }
     let plan = crate::plan::plan(&loaded)?;
     let probe = RunLog::open(dir, None)?;
@@ -176,9 +174,7 @@ pub fn eval_run(
         bail!("--split {split}: expected test or train");
     }
     let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: Vec::new(), env: false })?;
-    for g in &mut loaded.config.model.groups {
-        g.init = None;
-    }
+    loaded.config.model.drop_inits();
     if let Some(t) = tta {
         loaded.config.eval.tta = t;
     }
@@ -209,18 +205,7 @@ pub fn eval_run(
     crate::model::weights::load_into(&model, &weights, "", "", &BTreeMap::new(), true)?;
     let dataset = load_data(&plan)?;
     let data = if split == "test" { dataset.test.clone() } else { dataset.train.clone() };
-    let spec = LoaderSpec {
-        batch_size: plan.data.eval_batch_size.unwrap_or(plan.data.batch_size),
-        shuffle: false,
-        drop_last: false,
-        seed: plan.seed,
-        shape: dataset.shape,
-        out_shape: plan.test_shape,
-        augment: plan.augment_test.clone(),
-        prefetch: plan.data.prefetch,
-        workers: plan.data.num_workers,
-        skip_errors: plan.data.on_error == crate::config::OnError::Skip,
-    };
+    let spec = eval_spec(&train_spec(&plan, dataset.shape), &plan);
     let classes = plan.graph.out_shape().first().copied().unwrap_or(0);
     let (stats, _) = evaluate(&model, &data, &spec, plan.tta, plan.input, &device, classes)?;
     // `test_eval`, `test_eval_best`, `test_tta_epoch_0001`: one set of rows per weights.
@@ -305,6 +290,34 @@ fn finish(
     Ok(Outcome { run_dir: log.dir.clone(), status, final_metrics: log.final_metrics.clone(), error })
 }
 
+/// The training split's loader: the plan's batches and training augmentations.
+fn train_spec(plan: &Plan, shape: [usize; 3]) -> LoaderSpec {
+    LoaderSpec {
+        batch_size: plan.data.batch_size,
+        shuffle: plan.data.shuffle,
+        drop_last: plan.data.drop_last,
+        seed: plan.seed,
+        shape,
+        out_shape: plan.input,
+        augment: plan.augment_train.clone(),
+        prefetch: plan.data.prefetch,
+        workers: plan.data.num_workers,
+        skip_errors: plan.data.on_error == crate::config::OnError::Skip,
+    }
+}
+
+/// Evaluation: in order, every sample, the test augmentations.
+fn eval_spec(train: &LoaderSpec, plan: &Plan) -> LoaderSpec {
+    LoaderSpec {
+        batch_size: plan.data.eval_batch_size.unwrap_or(plan.data.batch_size),
+        shuffle: false,
+        drop_last: false,
+        out_shape: plan.test_shape,
+        augment: plan.augment_test.clone(),
+        ..train.clone()
+    }
+}
+
 /// Cross-entropy, with PyTorch's label smoothing `e`: `(1 - e) * nll + e * mean_c(-log p_c)`.
 fn loss_fn(logits: &Tensor, ys: &Tensor, smoothing: f64) -> Result<Tensor> {
     if smoothing == 0.0 {
@@ -328,28 +341,9 @@ fn epochs(
     mut state: State,
     stop: &AtomicBool,
 ) -> Result<bool> {
-    let shape = dataset.shape;
     let out_shape = plan.input;
-    let train_spec = LoaderSpec {
-        batch_size: plan.data.batch_size,
-        shuffle: plan.data.shuffle,
-        drop_last: plan.data.drop_last,
-        seed: plan.seed,
-        shape,
-        out_shape,
-        augment: plan.augment_train.clone(),
-        prefetch: plan.data.prefetch,
-        workers: plan.data.num_workers,
-        skip_errors: plan.data.on_error == crate::config::OnError::Skip,
-    };
-    let test_spec = LoaderSpec {
-        batch_size: plan.data.eval_batch_size.unwrap_or(plan.data.batch_size),
-        shuffle: false,
-        drop_last: false,
-        out_shape: plan.test_shape,
-        augment: plan.augment_test.clone(),
-        ..train_spec.clone()
-    };
+    let train_spec = train_spec(plan, dataset.shape);
+    let test_spec = eval_spec(&train_spec, plan);
     let train_split = dataset.train.clone();
     let test_split = dataset.test.clone();
     let n_batches = train_spec.num_batches(train_split.len);

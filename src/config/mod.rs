@@ -229,6 +229,16 @@ pub struct GroupConfig {
     pub init: Option<InitConfig>,
 }
 
+impl ModelConfig {
+    /// Forgets every group's `init`: for work whose whole model comes from one weights file
+    /// (a checkpoint, `--weights`), where the groups' own files are not needed.
+    pub fn drop_inits(&mut self) {
+        for g in &mut self.groups {
+            g.init = None;
+        }
+    }
+}
+
 impl GroupConfig {
     pub fn new(name: &str, layers: Vec<Layer>) -> Self {
         GroupConfig {

@@ -140,13 +140,19 @@ fn describe_pickle(path: &Path) -> String {
     }
 }
 
-/// Writes every parameter and buffer of `model` as safetensors with its dotted name, through
-/// a temporary file renamed into place (a crash leaves the previous file).
-pub fn save(model: &Model, path: &Path) -> Result<()> {
-    let mut all: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
+/// Every parameter and buffer of `model` by dotted name, on the CPU (what safetensors saves).
+pub fn cpu_tensors(model: &Model) -> Result<std::collections::HashMap<String, Tensor>> {
+    let mut all = std::collections::HashMap::new();
     for (n, v) in model.params.iter().chain(model.buffers.iter()) {
         all.insert(n.clone(), v.as_tensor().to_device(&Device::Cpu)?);
     }
+    Ok(all)
+}
+
+/// Writes every parameter and buffer of `model` as safetensors with its dotted name, through
+/// a temporary file renamed into place (a crash leaves the previous file).
+pub fn save(model: &Model, path: &Path) -> Result<()> {
+    let all = cpu_tensors(model)?;
     let tmp = path.with_extension("safetensors.tmp");
     candle_core::safetensors::save(&all, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))?;
