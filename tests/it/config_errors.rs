@@ -171,3 +171,35 @@ fn committed_configs_check_cleanly() {
         }
     }
 }
+
+#[test]
+fn param_groups_weight_decay_and_positive_class() {
+    // Hand-checked against the model: head.1 is the linear layer (weight and bias).
+    let d = tempfile::tempdir().unwrap();
+    let base = BASE.replace("[train]\nepochs = 3", "[train]\nepochs = 3\nno_weight_decay_on = [\"bias\"]");
+    let text = format!(
+        "[experiment]\nname = \"e\"\n{base}\n[[train.param_groups]]\npaths = [\"head.1\"]\nlr_mult = 0.1\n\
+         [metrics]\ntest = [\"tp_rate\"]\npositive = \"7\"\n"
+    );
+    let exp = write(d.path(), "e.toml", &text);
+    let sets = ["data.root=\"nowhere\"", "data.download=true"];
+    let plan = runner::plan::plan(&load(&exp, &opts(&sets)).unwrap()).unwrap();
+    let w = plan.hypers["head.1.weight"];
+    let b = plan.hypers["head.1.bias"];
+    assert_eq!((w.lr_mult, w.wd_mult), (0.1, 1.0));
+    assert_eq!((b.lr_mult, b.wd_mult), (0.1, 0.0), "biases get no weight decay");
+    assert_eq!(plan.binary.positive, 7, "MNIST's class \"7\" by name");
+    // Bad values name the key and the file.
+    let bad = |from: &str, to: &str| -> String {
+        let exp = write(d.path(), "bad.toml", &text.replace(from, to));
+        runner::plan::plan(&load(&exp, &opts(&sets)).unwrap()).err().unwrap().to_string()
+    };
+    let e = bad("paths = [\"head.1\"]", "paths = [\"haed\"]");
+    assert!(e.contains("bad.toml: key `train.param_groups[0].paths`") && e.contains("did you mean `head`?"), "{e}");
+    let e = bad("no_weight_decay_on = [\"bias\"]", "no_weight_decay_on = [\"biases\"]");
+    assert!(e.contains("key `train.no_weight_decay_on`") && e.contains("`bias`, `batchnorm` or a path"), "{e}");
+    let e = bad("positive = \"7\"", "positive = 12");
+    assert!(e.contains("key `metrics.positive`") && e.contains("nor an index below 10"), "{e}");
+    let e = bad("lr_mult = 0.1", "lr_mult = -1.0");
+    assert!(e.contains("key `train.param_groups[0]`") && e.contains("must be >= 0"), "{e}");
+}
