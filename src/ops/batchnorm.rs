@@ -7,6 +7,8 @@
 //! Evaluation mode uses given running statistics and is built from candle's broadcast ops.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, D};
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use super::{contiguous, Elem};
@@ -18,29 +20,81 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
-/// Per channel: (mean, biased variance), two passes in f64.
+/// Partial sums per plane run in this many lanes of the element type (vectorised; each
+/// lane sums `hw / LANES` values), then add up in f64.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn lanes_to_f64<T: Elem>(acc: &[T; LANES], rem: impl Iterator<Item = T>) -> f64 {
+    acc.iter().map(|v| v.to_f64()).sum::<f64>() + rem.map(|v| v.to_f64()).sum::<f64>()
+}
+
+/// `sum p` and `sum (p - mean)^2` over one plane.
+#[inline(always)]
+fn plane_moments_body<T: Elem>(p: &[T], mean: T) -> (f64, f64) {
+    let (mut s, mut q) = ([T::zero(); LANES], [T::zero(); LANES]);
+    let chunks = p.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            s[l] += c[l];
+            q[l] += (c[l] - mean) * (c[l] - mean);
+        }
+    }
+    (lanes_to_f64(&s, rem.iter().copied()), lanes_to_f64(&q, rem.iter().map(|&v| (v - mean) * (v - mean))))
+}
+
+/// `sum dy` and `sum dy * (x - mean)` over one plane.
+#[inline(always)]
+fn plane_dots_body<T: Elem>(x: &[T], dy: &[T], mean: T) -> (f64, f64) {
+    let (mut s, mut q) = ([T::zero(); LANES], [T::zero(); LANES]);
+    let (xc, dc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
+    let (xr, dr) = (xc.remainder(), dc.remainder());
+    for (a, d) in xc.zip(dc) {
+        for l in 0..LANES {
+            s[l] += d[l];
+            q[l] += d[l] * (a[l] - mean);
+        }
+    }
+    (lanes_to_f64(&s, dr.iter().copied()), lanes_to_f64(&q, xr.iter().zip(dr).map(|(&a, &d)| d * (a - mean))))
+}
+
+/// `out = a * x + b * (y - m) + c` (centred first: `b * y` and `b * m` can be large and
+/// cancel where the centred value is small).
+#[inline(always)]
+fn plane_affine_body<T: Elem>(out: &mut [T], x: &[T], y: &[T], (a, b, m, c): (T, T, T, T)) {
+    for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+        *o = a * x + b * (y - m) + c;
+    }
+}
+
+with_avx2!(plane_moments = plane_moments_body(p: &[T], mean: T) -> (f64, f64));
+with_avx2!(plane_dots = plane_dots_body(x: &[T], dy: &[T], mean: T) -> (f64, f64));
+with_avx2!(plane_affine = plane_affine_body(out: &mut [T], x: &[T], y: &[T], k: (T, T, T, T)));
+
+/// Per channel: (mean, biased variance). The mean is summed first (in lanes, then f64);
+/// the variance is the mean of squared deviations from it.
 fn stats<T: Elem>(x: &[T], (n, c, hw): (usize, usize, usize)) -> Vec<(f64, f64)> {
     let m = (n * hw) as f64;
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let planes = || (0..n).map(move |i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
-            let mean = planes().map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>()).sum::<f64>() / m;
-            let var = planes().map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>()).sum::<f64>() / m;
+            let mean = planes().map(|p| plane_moments(p, T::zero()).0).sum::<f64>() / m;
+            let var = planes().map(|p| plane_moments(p, T::from_f64(mean)).1).sum::<f64>() / m;
             (mean, var)
         })
         .collect()
 }
 
-fn forward<T: Elem>(x: &[T], g: &[T], b: &[T], d: (usize, usize, usize), eps: f64) -> Vec<T> {
+fn forward<T: Elem>(x: &[T], g: &[T], b: &[T], d: (usize, usize, usize), st: &[(f64, f64)], eps: f64) -> Vec<T> {
     let (_, c, hw) = d;
-    let st = stats(x, d);
-    let mut y = x.to_vec();
-    y.par_chunks_mut(c * hw).for_each(|sample| {
-        for (ch, plane) in sample.chunks_mut(hw).enumerate() {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).for_each(|(ys, xs)| {
+        for (ch, (yp, xp)) in ys.chunks_mut(hw).zip(xs.chunks(hw)).enumerate() {
             let (mean, var) = st[ch];
-            let (scale, shift) = (g[ch].to_f64() / (var + eps).sqrt(), b[ch].to_f64());
-            plane.iter_mut().for_each(|v| *v = T::from_f64((v.to_f64() - mean) * scale + shift));
+            let scale = T::from_f64(g[ch].to_f64() / (var + eps).sqrt());
+            plane_affine(yp, xp, xp, (T::zero(), scale, T::from_f64(mean), b[ch]));
         }
     });
     y
@@ -48,10 +102,16 @@ fn forward<T: Elem>(x: &[T], g: &[T], b: &[T], d: (usize, usize, usize), eps: f6
 
 /// `(dx, dgamma, dbeta)`: dbeta = sum dy, dgamma = sum dy * xhat,
 /// dx = gamma / sqrt(var + eps) * (dy - dbeta / m - xhat * dgamma / m).
-fn backward<T: Elem>(x: &[T], g: &[T], dy: &[T], d: (usize, usize, usize), eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
+fn backward<T: Elem>(
+    x: &[T],
+    g: &[T],
+    dy: &[T],
+    d: (usize, usize, usize),
+    st: &[(f64, f64)],
+    eps: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (n, c, hw) = d;
     let m = (n * hw) as f64;
-    let st = stats(x, d);
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -60,27 +120,29 @@ fn backward<T: Elem>(x: &[T], g: &[T], dy: &[T], d: (usize, usize, usize), eps: 
             let (mut sdy, mut sdyx) = (0.0, 0.0);
             for i in 0..n {
                 let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                for (xv, dv) in x[r.clone()].iter().zip(&dy[r]) {
-                    let dv = dv.to_f64();
-                    sdy += dv;
-                    sdyx += dv * (xv.to_f64() - mean) * inv;
-                }
+                let (a, b) = plane_dots(&x[r.clone()], &dy[r], T::from_f64(mean));
+                sdy += a;
+                sdyx += b * inv;
             }
             (sdy, sdyx)
+        })
+        .collect();
+    // dx = k dy + k1 (x - mean) + k0 with k = gamma * inv, k1 = -k inv sdyx / m,
+    // k0 = -k sdy / m.
+    let coef: Vec<(T, T, T, T)> = (0..c)
+        .map(|ch| {
+            let ((mean, var), (sdy, sdyx)) = (st[ch], sums[ch]);
+            let inv = 1.0 / (var + eps).sqrt();
+            let k = g[ch].to_f64() * inv;
+            let k1 = -k * inv * sdyx / m;
+            (T::from_f64(k), T::from_f64(k1), T::from_f64(mean), T::from_f64(-k * sdy / m))
         })
         .collect();
     let mut dx = vec![T::default(); x.len()];
     dx.par_chunks_mut(c * hw).enumerate().for_each(|(i, sample)| {
         for (ch, plane) in sample.chunks_mut(hw).enumerate() {
-            let (mean, var) = st[ch];
-            let inv = 1.0 / (var + eps).sqrt();
-            let (sdy, sdyx) = sums[ch];
-            let k = g[ch].to_f64() * inv;
             let base = (i * c + ch) * hw;
-            for (j, v) in plane.iter_mut().enumerate() {
-                let xhat = (x[base + j].to_f64() - mean) * inv;
-                *v = T::from_f64(k * (dy[base + j].to_f64() - sdy / m - xhat * sdyx / m));
-            }
+            plane_affine(plane, &dy[base..base + hw], &x[base..base + hw], coef[ch]);
         }
     });
     let dgamma = sums.iter().map(|s| T::from_f64(s.1)).collect();
@@ -88,9 +150,18 @@ fn backward<T: Elem>(x: &[T], g: &[T], dy: &[T], d: (usize, usize, usize), eps: 
     (dx, dgamma, dbeta)
 }
 
-struct BatchNormTrain(f64);
+/// The batch's statistics are computed once, before the op, and shared by its forward and
+/// backward passes (and returned for the running averages).
+fn check_stats(st: &[(f64, f64)], (_, c, _): (usize, usize, usize)) -> Result<()> {
+    if st.len() != c {
+        candle_core::bail!("batch norm: statistics for {} channels, input has {c}", st.len());
+    }
+    Ok(())
+}
+
+struct BatchNormTrain(f64, Arc<Vec<(f64, f64)>>);
 /// `(x, gamma, dy)` -> `[dx (flattened) ++ dgamma ++ dbeta]`, split by the caller.
-struct BatchNormGrad(f64);
+struct BatchNormGrad(f64, Arc<Vec<(f64, f64)>>);
 
 macro_rules! dispatch3 {
     ($s1:expr, $l1:expr, $s2:expr, $l2:expr, $s3:expr, $l3:expr, |$a:ident, $b:ident, $c:ident| $body:expr) => {
@@ -123,9 +194,9 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = dims(l1)?;
-        let eps = self.0;
-        Ok((dispatch3!(s1, l1, s2, l2, s3, l3, |x, g, b| forward(x, g, b, d, eps)), l1.shape().clone()))
+        let (d, eps, st) = (dims(l1)?, self.0, &self.1);
+        check_stats(st, d)?;
+        Ok((dispatch3!(s1, l1, s2, l2, s3, l3, |x, g, b| forward(x, g, b, d, st, eps)), l1.shape().clone()))
     }
     fn bwd(
         &self,
@@ -135,7 +206,7 @@ impl CustomOp3 for BatchNormTrain {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let all = x.apply_op3_no_bwd(gamma, &dy.contiguous()?, &BatchNormGrad(self.0))?;
+        let all = x.apply_op3_no_bwd(gamma, &dy.contiguous()?, &BatchNormGrad(self.0, self.1.clone()))?;
         let (len, c) = (x.elem_count(), gamma.elem_count());
         let dx = all.narrow(0, 0, len)?.reshape(x.shape())?;
         let dgamma = all.narrow(0, len, c)?;
@@ -157,11 +228,11 @@ impl CustomOp3 for BatchNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = dims(l1)?;
-        let eps = self.0;
+        let (d, eps, st) = (dims(l1)?, self.0, &self.1);
+        check_stats(st, d)?;
         let total = l1.shape().elem_count() + 2 * d.1;
         let out = dispatch3!(s1, l1, s2, l2, s3, l3, |x, g, dy| {
-            let (mut dx, dg, db) = backward(x, g, dy, d, eps);
+            let (mut dx, dg, db) = backward(x, g, dy, d, st, eps);
             dx.extend(dg);
             dx.extend(db);
             dx
@@ -195,9 +266,11 @@ impl CustomOp1 for BatchStats {
 pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
     if x.device().is_cpu() {
         let x = x.contiguous()?;
-        let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BatchNormTrain(eps))?;
         let st = x.detach().apply_op1_no_bwd(&BatchStats)?;
-        return Ok((y, st.get(0)?, st.get(1)?));
+        let (mean, var) = (st.get(0)?, st.get(1)?);
+        let pairs = Arc::new(mean.to_vec1::<f64>()?.into_iter().zip(var.to_vec1::<f64>()?).collect());
+        let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BatchNormTrain(eps, pairs))?;
+        return Ok((y, mean, var));
     }
     // Other devices: the same formula from candle's ops.
     let c = x.dim(1)?;

@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
+use super::winograd::{self, Geo};
 use super::{cpu_slices, threads, Elem};
 
 /// Geometry of a convolution (square kernels are the common case but not required).
@@ -69,6 +70,22 @@ impl Dims {
     }
     fn p(&self) -> usize {
         self.oh * self.ow
+    }
+    /// The Winograd F(2x2, 3x3) sizes when this conv takes that path: 3x3, stride 1, no
+    /// dilation or groups, and channels enough for it to beat im2col + gemm.
+    fn winograd(&self) -> Option<Geo> {
+        let g = self.g;
+        let fits = self.kh == 3 && self.kw == 3 && g.stride == 1 && g.dilation == 1 && g.groups == 1;
+        (fits && winograd::worth_it(self.c, self.o, self.oh, self.ow)).then_some(Geo {
+            n: self.n,
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            o: self.o,
+            pad: g.padding,
+            oh: self.oh,
+            ow: self.ow,
+        })
     }
     /// A 1x1, stride-1, unpadded conv reads the input itself as the column matrix.
     fn is_pointwise(&self) -> bool {
@@ -175,6 +192,9 @@ fn plan_threads(n: usize) -> (bool, usize) {
 }
 
 fn forward<T: Elem>(x: &[T], wt: &[T], d: &Dims) -> Vec<T> {
+    if let Some(g) = d.winograd() {
+        return winograd::forward(x, wt, &g);
+    }
     let (per_sample, gemm_threads) = plan_threads(d.n);
     let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
     let mut out = vec![T::default(); d.n * d.o * pp];
@@ -205,6 +225,9 @@ fn forward<T: Elem>(x: &[T], wt: &[T], d: &Dims) -> Vec<T> {
 
 /// `dW = sum_n dY[n] (o x P) * col[n]^T (P x kg)`, per group.
 fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
+    if let Some(g) = d.winograd() {
+        return winograd::grad_weight(x, dy, &g);
+    }
     let (per_sample, gemm_threads) = plan_threads(d.n);
     let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
     let wlen = d.o * kg;
@@ -261,6 +284,9 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
 
 /// `dX[n] = col2im(W^T (kg x o) * dY[n] (o x P))`, per group.
 fn grad_input<T: Elem>(wt: &[T], dy: &[T], d: &Dims) -> Vec<T> {
+    if let Some(g) = d.winograd() {
+        return winograd::grad_input(wt, dy, &g);
+    }
     let (per_sample, gemm_threads) = plan_threads(d.n);
     let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
     let mut dx = vec![T::default(); d.n * c_in];
@@ -482,6 +508,26 @@ mod tests {
             let x = Var::from_tensor(&rand_tensor(&[n, c, hw, hw], 3, DType::F64)).unwrap();
             let w = Var::from_tensor(&rand_tensor(&[o, c / g.groups, 3, 3], 4, DType::F64)).unwrap();
             check_grads(&[&x, &w], |v| conv2d(v[0], v[1], g), &format!("conv2d {g:?}"));
+        }
+    }
+
+    /// 3x3 stride-1 convs with 16+ channels take the Winograd path: the same outputs as
+    /// candle's conv2d (f32) and exact gradients (f64 finite differences), odd sizes included.
+    #[test]
+    fn winograd_path_matches_candle_and_finite_differences() {
+        for (hw, pad) in [(8, 1), (7, 1), (9, 0), (6, 2)] {
+            let g = ConvGeom { padding: pad, ..Default::default() };
+            let d = Dims::new(&[2, 16, hw, hw], &[17, 16, 3, 3], g).unwrap();
+            assert!(d.winograd().is_some(), "{hw}x{hw} pad {pad} should take the Winograd path");
+            let x = rand_tensor(&[2, 16, hw, hw], 11, DType::F32);
+            let w = rand_tensor(&[17, 16, 3, 3], 12, DType::F32);
+            let ours = conv2d(&x, &w, g).unwrap();
+            let theirs = x.conv2d(&w, pad, 1, 1, 1).unwrap();
+            let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "{hw}x{hw} pad {pad}: max diff {diff}");
+            let x = Var::from_tensor(&rand_tensor(&[2, 16, hw, hw], 13, DType::F64)).unwrap();
+            let w = Var::from_tensor(&rand_tensor(&[17, 16, 3, 3], 14, DType::F64)).unwrap();
+            check_grads(&[&x, &w], |v| conv2d(v[0], v[1], g), &format!("winograd conv2d {hw}x{hw} pad {pad}"));
         }
     }
 

@@ -3,6 +3,26 @@
 //! CPU kernels are candle custom ops (forward and backward); on other devices each op falls
 //! back to a formulation from candle's own ops, so one graph runs everywhere.
 
+/// Defines `$name`, which runs `$body` compiled for AVX2 where the CPU has it. The crate is
+/// built for baseline x86-64, whose 4-wide SSE leaves half of each vector unit idle in the
+/// element-wise kernels (gemm picks its own kernels at run time already).
+macro_rules! with_avx2 {
+    ($name:ident = $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        fn $name<T: Elem>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2<T: Elem>($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                // SAFETY: the CPU has AVX2, checked just above.
+                return unsafe { avx2($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 pub mod activation;
 pub mod batchnorm;
 pub mod bias;
@@ -12,6 +32,7 @@ pub mod pool;
 #[cfg(test)]
 pub mod testing;
 pub mod upsample;
+mod winograd;
 
 use candle_core::{CpuStorage, Layout, Result};
 

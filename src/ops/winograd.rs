@@ -1,0 +1,592 @@
+//! 3x3, stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016), forward and backward.
+//!
+//! Each 2x2 output tile is `Y = A^T [ sum_c (G g G^T) ⊙ (B^T d B) ] A` for the 4x4 input
+//! tile `d`: 16 multiplications per tile and channel pair where im2col + gemm spends 36. The
+//! 16 element-wise products over channels are 16 matrix products (`M[ξ] = U[ξ] V[ξ]`,
+//! `U[ξ]`: out x in, `V[ξ]`: in x tiles), run by `gemm`.
+//!
+//! The backward pass is the exact adjoint of that forward (transposed transforms and
+//! products), so gradients are those of the function the forward computes:
+//! `dM = A dY A^T`, `dV[ξ] = U[ξ]^T dM[ξ]`, `dx += B dV B^T` (tiles overlap by two pixels),
+//! `dU[ξ] = sum dM[ξ] V[ξ]^T`, `dg = G^T dU G`.
+//!
+//! Per sample, tiles are taken a band of tile rows at a time, so the transformed operands of
+//! a band stay in the core's cache.
+
+use rayon::prelude::*;
+
+use super::gemm::{matmul, Mat};
+use super::{threads, Elem};
+
+/// Sizes of one 3x3, stride-1, dilation-1, ungrouped convolution.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geo {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Geo {
+    /// Tile rows and columns.
+    fn tiles(&self) -> (usize, usize) {
+        (self.oh.div_ceil(2), self.ow.div_ceil(2))
+    }
+    /// Tile rows per band: the band's transformed input and products (16 x channels x
+    /// tiles each) kept near 256 KiB of f32.
+    fn band(&self) -> usize {
+        let (th, tw) = self.tiles();
+        let per_row = 16 * self.c.max(self.o) * tw;
+        (65536 / per_row.max(1)).clamp(1, th)
+    }
+}
+
+/// Whether Winograd beats im2col + gemm for this convolution: the products must be large
+/// enough to amortise the transforms (measured: `make bench` conv2d cases).
+pub(crate) fn worth_it(c: usize, o: usize, oh: usize, ow: usize) -> bool {
+    c >= 16 && o >= 16 && oh >= 4 && ow >= 4
+}
+
+/// Per-thread scratch: transformed input / gradient band and row buffers.
+struct Scratch<T> {
+    v: Vec<T>,
+    m: Vec<T>,
+    rows: Vec<T>,
+}
+
+impl<T: Elem> Scratch<T> {
+    fn new() -> Self {
+        Scratch { v: Vec::new(), m: Vec::new(), rows: Vec::new() }
+    }
+    fn size(&mut self, g: &Geo, tiles: usize) {
+        self.v.resize(16 * g.c * tiles, T::zero());
+        self.m.resize(16 * g.o * tiles, T::zero());
+        // 4 padded input rows, 4 transformed rows, 8 half rows (even / odd columns).
+        let (_, tw) = g.tiles();
+        self.rows.resize(16 * (2 * tw + 2) + 16 * (tw + 1), T::zero());
+    }
+}
+
+fn half<T: Elem>() -> T {
+    T::from_f64(0.5)
+}
+
+/// `U = G g G^T` for every (out, in) pair: `[16][o][c]`.
+fn weight_transform<T: Elem>(wt: &[T], g: &Geo) -> Vec<T> {
+    let (o, c) = (g.o, g.c);
+    let mut u = vec![T::zero(); 16 * o * c];
+    let h = half::<T>();
+    for k in 0..o {
+        for ci in 0..c {
+            let f = &wt[(k * c + ci) * 9..][..9];
+            // G g: rows [g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2], each of 3.
+            let mut t = [[T::zero(); 3]; 4];
+            for j in 0..3 {
+                let (a, b, cc) = (f[j], f[3 + j], f[6 + j]);
+                t[0][j] = a;
+                t[1][j] = (a + b + cc) * h;
+                t[2][j] = (a - b + cc) * h;
+                t[3][j] = cc;
+            }
+            for (i, r) in t.iter().enumerate() {
+                let vals = [r[0], (r[0] + r[1] + r[2]) * h, (r[0] - r[1] + r[2]) * h, r[2]];
+                for (j, v) in vals.into_iter().enumerate() {
+                    u[((i * 4 + j) * o + k) * c + ci] = v;
+                }
+            }
+        }
+    }
+    u
+}
+
+/// `dg = G^T dU G` for `dU` laid out `[16][o][c]`: the weight gradient `[o][c][3][3]`.
+fn weight_transform_adjoint<T: Elem>(du: &[T], g: &Geo) -> Vec<T> {
+    let (o, c) = (g.o, g.c);
+    let h = half::<T>();
+    let mut dw = vec![T::zero(); o * c * 9];
+    for k in 0..o {
+        for ci in 0..c {
+            let at = |xi: usize| du[(xi * o + k) * c + ci];
+            // G^T dU, column j of 4: [a + (b + c) / 2, (b - c) / 2, (b + c) / 2 + d].
+            let cols: [[T; 3]; 4] = std::array::from_fn(|j| {
+                let (a, b, cc, d) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+                [a + (b + cc) * h, (b - cc) * h, (b + cc) * h + d]
+            });
+            let f = &mut dw[(k * c + ci) * 9..][..9];
+            for i in 0..3 {
+                let r = [cols[0][i], cols[1][i], cols[2][i], cols[3][i]];
+                f[i * 3] = r[0] + (r[1] + r[2]) * h;
+                f[i * 3 + 1] = (r[1] - r[2]) * h;
+                f[i * 3 + 2] = (r[1] + r[2]) * h + r[3];
+            }
+        }
+    }
+    dw
+}
+
+with_avx2!(input_transform = input_transform_body(xs: &[T], g: &Geo, band: (usize, usize), v: &mut [T], rows: &mut [T]));
+with_avx2!(input_transform_adjoint = input_transform_adjoint_body(v: &[T], g: &Geo, band: (usize, usize), dxs: &mut [T], rows: &mut [T]));
+with_avx2!(output_transform = output_transform_body(m: &[T], g: &Geo, band: (usize, usize), ys: &mut [T], rows: &mut [T]));
+with_avx2!(output_transform_adjoint = output_transform_adjoint_body(dys: &[T], g: &Geo, band: (usize, usize), m: &mut [T], rows: &mut [T]));
+
+/// `out[x] = f(a[x], b[x])`: zipped slices, the form the compiler vectorises.
+#[inline(always)]
+fn map2<T: Elem>(out: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = f(a, b);
+    }
+}
+
+/// `out[x] = f(a[x], b[x], c[x])`.
+#[inline(always)]
+fn map3<T: Elem>(out: &mut [T], a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) {
+    for (((o, &a), &b), &c) in out.iter_mut().zip(a).zip(b).zip(c) {
+        *o = f(a, b, c);
+    }
+}
+
+/// Splits `buf` into `N` consecutive slices of `len`.
+#[inline(always)]
+fn split<const N: usize, T>(buf: &mut [T], len: usize) -> [&mut [T]; N] {
+    let mut rest = buf;
+    std::array::from_fn(|_| {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        head
+    })
+}
+
+/// Even and odd entries of `src` into `e` and `o` (a missing last odd entry is left as is).
+#[inline(always)]
+fn deinterleave<T: Elem>(src: &[T], e: &mut [T], o: &mut [T]) {
+    let pairs = src.chunks_exact(2);
+    let tail = pairs.remainder().first().copied();
+    let n = pairs.len();
+    for ((p, e), o) in pairs.zip(e.iter_mut()).zip(o.iter_mut()) {
+        *e = p[0];
+        *o = p[1];
+    }
+    if let Some(t) = tail {
+        e[n] = t;
+    }
+}
+
+/// `V = B^T d B` for the tiles of tile rows `ty0..ty1` of one sample: `v[16][c][tiles]`.
+#[inline(always)]
+fn input_transform_body<T: Elem>(xs: &[T], g: &Geo, band: (usize, usize), v: &mut [T], rows: &mut [T]) {
+    let ((ty0, ty1), (_, tw)) = (band, g.tiles());
+    let nt = (ty1 - ty0) * tw;
+    let (wp, hw) = (2 * tw + 2, tw + 1);
+    let (pad, eo) = rows.split_at_mut(wp);
+    // Even and odd padded columns of the tile row's 4 input rows, then of B^T d.
+    let [e0, e1, e2, e3, o0, o1, o2, o3, re0, re1, re2, re3, ro0, ro1, ro2, ro3] = split::<16, T>(eo, hw);
+    let n = g.w.min(wp.saturating_sub(g.pad));
+    for ci in 0..g.c {
+        let plane = &xs[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ty in ty0..ty1 {
+            let t0 = (ty - ty0) * tw;
+            for (i, (e, o)) in [(&mut *e0, &mut *o0), (&mut *e1, &mut *o1), (&mut *e2, &mut *o2), (&mut *e3, &mut *o3)]
+                .into_iter()
+                .enumerate()
+            {
+                let iy = (2 * ty + i) as isize - g.pad as isize;
+                if iy < 0 || iy as usize >= g.h || n == 0 {
+                    e.fill(T::zero());
+                    o.fill(T::zero());
+                    continue;
+                }
+                // Column x of the input sits at padded column x + pad.
+                pad.fill(T::zero());
+                pad[g.pad..g.pad + n].copy_from_slice(&plane[iy as usize * g.w..][..n]);
+                deinterleave(pad, e, o);
+            }
+            // B^T d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3, on even and odd columns.
+            map2(re0, e0, e2, |a, b| a - b);
+            map2(re1, e1, e2, |a, b| a + b);
+            map2(re2, e2, e1, |a, b| a - b);
+            map2(re3, e1, e3, |a, b| a - b);
+            map2(ro0, o0, o2, |a, b| a - b);
+            map2(ro1, o1, o2, |a, b| a + b);
+            map2(ro2, o2, o1, |a, b| a - b);
+            map2(ro3, o1, o3, |a, b| a - b);
+            // (B^T d) B per row, tile x reading columns 2x .. 2x + 3 = e[x], o[x], e[x + 1],
+            // o[x + 1]: [e0 - e1, o0 + e1, e1 - o0, o0 - o1].
+            for (i, (e, o)) in [(&*re0, &*ro0), (&*re1, &*ro1), (&*re2, &*ro2), (&*re3, &*ro3)].into_iter().enumerate()
+            {
+                let at = |j: usize| (4 * i + j) * g.c * nt + ci * nt + t0;
+                map2(&mut v[at(0)..at(0) + tw], &e[..tw], &e[1..], |a, b| a - b);
+                map2(&mut v[at(1)..at(1) + tw], &o[..tw], &e[1..], |a, b| a + b);
+                map2(&mut v[at(2)..at(2) + tw], &e[1..], &o[..tw], |a, b| a - b);
+                map2(&mut v[at(3)..at(3) + tw], &o[..tw], &o[1..], |a, b| a - b);
+            }
+        }
+    }
+}
+
+/// The adjoint of [`input_transform`]: `dx += B dV B^T` over the band's tiles.
+#[inline(always)]
+fn input_transform_adjoint_body<T: Elem>(v: &[T], g: &Geo, band: (usize, usize), dxs: &mut [T], rows: &mut [T]) {
+    let ((ty0, ty1), (_, tw)) = (band, g.tiles());
+    let nt = (ty1 - ty0) * tw;
+    let wp = 2 * tw + 2;
+    let (s, rest) = rows.split_at_mut(16 * tw);
+    let (r, rest) = rest.split_at_mut(4 * tw);
+    let (acc, _) = rest.split_at_mut(wp);
+    let z = T::zero();
+    let n = g.w.min(wp.saturating_sub(g.pad));
+    for ci in 0..g.c {
+        let plane = &mut dxs[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ty in ty0..ty1 {
+            let t0 = (ty - ty0) * tw;
+            let at = |xi: usize| &v[xi * g.c * nt + ci * nt + t0..][..tw];
+            // Columns first, per tile row i of dV: s[i][..] = [q0, q1 - q2 + q3, q1 + q2 - q0, -q3].
+            for i in 0..4 {
+                let (q0, q1, q2, q3) = (at(4 * i), at(4 * i + 1), at(4 * i + 2), at(4 * i + 3));
+                let [s0, s1, s2, s3] = split::<4, T>(&mut s[4 * i * tw..4 * (i + 1) * tw], tw);
+                s0.copy_from_slice(q0);
+                map3(s1, q1, q2, q3, |a, b, c| a - b + c);
+                map3(s2, q1, q2, q0, |a, b, c| a + b - c);
+                map2(s3, q3, q3, |a, _| z - a);
+            }
+            // Then rows: input row i of the tile gets [s0, s1 - s2 + s3, s1 + s2 - s0, -s3][i].
+            for i in 0..4 {
+                let iy = (2 * ty + i) as isize - g.pad as isize;
+                if iy < 0 || iy as usize >= g.h || n == 0 {
+                    continue;
+                }
+                let sr = |row: usize, j: usize| &s[(4 * row + j) * tw..][..tw];
+                let [r0, r1, r2, r3] = split::<4, T>(r, tw);
+                for (j, rj) in [&mut *r0, &mut *r1, &mut *r2, &mut *r3].into_iter().enumerate() {
+                    let (a, b, c, d) = (sr(0, j), sr(1, j), sr(2, j), sr(3, j));
+                    match i {
+                        0 => rj.copy_from_slice(a),
+                        1 => map3(rj, b, c, d, |b, c, d| b - c + d),
+                        2 => map3(rj, b, c, a, |b, c, a| b + c - a),
+                        _ => map2(rj, d, d, |d, _| z - d),
+                    }
+                }
+                // Tile x's column j lands on padded column 2x + j: even columns take
+                // r0[x] + r2[x - 1], odd ones r1[x] + r3[x - 1].
+                acc[0] = r0[0];
+                acc[1] = r1[0];
+                for ((p, (&a0, &a1)), (&b2, &b3)) in
+                    acc[2..2 * tw].chunks_exact_mut(2).zip(r0[1..].iter().zip(&r1[1..])).zip(r2.iter().zip(&*r3))
+                {
+                    p[0] = a0 + b2;
+                    p[1] = a1 + b3;
+                }
+                acc[2 * tw] = r2[tw - 1];
+                acc[2 * tw + 1] = r3[tw - 1];
+                let dst = &mut plane[iy as usize * g.w..][..n];
+                for (a, b) in dst.iter_mut().zip(&acc[g.pad..g.pad + n]) {
+                    *a += *b;
+                }
+            }
+        }
+    }
+}
+
+/// `Y = A^T M A` for the band's tiles into one sample's output `[o][oh][ow]`.
+#[inline(always)]
+fn output_transform_body<T: Elem>(m: &[T], g: &Geo, band: (usize, usize), ys: &mut [T], rows: &mut [T]) {
+    let ((ty0, ty1), (_, tw)) = (band, g.tiles());
+    let nt = (ty1 - ty0) * tw;
+    let [t0, t1, t2, t3, even, odd] = split::<6, T>(rows, tw);
+    for k in 0..g.o {
+        let plane = &mut ys[k * g.oh * g.ow..(k + 1) * g.oh * g.ow];
+        for ty in ty0..ty1 {
+            let base = (ty - ty0) * tw;
+            let at = |xi: usize| &m[xi * g.o * nt + k * nt + base..][..tw];
+            for r in 0..2 {
+                let y = 2 * ty + r;
+                if y >= g.oh {
+                    break;
+                }
+                // A^T over the tile's rows: r = 0: m0 + m1 + m2; r = 1: m1 - m2 - m3.
+                for (j, tj) in [&mut *t0, &mut *t1, &mut *t2, &mut *t3].into_iter().enumerate() {
+                    if r == 0 {
+                        map3(tj, at(j), at(4 + j), at(8 + j), |a, b, c| a + b + c);
+                    } else {
+                        map3(tj, at(4 + j), at(8 + j), at(12 + j), |b, c, d| b - c - d);
+                    }
+                }
+                // Then A over its columns: [t0 + t1 + t2, t1 - t2 - t3].
+                map3(even, t0, t1, t2, |a, b, c| a + b + c);
+                map3(odd, t1, t2, t3, |b, c, d| b - c - d);
+                let row = &mut plane[y * g.ow..(y + 1) * g.ow];
+                let (pairs, last) = row.split_at_mut(g.ow / 2 * 2);
+                for ((p, e), o) in pairs.chunks_exact_mut(2).zip(&*even).zip(&*odd) {
+                    p[0] = *e;
+                    p[1] = *o;
+                }
+                if let Some(l) = last.first_mut() {
+                    *l = even[tw - 1];
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`output_transform`]: `dM = A dY A^T` for the band's tiles, `[16][o][tiles]`.
+#[inline(always)]
+fn output_transform_adjoint_body<T: Elem>(dys: &[T], g: &Geo, band: (usize, usize), m: &mut [T], rows: &mut [T]) {
+    let ((ty0, ty1), (_, tw)) = (band, g.tiles());
+    let nt = (ty1 - ty0) * tw;
+    let [a, b, c, d, u1, v1, u2, v2, u3, v3] = split::<10, T>(rows, tw);
+    let z = T::zero();
+    for k in 0..g.o {
+        let plane = &dys[k * g.oh * g.ow..(k + 1) * g.oh * g.ow];
+        for ty in ty0..ty1 {
+            let t0 = (ty - ty0) * tw;
+            // Even and odd columns of the tile's two dY rows (0 past the edge): a b / c d.
+            for (r, (e, o)) in [(&mut *a, &mut *b), (&mut *c, &mut *d)].into_iter().enumerate() {
+                let y = 2 * ty + r;
+                if y >= g.oh {
+                    e.fill(z);
+                    o.fill(z);
+                    continue;
+                }
+                if g.ow % 2 == 1 {
+                    o[tw - 1] = z;
+                }
+                deinterleave(&plane[y * g.ow..(y + 1) * g.ow], e, o);
+            }
+            // A dY: rows (u, v) = (a, b), (a + c, b + d), (a - c, b - d), (-c, -d).
+            map2(u1, a, c, |a, c| a + c);
+            map2(v1, b, d, |b, d| b + d);
+            map2(u2, a, c, |a, c| a - c);
+            map2(v2, b, d, |b, d| b - d);
+            map2(u3, c, c, |c, _| z - c);
+            map2(v3, d, d, |d, _| z - d);
+            // Each row (u, v) times A^T: [u, u + v, u - v, -v].
+            for (i, (u, v)) in [(&*a, &*b), (&*u1, &*v1), (&*u2, &*v2), (&*u3, &*v3)].into_iter().enumerate() {
+                let dst = |j: usize| (4 * i + j) * g.o * nt + k * nt + t0;
+                m[dst(0)..dst(0) + tw].copy_from_slice(u);
+                map2(&mut m[dst(1)..dst(1) + tw], u, v, |u, v| u + v);
+                map2(&mut m[dst(2)..dst(2) + tw], u, v, |u, v| u - v);
+                map2(&mut m[dst(3)..dst(3) + tw], v, v, |v, _| z - v);
+            }
+        }
+    }
+}
+
+/// Splits the batch across threads when it has at least as many samples as threads;
+/// otherwise runs samples in turn and lets gemm use the threads.
+fn plan_threads(n: usize) -> (bool, usize) {
+    let t = threads();
+    if n >= t {
+        (true, 1)
+    } else {
+        (false, t)
+    }
+}
+
+fn bands(g: &Geo) -> impl Iterator<Item = (usize, usize)> {
+    let (th, _) = g.tiles();
+    let b = g.band();
+    (0..th.div_ceil(b)).map(move |i| (i * b, ((i + 1) * b).min(th)))
+}
+
+/// `x [n][c][h][w]`, `wt [o][c][3][3]` -> `y [n][o][oh][ow]`.
+pub(crate) fn forward<T: Elem>(x: &[T], wt: &[T], g: &Geo) -> Vec<T> {
+    let (per_sample, gemm_threads) = plan_threads(g.n);
+    let u = weight_transform(wt, g);
+    let (c_in, c_out) = (g.c * g.h * g.w, g.o * g.oh * g.ow);
+    let (_, tw) = g.tiles();
+    let mut out = vec![T::zero(); g.n * c_out];
+    let one = |s: &mut Scratch<T>, (i, ys): (usize, &mut [T])| {
+        let xs = &x[i * c_in..(i + 1) * c_in];
+        for band in bands(g) {
+            let nt = (band.1 - band.0) * tw;
+            s.size(g, nt);
+            input_transform(xs, g, band, &mut s.v, &mut s.rows);
+            for xi in 0..16 {
+                matmul(
+                    (g.o, nt, g.c),
+                    &mut s.m[xi * g.o * nt..(xi + 1) * g.o * nt],
+                    Mat::N(&u[xi * g.o * g.c..(xi + 1) * g.o * g.c]),
+                    Mat::N(&s.v[xi * g.c * nt..(xi + 1) * g.c * nt]),
+                    false,
+                    gemm_threads,
+                );
+            }
+            output_transform(&s.m, g, band, ys, &mut s.rows);
+        }
+    };
+    if per_sample {
+        out.par_chunks_mut(c_out).enumerate().for_each_init(Scratch::new, one);
+    } else {
+        let mut s = Scratch::new();
+        out.chunks_mut(c_out).enumerate().for_each(|item| one(&mut s, item));
+    }
+    out
+}
+
+/// The input gradient `[n][c][h][w]` from `wt [o][c][3][3]` and `dy [n][o][oh][ow]`.
+pub(crate) fn grad_input<T: Elem>(wt: &[T], dy: &[T], g: &Geo) -> Vec<T> {
+    let (per_sample, gemm_threads) = plan_threads(g.n);
+    let u = weight_transform(wt, g);
+    let (c_in, c_out) = (g.c * g.h * g.w, g.o * g.oh * g.ow);
+    let (_, tw) = g.tiles();
+    let mut dx = vec![T::zero(); g.n * c_in];
+    let one = |s: &mut Scratch<T>, (i, dxs): (usize, &mut [T])| {
+        let dys = &dy[i * c_out..(i + 1) * c_out];
+        for band in bands(g) {
+            let nt = (band.1 - band.0) * tw;
+            s.size(g, nt);
+            output_transform_adjoint(dys, g, band, &mut s.m, &mut s.rows);
+            for xi in 0..16 {
+                // dV[ξ] (c x tiles) = U[ξ]^T (c x o) dM[ξ] (o x tiles).
+                matmul(
+                    (g.c, nt, g.o),
+                    &mut s.v[xi * g.c * nt..(xi + 1) * g.c * nt],
+                    Mat::T(&u[xi * g.o * g.c..(xi + 1) * g.o * g.c]),
+                    Mat::N(&s.m[xi * g.o * nt..(xi + 1) * g.o * nt]),
+                    false,
+                    gemm_threads,
+                );
+            }
+            input_transform_adjoint(&s.v, g, band, dxs, &mut s.rows);
+        }
+    };
+    if per_sample {
+        dx.par_chunks_mut(c_in).enumerate().for_each_init(Scratch::new, one);
+    } else {
+        let mut s = Scratch::new();
+        dx.chunks_mut(c_in).enumerate().for_each(|item| one(&mut s, item));
+    }
+    dx
+}
+
+/// The weight gradient `[o][c][3][3]` from `x [n][c][h][w]` and `dy [n][o][oh][ow]`.
+pub(crate) fn grad_weight<T: Elem>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
+    let (per_sample, gemm_threads) = plan_threads(g.n);
+    let (c_in, c_out) = (g.c * g.h * g.w, g.o * g.oh * g.ow);
+    let (_, tw) = g.tiles();
+    let ulen = 16 * g.o * g.c;
+    let acc = |(mut du, mut s): (Vec<T>, Scratch<T>), i: usize| {
+        let xs = &x[i * c_in..(i + 1) * c_in];
+        let dys = &dy[i * c_out..(i + 1) * c_out];
+        for band in bands(g) {
+            let nt = (band.1 - band.0) * tw;
+            s.size(g, nt);
+            input_transform(xs, g, band, &mut s.v, &mut s.rows);
+            output_transform_adjoint(dys, g, band, &mut s.m, &mut s.rows);
+            for xi in 0..16 {
+                // dU[ξ] (o x c) += dM[ξ] (o x tiles) V[ξ]^T (tiles x c).
+                matmul(
+                    (g.o, g.c, nt),
+                    &mut du[xi * g.o * g.c..(xi + 1) * g.o * g.c],
+                    Mat::N(&s.m[xi * g.o * nt..(xi + 1) * g.o * nt]),
+                    Mat::T(&s.v[xi * g.c * nt..(xi + 1) * g.c * nt]),
+                    true,
+                    gemm_threads,
+                );
+            }
+        }
+        (du, s)
+    };
+    let du = if per_sample {
+        // Fixed chunks of the batch, one per thread, summed in a fixed order: the same
+        // result on every run with the same thread count.
+        let t = threads();
+        let chunk = g.n.div_ceil(t);
+        let partials: Vec<Vec<T>> = (0..t)
+            .into_par_iter()
+            .map(|p| (p * chunk..((p + 1) * chunk).min(g.n)).fold((vec![T::zero(); ulen], Scratch::new()), acc).0)
+            .collect();
+        let mut total = vec![T::zero(); ulen];
+        for p in partials {
+            total.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+        total
+    } else {
+        (0..g.n).fold((vec![T::zero(); ulen], Scratch::new()), acc).0
+    };
+    weight_transform_adjoint(&du, g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn rand(n: usize, seed: u64) -> Vec<f64> {
+        let mut r = Rng::new(seed);
+        (0..n).map(|_| r.next_f64() * 2.0 - 1.0).collect()
+    }
+
+    /// Direct 3x3 convolution by its definition, in f64.
+    fn direct(x: &[f64], wt: &[f64], g: &Geo) -> Vec<f64> {
+        let mut y = vec![0.0; g.n * g.o * g.oh * g.ow];
+        for n in 0..g.n {
+            for k in 0..g.o {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut s = 0.0;
+                        for c in 0..g.c {
+                            for i in 0..3 {
+                                for j in 0..3 {
+                                    let (iy, ix) = (
+                                        oy as isize + i as isize - g.pad as isize,
+                                        ox as isize + j as isize - g.pad as isize,
+                                    );
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                                        s += x[((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize]
+                                            * wt[((k * g.c + c) * 3 + i) * 3 + j];
+                                    }
+                                }
+                            }
+                        }
+                        y[((n * g.o + k) * g.oh + oy) * g.ow + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn geos() -> Vec<Geo> {
+        // Even and odd output sizes (partial edge tiles), padding 0, 1 and 2, bands of one
+        // tile row and of several.
+        let mk = |n, c, h, w, o, pad| Geo { n, c, h, w, o, pad, oh: h + 2 * pad - 2, ow: w + 2 * pad - 2 };
+        vec![
+            mk(2, 3, 6, 6, 4, 1),
+            mk(1, 2, 7, 5, 3, 1),
+            mk(3, 4, 9, 8, 2, 0),
+            mk(2, 2, 5, 6, 3, 2),
+            mk(2, 40, 11, 13, 48, 1),
+        ]
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        for g in geos() {
+            let (x, wt) = (rand(g.n * g.c * g.h * g.w, 1), rand(g.o * g.c * 9, 2));
+            let (ours, want) = (forward(&x, &wt, &g), direct(&x, &wt, &g));
+            let err = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(err < 1e-12, "{g:?}: max error {err}");
+        }
+    }
+
+    /// The backward pass is the adjoint of the forward: for random dY,
+    /// <dY, conv(x, w)> = <grad_input(w, dY), x> = <grad_weight(x, dY), w>.
+    #[test]
+    fn backward_is_the_adjoint() {
+        for g in geos() {
+            let (x, wt) = (rand(g.n * g.c * g.h * g.w, 3), rand(g.o * g.c * 9, 4));
+            let dy = rand(g.n * g.o * g.oh * g.ow, 5);
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+            let lhs = dot(&dy, &direct(&x, &wt, &g));
+            let via_x = dot(&grad_input(&wt, &dy, &g), &x);
+            let via_w = dot(&grad_weight(&x, &dy, &g), &wt);
+            assert!((lhs - via_x).abs() < 1e-9 * (1.0 + lhs.abs()), "{g:?}: {lhs} vs {via_x}");
+            assert!((lhs - via_w).abs() < 1e-9 * (1.0 + lhs.abs()), "{g:?}: {lhs} vs {via_w}");
+        }
+    }
+}
