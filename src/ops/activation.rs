@@ -12,31 +12,23 @@ struct ReluGrad;
 
 const CHUNK: usize = 1 << 14;
 
-fn relu<T: Elem>(x: &[T]) -> Vec<T> {
-    let mut y = x.to_vec();
-    let f = |c: &mut [T]| {
-        // A select rather than a branch, so the loop vectorizes.
-        c.iter_mut().for_each(|v| *v = if *v > T::default() { *v } else { T::default() })
-    };
-    if parallel(y.len()) {
-        y.par_chunks_mut(CHUNK).for_each(f);
+/// `f` over `a` (and `b`) into a new Vec in one pass (no copy or zeroing first), split
+/// across threads for large inputs.
+fn map_new<T: Elem>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
+    if parallel(a.len()) {
+        a.par_iter().zip(b).with_min_len(CHUNK).map(|(&a, &b)| f(a, b)).collect()
     } else {
-        f(&mut y);
+        a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
     }
-    y
+}
+
+// Selects rather than branches, so the loops vectorize.
+fn relu<T: Elem>(x: &[T]) -> Vec<T> {
+    map_new(x, x, |v, _| if v > T::zero() { v } else { T::zero() })
 }
 
 fn relu_grad<T: Elem>(y: &[T], dy: &[T]) -> Vec<T> {
-    let mut dx = dy.to_vec();
-    let f = |(d, y): (&mut [T], &[T])| {
-        d.iter_mut().zip(y).for_each(|(d, y)| *d = if *y > T::default() { *d } else { T::default() })
-    };
-    if parallel(dx.len()) {
-        dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).for_each(f);
-    } else {
-        f((&mut dx, y));
-    }
-    dx
+    map_new(y, dy, |y, d| if y > T::zero() { d } else { T::zero() })
 }
 
 impl CustomOp1 for Relu {
@@ -78,19 +70,7 @@ impl CustomOp2 for ReluGrad {
 struct AddRelu;
 
 fn add_relu<T: Elem>(a: &[T], b: &[T]) -> Vec<T> {
-    let mut y = a.to_vec();
-    let f = |(y, b): (&mut [T], &[T])| {
-        y.iter_mut().zip(b).for_each(|(y, b)| {
-            let v = *y + *b;
-            *y = if v > T::default() { v } else { T::default() }
-        })
-    };
-    if parallel(y.len()) {
-        y.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(f);
-    } else {
-        f((&mut y, b));
-    }
-    y
+    map_new(a, b, |a, b| if a + b > T::zero() { a + b } else { T::zero() })
 }
 
 impl CustomOp2 for AddRelu {
