@@ -1,7 +1,7 @@
 """`make bench`: runner's throughput beside PyTorch's, same machine, same thread count.
 
-For each case and thread count the two run in turn, twice (runner, torch, runner, torch),
-so machine noise hits both; the better of each pair is reported:
+For each case and thread count the two run in turn, three times (runner, torch, runner,
+torch, ...), so machine noise hits both; the best of each side's three is reported:
 
     bench <case> threads=<n> runner=<images/s> torch=<images/s> ratio=<runner/torch>
 
@@ -44,7 +44,7 @@ def main():
     for case in cases:
         for threads in (1, 2):
             runner, torch = [], []
-            for _ in range(2):
+            for _ in range(3):
                 runner.append(measure([RUNNER, case], threads))
                 if torch_ok:
                     # Loader cases: torchvision's DataLoader with `threads` worker processes.
