@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
 use super::winograd::{self, Geo};
-use super::{cpu_slices, threads, Elem};
+use super::{cpu_slices, plan_threads, sum_over_batch, Elem};
 
 /// Geometry of a convolution (square kernels are the common case but not required).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,17 +180,6 @@ fn columns<'a, T: Elem>(xs: &'a [T], d: &Dims, buf: &'a mut Vec<T>) -> &'a [T] {
     buf
 }
 
-/// Splits the batch across threads when it has at least as many samples as threads;
-/// otherwise runs samples in turn and lets gemm use the threads.
-fn plan_threads(n: usize) -> (bool, usize) {
-    let t = threads();
-    if n >= t {
-        (true, 1)
-    } else {
-        (false, t)
-    }
-}
-
 fn forward<T: Elem>(x: &[T], wt: &[T], d: &Dims) -> Vec<T> {
     if let Some(g) = d.winograd() {
         return winograd::forward(x, wt, &g);
@@ -263,20 +252,7 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
         out
     };
     if per_sample {
-        // Fixed chunks of the batch, one per thread, summed in a fixed order: the result
-        // is the same on every run with the same thread count (rayon's own reduce splits
-        // work as it is stolen, which changes the order of additions from run to run).
-        let t = threads();
-        let chunk = d.n.div_ceil(t);
-        let partials: Vec<Vec<T>> = (0..t)
-            .into_par_iter()
-            .map(|c| (c * chunk..((c + 1) * chunk).min(d.n)).fold((vec![T::default(); wlen], Vec::new()), acc).0)
-            .collect();
-        let mut total = vec![T::default(); wlen];
-        for p in partials {
-            total.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-        }
-        untranspose(total)
+        untranspose(sum_over_batch(d.n, |r| r.fold((vec![T::default(); wlen], Vec::new()), acc).0))
     } else {
         untranspose((0..d.n).fold((vec![T::default(); wlen], Vec::new()), acc).0)
     }

@@ -62,6 +62,33 @@ pub fn threads() -> usize {
     candle_core::utils::get_num_threads().max(1)
 }
 
+/// Splits the batch across threads when it has at least as many samples as threads;
+/// otherwise runs samples in turn and lets gemm use the threads.
+pub(crate) fn plan_threads(n: usize) -> (bool, usize) {
+    let t = threads();
+    if n >= t {
+        (true, 1)
+    } else {
+        (false, t)
+    }
+}
+
+/// `f(samples)` over fixed chunks of a batch of `n`, one per thread, summed element-wise in
+/// a fixed order: the same result on every run with the same thread count (rayon's own
+/// reduce splits work as it is stolen, which changes the order of additions).
+pub(crate) fn sum_over_batch<T: Elem>(n: usize, f: impl Fn(std::ops::Range<usize>) -> Vec<T> + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    let chunk = n.div_ceil(threads()).max(1);
+    let partials: Vec<Vec<T>> =
+        (0..n.div_ceil(chunk)).into_par_iter().map(|p| f(p * chunk..((p + 1) * chunk).min(n))).collect();
+    let mut parts = partials.into_iter();
+    let mut total = parts.next().unwrap_or_default();
+    for p in parts {
+        total.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    total
+}
+
 /// Whether an element-wise pass over `len` values is worth handing to the thread pool:
 /// handing work over costs microseconds, and with one thread it buys nothing.
 pub fn parallel(len: usize) -> bool {

@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
-use super::{threads, Elem};
+use super::{plan_threads, sum_over_batch, Elem};
 
 /// Sizes of one 3x3, stride-1, dilation-1, ungrouped convolution.
 #[derive(Debug, Clone, Copy)]
@@ -375,17 +375,6 @@ fn output_transform_adjoint_body<T: Elem>(dys: &[T], g: &Geo, band: (usize, usiz
     }
 }
 
-/// Splits the batch across threads when it has at least as many samples as threads;
-/// otherwise runs samples in turn and lets gemm use the threads.
-fn plan_threads(n: usize) -> (bool, usize) {
-    let t = threads();
-    if n >= t {
-        (true, 1)
-    } else {
-        (false, t)
-    }
-}
-
 fn bands(g: &Geo) -> impl Iterator<Item = (usize, usize)> {
     let (th, _) = g.tiles();
     let b = g.band();
@@ -492,19 +481,7 @@ pub(crate) fn grad_weight<T: Elem>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
         (du, s)
     };
     let du = if per_sample {
-        // Fixed chunks of the batch, one per thread, summed in a fixed order: the same
-        // result on every run with the same thread count.
-        let t = threads();
-        let chunk = g.n.div_ceil(t);
-        let partials: Vec<Vec<T>> = (0..t)
-            .into_par_iter()
-            .map(|p| (p * chunk..((p + 1) * chunk).min(g.n)).fold((vec![T::zero(); ulen], Scratch::new()), acc).0)
-            .collect();
-        let mut total = vec![T::zero(); ulen];
-        for p in partials {
-            total.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-        }
-        total
+        sum_over_batch(g.n, |r| r.fold((vec![T::zero(); ulen], Scratch::new()), acc).0)
     } else {
         (0..g.n).fold((vec![T::zero(); ulen], Scratch::new()), acc).0
     };
