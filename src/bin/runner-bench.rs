@@ -117,7 +117,8 @@ fn resnet_cifar_train() -> Result<f64> {
     let same = ConvGeom { padding: 1, ..Default::default() };
     time(64, 2, 8, || {
         let h = relu_op(&add_channel_bias(&conv2d(&x, p(0), same)?, p(1))?)?; // [64, 64, 32, 32]
-        let r = relu_op(&batchnorm(&conv2d(&h, p(2), same)?, p(3), p(4))?)?;
+                                                                              // Batch norm and its ReLU as one op, as the model graph runs them.
+        let r = runner::ops::batchnorm::batch_norm_relu_train(&conv2d(&h, p(2), same)?, p(3), p(4), 1e-5)?.0;
         let r = batchnorm(&conv2d(&r, p(5), same)?, p(6), p(7))?;
         let h = runner::ops::activation::add_relu_op(&h, &r)?;
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?; // [64, 64]

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 
 use crate::config::LayerKind;
 use crate::ops::activation::relu_op;
-use crate::ops::batchnorm::{batch_norm_eval, batch_norm_train};
+use crate::ops::batchnorm::{batch_norm_eval, batch_norm_relu_train, batch_norm_train};
 use crate::ops::bias::add_channel_bias;
 use crate::ops::conv::{conv2d, conv_transpose2d, ConvGeom};
 use crate::ops::pool::pool2d;
@@ -145,8 +145,17 @@ impl Model {
             }
             for block in &group.blocks {
                 let block_in = x.clone();
-                for layer in &block.layers {
-                    x = self.apply(layer, x, pass, &kept)?;
+                let mut layers = block.layers.iter().peekable();
+                while let Some(layer) = layers.next() {
+                    // Batch norm then ReLU run as one op (one pass and one backprop node fewer).
+                    let relu_next = layers.peek().is_some_and(|l| matches!(l.kind, LayerKind::Relu {}));
+                    x = match layer.kind {
+                        LayerKind::Batchnorm { eps, momentum } if relu_next => {
+                            layers.next();
+                            self.batchnorm(layer, x, pass, (eps, momentum), true)?
+                        }
+                        _ => self.apply(layer, x, pass, &kept)?,
+                    };
                 }
                 if let Some(res) = &block.residual {
                     let mut s = block_in;
@@ -173,6 +182,41 @@ impl Model {
         Ok(x)
     }
 
+    /// A batch-norm layer (`relu`: with the ReLU that follows it fused in).
+    fn batchnorm(
+        &self,
+        layer: &PlannedLayer,
+        x: Tensor,
+        pass: Pass,
+        (eps, momentum): (f64, f64),
+        relu: bool,
+    ) -> Result<Tensor> {
+        let w = self.required(layer, "weight")?;
+        let b = self.required(layer, "bias")?;
+        let buffer = |n: &str| self.buffers.get(&format!("{}.{n}", layer.path)).ok_or_else(|| missing(layer, n));
+        let (rm, rv) = (buffer("running_mean")?, buffer("running_var")?);
+        let frozen = self.frozen.contains(&format!("{}.weight", layer.path));
+        if pass.train && !frozen {
+            let train = if relu { batch_norm_relu_train } else { batch_norm_train };
+            let (y, mean, var) = train(&x, &w, &b, eps)?;
+            // PyTorch: running = (1 - momentum) * running + momentum * batch,
+            // the variance unbiased (n / (n - 1)) over n = batch * h * w values.
+            let n = (x.elem_count() / x.dim(1)?) as f64;
+            let unbiased = (var * (n / (n - 1.0).max(1.0)))?.to_dtype(DType::F32)?;
+            let mean = mean.to_dtype(DType::F32)?;
+            rm.set(&((rm.as_tensor() * (1.0 - momentum))? + (mean * momentum)?)?)?;
+            rv.set(&((rv.as_tensor() * (1.0 - momentum))? + (unbiased * momentum)?)?)?;
+            Ok(y)
+        } else {
+            let y = batch_norm_eval(&x, &w, &b, rm.as_tensor(), rv.as_tensor(), eps)?;
+            if relu {
+                relu_op(&y)
+            } else {
+                Ok(y)
+            }
+        }
+    }
+
     fn apply(&self, layer: &PlannedLayer, x: Tensor, pass: Pass, kept: &BTreeMap<&str, Tensor>) -> Result<Tensor> {
         Ok(match &layer.kind {
             LayerKind::Conv2d { stride, padding, dilation, groups, .. } => {
@@ -191,27 +235,7 @@ impl Model {
                 Some((kind, geom)) => pool2d(&x, kind, geom)?,
                 None => x,
             },
-            LayerKind::Batchnorm { eps, momentum } => {
-                let w = self.required(layer, "weight")?;
-                let b = self.required(layer, "bias")?;
-                let buffer =
-                    |n: &str| self.buffers.get(&format!("{}.{n}", layer.path)).ok_or_else(|| missing(layer, n));
-                let (rm, rv) = (buffer("running_mean")?, buffer("running_var")?);
-                let frozen = self.frozen.contains(&format!("{}.weight", layer.path));
-                if pass.train && !frozen {
-                    let (y, mean, var) = batch_norm_train(&x, &w, &b, *eps)?;
-                    // PyTorch: running = (1 - momentum) * running + momentum * batch,
-                    // the variance unbiased (n / (n - 1)) over n = batch * h * w values.
-                    let n = (x.elem_count() / x.dim(1)?) as f64;
-                    let unbiased = (var * (n / (n - 1.0).max(1.0)))?.to_dtype(DType::F32)?;
-                    let mean = mean.to_dtype(DType::F32)?;
-                    rm.set(&((rm.as_tensor() * (1.0 - momentum))? + (mean * *momentum)?)?)?;
-                    rv.set(&((rv.as_tensor() * (1.0 - momentum))? + (unbiased * *momentum)?)?)?;
-                    y
-                } else {
-                    batch_norm_eval(&x, &w, &b, rm.as_tensor(), rv.as_tensor(), *eps)?
-                }
-            }
+            LayerKind::Batchnorm { eps, momentum } => self.batchnorm(layer, x, pass, (*eps, *momentum), false)?,
             LayerKind::GlobalAvgpool {} => x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?, // [b, c, 1, 1]
             LayerKind::Relu {} => relu_op(&x)?,
             LayerKind::LeakyRelu { slope } => candle_nn::ops::leaky_relu(&x, *slope)?,
