@@ -16,7 +16,7 @@ use crate::config::LayerKind;
 use crate::ops::activation::relu_op;
 use crate::ops::batchnorm::{batch_norm_eval, batch_norm_relu_train, batch_norm_train};
 use crate::ops::bias::add_channel_bias;
-use crate::ops::conv::{conv2d, conv_transpose2d, ConvGeom};
+use crate::ops::conv::{conv2d, conv2d_bias, conv_transpose2d, ConvGeom};
 use crate::ops::pool::pool2d;
 use crate::ops::upsample::upsample2d;
 use crate::rng::Rng;
@@ -222,8 +222,7 @@ impl Model {
             LayerKind::Conv2d { stride, padding, dilation, groups, .. } => {
                 let w = self.required(layer, "weight")?;
                 let geom = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
-                let y = conv2d(&x, &w, geom)?; // [b, out, oh, ow]
-                self.channel_bias(layer, y)?
+                conv2d_bias(&x, &w, self.param(layer, "bias").as_ref(), geom)? // [b, out, oh, ow]
             }
             LayerKind::ConvTranspose2d { stride, padding, output_padding, dilation, groups, .. } => {
                 let w = self.required(layer, "weight")?;

@@ -93,6 +93,15 @@ impl candle_core::CustomOp1 for ChannelBiasGrad {
     }
 }
 
+/// The bias gradient for `dy [n, c, h, w]`: its sum per channel (no gradient of its own).
+pub(crate) fn channel_bias_grad(dy: &Tensor) -> Result<Tensor> {
+    if dy.device().is_cpu() {
+        dy.contiguous()?.apply_op1_no_bwd(&ChannelBiasGrad)
+    } else {
+        dy.sum(3)?.sum(2)?.sum(0)
+    }
+}
+
 /// `y[n, c, h, w] + b[c]`.
 pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     if y.device().is_cpu() {

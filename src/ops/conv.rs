@@ -5,12 +5,12 @@
 //! takes part in the gradient (not for the image itself). On other devices, candle's own
 //! `conv2d` runs (its gradients are exact there).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
 use super::winograd::{self, Geo};
-use super::{cpu_slices, plan_threads, sum_over_batch, Elem};
+use super::{contiguous, cpu_slices, plan_threads, sum_over_batch, Elem};
 
 /// Geometry of a convolution (square kernels are the common case but not required).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,15 +322,75 @@ impl CustomOp2 for Conv2dOp {
         })
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        conv_grads(self.0, x, w, &dy.contiguous()?)
+    }
+}
+
+/// `(dx, dW)` of a convolution; dx only where the input takes part in the gradient (not
+/// for the image, a tensor with no history).
+fn conv_grads(g: ConvGeom, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dw = x.apply_op2_no_bwd(dy, &Conv2dGradWeight(g, w.shape().clone()))?;
+    let dx = if x.track_op() { Some(w.apply_op2_no_bwd(dy, &Conv2dGradInput(g, x.shape().clone()))?) } else { None };
+    Ok((dx, Some(dw)))
+}
+
+/// A convolution and its per-channel bias as one op, `(x, weight, bias) -> y`: the bias is
+/// added to the fresh output in place, one backprop node (and one gradient for candle to
+/// accumulate) fewer than conv then bias.
+struct Conv2dBiasOp(ConvGeom);
+
+fn forward_bias<T: Elem>(x: &[T], wt: &[T], b: &[T], d: &Dims) -> Vec<T> {
+    let mut y = forward(x, wt, d);
+    let pp = d.p();
+    y.par_chunks_mut(d.o * pp).for_each(|sample| {
+        for (plane, &bias) in sample.chunks_mut(pp).zip(b) {
+            plane.iter_mut().for_each(|v| *v += bias);
+        }
+    });
+    y
+}
+
+impl CustomOp3 for Conv2dBiasOp {
+    fn name(&self) -> &'static str {
+        "runner-conv2d-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), l2.dims(), self.0)?;
+        if l3.dims() != [d.o] {
+            candle_core::bail!("conv2d bias of shape {:?} for {} output channels", l3.dims(), d.o);
+        }
+        let shape = Shape::from((d.n, d.o, d.oh, d.ow));
+        Ok(match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (x, w) = cpu_slices::<f32>(s1, l1, s2, l2)?;
+                (CpuStorage::F32(forward_bias(x, w, contiguous(s3, l3)?, &d)), shape)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (x, w) = cpu_slices::<f64>(s1, l1, s2, l2)?;
+                (CpuStorage::F64(forward_bias(x, w, contiguous(s3, l3)?, &d)), shape)
+            }
+            _ => candle_core::bail!("runner conv2d supports f32 and f64 tensors of one dtype"),
+        })
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dw = x.apply_op2_no_bwd(&dy, &Conv2dGradWeight(self.0, w.shape().clone()))?;
-        // The image (a tensor with no history) needs no gradient.
-        let dx = if x.track_op() {
-            Some(w.apply_op2_no_bwd(&dy, &Conv2dGradInput(self.0, x.shape().clone()))?)
-        } else {
-            None
-        };
-        Ok((dx, Some(dw)))
+        let (dx, dw) = conv_grads(self.0, x, w, &dy)?;
+        Ok((dx, dw, Some(super::bias::channel_bias_grad(&dy)?)))
     }
 }
 
@@ -376,6 +436,18 @@ impl CustomOp2 for Conv2dGradInput {
 
 /// `x`: `[n, c, h, w]`, `weight`: `[o, c / groups, kh, kw]` -> `[n, o, oh, ow]` (no bias).
 pub fn conv2d(x: &Tensor, weight: &Tensor, g: ConvGeom) -> Result<Tensor> {
+    conv2d_bias(x, weight, None, g)
+}
+
+/// [`conv2d`] plus a per-channel `bias [o]` when given, in one op on the CPU.
+pub fn conv2d_bias(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: ConvGeom) -> Result<Tensor> {
+    match bias {
+        Some(b) if x.device().is_cpu() => {
+            return x.contiguous()?.apply_op3(&weight.contiguous()?, &b.contiguous()?, Conv2dBiasOp(g))
+        }
+        Some(b) => return super::bias::add_channel_bias(&conv2d_bias(x, weight, None, g)?, b),
+        None => {}
+    }
     if x.device().is_cpu() {
         x.contiguous()?.apply_op2(&weight.contiguous()?, Conv2dOp(g))
     } else {
@@ -504,6 +576,37 @@ mod tests {
             let x = Var::from_tensor(&rand_tensor(&[2, 16, hw, hw], 13, DType::F64)).unwrap();
             let w = Var::from_tensor(&rand_tensor(&[17, 16, 3, 3], 14, DType::F64)).unwrap();
             check_grads(&[&x, &w], |v| conv2d(v[0], v[1], g), &format!("winograd conv2d {hw}x{hw} pad {pad}"));
+        }
+    }
+
+    /// conv2d_bias is conv2d then add_channel_bias: outputs and the three gradients (f32,
+    /// im2col and Winograd paths), and exact gradients by f64 finite differences.
+    #[test]
+    fn bias_fused_equals_conv_then_bias() {
+        for (c, o) in [(3, 4), (16, 16)] {
+            let g = ConvGeom { padding: 1, ..Default::default() };
+            let x = Var::from_tensor(&rand_tensor(&[2, c, 6, 6], 21, DType::F32)).unwrap();
+            let w = Var::from_tensor(&rand_tensor(&[o, c, 3, 3], 22, DType::F32)).unwrap();
+            let b = Var::from_tensor(&rand_tensor(&[o], 23, DType::F32)).unwrap();
+            let r = rand_tensor(&[2, o, 6, 6], 24, DType::F32);
+            let run = |fused: bool| {
+                let y = if fused {
+                    conv2d_bias(&x, &w, Some(&b), g).unwrap()
+                } else {
+                    crate::ops::bias::add_channel_bias(&conv2d(&x, &w, g).unwrap(), &b).unwrap()
+                };
+                let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                [flat(&y), flat(grads.get(&x).unwrap()), flat(grads.get(&w).unwrap()), flat(grads.get(&b).unwrap())]
+            };
+            for (what, (p, q)) in ["y", "dx", "dw", "db"].iter().zip(run(true).iter().zip(&run(false))) {
+                let err = p.iter().zip(q).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(err < 1e-5, "{c}->{o} {what}: max difference {err}");
+            }
+            let x = Var::from_tensor(&rand_tensor(&[2, c, 6, 6], 25, DType::F64)).unwrap();
+            let w = Var::from_tensor(&rand_tensor(&[o, c, 3, 3], 26, DType::F64)).unwrap();
+            let b = Var::from_tensor(&rand_tensor(&[o], 27, DType::F64)).unwrap();
+            check_grads(&[&x, &w, &b], |v| conv2d_bias(v[0], v[1], Some(v[2]), g), "conv2d_bias");
         }
     }
 
