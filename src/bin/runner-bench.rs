@@ -115,8 +115,8 @@ fn resnet_cifar_train() -> Result<f64> {
     let (x, y) = (rand(&[64, 3, 32, 32], 6, 1.0)?, labels(64, 10)?);
     let same = ConvGeom { padding: 1, ..Default::default() };
     time(64, 2, 8, || {
+        // Conv + bias and batch norm + ReLU each as one op, as the model graph runs them.
         let h = relu_op(&runner::ops::conv::conv2d_bias(&x, p(0), Some(p(1)), same)?)?; // [64, 64, 32, 32]
-                                                                                        // Batch norm and its ReLU as one op, as the model graph runs them.
         let r = runner::ops::batchnorm::batch_norm_relu_train(&conv2d(&h, p(2), same)?, p(3), p(4), 1e-5)?.0;
         let r = batchnorm(&conv2d(&r, p(5), same)?, p(6), p(7))?;
         let h = runner::ops::activation::add_relu_op(&h, &r)?;

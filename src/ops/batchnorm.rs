@@ -218,24 +218,6 @@ struct BatchNormGrad {
     relu_beta: Option<Vec<f64>>,
 }
 
-macro_rules! dispatch3 {
-    ($s1:expr, $l1:expr, $s2:expr, $l2:expr, $s3:expr, $l3:expr, |$a:ident, $b:ident, $c:ident| $body:expr) => {
-        match ($s1, $s2, $s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let ($a, $b, $c) =
-                    (contiguous::<f32>($s1, $l1)?, contiguous::<f32>($s2, $l2)?, contiguous::<f32>($s3, $l3)?);
-                CpuStorage::F32($body)
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let ($a, $b, $c) =
-                    (contiguous::<f64>($s1, $l1)?, contiguous::<f64>($s2, $l2)?, contiguous::<f64>($s3, $l3)?);
-                CpuStorage::F64($body)
-            }
-            _ => candle_core::bail!("batch norm supports f32 and f64 of one dtype"),
-        }
-    };
-}
-
 impl CustomOp3 for BatchNormTrain {
     fn name(&self) -> &'static str {
         "runner-batchnorm-train"
@@ -251,7 +233,10 @@ impl CustomOp3 for BatchNormTrain {
     ) -> Result<(CpuStorage, Shape)> {
         let (d, eps, st, relu) = (dims(l1)?, self.eps, &self.stats, self.relu);
         check_stats(st, d)?;
-        Ok((dispatch3!(s1, l1, s2, l2, s3, l3, |x, g, b| forward(x, g, b, d, st, eps, relu)), l1.shape().clone()))
+        Ok((
+            dispatch3!("batch norm", s1, l1, s2, l2, s3, l3, |x, g, b| forward(x, g, b, d, st, eps, relu)),
+            l1.shape().clone(),
+        ))
     }
     fn bwd(
         &self,
@@ -291,7 +276,7 @@ impl CustomOp3 for BatchNormGrad {
             candle_core::bail!("batch norm: beta does not have {} channels", d.1);
         }
         let total = l1.shape().elem_count() + 2 * d.1;
-        let out = dispatch3!(s1, l1, s2, l2, s3, l3, |x, g, dy| {
+        let out = dispatch3!("batch norm", s1, l1, s2, l2, s3, l3, |x, g, dy| {
             let (mut dx, dg, db) = backward(x, g, dy, d, st, eps, rb);
             dx.extend(dg);
             dx.extend(db);

@@ -19,17 +19,22 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
 
 fn add<T: Elem>(y: &[T], b: &[T], c: usize, hw: usize) -> Vec<T> {
     let mut out = y.to_vec();
+    add_in_place(&mut out, b, c, hw);
+    out
+}
+
+/// `y[n, c, :] += b[c]` over `[n, c, hw]` data, split across threads for large inputs.
+pub(crate) fn add_in_place<T: Elem>(y: &mut [T], b: &[T], c: usize, hw: usize) {
     let f = |sample: &mut [T]| {
         for (plane, bias) in sample.chunks_mut(hw).zip(b) {
             plane.iter_mut().for_each(|v| *v += *bias);
         }
     };
-    if super::parallel(out.len()) {
-        out.par_chunks_mut(c * hw).for_each(f);
+    if super::parallel(y.len()) {
+        y.par_chunks_mut(c * hw).for_each(f);
     } else {
-        out.chunks_mut(c * hw).for_each(f);
+        y.chunks_mut(c * hw).for_each(f);
     }
-    out
 }
 
 /// Per channel, the sum over samples and pixels (each plane summed in f64, the planes'

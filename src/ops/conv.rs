@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
 use super::winograd::{self, Geo};
-use super::{contiguous, cpu_slices, plan_threads, sum_over_batch, Elem};
+use super::{cpu_slices, plan_threads, sum_over_batch, Elem};
 
 /// Geometry of a convolution (square kernels are the common case but not required).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,12 +341,7 @@ struct Conv2dBiasOp(ConvGeom);
 
 fn forward_bias<T: Elem>(x: &[T], wt: &[T], b: &[T], d: &Dims) -> Vec<T> {
     let mut y = forward(x, wt, d);
-    let pp = d.p();
-    y.par_chunks_mut(d.o * pp).for_each(|sample| {
-        for (plane, &bias) in sample.chunks_mut(pp).zip(b) {
-            plane.iter_mut().for_each(|v| *v += bias);
-        }
-    });
+    super::bias::add_in_place(&mut y, b, d.o, d.p());
     y
 }
 
@@ -368,17 +363,7 @@ impl CustomOp3 for Conv2dBiasOp {
             candle_core::bail!("conv2d bias of shape {:?} for {} output channels", l3.dims(), d.o);
         }
         let shape = Shape::from((d.n, d.o, d.oh, d.ow));
-        Ok(match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let (x, w) = cpu_slices::<f32>(s1, l1, s2, l2)?;
-                (CpuStorage::F32(forward_bias(x, w, contiguous(s3, l3)?, &d)), shape)
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let (x, w) = cpu_slices::<f64>(s1, l1, s2, l2)?;
-                (CpuStorage::F64(forward_bias(x, w, contiguous(s3, l3)?, &d)), shape)
-            }
-            _ => candle_core::bail!("runner conv2d supports f32 and f64 tensors of one dtype"),
-        })
+        Ok((dispatch3!("runner conv2d", s1, l1, s2, l2, s3, l3, |x, w, b| forward_bias(x, w, b, &d)), shape))
     }
     fn bwd(
         &self,

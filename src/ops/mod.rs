@@ -23,6 +23,33 @@ macro_rules! with_avx2 {
     };
 }
 
+/// A three-input kernel over f32 or f64 CPU storage: binds the three contiguous slices to
+/// `a, b, c` and wraps `body`'s Vec back into storage; `what` names the op in the error for
+/// mixed or other dtypes.
+macro_rules! dispatch3 {
+    ($what:expr, $s1:expr, $l1:expr, $s2:expr, $l2:expr, $s3:expr, $l3:expr, |$a:ident, $b:ident, $c:ident| $body:expr) => {
+        match ($s1, $s2, $s3) {
+            (candle_core::CpuStorage::F32(_), candle_core::CpuStorage::F32(_), candle_core::CpuStorage::F32(_)) => {
+                let ($a, $b, $c) = (
+                    $crate::ops::contiguous::<f32>($s1, $l1)?,
+                    $crate::ops::contiguous::<f32>($s2, $l2)?,
+                    $crate::ops::contiguous::<f32>($s3, $l3)?,
+                );
+                candle_core::CpuStorage::F32($body)
+            }
+            (candle_core::CpuStorage::F64(_), candle_core::CpuStorage::F64(_), candle_core::CpuStorage::F64(_)) => {
+                let ($a, $b, $c) = (
+                    $crate::ops::contiguous::<f64>($s1, $l1)?,
+                    $crate::ops::contiguous::<f64>($s2, $l2)?,
+                    $crate::ops::contiguous::<f64>($s3, $l3)?,
+                );
+                candle_core::CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("{} supports f32 and f64 tensors of one dtype", $what),
+        }
+    };
+}
+
 pub mod activation;
 pub mod batchnorm;
 pub mod bias;

@@ -69,9 +69,10 @@ impl<T: Elem> Scratch<T> {
     fn size(&mut self, g: &Geo, tiles: usize) {
         self.v.resize(16 * g.c * tiles, T::zero());
         self.m.resize(16 * g.o * tiles, T::zero());
-        // 4 padded input rows, 4 transformed rows, 8 half rows (even / odd columns).
+        // Row buffers of the transforms: at most 16 rows of tw + 1 (the input transform), or
+        // 16 rows of tw and one padded row of 2 tw + 2 (its adjoint).
         let (_, tw) = g.tiles();
-        self.rows.resize(16 * (2 * tw + 2) + 16 * (tw + 1), T::zero());
+        self.rows.resize(18 * (tw + 1), T::zero());
     }
 }
 
