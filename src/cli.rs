@@ -159,6 +159,12 @@ struct PredictArgs {
     /// Override a config key (as for a run). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// Detection: write each image with its boxes drawn into this folder (`<stem>.png`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Detection: show boxes scoring at least this (default: `task.detect.score_min`).
+    #[arg(long)]
+    score_min: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -168,6 +174,35 @@ enum DataCommand {
     Stats(ExpArgs),
     /// A PNG grid of samples after the split's augmentations, with class indices.
     Preview(PreviewArgs),
+    /// Writes a synthetic dataset.
+    #[command(subcommand)]
+    Synth(SynthCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SynthCommand {
+    /// Coloured shapes over cluttered backgrounds in Pascal VOC's layout (JPEG, XML,
+    /// ImageSets, palette PNG masks): the offline detection and segmentation set.
+    Shapes(ShapesArgs),
+}
+
+#[derive(Args, Debug)]
+struct ShapesArgs {
+    /// The folder to write (`<out>/VOCdevkit/VOC2007/...`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Training images.
+    #[arg(long, default_value_t = 4000)]
+    train: usize,
+    /// Test images.
+    #[arg(long, default_value_t = 500)]
+    test: usize,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 160)]
+    size: usize,
+    /// Same seed, same bytes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -196,6 +231,7 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Config(args)) => show_config(args),
         Some(Command::Data(DataCommand::Stats(args))) => data_stats(args),
         Some(Command::Data(DataCommand::Preview(args))) => data_preview(args),
+        Some(Command::Data(DataCommand::Synth(SynthCommand::Shapes(args)))) => synth_shapes(args),
         Some(Command::Predict(args)) => predict(args),
         Some(Command::Resume(args)) => resume(args),
         Some(Command::Compare(args)) => compare(args),
@@ -353,6 +389,8 @@ fn predict(args: PredictArgs) -> Result<ExitCode> {
         topk: args.topk,
         classes: args.classes,
         sets: args.sets,
+        out: args.out,
+        score_min: args.score_min,
     };
     let (predictions, classes) = crate::predict::run(&req)?;
     for p in &predictions {
@@ -380,9 +418,13 @@ fn check(args: ExpArgs) -> Result<ExitCode> {
     println!("experiment: {}  (seed {}, device {})", plan.experiment, plan.seed, plan.device);
     let data = match &plan.located {
         crate::data::Located::Found(d) => format!("found in {}", d.display()),
-        crate::data::Located::Missing { download_to, .. } => {
-            format!("will be downloaded into {}", download_to.display())
-        }
+        crate::data::Located::Missing { download_to, .. } => match plan.data.dataset {
+            crate::config::DatasetKind::Voc if plan.data.voc().generate.is_some() => {
+                format!("will be written into {}", download_to.display())
+            }
+            crate::config::DatasetKind::Voc => format!("not found in {} (see the warning)", download_to.display()),
+            _ => format!("will be downloaded into {}", download_to.display()),
+        },
     };
     println!("data: {} ({} classes), {data}", crate::data::spec(plan.data.dataset).name, plan.classes.len());
     println!("train: {} epochs, batch {}, {:?}", plan.train.epochs, plan.data.batch_size, plan.train.optimizer);
@@ -495,6 +537,30 @@ fn data_preview(args: PreviewArgs) -> Result<ExitCode> {
         println!("{l}: {}", data.classes.get(l as usize).map(String::as_str).unwrap_or("?"));
     }
     println!("wrote {} ({} samples, {} split)", args.out.display(), labels.len(), args.split);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn synth_shapes(args: ShapesArgs) -> Result<ExitCode> {
+    let opts = crate::data::synth::ShapesOptions {
+        train: args.train,
+        test: args.test,
+        size: args.size,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let summary = crate::data::synth::write_shapes(&args.out, &opts)?;
+    println!(
+        "wrote {} images ({} train, {} test) with {} objects ({} difficult, {} truncated) into {} in {:.1} s",
+        summary.images,
+        args.train,
+        args.test,
+        summary.objects,
+        summary.difficult,
+        summary.truncated,
+        args.out.join("VOCdevkit/VOC2007").display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

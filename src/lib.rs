@@ -21,4 +21,5 @@ pub mod rng;
 pub mod runlog;
 pub mod schedule;
 pub mod sweep;
+pub mod task;
 pub mod train;

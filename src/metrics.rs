@@ -113,6 +113,12 @@ impl EpochStats {
             }
             MetricName::RocAucMicro => probs().map_or(f64::NAN, |p| roc_auc_micro(&self.labels, p, self.classes)),
             MetricName::PerClassError | MetricName::Roc | MetricName::ConfusionMatrix => f64::NAN,
+            // Detection metrics: `detection::DetectionStats`.
+            MetricName::Map50
+            | MetricName::Map50Voc07
+            | MetricName::Ap50
+            | MetricName::Precision
+            | MetricName::Recall => f64::NAN,
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Plan {
     pub tta: crate::config::Tta,
     pub train: crate::config::TrainConfig,
     pub metrics: MetricsConfig,
+    /// What the model learns, with its loss and metrics.
+    pub task: crate::task::Task,
     /// Things that will not stop a run but that a user should know.
     pub warnings: Vec<String>,
 }
@@ -105,12 +107,21 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     // An image folder cannot be downloaded; its missing folder is reported under data.root.
     if let (Located::Missing { searched, download_to }, false) = (&located, folder) {
         let msg = data::missing_message(data::spec(cfg.data.dataset), searched, download_to);
-        if cfg.data.download {
+        let voc = cfg.data.dataset == crate::config::DatasetKind::Voc;
+        if voc && cfg.data.voc().generate.is_some() {
+            warnings.push(format!(
+                "the synthetic set is not on disk yet; it will be written into {} when the run starts",
+                download_to.display()
+            ));
+        } else if cfg.data.download {
             warnings.push(format!(
                 "dataset {} is not on disk yet; it will be downloaded into {} when the run starts",
                 spec.name,
                 download_to.display()
             ));
+        } else if voc {
+            // runner does not download VOC: the plan stands without it, a run stops at loading.
+            warnings.push(msg);
         } else if need_data {
             p.add("data.dataset", msg);
         }
@@ -228,7 +239,22 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         }
     }
     let last = graph.as_ref().and_then(|g| g.layers().last().cloned());
-    if let Some(last) = last.filter(|_| !spec.classes.is_empty()) {
+    let task = match &cfg.task {
+        crate::config::TaskConfig::Classify {} => {
+            crate::task::Task::Classify { label_smoothing: cfg.train.label_smoothing }
+        }
+        crate::config::TaskConfig::Detect(d) => {
+            let yolo = crate::task::Yolo { cfg: d.clone(), classes: spec.classes.len() };
+            check_detect(
+                &mut p,
+                cfg,
+                &yolo,
+                last.as_ref().map(|l| (l.key.clone(), l.path.clone(), l.out_shape.clone())),
+            );
+            crate::task::Task::Detect(yolo)
+        }
+    };
+    if let Some(last) = last.filter(|_| !spec.classes.is_empty() && cfg.task.is_classify()) {
         let classes = spec.classes.len();
         if last.out_shape != [classes] && last.out_shape != [classes, 1, 1] {
             p.list.push(format!(
@@ -299,11 +325,14 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     if cfg.train.checkpoint.keep_last == 0 {
         p.add("train.checkpoint.keep_last", "must be >= 1 (resume needs the last checkpoint)");
     }
-    let logged: Vec<String> = [("train", &cfg.metrics.train), ("test", &cfg.metrics.test)]
+    let logged: Vec<String> = [("train", cfg.metrics.train()), ("test", cfg.metrics.test())]
         .iter()
         .flat_map(|(split, list)| list.iter().filter(|m| m.is_scalar()).map(move |m| format!("{split}.{}", m.as_str())))
         .collect();
-    let n_classes = graph.as_ref().and_then(|g| g.out_shape().first().copied()).unwrap_or(0);
+    let n_classes = match task {
+        crate::task::Task::Classify { .. } => graph.as_ref().and_then(|g| g.out_shape().first().copied()).unwrap_or(0),
+        crate::task::Task::Detect(_) => spec.classes.len(),
+    };
     let positive = match &cfg.metrics.positive {
         None => 1,
         Some(class) => {
@@ -327,8 +356,29 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
             }
         }
     };
-    for (split, list) in [("train", &cfg.metrics.train), ("test", &cfg.metrics.test)] {
+    for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
         for m in list {
+            if !m.fits(&cfg.task) {
+                let fitting: Vec<&str> = crate::config::METRIC_NAMES
+                    .iter()
+                    .copied()
+                    .filter(|n| crate::config::MetricName::parse(n).is_some_and(|x| x.fits(&cfg.task)))
+                    .collect();
+                p.add(
+                    &format!("metrics.{split}"),
+                    format!(
+                        "`{}` does not apply to the {} task; it logs {}",
+                        m.as_str(),
+                        task.name(),
+                        fitting.join(", ")
+                    ),
+                );
+            } else if split == "train" && !cfg.task.is_classify() && *m != crate::config::MetricName::Loss {
+                p.add(
+                    "metrics.train",
+                    format!("`{}` is computed on the test split only (training logs `loss`)", m.as_str()),
+                );
+            }
             if let crate::config::MetricName::TopK(k) = m {
                 if n_classes > 0 && *k >= n_classes {
                     p.add(&format!("metrics.{split}"), format!("top{k}_accuracy needs more than {k} classes; the model has {n_classes}, so it would always be 1"));
@@ -339,7 +389,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     let binary_metrics = [crate::config::MetricName::TpRate, crate::config::MetricName::FpRate];
     if n_classes > 2
         && cfg.metrics.positive.is_none()
-        && cfg.metrics.train.iter().chain(&cfg.metrics.test).any(|m| binary_metrics.contains(m))
+        && cfg.metrics.train().iter().chain(cfg.metrics.test()).any(|m| binary_metrics.contains(m))
     {
         let name = spec.classes.get(1).cloned().unwrap_or_else(|| "1".into());
         warnings.push(format!(
@@ -380,7 +430,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
             Err((key, e)) => p.add(&key, e),
         }
     }
-    for (split, list) in [("train", &cfg.metrics.train), ("test", &cfg.metrics.test)] {
+    for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
         let mut seen = std::collections::BTreeSet::new();
         for m in list {
             if !seen.insert(m) {
@@ -410,6 +460,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         tta: cfg.eval.tta,
         train: cfg.train.clone(),
         metrics: cfg.metrics.clone(),
+        task,
         warnings,
     };
     let all = plan.num_params();
@@ -513,7 +564,92 @@ pub fn device_name(d: &Device) -> String {
     }
 }
 
+/// The detection task's checks: a dataset with boxes, the head's output shape, test
+/// augmentations that only resize (so boxes map back to the image exactly), no TTA.
+fn check_detect(
+    p: &mut Problems,
+    cfg: &crate::config::Config,
+    yolo: &crate::task::Yolo,
+    last: Option<(String, String, Vec<usize>)>,
+) {
+    use crate::config::DatasetKind;
+    let d = &yolo.cfg;
+    if cfg.data.dataset != DatasetKind::Voc {
+        p.add(
+            "task.detect",
+            format!("needs a dataset with boxes (`voc`), not `{}`", data::spec(cfg.data.dataset).name),
+        );
+    }
+    if d.grid == 0 {
+        p.add("task.detect.grid", "must be >= 1");
+    }
+    if d.boxes == 0 {
+        p.add("task.detect.boxes", "must be >= 1");
+    }
+    for (key, v) in [
+        ("lambda_coord", d.lambda_coord),
+        ("lambda_obj", d.lambda_obj),
+        ("lambda_noobj", d.lambda_noobj),
+        ("lambda_class", d.lambda_class),
+    ] {
+        if !(v >= 0.0 && v.is_finite()) {
+            p.add(&format!("task.detect.{key}"), format!("must be >= 0, is {v}"));
+        }
+    }
+    if !(0.0..=1.0).contains(&d.nms_iou) {
+        p.add("task.detect.nms_iou", format!("must be in [0, 1], is {}", d.nms_iou));
+    }
+    if !d.score_min.is_finite() {
+        p.add("task.detect.score_min", format!("must be a number, is {}", d.score_min));
+    }
+    if d.max_detections == 0 {
+        p.add("task.detect.max_detections", "must be >= 1");
+    }
+    if let Some((key, path, shape)) = last.filter(|_| yolo.classes > 0 && d.grid > 0) {
+        let (s, depth) = (d.grid, yolo.depth());
+        let flat = shape.iter().product::<usize>() == s * s * depth && shape.len() == 1;
+        let map = shape == [depth, s, s];
+        if !flat && !map {
+            p.list.push(format!(
+                "{}: key `{key}` ({path}): the model ends in shape {shape:?}, but the detect task with grid {s},                  {} boxes and {} classes reads [S, S, B*5 + C] = [{s}, {s}, {depth}]: end with                  {{ linear = {{ out = {} }} }} or a conv of {depth} channels on a {s}x{s} map",
+                p.loaded.source_of_key("model.groups"),
+                d.boxes,
+                yolo.classes,
+                s * s * depth
+            ));
+        }
+    }
+    for (i, op) in cfg.augment.test.iter().enumerate() {
+        let fits = match op {
+            crate::config::AugmentOp::Normalize { .. } => true,
+            crate::config::AugmentOp::Resize { size, .. } => size.is_some(),
+            _ => false,
+        };
+        if !fits {
+            p.add(
+                &format!("augment.test[{i}].{}", op.name()),
+                "detection's test augmentations may only resize (to size = [h, w]) and normalize, so that boxes map back to the image",
+            );
+        }
+    }
+    if cfg.eval.tta != crate::config::Tta::None {
+        p.add("eval.tta", "test-time augmentation is for classification");
+    }
+    if cfg.train.label_smoothing != 0.0 {
+        p.add("train.label_smoothing", "is for classification's cross-entropy");
+    }
+}
+
 impl Plan {
+    /// The classes the metrics count: the model's outputs when classifying, the dataset's
+    /// when detecting.
+    pub fn num_classes(&self) -> usize {
+        match &self.task {
+            crate::task::Task::Classify { .. } => self.graph.out_shape().first().copied().unwrap_or(0),
+            crate::task::Task::Detect(yolo) => yolo.classes,
+        }
+    }
+
     pub fn num_params(&self) -> usize {
         self.graph.num_params()
     }

@@ -44,11 +44,19 @@ fn render(
     (w, h): (u32, u32),
     draw: impl FnOnce(DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>,
 ) -> Result<()> {
+    render_over(path, (w, h), vec![255u8; (w * h * 3) as usize], draw)
+}
+
+/// Draws over `buf` (`w x h` interleaved RGB, e.g. a photo) and writes it as a PNG.
+fn render_over(
+    path: &Path,
+    (w, h): (u32, u32),
+    mut buf: Vec<u8>,
+    draw: impl FnOnce(DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
     init_font();
-    let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
         draw(root.clone())?;
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
@@ -225,4 +233,37 @@ pub fn compare_curves(runs: &[crate::compare::RunInfo], metric: &str, png: &Path
         anyhow::bail!("no run logged {metric}");
     }
     line_chart(png, metric, "epoch", metric, &series)
+}
+
+/// A labelled box to draw: the text above it, edges in pixels, and the colour's index.
+pub struct Labelled {
+    pub text: String,
+    pub bbox: [f32; 4],
+    pub colour: usize,
+}
+
+/// An image (planar `[3, h, w]` bytes) with its boxes drawn and labelled, as a PNG.
+pub fn boxes_on_image(path: &Path, planar: &[u8], [h, w]: [usize; 2], boxes: &[Labelled]) -> Result<()> {
+    let mut rgb = vec![0u8; h * w * 3];
+    for p in 0..h * w {
+        for c in 0..3 {
+            rgb[p * 3 + c] = planar.get(c * h * w + p).copied().unwrap_or(0);
+        }
+    }
+    render_over(path, (w as u32, h as u32), rgb, |root| {
+        let size = ((h.min(w) as f64) / 16.0).clamp(9.0, 16.0);
+        for b in boxes {
+            let colour = PALETTE[b.colour % PALETTE.len()];
+            let [x0, y0, x1, y1] = b.bbox.map(|v| v.round() as i32);
+            root.draw(&Rectangle::new([(x0, y0), (x1 - 1, y1 - 1)], colour.stroke_width(2)))
+                .map_err(|e| anyhow!("{e}"))?;
+            let style = TextStyle::from((FONT, size).into_font()).color(&WHITE);
+            let (tw, th) = root.estimate_text_size(&b.text, &style).map_err(|e| anyhow!("{e}"))?;
+            let top = if y0 >= th as i32 + 2 { y0 - th as i32 - 2 } else { y0 };
+            root.draw(&Rectangle::new([(x0, top), (x0 + tw as i32 + 3, top + th as i32 + 2)], colour.filled()))
+                .map_err(|e| anyhow!("{e}"))?;
+            root.draw(&Text::new(b.text.clone(), (x0 + 2, top + 1), style)).map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(())
+    })
 }

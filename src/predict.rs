@@ -1,5 +1,7 @@
 //! `runner predict EXP_OR_RUN_DIR IMAGE...`: class scores for image files, printed in the
-//! course's format `#<rank> <score:.2f> <class name>`.
+//! course's format `#<rank> <score:.2f> <class name>`; for a detector, one line per box
+//! `<class> <score:.2f> <xmin> <ymin> <xmax> <ymax>` (pixels of the image) and, with
+//! `--out DIR`, the image with its boxes drawn as `DIR/<stem>.png`.
 //!
 //! The weights come from `--weights FILE`, else from the run folder's `model.safetensors`,
 //! else from the experiment's group `init` files. Each image goes through the experiment's
@@ -23,12 +25,18 @@ pub struct Request {
     pub topk: usize,
     pub classes: Option<PathBuf>,
     pub sets: Vec<String>,
+    /// Detection: where to write the images with their boxes drawn.
+    pub out: Option<PathBuf>,
+    /// Detection: the lowest score shown (default: the config's `score_min`).
+    pub score_min: Option<f64>,
 }
 
-/// One image's ranked classes: `(class index, score)`, best first.
+/// One image's answer: ranked classes `(class index, score)`, best first, or boxes.
 pub struct Prediction {
     pub image: PathBuf,
     pub ranked: Vec<(usize, f32)>,
+    /// Detection: the boxes found, best first.
+    pub boxes: Vec<crate::task::detect::Found>,
     /// How the scores were made, for the header line.
     pub note: String,
 }
@@ -55,7 +63,10 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
         // The whole model comes from the weights file: the groups' own files are not needed.
         loaded.config.model.drop_inits();
     }
-    let plan = crate::plan::plan_without_data(&loaded)?;
+    let mut plan = crate::plan::plan_without_data(&loaded)?;
+    if let (crate::task::Task::Detect(yolo), Some(min)) = (&mut plan.task, req.score_min) {
+        yolo.cfg.score_min = min;
+    }
     let device = Device::Cpu;
     let model = Model::new(&plan.graph, plan.seed, &device)?;
     match &weights_file {
@@ -88,6 +99,25 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
             img = crate::data::augment::apply(op, img, &mut dims, &mut rng)
                 .map_err(|e| anyhow::anyhow!("{}: {}: {e}", image.display(), op.name()))?;
         }
+        if let crate::task::Task::Detect(yolo) = &plan.task {
+            let boxes = detect(&model, yolo, &plan, img, dims, [h, w], image)?;
+            if let Some(dir) = &req.out {
+                let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let drawn: Vec<crate::plots::Labelled> = boxes
+                    .iter()
+                    .map(|b| crate::plots::Labelled {
+                        text: format!("{} {:.2}", class_name(&classes, b.class as usize), b.score),
+                        bbox: b.bbox,
+                        colour: b.class as usize,
+                    })
+                    .collect();
+                let path = dir.join(format!("{stem}.png"));
+                let rgb = if c == 3 { bytes } else { bytes.repeat(3) };
+                crate::plots::boxes_on_image(&path, &rgb, [h, w], &drawn)?;
+            }
+            out.push(Prediction { image: image.clone(), ranked: Vec::new(), boxes, note: "boxes".into() });
+            continue;
+        }
         let (scores, note) = scores(&model, &plan, img, dims, image)?;
         if !classes.is_empty() && classes.len() != scores.len() {
             let source = match &req.classes {
@@ -99,9 +129,36 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
         let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         ranked.truncate(req.topk);
-        out.push(Prediction { image: image.clone(), ranked, note });
+        out.push(Prediction { image: image.clone(), ranked, boxes: Vec::new(), note });
     }
     Ok((out, classes))
+}
+
+/// A detector's boxes for one image, in the pixels of its `[h, w]`.
+fn detect(
+    model: &Model,
+    yolo: &crate::task::Yolo,
+    plan: &crate::plan::Plan,
+    img: Vec<f32>,
+    dims: [usize; 3],
+    size: [usize; 2],
+    image: &Path,
+) -> Result<Vec<crate::task::detect::Found>> {
+    if dims != plan.input {
+        bail!(
+            "{}: after the test augmentations the image is {dims:?}, the model takes {:?}",
+            image.display(),
+            plan.input
+        );
+    }
+    let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), model.device())?;
+    let y = model.forward(&xs, Pass::eval())?;
+    let mut found = crate::task::detect::decode_batch(yolo, &y, [dims[1], dims[2]], &[size])?;
+    Ok(found.pop().unwrap_or_default())
+}
+
+fn class_name(classes: &[String], c: usize) -> String {
+    classes.get(c).cloned().unwrap_or_else(|| c.to_string())
 }
 
 fn scores(
@@ -214,6 +271,10 @@ fn parse_class_dict(text: &str) -> std::result::Result<Vec<String>, String> {
 /// The course's lines: `#1 12.34 tench, Tinca tinca`.
 pub fn format(p: &Prediction, classes: &[String]) -> String {
     let mut s = format!("{} ({})\n", p.image.display(), p.note);
+    for b in &p.boxes {
+        let [x0, y0, x1, y1] = b.bbox;
+        s += &format!("{} {:.2} {x0:.0} {y0:.0} {x1:.0} {y1:.0}\n", class_name(classes, b.class as usize), b.score);
+    }
     for (rank, (class, score)) in p.ranked.iter().enumerate() {
         let name = classes.get(*class).cloned().unwrap_or_else(|| class.to_string());
         s += &format!("#{} {score:.2} {name}\n", rank + 1);
@@ -239,7 +300,12 @@ mod tests {
 
     #[test]
     fn course_format() {
-        let p = Prediction { image: "dog.jpg".into(), ranked: vec![(1, 12.346), (0, -3.0)], note: "logits".into() };
+        let p = Prediction {
+            image: "dog.jpg".into(),
+            ranked: vec![(1, 12.346), (0, -3.0)],
+            boxes: Vec::new(),
+            note: "logits".into(),
+        };
         let s = format(&p, &["cat".into(), "dog".into()]);
         assert_eq!(s, "dog.jpg (logits)\n#1 12.35 dog\n#2 -3.00 cat\n");
     }

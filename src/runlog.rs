@@ -305,6 +305,51 @@ impl RunLog {
         write_parquet(&self.dir.join("predictions.parquet"), RecordBatch::try_new(schema, columns)?)
     }
 
+    /// `detections.parquet`: the test split's boxes after the latest epoch, one row per box:
+    /// `epoch`, `sample` (index in the split), `image` (its file's stem, VOC's id), `class`,
+    /// `score`, `xmin, ymin, xmax, ymax` (continuous edges in the original image's pixels).
+    pub fn write_detections(
+        &self,
+        epoch: usize,
+        stats: &crate::metrics::detection::DetectionStats,
+        names: &[String],
+        images: &[PathBuf],
+    ) -> Result<()> {
+        use arrow_array::Float32Array;
+        let rows = &stats.detections;
+        let n = rows.len();
+        let name = |c: u32| names.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
+        let image = |i: usize| {
+            images.get(i).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        };
+        let coord = |k: usize| Arc::new(Float32Array::from_iter_values(rows.iter().map(|(_, d)| d.bbox[k] as f32)));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("epoch", DataType::Int32, false),
+            Field::new("sample", DataType::Int64, false),
+            Field::new("image", DataType::Utf8, false),
+            Field::new("class", DataType::Utf8, false),
+            Field::new("score", DataType::Float32, false),
+            Field::new("xmin", DataType::Float32, false),
+            Field::new("ymin", DataType::Float32, false),
+            Field::new("xmax", DataType::Float32, false),
+            Field::new("ymax", DataType::Float32, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![self.run_id.as_str(); n])),
+            Arc::new(Int32Array::from(vec![epoch as i32; n])),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, d)| d.image as i64))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, d)| image(d.image)))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(c, _)| name(*c)))),
+            Arc::new(Float32Array::from_iter_values(rows.iter().map(|(_, d)| d.score as f32))),
+            coord(0),
+            coord(1),
+            coord(2),
+            coord(3),
+        ];
+        write_parquet(&self.dir.join("detections.parquet"), RecordBatch::try_new(schema, columns)?)
+    }
+
     /// `confusion_matrix_<split>.parquet` after the latest epoch: one row per (true, predicted) class.
     pub fn write_confusion(&self, epoch: usize, split: &str, m: &[Vec<u64>], names: &[String]) -> Result<()> {
         let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());

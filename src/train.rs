@@ -19,15 +19,14 @@ use candle_core::{Device, Tensor};
 use crate::checkpoint::{self, Sidecar};
 use crate::config::{LoadOptions, Loaded, MetricName, Mode, Tta};
 use crate::data::loader::{self, Batch, LoaderSpec};
-use crate::data::tta::ten_crop;
 use crate::data::{self, Split};
-use crate::metrics::EpochStats;
-use crate::model::{argmax, Model, Pass};
+use crate::model::{Model, Pass};
 use crate::optim::{clip_grad_norm, collect_grads, Optimizer};
 use crate::plan::{device_name, parse_device, Plan};
 use crate::progress;
 use crate::runlog::{MetricRow, RunLog, Status};
 use crate::schedule::{lr_at, Position};
+use crate::task::Stats;
 
 pub struct Outcome {
     pub run_dir: PathBuf,
@@ -206,8 +205,7 @@ pub fn eval_run(
     let dataset = load_data(&plan)?;
     let data = if split == "test" { dataset.test.clone() } else { dataset.train.clone() };
     let spec = eval_spec(&train_spec(&plan, dataset.shape), &plan);
-    let classes = plan.graph.out_shape().first().copied().unwrap_or(0);
-    let (stats, _) = evaluate(&model, &data, &spec, plan.tta, plan.input, &device, classes)?;
+    let (stats, _) = evaluate(&plan, &model, &data, &spec, &device)?;
     // `test_eval`, `test_eval_best`, `test_tta_epoch_0001`: one set of rows per weights.
     let mut name = format!("{split}_{}", if plan.tta == Tta::TenCrop { "tta" } else { "eval" });
     if !tag.is_empty() {
@@ -228,24 +226,25 @@ pub fn eval_run(
     };
     // Rows of an earlier evaluation under the same name are replaced.
     log.retain(|r| r.split != name);
-    let values = log_metrics(&mut log, &plan, &name, &plan.metrics.test, &stats, epoch, step)?;
+    let values = log_metrics(&mut log, &plan, &name, plan.metrics.test(), &stats, epoch, step)?;
     log.flush()?;
     Ok((name, values))
 }
 
 /// The run's `plots/`: per-metric curves, and the test split's ROC and confusion matrix
 /// when those metrics are configured.
-fn draw_plots(log: &RunLog, plan: &Plan, test: &EpochStats) -> Result<()> {
+fn draw_plots(log: &RunLog, plan: &Plan, test: &Stats) -> Result<()> {
     let dir = log.dir.join("plots");
     let mut names: Vec<String> =
-        plan.metrics.train.iter().chain(&plan.metrics.test).filter(|m| m.is_scalar()).map(|m| m.as_str()).collect();
+        plan.metrics.train().iter().chain(plan.metrics.test()).filter(|m| m.is_scalar()).map(|m| m.as_str()).collect();
     names.sort();
     names.dedup();
     crate::plots::metric_curves(&dir, log.metrics(), &names)?;
-    if plan.metrics.test.contains(&MetricName::Roc) {
+    let Some(test) = test.as_classify() else { return Ok(()) };
+    if plan.metrics.test().contains(&MetricName::Roc) {
         crate::plots::roc(&dir.join("roc.png"), &test.roc_curves(plan.binary, &plan.classes))?;
     }
-    if plan.metrics.test.contains(&MetricName::ConfusionMatrix) {
+    if plan.metrics.test().contains(&MetricName::ConfusionMatrix) {
         crate::plots::confusion(&dir.join("confusion_matrix.png"), &test.confusion(), &plan.classes)?;
     }
     Ok(())
@@ -318,17 +317,6 @@ fn eval_spec(train: &LoaderSpec, plan: &Plan) -> LoaderSpec {
     }
 }
 
-/// Cross-entropy, with PyTorch's label smoothing `e`: `(1 - e) * nll + e * mean_c(-log p_c)`.
-fn loss_fn(logits: &Tensor, ys: &Tensor, smoothing: f64) -> Result<Tensor> {
-    if smoothing == 0.0 {
-        return Ok(candle_nn::loss::cross_entropy(logits, ys)?);
-    }
-    let logp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
-    let nll = logp.gather(&ys.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
-    let uniform = logp.mean(candle_core::D::Minus1)?.neg()?.mean_all()?;
-    Ok(((nll * (1.0 - smoothing))? + (uniform * smoothing)?)?)
-}
-
 /// The epochs from `state.next_epoch`; `Ok(false)` when stopped early by `stop`.
 #[allow(clippy::too_many_arguments)]
 fn epochs(
@@ -353,7 +341,7 @@ fn epochs(
     let epochs = plan.train.epochs;
     let accumulate = plan.train.accumulate.max(1);
     let config_hash = log.config_hash().to_string();
-    let classes = plan.graph.out_shape().first().copied().unwrap_or(0);
+    let classes = plan.num_classes();
 
     for epoch in state.next_epoch..epochs {
         let frozen = plan.frozen_at(epoch);
@@ -369,13 +357,13 @@ fn epochs(
         // Train.
         let started = std::time::Instant::now();
         let bar = progress::batch_bar(n_batches, &format!("epoch {}/{epochs}", epoch + 1));
-        let keep_probs = plan.metrics.train.iter().any(|m| {
+        let keep_probs = plan.metrics.train().iter().any(|m| {
             !matches!(
                 m,
                 MetricName::Loss | MetricName::Accuracy | MetricName::ErrorRate | MetricName::BalancedErrorRate
             )
         });
-        let mut train_stats = EpochStats::new(classes, keep_probs);
+        let mut train_stats = plan.task.stats(classes, keep_probs);
         let mut train_skipped = 0usize;
         let mut summed: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut pending = 0usize;
@@ -394,11 +382,11 @@ fn epochs(
                 if pending == 0 {
                     lr = lr_at(&plan.train, optimizer.base_lr(), Position { epoch, batch: b, batches: n_batches });
                 }
-                let (xs, ys) = to_tensors(&batch, out_shape, device)?;
+                let xs = images(&batch, out_shape, device)?;
                 let pass =
                     Pass { train: true, seed: plan.seed, epoch, step: state.step as usize * accumulate + pending };
-                let logits = model.forward(&xs, pass)?;
-                let loss = loss_fn(&logits, &ys, plan.train.label_smoothing)?;
+                let out = model.forward(&xs, pass)?;
+                let loss = plan.task.loss(&out, &batch, plan.input)?;
                 // Checked before the update, so the weights never take a step from a NaN.
                 let loss_value = loss.to_scalar::<f32>()? as f64;
                 if !loss_value.is_finite() {
@@ -418,12 +406,7 @@ fn epochs(
                     summed.insert(name, g);
                 }
                 pending += 1;
-                let probs = if keep_probs {
-                    Some(candle_nn::ops::softmax_last_dim(&logits)?.flatten_all()?.to_vec1::<f32>()?)
-                } else {
-                    None
-                };
-                train_stats.update(loss_value, probs.as_deref(), &argmax(&logits)?, &batch.labels);
+                plan.task.update_train(&mut train_stats, loss_value, &out, &batch, keep_probs)?;
             }
             // A step every `accumulate` batches, and at the end of the epoch.
             if pending > 0 && (pending == accumulate || b + 1 == n_batches) {
@@ -465,8 +448,7 @@ fn epochs(
         let train_time = started.elapsed().as_secs_f64();
 
         // Evaluate.
-        let (test_stats, test_skipped) =
-            evaluate(model, &test_split, &test_spec, plan.tta, plan.input, device, classes)?;
+        let (test_stats, test_skipped) = evaluate(plan, model, &test_split, &test_spec, device)?;
 
         // Log.
         let wall = log.elapsed_s();
@@ -483,7 +465,7 @@ fn epochs(
         for r in lr_rows {
             log.push(r);
         }
-        let mut values = log_metrics(log, plan, "train", &plan.metrics.train, &train_stats, epoch, step)?;
+        let mut values = log_metrics(log, plan, "train", plan.metrics.train(), &train_stats, epoch, step)?;
         log.push(row("train", "epoch_time_s", train_time));
         log.push(row("train", "images_per_s", train_stats.count() as f64 / train_time));
         log.push(row("train", "trainable_params", trainable as f64));
@@ -494,9 +476,12 @@ fn epochs(
                 tracing::warn!("epoch {}: skipped {train_skipped} train and {test_skipped} test samples", epoch + 1);
             }
         }
-        let test_values = log_metrics(log, plan, "test", &plan.metrics.test, &test_stats, epoch, step)?;
+        let test_values = log_metrics(log, plan, "test", plan.metrics.test(), &test_stats, epoch, step)?;
         values.extend(test_values.clone());
-        log.write_predictions(&test_stats)?;
+        match &test_stats {
+            Stats::Classify(s) => log.write_predictions(s)?,
+            Stats::Detect(s) => log.write_detections(epoch, s, &plan.classes, &test_split.files)?,
+        }
         log.final_metrics = test_values;
         log.flush()?;
         crate::model::weights::save(model, &log.dir.join("model.safetensors"))?;
@@ -540,12 +525,10 @@ fn epochs(
         };
         checkpoint::save(&log.dir.join("checkpoints"), model, optimizer, &side, ck.keep_last, is_best)?;
         tracing::info!(
-            "epoch {}/{epochs}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | lr {lr:.3e} | {:.1} s, {:.0} img/s",
+            "epoch {}/{epochs}: train {} | test {} | lr {lr:.3e} | {:.1} s, {:.0} img/s",
             epoch + 1,
-            train_stats.mean_loss(),
-            crate::metrics::accuracy(&train_stats.labels, &train_stats.preds),
-            test_stats.mean_loss(),
-            crate::metrics::accuracy(&test_stats.labels, &test_stats.preds),
+            train_stats.summary(),
+            test_stats.summary(),
             train_time,
             train_stats.count() as f64 / train_time
         );
@@ -558,20 +541,17 @@ fn epochs(
     Ok(true)
 }
 
-/// Loss and predictions over a whole split, in eval mode (no dropout). With ten-crop TTA
-/// the class probabilities are the mean of the ten crops' softmax outputs, and the loss is
-/// the mean of `-ln p[label]` under those probabilities. Also returns how many samples were
-/// skipped as unreadable (`on_error = "skip"`).
+/// Loss and predictions over a whole split, in eval mode (no dropout), through the test
+/// augmentations and the task's evaluation (ten-crop TTA for classification). Also returns
+/// how many samples were skipped as unreadable (`on_error = "skip"`).
 pub fn evaluate(
+    plan: &Plan,
     model: &Model,
     split: &Arc<Split>,
     spec: &LoaderSpec,
-    tta: Tta,
-    input: [usize; 3],
     device: &Device,
-    classes: usize,
-) -> Result<(EpochStats, usize)> {
-    let mut stats = EpochStats::new(classes, true);
+) -> Result<(Stats, usize)> {
+    let mut stats = plan.task.stats(plan.num_classes(), true);
     let mut skipped = 0;
     for batch in loader::batches(split.clone(), spec, 0) {
         let batch = batch?;
@@ -579,28 +559,8 @@ pub fn evaluate(
         if batch.is_empty() {
             continue;
         }
-        let (probs, loss) = match tta {
-            Tta::None => {
-                let (xs, ys) = to_tensors(&batch, spec.out_shape, device)?;
-                let logits = model.forward(&xs, Pass::eval())?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()? as f64;
-                (candle_nn::ops::softmax_last_dim(&logits)?, loss)
-            }
-            Tta::TenCrop => {
-                let n = batch.len();
-                let [c, size, _] = input;
-                let crops = ten_crop(&batch.images, n, spec.out_shape, size);
-                let xs = Tensor::from_vec(crops, (n * 10, c, size, size), device)?; // [10 n, c, s, s]
-                let ys = Tensor::from_slice(&batch.labels, n, device)?; // [n]
-                let probs = candle_nn::ops::softmax_last_dim(&model.forward(&xs, Pass::eval())?)?;
-                let probs = probs.reshape((n, 10, ()))?.mean(1)?; // [n, classes]
-                let picked = probs.gather(&ys.unsqueeze(1)?, 1)?; // [n, 1]
-                (probs, picked.log()?.neg()?.mean_all()?.to_scalar::<f32>()? as f64)
-            }
-        };
-        let flat: Vec<f32> = probs.flatten_all()?.to_vec1()?;
-        stats.update(loss, Some(&flat), &argmax(&probs)?, &batch.labels);
-        stats.samples.extend(batch.indices.iter().map(|&i| i as i64));
+        let xs = images(&batch, spec.out_shape, device)?;
+        plan.task.eval_batch(model, &batch, xs, split, plan.tta, plan.input, device, &mut stats)?;
     }
     Ok((stats, skipped))
 }
@@ -613,7 +573,7 @@ pub fn log_metrics(
     plan: &Plan,
     split: &str,
     metrics: &[MetricName],
-    stats: &EpochStats,
+    stats: &Stats,
     epoch: usize,
     step: i64,
 ) -> Result<BTreeMap<String, f64>> {
@@ -631,14 +591,18 @@ pub fn log_metrics(
     let mut values = BTreeMap::new();
     for &m in metrics {
         match m {
-            MetricName::PerClassError => {
-                for (c, e) in stats.per_class_error().into_iter().enumerate() {
-                    log.push(row("per_class_error", Some(name(c)), e));
+            MetricName::PerClassError | MetricName::Ap50 => {
+                for (c, e) in stats.per_class(m).into_iter().enumerate() {
+                    log.push(row(&m.as_str(), Some(name(c)), e));
                 }
             }
-            MetricName::ConfusionMatrix => log.write_confusion(epoch, split, &stats.confusion(), &plan.classes)?,
-            MetricName::Roc => {
-                log.write_roc(epoch, split, &stats.roc_curves(plan.binary, &plan.classes))?;
+            MetricName::ConfusionMatrix | MetricName::Roc => {
+                let Some(stats) = stats.as_classify() else { continue };
+                if m == MetricName::Roc {
+                    log.write_roc(epoch, split, &stats.roc_curves(plan.binary, &plan.classes))?;
+                } else {
+                    log.write_confusion(epoch, split, &stats.confusion(), &plan.classes)?;
+                }
             }
             m => {
                 let v = stats.compute(m, plan.binary);
@@ -650,11 +614,9 @@ pub fn log_metrics(
     Ok(values)
 }
 
-fn to_tensors(batch: &Batch, shape: [usize; 3], device: &Device) -> Result<(Tensor, Tensor)> {
+fn images(batch: &Batch, shape: [usize; 3], device: &Device) -> Result<Tensor> {
     let [c, h, w] = shape;
-    let xs = Tensor::from_slice(&batch.images, (batch.len(), c, h, w), device)?; // [b, c, h, w]
-    let ys = Tensor::from_slice(&batch.labels, batch.len(), device)?; // [b]
-    Ok((xs, ys))
+    Ok(Tensor::from_slice(&batch.images, (batch.len(), c, h, w), device)?) // [b, c, h, w]
 }
 
 /// The first 16 hex digits of the SHA-256 of the resolved config.
@@ -680,19 +642,6 @@ fn config_file_text(loaded: &Loaded, resolved: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_smoothing_matches_pytorch() {
-        // PyTorch 1.13: F.cross_entropy(tensor([[1., 2, 3], [0.5, -1, 2]]), tensor([2, 0]),
-        // label_smoothing=0.1) = 1.1244585514068604.
-        let logits = Tensor::new(&[[1f32, 2., 3.], [0.5, -1., 2.]], &Device::Cpu).unwrap();
-        let ys = Tensor::new(&[2u32, 0], &Device::Cpu).unwrap();
-        let l = loss_fn(&logits, &ys, 0.1).unwrap().to_scalar::<f32>().unwrap();
-        assert!((l - 1.124_458_6).abs() < 1e-6, "{l}");
-        // Without smoothing, plain cross-entropy.
-        let plain = candle_nn::loss::cross_entropy(&logits, &ys).unwrap().to_scalar::<f32>().unwrap();
-        assert_eq!(loss_fn(&logits, &ys, 0.0).unwrap().to_scalar::<f32>().unwrap(), plain);
-    }
 
     #[test]
     fn gradient_clipping_matches_pytorch() {

@@ -249,7 +249,7 @@ fn loader(case: &str) -> Result<f64> {
         let listing = runner::data::folder::scan(&bench_data("jpeg")?)?;
         let labels = listing.files.iter().map(|(_, l)| *l).collect();
         let files: Vec<_> = listing.files.into_iter().map(|(p, _)| p).collect();
-        let split = runner::data::Split { len: files.len(), labels, files, pixels: Vec::new() };
+        let split = runner::data::Split { len: files.len(), labels, files, ..Default::default() };
         let pca = AugmentOp::PcaColorJitter {
             std: 0.1,
             eigval: [0.2175, 0.0188, 0.0045],

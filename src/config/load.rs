@@ -83,7 +83,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     }
 
     let mut value = figment.find_value("").map_err(|e| one_problem(format!("{}: {e}", path.display())))?;
-    let config = deserialize_reporting_all(&figment, &mut value)?;
+    let mut config = deserialize_reporting_all(&figment, &mut value)?;
+    config.metrics.fill_defaults(&config.task);
     Ok(Loaded { config, path: path.to_path_buf(), files, sets: opts.sets.clone(), figment })
 }
 

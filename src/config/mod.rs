@@ -26,6 +26,9 @@ pub struct Config {
     pub data: DataConfig,
     #[serde(default)]
     pub augment: AugmentConfig,
+    /// What the model learns: classes (the default), boxes, ... (`[task.detect]`).
+    #[serde(default, skip_serializing_if = "TaskConfig::is_classify")]
+    pub task: TaskConfig,
     pub model: ModelConfig,
     pub train: TrainConfig,
     #[serde(default)]
@@ -105,6 +108,9 @@ pub enum DatasetKind {
     Cifar10,
     /// `root/<train_dir>/<class>/<image>` and `root/<test_dir>/<class>/<image>`.
     ImageFolder,
+    /// Pascal VOC's `VOCdevkit/VOC<year>/` folders (or any set in that layout): boxes from
+    /// `Annotations/*.xml`, splits from `ImageSets/Main/<image_set>.txt`.
+    Voc,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +164,156 @@ pub struct DataConfig {
     /// Use only the first N test samples. 0 = all.
     #[serde(default)]
     pub test_limit: usize,
+    /// `voc`: the years and image sets of each split, and the class names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voc: Option<VocConfig>,
+}
+
+impl DataConfig {
+    /// `[data.voc]` as configured, or its defaults.
+    pub fn voc(&self) -> std::borrow::Cow<'_, VocConfig> {
+        match &self.voc {
+            Some(v) => std::borrow::Cow::Borrowed(v),
+            None => std::borrow::Cow::Owned(VocConfig::default()),
+        }
+    }
+}
+
+/// `[data.voc]`: `train = { years = [2007, 2012], image_set = "trainval" }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VocConfig {
+    #[serde(default = "default_voc_train")]
+    pub train: VocSplit,
+    #[serde(default = "default_voc_test")]
+    pub test: VocSplit,
+    /// The class names in index order; default: VOC's 20 classes in the devkit's order.
+    #[serde(default = "default_voc_classes")]
+    pub classes: Vec<String>,
+    /// Write a synthetic set into the folder when it is missing: `"shapes"` (the default
+    /// set of `runner data synth shapes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<Synthetic>,
+}
+
+/// The synthetic datasets runner can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synthetic {
+    Shapes,
+}
+
+impl Default for VocConfig {
+    fn default() -> Self {
+        VocConfig {
+            train: default_voc_train(),
+            test: default_voc_test(),
+            classes: default_voc_classes(),
+            generate: None,
+        }
+    }
+}
+
+/// The images of one split: the ids in `VOC<year>/ImageSets/Main/<image_set>.txt` per year.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VocSplit {
+    pub years: Vec<u32>,
+    pub image_set: String,
+}
+
+fn default_voc_train() -> VocSplit {
+    VocSplit { years: vec![2007, 2012], image_set: "trainval".into() }
+}
+fn default_voc_test() -> VocSplit {
+    VocSplit { years: vec![2007], image_set: "test".into() }
+}
+fn default_voc_classes() -> Vec<String> {
+    crate::data::voc::VOC_CLASSES.iter().map(|c| c.to_string()).collect()
+}
+
+/// `[task]`: what the model's output means. One table, one variant: `[task.detect]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaskConfig {
+    /// One class per image: cross-entropy over the model's `[classes]` output.
+    Classify {},
+    /// YOLOv1: boxes from an `S x S` grid of cells, each with `boxes` predictors.
+    Detect(DetectConfig),
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig::Classify {}
+    }
+}
+
+impl TaskConfig {
+    pub fn is_classify(&self) -> bool {
+        matches!(self, TaskConfig::Classify {})
+    }
+}
+
+/// `[task.detect]`: the grid, the course's four loss weights, and how outputs become boxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectConfig {
+    /// `S`: the image is an `S x S` grid of cells; a cell predicts the objects whose centre it holds.
+    #[serde(default = "seven")]
+    pub grid: usize,
+    /// `B`: box predictors per cell.
+    #[serde(default = "two_u")]
+    pub boxes: usize,
+    #[serde(default = "five")]
+    pub lambda_coord: f64,
+    #[serde(default = "one_f")]
+    pub lambda_obj: f64,
+    #[serde(default = "half")]
+    pub lambda_noobj: f64,
+    #[serde(default = "one_f")]
+    pub lambda_class: f64,
+    /// Boxes scoring (confidence x class score) below this are dropped before NMS.
+    #[serde(default = "default_score_min")]
+    pub score_min: f64,
+    /// Per-class greedy non-maximum suppression: a box overlapping a higher-scoring box of
+    /// its class by more than this IoU is dropped.
+    #[serde(default = "half")]
+    pub nms_iou: f64,
+    /// At most this many boxes per image, the highest scores.
+    #[serde(default = "default_max_detections")]
+    pub max_detections: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            grid: 7,
+            boxes: 2,
+            lambda_coord: 5.0,
+            lambda_obj: 1.0,
+            lambda_noobj: 0.5,
+            lambda_class: 1.0,
+            score_min: default_score_min(),
+            nms_iou: 0.5,
+            max_detections: default_max_detections(),
+        }
+    }
+}
+
+fn seven() -> usize {
+    7
+}
+fn two_u() -> usize {
+    2
+}
+fn five() -> f64 {
+    5.0
+}
+fn default_score_min() -> f64 {
+    0.005
+}
+fn default_max_detections() -> usize {
+    100
 }
 
 fn three() -> usize {
@@ -608,6 +764,19 @@ pub enum MetricName {
     RocAucMicro,
     /// Counts per (true, predicted) class in `confusion_matrix_<split>.parquet`.
     ConfusionMatrix,
+    /// Detection: the mean over classes of the VOC average precision at IoU >= 0.5, as the
+    /// area under the precision envelope (VOC2010 on).
+    Map50,
+    /// The same with VOC2007's 11-point interpolation.
+    Map50Voc07,
+    /// Per class: the area AP at IoU >= 0.5 (rows with `class`).
+    Ap50,
+    /// Detection: of the boxes scoring at least `metrics.threshold`, the share that match
+    /// an object (IoU >= 0.5, each object once).
+    Precision,
+    /// Detection: the share of (not difficult) objects matched by a box scoring at least
+    /// `metrics.threshold`.
+    Recall,
 }
 
 /// The metric names, for messages.
@@ -625,6 +794,11 @@ pub const METRIC_NAMES: &[&str] = &[
     "roc_auc_macro",
     "roc_auc_micro",
     "confusion_matrix",
+    "map50",
+    "map50_voc07",
+    "ap50",
+    "precision",
+    "recall",
 ];
 
 impl MetricName {
@@ -643,6 +817,11 @@ impl MetricName {
             MetricName::RocAucMacro => "roc_auc_macro".into(),
             MetricName::RocAucMicro => "roc_auc_micro".into(),
             MetricName::ConfusionMatrix => "confusion_matrix".into(),
+            MetricName::Map50 => "map50".into(),
+            MetricName::Map50Voc07 => "map50_voc07".into(),
+            MetricName::Ap50 => "ap50".into(),
+            MetricName::Precision => "precision".into(),
+            MetricName::Recall => "recall".into(),
         }
     }
 
@@ -660,6 +839,11 @@ impl MetricName {
             "roc_auc_macro" => MetricName::RocAucMacro,
             "roc_auc_micro" => MetricName::RocAucMicro,
             "confusion_matrix" => MetricName::ConfusionMatrix,
+            "map50" => MetricName::Map50,
+            "map50_voc07" => MetricName::Map50Voc07,
+            "ap50" => MetricName::Ap50,
+            "precision" => MetricName::Precision,
+            "recall" => MetricName::Recall,
             other => {
                 let digits = other.strip_prefix("top")?.strip_suffix("_accuracy")?;
                 if digits.starts_with('0') {
@@ -673,7 +857,17 @@ impl MetricName {
 
     /// A single number per epoch (not per class, not a curve or a table).
     pub fn is_scalar(self) -> bool {
-        !matches!(self, MetricName::PerClassError | MetricName::Roc | MetricName::ConfusionMatrix)
+        !matches!(self, MetricName::PerClassError | MetricName::Roc | MetricName::ConfusionMatrix | MetricName::Ap50)
+    }
+
+    /// Whether the metric applies to `task`'s outputs (`loss` applies to every task).
+    pub fn fits(self, task: &TaskConfig) -> bool {
+        use MetricName::*;
+        let detection = matches!(self, Map50 | Map50Voc07 | Ap50 | Precision | Recall);
+        match task {
+            TaskConfig::Classify {} => !detection,
+            TaskConfig::Detect(_) => detection || self == Loss,
+        }
     }
 }
 
@@ -693,10 +887,11 @@ impl<'de> Deserialize<'de> for MetricName {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    #[serde(default = "default_metrics")]
-    pub train: Vec<MetricName>,
-    #[serde(default = "default_metrics")]
-    pub test: Vec<MetricName>,
+    /// Per split; absent: the task's default ([`MetricsConfig::fill_defaults`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<Vec<MetricName>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<Vec<MetricName>>,
     /// The positive class for `tp_rate`, `fp_rate` and binary `roc` / `roc_auc`: a class
     /// name or index (default: index 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -720,10 +915,29 @@ fn half_f() -> f64 {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { train: default_metrics(), test: default_metrics(), positive: None, threshold: 0.5 }
+        MetricsConfig { train: None, test: None, positive: None, threshold: 0.5 }
     }
 }
 
-fn default_metrics() -> Vec<MetricName> {
-    vec![MetricName::Loss, MetricName::Accuracy, MetricName::ErrorRate]
+impl MetricsConfig {
+    /// Sets the lists left out to `task`'s defaults: classification logs loss, accuracy and
+    /// error rate on both splits; detection the loss while training and the loss, mAP
+    /// (area and VOC07) and per-class AP on the test split.
+    pub fn fill_defaults(&mut self, task: &TaskConfig) {
+        use MetricName::*;
+        let (train, test) = match task {
+            TaskConfig::Classify {} => (vec![Loss, Accuracy, ErrorRate], vec![Loss, Accuracy, ErrorRate]),
+            TaskConfig::Detect(_) => (vec![Loss], vec![Loss, Map50, Map50Voc07, Ap50]),
+        };
+        self.train.get_or_insert(train);
+        self.test.get_or_insert(test);
+    }
+
+    pub fn train(&self) -> &[MetricName] {
+        self.train.as_deref().unwrap_or_default()
+    }
+
+    pub fn test(&self) -> &[MetricName] {
+        self.test.as_deref().unwrap_or_default()
+    }
 }

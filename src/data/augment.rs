@@ -16,6 +16,8 @@ pub const IGNORE: u8 = 255;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Targets {
     pub boxes: Vec<[f32; 4]>,
+    /// Which of the sample's objects each box is (kept in step when boxes are dropped).
+    pub ids: Vec<usize>,
     pub mask: Option<Vec<u8>>,
 }
 
@@ -30,7 +32,13 @@ impl Targets {
             b[1] = (b[1] - top as f32).clamp(0.0, ch as f32);
             b[3] = (b[3] - top as f32).clamp(0.0, ch as f32);
         }
-        self.boxes.retain(|b| b[2] > b[0] && b[3] > b[1]);
+        let keep: Vec<bool> = self.boxes.iter().map(|b| b[2] > b[0] && b[3] > b[1]).collect();
+        let mut flags = keep.iter();
+        self.boxes.retain(|_| flags.next() == Some(&true));
+        if self.ids.len() == keep.len() {
+            let mut flags = keep.iter();
+            self.ids.retain(|_| flags.next() == Some(&true));
+        }
         if let Some(m) = &self.mask {
             self.mask = Some(crop(m, [1, h, w], top, left, ch, cw, IGNORE));
         }
@@ -443,7 +451,7 @@ mod tests {
         let mut mask = vec![0u8; 24];
         mask[6 + 1] = 7;
         mask[6 + 2] = 7;
-        let base = Targets { boxes: vec![[1., 1., 3., 2.]], mask: Some(mask) };
+        let base = Targets { boxes: vec![[1., 1., 3., 2.]], mask: Some(mask), ..Default::default() };
         let img = vec![0f32; 24];
 
         // hflip (p = 1): x -> 6 - x: [3, 1, 5, 2]; the mask row reverses.

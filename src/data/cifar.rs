@@ -32,7 +32,7 @@ pub fn read_split(paths: &[PathBuf], classes: usize) -> Result<Split> {
             pixels.extend_from_slice(&rec[1..]);
         }
     }
-    Ok(Split { len: labels.len(), pixels, labels, files: Vec::new() })
+    Ok(Split { len: labels.len(), pixels, labels, ..Default::default() })
 }
 
 /// Extracts `members` (paths inside the archive) from a `.tar.gz` into `dir`, each written

@@ -8,8 +8,9 @@ use std::thread::JoinHandle;
 
 use anyhow::{bail, Result};
 
-use super::augment::apply;
+use super::augment::{apply_with_targets, Targets};
 use crate::config::AugmentOp;
+use crate::data::voc::Object;
 use crate::data::Split;
 use crate::rng::Rng;
 
@@ -17,7 +18,13 @@ use crate::rng::Rng;
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub images: Vec<f32>,
+    /// Classification: each sample's class.
     pub labels: Vec<u32>,
+    /// Detection: each sample's objects, their boxes moved by the augmentations into the
+    /// pixels of what the model sees (boxes left empty are dropped).
+    pub objects: Vec<Vec<Object>>,
+    /// Each sample's `[height, width]` before the augmentations (its file's size).
+    pub sizes: Vec<[usize; 2]>,
     /// Index of each sample in its split.
     pub indices: Vec<usize>,
     /// Samples that could not be read and were left out (`on_error = "skip"`).
@@ -26,10 +33,10 @@ pub struct Batch {
 
 impl Batch {
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.indices.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.indices.is_empty()
     }
 }
 
@@ -77,11 +84,19 @@ pub fn epoch_order(len: usize, spec: &LoaderSpec, epoch: usize) -> Vec<usize> {
 pub fn make_batch(split: &Split, spec: &LoaderSpec, indices: &[usize], epoch: usize) -> Result<Batch> {
     let mut images = Vec::with_capacity(indices.len() * spec.out_shape.iter().product::<usize>());
     let (mut labels, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut objects, mut sizes) = (Vec::new(), Vec::new());
     for &i in indices {
         match make_sample(split, spec, i, epoch) {
-            Ok(img) => {
-                images.extend_from_slice(&img);
-                labels.push(split.labels[i]);
+            Ok(sample) => {
+                images.extend_from_slice(&sample.image);
+                if let Some(&l) = split.labels.get(i) {
+                    labels.push(l);
+                }
+                if let Some(objs) = split.objects.get(i) {
+                    let moved = sample.targets.ids.iter().zip(&sample.targets.boxes);
+                    objects.push(moved.map(|(&k, b)| Object { bbox: *b, ..objs[k] }).collect());
+                }
+                sizes.push(sample.size);
                 kept.push(i);
             }
             Err(e) if spec.skip_errors => {
@@ -91,11 +106,18 @@ pub fn make_batch(split: &Split, spec: &LoaderSpec, indices: &[usize], epoch: us
             Err(e) => return Err(e),
         }
     }
-    Ok(Batch { images, labels, indices: kept, skipped })
+    Ok(Batch { images, labels, objects, sizes, indices: kept, skipped })
 }
 
-/// One sample, from memory or decoded from its file (image folders), through the ops.
-fn make_sample(split: &Split, spec: &LoaderSpec, i: usize, epoch: usize) -> Result<Vec<f32>> {
+/// A sample after the ops: the image, its boxes, and its size before the ops.
+struct Sample {
+    image: Vec<f32>,
+    targets: Targets,
+    size: [usize; 2],
+}
+
+/// One sample, from memory or decoded from its file (image folders, VOC), through the ops.
+fn make_sample(split: &Split, spec: &LoaderSpec, i: usize, epoch: usize) -> Result<Sample> {
     let [c, h, w] = spec.shape;
     let sample = c * h * w;
     let what = || match split.files.get(i) {
@@ -109,14 +131,24 @@ fn make_sample(split: &Split, spec: &LoaderSpec, i: usize, epoch: usize) -> Resu
         }
         None => (split.pixels[i * sample..(i + 1) * sample].iter().map(|&p| p as f32 / 255.0).collect(), spec.shape),
     };
+    let size = [dims[1], dims[2]];
+    let mut targets = Targets::default();
+    if let Some(objs) = split.objects.get(i) {
+        targets.boxes = objs.iter().map(|o| o.bbox).collect();
+        targets.ids = (0..objs.len()).collect();
+        if let Some(o) = objs.iter().find(|o| o.bbox[2] > size[1] as f32 || o.bbox[3] > size[0] as f32) {
+            bail!("{}: box {:?} lies outside the {}x{} image", what(), o.bbox, size[1], size[0]);
+        }
+    }
     let mut rng = Rng::derive(spec.seed, &["augment".into(), epoch.into(), i.into()]);
     for op in &spec.augment {
-        img = apply(op, img, &mut dims, &mut rng).map_err(|e| anyhow::anyhow!("{}: {}: {e}", what(), op.name()))?;
+        img = apply_with_targets(op, img, &mut targets, &mut dims, &mut rng)
+            .map_err(|e| anyhow::anyhow!("{}: {}: {e}", what(), op.name()))?;
     }
     if dims != spec.out_shape {
         bail!("{}: after the augmentations the image is {dims:?}, the model takes {:?}", what(), spec.out_shape);
     }
-    Ok(img)
+    Ok(Sample { image: img, targets, size })
 }
 
 /// An epoch's batches, prepared by `workers` background threads: batch `b` is made by

@@ -12,7 +12,9 @@ pub mod idx;
 pub mod loader;
 pub mod preview;
 pub mod stats;
+pub mod synth;
 pub mod tta;
+pub mod voc;
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,8 @@ pub enum Files {
     Idx([(&'static str, Checksum); 4]),
     /// `root/<train_dir>/<class>/<image>`: no fixed size, classes from the folders, no download.
     Folder,
+    /// Pascal VOC's `VOCdevkit/VOC<year>/` folders; years, image sets and classes from `[data.voc]`.
+    Voc,
     /// CIFAR's binary version: one archive holding `folder/` with the batch files.
     Cifar {
         archive: &'static str,
@@ -118,12 +122,18 @@ static IMAGE_FOLDER: DatasetSpec = DatasetSpec {
     shape: [3, 0, 0],
 };
 
+// Everingham et al. (2010), "The PASCAL Visual Object Classes (VOC) Challenge". Classes
+// and splits come from `[data.voc]`; the archives are not downloaded yet.
+static VOC: DatasetSpec =
+    DatasetSpec { name: "voc", files: Files::Voc, base_url: "", system_dirs: &[], classes: &[], shape: [3, 0, 0] };
+
 pub fn spec(kind: DatasetKind) -> &'static DatasetSpec {
     match kind {
         DatasetKind::Mnist => &MNIST,
         DatasetKind::FashionMnist => &FASHION_MNIST,
         DatasetKind::Cifar10 => &CIFAR10,
         DatasetKind::ImageFolder => &IMAGE_FOLDER,
+        DatasetKind::Voc => &VOC,
     }
 }
 
@@ -145,6 +155,7 @@ pub fn describe(cfg: &DataConfig) -> std::result::Result<DataInfo, String> {
             let listing = folder::scan(&root.join(&cfg.train_dir)).map_err(|e| format!("{e:#}"))?;
             Ok(DataInfo { name: spec.name, classes: listing.classes, shape: [cfg.channels, 0, 0] })
         }
+        Files::Voc => Ok(DataInfo { name: spec.name, classes: cfg.voc().classes.clone(), shape: [3, 0, 0] }),
         _ => Ok(DataInfo {
             name: spec.name,
             classes: spec.classes.iter().map(|c| c.to_string()).collect(),
@@ -185,6 +196,11 @@ fn holding_folder(dir: &Path, spec: &DatasetSpec, cfg: &DataConfig) -> Option<Pa
             (dir.join(&cfg.train_dir).is_dir() && dir.join(&cfg.test_dir).is_dir()).then(|| dir.to_path_buf())
         }
         Files::Idx(files) => files.iter().all(|(name, _)| file_in(dir, name).is_some()).then(|| dir.to_path_buf()),
+        Files::Voc => {
+            let voc = cfg.voc();
+            let mut years = voc.train.years.iter().chain(&voc.test.years);
+            years.all(|y| voc::year_dir(dir, *y).is_some()).then(|| dir.to_path_buf())
+        }
         Files::Cifar { folder, train, test, .. } => [dir.join(folder), dir.to_path_buf()]
             .into_iter()
             .find(|d| train.iter().chain([test]).all(|f| d.join(f).is_file())),
@@ -207,13 +223,15 @@ pub fn locate(cfg: &DataConfig) -> Located {
 }
 
 /// One split: `len` samples, either in memory (`pixels`, all of the dataset's shape, as
-/// bytes) or as image files decoded when a batch needs them (`files`).
+/// bytes) or as image files decoded when a batch needs them (`files`). The targets: a class
+/// per sample (`labels`, classification) or the objects of each image (`objects`, detection).
 #[derive(Debug, Clone, Default)]
 pub struct Split {
     pub pixels: Vec<u8>,
     pub labels: Vec<u32>,
     pub len: usize,
     pub files: Vec<PathBuf>,
+    pub objects: Vec<Vec<voc::Object>>,
 }
 
 impl Split {
@@ -223,6 +241,7 @@ impl Split {
             self.pixels.truncate(limit * sample);
             self.labels.truncate(limit);
             self.files.truncate(limit);
+            self.objects.truncate(limit);
         }
         self
     }
@@ -248,6 +267,17 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             if matches!(spec.files, Files::Folder) {
                 bail!("{}", folder_missing(cfg));
             }
+            if let (Files::Voc, Some(crate::config::Synthetic::Shapes)) = (&spec.files, cfg.voc().generate) {
+                tracing::info!("writing the synthetic shapes set into {}", download_to.display());
+                synth::write_shapes(&download_to, &synth::ShapesOptions::default())?;
+                return finish_load(
+                    cfg,
+                    spec,
+                    holding_folder(&download_to, spec, cfg).with_context(|| {
+                        format!("{}: the shapes set does not hold the years of [data.voc]", download_to.display())
+                    })?,
+                );
+            }
             if !cfg.download {
                 bail!("{}", missing_message(spec, &searched, &download_to));
             }
@@ -258,6 +288,11 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             })?
         }
     };
+    finish_load(cfg, spec, dir)
+}
+
+/// Reads the dataset's files from `dir`, the folder that holds them.
+fn finish_load(cfg: &DataConfig, spec: &'static DatasetSpec, dir: PathBuf) -> Result<Dataset> {
     let [c, h, w] = spec.shape;
     let mut classes: Vec<String> = spec.classes.iter().map(|s| s.to_string()).collect();
     let mut shape = spec.shape;
@@ -267,7 +302,7 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
                 let listing = folder::scan(&dir.join(sub))?;
                 let labels = listing.files.iter().map(|(_, l)| *l).collect();
                 let files: Vec<PathBuf> = listing.files.into_iter().map(|(p, _)| p).collect();
-                Ok((listing.classes, Split { len: files.len(), labels, files, pixels: Vec::new() }))
+                Ok((listing.classes, Split { len: files.len(), labels, files, ..Default::default() }))
             };
             let (train_names, train) = split(&cfg.train_dir).context("reading the training split")?;
             let (test_names, test) = split(&cfg.test_dir).context("reading the test split")?;
@@ -287,6 +322,20 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             };
             let train = read_idx_split(spec, path(0)?, path(1)?).context("reading the training split")?;
             let test = read_idx_split(spec, path(2)?, path(3)?).context("reading the test split")?;
+            (train, test)
+        }
+        Files::Voc => {
+            let voc = cfg.voc();
+            let skip = cfg.on_error == crate::config::OnError::Skip;
+            let split = |which: &crate::config::VocSplit| -> Result<Split> {
+                let read = voc::read_split(&dir, which, &voc.classes, skip)?;
+                let objects: Vec<Vec<voc::Object>> = read.annotations.into_iter().map(|a| a.objects).collect();
+                Ok(Split { len: read.files.len(), files: read.files, objects, ..Default::default() })
+            };
+            classes = voc.classes.clone();
+            shape = [3, 0, 0];
+            let train = split(&voc.train).context("reading the training split")?;
+            let test = split(&voc.test).context("reading the test split")?;
             (train, test)
         }
         Files::Cifar { train, test, .. } => {
@@ -317,6 +366,7 @@ pub fn fetch_files(spec: &DatasetSpec, base: &str, dir: &Path) -> Result<()> {
             }
         }
         Files::Folder => bail!("image folders are not downloaded; set data.root"),
+        Files::Voc => bail!("VOC is not downloaded by runner yet: unpack VOCtrainval / VOCtest into data.root"),
         Files::Cifar { archive, checksum, folder, train, test } => {
             let path = dir.join(archive);
             if !path.is_file() {
@@ -346,12 +396,21 @@ fn read_idx_split(spec: &DatasetSpec, images: PathBuf, labels: PathBuf) -> Resul
         pixels: img.pixels,
         labels: lab.into_iter().map(u32::from).collect(),
         len: img.count,
-        files: Vec::new(),
+        ..Default::default()
     })
 }
 
 pub fn missing_message(spec: &DatasetSpec, searched: &[PathBuf], download_to: &Path) -> String {
     let list: Vec<String> = searched.iter().map(|p| p.display().to_string()).collect();
+    if let Files::Voc = spec.files {
+        return format!(
+            "dataset voc: no VOCdevkit/VOC<year>/Annotations for the years of [data.voc] in {}; unpack the VOC \
+             archives (VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar, VOCtrainval_11-May-2012.tar) there, \
+             or write the synthetic set: runner data synth shapes --out {}",
+            list.join(", "),
+            download_to.display()
+        );
+    }
     let mut msg = format!(
         "dataset {}: files not found (searched {}); set `data.download = true` (or --set data.download=true) to fetch them into {}",
         spec.name,

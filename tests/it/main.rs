@@ -3,6 +3,7 @@
 mod cifar;
 mod common;
 mod config_errors;
+mod detection;
 mod download;
 mod end_to_end;
 mod fashion_mnist;

@@ -1,0 +1,261 @@
+//! Pascal VOC's layout: `VOCdevkit/VOC<year>/` with `JPEGImages/<id>.jpg`,
+//! `Annotations/<id>.xml` and `ImageSets/Main/<image_set>.txt` (the ids of a split).
+//!
+//! Coordinates: VOC's `xmin..xmax` are 1-based pixel indices, both inclusive. They become
+//! continuous 0-based edges `[xmin - 1, xmax)`: a box on pixel columns 1..=3 is `[0, 3)`,
+//! 3 pixels wide. IoU on these edges equals the devkit's (which adds 1 to each width).
+//! The same layout serves any VOC-format set (`classes = [...]`), such as the synthetic
+//! shapes set (`runner data synth shapes`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// VOC's 20 classes in the devkit's order (`VOCinit.m`).
+pub const VOC_CLASSES: [&str; 20] = [
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+];
+
+/// One labelled object: its class index, box `[x0, y0, x1, y1]` in continuous pixel
+/// coordinates of its image, and VOC's flags.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Object {
+    pub class: u32,
+    pub bbox: [f32; 4],
+    /// Hard to recognise: neither a training target nor counted by the metrics.
+    pub difficult: bool,
+    /// Cut by the image edge.
+    pub truncated: bool,
+}
+
+/// An image's annotation: its size as the XML states it and its objects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Annotation {
+    pub width: usize,
+    pub height: usize,
+    pub objects: Vec<Object>,
+    /// Objects of classes not in the list, left out with `on_error = "skip"`.
+    pub skipped: usize,
+}
+
+/// The `VOC<year>` folder under `root`: `root/VOCdevkit/VOC<year>`, or `root/VOC<year>`
+/// when `root` is the devkit folder itself.
+pub fn year_dir(root: &Path, year: u32) -> Option<PathBuf> {
+    [root.join("VOCdevkit").join(format!("VOC{year}")), root.join(format!("VOC{year}"))]
+        .into_iter()
+        .find(|d| d.join("Annotations").is_dir())
+}
+
+/// Parses one `Annotations/<id>.xml`. An object whose class is not in `classes` is an
+/// error naming the file and the name, or (with `skip_unknown`) left out and counted.
+pub fn parse_annotation(path: &Path, classes: &[String], skip_unknown: bool) -> Result<Annotation> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_annotation_text(&text, classes, skip_unknown).with_context(|| format!("{}", path.display()))
+}
+
+fn parse_annotation_text(text: &str, classes: &[String], skip_unknown: bool) -> Result<Annotation> {
+    let doc = roxmltree::Document::parse(text).context("malformed XML")?;
+    let root = doc.root_element();
+    if root.tag_name().name() != "annotation" {
+        bail!("the root element is <{}>, expected <annotation>", root.tag_name().name());
+    }
+    let size = child(root, "size").context("no <size>")?;
+    let width: usize = number(size, "width")?;
+    let height: usize = number(size, "height")?;
+    if width == 0 || height == 0 {
+        bail!("<size> is {width}x{height}");
+    }
+    let mut objects = Vec::new();
+    let mut skipped = 0;
+    for (k, obj) in root.children().filter(|n| n.has_tag_name("object")).enumerate() {
+        let name = text_of(obj, "name").with_context(|| format!("object {k}: no <name>"))?;
+        let Some(class) = classes.iter().position(|c| c == name.trim()) else {
+            if skip_unknown {
+                skipped += 1;
+                continue;
+            }
+            bail!(
+                "object {k}: class `{}` is not one of the {} classes ({})",
+                name.trim(),
+                classes.len(),
+                classes.join(", ")
+            );
+        };
+        let flag = |tag: &str| -> Result<bool> {
+            Ok(match text_of(obj, tag) {
+                None => false,
+                Some(t) => t.trim().parse::<f64>().with_context(|| format!("object {k}: <{tag}> is {t:?}"))? != 0.0,
+            })
+        };
+        let bnd = child(obj, "bndbox").with_context(|| format!("object {k} ({}): no <bndbox>", name.trim()))?;
+        let coord = |tag: &str| -> Result<f64> {
+            let t = text_of(bnd, tag).with_context(|| format!("object {k}: no <bndbox><{tag}>"))?;
+            t.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .with_context(|| format!("object {k}: <{tag}> is {t:?}"))
+        };
+        let [xmin, ymin, xmax, ymax] = [coord("xmin")?, coord("ymin")?, coord("xmax")?, coord("ymax")?];
+        if xmin > xmax || ymin > ymax {
+            bail!("object {k} ({}): xmin {xmin} > xmax {xmax} or ymin {ymin} > ymax {ymax}", name.trim());
+        }
+        if xmin < 1.0 || ymin < 1.0 || xmax > width as f64 || ymax > height as f64 {
+            bail!(
+                "object {k} ({}): box ({xmin}, {ymin}, {xmax}, {ymax}) lies outside the {width}x{height} image \
+                 (VOC's coordinates are 1-based pixels)",
+                name.trim()
+            );
+        }
+        objects.push(Object {
+            class: class as u32,
+            bbox: [(xmin - 1.0) as f32, (ymin - 1.0) as f32, xmax as f32, ymax as f32],
+            difficult: flag("difficult")?,
+            truncated: flag("truncated")?,
+        });
+    }
+    Ok(Annotation { width, height, objects, skipped })
+}
+
+fn child<'a>(node: roxmltree::Node<'a, 'a>, tag: &str) -> Option<roxmltree::Node<'a, 'a>> {
+    node.children().find(|n| n.has_tag_name(tag))
+}
+
+fn text_of<'a>(node: roxmltree::Node<'a, 'a>, tag: &str) -> Option<&'a str> {
+    child(node, tag).map(|n| n.text().unwrap_or(""))
+}
+
+fn number(node: roxmltree::Node, tag: &str) -> Result<usize> {
+    let t = text_of(node, tag).with_context(|| format!("no <{tag}> in <{}>", node.tag_name().name()))?;
+    t.trim().parse().with_context(|| format!("<{tag}> is {t:?}"))
+}
+
+/// The ids listed in `VOC<year>/ImageSets/Main/<image_set>.txt`, in order.
+pub fn image_ids(year_dir: &Path, image_set: &str) -> Result<Vec<String>> {
+    let path = year_dir.join("ImageSets").join("Main").join(format!("{image_set}.txt"));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read the image set {}", path.display()))?;
+    Ok(text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
+}
+
+/// One split: per image its JPEG and its annotation, over the years in order.
+pub struct VocSplitFiles {
+    pub files: Vec<PathBuf>,
+    pub annotations: Vec<Annotation>,
+    /// Images left out (`on_error = "skip"`): unreadable annotations or missing images.
+    pub skipped_images: usize,
+}
+
+pub fn read_split(
+    root: &Path,
+    split: &crate::config::VocSplit,
+    classes: &[String],
+    skip: bool,
+) -> Result<VocSplitFiles> {
+    let mut out = VocSplitFiles { files: Vec::new(), annotations: Vec::new(), skipped_images: 0 };
+    let mut skipped_objects = 0;
+    for &year in &split.years {
+        let dir = year_dir(root, year)
+            .with_context(|| format!("{}: no VOCdevkit/VOC{year}/Annotations folder", root.display()))?;
+        for id in image_ids(&dir, &split.image_set)? {
+            let image = dir.join("JPEGImages").join(format!("{id}.jpg"));
+            let xml = dir.join("Annotations").join(format!("{id}.xml"));
+            let read = || -> Result<Annotation> {
+                if !image.is_file() {
+                    bail!("{}: image missing (listed in ImageSets/Main/{}.txt)", image.display(), split.image_set);
+                }
+                parse_annotation(&xml, classes, skip)
+            };
+            match read() {
+                Ok(a) => {
+                    skipped_objects += a.skipped;
+                    out.files.push(image);
+                    out.annotations.push(a);
+                }
+                Err(e) if skip => {
+                    tracing::warn!("skipped: {e:#}");
+                    out.skipped_images += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if skipped_objects > 0 || out.skipped_images > 0 {
+        tracing::warn!(
+            "{}: skipped {skipped_objects} objects of unlisted classes and {} unreadable images",
+            root.display(),
+            out.skipped_images
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes() -> Vec<String> {
+        ["cat", "dog"].iter().map(|s| s.to_string()).collect()
+    }
+
+    const XML: &str = r#"<annotation><folder>VOC2007</folder><filename>000001.jpg</filename>
+        <size><width>100</width><height>50</height><depth>3</depth></size>
+        <object><name>dog</name><truncated>1</truncated><difficult>0</difficult>
+          <bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax><ymax>50</ymax></bndbox></object>
+        <object><name>cat</name><difficult>1</difficult>
+          <bndbox><xmin>10.5</xmin><ymin>20</ymin><xmax>100</xmax><ymax>30</ymax></bndbox></object>
+        </annotation>"#;
+
+    #[test]
+    fn voc_coordinates_become_continuous_edges() {
+        let a = parse_annotation_text(XML, &classes(), false).unwrap();
+        assert_eq!((a.width, a.height), (100, 50));
+        // Pixel columns 1..=3 (1-based) are the edges [0, 3): 3 pixels wide, as the devkit's
+        // xmax - xmin + 1.
+        let dog = Object { class: 1, bbox: [0., 1., 3., 50.], difficult: false, truncated: true };
+        let cat = Object { class: 0, bbox: [9.5, 19., 100., 30.], difficult: true, truncated: false };
+        assert_eq!(a.objects, vec![dog, cat]);
+    }
+
+    #[test]
+    fn bad_annotations_name_the_problem() {
+        let err = |xml: &str| format!("{:#}", parse_annotation_text(xml, &classes(), false).unwrap_err());
+        assert!(err("<annotation><size>").contains("malformed XML"));
+        assert!(err("<annotation></annotation>").contains("no <size>"));
+        let obj = |name: &str, b: &str| {
+            format!("<annotation><size><width>10</width><height>10</height></size><object><name>{name}</name>{b}</object></annotation>")
+        };
+        let bb = |x0, y0, x1, y1| {
+            format!("<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox>")
+        };
+        let e = err(&obj("horse", &bb(1, 1, 2, 2)));
+        assert!(e.contains("class `horse`") && e.contains("cat, dog"), "{e}");
+        assert!(err(&obj("cat", "")).contains("no <bndbox>"));
+        assert!(err(&obj("cat", &bb(5, 1, 2, 2))).contains("xmin 5 > xmax 2"));
+        assert!(err(&obj("cat", &bb(0, 1, 2, 2))).contains("outside the 10x10 image"));
+        assert!(err(&obj("cat", &bb(1, 1, 11, 2))).contains("outside"));
+        assert!(err(&obj("cat", "<bndbox><xmin>a</xmin></bndbox>")).contains("<xmin> is \"a\""));
+        // Unknown classes skipped and counted; an image without objects is fine.
+        let a = parse_annotation_text(&obj("horse", &bb(1, 1, 2, 2)), &classes(), true).unwrap();
+        assert_eq!((a.objects.len(), a.skipped), (0, 1));
+    }
+}

@@ -1,0 +1,369 @@
+//! Detection as YOLOv1 does it (Redmon et al. 2016, and the course): the image is an
+//! `S x S` grid; each cell predicts `B` boxes with a confidence and one set of `C` class
+//! scores; a cell is responsible for the objects whose centre falls in it.
+//!
+//! The model's output, per image, is read as `[S, S, B*5 + C]` (row, column, values): a
+//! flat `[S*S*(B*5+C)]` output (a linear head) in that order, or a `[B*5+C, S, S]` map (a
+//! convolutional head), channels first. Per cell, box `b` is values `5b..5b+5`:
+//! `x, y` (the centre's offset in the cell, in cell sizes), `sqrt(w), sqrt(h)` (the square
+//! roots of the size relative to the image, as Darknet predicts them with `sqrt = 1`) and
+//! the confidence; then the `C` class scores. No activation is applied: the course's loss
+//! is a squared error on every value.
+//!
+//! Loss, per image, summed, then averaged over the batch:
+//! `lambda_coord` x the squared errors of `x, y, sqrt w, sqrt h` of the responsible
+//! predictor in each cell with an object; `lambda_obj` x its squared confidence error, the
+//! target being its IoU with the object (no gradient through the IoU); `lambda_noobj` x the
+//! squared confidence of every other predictor (all of an empty cell's); `lambda_class` x the
+//! squared errors of the class scores against the one-hot class in cells with an object.
+//! The responsible predictor is the one whose box has the highest IoU with the object (the
+//! first on ties, so box 0 while nothing overlaps). One object per cell: when several
+//! centres fall in one cell, the largest object (by area) is the target, the first listed
+//! on ties; the others are not targets. Difficult objects are never targets.
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+use crate::config::DetectConfig;
+use crate::data::voc::Object;
+use crate::metrics::detection::{iou, BoxXyxy};
+
+/// The YOLOv1 head's geometry and loss weights, resolved by the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Yolo {
+    pub cfg: DetectConfig,
+    /// Classes.
+    pub classes: usize,
+}
+
+/// A box found in an image: class, score (confidence x class score) and edges in pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Found {
+    pub class: u32,
+    pub score: f32,
+    pub bbox: [f32; 4],
+}
+
+impl Yolo {
+    /// Values per cell: `B*5 + C`.
+    pub fn depth(&self) -> usize {
+        self.cfg.boxes * 5 + self.classes
+    }
+
+    /// The model's output as `[n, S, S, B*5+C]`.
+    pub fn cells(&self, out: &Tensor) -> Result<Tensor> {
+        let (s, d) = (self.cfg.grid, self.depth());
+        let n = out.dim(0)?;
+        Ok(match out.rank() {
+            4 => out.permute((0, 2, 3, 1))?.contiguous()?, // [n, d, s, s] -> [n, s, s, d]
+            _ => out.reshape((n, s, s, d))?,
+        })
+    }
+
+    /// The loss of a batch: `out` as the model gives it, `objects` per image in the pixels of
+    /// the `[h, w]` input.
+    pub fn loss(&self, out: &Tensor, objects: &[Vec<Object>], [h, w]: [usize; 2]) -> Result<Tensor> {
+        let cells = self.cells(out)?;
+        let n = cells.dim(0)?;
+        if objects.len() != n {
+            bail!("{} images but {} target lists", n, objects.len());
+        }
+        let values: Vec<f64> = cells.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+        let (target, weight) = self.targets(&values, objects, [h, w]);
+        let (shape, device, dtype) = (cells.shape().clone(), cells.device(), cells.dtype());
+        let target = Tensor::from_vec(target, &shape, device)?.to_dtype(dtype)?;
+        let weight = Tensor::from_vec(weight, &shape, device)?.to_dtype(dtype)?;
+        Ok(((cells - target)?.sqr()? * weight)?.sum_all()?.affine(1.0 / n as f64, 0.0)?)
+    }
+
+    /// The loss as `sum(weight * (value - target)^2) / n`: per value of `[n, S, S, D]` its
+    /// target and weight, from the predicted boxes (which pick the responsible predictors
+    /// and give the confidence targets) and the objects.
+    pub fn targets(&self, values: &[f64], objects: &[Vec<Object>], [h, w]: [usize; 2]) -> (Vec<f64>, Vec<f64>) {
+        let DetectConfig { grid: s, boxes: nb, lambda_coord, lambda_obj, lambda_noobj, lambda_class, .. } = self.cfg;
+        let d = self.depth();
+        let mut target = vec![0f64; values.len()];
+        let mut weight = vec![0f64; values.len()];
+        // Every predictor's confidence is pushed to 0 unless it is responsible.
+        for cell in 0..values.len() / d {
+            for b in 0..nb {
+                weight[cell * d + 5 * b + 4] = lambda_noobj;
+            }
+        }
+        for (img, objs) in objects.iter().enumerate() {
+            for (cell, t) in self.cell_targets(objs, [h, w]) {
+                let base = (img * s * s + cell) * d;
+                let (i, j) = (cell / s, cell % s);
+                let truth = t.corners();
+                let ious: Vec<f64> = (0..nb)
+                    .map(|b| iou(&pred_corners(&values[base + 5 * b..base + 5 * b + 4], i, j, s), &truth))
+                    .collect();
+                let mut best = 0;
+                for b in 1..nb {
+                    if ious[b] > ious[best] {
+                        best = b;
+                    }
+                }
+                let o = base + 5 * best;
+                target[o..o + 4].copy_from_slice(&[t.x, t.y, t.sqrt_w, t.sqrt_h]);
+                weight[o..o + 4].fill(lambda_coord);
+                target[o + 4] = ious[best];
+                weight[o + 4] = lambda_obj;
+                let cls = base + 5 * nb;
+                weight[cls..cls + self.classes].fill(lambda_class);
+                target[cls + t.class as usize] = 1.0;
+            }
+        }
+        (target, weight)
+    }
+
+    /// The cells with an object: `(row * S + column, target)`, one object per cell (the
+    /// largest; the first on ties), difficult objects left out.
+    pub fn cell_targets(&self, objects: &[Object], [h, w]: [usize; 2]) -> Vec<(usize, CellTarget)> {
+        let s = self.cfg.grid;
+        let mut cells: Vec<Option<CellTarget>> = vec![None; s * s];
+        for o in objects.iter().filter(|o| !o.difficult) {
+            let [x0, y0, x1, y1] = o.bbox.map(f64::from);
+            let (cx, cy) = ((x0 + x1) / 2.0 / w as f64, (y0 + y1) / 2.0 / h as f64);
+            let (bw, bh) = ((x1 - x0) / w as f64, (y1 - y0) / h as f64);
+            let j = ((cx * s as f64).floor() as usize).min(s - 1);
+            let i = ((cy * s as f64).floor() as usize).min(s - 1);
+            let t = CellTarget {
+                x: cx * s as f64 - j as f64,
+                y: cy * s as f64 - i as f64,
+                sqrt_w: bw.max(0.0).sqrt(),
+                sqrt_h: bh.max(0.0).sqrt(),
+                class: o.class,
+                i,
+                j,
+                s,
+            };
+            let slot = &mut cells[i * s + j];
+            if slot.is_none_or(|prev| t.area() > prev.area()) {
+                *slot = Some(t);
+            }
+        }
+        cells.into_iter().enumerate().filter_map(|(c, t)| Some((c, t?))).collect()
+    }
+
+    /// One image's boxes from its `[S, S, D]` values: score = confidence x class score for
+    /// every (predictor, class), those below `score_min` dropped, per-class greedy NMS, the
+    /// `max_detections` best; edges in the pixels of an `[h, w]` input.
+    pub fn decode(&self, values: &[f32], [h, w]: [usize; 2]) -> Vec<Found> {
+        let (s, nb, d) = (self.cfg.grid, self.cfg.boxes, self.depth());
+        let mut found = Vec::new();
+        for cell in 0..s * s {
+            let v = &values[cell * d..(cell + 1) * d];
+            let (i, j) = (cell / s, cell % s);
+            for b in 0..nb {
+                let c = pred_corners(&[0, 1, 2, 3].map(|k| v[5 * b + k] as f64), i, j, s);
+                let bbox = [
+                    (c[0] * w as f64).clamp(0.0, w as f64) as f32,
+                    (c[1] * h as f64).clamp(0.0, h as f64) as f32,
+                    (c[2] * w as f64).clamp(0.0, w as f64) as f32,
+                    (c[3] * h as f64).clamp(0.0, h as f64) as f32,
+                ];
+                for class in 0..self.classes {
+                    let score = v[5 * b + 4] * v[5 * nb + class];
+                    if score as f64 >= self.cfg.score_min && bbox[2] > bbox[0] && bbox[3] > bbox[1] {
+                        found.push(Found { class: class as u32, score, bbox });
+                    }
+                }
+            }
+        }
+        let mut kept = nms(found, self.cfg.nms_iou);
+        kept.truncate(self.cfg.max_detections);
+        kept
+    }
+}
+
+/// A predictor's box `[x, y, sqrt w, sqrt h]` in cell `(i, j)` as relative corners.
+fn pred_corners(v: &[f64], i: usize, j: usize, s: usize) -> BoxXyxy {
+    let cx = (j as f64 + v[0]) / s as f64;
+    let cy = (i as f64 + v[1]) / s as f64;
+    let (bw, bh) = (v[2].powi(2), v[3].powi(2));
+    [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0]
+}
+
+/// What a cell with an object is trained towards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CellTarget {
+    pub x: f64,
+    pub y: f64,
+    pub sqrt_w: f64,
+    pub sqrt_h: f64,
+    pub class: u32,
+    i: usize,
+    j: usize,
+    s: usize,
+}
+
+impl CellTarget {
+    fn area(&self) -> f64 {
+        self.sqrt_w.powi(2) * self.sqrt_h.powi(2)
+    }
+
+    /// The object's box as relative corners.
+    fn corners(&self) -> BoxXyxy {
+        pred_corners(&[self.x, self.y, self.sqrt_w, self.sqrt_h], self.i, self.j, self.s)
+    }
+}
+
+/// Greedy non-maximum suppression per class: by score (stable), a box is kept unless it
+/// overlaps a kept box of its class by IoU > `max_iou`. The result is sorted by score.
+pub fn nms(mut found: Vec<Found>, max_iou: f64) -> Vec<Found> {
+    found.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Found> = Vec::new();
+    for f in found {
+        let b = f.bbox.map(f64::from);
+        if kept.iter().all(|k| k.class != f.class || iou(&k.bbox.map(f64::from), &b) <= max_iou) {
+            kept.push(f);
+        }
+    }
+    kept
+}
+
+/// Runs on the CPU: the detections of a batch's `[n, ...]` output, each image's boxes in the
+/// pixels of its original `[h, w]` (`sizes`), from an `[in_h, in_w]` input (the test
+/// augmentations only resize, so the scale is exact).
+pub fn decode_batch(yolo: &Yolo, out: &Tensor, input: [usize; 2], sizes: &[[usize; 2]]) -> Result<Vec<Vec<Found>>> {
+    let cells = yolo.cells(&out.to_device(&Device::Cpu)?)?;
+    let values: Vec<f32> = cells.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    let per = yolo.cfg.grid * yolo.cfg.grid * yolo.depth();
+    Ok(values
+        .chunks(per)
+        .zip(sizes)
+        .map(|(v, &[h, w])| {
+            let (sx, sy) = (w as f32 / input[1] as f32, h as f32 / input[0] as f32);
+            let mut found = yolo.decode(v, input);
+            for f in &mut found {
+                f.bbox = [f.bbox[0] * sx, f.bbox[1] * sy, f.bbox[2] * sx, f.bbox[3] * sy];
+            }
+            found
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yolo(s: usize, b: usize, c: usize) -> Yolo {
+        Yolo { cfg: DetectConfig { grid: s, boxes: b, ..Default::default() }, classes: c }
+    }
+
+    fn obj(class: u32, bbox: [f32; 4]) -> Object {
+        Object { class, bbox, difficult: false, truncated: false }
+    }
+
+    /// A 2x2 grid, B = 1, C = 2, a 4x4 image, by hand. One object of class 1 at [0, 0, 2, 2]:
+    /// centre (1, 1) -> relative (0.25, 0.25), cell (0, 0), x = y = 0.5, sqrt w = sqrt h =
+    /// sqrt(0.5). Predictions: cell (0, 0) = [0.5, 0.5, 0.5, 0.5, conf 0.8, 0.3, 0.6]: a
+    /// box of side 0.25 centred on the object's centre: IoU = 0.0625 / 0.25 = 0.25. The other
+    /// three cells have confidence 0.4 and are empty.
+    /// coord: 5 * 2 * (0.5 - sqrt 0.5)^2 = 10 * 0.0428932 = 0.428932
+    /// obj: (0.8 - 0.25)^2 = 0.3025; noobj: 0.5 * 3 * 0.16 = 0.24
+    /// class: (0.3 - 0)^2 + (0.6 - 1)^2 = 0.25. Total 1.221432.
+    #[test]
+    fn loss_by_hand_on_a_2x2_grid() {
+        let y = yolo(2, 1, 2);
+        let mut v = vec![0f32; 4 * 7];
+        v[..7].copy_from_slice(&[0.5, 0.5, 0.5, 0.5, 0.8, 0.3, 0.6]);
+        for cell in 1..4 {
+            v[cell * 7 + 4] = 0.4;
+        }
+        let out = Tensor::from_vec(v, (1, 28), &Device::Cpu).unwrap();
+        let objects = vec![vec![obj(1, [0., 0., 2., 2.])]];
+        let loss = y.loss(&out, &objects, [4, 4]).unwrap().to_scalar::<f32>().unwrap();
+        let coord = 10.0 * (0.5f64 - 0.5f64.sqrt()).powi(2);
+        let want = coord + 0.3025 + 0.24 + 0.25;
+        assert!((loss as f64 - want).abs() < 1e-6, "{loss} vs {want}");
+        // A difficult object is no target: every confidence is then pushed to 0 alone.
+        let hard = vec![vec![Object { difficult: true, ..objects[0][0] }]];
+        let loss = y.loss(&out, &hard, [4, 4]).unwrap().to_scalar::<f32>().unwrap();
+        assert!((loss as f64 - 0.5 * (0.64 + 3.0 * 0.16)).abs() < 1e-6, "{loss}");
+    }
+
+    /// `tests/fixtures/yolo_torch.toml`: the loss from the paper's formula and its gradient
+    /// by PyTorch's autograd (float64), on random outputs and targets
+    /// (`/usr/bin/python3 tests/fixtures/make_yolo_fixture.py`).
+    #[test]
+    fn loss_and_gradient_equal_pytorch() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/yolo_torch.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        let cases = doc["case"].as_array().unwrap();
+        assert!(cases.len() >= 6);
+        let num = |v: &toml::Value| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)).unwrap();
+        for case in cases {
+            let c = case.as_table().unwrap();
+            let int = |k: &str| c[k].as_integer().unwrap() as usize;
+            let (s, b, classes, n) = (int("s"), int("b"), int("c"), int("n"));
+            let cfg = DetectConfig {
+                grid: s,
+                boxes: b,
+                lambda_coord: num(&c["lambda_coord"]),
+                lambda_obj: num(&c["lambda_obj"]),
+                lambda_noobj: num(&c["lambda_noobj"]),
+                lambda_class: num(&c["lambda_class"]),
+                ..Default::default()
+            };
+            let y = Yolo { cfg, classes };
+            let output: Vec<f64> = c["output"].as_array().unwrap().iter().map(num).collect();
+            let mut objects = vec![Vec::new(); n];
+            for row in c["objects"].as_array().unwrap() {
+                let r: Vec<f64> = row.as_array().unwrap().iter().map(num).collect();
+                objects[r[0] as usize].push(Object {
+                    class: r[1] as u32,
+                    bbox: [r[2] as f32, r[3] as f32, r[4] as f32, r[5] as f32],
+                    difficult: r[6] != 0.0,
+                    truncated: false,
+                });
+            }
+            let out = candle_core::Var::from_vec(output, (n, s * s * y.depth()), &Device::Cpu).unwrap();
+            let loss = y.loss(out.as_tensor(), &objects, [int("height"), int("width")]).unwrap();
+            let got = loss.to_scalar::<f64>().unwrap();
+            let want = num(&c["loss"]);
+            let name = c["name"].as_str().unwrap();
+            assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{name}: loss {got} vs {want}");
+            let grads = loss.backward().unwrap();
+            let g: Vec<f64> = grads.get(&out).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let want: Vec<f64> = c["grad"].as_array().unwrap().iter().map(num).collect();
+            let worst = g.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(worst <= 1e-6, "{name}: gradient off by {worst}");
+        }
+    }
+
+    #[test]
+    fn the_largest_object_of_a_cell_wins() {
+        let y = yolo(2, 1, 3);
+        // Both centres in cell (0, 0) of a 10x10 image; the second is larger.
+        let t =
+            y.cell_targets(&[obj(0, [0., 0., 2., 2.]), obj(2, [0., 0., 4., 4.]), obj(1, [6., 6., 10., 10.])], [10, 10]);
+        let got: Vec<(usize, u32)> = t.iter().map(|(c, t)| (*c, t.class)).collect();
+        assert_eq!(got, vec![(0, 2), (3, 1)]);
+        // An object touching the right and bottom edges stays in the last cell.
+        let t = y.cell_targets(&[obj(0, [9., 9., 10., 10.])], [10, 10]);
+        assert_eq!(t[0].0, 3);
+        assert!((t[0].1.x - 0.9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn decode_scores_nms_and_limits() {
+        let mut y = yolo(1, 2, 2);
+        y.cfg.score_min = 0.1;
+        // One cell, two predictors on nearly the same box; class scores [0.9, 0.2].
+        let v = [0.5, 0.5, 0.5, 0.5, 0.9, 0.5, 0.5, 0.45, 0.5, 0.8, 0.9, 0.2];
+        let found = y.decode(&v, [100, 100]);
+        // Class 0: 0.81 and 0.72 overlap (IoU 0.81) -> one kept; class 1: 0.18 and 0.16 ->
+        // one kept; boxes of 25x25 px centred at (50, 50).
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!((found[0].class, found[1].class), (0, 1));
+        assert!((found[0].score - 0.81).abs() < 1e-6 && (found[1].score - 0.18).abs() < 1e-6);
+        assert_eq!(found[0].bbox, [37.5, 37.5, 62.5, 62.5]);
+        y.cfg.max_detections = 1;
+        assert_eq!(y.decode(&v, [100, 100]).len(), 1);
+        y.cfg.score_min = 0.9;
+        assert!(y.decode(&v, [100, 100]).is_empty());
+    }
+}

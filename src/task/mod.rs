@@ -1,0 +1,187 @@
+//! What the model learns: the one place where classification and detection differ (the
+//! design's tasks table). [`Task`] is resolved by the plan from `[task]`; each of its
+//! methods is one `match`: the loss of a training batch, an evaluation batch, the sums an
+//! epoch keeps ([`Stats`]) and the metrics computed from them. The loop, checkpoints,
+//! resume, sweeps and the run folder never look at the variant.
+
+pub mod classify;
+pub mod detect;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+
+use crate::config::{MetricName, Tta};
+use crate::data::loader::Batch;
+use crate::data::Split;
+use crate::metrics::detection::{Detection, DetectionStats, Truth};
+use crate::metrics::{Binary, EpochStats};
+use crate::model::{argmax, Model, Pass};
+
+pub use detect::Yolo;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task {
+    /// Cross-entropy with label smoothing `label_smoothing`.
+    Classify {
+        label_smoothing: f64,
+    },
+    Detect(Yolo),
+}
+
+/// An epoch's sums for the metrics.
+#[derive(Debug, Clone)]
+pub enum Stats {
+    Classify(EpochStats),
+    Detect(DetectionStats),
+}
+
+impl Task {
+    /// The short name used in messages and tables: `classify`, `detect`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::Classify { .. } => "classify",
+            Task::Detect(_) => "detect",
+        }
+    }
+
+    /// The training loss of a batch whose images gave `out`.
+    pub fn loss(&self, out: &Tensor, batch: &Batch, input: [usize; 3]) -> Result<Tensor> {
+        match self {
+            Task::Classify { label_smoothing } => {
+                classify::loss(out, &classify::labels(batch, out.device())?, *label_smoothing)
+            }
+            Task::Detect(yolo) => yolo.loss(out, &batch.objects, [input[1], input[2]]),
+        }
+    }
+
+    /// Empty sums for an epoch; `classes` of the dataset; `keep_probs`: classification keeps
+    /// each sample's probabilities (for metrics that need them).
+    pub fn stats(&self, classes: usize, keep_probs: bool) -> Stats {
+        match self {
+            Task::Classify { .. } => Stats::Classify(EpochStats::new(classes, keep_probs)),
+            Task::Detect(_) => Stats::Detect(DetectionStats::new(classes)),
+        }
+    }
+
+    /// Adds a training batch to `stats`: its loss, and (classification) its predictions.
+    pub fn update_train(
+        &self,
+        stats: &mut Stats,
+        loss: f64,
+        out: &Tensor,
+        batch: &Batch,
+        keep_probs: bool,
+    ) -> Result<()> {
+        match stats {
+            Stats::Classify(s) => {
+                let probs = if keep_probs {
+                    Some(candle_nn::ops::softmax_last_dim(out)?.flatten_all()?.to_vec1::<f32>()?)
+                } else {
+                    None
+                };
+                s.update(loss, probs.as_deref(), &argmax(out)?, &batch.labels);
+            }
+            Stats::Detect(s) => s.add_loss(loss, batch.len()),
+        }
+        Ok(())
+    }
+
+    /// Evaluates one batch of `split` into `stats` (eval mode): `xs` is its images.
+    #[allow(clippy::too_many_arguments)]
+    pub fn eval_batch(
+        &self,
+        model: &Model,
+        batch: &Batch,
+        xs: Tensor,
+        split: &Split,
+        tta: Tta,
+        input: [usize; 3],
+        device: &Device,
+        stats: &mut Stats,
+    ) -> Result<()> {
+        match (self, stats) {
+            (Task::Classify { .. }, Stats::Classify(s)) => {
+                classify::eval_batch(model, batch, xs, tta, input, device, s)
+            }
+            (Task::Detect(yolo), Stats::Detect(s)) => {
+                let out = model.forward(&xs, Pass::eval())?;
+                let hw = [input[1], input[2]];
+                let loss = yolo.loss(&out, &batch.objects, hw)?.to_scalar::<f32>()? as f64;
+                s.add_loss(loss, batch.len());
+                let found = detect::decode_batch(yolo, &out, hw, &batch.sizes)?;
+                for (&i, boxes) in batch.indices.iter().zip(found) {
+                    for f in boxes {
+                        let bbox = f.bbox.map(f64::from);
+                        s.detections.push((f.class, Detection { image: i, score: f.score as f64, bbox }));
+                    }
+                    // The ground truth as annotated, in the original image's pixels.
+                    for o in split.objects.get(i).map(Vec::as_slice).unwrap_or_default() {
+                        let t = Truth { image: i, bbox: o.bbox.map(f64::from), difficult: o.difficult };
+                        s.truths.push((o.class, t));
+                    }
+                }
+                Ok(())
+            }
+            _ => anyhow::bail!("the statistics do not belong to the {} task", self.name()),
+        }
+    }
+}
+
+impl Stats {
+    /// Images (or samples) seen.
+    pub fn count(&self) -> usize {
+        match self {
+            Stats::Classify(s) => s.count(),
+            Stats::Detect(s) => s.count(),
+        }
+    }
+
+    pub fn mean_loss(&self) -> f64 {
+        match self {
+            Stats::Classify(s) => s.mean_loss(),
+            Stats::Detect(s) => s.mean_loss(),
+        }
+    }
+
+    /// A scalar metric; NaN where it does not apply.
+    pub fn compute(&self, metric: MetricName, b: Binary) -> f64 {
+        match self {
+            Stats::Classify(s) => s.compute(metric, b),
+            Stats::Detect(s) => match metric {
+                MetricName::Loss => s.mean_loss(),
+                MetricName::Map50 => s.map50().1,
+                MetricName::Map50Voc07 => s.map50().0,
+                MetricName::Precision => s.precision_recall_at(b.threshold).0,
+                MetricName::Recall => s.precision_recall_at(b.threshold).1,
+                _ => f64::NAN,
+            },
+        }
+    }
+
+    /// A per-class metric's values, class by class.
+    pub fn per_class(&self, metric: MetricName) -> Vec<f64> {
+        match (self, metric) {
+            (Stats::Classify(s), MetricName::PerClassError) => s.per_class_error(),
+            (Stats::Detect(s), MetricName::Ap50) => s.ap50().into_iter().map(|(_, area)| area).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The end-of-epoch summary for the log line: `loss 0.1234 acc 0.9012`.
+    pub fn summary(&self) -> String {
+        match self {
+            Stats::Classify(s) => {
+                format!("loss {:.4} acc {:.4}", s.mean_loss(), crate::metrics::accuracy(&s.labels, &s.preds))
+            }
+            Stats::Detect(s) if s.detections.is_empty() && s.truths.is_empty() => format!("loss {:.4}", s.mean_loss()),
+            Stats::Detect(s) => format!("loss {:.4} mAP50 {:.4}", s.mean_loss(), s.map50().1),
+        }
+    }
+
+    pub fn as_classify(&self) -> Option<&EpochStats> {
+        match self {
+            Stats::Classify(s) => Some(s),
+            Stats::Detect(_) => None,
+        }
+    }
+}

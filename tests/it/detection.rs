@@ -1,0 +1,221 @@
+//! Detection end to end: the synthetic shapes set written by `runner data synth shapes`,
+//! one epoch of `experiments/yolo_shapes.toml` on it (tables, detections, pyarrow's
+//! recomputation of the mAP, `runner predict` drawing boxes), and a VOCdevkit folder written
+//! here in the real format (JPEG, XML, ImageSets) through `experiments/yolo_voc.toml`.
+
+use std::path::Path;
+
+use crate::common::{repo, run_folder, runner};
+
+fn exp(name: &str) -> String {
+    repo().join("experiments").join(name).display().to_string()
+}
+
+/// The value of the `test.<metric> = <v>` line a run printed.
+fn printed(out: &crate::common::Output, metric: &str) -> f64 {
+    let prefix = format!("test.{metric} = ");
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no test.{metric} line in {}\n{}", out.stdout, out.stderr))
+}
+
+fn tree_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn yolo_trains_on_the_shapes_set_and_predicts_boxes() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("shapes");
+    let args = ["data", "synth", "shapes", "--out", "shapes", "--train", "24", "--test", "8", "--size", "64"];
+    let out = runner(d.path(), &args);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("wrote 32 images (24 train, 8 test)"), "{}", out.stdout);
+    // Same seed, same bytes.
+    let again = runner(
+        d.path(),
+        &["data", "synth", "shapes", "--out", "again", "--train", "24", "--test", "8", "--size", "64"],
+    );
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(tree_bytes(&data), tree_bytes(&d.path().join("again")));
+
+    let sets = [
+        "--set",
+        "data.root=shapes",
+        "--set",
+        "data.batch_size=8",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "metrics.test=[\"loss\", \"map50\", \"map50_voc07\", \"ap50\", \"precision\", \"recall\"]",
+    ];
+    let mut args = vec![exp("yolo_shapes.toml")];
+    args.extend(sets.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = runner(d.path(), &args);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let map = printed(&out, "map50");
+    assert!((0.0..=1.0).contains(&map), "{map}");
+    let run = run_folder(d.path(), &out);
+    for f in [
+        "detections.parquet",
+        "metrics.parquet",
+        "run.parquet",
+        "model.safetensors",
+        "checkpoints/epoch_0002.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing in {}", run.display());
+    }
+    assert!(!run.join("predictions.parquet").exists(), "classification's table is not written for detection");
+
+    // pyarrow recomputes the logged mAP from detections.parquet and the XML ground truth.
+    let year = data.join("VOCdevkit/VOC2007");
+    let classes = "circle,square,triangle,star,cross";
+    let script = repo().join("tests/check_detections.py");
+    let py = std::process::Command::new("python3").arg(&script).arg(&run).arg(&year).arg("test").arg(classes).output();
+    let required = std::env::var("RUNNER_REQUIRE_PYARROW").is_ok_and(|v| v == "1");
+    match py {
+        Ok(o) if o.status.success() => assert!(String::from_utf8_lossy(&o.stdout).contains("ok map50"), "{o:?}"),
+        Ok(o) if o.status.code() == Some(3) && !required => {
+            eprintln!("skipped the pyarrow check: {}", String::from_utf8_lossy(&o.stderr))
+        }
+        Ok(o) => panic!(
+            "check_detections.py failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) if !required => eprintln!("skipped the pyarrow check: no python3 ({e})"),
+        Err(e) => panic!("python3 is required here: {e}"),
+    }
+
+    // predict: one line per box and the image drawn.
+    let image = year.join("JPEGImages/000025.jpg");
+    let out = runner(
+        d.path(),
+        &["predict", run.to_str().unwrap(), image.to_str().unwrap(), "--out", "drawn", "--score-min", "0"],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().skip(1).collect();
+    assert!(!lines.is_empty(), "{}", out.stdout);
+    for l in &lines {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(f.len(), 6, "{l}");
+        assert!(classes.split(',').any(|c| c == f[0]), "{l}");
+        let v: Vec<f64> = f[1..].iter().map(|x| x.parse().unwrap()).collect();
+        assert!(v[1] <= v[3] && v[2] <= v[4] && v[3] <= 64.0 && v[4] <= 64.0, "{l}");
+    }
+    let png = image::open(d.path().join("drawn/000025.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (64, 64));
+}
+
+/// A VOCdevkit folder in the real format: VOC2007 (trainval, test) and VOC2012 (trainval)
+/// with JPEGs and XML of VOC's classes, as the official archives unpack.
+fn write_voc(root: &Path) {
+    let objects = [("dog", [3, 5, 30, 40], 0), ("person", [20, 10, 60, 60], 1), ("car", [1, 1, 8, 8], 0)];
+    for (year, sets) in [(2007, vec![("trainval", 0..4), ("test", 4..6)]), (2012, vec![("trainval", 0..3)])] {
+        let dir = root.join(format!("VOCdevkit/VOC{year}"));
+        for sub in ["JPEGImages", "Annotations", "ImageSets/Main"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        for (set, range) in sets {
+            let ids: Vec<String> = range.map(|i| format!("{year}_{i:06}")).collect();
+            std::fs::write(dir.join(format!("ImageSets/Main/{set}.txt")), ids.join("\n") + "\n").unwrap();
+            for (k, id) in ids.iter().enumerate() {
+                let (w, h) = (64 + 8 * k as u32, 64);
+                let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 128]));
+                img.save(dir.join(format!("JPEGImages/{id}.jpg"))).unwrap();
+                let mut xml = format!(
+                    "<annotation><folder>VOC{year}</folder><filename>{id}.jpg</filename>\
+                     <size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
+                );
+                for (name, [x0, y0, x1, y1], difficult) in objects.iter().take(k % 3 + 1) {
+                    xml += &format!(
+                        "<object><name>{name}</name><pose>Left</pose><truncated>0</truncated>\
+                         <difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>\
+                         <xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+                    );
+                }
+                xml += "</annotation>";
+                std::fs::write(dir.join(format!("Annotations/{id}.xml")), xml).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn yolo_voc_plans_without_data_and_trains_on_a_vocdevkit_folder() {
+    // The paper's model: planned without data, the table ends in its parameter count.
+    let d = tempfile::tempdir().unwrap();
+    let out = runner(d.path(), &["check", &exp("yolo_voc.toml")]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("head.3") && out.stdout.contains("[1470]"), "{}", out.stdout);
+    // By hand: the 24 convolutions hold 60,155,968 weights and biases, the two fully
+    // connected layers 50176 * 4096 + 4096 + 4096 * 1470 + 1470.
+    assert!(out.stdout.contains("params: 271703550"), "{}", out.stdout);
+
+    write_voc(&d.path().join("voc"));
+    // The same experiment on small images: a 64x64 input makes the last map 1x1.
+    let resize = "[{ hflip = { p = 0.5 } }, { resize = { size = [64, 64] } }]";
+    let out = runner(
+        d.path(),
+        &[
+            &exp("yolo_voc.toml"),
+            "--set",
+            "data.root=voc",
+            "--set",
+            "data.batch_size=4",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "model.input=[3, 64, 64]",
+            "--set",
+            &format!("augment.train={resize}"),
+            "--set",
+            "augment.test=[{ resize = { size = [64, 64] } }]",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("7 train / 2 test"), "{}", out.stderr);
+    let map = printed(&out, "map50_voc07");
+    assert!((0.0..=1.0).contains(&map), "{map}");
+    assert!(out.stdout.contains("reference 0.634"), "{}", out.stdout);
+}
+
+#[test]
+fn detection_configs_are_checked_against_the_task() {
+    let d = tempfile::tempdir().unwrap();
+    // A classification metric on a detection experiment, and a head of the wrong size.
+    let out = runner(
+        d.path(),
+        &["check", &exp("yolo_shapes.toml"), "--set", "metrics.test=[\"accuracy\"]", "--set", "task.detect.grid=7"],
+    );
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("`accuracy` does not apply to the detect task"), "{}", out.stderr);
+    assert!(out.stderr.contains("[7, 7, 15]"), "{}", out.stderr);
+    // A crop among detection's test augmentations.
+    let out = runner(
+        d.path(),
+        &["check", &exp("yolo_shapes.toml"), "--set", "augment.test=[{ center_crop = { size = 160 } }]"],
+    );
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("may only resize"), "{}", out.stderr);
+    // Detection on a classification dataset.
+    let out = runner(d.path(), &["check", &exp("lenet5_fashion_mnist.toml"), "--set", "task.detect.grid=7"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("needs a dataset with boxes"), "{}", out.stderr);
+}
