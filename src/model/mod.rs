@@ -237,7 +237,7 @@ impl Model {
             LayerKind::Batchnorm { eps, momentum } => self.batchnorm(layer, x, pass, (*eps, *momentum), false)?,
             LayerKind::GlobalAvgpool {} => x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?, // [b, c, 1, 1]
             LayerKind::Relu {} => relu_op(&x)?,
-            LayerKind::LeakyRelu { slope } => candle_nn::ops::leaky_relu(&x, *slope)?,
+            LayerKind::LeakyRelu { slope } => crate::ops::activation::leaky_relu_op(&x, *slope)?,
             LayerKind::Sigmoid {} => candle_nn::ops::sigmoid(&x)?,
             LayerKind::Upsample { .. } => {
                 let (_, _, h, w) = x.dims4()?;

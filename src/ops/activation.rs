@@ -117,6 +117,64 @@ pub fn relu_op(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `x > 0 ? x : slope * x` in one pass; its gradient `dy * (x > 0 ? 1 : slope)` in one.
+struct LeakyRelu(f64);
+struct LeakyReluGrad(f64);
+
+fn leaky<T: Elem>(x: &[T], slope: f64) -> Vec<T> {
+    let s = T::from_f64(slope);
+    map_new(x, x, |v, _| if v > T::zero() { v } else { v * s })
+}
+
+fn leaky_grad<T: Elem>(x: &[T], dy: &[T], slope: f64) -> Vec<T> {
+    let s = T::from_f64(slope);
+    map_new(x, dy, |x, d| if x > T::zero() { d } else { d * s })
+}
+
+impl CustomOp1 for LeakyRelu {
+    fn name(&self) -> &'static str {
+        "runner-leaky-relu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok(match s {
+            CpuStorage::F32(_) => (CpuStorage::F32(leaky(contiguous::<f32>(s, l)?, self.0)), l.shape().clone()),
+            CpuStorage::F64(_) => (CpuStorage::F64(leaky(contiguous::<f64>(s, l)?, self.0)), l.shape().clone()),
+            _ => candle_core::bail!("runner leaky_relu supports f32 and f64"),
+        })
+    }
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &LeakyReluGrad(self.0))?))
+    }
+}
+
+impl CustomOp2 for LeakyReluGrad {
+    fn name(&self) -> &'static str {
+        "runner-leaky-relu-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok(match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (x, dy) = cpu_slices::<f32>(s1, l1, s2, l2)?;
+                (CpuStorage::F32(leaky_grad(x, dy, self.0)), l1.shape().clone())
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (x, dy) = cpu_slices::<f64>(s1, l1, s2, l2)?;
+                (CpuStorage::F64(leaky_grad(x, dy, self.0)), l1.shape().clone())
+            }
+            _ => candle_core::bail!("runner leaky_relu supports f32 and f64 of one dtype"),
+        })
+    }
+}
+
+/// `x > 0 ? x : slope * x` (PyTorch's `leaky_relu`; the gradient at 0 is `slope`, as there).
+pub fn leaky_relu_op(x: &Tensor, slope: f64) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op1(LeakyRelu(slope))
+    } else {
+        candle_nn::ops::leaky_relu(x, slope)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +196,21 @@ mod tests {
         let a = Tensor::new(&[-1f32, 2., 1.], &candle_core::Device::Cpu).unwrap();
         let b = Tensor::new(&[0.5f32, -3., 1.], &candle_core::Device::Cpu).unwrap();
         assert_eq!(add_relu_op(&a, &b).unwrap().to_vec1::<f32>().unwrap(), vec![0., 0., 2.]);
+    }
+
+    #[test]
+    fn leaky_relu_and_its_gradient() {
+        // By hand, slope 0.1: [-2, 0, 3] -> [-0.2, 0, 3]; gradient [0.1, 0.1, 1] (PyTorch's
+        // leaky_relu takes the slope's branch at 0).
+        let x = Var::new(&[-2f32, 0., 3.], &candle_core::Device::Cpu).unwrap();
+        let y = leaky_relu_op(&x, 0.1).unwrap();
+        assert_eq!(y.to_vec1::<f32>().unwrap(), vec![-0.2, 0., 3.]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(&x).unwrap().to_vec1::<f32>().unwrap(), vec![0.1, 0.1, 1.]);
+        let x = Var::from_tensor(&rand_tensor(&[3, 50], 6, DType::F64)).unwrap();
+        check_grads(&[&x], |v| leaky_relu_op(v[0], 0.1), "leaky_relu");
+        // The same values as candle's composition.
+        let want = candle_nn::ops::leaky_relu(x.as_tensor(), 0.1).unwrap().to_vec2::<f64>().unwrap();
+        assert_eq!(leaky_relu_op(&x, 0.1).unwrap().to_vec2::<f64>().unwrap(), want);
     }
 }
