@@ -529,14 +529,14 @@ fn data_preview(args: PreviewArgs) -> Result<ExitCode> {
         workers: 1,
         skip_errors: plan.data.on_error == crate::config::OnError::Skip,
     };
-    let labels = crate::data::preview::write_grid(split, &spec, args.n, &args.out)?;
+    let labels = crate::data::preview::write_grid(split, &spec, args.n, &data.classes, &args.out)?;
     let mut shown: Vec<u32> = labels.clone();
     shown.sort();
     shown.dedup();
     for l in shown {
         println!("{l}: {}", data.classes.get(l as usize).map(String::as_str).unwrap_or("?"));
     }
-    println!("wrote {} ({} samples, {} split)", args.out.display(), labels.len(), args.split);
+    println!("wrote {} ({} samples, {} split)", args.out.display(), args.n.min(split.len), args.split);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -81,6 +81,23 @@ pub enum AugmentOp {
         #[serde(default = "default_resize_mode")]
         mode: String,
     },
+    /// YOLO's (Darknet's `jitter`) random scale and translation: each side of the image
+    /// moves in or out by up to `amount` of its size (uniform, drawn per side), the new
+    /// window is cut (the outside filled with grey 0.5), and boxes follow. The size varies:
+    /// follow it with a resize. Use it before `normalize`.
+    RandomJitter {
+        #[serde(default = "default_jitter")]
+        amount: f64,
+    },
+    /// YOLO's exposure and saturation jitter in HSV: V and S are multiplied by a factor
+    /// drawn uniformly in [1, x] and inverted with probability 1/2 (Darknet's
+    /// `rand_scale`), then clamped to [0, 1]. RGB images in [0, 1]: before `normalize`.
+    Hsv {
+        #[serde(default = "default_hsv")]
+        exposure: f64,
+        #[serde(default = "default_hsv")]
+        saturation: f64,
+    },
     /// AlexNet's PCA colour augmentation: add `sum_j eigvec[c][j] * alpha_j * eigval[j]` to
     /// channel `c` of every pixel, `alpha_j ~ N(0, std)` drawn per image.
     PcaColorJitter {
@@ -114,6 +131,13 @@ fn default_resize_mode() -> String {
     "bilinear".into()
 }
 
+fn default_jitter() -> f64 {
+    0.2
+}
+fn default_hsv() -> f64 {
+    1.5
+}
+
 fn default_pca_std() -> f64 {
     0.1
 }
@@ -140,6 +164,8 @@ impl AugmentOp {
             AugmentOp::RandomResizedCrop { .. } => "random_resized_crop",
             AugmentOp::ColorJitter { .. } => "color_jitter",
             AugmentOp::PcaColorJitter { .. } => "pca_color_jitter",
+            AugmentOp::RandomJitter { .. } => "random_jitter",
+            AugmentOp::Hsv { .. } => "hsv",
         }
     }
 
@@ -224,6 +250,21 @@ impl AugmentOp {
                     return Err(format!("size {size} does not fit the image {h}x{w}"));
                 }
                 Ok([c, *size, *size])
+            }
+            AugmentOp::RandomJitter { amount } => {
+                if !(0.0..0.5).contains(amount) {
+                    return Err(format!("amount must be in [0, 0.5), is {amount}"));
+                }
+                Ok([c, 0, 0])
+            }
+            AugmentOp::Hsv { exposure, saturation } => {
+                if c != 3 {
+                    return Err(format!("needs 3 (RGB) channels, the image has {c}"));
+                }
+                if !(*exposure >= 1.0 && exposure.is_finite() && *saturation >= 1.0 && saturation.is_finite()) {
+                    return Err(format!("exposure and saturation must be >= 1, are {exposure} and {saturation}"));
+                }
+                Ok(input)
             }
             AugmentOp::PcaColorJitter { std, .. } => {
                 if c != 3 {

@@ -127,6 +127,41 @@ fn vflip_plane<T>(plane: &mut [T], h: usize, w: usize) {
     }
 }
 
+/// RGB in [0, 1] -> (hue in [0, 6), saturation, value), as Darknet's `rgb_to_hsv`.
+fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
+    let max = r.max(g).max(b);
+    let min = r.min(g).min(b);
+    let delta = max - min;
+    if max <= 0.0 || delta <= 0.0 {
+        return (0.0, 0.0, max);
+    }
+    let hue = if r == max {
+        (g - b) / delta
+    } else if g == max {
+        2.0 + (b - r) / delta
+    } else {
+        4.0 + (r - g) / delta
+    };
+    (if hue < 0.0 { hue + 6.0 } else { hue }, delta / max, max)
+}
+
+fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
+    if s == 0.0 {
+        return (v, v, v);
+    }
+    let i = h.floor();
+    let f = h - i;
+    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    match i as i32 {
+        0 => (v, t, p),
+        1 => (q, v, p),
+        2 => (p, v, t),
+        3 => (p, q, v),
+        4 => (t, p, v),
+        _ => (v, p, q),
+    }
+}
+
 /// One op on one image without targets.
 pub fn apply(op: &AugmentOp, img: Vec<f32>, dims: &mut [usize; 3], rng: &mut Rng) -> Result<Vec<f32>, String> {
     apply_with_targets(op, img, &mut Targets::default(), dims, rng)
@@ -244,6 +279,36 @@ pub fn apply_with_targets(
             *dims = [c, *size, *size];
             t.crop([h, w], top, left, *size, *size);
             crop(&img, [c, h, w], top, left, *size, *size, 0.0)
+        }
+        AugmentOp::RandomJitter { amount } => {
+            let mut side = |d: usize| {
+                let m = (*amount * d as f64) as i64;
+                rng.below((2 * m + 1) as u64) as i64 - m
+            };
+            let (left, right, top, bottom) = (side(w), side(w), side(h), side(h));
+            let cw = (w as i64 - left - right).max(1) as usize;
+            let ch = (h as i64 - top - bottom).max(1) as usize;
+            *dims = [c, ch, cw];
+            t.crop([h, w], top as isize, left as isize, ch, cw);
+            crop(&img, [c, h, w], top as isize, left as isize, ch, cw, 0.5)
+        }
+        AugmentOp::Hsv { exposure, saturation } => {
+            let mut scale = |x: f64| {
+                let f = 1.0 + rng.next_f64() * (x - 1.0);
+                if rng.next_f64() < 0.5 {
+                    f
+                } else {
+                    1.0 / f
+                }
+            };
+            let (s_factor, v_factor) = (scale(*saturation) as f32, scale(*exposure) as f32);
+            let n = h * w;
+            for p in 0..n {
+                let (hue, sat, val) = rgb_to_hsv(img[p], img[n + p], img[2 * n + p]);
+                let (r, g, b) = hsv_to_rgb(hue, (sat * s_factor).clamp(0.0, 1.0), (val * v_factor).clamp(0.0, 1.0));
+                (img[p], img[n + p], img[2 * n + p]) = (r, g, b);
+            }
+            img
         }
         AugmentOp::PcaColorJitter { std, eigval, eigvec } => {
             let alpha: Vec<f64> = (0..3).map(|_| rng.next_normal() * std).collect();
@@ -442,6 +507,33 @@ mod tests {
         let reflect = full(PadMode::Reflect);
         assert_eq!(&edge[..7], &[1., 1., 1., 2., 3., 3., 3.]);
         assert_eq!(&reflect[..7], &[3., 2., 1., 2., 3., 2., 1.]);
+    }
+
+    #[test]
+    fn hsv_round_trips_and_jitter_moves_boxes() {
+        // RGB -> HSV -> RGB is the identity (to float precision), by hand on a few colours.
+        for (r, g, b) in [(1.0, 0.0, 0.0), (0.2, 0.4, 0.6), (0.5, 0.5, 0.5), (0.0, 0.0, 0.0), (0.9, 0.1, 0.8)] {
+            let (h, s, v) = rgb_to_hsv(r, g, b);
+            let (r2, g2, b2) = hsv_to_rgb(h, s, v);
+            assert!((r - r2).abs() < 1e-6 && (g - g2).abs() < 1e-6 && (b - b2).abs() < 1e-6, "{r} {g} {b}");
+        }
+        // Pure red: hue 0, saturation 1, value 1; a saturation factor keeps it red.
+        assert_eq!(rgb_to_hsv(1.0, 0.0, 0.0), (0.0, 1.0, 1.0));
+        // random_jitter: the window moves each side by at most 20%; the box moves with it.
+        let img: Vec<f32> = (0..3 * 10 * 10).map(|i| i as f32 / 300.0).collect();
+        for seed in 0..20 {
+            let mut t = Targets { boxes: vec![[4., 4., 6., 6.]], ids: vec![0], mask: None };
+            let mut dims = [3, 10, 10];
+            let mut rng = Rng::new(seed);
+            let out =
+                apply_with_targets(&AugmentOp::RandomJitter { amount: 0.2 }, img.clone(), &mut t, &mut dims, &mut rng)
+                    .unwrap();
+            assert!((6..=14).contains(&dims[1]) && (6..=14).contains(&dims[2]), "{dims:?}");
+            assert_eq!(out.len(), 3 * dims[1] * dims[2]);
+            // The box keeps its 2x2 size (it is never cut: it sits in the middle).
+            let b = t.boxes[0];
+            assert_eq!((b[2] - b[0], b[3] - b[1]), (2.0, 2.0), "{b:?}");
+        }
     }
 
     #[test]

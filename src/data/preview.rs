@@ -1,5 +1,6 @@
 //! `runner data preview`: a PNG grid of samples as the model sees them (after the split's
-//! augmentations), each with its class index under it; the index -> name legend is printed.
+//! augmentations), each with its class index under it (the index -> name legend is
+//! printed), or, for a dataset with boxes, each box drawn with its class name.
 
 use std::path::Path;
 
@@ -26,8 +27,9 @@ const DIGITS: [[u8; 5]; 10] = [
 const PAD: usize = 2;
 const LABEL: usize = 8;
 
-/// Writes the first `n` samples of `split` in epoch-0 order as a grid to `out`.
-pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, out: &Path) -> Result<Vec<u32>> {
+/// Writes the first `n` samples of `split` in epoch-0 order as a grid to `out`; returns the
+/// classes shown (a label per sample, or the class of every box drawn).
+pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, classes: &[String], out: &Path) -> Result<Vec<u32>> {
     let order = epoch_order(split.len, spec, 0);
     let picked: Vec<usize> = order.into_iter().take(n).collect();
     let batch = make_batch(split, spec, &picked, 0)?;
@@ -37,6 +39,7 @@ pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, out: &Path) -> Res
     let rows = count.div_ceil(cols);
     let (cell_w, cell_h) = (w + PAD, h + LABEL + PAD);
     let mut img = image::RgbImage::new((cols * cell_w + PAD) as u32, (rows * cell_h + PAD) as u32);
+    let mut boxes = Vec::new();
     // Undo a final normalize so that colours look as in the file.
     let unnormalize = match spec.augment.last() {
         Some(AugmentOp::Normalize { mean, std }) => Some((mean.clone(), std.clone())),
@@ -56,10 +59,32 @@ pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, out: &Path) -> Res
                 img.put_pixel((x0 + x) as u32, (y0 + y) as u32, image::Rgb([px(0), px(1), px(2)]));
             }
         }
-        draw_number(&mut img, batch.labels[k], x0, y0 + h + 2);
+        if let Some(&label) = batch.labels.get(k) {
+            draw_number(&mut img, label, x0, y0 + h + 2);
+        }
+        for o in batch.objects.get(k).map(Vec::as_slice).unwrap_or_default() {
+            let [bx0, by0, bx1, by1] = o.bbox;
+            let name = classes.get(o.class as usize).cloned().unwrap_or_else(|| o.class.to_string());
+            boxes.push(crate::plots::Labelled {
+                text: if o.difficult { format!("{name} (difficult)") } else { name },
+                bbox: [bx0 + x0 as f32, by0 + y0 as f32, bx1 + x0 as f32, by1 + y0 as f32],
+                colour: o.class as usize,
+            });
+        }
     }
-    img.save(out).with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(batch.labels)
+    if batch.objects.is_empty() {
+        img.save(out).with_context(|| format!("cannot write {}", out.display()))?;
+        return Ok(batch.labels);
+    }
+    let (gw, gh) = (img.width() as usize, img.height() as usize);
+    let mut planar = vec![0u8; 3 * gw * gh];
+    for (p, px) in img.pixels().enumerate() {
+        for ch in 0..3 {
+            planar[ch * gw * gh + p] = px.0[ch];
+        }
+    }
+    crate::plots::boxes_on_image(out, &planar, [gh, gw], &boxes)?;
+    Ok(batch.objects.iter().flatten().map(|o| o.class).collect())
 }
 
 fn draw_number(img: &mut image::RgbImage, n: u32, x0: usize, y0: usize) {

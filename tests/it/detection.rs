@@ -103,6 +103,16 @@ fn yolo_trains_on_the_shapes_set_and_predicts_boxes() {
         Err(e) => panic!("python3 is required here: {e}"),
     }
 
+    // The preview draws the boxes with their class names over the augmented images.
+    let preview = [&args[..1], &["--set", "data.root=shapes", "--n", "4", "--out", "preview.png"]].concat();
+    let mut preview: Vec<&str> = preview.to_vec();
+    preview.splice(0..0, ["data", "preview"]);
+    let out = runner(d.path(), &preview);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("wrote preview.png (4 samples, train split)"), "{}", out.stdout);
+    assert!(classes.split(',').any(|c| out.stdout.contains(c)), "the legend names classes: {}", out.stdout);
+    assert!(image::open(d.path().join("preview.png")).is_ok());
+
     // predict: one line per box and the image drawn.
     let image = year.join("JPEGImages/000025.jpg");
     let out = runner(

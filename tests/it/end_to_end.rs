@@ -10,8 +10,13 @@ use crate::common::{run_folder, runner, write_toy_mnist};
 
 fn read(path: &Path) -> RecordBatch {
     let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let batches: Vec<RecordBatch> =
-        ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().map(|b| b.unwrap()).collect();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+    let schema = builder.schema().clone();
+    let batches: Vec<RecordBatch> = builder.build().unwrap().map(|b| b.unwrap()).collect();
+    if batches.is_empty() {
+        // A table with no rows yet (a run's metrics before its first epoch).
+        return RecordBatch::new_empty(schema);
+    }
     arrow_select_concat(&batches)
 }
 
