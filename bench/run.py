@@ -13,7 +13,10 @@ import subprocess
 import sys
 
 CASES = ["lenet5_train", "resnet_cifar_train", "alexnet_forward", "conv2d_forward", "conv2d_backward",
-         "loader_cifar10_crop_flip_norm", "loader_jpeg_256_crop224_flip_pca"]
+         "loader_cifar10_crop_flip_norm", "loader_jpeg_256_crop224_flip_pca", "yolo_shapes_train",
+         "detect_eval_5000"]
+# Cases without a PyTorch counterpart (torch=na): runner's evaluation alone.
+RUNNER_ONLY = {"detect_eval_5000"}
 RUNNER = os.environ.get("RUNNER_BENCH", "target/release/runner-bench")
 TORCH_PY = os.environ.get("TORCH_PYTHON", "/usr/bin/python3")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,7 +49,7 @@ def main():
             runner, torch = [], []
             for _ in range(3):
                 runner.append(measure([RUNNER, case], threads))
-                if torch_ok:
+                if torch_ok and case not in RUNNER_ONLY:
                     # Loader cases: torchvision's DataLoader with `threads` worker processes.
                     script = "torch_loader_bench.py" if case.startswith("loader_") else "torch_bench.py"
                     torch.append(measure([TORCH_PY, os.path.join(HERE, script), case, str(threads)], threads))

@@ -104,7 +104,72 @@ def conv_op(backward):
     return timed(64, 1, 3, fwd)
 
 
+def cbl(i, o, k, s=1):
+    return [nn.Conv2d(i, o, k, s, k // 2, bias=False), nn.BatchNorm2d(o), nn.LeakyReLU(0.1)]
+
+
+def yolo_targets(p, objects, s, b, c, size, lambdas):
+    """Per value of p [n, s, s, b*5+c] its target and weight, as runner's (src/task/detect.rs):
+    the responsible predictor by IoU of the detached boxes, one object per cell (largest)."""
+    lc, lo, ln, lcl = lambdas
+    n = p.shape[0]
+    d = b * 5 + c
+    v = p.detach()
+    t = torch.zeros_like(v)
+    w = torch.zeros_like(v)
+    w[..., 4:5 * b:5] = ln
+    for i, objs in enumerate(objects):
+        cells = {}
+        for cls, (x0, y0, x1, y1) in objs:
+            cx, cy, bw, bh = (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size
+            col, row = min(int(cx * s), s - 1), min(int(cy * s), s - 1)
+            if (row, col) not in cells or bw * bh > cells[(row, col)][3] * cells[(row, col)][4]:
+                cells[(row, col)] = (cx * s - col, cy * s - row, cls, bw, bh)
+        for (row, col), (tx, ty, cls, bw, bh) in cells.items():
+            truth = ((col + tx) / s - bw / 2, (row + ty) / s - bh / 2, (col + tx) / s + bw / 2, (row + ty) / s + bh / 2)
+            best, best_iou = 0, -1.0
+            for k in range(b):
+                px, py, sw, sh = v[i, row, col, 5 * k:5 * k + 4].tolist()
+                pcx, pcy, pw, ph = (col + px) / s, (row + py) / s, sw * sw, sh * sh
+                box = (pcx - pw / 2, pcy - ph / 2, pcx + pw / 2, pcy + ph / 2)
+                iw = max(min(box[2], truth[2]) - max(box[0], truth[0]), 0)
+                ih = max(min(box[3], truth[3]) - max(box[1], truth[1]), 0)
+                union = pw * ph + bw * bh - iw * ih
+                iou = iw * ih / union if union > 0 else 0.0
+                if iou > best_iou:
+                    best, best_iou = k, iou
+            o = 5 * best
+            t[i, row, col, o:o + 4] = torch.tensor([tx, ty, bw ** 0.5, bh ** 0.5])
+            w[i, row, col, o:o + 4] = lc
+            t[i, row, col, o + 4] = best_iou
+            w[i, row, col, o + 4] = lo
+            w[i, row, col, 5 * b:] = lcl
+            t[i, row, col, 5 * b + cls] = 1.0
+    return t, w
+
+
+def yolo_shapes_train():
+    m = nn.Sequential(
+        *cbl(3, 16, 3, 2), *cbl(16, 32, 3), nn.MaxPool2d(2), *cbl(32, 64, 3), nn.MaxPool2d(2),
+        *cbl(64, 128, 3), nn.MaxPool2d(2), *cbl(128, 256, 3), *cbl(256, 128, 1), *cbl(128, 256, 3),
+        nn.Conv2d(256, 15, 1), nn.Sigmoid())
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    x = torch.rand(32, 3, 160, 160) * 2 - 1
+    objects = [[((i * 3 + k) % 5, (((i * 37 + k * 53) % 120), ((i * 17 + k * 71) % 120),
+                                   ((i * 37 + k * 53) % 120) + 30, ((i * 17 + k * 71) % 120) + 30))
+                for k in range(3)] for i in range(32)]
+
+    def step():
+        opt.zero_grad()
+        p = m(x).permute(0, 2, 3, 1)  # [n, 10, 10, 15]
+        t, w = yolo_targets(p, objects, 10, 2, 5, 160, (5.0, 1.0, 0.5, 1.0))
+        ((p - t) ** 2 * w).sum().div(p.shape[0]).backward()
+        opt.step()
+    return timed(32, 1, 4, step)
+
+
 CASES = {
+    "yolo_shapes_train": yolo_shapes_train,
     "lenet5_train": lenet5_train,
     "resnet_cifar_train": resnet_cifar_train,
     "alexnet_forward": alexnet_forward,

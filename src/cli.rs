@@ -104,9 +104,10 @@ struct CompareArgs {
     /// Also draw the runs' curves of --metric into this PNG.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// The metric to plot, as split.metric (test.accuracy).
-    #[arg(long, default_value = "test.accuracy")]
-    metric: String,
+    /// The metric to plot, as split.metric (default: test.map50 for detection runs, else
+    /// test.accuracy).
+    #[arg(long)]
+    metric: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -270,7 +271,9 @@ fn compare(args: CompareArgs) -> Result<ExitCode> {
         );
     }
     if let Some(png) = &args.plot {
-        crate::plots::compare_curves(&runs, &args.metric, png)?;
+        let detection = runs.iter().any(|r| r.finals.contains_key("test.map50"));
+        let default = if detection { "test.map50" } else { "test.accuracy" };
+        crate::plots::compare_curves(&runs, args.metric.as_deref().unwrap_or(default), png)?;
         tracing::info!("wrote {}", png.display());
     }
     let opts = compare::Options {
@@ -422,7 +425,9 @@ fn check(args: ExpArgs) -> Result<ExitCode> {
             crate::config::DatasetKind::Voc if plan.data.voc().generate.is_some() => {
                 format!("will be written into {}", download_to.display())
             }
-            crate::config::DatasetKind::Voc => format!("not found in {} (see the warning)", download_to.display()),
+            crate::config::DatasetKind::Voc if !plan.data.download => {
+                format!("not found in {} (see the warning)", download_to.display())
+            }
             _ => format!("will be downloaded into {}", download_to.display()),
         },
     };
@@ -459,10 +464,9 @@ fn check_model(path: &std::path::Path, text: &str) -> Result<ExitCode> {
 
 /// `1-82: 0.1, 83-123: 0.01, 124-164: 0.001` (epochs from 1), or samples when it keeps changing.
 fn lr_summary(plan: &crate::plan::Plan) -> String {
-    use crate::schedule::{lr_at, Position};
-    let base = crate::optim::Optimizer::new(&plan.train.optimizer).base_lr();
+    use crate::schedule::Position;
     let n = plan.train.epochs;
-    let lrs: Vec<f64> = (0..n).map(|e| lr_at(&plan.train, base, Position { epoch: e, batch: 0, batches: 1 })).collect();
+    let lrs: Vec<f64> = (0..n).map(|e| plan.lr(Position { epoch: e, batch: 0, batches: 1 })).collect();
     let mut runs: Vec<(usize, usize, f64)> = Vec::new();
     for (e, lr) in lrs.iter().enumerate() {
         match runs.last_mut() {

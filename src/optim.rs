@@ -74,15 +74,6 @@ impl Optimizer {
         &self.cfg
     }
 
-    /// The configured learning rate (before any schedule).
-    pub fn base_lr(&self) -> f64 {
-        match self.cfg {
-            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } | OptimizerConfig::Adamw { lr, .. } => {
-                lr
-            }
-        }
-    }
-
     /// One update at learning rate `lr` of every parameter in `params` that has a gradient
     /// in `grads`; `hyper` holds multipliers by name (absent: 1).
     pub fn step<'a>(
@@ -233,7 +224,7 @@ mod tests {
         for _ in 0..steps {
             let loss = (p.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap();
             let grads = collect_grads(&loss.backward().unwrap(), [(&name, &p)]);
-            opt.step(opt.base_lr(), [(&name, &p)], &grads, &BTreeMap::new()).unwrap();
+            opt.step(opt.config().lr(), [(&name, &p)], &grads, &BTreeMap::new()).unwrap();
         }
         p.as_tensor().to_vec1::<f32>().unwrap()
     }

@@ -19,8 +19,8 @@ use crate::model::{plan_model, PlannedGraph};
 pub struct Plan {
     pub experiment: String,
     pub seed: u64,
-    /// As configured: `auto`, `cpu`, `cuda`, `cuda:N`.
-    pub device: String,
+    /// Parsed from `experiment.device`: `auto`, `cpu`, `cuda`, `cuda:N`.
+    pub device: DeviceChoice,
     pub data: crate::config::DataConfig,
     pub located: Located,
     pub classes: Vec<String>,
@@ -80,9 +80,10 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     {
         p.add("experiment.name", format!("must be a plain folder name, is {:?}", cfg.experiment.name));
     }
-    if let Err(e) = parse_device(&cfg.experiment.device) {
+    let device = parse_device(&cfg.experiment.device).unwrap_or_else(|e| {
         p.add("experiment.device", e);
-    }
+        DeviceChoice::Auto
+    });
 
     // Data.
     let spec = match data::describe(&cfg.data) {
@@ -119,8 +120,8 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
                 spec.name,
                 download_to.display()
             ));
-        } else if voc {
-            // runner does not download VOC: the plan stands without it, a run stops at loading.
+        } else if voc && !cfg.data.download {
+            // The plan stands without the data (`runner check`); a run stops at loading.
             warnings.push(msg);
         } else if need_data {
             p.add("data.dataset", msg);
@@ -270,172 +271,17 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         }
     }
 
-    // Training.
-    if cfg.train.epochs == 0 {
-        p.add("train.epochs", "must be > 0");
-    }
-    match cfg.train.optimizer {
-        OptimizerConfig::Sgd { lr, momentum, dampening, nesterov, weight_decay } => {
-            let k = "train.optimizer.sgd";
-            if !(lr > 0.0 && lr.is_finite()) {
-                p.add(&format!("{k}.lr"), format!("must be > 0, is {lr}"));
-            }
-            if !(0.0..1.0).contains(&momentum) {
-                p.add(&format!("{k}.momentum"), format!("must be in [0, 1), is {momentum}"));
-            }
-            if nesterov && (momentum == 0.0 || dampening != 0.0) {
-                p.add(&format!("{k}.nesterov"), "needs momentum > 0 and dampening = 0 (as in PyTorch)");
-            }
-            if weight_decay < 0.0 {
-                p.add(&format!("{k}.weight_decay"), format!("must be >= 0, is {weight_decay}"));
-            }
-        }
-        OptimizerConfig::Adam { lr, betas, eps, weight_decay }
-        | OptimizerConfig::Adamw { lr, betas, eps, weight_decay } => {
-            let k = match cfg.train.optimizer {
-                OptimizerConfig::Adamw { .. } => "train.optimizer.adamw",
-                _ => "train.optimizer.adam",
-            };
-            if !(lr > 0.0 && lr.is_finite()) {
-                p.add(&format!("{k}.lr"), format!("must be > 0, is {lr}"));
-            }
-            if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-                p.add(&format!("{k}.betas"), format!("each must be in [0, 1), are {betas:?}"));
-            }
-            if eps <= 0.0 {
-                p.add(&format!("{k}.eps"), format!("must be > 0, is {eps}"));
-            }
-            if weight_decay < 0.0 {
-                p.add(&format!("{k}.weight_decay"), format!("must be >= 0, is {weight_decay}"));
-            }
-        }
-    }
-    for (key, msg) in crate::schedule::validate(&cfg.train) {
-        p.add(&key, msg);
-    }
-    if cfg.train.accumulate == 0 {
-        p.add("train.accumulate", "must be >= 1");
-    }
-    if !(cfg.train.clip_grad_norm >= 0.0) {
-        p.add("train.clip_grad_norm", format!("must be >= 0 (0 = off), is {}", cfg.train.clip_grad_norm));
-    }
-    if !(0.0..1.0).contains(&cfg.train.label_smoothing) {
-        p.add("train.label_smoothing", format!("must be in [0, 1), is {}", cfg.train.label_smoothing));
-    }
-    if cfg.train.checkpoint.keep_last == 0 {
-        p.add("train.checkpoint.keep_last", "must be >= 1 (resume needs the last checkpoint)");
-    }
-    let logged: Vec<String> = [("train", cfg.metrics.train()), ("test", cfg.metrics.test())]
-        .iter()
-        .flat_map(|(split, list)| list.iter().filter(|m| m.is_scalar()).map(move |m| format!("{split}.{}", m.as_str())))
-        .collect();
+    check_train(&mut p, &cfg.train);
     let n_classes = match task {
         crate::task::Task::Classify { .. } => graph.as_ref().and_then(|g| g.out_shape().first().copied()).unwrap_or(0),
         crate::task::Task::Detect(_) => spec.classes.len(),
     };
-    let positive = match &cfg.metrics.positive {
-        None => 1,
-        Some(class) => {
-            let (found, shown) = match class {
-                crate::config::ClassRef::Index(i) => (Some(*i), i.to_string()),
-                crate::config::ClassRef::Name(name) => (
-                    spec.classes.iter().position(|c| c == name).or_else(|| name.parse::<usize>().ok()),
-                    format!("{name:?}"),
-                ),
-            };
-            match found {
-                Some(i) if n_classes == 0 || i < n_classes => i,
-                _ => {
-                    let names = spec.classes.join(", ");
-                    p.add(
-                        "metrics.positive",
-                        format!("{shown} is neither a class name ({names}) nor an index below {n_classes}"),
-                    );
-                    1
-                }
-            }
-        }
-    };
-    for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
-        for m in list {
-            if !m.fits(&cfg.task) {
-                let fitting: Vec<&str> = crate::config::METRIC_NAMES
-                    .iter()
-                    .copied()
-                    .filter(|n| crate::config::MetricName::parse(n).is_some_and(|x| x.fits(&cfg.task)))
-                    .collect();
-                p.add(
-                    &format!("metrics.{split}"),
-                    format!(
-                        "`{}` does not apply to the {} task; it logs {}",
-                        m.as_str(),
-                        task.name(),
-                        fitting.join(", ")
-                    ),
-                );
-            } else if split == "train" && !cfg.task.is_classify() && *m != crate::config::MetricName::Loss {
-                p.add(
-                    "metrics.train",
-                    format!("`{}` is computed on the test split only (training logs `loss`)", m.as_str()),
-                );
-            }
-            if let crate::config::MetricName::TopK(k) = m {
-                if n_classes > 0 && *k >= n_classes {
-                    p.add(&format!("metrics.{split}"), format!("top{k}_accuracy needs more than {k} classes; the model has {n_classes}, so it would always be 1"));
-                }
-            }
-        }
-    }
-    let binary_metrics = [crate::config::MetricName::TpRate, crate::config::MetricName::FpRate];
-    if n_classes > 2
-        && cfg.metrics.positive.is_none()
-        && cfg.metrics.train().iter().chain(cfg.metrics.test()).any(|m| binary_metrics.contains(m))
-    {
-        let name = spec.classes.get(1).cloned().unwrap_or_else(|| "1".into());
-        warnings.push(format!(
-            "metrics: tp_rate / fp_rate on {n_classes} classes use class 1 (`{name}`) against the rest; set metrics.positive to choose"
-        ));
-    }
-    if !(0.0..=1.0).contains(&cfg.metrics.threshold) {
-        p.add("metrics.threshold", format!("must be in [0, 1], is {}", cfg.metrics.threshold));
-    }
-    let binary = crate::metrics::Binary { positive, threshold: cfg.metrics.threshold };
-    let known: Vec<&str> = logged.iter().map(String::as_str).collect();
-    let metric_problem = |name: &str| -> Option<String> {
-        if known.contains(&name) {
-            return None;
-        }
-        let hint = crate::config::load::did_you_mean(name, &known)
-            .map(|s| format!("did you mean `{s}`? "))
-            .unwrap_or_default();
-        Some(format!("`{name}` is not a logged metric; {hint}the run logs {}", known.join(", ")))
-    };
-    if let Some(best) = &cfg.train.checkpoint.best {
-        if let Some(e) = metric_problem(best) {
-            p.add("train.checkpoint.best", e);
-        }
-    }
-    if let Some(es) = &cfg.train.early_stopping {
-        if let Some(e) = metric_problem(&es.metric) {
-            p.add("train.early_stopping.metric", e);
-        }
-        if es.patience == 0 {
-            p.add("train.early_stopping.patience", "must be >= 1");
-        }
-    }
+    let binary = check_metrics(&mut p, cfg, &task, n_classes, &spec.classes, &mut warnings);
     let mut hypers = std::collections::BTreeMap::new();
     if let Some(graph) = &graph {
         match param_hypers(graph, &cfg.train) {
             Ok(h) => hypers = h,
             Err((key, e)) => p.add(&key, e),
-        }
-    }
-    for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
-        let mut seen = std::collections::BTreeSet::new();
-        for m in list {
-            if !seen.insert(m) {
-                p.add(&format!("metrics.{split}"), format!("`{}` is listed twice", m.as_str()));
-            }
         }
     }
 
@@ -445,7 +291,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     let mut plan = Plan {
         experiment: cfg.experiment.name.clone(),
         seed: cfg.experiment.seed,
-        device: cfg.experiment.device.clone(),
+        device,
         data: cfg.data.clone(),
         located,
         classes: spec.classes.clone(),
@@ -539,6 +385,16 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 impl DeviceChoice {
     pub fn open(self) -> Result<Device> {
         match self {
@@ -562,6 +418,180 @@ pub fn device_name(d: &Device) -> String {
     } else {
         "cpu".into()
     }
+}
+
+/// The training section's values: epochs, the optimizer's hyper-parameters, the schedule,
+/// accumulation, clipping, smoothing and checkpoints.
+fn check_train(p: &mut Problems, train: &crate::config::TrainConfig) {
+    if train.epochs == 0 {
+        p.add("train.epochs", "must be > 0");
+    }
+    match train.optimizer {
+        OptimizerConfig::Sgd { lr, momentum, dampening, nesterov, weight_decay } => {
+            let k = "train.optimizer.sgd";
+            if !(lr > 0.0 && lr.is_finite()) {
+                p.add(&format!("{k}.lr"), format!("must be > 0, is {lr}"));
+            }
+            if !(0.0..1.0).contains(&momentum) {
+                p.add(&format!("{k}.momentum"), format!("must be in [0, 1), is {momentum}"));
+            }
+            if nesterov && (momentum == 0.0 || dampening != 0.0) {
+                p.add(&format!("{k}.nesterov"), "needs momentum > 0 and dampening = 0 (as in PyTorch)");
+            }
+            if weight_decay < 0.0 {
+                p.add(&format!("{k}.weight_decay"), format!("must be >= 0, is {weight_decay}"));
+            }
+        }
+        OptimizerConfig::Adam { lr, betas, eps, weight_decay }
+        | OptimizerConfig::Adamw { lr, betas, eps, weight_decay } => {
+            let k = match train.optimizer {
+                OptimizerConfig::Adamw { .. } => "train.optimizer.adamw",
+                _ => "train.optimizer.adam",
+            };
+            if !(lr > 0.0 && lr.is_finite()) {
+                p.add(&format!("{k}.lr"), format!("must be > 0, is {lr}"));
+            }
+            if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+                p.add(&format!("{k}.betas"), format!("each must be in [0, 1), are {betas:?}"));
+            }
+            if eps <= 0.0 {
+                p.add(&format!("{k}.eps"), format!("must be > 0, is {eps}"));
+            }
+            if weight_decay < 0.0 {
+                p.add(&format!("{k}.weight_decay"), format!("must be >= 0, is {weight_decay}"));
+            }
+        }
+    }
+    for (key, msg) in crate::schedule::validate(train) {
+        p.add(&key, msg);
+    }
+    if train.accumulate == 0 {
+        p.add("train.accumulate", "must be >= 1");
+    }
+    if !(train.clip_grad_norm >= 0.0) {
+        p.add("train.clip_grad_norm", format!("must be >= 0 (0 = off), is {}", train.clip_grad_norm));
+    }
+    if !(0.0..1.0).contains(&train.label_smoothing) {
+        p.add("train.label_smoothing", format!("must be in [0, 1), is {}", train.label_smoothing));
+    }
+    if train.checkpoint.keep_last == 0 {
+        p.add("train.checkpoint.keep_last", "must be >= 1 (resume needs the last checkpoint)");
+    }
+}
+
+/// The metric lists against the task and the classes (`n_classes` the model's or the
+/// dataset's, `classes` their names), the positive class and threshold of binary metrics,
+/// and the metrics that checkpoints and early stopping watch. Returns the binary settings.
+fn check_metrics(
+    p: &mut Problems,
+    cfg: &crate::config::Config,
+    task: &crate::task::Task,
+    n_classes: usize,
+    classes: &[String],
+    warnings: &mut Vec<String>,
+) -> crate::metrics::Binary {
+    let logged: Vec<String> = [("train", cfg.metrics.train()), ("test", cfg.metrics.test())]
+        .iter()
+        .flat_map(|(split, list)| list.iter().filter(|m| m.is_scalar()).map(move |m| format!("{split}.{}", m.as_str())))
+        .collect();
+    let positive = match &cfg.metrics.positive {
+        None => 1,
+        Some(class) => {
+            let (found, shown) = match class {
+                crate::config::ClassRef::Index(i) => (Some(*i), i.to_string()),
+                crate::config::ClassRef::Name(name) => {
+                    (classes.iter().position(|c| c == name).or_else(|| name.parse::<usize>().ok()), format!("{name:?}"))
+                }
+            };
+            match found {
+                Some(i) if n_classes == 0 || i < n_classes => i,
+                _ => {
+                    let names = classes.join(", ");
+                    p.add(
+                        "metrics.positive",
+                        format!("{shown} is neither a class name ({names}) nor an index below {n_classes}"),
+                    );
+                    1
+                }
+            }
+        }
+    };
+    for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
+        for m in list {
+            if !m.fits(&cfg.task) {
+                let fitting: Vec<&str> = crate::config::METRIC_NAMES
+                    .iter()
+                    .copied()
+                    .filter(|n| crate::config::MetricName::parse(n).is_some_and(|x| x.fits(&cfg.task)))
+                    .collect();
+                p.add(
+                    &format!("metrics.{split}"),
+                    format!(
+                        "`{}` does not apply to the {} task; it logs {}",
+                        m.as_str(),
+                        task.name(),
+                        fitting.join(", ")
+                    ),
+                );
+            } else if split == "train" && !cfg.task.is_classify() && *m != crate::config::MetricName::Loss {
+                p.add(
+                    "metrics.train",
+                    format!("`{}` is computed on the test split only (training logs `loss`)", m.as_str()),
+                );
+            }
+            if let crate::config::MetricName::TopK(k) = m {
+                if n_classes > 0 && *k >= n_classes {
+                    p.add(&format!("metrics.{split}"), format!("top{k}_accuracy needs more than {k} classes; the model has {n_classes}, so it would always be 1"));
+                }
+            }
+        }
+    }
+    let binary_metrics = [crate::config::MetricName::TpRate, crate::config::MetricName::FpRate];
+    if n_classes > 2
+        && cfg.metrics.positive.is_none()
+        && cfg.metrics.train().iter().chain(cfg.metrics.test()).any(|m| binary_metrics.contains(m))
+    {
+        let name = classes.get(1).cloned().unwrap_or_else(|| "1".into());
+        warnings.push(format!(
+            "metrics: tp_rate / fp_rate on {n_classes} classes use class 1 (`{name}`) against the rest; set metrics.positive to choose"
+        ));
+    }
+    if !(0.0..=1.0).contains(&cfg.metrics.threshold) {
+        p.add("metrics.threshold", format!("must be in [0, 1], is {}", cfg.metrics.threshold));
+    }
+    let binary = crate::metrics::Binary { positive, threshold: cfg.metrics.threshold };
+    let known: Vec<&str> = logged.iter().map(String::as_str).collect();
+    let metric_problem = |name: &str| -> Option<String> {
+        if known.contains(&name) {
+            return None;
+        }
+        let hint = crate::config::load::did_you_mean(name, &known)
+            .map(|s| format!("did you mean `{s}`? "))
+            .unwrap_or_default();
+        Some(format!("`{name}` is not a logged metric; {hint}the run logs {}", known.join(", ")))
+    };
+    if let Some(best) = &cfg.train.checkpoint.best {
+        if let Some(e) = metric_problem(best) {
+            p.add("train.checkpoint.best", e);
+        }
+    }
+    if let Some(es) = &cfg.train.early_stopping {
+        if let Some(e) = metric_problem(&es.metric) {
+            p.add("train.early_stopping.metric", e);
+        }
+        if es.patience == 0 {
+            p.add("train.early_stopping.patience", "must be >= 1");
+        }
+    }
+    for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in list {
+            if !seen.insert(m) {
+                p.add(&format!("metrics.{split}"), format!("`{}` is listed twice", m.as_str()));
+            }
+        }
+    }
+    binary
 }
 
 /// The detection task's checks: a dataset with boxes, the head's output shape, test
@@ -641,6 +671,12 @@ fn check_detect(
 }
 
 impl Plan {
+    /// The learning rate at `pos`: the optimizer's `lr` through the schedule and warm-up.
+    /// The plan owns it: the loop asks here and hands the value to the optimizer's step.
+    pub fn lr(&self, pos: crate::schedule::Position) -> f64 {
+        crate::schedule::lr_at(&self.train, self.train.optimizer.lr(), pos)
+    }
+
     /// The classes the metrics count: the model's outputs when classifying, the dataset's
     /// when detecting.
     pub fn num_classes(&self) -> usize {

@@ -235,11 +235,13 @@ pub fn compare_curves(runs: &[crate::compare::RunInfo], metric: &str, png: &Path
     line_chart(png, metric, "epoch", metric, &series)
 }
 
-/// A labelled box to draw: the text above it, edges in pixels, and the colour's index.
+/// A labelled box to draw: the text above it, edges in pixels, and the colour's index;
+/// ground truth (`truth`) is drawn as a thin white outline without text.
 pub struct Labelled {
     pub text: String,
     pub bbox: [f32; 4],
     pub colour: usize,
+    pub truth: bool,
 }
 
 /// An image (planar `[3, h, w]` bytes) with its boxes drawn and labelled, as a PNG.
@@ -252,7 +254,12 @@ pub fn boxes_on_image(path: &Path, planar: &[u8], [h, w]: [usize; 2], boxes: &[L
     }
     render_over(path, (w as u32, h as u32), rgb, |root| {
         let size = ((h.min(w) as f64) / 16.0).clamp(9.0, 16.0);
-        for b in boxes {
+        for b in boxes.iter().filter(|b| b.truth) {
+            let [x0, y0, x1, y1] = b.bbox.map(|v| v.round() as i32);
+            root.draw(&Rectangle::new([(x0, y0), (x1 - 1, y1 - 1)], WHITE.stroke_width(1)))
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        for b in boxes.iter().filter(|b| !b.truth) {
             let colour = PALETTE[b.colour % PALETTE.len()];
             let [x0, y0, x1, y1] = b.bbox.map(|v| v.round() as i32);
             root.draw(&Rectangle::new([(x0, y0), (x1 - 1, y1 - 1)], colour.stroke_width(2)))
@@ -266,4 +273,45 @@ pub fn boxes_on_image(path: &Path, planar: &[u8], [h, w]: [usize; 2], boxes: &[L
         }
         Ok(())
     })
+}
+
+/// Precision against recall per class, each named with its AP: `(name, ap, precision,
+/// recall)` after each counted detection, by score.
+pub fn precision_recall(path: &Path, curves: &[(String, f64, Vec<f64>, Vec<f64>)]) -> Result<()> {
+    let series: Vec<(String, Vec<(f64, f64)>)> = curves
+        .iter()
+        .filter(|(_, _, p, _)| !p.is_empty())
+        .map(|(name, ap, p, r)| (format!("{name} (AP {ap:.3})"), r.iter().copied().zip(p.iter().copied()).collect()))
+        .collect();
+    line_chart(path, "precision / recall at IoU 0.5 (test)", "recall", "precision", &series)
+}
+
+/// Images (planar `[3, h, w]` bytes and `[h, w]`) in a grid, each with its boxes.
+pub fn boxes_grid(path: &Path, images: &[(Vec<u8>, [usize; 2], Vec<Labelled>)]) -> Result<()> {
+    if images.is_empty() {
+        return Ok(());
+    }
+    let cols = (images.len() as f64).sqrt().ceil() as usize;
+    let rows = images.len().div_ceil(cols);
+    let cell_h = images.iter().map(|(_, [h, _], _)| *h).max().unwrap_or(1) + 4;
+    let cell_w = images.iter().map(|(_, [_, w], _)| *w).max().unwrap_or(1) + 4;
+    let (gh, gw) = (rows * cell_h, cols * cell_w);
+    let mut planar = vec![0u8; 3 * gh * gw];
+    let mut boxes = Vec::new();
+    for (k, (img, [h, w], bs)) in images.iter().enumerate() {
+        let (oy, ox) = ((k / cols) * cell_h + 2, (k % cols) * cell_w + 2);
+        for c in 0..3 {
+            for y in 0..*h {
+                let src = &img[(c * h + y) * w..(c * h + y + 1) * w];
+                let at = (c * gh + oy + y) * gw + ox;
+                planar[at..at + w].copy_from_slice(src);
+            }
+        }
+        for b in bs {
+            let [x0, y0, x1, y1] = b.bbox;
+            let bbox = [x0 + ox as f32, y0 + oy as f32, x1 + ox as f32, y1 + oy as f32];
+            boxes.push(Labelled { text: b.text.clone(), bbox, colour: b.colour, truth: b.truth });
+        }
+    }
+    boxes_on_image(path, &planar, [gh, gw], &boxes)
 }

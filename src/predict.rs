@@ -109,6 +109,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
                         text: format!("{} {:.2}", class_name(&classes, b.class as usize), b.score),
                         bbox: b.bbox,
                         colour: b.class as usize,
+                        truth: false,
                     })
                     .collect();
                 let path = dir.join(format!("{stem}.png"));

@@ -22,10 +22,10 @@ use crate::data::loader::{self, Batch, LoaderSpec};
 use crate::data::{self, Split};
 use crate::model::{Model, Pass};
 use crate::optim::{clip_grad_norm, collect_grads, Optimizer};
-use crate::plan::{device_name, parse_device, Plan};
+use crate::plan::{device_name, Plan};
 use crate::progress;
 use crate::runlog::{MetricRow, RunLog, Status};
-use crate::schedule::{lr_at, Position};
+use crate::schedule::Position;
 use crate::task::Stats;
 
 pub struct Outcome {
@@ -50,7 +50,7 @@ struct State {
 /// Trains and evaluates `plan`, writing a run folder. `stop` is set by Ctrl-C.
 pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcome> {
     let dataset = load_data(plan)?;
-    let device = parse_device(&plan.device).map_err(anyhow::Error::msg)?.open()?;
+    let device = plan.device.open()?;
     let mut model = Model::new(&plan.graph, plan.seed, &device)?;
     crate::model::weights::load_group_inits(&model, &plan.inits)?;
     let mut optimizer = Optimizer::new(&plan.train.optimizer);
@@ -63,7 +63,9 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcom
     log.write_params(&loaded.flat_params())?;
     log.flush()?;
     tracing::info!("run {} in {}", log.run_id, log.dir.display());
-    finish(plan, &dataset, &mut model, &mut optimizer, &device, log, State::default(), &stop)
+    let session =
+        Session { plan, dataset: &dataset, model: &mut model, optimizer: &mut optimizer, device, log, stop: &stop };
+    finish(session, State::default())
 }
 
 /// Continues the run in `dir` from its last checkpoint, in the same folder: its tables keep
@@ -114,7 +116,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
         tracing::warn!("{}: config.toml differs from the one the run started with", dir.display());
     }
     let dataset = load_data(&plan)?;
-    let device = parse_device(&plan.device).map_err(anyhow::Error::msg)?.open()?;
+    let device = plan.device.open()?;
     let mut model = Model::new(&plan.graph, plan.seed, &device)?;
     let mut optimizer = Optimizer::new(&plan.train.optimizer);
     let state = match &latest {
@@ -151,7 +153,16 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     let mut log = RunLog::open(dir, Some(keep))?;
     log.set_status(Status::Running);
     log.flush()?;
-    finish(&plan, &dataset, &mut model, &mut optimizer, &device, log, state, &stop)
+    let session = Session {
+        plan: &plan,
+        dataset: &dataset,
+        model: &mut model,
+        optimizer: &mut optimizer,
+        device,
+        log,
+        stop: &stop,
+    };
+    finish(session, state)
 }
 
 /// `runner eval RUN_DIR`: evaluates a saved model of the run again (`checkpoint`: `best`,
@@ -199,7 +210,7 @@ pub fn eval_run(
         };
         bail!("no weights {}{hint}", weights.display());
     }
-    let device = parse_device(&plan.device).map_err(anyhow::Error::msg)?.open()?;
+    let device = plan.device.open()?;
     let model = Model::new(&plan.graph, plan.seed, &device)?;
     crate::model::weights::load_into(&model, &weights, "", "", &BTreeMap::new(), true)?;
     let dataset = load_data(&plan)?;
@@ -233,14 +244,17 @@ pub fn eval_run(
 
 /// The run's `plots/`: per-metric curves, and the test split's ROC and confusion matrix
 /// when those metrics are configured.
-fn draw_plots(log: &RunLog, plan: &Plan, test: &Stats) -> Result<()> {
+fn draw_plots(log: &RunLog, plan: &Plan, test: &Stats, split: &Split) -> Result<()> {
     let dir = log.dir.join("plots");
     let mut names: Vec<String> =
         plan.metrics.train().iter().chain(plan.metrics.test()).filter(|m| m.is_scalar()).map(|m| m.as_str()).collect();
     names.sort();
     names.dedup();
     crate::plots::metric_curves(&dir, log.metrics(), &names)?;
-    let Some(test) = test.as_classify() else { return Ok(()) };
+    let test = match test {
+        Stats::Classify(s) => s,
+        Stats::Detect(s) => return detection_plots(&dir, plan, s, split),
+    };
     if plan.metrics.test().contains(&MetricName::Roc) {
         crate::plots::roc(&dir.join("roc.png"), &test.roc_curves(plan.binary, &plan.classes))?;
     }
@@ -248,6 +262,35 @@ fn draw_plots(log: &RunLog, plan: &Plan, test: &Stats) -> Result<()> {
         crate::plots::confusion(&dir.join("confusion_matrix.png"), &test.confusion(), &plan.classes)?;
     }
     Ok(())
+}
+
+/// Detection's plots: precision / recall per class with its AP, and the first nine test
+/// images with the boxes scoring at least `metrics.threshold` (ground truth in white).
+fn detection_plots(
+    dir: &Path,
+    plan: &Plan,
+    s: &crate::metrics::detection::DetectionStats,
+    split: &Split,
+) -> Result<()> {
+    let name = |c: usize| plan.classes.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let curves: Vec<_> = s.curves().into_iter().map(|(c, ap, p, r)| (name(c), ap, p, r)).collect();
+    crate::plots::precision_recall(&dir.join("precision_recall.png"), &curves)?;
+    let mut images = Vec::new();
+    for (i, file) in split.files.iter().enumerate().take(9) {
+        let (bytes, h, w) = data::folder::decode(file, 3)?;
+        let truths = split.objects.get(i).map(Vec::as_slice).unwrap_or_default();
+        let mut boxes: Vec<crate::plots::Labelled> = truths
+            .iter()
+            .map(|o| crate::plots::Labelled { text: String::new(), bbox: o.bbox, colour: 0, truth: true })
+            .collect();
+        for (c, d) in s.detections.iter().filter(|(_, d)| d.image == i && d.score >= plan.binary.threshold) {
+            let text = format!("{} {:.2}", name(*c as usize), d.score);
+            let bbox = d.bbox.map(|v| v as f32);
+            boxes.push(crate::plots::Labelled { text, bbox, colour: *c as usize, truth: false });
+        }
+        images.push((bytes, [h, w], boxes));
+    }
+    crate::plots::boxes_grid(&dir.join("detections.png"), &images)
 }
 
 fn load_data(plan: &Plan) -> Result<data::Dataset> {
@@ -262,18 +305,22 @@ fn load_data(plan: &Plan) -> Result<data::Dataset> {
     Ok(dataset)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    plan: &Plan,
-    dataset: &data::Dataset,
-    model: &mut Model,
-    optimizer: &mut Optimizer,
-    device: &Device,
-    mut log: RunLog,
-    state: State,
-    stop: &AtomicBool,
-) -> Result<Outcome> {
-    let result = epochs(plan, dataset, model, optimizer, device, &mut log, state, stop);
+/// What the epochs work with: the plan, the data, the model and its optimizer, the device,
+/// the run's tables, and the stop flag set by Ctrl-C / SIGTERM.
+struct Session<'a> {
+    plan: &'a Plan,
+    dataset: &'a data::Dataset,
+    model: &'a mut Model,
+    optimizer: &'a mut Optimizer,
+    device: Device,
+    log: RunLog,
+    stop: &'a AtomicBool,
+}
+
+/// Runs the epochs from `state` and writes the run's final status, whatever happened.
+fn finish(mut session: Session, state: State) -> Result<Outcome> {
+    let result = session.epochs(state);
+    let log = &mut session.log;
     let status = match &result {
         Ok(true) => Status::Completed,
         Ok(false) => Status::Interrupted,
@@ -317,75 +364,112 @@ fn eval_spec(train: &LoaderSpec, plan: &Plan) -> LoaderSpec {
     }
 }
 
-/// The epochs from `state.next_epoch`; `Ok(false)` when stopped early by `stop`.
-#[allow(clippy::too_many_arguments)]
-fn epochs(
-    plan: &Plan,
-    dataset: &data::Dataset,
-    model: &mut Model,
-    optimizer: &mut Optimizer,
-    device: &Device,
-    log: &mut RunLog,
-    mut state: State,
-    stop: &AtomicBool,
-) -> Result<bool> {
-    let out_shape = plan.input;
-    let train_spec = train_spec(plan, dataset.shape);
-    let test_spec = eval_spec(&train_spec, plan);
-    let train_split = dataset.train.clone();
-    let test_split = dataset.test.clone();
-    let n_batches = train_spec.num_batches(train_split.len);
-    if n_batches == 0 {
-        bail!("the training split has {} samples: not one batch of {}", train_split.len, train_spec.batch_size);
-    }
-    let epochs = plan.train.epochs;
-    let accumulate = plan.train.accumulate.max(1);
-    let config_hash = log.config_hash().to_string();
-    let classes = plan.num_classes();
+/// One epoch's training: its sums, the learning rate of each optimizer step, the samples
+/// skipped, its duration and the last learning rate.
+struct Trained {
+    stats: Stats,
+    lr_rows: Vec<MetricRow>,
+    skipped: usize,
+    seconds: f64,
+    lr: f64,
+}
 
-    for epoch in state.next_epoch..epochs {
-        let frozen = plan.frozen_at(epoch);
-        if epoch == state.next_epoch || frozen != *model.frozen() {
+impl Session<'_> {
+    /// The epochs from `state.next_epoch`, read top to bottom: freeze, train, evaluate, log,
+    /// checkpoint. `Ok(false)` when stopped early by `stop`.
+    fn epochs(&mut self, mut state: State) -> Result<bool> {
+        let plan = self.plan;
+        let epochs = plan.train.epochs;
+        let test_spec = eval_spec(&train_spec(plan, self.dataset.shape), plan);
+        let test_split = self.dataset.test.clone();
+        for epoch in state.next_epoch..epochs {
+            self.freeze(epoch, state.next_epoch);
+            let Some(trained) = self.train_epoch(epoch, &mut state)? else {
+                tracing::warn!("interrupted during epoch {}; keeping the {} finished epochs", epoch + 1, epoch);
+                return Ok(false);
+            };
+            let (test, test_skipped) = evaluate(plan, self.model, &test_split, &test_spec, &self.device)?;
+            let values = self.log_epoch(epoch, state.step, &trained, &test, test_skipped)?;
+            let early_stop = self.checkpoint(epoch, &mut state, &values)?;
+            tracing::info!(
+                "epoch {}/{epochs}: train {} | test {} | lr {:.3e} | {:.1} s, {:.0} img/s",
+                epoch + 1,
+                trained.stats.summary(),
+                test.summary(),
+                trained.lr,
+                trained.seconds,
+                trained.stats.count() as f64 / trained.seconds
+            );
+            if early_stop {
+                let es =
+                    plan.train.early_stopping.as_ref().map(|e| (e.metric.as_str(), e.patience)).unwrap_or_default();
+                tracing::info!(
+                    "early stopping after epoch {}: {} has not improved for {} epochs",
+                    epoch + 1,
+                    es.0,
+                    es.1
+                );
+                return Ok(true);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The freezing schedule of `epoch`, logged when it changes (and at the first epoch).
+    fn freeze(&mut self, epoch: usize, first: usize) {
+        let frozen = self.plan.frozen_at(epoch);
+        if epoch == first || frozen != *self.model.frozen() {
+            let model = &*self.model;
             let n: usize = model.params.iter().filter(|(k, _)| frozen.contains(*k)).map(|(_, v)| v.elem_count()).sum();
-            if n > 0 || epoch > state.next_epoch {
+            if n > 0 || epoch > first {
                 tracing::info!("epoch {}: {} parameters frozen, {} trainable", epoch + 1, n, model.num_params() - n);
             }
-            model.set_frozen(frozen);
+            self.model.set_frozen(frozen);
         }
-        let model = &*model;
-        let trainable: usize = model.trainable().map(|(_, v)| v.elem_count()).sum();
-        // Train.
+    }
+
+    /// One pass over the training split: per batch forward, the task's loss, backward; an
+    /// optimizer step every `accumulate` batches (and at the end) at the plan's learning
+    /// rate. `None` when stopped by `stop`.
+    fn train_epoch(&mut self, epoch: usize, state: &mut State) -> Result<Option<Trained>> {
+        let plan = self.plan;
+        let spec = train_spec(plan, self.dataset.shape);
+        let split = self.dataset.train.clone();
+        let n_batches = spec.num_batches(split.len);
+        if n_batches == 0 {
+            bail!("the training split has {} samples: not one batch of {}", split.len, spec.batch_size);
+        }
+        let accumulate = plan.train.accumulate.max(1);
         let started = std::time::Instant::now();
-        let bar = progress::batch_bar(n_batches, &format!("epoch {}/{epochs}", epoch + 1));
+        let bar = progress::batch_bar(n_batches, &format!("epoch {}/{}", epoch + 1, plan.train.epochs));
         let keep_probs = plan.metrics.train().iter().any(|m| {
             !matches!(
                 m,
                 MetricName::Loss | MetricName::Accuracy | MetricName::ErrorRate | MetricName::BalancedErrorRate
             )
         });
-        let mut train_stats = plan.task.stats(classes, keep_probs);
-        let mut train_skipped = 0usize;
+        let mut stats = plan.task.stats(plan.num_classes(), keep_probs);
+        let mut skipped = 0usize;
         let mut summed: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut pending = 0usize;
-        let mut lr = optimizer.base_lr();
+        let mut lr = plan.lr(Position { epoch, batch: 0, batches: n_batches });
         // The learning rate of each step; logged with the epoch, so that the tables only
         // ever hold finished epochs.
         let mut lr_rows = Vec::new();
-        for (b, batch) in loader::batches(train_split.clone(), &train_spec, epoch).enumerate() {
+        for (b, batch) in loader::batches(split.clone(), &spec, epoch).enumerate() {
             let batch = batch?;
-            train_skipped += batch.skipped.len();
-            if stop.load(Ordering::SeqCst) {
-                tracing::warn!("interrupted during epoch {}; keeping the {} finished epochs", epoch + 1, epoch);
-                return Ok(false);
+            skipped += batch.skipped.len();
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(None);
             }
             if !batch.is_empty() {
                 if pending == 0 {
-                    lr = lr_at(&plan.train, optimizer.base_lr(), Position { epoch, batch: b, batches: n_batches });
+                    lr = plan.lr(Position { epoch, batch: b, batches: n_batches });
                 }
-                let xs = images(&batch, out_shape, device)?;
+                let xs = images(&batch, plan.input, &self.device)?;
                 let pass =
                     Pass { train: true, seed: plan.seed, epoch, step: state.step as usize * accumulate + pending };
-                let out = model.forward(&xs, pass)?;
+                let out = self.model.forward(&xs, pass)?;
                 let loss = plan.task.loss(&out, &batch, plan.input)?;
                 // Checked before the update, so the weights never take a step from a NaN.
                 let loss_value = loss.to_scalar::<f32>()? as f64;
@@ -397,7 +481,7 @@ fn epochs(
                     );
                 }
                 let loss = if accumulate > 1 { (loss / accumulate as f64)? } else { loss };
-                let grads = collect_grads(&loss.backward()?, model.trainable());
+                let grads = collect_grads(&loss.backward()?, self.model.trainable());
                 for (name, g) in grads {
                     let g = match summed.remove(&name) {
                         Some(prev) => (prev + g)?,
@@ -406,14 +490,14 @@ fn epochs(
                     summed.insert(name, g);
                 }
                 pending += 1;
-                plan.task.update_train(&mut train_stats, loss_value, &out, &batch, keep_probs)?;
+                plan.task.update_train(&mut stats, loss_value, &out, &batch, keep_probs)?;
             }
             // A step every `accumulate` batches, and at the end of the epoch.
             if pending > 0 && (pending == accumulate || b + 1 == n_batches) {
                 if plan.train.clip_grad_norm > 0.0 {
                     clip_grad_norm(&mut summed, plan.train.clip_grad_norm)?;
                 }
-                optimizer.step(lr, model.trainable(), &summed, &plan.hypers)?;
+                self.optimizer.step(lr, self.model.trainable(), &summed, &plan.hypers)?;
                 summed.clear();
                 pending = 0;
                 state.step += 1;
@@ -424,35 +508,40 @@ fn epochs(
                     metric: "lr".into(),
                     class: None,
                     value: lr,
-                    wall_time_s: log.elapsed_s(),
+                    wall_time_s: self.log.elapsed_s(),
                 });
             }
             bar.inc(1);
-            let rate = train_stats.count() as f64 / started.elapsed().as_secs_f64();
-            bar.set_message(&format!(
-                "epoch {}/{epochs} loss {:.4} {rate:.0} img/s",
-                epoch + 1,
-                train_stats.mean_loss()
-            ));
+            let rate = stats.count() as f64 / started.elapsed().as_secs_f64();
+            let epochs = plan.train.epochs;
+            bar.set_message(&format!("epoch {}/{epochs} loss {:.4} {rate:.0} img/s", epoch + 1, stats.mean_loss()));
             let every = plan.train.log_every;
             if !progress::bars_enabled() && every > 0 && (b + 1) % every == 0 {
                 tracing::info!(
                     "epoch {}/{epochs} batch {}/{n_batches} loss {:.4} {rate:.0} img/s",
                     epoch + 1,
                     b + 1,
-                    train_stats.mean_loss()
+                    stats.mean_loss()
                 );
             }
         }
         bar.finish_and_clear();
-        let train_time = started.elapsed().as_secs_f64();
+        Ok(Some(Trained { stats, lr_rows, skipped, seconds: started.elapsed().as_secs_f64(), lr }))
+    }
 
-        // Evaluate.
-        let (test_stats, test_skipped) = evaluate(plan, model, &test_split, &test_spec, device)?;
-
-        // Log.
+    /// The epoch's rows and tables: the learning rates, the train and test metrics, the
+    /// timings, the test split's predictions, `model.safetensors` and the plots. Returns
+    /// the scalar values by `split.metric`.
+    fn log_epoch(
+        &mut self,
+        epoch: usize,
+        step: i64,
+        trained: &Trained,
+        test: &Stats,
+        test_skipped: usize,
+    ) -> Result<BTreeMap<String, f64>> {
+        let (plan, log) = (self.plan, &mut self.log);
         let wall = log.elapsed_s();
-        let step = state.step;
         let row = |split: &str, metric: &str, value: f64| MetricRow {
             epoch: epoch as i32,
             step,
@@ -462,34 +551,45 @@ fn epochs(
             value,
             wall_time_s: wall,
         };
-        for r in lr_rows {
-            log.push(r);
+        for r in &trained.lr_rows {
+            log.push(r.clone());
         }
-        let mut values = log_metrics(log, plan, "train", plan.metrics.train(), &train_stats, epoch, step)?;
-        log.push(row("train", "epoch_time_s", train_time));
-        log.push(row("train", "images_per_s", train_stats.count() as f64 / train_time));
+        let mut values = log_metrics(log, plan, "train", plan.metrics.train(), &trained.stats, epoch, step)?;
+        let trainable: usize = self.model.trainable().map(|(_, v)| v.elem_count()).sum();
+        log.push(row("train", "epoch_time_s", trained.seconds));
+        log.push(row("train", "images_per_s", trained.stats.count() as f64 / trained.seconds));
         log.push(row("train", "trainable_params", trainable as f64));
         if plan.data.on_error == crate::config::OnError::Skip {
-            log.push(row("train", "skipped_samples", train_skipped as f64));
+            log.push(row("train", "skipped_samples", trained.skipped as f64));
             log.push(row("test", "skipped_samples", test_skipped as f64));
-            if train_skipped + test_skipped > 0 {
-                tracing::warn!("epoch {}: skipped {train_skipped} train and {test_skipped} test samples", epoch + 1);
+            if trained.skipped + test_skipped > 0 {
+                tracing::warn!(
+                    "epoch {}: skipped {} train and {test_skipped} test samples",
+                    epoch + 1,
+                    trained.skipped
+                );
             }
         }
-        let test_values = log_metrics(log, plan, "test", plan.metrics.test(), &test_stats, epoch, step)?;
+        let test_values = log_metrics(log, plan, "test", plan.metrics.test(), test, epoch, step)?;
         values.extend(test_values.clone());
-        match &test_stats {
+        let test_split = &self.dataset.test;
+        match test {
             Stats::Classify(s) => log.write_predictions(s)?,
             Stats::Detect(s) => log.write_detections(epoch, s, &plan.classes, &test_split.files)?,
         }
         log.final_metrics = test_values;
         log.flush()?;
-        crate::model::weights::save(model, &log.dir.join("model.safetensors"))?;
-        if let Err(e) = draw_plots(log, plan, &test_stats) {
+        crate::model::weights::save(self.model, &log.dir.join("model.safetensors"))?;
+        if let Err(e) = draw_plots(log, plan, test, test_split) {
             tracing::warn!("plots not drawn: {e:#}");
         }
+        Ok(values)
+    }
 
-        // Best checkpoint and early stopping.
+    /// The best checkpoint and early stopping by their metrics, then the epoch's
+    /// checkpoint. Returns whether early stopping ends the run.
+    fn checkpoint(&mut self, epoch: usize, state: &mut State, values: &BTreeMap<String, f64>) -> Result<bool> {
+        let plan = self.plan;
         let ck = &plan.train.checkpoint;
         let mut is_best = false;
         if let Some(metric) = &ck.best {
@@ -512,33 +612,20 @@ fn epochs(
                 early_stop = state.bad_epochs >= es.patience;
             }
         }
-        let (_, optimizer_steps) = optimizer.export();
+        let (_, optimizer_steps) = self.optimizer.export();
         let side = Sidecar {
             epoch,
             step: state.step,
             best: state.best,
             early_best: state.early_best,
             bad_epochs: state.bad_epochs,
-            config_hash: config_hash.clone(),
+            config_hash: self.log.config_hash().to_string(),
             threads: crate::ops::threads(),
             optimizer_steps,
         };
-        checkpoint::save(&log.dir.join("checkpoints"), model, optimizer, &side, ck.keep_last, is_best)?;
-        tracing::info!(
-            "epoch {}/{epochs}: train {} | test {} | lr {lr:.3e} | {:.1} s, {:.0} img/s",
-            epoch + 1,
-            train_stats.summary(),
-            test_stats.summary(),
-            train_time,
-            train_stats.count() as f64 / train_time
-        );
-        if early_stop {
-            let es = plan.train.early_stopping.as_ref().map(|e| (e.metric.as_str(), e.patience)).unwrap_or_default();
-            tracing::info!("early stopping after epoch {}: {} has not improved for {} epochs", epoch + 1, es.0, es.1);
-            return Ok(true);
-        }
+        checkpoint::save(&self.log.dir.join("checkpoints"), self.model, self.optimizer, &side, ck.keep_last, is_best)?;
+        Ok(early_stop)
     }
-    Ok(true)
 }
 
 /// Loss and predictions over a whole split, in eval mode (no dropout), through the test

@@ -9,12 +9,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
+use runner::config::DetectConfig;
 use runner::config::{GroupConfig, Layer, LayerKind, ModelConfig, OptimizerConfig};
+use runner::data::voc::Object;
+use runner::metrics::detection::{Detection, DetectionStats, Truth};
 use runner::model::{plan_model, Model, Pass};
 use runner::ops::activation::relu_op;
 use runner::ops::conv::{conv2d, ConvGeom};
 use runner::optim::Optimizer;
 use runner::rng::Rng;
+use runner::task::Yolo;
 
 fn rand(shape: &[usize], seed: u64, scale: f64) -> Result<Tensor> {
     let mut r = Rng::new(seed);
@@ -80,7 +84,7 @@ fn lenet5_train() -> Result<f64> {
     time(100, 5, 60, || {
         let loss = candle_nn::loss::cross_entropy(&m.forward(&x, Pass::eval())?, &y)?;
         let grads = runner::optim::collect_grads(&loss.backward()?, m.params.iter());
-        opt.step(opt.base_lr(), m.params.iter(), &grads, &Default::default())?;
+        opt.step(opt.config().lr(), m.params.iter(), &grads, &Default::default())?;
         Ok(())
     })
 }
@@ -124,7 +128,7 @@ fn resnet_cifar_train() -> Result<f64> {
         let logits = pooled.matmul(&p(8).t()?)?.broadcast_add(p(9))?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         let grads = runner::optim::collect_grads(&loss.backward()?, params.iter().map(|(n, v)| (n, v)));
-        opt.step(opt.base_lr(), params.iter().map(|(n, v)| (n, v)), &grads, &Default::default())?;
+        opt.step(opt.config().lr(), params.iter().map(|(n, v)| (n, v)), &grads, &Default::default())?;
         Ok(())
     })
 }
@@ -288,6 +292,67 @@ fn loader(case: &str) -> Result<f64> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// The yolo_shapes model (configs/models/yolo_shapes.toml) training with the YOLO loss
+/// (S = 10, B = 2, 5 classes): batch 32 of 3x160x160, three 30x30 objects per image, Adam.
+fn yolo_shapes_train() -> Result<f64> {
+    #[derive(serde::Deserialize)]
+    struct ModelFile {
+        model: ModelConfig,
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/models/yolo_shapes.toml");
+    let file: ModelFile = toml::from_str(&std::fs::read_to_string(path)?)?;
+    let m = Model::new(&plan_model(&file.model)?, 0, &Device::Cpu)?;
+    let yolo = Yolo { cfg: DetectConfig { grid: 10, boxes: 2, ..Default::default() }, classes: 5 };
+    let x = rand(&[32, 3, 160, 160], 7, 1.0)?;
+    let objects: Vec<Vec<Object>> = (0..32)
+        .map(|i| {
+            (0..3)
+                .map(|k| {
+                    let (x0, y0) = (((i * 37 + k * 53) % 120) as f32, ((i * 17 + k * 71) % 120) as f32);
+                    let class = ((i * 3 + k) % 5) as u32;
+                    Object { class, bbox: [x0, y0, x0 + 30.0, y0 + 30.0], difficult: false, truncated: false }
+                })
+                .collect()
+        })
+        .collect();
+    let mut opt =
+        Optimizer::new(&OptimizerConfig::Adam { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 });
+    time(32, 1, 4, || {
+        let out = m.forward(&x, Pass { train: true, seed: 0, epoch: 0, step: 0 })?;
+        let loss = yolo.loss(&out, &objects, [160, 160])?;
+        let grads = runner::optim::collect_grads(&loss.backward()?, m.params.iter());
+        opt.step(opt.config().lr(), m.params.iter(), &grads, &Default::default())?;
+        Ok(())
+    })
+}
+
+/// Evaluation of 5,000 images: decoding a 7x7x30 output each (YOLOv1 on VOC: 98 boxes x 20
+/// classes scored), per-class NMS keeping the 100 best boxes, and mAP (area and VOC07)
+/// against three objects per image. Images per second over the whole.
+fn detect_eval_5000() -> Result<f64> {
+    let (n, classes) = (5000, 20);
+    let yolo = Yolo { cfg: DetectConfig { grid: 7, boxes: 2, ..Default::default() }, classes };
+    let out = rand(&[n, 7 * 7 * 30], 8, 1.0)?.affine(0.5, 0.5)?; // values in [0, 1]
+    let t = Instant::now();
+    let found = runner::task::detect::decode_batch(&yolo, &out, [448, 448], &vec![[375, 500]; n])?;
+    let mut stats = DetectionStats::new(classes);
+    for (i, boxes) in found.into_iter().enumerate() {
+        for f in boxes {
+            let det = Detection { image: i, score: f.score as f64, bbox: f.bbox.map(f64::from) };
+            stats.detections.push((f.class, det));
+        }
+        for k in 0..3 {
+            let x0 = ((i * 37 + k * 101) % 400) as f64;
+            let bbox = [x0, x0 * 0.5, x0 + 90.0, x0 * 0.5 + 120.0];
+            stats.truths.push((((i + k) % classes) as u32, Truth { image: i, bbox, difficult: k == 2 && i % 7 == 0 }));
+        }
+    }
+    let (voc07, area) = stats.map50();
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("{n} images, {} boxes: {secs:.3} s (map50 {area:.4}, voc07 {voc07:.4})", stats.detections.len());
+    Ok(n as f64 / secs)
+}
+
 fn main() -> Result<()> {
     runner::ops::tune_allocator();
     let case = std::env::args().nth(1).unwrap_or_default();
@@ -298,8 +363,10 @@ fn main() -> Result<()> {
         "conv2d_forward" => conv_op(false)?,
         "conv2d_backward" => conv_op(true)?,
         "loader_cifar10_crop_flip_norm" | "loader_jpeg_256_crop224_flip_pca" => loader(&case)?,
+        "yolo_shapes_train" => yolo_shapes_train()?,
+        "detect_eval_5000" => detect_eval_5000()?,
         other => bail!(
-            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca"
+            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, detect_eval_5000"
         ),
     };
     println!("images_per_s={ips:.1}");

@@ -722,6 +722,17 @@ pub enum OptimizerConfig {
     },
 }
 
+impl OptimizerConfig {
+    /// The configured learning rate, before any schedule.
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } | OptimizerConfig::Adamw { lr, .. } => {
+                *lr
+            }
+        }
+    }
+}
+
 fn default_adamw_wd() -> f64 {
     1e-2
 }

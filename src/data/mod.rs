@@ -281,8 +281,16 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             if !cfg.download {
                 bail!("{}", missing_message(spec, &searched, &download_to));
             }
-            let base = cfg.mirror.as_deref().unwrap_or(spec.base_url).trim_end_matches('/');
-            fetch_files(spec, base, &download_to)?;
+            if let Files::Voc = spec.files {
+                let archives: Vec<_> = voc::archives_for(&cfg.voc())?
+                    .into_iter()
+                    .map(|a| (a.file, Checksum::Md5(a.md5), cfg.mirror.as_deref().unwrap_or(a.base_url)))
+                    .collect();
+                voc::download(&download_to, &archives)?;
+            } else {
+                let base = cfg.mirror.as_deref().unwrap_or(spec.base_url).trim_end_matches('/');
+                fetch_files(spec, base, &download_to)?;
+            }
             holding_folder(&download_to, spec, cfg).with_context(|| {
                 format!("{}: the download did not produce the dataset's files", download_to.display())
             })?
@@ -366,7 +374,7 @@ pub fn fetch_files(spec: &DatasetSpec, base: &str, dir: &Path) -> Result<()> {
             }
         }
         Files::Folder => bail!("image folders are not downloaded; set data.root"),
-        Files::Voc => bail!("VOC is not downloaded by runner yet: unpack VOCtrainval / VOCtest into data.root"),
+        Files::Voc => bail!("VOC is fetched by voc::download"),
         Files::Cifar { archive, checksum, folder, train, test } => {
             let path = dir.join(archive);
             if !path.is_file() {
@@ -404,10 +412,11 @@ pub fn missing_message(spec: &DatasetSpec, searched: &[PathBuf], download_to: &P
     let list: Vec<String> = searched.iter().map(|p| p.display().to_string()).collect();
     if let Files::Voc = spec.files {
         return format!(
-            "dataset voc: no VOCdevkit/VOC<year>/Annotations for the years of [data.voc] in {}; unpack the VOC \
-             archives (VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar, VOCtrainval_11-May-2012.tar) there, \
-             or write the synthetic set: runner data synth shapes --out {}",
+            "dataset voc: no VOCdevkit/VOC<year>/Annotations for the years of [data.voc] in {}; set \
+             `data.download = true` to fetch the official archives (about 3.6 GB) into {}, unpack them there \
+             yourself, or write the synthetic set: runner data synth shapes --out {}",
             list.join(", "),
+            download_to.display(),
             download_to.display()
         );
     }

@@ -69,6 +69,7 @@ pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, classes: &[String]
                 text: if o.difficult { format!("{name} (difficult)") } else { name },
                 bbox: [bx0 + x0 as f32, by0 + y0 as f32, bx1 + x0 as f32, by1 + y0 as f32],
                 colour: o.class as usize,
+                truth: false,
             });
         }
     }

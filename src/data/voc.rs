@@ -209,6 +209,124 @@ pub fn read_split(
     Ok(out)
 }
 
+/// One of VOC's official archives: its file, published MD5 (the devkit page's, as
+/// torchvision checks), where it is served, and the year and image sets it holds.
+pub struct Archive {
+    pub file: &'static str,
+    pub md5: &'static str,
+    pub base_url: &'static str,
+    pub year: u32,
+    pub image_sets: &'static [&'static str],
+}
+
+/// The archives runner can fetch. VOC2012's test set is not public.
+pub const ARCHIVES: [Archive; 3] = [
+    Archive {
+        file: "VOCtrainval_06-Nov-2007.tar",
+        md5: "c52e279531787c972589f7e41ab4ae64",
+        base_url: "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/",
+        year: 2007,
+        image_sets: &["train", "val", "trainval"],
+    },
+    Archive {
+        file: "VOCtest_06-Nov-2007.tar",
+        md5: "b6e924de25625d8de591ea690078ad9f",
+        base_url: "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/",
+        year: 2007,
+        image_sets: &["test"],
+    },
+    Archive {
+        file: "VOCtrainval_11-May-2012.tar",
+        md5: "6cd6e144f989b92b3379bac3b3de84fd",
+        base_url: "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+        year: 2012,
+        image_sets: &["train", "val", "trainval"],
+    },
+];
+
+/// The archives holding the splits of `cfg`, each once, in `ARCHIVES` order.
+pub fn archives_for(cfg: &crate::config::VocConfig) -> Result<Vec<&'static Archive>> {
+    let mut out: Vec<&'static Archive> = Vec::new();
+    for split in [&cfg.train, &cfg.test] {
+        for &year in &split.years {
+            let a = ARCHIVES
+                .iter()
+                .find(|a| a.year == year && a.image_sets.contains(&split.image_set.as_str()))
+                .with_context(|| {
+                    format!("no official VOC archive holds VOC{year}'s `{}` image set to download", split.image_set)
+                })?;
+            if !out.iter().any(|o| o.file == a.file) {
+                out.push(a);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The folders of a `VOC<year>` tree that detection reads; the rest of an archive is skipped.
+const USED: [&str; 3] = ["Annotations/", "JPEGImages/", "ImageSets/Main/"];
+
+/// Fetches `archives` into `root` (each `.tar` checked against its MD5, kept for later)
+/// from `base` (a mirror serving every file name) or each archive's official address, and
+/// extracts the used folders of `VOCdevkit/VOC<year>/` into `root/VOCdevkit.part/`, renamed
+/// into `root/VOCdevkit/` once every archive is in: an interrupted download or extraction
+/// leaves no half-filled `VOCdevkit/VOC<year>`.
+pub fn download(root: &Path, archives: &[(&str, crate::data::download::Checksum, &str)]) -> Result<()> {
+    let staging = root.join("VOCdevkit.part");
+    for (file, checksum, base) in archives {
+        let path = root.join(file);
+        if !path.is_file() {
+            crate::data::download::fetch(&format!("{}/{file}", base.trim_end_matches('/')), &path, *checksum)?;
+        }
+        extract(&path, &staging)?;
+    }
+    let done = root.join("VOCdevkit");
+    std::fs::create_dir_all(&done).with_context(|| format!("cannot create {}", done.display()))?;
+    let entries = std::fs::read_dir(&staging).with_context(|| format!("cannot read {}", staging.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("cannot read {}", staging.display()))?;
+        let target = done.join(e.file_name());
+        if target.exists() {
+            bail!("{} exists already: remove it to unpack the downloaded archives again", target.display());
+        }
+        std::fs::rename(e.path(), &target).with_context(|| format!("cannot move into {}", target.display()))?;
+    }
+    std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))
+}
+
+/// Extracts the used folders of an uncompressed VOC `.tar` into `dest` (which stands for
+/// the archive's `VOCdevkit/`). Paths that leave `dest` are refused.
+fn extract(archive: &Path, dest: &Path) -> Result<()> {
+    let file = std::fs::File::open(archive).with_context(|| format!("cannot open {}", archive.display()))?;
+    let mut tar = tar::Archive::new(file);
+    let mut count = 0usize;
+    let entries = tar.entries().with_context(|| format!("{}: not a tar archive", archive.display()))?;
+    for entry in entries {
+        let mut entry = entry.with_context(|| format!("{}: corrupt archive", archive.display()))?;
+        let name = entry.path().map(|p| p.to_string_lossy().trim_start_matches("./").to_string()).unwrap_or_default();
+        let Some(rest) = name.strip_prefix("VOCdevkit/") else { continue };
+        let Some((year, inner)) = rest.split_once('/') else { continue };
+        let file = entry.header().entry_type().is_file();
+        if !file || !year.starts_with("VOC") || !USED.iter().any(|u| inner.starts_with(u)) {
+            continue;
+        }
+        if name.split('/').any(|part| part == ".." || part.is_empty()) {
+            bail!("{}: member {name} leaves the archive's folder", archive.display());
+        }
+        let target = dest.join(rest);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        entry.unpack(&target).with_context(|| format!("{}: cannot extract {name}", archive.display()))?;
+        count += 1;
+    }
+    if count == 0 {
+        bail!("{}: no VOCdevkit/VOC<year>/Annotations, JPEGImages or ImageSets/Main files in it", archive.display());
+    }
+    tracing::info!("{}: extracted {count} files", archive.display());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,6 +181,20 @@ impl DetectionStats {
             .collect()
     }
 
+    /// Per class with objects: its index, area AP, and precision and recall after each
+    /// counted detection (for the precision / recall plot).
+    pub fn curves(&self) -> Vec<(usize, f64, Vec<f64>, Vec<f64>)> {
+        self.per_class(f64::NEG_INFINITY)
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, t))| t.iter().any(|t| !t.difficult))
+            .map(|(c, (d, t))| {
+                let (p, r) = precision_recall(d, t, 0.5);
+                (c, ap_area(&p, &r), p, r)
+            })
+            .collect()
+    }
+
     /// `map50_voc07`, `map50_area`.
     pub fn map50(&self) -> (f64, f64) {
         map50(&self.per_class(f64::NEG_INFINITY))

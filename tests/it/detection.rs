@@ -229,3 +229,79 @@ fn detection_configs_are_checked_against_the_task() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("needs a dataset with boxes"), "{}", out.stderr);
 }
+
+fn md5_hex(bytes: &[u8]) -> &'static str {
+    use md5::Digest;
+    let hex: String = md5::Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    Box::leak(hex.into_boxed_str())
+}
+
+/// A `.tar` holding `VOCdevkit/VOC<year>/...` from `root`, plus a folder detection does not
+/// read (it must not be extracted).
+fn voc_tar(root: &Path, year: u32) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let name = format!("VOCdevkit/VOC{year}");
+    b.append_dir_all(&name, root.join(&name)).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_cksum();
+    b.append_data(&mut h, format!("{name}/SegmentationObject/x.png"), &b"png"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn voc_archives_download_check_and_unpack_the_used_folders() {
+    let d = tempfile::tempdir().unwrap();
+    write_voc(&d.path().join("made"));
+    let (t07, t12) = (voc_tar(&d.path().join("made"), 2007), voc_tar(&d.path().join("made"), 2012));
+    let files = std::collections::BTreeMap::from([
+        ("/VOCtrainval_06-Nov-2007.tar".to_string(), t07.clone()),
+        ("/VOCtest_06-Nov-2007.tar".to_string(), t07.clone()),
+        ("/VOCtrainval_11-May-2012.tar".to_string(), t12.clone()),
+    ]);
+    let base = crate::download::serve(files.clone(), 3);
+    // The official list, with this test's checksums: fetched, checked, unpacked.
+    let root = d.path().join("voc");
+    let archives: Vec<(&str, runner::data::download::Checksum, &str)> = runner::data::voc::ARCHIVES
+        .iter()
+        .zip([&t07, &t07, &t12])
+        .map(|(a, bytes)| (a.file, runner::data::download::Checksum::Md5(md5_hex(bytes)), base.as_str()))
+        .collect();
+    runner::data::voc::download(&root, &archives).unwrap();
+    for year in [2007, 2012] {
+        let dir = root.join(format!("VOCdevkit/VOC{year}"));
+        assert!(dir.join("ImageSets/Main/trainval.txt").is_file() && dir.join("Annotations").is_dir());
+        assert!(!dir.join("SegmentationObject").exists(), "folders detection does not read stay packed");
+    }
+    assert!(!root.join("VOCdevkit.part").exists());
+    // The experiment trains on what was unpacked.
+    let out = runner(
+        d.path(),
+        &[
+            &exp("yolo_voc.toml"),
+            "--set",
+            "data.root=voc",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "model.input=[3, 64, 64]",
+            "--set",
+            "augment.train=[{ resize = { size = [64, 64] } }]",
+            "--set",
+            "augment.test=[{ resize = { size = [64, 64] } }]",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+
+    // Through the config: a mirror serving other bytes than the official archives fails on
+    // the published MD5, naming the archive, and leaves no VOCdevkit behind.
+    let base = crate::download::serve(files, 1);
+    let cfg: runner::config::DataConfig = toml::from_str(&format!(
+        "dataset = \"voc\"\nroot = {:?}\ndownload = true\nmirror = \"{base}\"\nbatch_size = 4\n",
+        d.path().join("fresh").display().to_string()
+    ))
+    .unwrap();
+    let e = format!("{:#}", runner::data::load(&cfg).unwrap_err());
+    assert!(e.contains("VOCtrainval_06-Nov-2007.tar") && e.contains("MD5 checksum mismatch"), "{e}");
+    assert!(!d.path().join("fresh/VOCdevkit").exists());
+}

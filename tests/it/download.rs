@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use runner::data::download::{fetch, file_digest, Checksum};
 
 /// Serves `files` (path -> body) for `requests` connections, then stops.
-fn serve(files: BTreeMap<String, Vec<u8>>, requests: usize) -> String {
+pub fn serve(files: BTreeMap<String, Vec<u8>>, requests: usize) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
