@@ -171,9 +171,7 @@ impl Yolo {
                 }
             }
         }
-        let mut kept = nms(found, self.cfg.nms_iou);
-        kept.truncate(self.cfg.max_detections);
-        kept
+        nms(found, self.cfg.nms_iou, self.cfg.max_detections)
     }
 }
 
@@ -210,13 +208,21 @@ impl CellTarget {
 }
 
 /// Greedy non-maximum suppression per class: by score (stable), a box is kept unless it
-/// overlaps a kept box of its class by IoU > `max_iou`. The result is sorted by score.
-pub fn nms(mut found: Vec<Found>, max_iou: f64) -> Vec<Found> {
+/// overlaps a kept box of its class by IoU > `max_iou`; the first `max_keep` kept, sorted by
+/// score. (A box's fate depends only on the higher-scoring boxes of its class, so stopping
+/// at `max_keep` gives the best `max_keep` of the full suppression.)
+pub fn nms(mut found: Vec<Found>, max_iou: f64, max_keep: usize) -> Vec<Found> {
     found.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut by_class: std::collections::HashMap<u32, Vec<BoxXyxy>> = std::collections::HashMap::new();
     let mut kept: Vec<Found> = Vec::new();
     for f in found {
+        if kept.len() == max_keep {
+            break;
+        }
         let b = f.bbox.map(f64::from);
-        if kept.iter().all(|k| k.class != f.class || iou(&k.bbox.map(f64::from), &b) <= max_iou) {
+        let same = by_class.entry(f.class).or_default();
+        if same.iter().all(|k| iou(k, &b) <= max_iou) {
+            same.push(b);
             kept.push(f);
         }
     }
@@ -230,8 +236,9 @@ pub fn decode_batch(yolo: &Yolo, out: &Tensor, input: [usize; 2], sizes: &[[usiz
     let cells = yolo.cells(&out.to_device(&Device::Cpu)?)?;
     let values: Vec<f32> = cells.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
     let per = yolo.cfg.grid * yolo.cfg.grid * yolo.depth();
+    use rayon::prelude::*;
     Ok(values
-        .chunks(per)
+        .par_chunks(per)
         .zip(sizes)
         .map(|(v, &[h, w])| {
             let (sx, sy) = (w as f32 / input[1] as f32, h as f32 / input[0] as f32);
