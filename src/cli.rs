@@ -504,7 +504,7 @@ fn show_config(args: ExpArgs) -> Result<ExitCode> {
 fn data_stats(args: ExpArgs) -> Result<ExitCode> {
     let loaded = load(&args)?;
     let data = crate::data::load(&loaded.config.data)?;
-    let stats = crate::data::stats::pixel_stats(&data.train, data.shape);
+    let stats = crate::data::stats::pixel_stats(&data.train, data.shape)?;
     print!("{}", crate::data::stats::to_toml(&stats, data.name, data.train.len));
     Ok(ExitCode::SUCCESS)
 }

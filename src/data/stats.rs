@@ -13,13 +13,15 @@ pub struct PixelStats {
 }
 
 /// Streams over the split once; sums of pixels and of pixel products per channel pair.
-pub fn pixel_stats(split: &Split, shape: [usize; 3]) -> PixelStats {
-    let [c, h, w] = shape;
-    let hw = h * w;
-    let n = (split.len * hw) as f64;
+/// Images in memory have the dataset's `shape`; image files (folders, VOC) are decoded one
+/// by one into `shape[0]` channels, each with its own size.
+pub fn pixel_stats(split: &Split, shape: [usize; 3]) -> anyhow::Result<PixelStats> {
+    let c = shape[0];
+    let mut n = 0usize;
     let mut sum = vec![0f64; c];
     let mut prod = vec![vec![0f64; c]; c];
-    for img in split.pixels.chunks(c * hw).take(split.len) {
+    let mut add = |img: &[u8], hw: usize| {
+        n += hw;
         for p in 0..hw {
             let px: Vec<f64> = (0..c).map(|ch| img[ch * hw + p] as f64 / 255.0).collect();
             for a in 0..c {
@@ -29,7 +31,22 @@ pub fn pixel_stats(split: &Split, shape: [usize; 3]) -> PixelStats {
                 }
             }
         }
+    };
+    if split.files.is_empty() {
+        let hw = shape[1] * shape[2];
+        for img in split.pixels.chunks(c * hw).take(split.len) {
+            add(img, hw);
+        }
+    } else {
+        for path in split.files.iter().take(split.len) {
+            let (img, h, w) = super::folder::decode(path, c)?;
+            add(&img, h * w);
+        }
     }
+    if n == 0 {
+        anyhow::bail!("the training split has no pixels");
+    }
+    let n = n as f64;
     let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
     let cov = |a: usize, b: usize| prod[a.min(b)][a.max(b)] / n - mean[a] * mean[b];
     let std = (0..c).map(|a| cov(a, a).max(0.0).sqrt()).collect();
@@ -38,7 +55,7 @@ pub fn pixel_stats(split: &Split, shape: [usize; 3]) -> PixelStats {
             [[cov(0, 0), cov(0, 1), cov(0, 2)], [cov(1, 0), cov(1, 1), cov(1, 2)], [cov(2, 0), cov(2, 1), cov(2, 2)]];
         symmetric_eigen(m)
     });
-    PixelStats { mean, std, pca }
+    Ok(PixelStats { mean, std, pca })
 }
 
 /// Eigen-decomposition of a symmetric 3x3 matrix by cyclic Jacobi rotations: eigenvalues in
@@ -110,7 +127,7 @@ mod tests {
         // Two 1x1x2 images with pixels 0, 255 and 255, 255: values 0, 1, 1, 1;
         // mean 0.75, population variance 0.1875, std 0.4330.
         let split = Split { pixels: vec![0, 255, 255, 255], labels: vec![0, 0], len: 2, ..Default::default() };
-        let s = pixel_stats(&split, [1, 1, 2]);
+        let s = pixel_stats(&split, [1, 1, 2]).unwrap();
         assert!((s.mean[0] - 0.75).abs() < 1e-12);
         assert!((s.std[0] - 0.1875f64.sqrt()).abs() < 1e-12);
         assert!(s.pca.is_none());
@@ -139,7 +156,7 @@ mod tests {
         // Pixels (t, t, t) for t in {0, 1}: all variance along (1,1,1)/sqrt 3 with
         // eigenvalue 3 * var(t) = 3 * 0.25; the others are 0.
         let split = Split { pixels: vec![0, 0, 0, 255, 255, 255], labels: vec![0, 0], len: 2, ..Default::default() };
-        let s = pixel_stats(&split, [3, 1, 1]);
+        let s = pixel_stats(&split, [3, 1, 1]).unwrap();
         let (val, vec) = s.pca.unwrap();
         assert!((val[0] - 0.75).abs() < 1e-12 && val[1].abs() < 1e-12 && val[2].abs() < 1e-12, "{val:?}");
         for row in vec {

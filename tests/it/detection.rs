@@ -113,6 +113,11 @@ fn yolo_trains_on_the_shapes_set_and_predicts_boxes() {
     assert!(classes.split(',').any(|c| out.stdout.contains(c)), "the legend names classes: {}", out.stdout);
     assert!(image::open(d.path().join("preview.png")).is_ok());
 
+    // data stats decode the training images (VOC's are files, not pixels in memory).
+    let out = runner(d.path(), &["data", "stats", &exp("yolo_shapes.toml"), "--set", "data.root=shapes"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("24 images") && out.stdout.contains("pca_color_jitter"), "{}", out.stdout);
+
     // predict: one line per box and the image drawn.
     let image = year.join("JPEGImages/000025.jpg");
     let out = runner(
