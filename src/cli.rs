@@ -53,7 +53,8 @@ enum Command {
     /// Dataset tools.
     #[command(subcommand)]
     Data(DataCommand),
-    /// Class scores for image files: `#<rank> <score> <class>` per image.
+    /// Class scores for image files (`#<rank> <score> <class>`), or a detector's boxes
+    /// (`<class> <score> <xmin> <ymin> <xmax> <ymax>`, drawn into --out).
     Predict(PredictArgs),
     /// Continue an interrupted or failed run in its folder, from its last checkpoint.
     Resume(ResumeArgs),
@@ -173,7 +174,8 @@ enum DataCommand {
     /// Per-channel mean and std of the training split (and, for RGB, the colour covariance's
     /// eigenvalues and eigenvectors), printed as TOML to paste into `[augment]`.
     Stats(ExpArgs),
-    /// A PNG grid of samples after the split's augmentations, with class indices.
+    /// A PNG grid of samples after the split's augmentations, with class indices (or boxes
+    /// and class names).
     Preview(PreviewArgs),
     /// Writes a synthetic dataset.
     #[command(subcommand)]

@@ -242,6 +242,9 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     let last = graph.as_ref().and_then(|g| g.layers().last().cloned());
     let task = match &cfg.task {
         crate::config::TaskConfig::Classify {} => {
+            if cfg.data.dataset == crate::config::DatasetKind::Voc {
+                p.add("data.dataset", "`voc` holds boxes: its experiments need a [task.detect] table");
+            }
             crate::task::Task::Classify { label_smoothing: cfg.train.label_smoothing }
         }
         crate::config::TaskConfig::Detect(d) => {
@@ -635,13 +638,18 @@ fn check_detect(
     if d.max_detections == 0 {
         p.add("task.detect.max_detections", "must be >= 1");
     }
-    if let Some((key, path, shape)) = last.filter(|_| yolo.classes > 0 && d.grid > 0) {
+    if yolo.classes == 0 {
+        p.add("data.voc.classes", "lists no class: detection needs at least one");
+    }
+    if let Some((key, path, shape)) = last.filter(|_| d.grid > 0) {
         let (s, depth) = (d.grid, yolo.depth());
         let flat = shape.iter().product::<usize>() == s * s * depth && shape.len() == 1;
         let map = shape == [depth, s, s];
         if !flat && !map {
             p.list.push(format!(
-                "{}: key `{key}` ({path}): the model ends in shape {shape:?}, but the detect task with grid {s},                  {} boxes and {} classes reads [S, S, B*5 + C] = [{s}, {s}, {depth}]: end with                  {{ linear = {{ out = {} }} }} or a conv of {depth} channels on a {s}x{s} map",
+                "{}: key `{key}` ({path}): the model ends in shape {shape:?}, but the detect task with grid {s}, \
+                 {} boxes and {} classes reads [S, S, B*5 + C] = [{s}, {s}, {depth}]: end with \
+                 {{ linear = {{ out = {} }} }} or a conv of {depth} channels on a {s}x{s} map",
                 p.loaded.source_of_key("model.groups"),
                 d.boxes,
                 yolo.classes,
@@ -664,6 +672,27 @@ fn check_detect(
     }
     if cfg.eval.tta != crate::config::Tta::None {
         p.add("eval.tta", "test-time augmentation is for classification");
+    }
+    let voc = cfg.data.voc();
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(c) = voc.classes.iter().find(|c| !seen.insert(c.as_str())) {
+        p.add("data.voc.classes", format!("`{c}` is listed twice"));
+    }
+    for (key, split) in [("data.voc.train", &voc.train), ("data.voc.test", &voc.test)] {
+        if split.years.is_empty() {
+            p.add(&format!("{key}.years"), "lists no year");
+        }
+        if split.image_set.trim().is_empty() || split.image_set.contains(['/', '\\']) {
+            p.add(
+                &format!("{key}.image_set"),
+                format!("must be a list's name (`trainval`, `test`), is {:?}", split.image_set),
+            );
+        }
+    }
+    if cfg.data.download && voc.generate.is_none() {
+        if let Err(e) = crate::data::voc::archives_for(&voc) {
+            p.add("data.download", format!("{e:#}"));
+        }
     }
     if cfg.train.label_smoothing != 0.0 {
         p.add("train.label_smoothing", "is for classification's cross-entropy");

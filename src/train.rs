@@ -1,6 +1,6 @@
-//! The training loop: one function, read top to bottom. Per epoch: train on every batch
-//! (forward, cross-entropy, backward, an optimizer step every `accumulate` batches at the
-//! scheduled learning rate), evaluate on the test split, log the metrics, rewrite the run's
+//! The training loop, read top to bottom in `Session::epochs`. Per epoch: train on every
+//! batch (forward, the task's loss, backward, an optimizer step every `accumulate` batches at
+//! the plan's learning rate), evaluate on the test split, log the metrics, rewrite the run's
 //! tables, write `model.safetensors` and a checkpoint.
 //!
 //! Ctrl-C (or SIGTERM) stops at the next batch: the epochs already finished stay in the

@@ -287,14 +287,14 @@ pub struct DetectConfig {
 impl Default for DetectConfig {
     fn default() -> Self {
         DetectConfig {
-            grid: 7,
-            boxes: 2,
-            lambda_coord: 5.0,
-            lambda_obj: 1.0,
-            lambda_noobj: 0.5,
-            lambda_class: 1.0,
+            grid: seven(),
+            boxes: two_u(),
+            lambda_coord: five(),
+            lambda_obj: one_f(),
+            lambda_noobj: half(),
+            lambda_class: one_f(),
             score_min: default_score_min(),
-            nms_iou: 0.5,
+            nms_iou: half(),
             max_detections: default_max_detections(),
         }
     }

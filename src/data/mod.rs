@@ -123,7 +123,7 @@ static IMAGE_FOLDER: DatasetSpec = DatasetSpec {
 };
 
 // Everingham et al. (2010), "The PASCAL Visual Object Classes (VOC) Challenge". Classes
-// and splits come from `[data.voc]`; the archives are not downloaded yet.
+// and splits come from `[data.voc]`; the archives and their checksums are `voc::ARCHIVES`.
 static VOC: DatasetSpec =
     DatasetSpec { name: "voc", files: Files::Voc, base_url: "", system_dirs: &[], classes: &[], shape: [3, 0, 0] };
 
@@ -196,11 +196,7 @@ fn holding_folder(dir: &Path, spec: &DatasetSpec, cfg: &DataConfig) -> Option<Pa
             (dir.join(&cfg.train_dir).is_dir() && dir.join(&cfg.test_dir).is_dir()).then(|| dir.to_path_buf())
         }
         Files::Idx(files) => files.iter().all(|(name, _)| file_in(dir, name).is_some()).then(|| dir.to_path_buf()),
-        Files::Voc => {
-            let voc = cfg.voc();
-            let mut years = voc.train.years.iter().chain(&voc.test.years);
-            years.all(|y| voc::year_dir(dir, *y).is_some()).then(|| dir.to_path_buf())
-        }
+        Files::Voc => voc::holds(dir, &cfg.voc()).then(|| dir.to_path_buf()),
         Files::Cifar { folder, train, test, .. } => [dir.join(folder), dir.to_path_buf()]
             .into_iter()
             .find(|d| train.iter().chain([test]).all(|f| d.join(f).is_file())),
@@ -269,7 +265,15 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             }
             if let (Files::Voc, Some(crate::config::Synthetic::Shapes)) = (&spec.files, cfg.voc().generate) {
                 tracing::info!("writing the synthetic shapes set into {}", download_to.display());
-                synth::write_shapes(&download_to, &synth::ShapesOptions::default())?;
+                // Written aside and moved into place whole: an interrupted run leaves no
+                // half-written set that a later run would take for the real one.
+                let staging = download_to.with_extension("part");
+                if staging.exists() {
+                    std::fs::remove_dir_all(&staging)
+                        .with_context(|| format!("cannot remove the unfinished {}", staging.display()))?;
+                }
+                synth::write_shapes(&staging, &synth::ShapesOptions::default())?;
+                voc::merge_into(&staging, &download_to)?;
                 return finish_load(
                     cfg,
                     spec,
@@ -284,6 +288,7 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             if let Files::Voc = spec.files {
                 let archives: Vec<_> = voc::archives_for(&cfg.voc())?
                     .into_iter()
+                    .filter(|a| !voc::holds_archive(&download_to, a))
                     .map(|a| (a.file, Checksum::Md5(a.md5), cfg.mirror.as_deref().unwrap_or(a.base_url)))
                     .collect();
                 voc::download(&download_to, &archives)?;

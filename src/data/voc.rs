@@ -65,6 +65,41 @@ pub fn year_dir(root: &Path, year: u32) -> Option<PathBuf> {
         .find(|d| d.join("Annotations").is_dir())
 }
 
+/// Whether `root` holds every split of `cfg`: for each year its `Annotations` and the
+/// split's `ImageSets/Main/<image_set>.txt` (written last, so a partial tree does not count).
+pub fn holds(root: &Path, cfg: &crate::config::VocConfig) -> bool {
+    [&cfg.train, &cfg.test].iter().all(|split| {
+        split.years.iter().all(|&y| {
+            year_dir(root, y)
+                .is_some_and(|d| d.join("ImageSets/Main").join(format!("{}.txt", split.image_set)).is_file())
+        })
+    })
+}
+
+/// Whether `root` holds what `archive` would bring (its year with one of its image sets).
+pub fn holds_archive(root: &Path, archive: &Archive) -> bool {
+    year_dir(root, archive.year)
+        .is_some_and(|d| archive.image_sets.iter().any(|s| d.join("ImageSets/Main").join(format!("{s}.txt")).is_file()))
+}
+
+/// Moves every file under `from` to the same place under `to` (folders created, files
+/// already there kept), then removes `from`.
+pub fn merge_into(from: &Path, to: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?;
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("cannot read {}", from.display()))?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            merge_into(&src, &dst)?;
+        } else if !dst.exists() {
+            std::fs::rename(&src, &dst)
+                .with_context(|| format!("cannot move {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    std::fs::remove_dir_all(from).with_context(|| format!("cannot remove {}", from.display()))
+}
+
 /// Parses one `Annotations/<id>.xml`. An object whose class is not in `classes` is an
 /// error naming the file and the name, or (with `skip_unknown`) left out and counted.
 pub fn parse_annotation(path: &Path, classes: &[String], skip_unknown: bool) -> Result<Annotation> {
@@ -268,9 +303,9 @@ const USED: [&str; 3] = ["Annotations/", "JPEGImages/", "ImageSets/Main/"];
 
 /// Fetches `archives` into `root` (each `.tar` checked against its MD5, kept for later)
 /// from `base` (a mirror serving every file name) or each archive's official address, and
-/// extracts the used folders of `VOCdevkit/VOC<year>/` into `root/VOCdevkit.part/`, renamed
-/// into `root/VOCdevkit/` once every archive is in: an interrupted download or extraction
-/// leaves no half-filled `VOCdevkit/VOC<year>`.
+/// extracts the used folders of `VOCdevkit/VOC<year>/` into `root/VOCdevkit.part/`, moved
+/// into `root/VOCdevkit/` once every archive is in (next to the years already there): an
+/// interrupted download or extraction leaves no half-filled `VOCdevkit/VOC<year>`.
 pub fn download(root: &Path, archives: &[(&str, crate::data::download::Checksum, &str)]) -> Result<()> {
     let staging = root.join("VOCdevkit.part");
     for (file, checksum, base) in archives {
@@ -280,18 +315,10 @@ pub fn download(root: &Path, archives: &[(&str, crate::data::download::Checksum,
         }
         extract(&path, &staging)?;
     }
-    let done = root.join("VOCdevkit");
-    std::fs::create_dir_all(&done).with_context(|| format!("cannot create {}", done.display()))?;
-    let entries = std::fs::read_dir(&staging).with_context(|| format!("cannot read {}", staging.display()))?;
-    for e in entries {
-        let e = e.with_context(|| format!("cannot read {}", staging.display()))?;
-        let target = done.join(e.file_name());
-        if target.exists() {
-            bail!("{} exists already: remove it to unpack the downloaded archives again", target.display());
-        }
-        std::fs::rename(e.path(), &target).with_context(|| format!("cannot move into {}", target.display()))?;
+    if !staging.exists() {
+        return Ok(());
     }
-    std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))
+    merge_into(&staging, &root.join("VOCdevkit"))
 }
 
 /// Extracts the used folders of an uncompressed VOC `.tar` into `dest` (which stands for

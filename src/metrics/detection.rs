@@ -6,7 +6,7 @@
 //! a `difficult` box counts as neither, and difficult boxes are not in the number of
 //! positives. Precision / recall then give AP two ways: VOC2007's 11-point interpolation
 //! (`map50_voc07`) and the area under the interpolated curve used since VOC2010
-//! (`map50_area`). Boxes are `[x1, y1, x2, y2]` in continuous coordinates (no +1 pixel).
+//! (`map50`). Boxes are `[x1, y1, x2, y2]` in continuous coordinates (no +1 pixel).
 
 /// `[x1, y1, x2, y2]`.
 pub type BoxXyxy = [f64; 4];
@@ -117,7 +117,7 @@ pub fn ap50(dets: &[Detection], truths: &[Truth]) -> (f64, f64) {
     (ap_voc07(&p, &r), ap_area(&p, &r))
 }
 
-/// Mean AP50 over classes that have non-difficult boxes: `(map50_voc07, map50_area)`.
+/// Mean AP50 over classes that have non-difficult boxes: `(map50_voc07, map50)`.
 pub fn map50(per_class: &[(Vec<Detection>, Vec<Truth>)]) -> (f64, f64) {
     let aps: Vec<(f64, f64)> =
         per_class.iter().filter(|(_, t)| t.iter().any(|t| !t.difficult)).map(|(d, t)| ap50(d, t)).collect();
@@ -136,6 +136,8 @@ pub struct DetectionStats {
     pub detections: Vec<(u32, Detection)>,
     /// `(class, truth)`.
     pub truths: Vec<(u32, Truth)>,
+    /// The per-class APs, computed once when first asked (after the sums are complete).
+    aps: std::cell::OnceCell<Vec<(f64, f64)>>,
 }
 
 impl DetectionStats {
@@ -174,11 +176,16 @@ impl DetectionStats {
     }
 
     /// Per class `(ap_voc07, ap_area)`; NaN for a class without (non-difficult) objects.
+    /// Matched once: later calls (each metric, the log line) reuse the result.
     pub fn ap50(&self) -> Vec<(f64, f64)> {
-        self.per_class(f64::NEG_INFINITY)
-            .iter()
-            .map(|(d, t)| if t.iter().any(|t| !t.difficult) { ap50(d, t) } else { (f64::NAN, f64::NAN) })
-            .collect()
+        self.aps
+            .get_or_init(|| {
+                self.per_class(f64::NEG_INFINITY)
+                    .iter()
+                    .map(|(d, t)| if t.iter().any(|t| !t.difficult) { ap50(d, t) } else { (f64::NAN, f64::NAN) })
+                    .collect()
+            })
+            .clone()
     }
 
     /// Per class with objects: its index, area AP, and precision and recall after each
@@ -195,9 +202,11 @@ impl DetectionStats {
             .collect()
     }
 
-    /// `map50_voc07`, `map50_area`.
+    /// `(map50_voc07, map50)`: the means over the classes with (non-difficult) objects.
     pub fn map50(&self) -> (f64, f64) {
-        map50(&self.per_class(f64::NEG_INFINITY))
+        let aps: Vec<(f64, f64)> = self.ap50().into_iter().filter(|a| !a.0.is_nan()).collect();
+        let n = aps.len().max(1) as f64;
+        (aps.iter().map(|a| a.0).sum::<f64>() / n, aps.iter().map(|a| a.1).sum::<f64>() / n)
     }
 
     /// Precision and recall of the detections scoring at least `threshold`, over all

@@ -54,9 +54,12 @@ impl Yolo {
     pub fn cells(&self, out: &Tensor) -> Result<Tensor> {
         let (s, d) = (self.cfg.grid, self.depth());
         let n = out.dim(0)?;
-        Ok(match out.rank() {
-            4 => out.permute((0, 2, 3, 1))?.contiguous()?, // [n, d, s, s] -> [n, s, s, d]
-            _ => out.reshape((n, s, s, d))?,
+        Ok(match out.dims() {
+            [_, c, h, w] if (*c, *h, *w) == (d, s, s) => out.permute((0, 2, 3, 1))?.contiguous()?, // [n, s, s, d]
+            [_, rest] if *rest == s * s * d => out.reshape((n, s, s, d))?,
+            other => {
+                bail!("the model's output is {other:?}; the detect task reads [n, {d}, {s}, {s}] or [n, {}]", s * s * d)
+            }
         })
     }
 
@@ -163,8 +166,11 @@ impl Yolo {
                     (c[2] * w as f64).clamp(0.0, w as f64) as f32,
                     (c[3] * h as f64).clamp(0.0, h as f64) as f32,
                 ];
+                // Both factors are probabilities: a linear head's negative values count as 0
+                // (two negatives must not make a positive score).
+                let conf = v[5 * b + 4].max(0.0);
                 for class in 0..self.classes {
-                    let score = v[5 * b + 4] * v[5 * nb + class];
+                    let score = conf * v[5 * nb + class].max(0.0);
                     if score as f64 >= self.cfg.score_min && bbox[2] > bbox[0] && bbox[3] > bbox[1] {
                         found.push(Found { class: class as u32, score, bbox });
                     }
@@ -368,6 +374,13 @@ mod tests {
         assert_eq!((found[0].class, found[1].class), (0, 1));
         assert!((found[0].score - 0.81).abs() < 1e-6 && (found[1].score - 0.18).abs() < 1e-6);
         assert_eq!(found[0].bbox, [37.5, 37.5, 62.5, 62.5]);
+        // A linear head's negative confidence and class score do not make a positive score.
+        let negative = [0.5, 0.5, 0.5, 0.5, -0.9, 0.5, 0.5, 0.45, 0.5, -0.8, -0.9, -0.2];
+        assert!(y.decode(&negative, [100, 100]).is_empty());
+        // An output of another shape is an error naming both shapes.
+        let bad = Tensor::zeros((1, 13, 1, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = y.cells(&bad).unwrap_err().to_string();
+        assert!(e.contains("[1, 13, 1, 1]") && e.contains("[n, 12, 1, 1]"), "{e}");
         y.cfg.max_detections = 1;
         assert_eq!(y.decode(&v, [100, 100]).len(), 1);
         y.cfg.score_min = 0.9;

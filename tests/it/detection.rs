@@ -42,6 +42,11 @@ fn tree_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
 fn yolo_trains_on_the_shapes_set_and_predicts_boxes() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("shapes");
+    // A half-written set (no image-set lists yet) does not count as the dataset.
+    std::fs::create_dir_all(data.join("VOCdevkit/VOC2007/Annotations")).unwrap();
+    let out = runner(d.path(), &["check", &exp("yolo_shapes.toml"), "--set", "data.root=shapes"]);
+    assert!(out.stdout.contains("will be written into shapes"), "{}{}", out.stdout, out.stderr);
+    std::fs::remove_dir_all(&data).unwrap();
     let args = ["data", "synth", "shapes", "--out", "shapes", "--train", "24", "--test", "8", "--size", "64"];
     let out = runner(d.path(), &args);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
@@ -233,6 +238,37 @@ fn detection_configs_are_checked_against_the_task() {
     let out = runner(d.path(), &["check", &exp("lenet5_fashion_mnist.toml"), "--set", "task.detect.grid=7"]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("needs a dataset with boxes"), "{}", out.stderr);
+    // The head's message reads as one sentence.
+    let out = runner(d.path(), &["check", &exp("yolo_shapes.toml"), "--set", "task.detect.grid=5"]);
+    assert!(
+        out.stderr.contains("with grid 5, 2 boxes and 5 classes reads [S, S, B*5 + C] = [5, 5, 15]: end with"),
+        "{}",
+        out.stderr
+    );
+    // [data.voc]: no class, a class twice, no year, a path as the image set.
+    let out = runner(
+        d.path(),
+        &[
+            "check",
+            &exp("yolo_shapes.toml"),
+            "--set",
+            "data.voc.classes=[\"a\", \"b\", \"a\"]",
+            "--set",
+            "data.voc.train.years=[]",
+            "--set",
+            "data.voc.test.image_set=\"../x\"",
+        ],
+    );
+    assert_eq!(out.code, 2);
+    for want in ["`a` is listed twice", "data.voc.train.years`: lists no year", "data.voc.test.image_set"] {
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
+    }
+    let out = runner(d.path(), &["check", &exp("yolo_shapes.toml"), "--set", "data.voc.classes=[]"]);
+    assert!(out.stderr.contains("lists no class"), "{}", out.stderr);
+    // A VOC dataset without the detect task.
+    let out = runner(d.path(), &["check", &exp("yolo_shapes.toml"), "--set", "task={ classify = {} }"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("its experiments need a [task.detect] table"), "{}", out.stderr);
 }
 
 fn md5_hex(bytes: &[u8]) -> &'static str {
