@@ -147,12 +147,17 @@ impl Model {
                 let block_in = x.clone();
                 let mut layers = block.layers.iter().peekable();
                 while let Some(layer) = layers.next() {
-                    // Batch norm then ReLU run as one op (one pass and one backprop node fewer).
-                    let relu_next = layers.peek().is_some_and(|l| matches!(l.kind, LayerKind::Relu {}));
-                    x = match layer.kind {
-                        LayerKind::Batchnorm { eps, momentum } if relu_next => {
+                    // Batch norm then a ReLU or leaky ReLU run as one op (one pass and one
+                    // backprop node fewer): the activation's slope (0 for a ReLU).
+                    let act_next = layers.peek().and_then(|l| match l.kind {
+                        LayerKind::Relu {} => Some(0.0),
+                        LayerKind::LeakyRelu { slope } => Some(slope),
+                        _ => None,
+                    });
+                    x = match (&layer.kind, act_next) {
+                        (LayerKind::Batchnorm { eps, momentum }, Some(slope)) => {
                             layers.next();
-                            self.batchnorm(layer, x, pass, (eps, momentum), true)?
+                            self.batchnorm(layer, x, pass, (*eps, *momentum), Some(slope))?
                         }
                         _ => self.apply(layer, x, pass, &kept)?,
                     };
@@ -182,14 +187,15 @@ impl Model {
         Ok(x)
     }
 
-    /// A batch-norm layer (`relu`: with the ReLU that follows it fused in).
+    /// A batch-norm layer (`act`: with the ReLU, slope 0, or leaky ReLU that follows it
+    /// fused in).
     fn batchnorm(
         &self,
         layer: &PlannedLayer,
         x: Tensor,
         pass: Pass,
         (eps, momentum): (f64, f64),
-        relu: bool,
+        act: Option<f64>,
     ) -> Result<Tensor> {
         let w = self.required(layer, "weight")?;
         let b = self.required(layer, "bias")?;
@@ -197,8 +203,11 @@ impl Model {
         let (rm, rv) = (buffer("running_mean")?, buffer("running_var")?);
         let frozen = self.frozen.contains(&format!("{}.weight", layer.path));
         if pass.train && !frozen {
-            let train = if relu { batch_norm_relu_train } else { batch_norm_train };
-            let (y, mean, var) = train(&x, &w, &b, eps)?;
+            let (y, mean, var) = match act {
+                None => batch_norm_train(&x, &w, &b, eps)?,
+                Some(0.0) => batch_norm_relu_train(&x, &w, &b, eps)?,
+                Some(s) => crate::ops::batchnorm::batch_norm_leaky_train(&x, &w, &b, eps, s)?,
+            };
             // PyTorch: running = (1 - momentum) * running + momentum * batch,
             // the variance unbiased (n / (n - 1)) over n = batch * h * w values.
             let n = (x.elem_count() / x.dim(1)?) as f64;
@@ -209,10 +218,10 @@ impl Model {
             Ok(y)
         } else {
             let y = batch_norm_eval(&x, &w, &b, rm.as_tensor(), rv.as_tensor(), eps)?;
-            if relu {
-                relu_op(&y)
-            } else {
-                Ok(y)
+            match act {
+                None => Ok(y),
+                Some(0.0) => relu_op(&y),
+                Some(s) => crate::ops::activation::leaky_relu_op(&y, s),
             }
         }
     }
@@ -234,7 +243,7 @@ impl Model {
                 Some((kind, geom)) => pool2d(&x, kind, geom)?,
                 None => x,
             },
-            LayerKind::Batchnorm { eps, momentum } => self.batchnorm(layer, x, pass, (*eps, *momentum), false)?,
+            LayerKind::Batchnorm { eps, momentum } => self.batchnorm(layer, x, pass, (*eps, *momentum), None)?,
             LayerKind::GlobalAvgpool {} => x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?, // [b, c, 1, 1]
             LayerKind::Relu {} => relu_op(&x)?,
             LayerKind::LeakyRelu { slope } => crate::ops::activation::leaky_relu_op(&x, *slope)?,

@@ -51,19 +51,21 @@ fn normalised<T: Elem>(x: T, mean: T, (scale, beta): (T, T)) -> T {
     T::zero() * x + scale * (x - mean) + beta
 }
 
-/// `dy`, or 0 where a fused ReLU after the normalisation (`mask`: scale, beta) cut it.
+/// `dy` through a (leaky) ReLU fused after the normalisation (`mask`: scale, beta, slope):
+/// `dy` where the normalised value is positive, else `slope * dy` (0 for a ReLU).
 #[inline(always)]
-fn through_relu<T: Elem>(x: T, dy: T, mean: T, mask: Option<(T, T)>) -> T {
+fn through_relu<T: Elem>(x: T, dy: T, mean: T, mask: Option<(T, T, T)>) -> T {
     match mask {
-        Some(sb) if normalised(x, mean, sb) > T::zero() => dy,
-        Some(_) => T::zero(),
+        Some((sc, b, _)) if normalised(x, mean, (sc, b)) > T::zero() => dy,
+        Some((_, _, s)) if s == T::zero() => T::zero(),
+        Some((_, _, s)) => dy * s,
         None => dy,
     }
 }
 
 /// `sum dy` and `sum dy * (x - mean)` over one plane (`dy` through the fused ReLU, if any).
 #[inline(always)]
-fn plane_dots_body<T: Elem>(x: &[T], dy: &[T], mean: T, mask: Option<(T, T)>) -> (f64, f64) {
+fn plane_dots_body<T: Elem>(x: &[T], dy: &[T], mean: T, mask: Option<(T, T, T)>) -> (f64, f64) {
     let (mut s, mut q) = ([T::zero(); LANES], [T::zero(); LANES]);
     let (xc, dc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
     let (xr, dr) = (xc.remainder(), dc.remainder());
@@ -78,28 +80,46 @@ fn plane_dots_body<T: Elem>(x: &[T], dy: &[T], mean: T, mask: Option<(T, T)>) ->
     (lanes_to_f64(&s, rem().map(|(_, d)| d)), lanes_to_f64(&q, rem().map(|(a, d)| d * (a - mean))))
 }
 
-/// `out = a * x + b * (y - m) + c`, then `max(out, 0)` when `relu` (centred first: `b * y`
-/// and `b * m` can be large and cancel where the centred value is small).
+/// `out = a * x + b * (y - m) + c`, then through the activation `act` (a slope: 0 for a
+/// ReLU, else leaky) when given (centred first: `b * y` and `b * m` can be large and cancel
+/// where the centred value is small).
 #[inline(always)]
-fn plane_affine_body<T: Elem>(out: &mut [T], x: &[T], y: &[T], (a, b, m, c): (T, T, T, T), relu: bool) {
-    for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
-        let v = a * x + b * (y - m) + c;
-        *o = if !relu || v > T::zero() { v } else { T::zero() };
+fn plane_affine_body<T: Elem>(out: &mut [T], x: &[T], y: &[T], (a, b, m, c): (T, T, T, T), act: Option<T>) {
+    match act {
+        None => out.iter_mut().zip(x).zip(y).for_each(|((o, &x), &y)| *o = a * x + b * (y - m) + c),
+        Some(s) if s == T::zero() => {
+            for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+                let v = a * x + b * (y - m) + c;
+                *o = if v > T::zero() { v } else { T::zero() };
+            }
+        }
+        Some(s) => {
+            for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+                let v = a * x + b * (y - m) + c;
+                *o = if v > T::zero() { v } else { v * s };
+            }
+        }
     }
 }
 
 /// `dx = k dy' + k1 (x - mean) + k0`, `dy'` being `dy` through the fused ReLU, if any.
 #[inline(always)]
-fn plane_grad_body<T: Elem>(out: &mut [T], dy: &[T], x: &[T], (k, k1, mean, k0): (T, T, T, T), mask: Option<(T, T)>) {
+fn plane_grad_body<T: Elem>(
+    out: &mut [T],
+    dy: &[T],
+    x: &[T],
+    (k, k1, mean, k0): (T, T, T, T),
+    mask: Option<(T, T, T)>,
+) {
     for ((o, &d), &x) in out.iter_mut().zip(dy).zip(x) {
         *o = k * through_relu(x, d, mean, mask) + k1 * (x - mean) + k0;
     }
 }
 
 with_avx2!(plane_moments = plane_moments_body(p: &[T], mean: T) -> (f64, f64));
-with_avx2!(plane_dots = plane_dots_body(x: &[T], dy: &[T], mean: T, mask: Option<(T, T)>) -> (f64, f64));
-with_avx2!(plane_affine = plane_affine_body(out: &mut [T], x: &[T], y: &[T], k: (T, T, T, T), relu: bool));
-with_avx2!(plane_grad = plane_grad_body(out: &mut [T], dy: &[T], x: &[T], k: (T, T, T, T), mask: Option<(T, T)>));
+with_avx2!(plane_dots = plane_dots_body(x: &[T], dy: &[T], mean: T, mask: Option<(T, T, T)>) -> (f64, f64));
+with_avx2!(plane_affine = plane_affine_body(out: &mut [T], x: &[T], y: &[T], k: (T, T, T, T), act: Option<T>));
+with_avx2!(plane_grad = plane_grad_body(out: &mut [T], dy: &[T], x: &[T], k: (T, T, T, T), mask: Option<(T, T, T)>));
 
 /// Per channel: (mean, biased variance). The mean is summed first (in lanes, then f64);
 /// the variance is the mean of squared deviations from it.
@@ -129,22 +149,24 @@ fn forward<T: Elem>(
     d: (usize, usize, usize),
     st: &[(f64, f64)],
     eps: f64,
-    relu: bool,
+    act: Option<f64>,
 ) -> Vec<T> {
+    let act = act.map(T::from_f64);
     let (_, c, hw) = d;
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).for_each(|(ys, xs)| {
         for (ch, (yp, xp)) in ys.chunks_mut(hw).zip(xs.chunks(hw)).enumerate() {
             let k = (T::zero(), scale(g[ch], st[ch], eps), T::from_f64(st[ch].0), b[ch]);
-            plane_affine(yp, xp, xp, k, relu);
+            plane_affine(yp, xp, xp, k, act);
         }
     });
     y
 }
 
 /// `(dx, dgamma, dbeta)`: dbeta = sum dy, dgamma = sum dy * xhat,
-/// dx = gamma / sqrt(var + eps) * (dy - dbeta / m - xhat * dgamma / m). With `relu_beta`
-/// (a ReLU fused after the normalisation, and beta), `dy` is first cut where it cut.
+/// dx = gamma / sqrt(var + eps) * (dy - dbeta / m - xhat * dgamma / m). With `act` (beta,
+/// and the slope of a (leaky) ReLU fused after the normalisation), `dy` first goes back
+/// through it.
 fn backward<T: Elem>(
     x: &[T],
     g: &[T],
@@ -152,11 +174,11 @@ fn backward<T: Elem>(
     d: (usize, usize, usize),
     st: &[(f64, f64)],
     eps: f64,
-    relu_beta: Option<&[f64]>,
+    act: Option<(&[f64], f64)>,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (n, c, hw) = d;
     let m = (n * hw) as f64;
-    let mask = |ch: usize| relu_beta.map(|b| (scale(g[ch], st[ch], eps), T::from_f64(b[ch])));
+    let mask = |ch: usize| act.map(|(b, s)| (scale(g[ch], st[ch], eps), T::from_f64(b[ch]), T::from_f64(s)));
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -204,11 +226,12 @@ fn check_stats(st: &[(f64, f64)], (_, c, _): (usize, usize, usize)) -> Result<()
     Ok(())
 }
 
-/// `relu`: a ReLU fused after the normalisation (one pass and one backprop node fewer).
+/// `act`: a ReLU (slope 0) or leaky ReLU (its slope) fused after the normalisation (one
+/// pass and one backprop node fewer).
 struct BatchNormTrain {
     eps: f64,
     stats: Arc<Vec<(f64, f64)>>,
-    relu: bool,
+    act: Option<f64>,
 }
 /// `(x, gamma, dy)` -> `[dx (flattened) ++ dgamma ++ dbeta]`, split by the caller;
 /// `relu_beta`: beta, when a ReLU was fused after the normalisation.
@@ -216,6 +239,7 @@ struct BatchNormGrad {
     eps: f64,
     stats: Arc<Vec<(f64, f64)>>,
     relu_beta: Option<Vec<f64>>,
+    slope: f64,
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -231,10 +255,10 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (d, eps, st, relu) = (dims(l1)?, self.eps, &self.stats, self.relu);
+        let (d, eps, st, act) = (dims(l1)?, self.eps, &self.stats, self.act);
         check_stats(st, d)?;
         Ok((
-            dispatch3!("batch norm", s1, l1, s2, l2, s3, l3, |x, g, b| forward(x, g, b, d, st, eps, relu)),
+            dispatch3!("batch norm", s1, l1, s2, l2, s3, l3, |x, g, b| forward(x, g, b, d, st, eps, act)),
             l1.shape().clone(),
         ))
     }
@@ -246,8 +270,11 @@ impl CustomOp3 for BatchNormTrain {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let relu_beta = if self.relu { Some(beta.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?) } else { None };
-        let op = BatchNormGrad { eps: self.eps, stats: self.stats.clone(), relu_beta };
+        let relu_beta = match self.act {
+            Some(_) => Some(beta.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?),
+            None => None,
+        };
+        let op = BatchNormGrad { eps: self.eps, stats: self.stats.clone(), relu_beta, slope: self.act.unwrap_or(0.0) };
         let all = x.apply_op3_no_bwd(gamma, &dy.contiguous()?, &op)?;
         let (len, c) = (x.elem_count(), gamma.elem_count());
         let dx = all.narrow(0, 0, len)?.reshape(x.shape())?;
@@ -270,14 +297,14 @@ impl CustomOp3 for BatchNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (d, eps, st, rb) = (dims(l1)?, self.eps, &self.stats, self.relu_beta.as_deref());
+        let (d, eps, st, rb, slope) = (dims(l1)?, self.eps, &self.stats, self.relu_beta.as_deref(), self.slope);
         check_stats(st, d)?;
         if rb.is_some_and(|b| b.len() != d.1) {
             candle_core::bail!("batch norm: beta does not have {} channels", d.1);
         }
         let total = l1.shape().elem_count() + 2 * d.1;
         let out = dispatch3!("batch norm", s1, l1, s2, l2, s3, l3, |x, g, dy| {
-            let (mut dx, dg, db) = backward(x, g, dy, d, st, eps, rb);
+            let (mut dx, dg, db) = backward(x, g, dy, d, st, eps, rb.map(|b| (b, slope)));
             dx.extend(dg);
             dx.extend(db);
             dx
@@ -309,22 +336,40 @@ impl CustomOp1 for BatchStats {
 /// statistics. Returns `y` and the batch's `(mean, biased variance)` per channel (f64,
 /// no gradient).
 pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
-    norm_train(x, gamma, beta, eps, false)
+    norm_train(x, gamma, beta, eps, None)
 }
 
 /// [`batch_norm_train`] followed by a ReLU, in one op on the CPU: one pass fewer forward and
 /// backward, and one gradient fewer for candle to accumulate.
 pub fn batch_norm_relu_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
-    norm_train(x, gamma, beta, eps, true)
+    norm_train(x, gamma, beta, eps, Some(0.0))
 }
 
-fn norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, relu: bool) -> Result<(Tensor, Tensor, Tensor)> {
+/// [`batch_norm_train`] followed by a leaky ReLU of `slope`, in one op on the CPU.
+pub fn batch_norm_leaky_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    slope: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    norm_train(x, gamma, beta, eps, Some(slope))
+}
+
+/// `act`: a fused ReLU (slope 0) or leaky ReLU (its slope) after the normalisation.
+fn norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Option<f64>,
+) -> Result<(Tensor, Tensor, Tensor)> {
     if x.device().is_cpu() {
         let x = x.contiguous()?;
         let st = x.detach().apply_op1_no_bwd(&BatchStats)?;
         let (mean, var) = (st.get(0)?, st.get(1)?);
         let pairs = Arc::new(mean.to_vec1::<f64>()?.into_iter().zip(var.to_vec1::<f64>()?).collect());
-        let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BatchNormTrain { eps, stats: pairs, relu })?;
+        let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BatchNormTrain { eps, stats: pairs, act })?;
         return Ok((y, mean, var));
     }
     // Other devices: the same formula from candle's ops.
@@ -334,7 +379,11 @@ fn norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, relu: bool) -
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?.mean_keepdim(0)?;
     let y = xc.broadcast_div(&(&var + eps)?.sqrt()?)?;
     let y = y.broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?.broadcast_add(&beta.reshape((1, c, 1, 1))?)?;
-    let y = if relu { y.relu()? } else { y };
+    let y = match act {
+        None => y,
+        Some(0.0) => y.relu()?,
+        Some(s) => candle_nn::ops::leaky_relu(&y, s)?,
+    };
     Ok((y, mean.flatten_all()?.detach(), var.flatten_all()?.detach()))
 }
 
@@ -380,6 +429,7 @@ mod tests {
         let b = Var::from_tensor(&rand_tensor(&[4], 3, DType::F64)).unwrap();
         check_grads(&[&x, &g, &b], |v| Ok(batch_norm_train(v[0], v[1], v[2], 1e-5)?.0), "batchnorm train");
         check_grads(&[&x, &g, &b], |v| Ok(batch_norm_relu_train(v[0], v[1], v[2], 1e-5)?.0), "batchnorm + relu");
+        check_grads(&[&x, &g, &b], |v| Ok(batch_norm_leaky_train(v[0], v[1], v[2], 1e-5, 0.1)?.0), "batchnorm + leaky");
     }
 
     /// The fused op gives what batch norm then ReLU give: outputs and all three gradients.
@@ -389,21 +439,25 @@ mod tests {
         let g = Var::from_tensor(&rand_tensor(&[3], 5, DType::F32)).unwrap();
         let b = Var::from_tensor(&rand_tensor(&[3], 6, DType::F32)).unwrap();
         let r = rand_tensor(&[4, 3, 5, 6], 7, DType::F32);
-        let run = |fused: bool| {
-            let y = if fused {
-                batch_norm_relu_train(&x, &g, &b, 1e-5).unwrap().0
-            } else {
-                crate::ops::activation::relu_op(&batch_norm_train(&x, &g, &b, 1e-5).unwrap().0).unwrap()
+        let run = |fused: bool, slope: f64| {
+            let plain = batch_norm_train(&x, &g, &b, 1e-5).unwrap().0;
+            let y = match (fused, slope == 0.0) {
+                (true, true) => batch_norm_relu_train(&x, &g, &b, 1e-5).unwrap().0,
+                (true, false) => batch_norm_leaky_train(&x, &g, &b, 1e-5, slope).unwrap().0,
+                (false, true) => crate::ops::activation::relu_op(&plain).unwrap(),
+                (false, false) => crate::ops::activation::leaky_relu_op(&plain, slope).unwrap(),
             };
             let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             [flat(&y), flat(grads.get(&x).unwrap()), flat(grads.get(&g).unwrap()), flat(grads.get(&b).unwrap())]
         };
-        let (fused, plain) = (run(true), run(false));
-        assert!(fused[0].contains(&0.0) && fused[0].iter().any(|v| *v > 0.0));
-        for (what, (a, b)) in ["y", "dx", "dgamma", "dbeta"].iter().zip(fused.iter().zip(&plain)) {
-            let err = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
-            assert!(err < 1e-5, "{what}: max difference {err}");
+        for slope in [0.0, 0.1] {
+            let (fused, plain) = (run(true, slope), run(false, slope));
+            assert!(fused[0].iter().any(|v| *v <= 0.0) && fused[0].iter().any(|v| *v > 0.0));
+            for (what, (a, b)) in ["y", "dx", "dgamma", "dbeta"].iter().zip(fused.iter().zip(&plain)) {
+                let err = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+                assert!(err < 1e-5, "slope {slope}: {what}: max difference {err}");
+            }
         }
     }
 }
