@@ -7,12 +7,16 @@
 pub mod augment;
 pub mod layers;
 pub mod load;
+pub mod task;
+pub mod voc;
 
 use serde::{Deserialize, Serialize};
 
 pub use augment::{resized_shorter, AugmentConfig, AugmentOp, PadMode};
 pub use layers::{Layer, LayerKind, UpsamplePlan, LAYER_NAMES};
 pub use load::{load, LoadOptions, Loaded};
+pub use task::{DetectConfig, TaskConfig};
+pub use voc::{Synthetic, VocConfig, VocSplit};
 
 /// The whole experiment: what `runner EXP` reads after merging every file and override.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,143 +181,6 @@ impl DataConfig {
             None => std::borrow::Cow::Owned(VocConfig::default()),
         }
     }
-}
-
-/// `[data.voc]`: `train = { years = [2007, 2012], image_set = "trainval" }`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VocConfig {
-    #[serde(default = "default_voc_train")]
-    pub train: VocSplit,
-    #[serde(default = "default_voc_test")]
-    pub test: VocSplit,
-    /// The class names in index order; default: VOC's 20 classes in the devkit's order.
-    #[serde(default = "default_voc_classes")]
-    pub classes: Vec<String>,
-    /// Write a synthetic set into the folder when it is missing: `"shapes"` (the default
-    /// set of `runner data synth shapes`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generate: Option<Synthetic>,
-}
-
-/// The synthetic datasets runner can write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Synthetic {
-    Shapes,
-}
-
-impl Default for VocConfig {
-    fn default() -> Self {
-        VocConfig {
-            train: default_voc_train(),
-            test: default_voc_test(),
-            classes: default_voc_classes(),
-            generate: None,
-        }
-    }
-}
-
-/// The images of one split: the ids in `VOC<year>/ImageSets/Main/<image_set>.txt` per year.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VocSplit {
-    pub years: Vec<u32>,
-    pub image_set: String,
-}
-
-fn default_voc_train() -> VocSplit {
-    VocSplit { years: vec![2007, 2012], image_set: "trainval".into() }
-}
-fn default_voc_test() -> VocSplit {
-    VocSplit { years: vec![2007], image_set: "test".into() }
-}
-fn default_voc_classes() -> Vec<String> {
-    crate::data::voc::VOC_CLASSES.iter().map(|c| c.to_string()).collect()
-}
-
-/// `[task]`: what the model's output means. One table, one variant: `[task.detect]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum TaskConfig {
-    /// One class per image: cross-entropy over the model's `[classes]` output.
-    Classify {},
-    /// YOLOv1: boxes from an `S x S` grid of cells, each with `boxes` predictors.
-    Detect(DetectConfig),
-}
-
-impl Default for TaskConfig {
-    fn default() -> Self {
-        TaskConfig::Classify {}
-    }
-}
-
-impl TaskConfig {
-    pub fn is_classify(&self) -> bool {
-        matches!(self, TaskConfig::Classify {})
-    }
-}
-
-/// `[task.detect]`: the grid, the course's four loss weights, and how outputs become boxes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetectConfig {
-    /// `S`: the image is an `S x S` grid of cells; a cell predicts the objects whose centre it holds.
-    #[serde(default = "seven")]
-    pub grid: usize,
-    /// `B`: box predictors per cell.
-    #[serde(default = "two_u")]
-    pub boxes: usize,
-    #[serde(default = "five")]
-    pub lambda_coord: f64,
-    #[serde(default = "one_f")]
-    pub lambda_obj: f64,
-    #[serde(default = "half")]
-    pub lambda_noobj: f64,
-    #[serde(default = "one_f")]
-    pub lambda_class: f64,
-    /// Boxes scoring (confidence x class score) below this are dropped before NMS.
-    #[serde(default = "default_score_min")]
-    pub score_min: f64,
-    /// Per-class greedy non-maximum suppression: a box overlapping a higher-scoring box of
-    /// its class by more than this IoU is dropped.
-    #[serde(default = "half")]
-    pub nms_iou: f64,
-    /// At most this many boxes per image, the highest scores.
-    #[serde(default = "default_max_detections")]
-    pub max_detections: usize,
-}
-
-impl Default for DetectConfig {
-    fn default() -> Self {
-        DetectConfig {
-            grid: seven(),
-            boxes: two_u(),
-            lambda_coord: five(),
-            lambda_obj: one_f(),
-            lambda_noobj: half(),
-            lambda_class: one_f(),
-            score_min: default_score_min(),
-            nms_iou: half(),
-            max_detections: default_max_detections(),
-        }
-    }
-}
-
-fn seven() -> usize {
-    7
-}
-fn two_u() -> usize {
-    2
-}
-fn five() -> f64 {
-    5.0
-}
-fn default_score_min() -> f64 {
-    0.005
-}
-fn default_max_detections() -> usize {
-    100
 }
 
 fn three() -> usize {

@@ -1,0 +1,91 @@
+//! `[task]`: what the model's output means (classification by default, `[task.detect]`
+//! for YOLOv1's boxes), with the detection loss weights and decoding. The task's behaviour
+//! lives in `crate::task`.
+
+use serde::{Deserialize, Serialize};
+
+use super::{half, one_f};
+
+/// `[task]`: what the model's output means. One table, one variant: `[task.detect]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaskConfig {
+    /// One class per image: cross-entropy over the model's `[classes]` output.
+    Classify {},
+    /// YOLOv1: boxes from an `S x S` grid of cells, each with `boxes` predictors.
+    Detect(DetectConfig),
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig::Classify {}
+    }
+}
+
+impl TaskConfig {
+    pub fn is_classify(&self) -> bool {
+        matches!(self, TaskConfig::Classify {})
+    }
+}
+
+/// `[task.detect]`: the grid, the course's four loss weights, and how outputs become boxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectConfig {
+    /// `S`: the image is an `S x S` grid of cells; a cell predicts the objects whose centre it holds.
+    #[serde(default = "seven")]
+    pub grid: usize,
+    /// `B`: box predictors per cell.
+    #[serde(default = "two_u")]
+    pub boxes: usize,
+    #[serde(default = "five")]
+    pub lambda_coord: f64,
+    #[serde(default = "one_f")]
+    pub lambda_obj: f64,
+    #[serde(default = "half")]
+    pub lambda_noobj: f64,
+    #[serde(default = "one_f")]
+    pub lambda_class: f64,
+    /// Boxes scoring (confidence x class score) below this are dropped before NMS.
+    #[serde(default = "default_score_min")]
+    pub score_min: f64,
+    /// Per-class greedy non-maximum suppression: a box overlapping a higher-scoring box of
+    /// its class by more than this IoU is dropped.
+    #[serde(default = "half")]
+    pub nms_iou: f64,
+    /// At most this many boxes per image, the highest scores.
+    #[serde(default = "default_max_detections")]
+    pub max_detections: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            grid: seven(),
+            boxes: two_u(),
+            lambda_coord: five(),
+            lambda_obj: one_f(),
+            lambda_noobj: half(),
+            lambda_class: one_f(),
+            score_min: default_score_min(),
+            nms_iou: half(),
+            max_detections: default_max_detections(),
+        }
+    }
+}
+
+fn seven() -> usize {
+    7
+}
+fn two_u() -> usize {
+    2
+}
+fn five() -> f64 {
+    5.0
+}
+fn default_score_min() -> f64 {
+    0.005
+}
+fn default_max_detections() -> usize {
+    100
+}

@@ -1,0 +1,57 @@
+//! `[data.voc]`: the years, image sets and classes of a dataset in Pascal VOC's layout, and
+//! the synthetic set written when it is missing. Reading the files is `crate::data::voc`'s.
+
+use serde::{Deserialize, Serialize};
+
+/// `[data.voc]`: `train = { years = [2007, 2012], image_set = "trainval" }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VocConfig {
+    #[serde(default = "default_voc_train")]
+    pub train: VocSplit,
+    #[serde(default = "default_voc_test")]
+    pub test: VocSplit,
+    /// The class names in index order; default: VOC's 20 classes in the devkit's order.
+    #[serde(default = "default_voc_classes")]
+    pub classes: Vec<String>,
+    /// Write a synthetic set into the folder when it is missing: `"shapes"` (the default
+    /// set of `runner data synth shapes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<Synthetic>,
+}
+
+/// The synthetic datasets runner can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synthetic {
+    Shapes,
+}
+
+impl Default for VocConfig {
+    fn default() -> Self {
+        VocConfig {
+            train: default_voc_train(),
+            test: default_voc_test(),
+            classes: default_voc_classes(),
+            generate: None,
+        }
+    }
+}
+
+/// The images of one split: the ids in `VOC<year>/ImageSets/Main/<image_set>.txt` per year.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VocSplit {
+    pub years: Vec<u32>,
+    pub image_set: String,
+}
+
+fn default_voc_train() -> VocSplit {
+    VocSplit { years: vec![2007, 2012], image_set: "trainval".into() }
+}
+fn default_voc_test() -> VocSplit {
+    VocSplit { years: vec![2007], image_set: "test".into() }
+}
+fn default_voc_classes() -> Vec<String> {
+    crate::data::voc::VOC_CLASSES.iter().map(|c| c.to_string()).collect()
+}
