@@ -277,7 +277,7 @@ pub fn format(p: &Prediction, classes: &[String]) -> String {
         s += &format!("{} {:.2} {x0:.0} {y0:.0} {x1:.0} {y1:.0}\n", class_name(classes, b.class as usize), b.score);
     }
     for (rank, (class, score)) in p.ranked.iter().enumerate() {
-        let name = classes.get(*class).cloned().unwrap_or_else(|| class.to_string());
+        let name = class_name(classes, *class);
         s += &format!("#{} {score:.2} {name}\n", rank + 1);
     }
     s

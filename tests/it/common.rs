@@ -84,3 +84,26 @@ pub fn test_accuracy(out: &Output) -> f64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no test.accuracy line in {}\n{}", out.stdout, out.stderr))
 }
+
+/// Runs a Python script of `tests/` that reads run tables with pyarrow (as a user would)
+/// with `args`, and expects `ok` in its output. Exit status 3 means pyarrow is missing:
+/// skipped with a printed reason, unless `make test` set RUNNER_REQUIRE_PYARROW=1 after
+/// installing it.
+pub fn pyarrow_check(script: &str, args: &[&std::ffi::OsStr], ok: &str) {
+    let out = Command::new("python3").arg(repo().join(script)).args(args).output();
+    let required = std::env::var("RUNNER_REQUIRE_PYARROW").is_ok_and(|v| v == "1");
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(text.contains(ok), "{script}: {text}");
+        }
+        Ok(o) if o.status.code() == Some(3) && !required => {
+            eprintln!("skipped the pyarrow check: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(o) => {
+            panic!("{script} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+        }
+        Err(e) if !required => eprintln!("skipped the pyarrow check: no python3 ({e})"),
+        Err(e) => panic!("python3 is required here: {e}"),
+    }
+}

@@ -91,22 +91,8 @@ fn yolo_trains_on_the_shapes_set_and_predicts_boxes() {
     // pyarrow recomputes the logged mAP from detections.parquet and the XML ground truth.
     let year = data.join("VOCdevkit/VOC2007");
     let classes = "circle,square,triangle,star,cross";
-    let script = repo().join("tests/check_detections.py");
-    let py = std::process::Command::new("python3").arg(&script).arg(&run).arg(&year).arg("test").arg(classes).output();
-    let required = std::env::var("RUNNER_REQUIRE_PYARROW").is_ok_and(|v| v == "1");
-    match py {
-        Ok(o) if o.status.success() => assert!(String::from_utf8_lossy(&o.stdout).contains("ok map50"), "{o:?}"),
-        Ok(o) if o.status.code() == Some(3) && !required => {
-            eprintln!("skipped the pyarrow check: {}", String::from_utf8_lossy(&o.stderr))
-        }
-        Ok(o) => panic!(
-            "check_detections.py failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) if !required => eprintln!("skipped the pyarrow check: no python3 ({e})"),
-        Err(e) => panic!("python3 is required here: {e}"),
-    }
+    let py_args = [run.as_os_str(), year.as_os_str(), "test".as_ref(), classes.as_ref()];
+    crate::common::pyarrow_check("tests/check_detections.py", &py_args, "ok map50");
 
     // The preview draws the boxes with their class names over the augmented images.
     let preview = [&args[..1], &["--set", "data.root=shapes", "--n", "4", "--out", "preview.png"]].concat();

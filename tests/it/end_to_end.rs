@@ -178,25 +178,7 @@ fn tiny_run_writes_readable_tables_and_is_deterministic() {
 /// The tables open in pyarrow (Python), without this program. `make test` sets
 /// RUNNER_REQUIRE_PYARROW=1 after installing pyarrow, so a missing module fails there.
 fn check_with_pyarrow(dir: &Path) {
-    let script = crate::common::repo().join("tests/read_run.py");
-    let out = std::process::Command::new("python3").arg(&script).arg(dir).output();
-    let required = std::env::var("RUNNER_REQUIRE_PYARROW").is_ok_and(|v| v == "1");
-    match out {
-        Ok(o) if o.status.success() => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            assert!(text.contains("ok"), "{text}");
-        }
-        Ok(o) if o.status.code() == Some(3) && !required => {
-            eprintln!("skipped the pyarrow check: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        Ok(o) => panic!(
-            "tests/read_run.py failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) if !required => eprintln!("skipped the pyarrow check: no python3 ({e})"),
-        Err(e) => panic!("python3 is required here: {e}"),
-    }
+    crate::common::pyarrow_check("tests/read_run.py", &[dir.as_os_str()], "ok");
 }
 
 #[test]
