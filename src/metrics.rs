@@ -119,6 +119,12 @@ impl EpochStats {
             | MetricName::Ap50
             | MetricName::Precision
             | MetricName::Recall => f64::NAN,
+            // Segmentation metrics: `segmentation::SegStats`.
+            MetricName::PixelAccuracy
+            | MetricName::MeanAccuracy
+            | MetricName::Miou
+            | MetricName::FrequencyWeightedIou
+            | MetricName::Iou => f64::NAN,
         }
     }
 

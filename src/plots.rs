@@ -286,12 +286,58 @@ pub fn precision_recall(path: &Path, curves: &[(String, f64, Vec<f64>, Vec<f64>)
     line_chart(path, "precision / recall at IoU 0.5 (test)", "recall", "precision", &series)
 }
 
+/// An image (planar `[3, h, w]` bytes) with a class mask laid over it: each labelled pixel
+/// blended half and half with its class's colour in VOC's colour map (background left as
+/// is, void 255 in white).
+pub fn mask_overlay(planar: &[u8], mask: &[u8], [h, w]: [usize; 2]) -> Vec<u8> {
+    let palette = crate::data::synth::voc_palette();
+    let mut out = planar.to_vec();
+    for (p, &m) in mask.iter().enumerate().take(h * w) {
+        if m == 0 {
+            continue;
+        }
+        let colour = if m == 255 {
+            [255u8; 3]
+        } else {
+            [palette[3 * m as usize], palette[3 * m as usize + 1], palette[3 * m as usize + 2]]
+        };
+        for c in 0..3 {
+            let v = &mut out[c * h * w + p];
+            *v = ((*v as u16 + colour[c] as u16) / 2) as u8;
+        }
+    }
+    out
+}
+
+/// An image for [`masks_grid`]: planar `[3, h, w]` bytes, its true and predicted masks.
+pub struct MaskedImage {
+    pub image: Vec<u8>,
+    pub truth: Vec<u8>,
+    pub pred: Vec<u8>,
+    pub size: [usize; 2],
+}
+
+/// Rows of (image, ground truth overlay, prediction overlay) for segmentation.
+pub fn masks_grid(path: &Path, images: &[MaskedImage]) -> Result<()> {
+    let mut cells = Vec::new();
+    for MaskedImage { image: img, truth, pred, size: hw } in images {
+        cells.push((img.clone(), *hw, Vec::new()));
+        cells.push((mask_overlay(img, truth, *hw), *hw, Vec::new()));
+        cells.push((mask_overlay(img, pred, *hw), *hw, Vec::new()));
+    }
+    grid(path, &cells, 3)
+}
+
 /// Images (planar `[3, h, w]` bytes and `[h, w]`) in a grid, each with its boxes.
 pub fn boxes_grid(path: &Path, images: &[(Vec<u8>, [usize; 2], Vec<Labelled>)]) -> Result<()> {
+    grid(path, images, (images.len() as f64).sqrt().ceil() as usize)
+}
+
+/// Images with their boxes in a grid of `cols` columns.
+fn grid(path: &Path, images: &[(Vec<u8>, [usize; 2], Vec<Labelled>)], cols: usize) -> Result<()> {
     if images.is_empty() {
         return Ok(());
     }
-    let cols = (images.len() as f64).sqrt().ceil() as usize;
     let rows = images.len().div_ceil(cols);
     let cell_h = images.iter().map(|(_, [h, _], _)| *h).max().unwrap_or(1) + 4;
     let cell_w = images.iter().map(|(_, [_, w], _)| *w).max().unwrap_or(1) + 4;

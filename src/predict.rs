@@ -37,6 +37,9 @@ pub struct Prediction {
     pub ranked: Vec<(usize, f32)>,
     /// Detection: the boxes found, best first.
     pub boxes: Vec<crate::task::detect::Found>,
+    /// Segmentation: each class's share of the image's pixels, largest first (classes
+    /// with no pixel left out).
+    pub shares: Vec<(usize, f64)>,
     /// How the scores were made, for the header line.
     pub note: String,
 }
@@ -116,7 +119,53 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
                 let rgb = if c == 3 { bytes } else { bytes.repeat(3) };
                 crate::plots::boxes_on_image(&path, &rgb, [h, w], &drawn)?;
             }
-            out.push(Prediction { image: image.clone(), ranked: Vec::new(), boxes, note: "boxes".into() });
+            out.push(Prediction {
+                image: image.clone(),
+                ranked: Vec::new(),
+                boxes,
+                shares: Vec::new(),
+                note: "boxes".into(),
+            });
+            continue;
+        }
+        if let crate::task::Task::Segment(_) = &plan.task {
+            if dims != plan.input {
+                bail!(
+                    "{}: after the test augmentations the image is {dims:?}, the model takes {:?}",
+                    image.display(),
+                    plan.input
+                );
+            }
+            let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), model.device())?;
+            let y = model.forward(&xs, Pass::eval())?;
+            let mask = crate::task::Segmenter::decode(&y)?;
+            let mask = crate::task::segment::resize_mask(&mask, [dims[1], dims[2]], [h, w]);
+            let mut counts = vec![0usize; plan.num_classes().max(1)];
+            for &m in &mask {
+                if let Some(n) = counts.get_mut(m as usize) {
+                    *n += 1;
+                }
+            }
+            let mut shares: Vec<(usize, f64)> = counts
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n > 0)
+                .map(|(c, &n)| (c, n as f64 / mask.len() as f64))
+                .collect();
+            shares.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            if let Some(dir) = &req.out {
+                let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let palette = crate::data::synth::voc_palette();
+                let png = crate::data::synth::encode_mask_png(&mask, [h, w], &palette)?;
+                let path = dir.join(format!("{stem}.png"));
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                crate::runlog::atomic_write(&path, |tmp| Ok(std::fs::write(tmp, &png)?))?;
+                let rgb = if c == 3 { bytes } else { bytes.repeat(3) };
+                let overlay = crate::plots::mask_overlay(&rgb, &mask, [h, w]);
+                crate::plots::boxes_on_image(&dir.join(format!("{stem}_overlay.png")), &overlay, [h, w], &[])?;
+            }
+            let note = "share of the pixels per class".into();
+            out.push(Prediction { image: image.clone(), ranked: Vec::new(), boxes: Vec::new(), shares, note });
             continue;
         }
         let (scores, note) = scores(&model, &plan, img, dims, image)?;
@@ -130,7 +179,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
         let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         ranked.truncate(req.topk);
-        out.push(Prediction { image: image.clone(), ranked, boxes: Vec::new(), note });
+        out.push(Prediction { image: image.clone(), ranked, boxes: Vec::new(), shares: Vec::new(), note });
     }
     Ok((out, classes))
 }
@@ -172,10 +221,7 @@ fn scores(
     let device = model.device();
     let input = plan.input;
     if plan.tta == Tta::TenCrop && dims == plan.test_shape {
-        let size = input[1];
-        let crops = crate::data::tta::ten_crop(&img, 1, dims, size);
-        let xs = Tensor::from_vec(crops, (10, input[0], size, size), device)?;
-        let probs = candle_nn::ops::softmax_last_dim(&model.forward(&xs, Pass::eval())?)?.mean(0)?;
+        let probs = crate::task::classify::ten_crop_probs(model, &img, 1, dims, input[1], device)?.squeeze(0)?;
         return Ok((probs.to_vec1()?, "mean softmax probability of ten crops".into()));
     }
     let larger = dims[0] == input[0] && dims[1] >= input[1] && dims[2] >= input[2];
@@ -276,6 +322,9 @@ pub fn format(p: &Prediction, classes: &[String]) -> String {
         let [x0, y0, x1, y1] = b.bbox;
         s += &format!("{} {:.2} {x0:.0} {y0:.0} {x1:.0} {y1:.0}\n", class_name(classes, b.class as usize), b.score);
     }
+    for (class, share) in &p.shares {
+        s += &format!("{} {share:.4}\n", class_name(classes, *class));
+    }
     for (rank, (class, score)) in p.ranked.iter().enumerate() {
         let name = class_name(classes, *class);
         s += &format!("#{} {score:.2} {name}\n", rank + 1);
@@ -305,6 +354,7 @@ mod tests {
             image: "dog.jpg".into(),
             ranked: vec![(1, 12.346), (0, -3.0)],
             boxes: Vec::new(),
+            shares: Vec::new(),
             note: "logits".into(),
         };
         let s = format(&p, &["cat".into(), "dog".into()]);

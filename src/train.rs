@@ -254,6 +254,7 @@ fn draw_plots(log: &RunLog, plan: &Plan, test: &Stats, split: &Split) -> Result<
     let test = match test {
         Stats::Classify(s) => s,
         Stats::Detect(s) => return detection_plots(&dir, plan, s, split),
+        Stats::Segment(s) => return segmentation_plots(&dir, plan, s, split),
     };
     if plan.metrics.test().contains(&MetricName::Roc) {
         crate::plots::roc(&dir.join("roc.png"), &test.roc_curves(plan.binary, &plan.classes))?;
@@ -291,6 +292,28 @@ fn detection_plots(
         images.push((bytes, [h, w], boxes));
     }
     crate::plots::boxes_grid(&dir.join("detections.png"), &images)
+}
+
+/// Segmentation's plots: the pixel confusion matrix, and the first test images beside their
+/// true and predicted masks laid over them (`masks.png`), at the files' size.
+fn segmentation_plots(
+    dir: &Path,
+    plan: &Plan,
+    s: &crate::metrics::segmentation::SegStats,
+    split: &Split,
+) -> Result<()> {
+    if plan.metrics.test().contains(&MetricName::ConfusionMatrix) {
+        crate::plots::confusion(&dir.join("confusion_matrix.png"), s.confusion(), &plan.classes)?;
+    }
+    let mut rows = Vec::new();
+    for (i, pred, hw) in &s.examples {
+        let (Some(file), Some(mask)) = (split.files.get(*i), split.masks.get(*i)) else { continue };
+        let (bytes, h, w) = data::folder::decode(file, 3)?;
+        let (truth, _) = data::voc::read_mask(mask, split.mask_classes, crate::data::augment::IGNORE)?;
+        let pred = crate::task::segment::resize_mask(pred, *hw, [h, w]);
+        rows.push(crate::plots::MaskedImage { image: bytes, truth, pred, size: [h, w] });
+    }
+    crate::plots::masks_grid(&dir.join("masks.png"), &rows)
 }
 
 fn load_data(plan: &Plan) -> Result<data::Dataset> {
@@ -573,10 +596,7 @@ impl Session<'_> {
         let test_values = log_metrics(log, plan, "test", plan.metrics.test(), test, epoch, step)?;
         values.extend(test_values.clone());
         let test_split = &self.dataset.test;
-        match test {
-            Stats::Classify(s) => log.write_predictions(s)?,
-            Stats::Detect(s) => log.write_detections(epoch, s, &plan.classes, &test_split.files)?,
-        }
+        test.write_predictions(log, epoch, &plan.classes, test_split)?;
         log.final_metrics = test_values;
         log.flush()?;
         crate::model::weights::save(self.model, &log.dir.join("model.safetensors"))?;
@@ -678,18 +698,21 @@ pub fn log_metrics(
     let mut values = BTreeMap::new();
     for &m in metrics {
         match m {
-            MetricName::PerClassError | MetricName::Ap50 => {
+            m if m.is_per_class() => {
                 for (c, e) in stats.per_class(m).into_iter().enumerate() {
                     log.push(row(&m.as_str(), Some(name(c)), e));
                 }
             }
-            MetricName::ConfusionMatrix | MetricName::Roc => {
+            MetricName::Roc => {
                 let Some(stats) = stats.as_classify() else { continue };
-                if m == MetricName::Roc {
-                    log.write_roc(epoch, split, &stats.roc_curves(plan.binary, &plan.classes))?;
-                } else {
-                    log.write_confusion(epoch, split, &stats.confusion(), &plan.classes)?;
-                }
+                let path = log.dir.join(format!("roc_{split}.parquet"));
+                let curves = stats.roc_curves(plan.binary, &plan.classes);
+                crate::task::classify::write_roc(&log.run_id, epoch, split, &curves, &path)?;
+            }
+            MetricName::ConfusionMatrix => {
+                let Some(m) = stats.confusion() else { continue };
+                let path = log.dir.join(format!("confusion_matrix_{split}.parquet"));
+                crate::task::classify::write_confusion(&log.run_id, epoch, split, &m, &plan.classes, &path)?;
             }
             m => {
                 let v = stats.compute(m, plan.binary);

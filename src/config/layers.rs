@@ -45,6 +45,14 @@ pub enum LayerKind {
         groups: usize,
         #[serde(default = "yes")]
         bias: bool,
+        /// `"bilinear"`: the FCN authors' fixed upsampling kernel (`surgery.interp`): channel
+        /// `i` to channel `i` with the bilinear filter, zero elsewhere, bias 0 (needs
+        /// in = out). Absent: PyTorch's default init.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        init: Option<KernelInit>,
+        /// `false`: the layer's parameters never train (FCN's fixed bilinear upsampling).
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        trainable: bool,
     },
     Maxpool {
         kernel: usize,
@@ -115,6 +123,14 @@ pub enum LayerKind {
     Add {
         with: Vec<String>,
     },
+    /// Cuts the running map to the height and width of an earlier group's output (or of
+    /// `"input"`), starting `offset = [y, x]` pixels in (Caffe's `Crop` as FCN aligns its
+    /// upsampled scores).
+    Crop {
+        like: String,
+        #[serde(default)]
+        offset: [usize; 2],
+    },
 }
 
 /// The layer names, for messages.
@@ -134,6 +150,7 @@ pub const LAYER_NAMES: &[&str] = &[
     "dropout",
     "concat",
     "add",
+    "crop",
 ];
 
 fn default_bn_eps() -> f64 {
@@ -205,8 +222,20 @@ impl LayerKind {
             LayerKind::Dropout { .. } => "dropout",
             LayerKind::Concat { .. } => "concat",
             LayerKind::Add { .. } => "add",
+            LayerKind::Crop { .. } => "crop",
         }
     }
+}
+
+/// A fixed initial kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelInit {
+    Bilinear,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A layer as written: the short string form or the full table.

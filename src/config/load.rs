@@ -85,6 +85,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let mut value = figment.find_value("").map_err(|e| one_problem(format!("{}: {e}", path.display())))?;
     let mut config = deserialize_reporting_all(&figment, &mut value)?;
     config.metrics.fill_defaults(&config.task);
+    if matches!(config.task, super::TaskConfig::Segment(_)) && config.data.dataset == super::DatasetKind::Voc {
+        config.data.voc.get_or_insert_with(Default::default).masks.get_or_insert(true);
+    }
     Ok(Loaded { config, path: path.to_path_buf(), files, sets: opts.sets.clone(), figment })
 }
 

@@ -13,9 +13,9 @@ pub mod voc;
 use serde::{Deserialize, Serialize};
 
 pub use augment::{resized_shorter, AugmentConfig, AugmentOp, PadMode};
-pub use layers::{Layer, LayerKind, UpsamplePlan, LAYER_NAMES};
+pub use layers::{KernelInit, Layer, LayerKind, UpsamplePlan, LAYER_NAMES};
 pub use load::{load, LoadOptions, Loaded};
-pub use task::{DetectConfig, TaskConfig};
+pub use task::{DetectConfig, Reduction, SegmentConfig, TaskConfig};
 pub use voc::{Synthetic, VocConfig, VocSplit};
 
 /// The whole experiment: what `runner EXP` reads after merging every file and override.
@@ -655,6 +655,18 @@ pub enum MetricName {
     /// Detection: the share of (not difficult) objects matched by a box scoring at least
     /// `metrics.threshold`.
     Recall,
+    /// Segmentation: the share of labelled pixels whose class is right.
+    PixelAccuracy,
+    /// Segmentation: the mean over classes of the share of the class's pixels found.
+    MeanAccuracy,
+    /// Segmentation: the mean over classes of TP / (TP + FP + FN) (the course's
+    /// segmentation accuracy), background included, classes absent from both the truth
+    /// and the prediction left out (the FCN authors' `nanmean`).
+    Miou,
+    /// Segmentation: the per-class IoU weighted by each class's share of the pixels.
+    FrequencyWeightedIou,
+    /// Segmentation, per class: TP / (TP + FP + FN) (rows with `class`).
+    Iou,
 }
 
 /// The metric names, for messages.
@@ -677,6 +689,11 @@ pub const METRIC_NAMES: &[&str] = &[
     "ap50",
     "precision",
     "recall",
+    "pixel_accuracy",
+    "mean_accuracy",
+    "miou",
+    "frequency_weighted_iou",
+    "iou",
 ];
 
 impl MetricName {
@@ -700,6 +717,11 @@ impl MetricName {
             MetricName::Ap50 => "ap50".into(),
             MetricName::Precision => "precision".into(),
             MetricName::Recall => "recall".into(),
+            MetricName::PixelAccuracy => "pixel_accuracy".into(),
+            MetricName::MeanAccuracy => "mean_accuracy".into(),
+            MetricName::Miou => "miou".into(),
+            MetricName::FrequencyWeightedIou => "frequency_weighted_iou".into(),
+            MetricName::Iou => "iou".into(),
         }
     }
 
@@ -722,6 +744,11 @@ impl MetricName {
             "ap50" => MetricName::Ap50,
             "precision" => MetricName::Precision,
             "recall" => MetricName::Recall,
+            "pixel_accuracy" => MetricName::PixelAccuracy,
+            "mean_accuracy" => MetricName::MeanAccuracy,
+            "miou" => MetricName::Miou,
+            "frequency_weighted_iou" => MetricName::FrequencyWeightedIou,
+            "iou" => MetricName::Iou,
             other => {
                 let digits = other.strip_prefix("top")?.strip_suffix("_accuracy")?;
                 if digits.starts_with('0') {
@@ -735,16 +762,30 @@ impl MetricName {
 
     /// A single number per epoch (not per class, not a curve or a table).
     pub fn is_scalar(self) -> bool {
-        !matches!(self, MetricName::PerClassError | MetricName::Roc | MetricName::ConfusionMatrix | MetricName::Ap50)
+        !matches!(
+            self,
+            MetricName::PerClassError
+                | MetricName::Roc
+                | MetricName::ConfusionMatrix
+                | MetricName::Ap50
+                | MetricName::Iou
+        )
+    }
+
+    /// A value per class (rows with `class` in `metrics.parquet`).
+    pub fn is_per_class(self) -> bool {
+        matches!(self, MetricName::PerClassError | MetricName::Ap50 | MetricName::Iou)
     }
 
     /// Whether the metric applies to `task`'s outputs (`loss` applies to every task).
     pub fn fits(self, task: &TaskConfig) -> bool {
         use MetricName::*;
         let detection = matches!(self, Map50 | Map50Voc07 | Ap50 | Precision | Recall);
+        let segmentation = matches!(self, PixelAccuracy | MeanAccuracy | Miou | FrequencyWeightedIou | Iou);
         match task {
-            TaskConfig::Classify {} => !detection,
+            TaskConfig::Classify {} => !detection && !segmentation,
             TaskConfig::Detect(_) => detection || self == Loss,
+            TaskConfig::Segment(_) => segmentation || self == Loss || self == ConfusionMatrix,
         }
     }
 }
@@ -800,12 +841,17 @@ impl Default for MetricsConfig {
 impl MetricsConfig {
     /// Sets the lists left out to `task`'s defaults: classification logs loss, accuracy and
     /// error rate on both splits; detection the loss while training and the loss, mAP
-    /// (area and VOC07) and per-class AP on the test split.
+    /// (area and VOC07) and per-class AP on the test split; segmentation the loss while
+    /// training and the FCN paper's four scores, per-class IoU and the pixel confusion
+    /// matrix on the test split.
     pub fn fill_defaults(&mut self, task: &TaskConfig) {
         use MetricName::*;
         let (train, test) = match task {
             TaskConfig::Classify {} => (vec![Loss, Accuracy, ErrorRate], vec![Loss, Accuracy, ErrorRate]),
             TaskConfig::Detect(_) => (vec![Loss], vec![Loss, Map50, Map50Voc07, Ap50]),
+            TaskConfig::Segment(_) => {
+                (vec![Loss], vec![Loss, PixelAccuracy, MeanAccuracy, Miou, FrequencyWeightedIou, Iou, ConfusionMatrix])
+            }
         };
         self.train.get_or_insert(train);
         self.test.get_or_insert(test);

@@ -14,6 +14,9 @@ pub enum TaskConfig {
     Classify {},
     /// YOLOv1: boxes from an `S x S` grid of cells, each with `boxes` predictors.
     Detect(DetectConfig),
+    /// A class per pixel (FCN): per-pixel cross-entropy over the model's `[classes, H, W]`
+    /// output, the input's size.
+    Segment(SegmentConfig),
 }
 
 impl Default for TaskConfig {
@@ -26,6 +29,44 @@ impl TaskConfig {
     pub fn is_classify(&self) -> bool {
         matches!(self, TaskConfig::Classify {})
     }
+}
+
+/// `[task.segment]`: the mask value that carries no label and how the per-pixel losses
+/// are combined.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    /// Pixels with this mask value are left out of the loss and the metrics (VOC's 255,
+    /// the void border around objects).
+    #[serde(default = "default_ignore")]
+    pub ignore_index: u8,
+    /// `mean`: the loss is the mean over the labelled pixels of the batch (PyTorch's
+    /// `cross_entropy(..., ignore_index=255)`); `sum`: their sum divided by the batch size,
+    /// as the FCN authors' Caffe loss with `normalize: false` (with a learning rate to match).
+    #[serde(default)]
+    pub reduction: Reduction,
+    /// Per-class weights of the loss (PyTorch's `weight`: with `mean`, the weighted sum is
+    /// divided by the sum of the labelled pixels' weights). Absent: all 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<Vec<f64>>,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        SegmentConfig { ignore_index: default_ignore(), reduction: Reduction::Mean, class_weights: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reduction {
+    #[default]
+    Mean,
+    Sum,
+}
+
+fn default_ignore() -> u8 {
+    255
 }
 
 /// `[task.detect]`: the grid, the course's four loss weights, and how outputs become boxes.

@@ -18,6 +18,32 @@ pub struct VocConfig {
     /// set of `runner data synth shapes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate: Option<Synthetic>,
+    /// Read class masks (`SegmentationClass/<id>.png`, the ids of
+    /// `ImageSets/Segmentation/<image_set>.txt`) instead of boxes; set for `[task.segment]`.
+    /// The classes are then `background` followed by `classes` (mask value 0, 1, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masks: Option<bool>,
+}
+
+impl VocConfig {
+    pub fn masks(&self) -> bool {
+        self.masks == Some(true)
+    }
+
+    /// The folder of `ImageSets` that lists the split's ids: `Segmentation` or `Main`.
+    pub fn lists(&self) -> &'static str {
+        if self.masks() {
+            "Segmentation"
+        } else {
+            "Main"
+        }
+    }
+
+    /// The names of the model's classes: for masks, `background` first.
+    pub fn label_names(&self) -> Vec<String> {
+        let background = self.masks().then(|| "background".to_string());
+        background.into_iter().chain(self.classes.iter().cloned()).collect()
+    }
 }
 
 /// The synthetic datasets runner can write.
@@ -34,6 +60,7 @@ impl Default for VocConfig {
             test: default_voc_test(),
             classes: default_voc_classes(),
             generate: None,
+            masks: None,
         }
     }
 }

@@ -23,6 +23,9 @@ pub struct Batch {
     /// Detection: each sample's objects, their boxes moved by the augmentations into the
     /// pixels of what the model sees (boxes left empty are dropped).
     pub objects: Vec<Vec<Object>>,
+    /// Segmentation: each sample's class mask `[h, w]` after the augmentations (255 where
+    /// no label), concatenated.
+    pub masks: Vec<u8>,
     /// Each sample's `[height, width]` before the augmentations (its file's size).
     pub sizes: Vec<[usize; 2]>,
     /// Index of each sample in its split.
@@ -84,7 +87,7 @@ pub fn epoch_order(len: usize, spec: &LoaderSpec, epoch: usize) -> Vec<usize> {
 pub fn make_batch(split: &Split, spec: &LoaderSpec, indices: &[usize], epoch: usize) -> Result<Batch> {
     let mut images = Vec::with_capacity(indices.len() * spec.out_shape.iter().product::<usize>());
     let (mut labels, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut objects, mut sizes) = (Vec::new(), Vec::new());
+    let (mut objects, mut sizes, mut masks) = (Vec::new(), Vec::new(), Vec::new());
     for &i in indices {
         match make_sample(split, spec, i, epoch) {
             Ok(sample) => {
@@ -96,6 +99,9 @@ pub fn make_batch(split: &Split, spec: &LoaderSpec, indices: &[usize], epoch: us
                     let moved = sample.targets.ids.iter().zip(&sample.targets.boxes);
                     objects.push(moved.map(|(&k, b)| Object { bbox: *b, ..objs[k] }).collect());
                 }
+                if let Some(m) = sample.targets.mask {
+                    masks.extend_from_slice(&m);
+                }
                 sizes.push(sample.size);
                 kept.push(i);
             }
@@ -106,7 +112,7 @@ pub fn make_batch(split: &Split, spec: &LoaderSpec, indices: &[usize], epoch: us
             Err(e) => return Err(e),
         }
     }
-    Ok(Batch { images, labels, objects, sizes, indices: kept, skipped })
+    Ok(Batch { images, labels, objects, masks, sizes, indices: kept, skipped })
 }
 
 /// A sample after the ops: the image, its boxes, and its size before the ops.
@@ -139,6 +145,21 @@ fn make_sample(split: &Split, spec: &LoaderSpec, i: usize, epoch: usize) -> Resu
         if let Some(o) = objs.iter().find(|o| o.bbox[2] > size[1] as f32 || o.bbox[3] > size[0] as f32) {
             bail!("{}: box {:?} lies outside the {}x{} image", what(), o.bbox, size[1], size[0]);
         }
+    }
+    if let Some(path) = split.masks.get(i) {
+        let (mask, mask_size) = super::voc::read_mask(path, split.mask_classes, crate::data::augment::IGNORE)?;
+        if mask_size != size {
+            bail!(
+                "{}: the mask is {}x{} but its image {} is {}x{}",
+                path.display(),
+                mask_size[1],
+                mask_size[0],
+                what(),
+                size[1],
+                size[0]
+            );
+        }
+        targets.mask = Some(mask);
     }
     let mut rng = Rng::derive(spec.seed, &["augment".into(), epoch.into(), i.into()]);
     for op in &spec.augment {

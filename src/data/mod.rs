@@ -155,7 +155,7 @@ pub fn describe(cfg: &DataConfig) -> std::result::Result<DataInfo, String> {
             let listing = folder::scan(&root.join(&cfg.train_dir)).map_err(|e| format!("{e:#}"))?;
             Ok(DataInfo { name: spec.name, classes: listing.classes, shape: [cfg.channels, 0, 0] })
         }
-        Files::Voc => Ok(DataInfo { name: spec.name, classes: cfg.voc().classes.clone(), shape: [3, 0, 0] }),
+        Files::Voc => Ok(DataInfo { name: spec.name, classes: cfg.voc().label_names(), shape: [3, 0, 0] }),
         _ => Ok(DataInfo {
             name: spec.name,
             classes: spec.classes.iter().map(|c| c.to_string()).collect(),
@@ -228,6 +228,10 @@ pub struct Split {
     pub len: usize,
     pub files: Vec<PathBuf>,
     pub objects: Vec<Vec<voc::Object>>,
+    /// Segmentation: each image's class mask file (a palette PNG, `voc::read_mask`).
+    pub masks: Vec<PathBuf>,
+    /// Segmentation: the classes a mask value may name (0..mask_classes, and 255 for void).
+    pub mask_classes: usize,
 }
 
 impl Split {
@@ -238,6 +242,7 @@ impl Split {
             self.labels.truncate(limit);
             self.files.truncate(limit);
             self.objects.truncate(limit);
+            self.masks.truncate(limit);
         }
         self
     }
@@ -341,11 +346,13 @@ fn finish_load(cfg: &DataConfig, spec: &'static DatasetSpec, dir: PathBuf) -> Re
             let voc = cfg.voc();
             let skip = cfg.on_error == crate::config::OnError::Skip;
             let split = |which: &crate::config::VocSplit| -> Result<Split> {
-                let read = voc::read_split(&dir, which, &voc.classes, skip)?;
+                let read = voc::read_split(&dir, which, &voc.classes, voc.masks(), skip)?;
                 let objects: Vec<Vec<voc::Object>> = read.annotations.into_iter().map(|a| a.objects).collect();
-                Ok(Split { len: read.files.len(), files: read.files, objects, ..Default::default() })
+                let (len, files, masks) = (read.files.len(), read.files, read.masks);
+                let mask_classes = voc.label_names().len();
+                Ok(Split { len, files, objects, masks, mask_classes, ..Default::default() })
             };
-            classes = voc.classes.clone();
+            classes = voc.label_names();
             shape = [3, 0, 0];
             let train = split(&voc.train).context("reading the training split")?;
             let test = split(&voc.test).context("reading the test split")?;

@@ -1,6 +1,7 @@
 //! `runner data preview`: a PNG grid of samples as the model sees them (after the split's
 //! augmentations), each with its class index under it (the index -> name legend is
-//! printed), or, for a dataset with boxes, each box drawn with its class name.
+//! printed), or, for a dataset with boxes, each box drawn with its class name, or, with
+//! class masks, the mask laid over the image in VOC's colours (void in white).
 
 use std::path::Path;
 
@@ -45,8 +46,10 @@ pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, classes: &[String]
         Some(AugmentOp::Normalize { mean, std }) => Some((mean.clone(), std.clone())),
         _ => None,
     };
+    let palette = crate::data::synth::voc_palette();
     for (k, sample) in batch.images.chunks(c * h * w).enumerate() {
         let (x0, y0) = (PAD + (k % cols) * cell_w, PAD + (k / cols) * cell_h);
+        let mask = batch.masks.get(k * h * w..(k + 1) * h * w);
         for y in 0..h {
             for x in 0..w {
                 let px = |ch: usize| {
@@ -56,7 +59,17 @@ pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, classes: &[String]
                     }
                     (v.clamp(0.0, 1.0) * 255.0).round() as u8
                 };
-                img.put_pixel((x0 + x) as u32, (y0 + y) as u32, image::Rgb([px(0), px(1), px(2)]));
+                let mut rgb = [px(0), px(1), px(2)];
+                match mask.map(|m| m[y * w + x]) {
+                    None | Some(0) => {}
+                    Some(m) => {
+                        for (ch, v) in rgb.iter_mut().enumerate() {
+                            let colour = if m == 255 { 255 } else { palette[3 * m as usize + ch] };
+                            *v = ((*v as u16 + colour as u16) / 2) as u8;
+                        }
+                    }
+                }
+                img.put_pixel((x0 + x) as u32, (y0 + y) as u32, image::Rgb(rgb));
             }
         }
         if let Some(&label) = batch.labels.get(k) {
@@ -72,6 +85,13 @@ pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, classes: &[String]
                 truth: false,
             });
         }
+    }
+    if !batch.masks.is_empty() {
+        img.save(out).with_context(|| format!("cannot write {}", out.display()))?;
+        let mut shown: Vec<u32> = batch.masks.iter().filter(|&&m| m != 255).map(|&m| m as u32).collect();
+        shown.sort_unstable();
+        shown.dedup();
+        return Ok(shown);
     }
     if batch.objects.is_empty() {
         img.save(out).with_context(|| format!("cannot write {}", out.display()))?;

@@ -146,8 +146,8 @@ fn write_image(root: &Path, opts: &ShapesOptions, index: usize, palette: &[u8]) 
     write_file(&jpg, &encode_jpeg(&scene.rgb, opts.size).with_context(|| format!("encoding {}", jpg.display()))?)?;
     write_file(&file("Annotations", "xml"), annotation_xml(&id, opts.size, &scene.objects).as_bytes())?;
     let png = file("SegmentationClass", "png");
-    let mask =
-        encode_mask_png(&scene.mask, opts.size, palette).with_context(|| format!("encoding {}", png.display()))?;
+    let mask = encode_mask_png(&scene.mask, [opts.size, opts.size], palette)
+        .with_context(|| format!("encoding {}", png.display()))?;
     write_file(&png, &mask)?;
     Ok(ShapesSummary {
         images: 1,
@@ -505,7 +505,7 @@ fn dilate(set: &[bool], size: usize, r: usize) -> Vec<bool> {
 }
 
 /// VOC's colour map: entry i spreads its bits over the high bits of r, g and b.
-fn voc_palette() -> Vec<u8> {
+pub fn voc_palette() -> Vec<u8> {
     let mut palette = Vec::with_capacity(768);
     for i in 0..256usize {
         let mut rgb = [0u8; 3];
@@ -528,9 +528,10 @@ fn encode_jpeg(rgb: &[u8], size: usize) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn encode_mask_png(mask: &[u8], size: usize, palette: &[u8]) -> Result<Vec<u8>> {
+/// A class mask `[h, w]` as an 8-bit palette PNG (VOC's `SegmentationClass` format).
+pub fn encode_mask_png(mask: &[u8], [h, w]: [usize; 2], palette: &[u8]) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    let mut encoder = png::Encoder::new(&mut bytes, size as u32, size as u32);
+    let mut encoder = png::Encoder::new(&mut bytes, w as u32, h as u32);
     encoder.set_color(png::ColorType::Indexed);
     encoder.set_depth(png::BitDepth::Eight);
     encoder.set_palette(palette.to_vec());

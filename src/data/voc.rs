@@ -68,10 +68,10 @@ pub fn year_dir(root: &Path, year: u32) -> Option<PathBuf> {
 /// Whether `root` holds every split of `cfg`: for each year its `Annotations` and the
 /// split's `ImageSets/Main/<image_set>.txt` (written last, so a partial tree does not count).
 pub fn holds(root: &Path, cfg: &crate::config::VocConfig) -> bool {
+    let lists = Path::new("ImageSets").join(cfg.lists());
     [&cfg.train, &cfg.test].iter().all(|split| {
         split.years.iter().all(|&y| {
-            year_dir(root, y)
-                .is_some_and(|d| d.join("ImageSets/Main").join(format!("{}.txt", split.image_set)).is_file())
+            year_dir(root, y).is_some_and(|d| d.join(&lists).join(format!("{}.txt", split.image_set)).is_file())
         })
     })
 }
@@ -184,18 +184,21 @@ fn number(node: roxmltree::Node, tag: &str) -> Result<usize> {
     t.trim().parse().with_context(|| format!("<{tag}> is {t:?}"))
 }
 
-/// The ids listed in `VOC<year>/ImageSets/Main/<image_set>.txt`, in order.
-pub fn image_ids(year_dir: &Path, image_set: &str) -> Result<Vec<String>> {
-    let path = year_dir.join("ImageSets").join("Main").join(format!("{image_set}.txt"));
+/// The ids listed in `VOC<year>/ImageSets/<lists>/<image_set>.txt` (`lists`: `Main` or
+/// `Segmentation`), in order.
+pub fn image_ids(year_dir: &Path, lists: &str, image_set: &str) -> Result<Vec<String>> {
+    let path = year_dir.join("ImageSets").join(lists).join(format!("{image_set}.txt"));
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("cannot read the image set {}", path.display()))?;
     Ok(text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
 }
 
-/// One split: per image its JPEG and its annotation, over the years in order.
+/// One split: per image its JPEG and its annotation (boxes) or its mask file (masks),
+/// over the years in order.
 pub struct VocSplitFiles {
     pub files: Vec<PathBuf>,
     pub annotations: Vec<Annotation>,
+    pub masks: Vec<PathBuf>,
     /// Images left out (`on_error = "skip"`): unreadable annotations or missing images.
     pub skipped_images: usize,
 }
@@ -204,15 +207,37 @@ pub fn read_split(
     root: &Path,
     split: &crate::config::VocSplit,
     classes: &[String],
+    masks: bool,
     skip: bool,
 ) -> Result<VocSplitFiles> {
-    let mut out = VocSplitFiles { files: Vec::new(), annotations: Vec::new(), skipped_images: 0 };
+    let mut out = VocSplitFiles { files: Vec::new(), annotations: Vec::new(), masks: Vec::new(), skipped_images: 0 };
     let mut skipped_objects = 0;
+    let lists = if masks { "Segmentation" } else { "Main" };
     for &year in &split.years {
         let dir = year_dir(root, year)
             .with_context(|| format!("{}: no VOCdevkit/VOC{year}/Annotations folder", root.display()))?;
-        for id in image_ids(&dir, &split.image_set)? {
+        for id in image_ids(&dir, lists, &split.image_set)? {
             let image = dir.join("JPEGImages").join(format!("{id}.jpg"));
+            if masks {
+                let mask = dir.join("SegmentationClass").join(format!("{id}.png"));
+                let missing = [&image, &mask].into_iter().find(|p| !p.is_file());
+                match missing {
+                    None => {
+                        out.files.push(image);
+                        out.masks.push(mask);
+                    }
+                    Some(p) => {
+                        let e =
+                            format!("{}: missing (listed in ImageSets/{lists}/{}.txt)", p.display(), split.image_set);
+                        if !skip {
+                            bail!(e);
+                        }
+                        tracing::warn!("skipped: {e}");
+                        out.skipped_images += 1;
+                    }
+                }
+                continue;
+            }
             let xml = dir.join("Annotations").join(format!("{id}.xml"));
             let read = || -> Result<Annotation> {
                 if !image.is_file() {
@@ -298,8 +323,46 @@ pub fn archives_for(cfg: &crate::config::VocConfig) -> Result<Vec<&'static Archi
     Ok(out)
 }
 
-/// The folders of a `VOC<year>` tree that detection reads; the rest of an archive is skipped.
-const USED: [&str; 3] = ["Annotations/", "JPEGImages/", "ImageSets/Main/"];
+/// The folders of a `VOC<year>` tree that detection and segmentation read; the rest of an
+/// archive is skipped.
+const USED: [&str; 5] =
+    ["Annotations/", "JPEGImages/", "ImageSets/Main/", "ImageSets/Segmentation/", "SegmentationClass/"];
+
+/// A class mask: a palette (indexed) PNG whose values are class indices, `void` (255,
+/// VOC's unlabelled border) or nothing else: values in `classes..255` are an error naming
+/// the file. Returns the values row by row and `[height, width]`.
+pub fn read_mask(path: &Path, classes: usize, void: u8) -> Result<(Vec<u8>, [usize; 2])> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open the mask {}", path.display()))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = decoder.read_info().with_context(|| format!("{}: not a PNG file", path.display()))?;
+    let info = reader.info();
+    let (w, h) = (info.width as usize, info.height as usize);
+    let grey = info.color_type == png::ColorType::Grayscale;
+    if !(info.color_type == png::ColorType::Indexed || grey) || info.bit_depth != png::BitDepth::Eight {
+        bail!(
+            "{}: a class mask must be an 8-bit palette (or greyscale) PNG of class indices, not {:?} {:?}",
+            path.display(),
+            info.color_type,
+            info.bit_depth
+        );
+    }
+    let size = reader.output_buffer_size().with_context(|| format!("{}: image too large", path.display()))?;
+    let mut values = vec![0u8; size];
+    reader.next_frame(&mut values).with_context(|| format!("{}: corrupt PNG data", path.display()))?;
+    values.truncate(w * h);
+    if let Some(p) = values.iter().position(|&v| v as usize >= classes && v != void) {
+        bail!(
+            "{}: pixel ({}, {}) has class {} but there are {classes} classes (0-{}) and {void} for void",
+            path.display(),
+            p % w,
+            p / w,
+            values[p],
+            classes - 1
+        );
+    }
+    Ok((values, [h, w]))
+}
 
 /// Fetches `archives` into `root` (each `.tar` checked against its MD5, kept for later)
 /// from `base` (a mirror serving every file name) or each archive's official address, and

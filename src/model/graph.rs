@@ -325,6 +325,20 @@ fn plan_layer(
             }
             (vec![*out, 1, 1], params, (features * out) as u64)
         }
+        (LayerKind::Crop { like, offset }, _) => {
+            let [c, h, w] = input else {
+                bail!("crop needs a map [c, h, w], gets {}", fmt_shape(input));
+            };
+            let other = lookup(outputs, like).map_err(anyhow::Error::msg)?;
+            let (Some(&lh), Some(&lw)) = (other.get(1), other.get(2)) else {
+                bail!("`{like}`'s output {} is not a map", fmt_shape(other));
+            };
+            let [oy, ox] = *offset;
+            if oy.checked_add(lh).is_none_or(|e| e > *h) || ox.checked_add(lw).is_none_or(|e| e > *w) {
+                bail!("a {lh}x{lw} window at offset [{oy}, {ox}] does not fit the {h}x{w} map");
+            }
+            (vec![*c, lh, lw], vec![], 0)
+        }
         (LayerKind::Concat { with } | LayerKind::Add { with }, _) => {
             if with.is_empty() {
                 bail!("`with` lists no group");
@@ -413,9 +427,24 @@ fn infer(kind: &LayerKind, input: &[usize]) -> Result<(Vec<usize>, Params, u64)>
             let macs = (out * oh * ow * (c / groups) * kernel * kernel) as u64;
             (vec![*out, oh, ow], params, macs)
         }
-        LayerKind::ConvTranspose2d { inp, out, kernel, stride, padding, output_padding, dilation, groups, bias } => {
+        LayerKind::ConvTranspose2d {
+            inp,
+            out,
+            kernel,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+            bias,
+            init,
+            ..
+        } => {
             let (c, h, w) = spatial("conv_transpose2d")?;
             check_in(inp, c)?;
+            if init.is_some() && (c != *out || *groups != 1) {
+                bail!("init = \"bilinear\" maps each channel to itself: it needs out = in ({c}) and groups = 1");
+            }
             if *out == 0 || *kernel == 0 || *stride == 0 || *dilation == 0 || *groups == 0 {
                 bail!("out, kernel, stride, dilation and groups must be > 0");
             }
@@ -492,7 +521,9 @@ fn infer(kind: &LayerKind, input: &[usize]) -> Result<(Vec<usize>, Params, u64)>
             }
             (vec![*out], params, (out * features) as u64)
         }
-        LayerKind::Concat { .. } | LayerKind::Add { .. } => bail!("a merge layer needs the outputs of earlier groups"),
+        LayerKind::Concat { .. } | LayerKind::Add { .. } | LayerKind::Crop { .. } => {
+            bail!("a merge or crop layer is planned with the outputs of earlier groups")
+        }
     })
 }
 
@@ -506,6 +537,9 @@ pub fn mark_kept(graph: &mut PlannedGraph) {
         for l in g.blocks.iter().flat_map(|b| &b.layers) {
             if let LayerKind::Concat { with } | LayerKind::Add { with } = &l.kind {
                 read.extend(with.iter().cloned());
+            }
+            if let LayerKind::Crop { like, .. } = &l.kind {
+                read.insert(like.clone());
             }
         }
     }

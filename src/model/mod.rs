@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
-use crate::config::LayerKind;
+use crate::config::{KernelInit, LayerKind};
 use crate::ops::activation::relu_op;
 use crate::ops::batchnorm::{batch_norm_eval, batch_norm_relu_train, batch_norm_train};
 use crate::ops::bias::add_channel_bias;
@@ -59,6 +59,16 @@ pub fn init_param(seed: u64, path: &str, shape: &[usize], fan_in: usize) -> Vec<
     (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect()
 }
 
+/// The FCN authors' bilinear upsampling filter (`surgery.upsample_filt`), `k x k` row by
+/// row: `factor = (k + 1) / 2` (integer division), `center = factor - 1` for odd `k` and
+/// `factor - 0.5` for even, `(1 - |y - center| / factor) * (1 - |x - center| / factor)`.
+pub fn bilinear_kernel(k: usize) -> Vec<f32> {
+    let factor = k.div_ceil(2) as f64;
+    let center = if k % 2 == 1 { factor - 1.0 } else { factor - 0.5 };
+    let one = |i: usize| 1.0 - (i as f64 - center).abs() / factor;
+    (0..k * k).map(|p| (one(p / k) * one(p % k)) as f32).collect()
+}
+
 impl Model {
     pub fn new(graph: &PlannedGraph, seed: u64, device: &Device) -> Result<Self> {
         let mut params = BTreeMap::new();
@@ -72,6 +82,21 @@ impl Model {
                 params.insert(format!("{p}.bias"), Var::zeros(c, DType::F32, device)?);
                 buffers.insert(format!("{p}.running_mean"), Var::zeros(c, DType::F32, device)?);
                 buffers.insert(format!("{p}.running_var"), Var::ones(c, DType::F32, device)?);
+                continue;
+            }
+            if let LayerKind::ConvTranspose2d { init: Some(KernelInit::Bilinear), kernel, .. } = layer.kind {
+                // The FCN authors' fixed upsampling: the bilinear filter from channel i to i.
+                let c = layer.in_shape[0];
+                let filt = bilinear_kernel(kernel);
+                let mut w = vec![0f32; c * c * kernel * kernel];
+                for i in 0..c {
+                    w[(i * c + i) * kernel * kernel..][..kernel * kernel].copy_from_slice(&filt);
+                }
+                for (name, shape) in &layer.params {
+                    let data = if name == "weight" { w.clone() } else { vec![0f32; shape.iter().product()] };
+                    let t = Tensor::from_vec(data, shape.as_slice(), device)?;
+                    params.insert(format!("{}.{name}", layer.path), Var::from_tensor(&t)?);
+                }
                 continue;
             }
             // fan_in: everything in the weight but the output dimension.
@@ -290,6 +315,12 @@ impl Model {
                     x
                 }
             }
+            LayerKind::Crop { offset: [oy, ox], .. } => {
+                let [_, h, w] = layer.out_shape[..] else {
+                    return Err(candle_core::Error::Msg(format!("{}: crop needs a map", layer.key)));
+                };
+                x.narrow(2, *oy, h)?.narrow(3, *ox, w)?
+            }
             LayerKind::Concat { with } | LayerKind::Add { with } => {
                 let mut parts = vec![x];
                 for name in with {
@@ -332,6 +363,32 @@ pub fn argmax(logits: &Tensor) -> Result<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The FCN authors' `upsample_filt` by hand: k = 4 (factor 2, centre 1.5) gives the 1-D
+    /// filter [0.25, 0.75, 0.75, 0.25]; k = 3 (factor 2, centre 1) gives [0.5, 1, 0.5]; the
+    /// 2-D filter is their outer product. A stride-2 transposed convolution with the k = 4
+    /// filter and padding 1 doubles a map by bilinear interpolation: a ramp stays a ramp.
+    #[test]
+    fn bilinear_kernel_is_the_fcn_authors_filter() {
+        let one4 = [0.25f32, 0.75, 0.75, 0.25];
+        let k4 = bilinear_kernel(4);
+        for (p, v) in k4.iter().enumerate() {
+            assert_eq!(*v, one4[p / 4] * one4[p % 4], "{p}");
+        }
+        let one3 = [0.5f32, 1.0, 0.5];
+        assert_eq!(bilinear_kernel(3), (0..9).map(|p| one3[p / 3] * one3[p % 3]).collect::<Vec<_>>());
+        // Upsampling [0, 1, 2, 3] (one row repeated) by 2: the interior is linear in x,
+        // step 0.5 (outputs 1..=6: away from the zero-padded border).
+        let x: Vec<f32> = (0..16).map(|p| (p % 4) as f32).collect();
+        let x = Tensor::from_vec(x, (1, 1, 4, 4), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(k4, (1, 1, 4, 4), &Device::Cpu).unwrap();
+        let g = ConvGeom { stride: 2, padding: 1, dilation: 1, groups: 1 };
+        let y = conv_transpose2d(&x, &w, g, 0).unwrap().squeeze(0).unwrap().to_vec3::<f32>().unwrap().remove(0); // [8, 8]
+        let row = &y[3];
+        for xo in 1..6 {
+            assert!((row[xo + 1] - row[xo] - 0.5).abs() < 1e-6, "{row:?}");
+        }
+    }
 
     #[test]
     fn init_bounds_follow_pytorch_default() {

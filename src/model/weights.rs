@@ -232,13 +232,23 @@ pub fn load_into(
                 full(rest),
                 file_name(prefix, rest, rename)
             )),
+            // The course's convolutionize (FCN's `surgery.transplant`): a linear layer's
+            // weight `[out, c*kh*kw]` is the kernel `[out, c, kh, kw]` of a convolution.
+            Some((_, t))
+                if t.rank() == 2
+                    && var.rank() == 4
+                    && t.dims()[0] == var.dims()[0]
+                    && t.elem_count() == var.elem_count() =>
+            {
+                assign.push((*var, t.reshape(var.dims())?))
+            }
             Some((name, t)) if t.dims() != var.dims() => problems.push(format!(
                 "shape: `{}` is {:?} in the model, `{name}` is {:?} in the file",
                 full(rest),
                 var.dims(),
                 t.dims()
             )),
-            Some((_, t)) => assign.push((*var, *t)),
+            Some((_, t)) => assign.push((*var, (*t).clone())),
         }
     }
     for (rest, (name, _)) in &offered {

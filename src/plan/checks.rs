@@ -258,6 +258,76 @@ pub(super) fn check_detect(
     if cfg.eval.tta != crate::config::Tta::None {
         p.add("eval.tta", "test-time augmentation is for classification");
     }
+    check_voc(p, cfg);
+    if cfg.train.label_smoothing != 0.0 {
+        p.add("train.label_smoothing", "is for classification's cross-entropy");
+    }
+}
+
+/// The segmentation task's: a dataset with masks, the output the input's size with one
+/// map per class, the class weights, and test augmentations that keep the pixel grid.
+pub(super) fn check_segment(
+    p: &mut Problems,
+    cfg: &crate::config::Config,
+    seg: &crate::task::Segmenter,
+    last: Option<(String, String, Vec<usize>)>,
+) {
+    if cfg.data.dataset != crate::config::DatasetKind::Voc {
+        p.add(
+            "task.segment",
+            format!("needs a dataset with class masks (`voc`), not `{}`", data::spec(cfg.data.dataset).name),
+        );
+    }
+    if let Some(w) = &seg.cfg.class_weights {
+        if w.len() != seg.classes {
+            p.add(
+                "task.segment.class_weights",
+                format!("has {} values for {} classes (background first)", w.len(), seg.classes),
+            );
+        }
+        if let Some(v) = w.iter().find(|v| !(**v >= 0.0 && v.is_finite())) {
+            p.add("task.segment.class_weights", format!("must be >= 0, has {v}"));
+        }
+    }
+    if (seg.cfg.ignore_index as usize) < seg.classes {
+        p.add(
+            "task.segment.ignore_index",
+            format!("({}) is a class's index: there are {} classes", seg.cfg.ignore_index, seg.classes),
+        );
+    }
+    if let (Some((key, path, shape)), 3) = (last, cfg.model.input.len()) {
+        let input = [cfg.model.input[0], cfg.model.input[1], cfg.model.input[2]];
+        if let Err(e) = seg.check_output(&shape, input) {
+            p.list.push(format!("{}: key `{key}` ({path}): {e}", p.loaded.source_of_key("model.groups")));
+        }
+    }
+    for (i, op) in cfg.augment.test.iter().enumerate() {
+        let fits = match op {
+            crate::config::AugmentOp::Normalize { .. } => true,
+            crate::config::AugmentOp::Resize { size, .. } => size.is_some(),
+            _ => false,
+        };
+        if !fits {
+            p.add(
+                &format!("augment.test[{i}].{}", op.name()),
+                "segmentation's test augmentations may only resize (to size = [h, w]) and normalize",
+            );
+        }
+    }
+    if cfg.eval.tta != crate::config::Tta::None {
+        p.add("eval.tta", "test-time augmentation is for classification");
+    }
+    check_voc(p, cfg);
+    if cfg.train.label_smoothing != 0.0 {
+        p.add("train.label_smoothing", "is for classification's cross-entropy");
+    }
+}
+
+/// `[data.voc]`: distinct classes, years and list names, archives for a download.
+fn check_voc(p: &mut Problems, cfg: &crate::config::Config) {
+    if cfg.data.dataset != crate::config::DatasetKind::Voc {
+        return;
+    }
     let voc = cfg.data.voc();
     let mut seen = std::collections::BTreeSet::new();
     if let Some(c) = voc.classes.iter().find(|c| !seen.insert(c.as_str())) {
@@ -278,8 +348,5 @@ pub(super) fn check_detect(
         if let Err(e) = crate::data::voc::archives_for(&voc) {
             p.add("data.download", format!("{e:#}"));
         }
-    }
-    if cfg.train.label_smoothing != 0.0 {
-        p.add("train.label_smoothing", "is for classification's cross-entropy");
     }
 }

@@ -48,7 +48,7 @@ pub struct Plan {
 
 mod checks;
 
-use checks::{check_detect, check_metrics, check_train};
+use checks::{check_detect, check_metrics, check_segment, check_train};
 
 /// Collects problems with the file each key came from.
 pub(crate) struct Problems<'a> {
@@ -247,7 +247,10 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     let task = match &cfg.task {
         crate::config::TaskConfig::Classify {} => {
             if cfg.data.dataset == crate::config::DatasetKind::Voc {
-                p.add("data.dataset", "`voc` holds boxes: its experiments need a [task.detect] table");
+                p.add(
+                    "data.dataset",
+                    "`voc` holds boxes and masks: its experiments need a [task.detect] or [task.segment] table",
+                );
             }
             crate::task::Task::Classify { label_smoothing: cfg.train.label_smoothing }
         }
@@ -260,6 +263,16 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
                 last.as_ref().map(|l| (l.key.clone(), l.path.clone(), l.out_shape.clone())),
             );
             crate::task::Task::Detect(yolo)
+        }
+        crate::config::TaskConfig::Segment(c) => {
+            let seg = crate::task::Segmenter { cfg: c.clone(), classes: spec.classes.len() };
+            check_segment(
+                &mut p,
+                cfg,
+                &seg,
+                last.as_ref().map(|l| (l.key.clone(), l.path.clone(), l.out_shape.clone())),
+            );
+            crate::task::Task::Segment(seg)
         }
     };
     if let Some(last) = last.filter(|_| !spec.classes.is_empty() && cfg.task.is_classify()) {
@@ -281,7 +294,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     check_train(&mut p, &cfg.train);
     let n_classes = match task {
         crate::task::Task::Classify { .. } => graph.as_ref().and_then(|g| g.out_shape().first().copied()).unwrap_or(0),
-        crate::task::Task::Detect(_) => spec.classes.len(),
+        crate::task::Task::Detect(_) | crate::task::Task::Segment(_) => spec.classes.len(),
     };
     let binary = check_metrics(&mut p, cfg, &task, n_classes, &spec.classes, &mut warnings);
     let mut hypers = std::collections::BTreeMap::new();
@@ -440,6 +453,7 @@ impl Plan {
         match &self.task {
             crate::task::Task::Classify { .. } => self.graph.out_shape().first().copied().unwrap_or(0),
             crate::task::Task::Detect(yolo) => yolo.classes,
+            crate::task::Task::Segment(seg) => seg.classes,
         }
     }
 
@@ -450,6 +464,12 @@ impl Plan {
     /// The parameters frozen during `epoch` (0-based), by name.
     pub fn frozen_at(&self, epoch: usize) -> std::collections::BTreeSet<String> {
         let mut out = std::collections::BTreeSet::new();
+        // Layers with `trainable = false` never train.
+        for layer in self.graph.layers() {
+            if let crate::config::LayerKind::ConvTranspose2d { trainable: false, .. } = layer.kind {
+                out.extend(layer.params.iter().map(|(name, _)| format!("{}.{name}", layer.path)));
+            }
+        }
         for rule in self.train.freeze.iter().filter(|r| r.active(epoch)) {
             for path in &rule.groups {
                 out.extend(self.graph.params_under(path).unwrap_or_default());

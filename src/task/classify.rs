@@ -2,14 +2,18 @@
 //! with cross-entropy (optionally label-smoothed), evaluated from the softmax
 //! probabilities (with AlexNet's ten-crop averaging as test-time augmentation).
 
+use std::path::Path;
+
 use anyhow::Result;
+use arrow_array::{Float32Array, Float64Array, Int32Array, Int64Array, ListArray, StringArray};
 use candle_core::{Device, Tensor};
 
 use crate::config::Tta;
 use crate::data::loader::Batch;
 use crate::data::tta::ten_crop;
-use crate::metrics::EpochStats;
+use crate::metrics::{EpochStats, RocCurve};
 use crate::model::{argmax, Model, Pass};
+use crate::runlog::Table;
 
 /// Cross-entropy, with PyTorch's label smoothing `e`: `(1 - e) * nll + e * mean_c(-log p_c)`.
 pub fn loss(logits: &Tensor, ys: &Tensor, smoothing: f64) -> Result<Tensor> {
@@ -47,13 +51,8 @@ pub fn eval_batch(
             (candle_nn::ops::softmax_last_dim(&logits)?, loss)
         }
         Tta::TenCrop => {
-            let n = batch.len();
-            let [c, size, _] = input;
-            let (_, _, h, w) = xs.dims4()?;
-            let crops = ten_crop(&batch.images, n, [c, h, w], size);
-            let xs = Tensor::from_vec(crops, (n * 10, c, size, size), device)?; // [10 n, c, s, s]
-            let probs = candle_nn::ops::softmax_last_dim(&model.forward(&xs, Pass::eval())?)?;
-            let probs = probs.reshape((n, 10, ()))?.mean(1)?; // [n, classes]
+            let (n, c, h, w) = xs.dims4()?;
+            let probs = ten_crop_probs(model, &batch.images, n, [c, h, w], input[1], device)?;
             let picked = probs.gather(&ys.unsqueeze(1)?, 1)?; // [n, 1]
             (probs, picked.log()?.neg()?.mean_all()?.to_scalar::<f32>()? as f64)
         }
@@ -62,6 +61,88 @@ pub fn eval_batch(
     stats.update(loss, Some(&flat), &argmax(&probs)?, &batch.labels);
     stats.samples.extend(batch.indices.iter().map(|&i| i as i64));
     Ok(())
+}
+
+/// AlexNet's test-time averaging: the mean softmax probabilities `[n, classes]` of the
+/// ten `size x size` crops (corners, centre, and their mirrors) of `n` images `dims` large.
+pub fn ten_crop_probs(
+    model: &Model,
+    images: &[f32],
+    n: usize,
+    dims: [usize; 3],
+    size: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let crops = ten_crop(images, n, dims, size);
+    let xs = Tensor::from_vec(crops, (n * 10, dims[0], size, size), device)?; // [10 n, c, s, s]
+    let probs = candle_nn::ops::softmax_last_dim(&model.forward(&xs, Pass::eval())?)?;
+    Ok(probs.reshape((n, 10, ()))?.mean(1)?) // [n, classes]
+}
+
+/// `predictions.parquet`: the test split's samples after the latest epoch: `sample`
+/// (index in the split), `label`, `pred`, `scores` (class probabilities).
+pub fn write_predictions(run_id: &str, stats: &EpochStats, path: &Path) -> Result<()> {
+    let n = stats.labels.len();
+    let per = if stats.has_probs() { stats.classes() } else { 0 };
+    let item = std::sync::Arc::new(arrow_schema::Field::new("item", arrow_schema::DataType::Float32, true));
+    let offsets = arrow_buffer::OffsetBuffer::<i32>::from_lengths(std::iter::repeat_n(per, n));
+    let values = std::sync::Arc::new(Float32Array::from(stats.probs.clone()));
+    let scores = ListArray::try_new(item, offsets, values, None)?;
+    let samples: Vec<i64> = if stats.samples.len() == n { stats.samples.clone() } else { (0..n as i64).collect() };
+    Table::new(run_id, n)
+        .col("sample", Int64Array::from(samples))
+        .col("label", Int32Array::from_iter_values(stats.labels.iter().map(|&l| l as i32)))
+        .col("pred", Int32Array::from_iter_values(stats.preds.iter().map(|&p| p as i32)))
+        .col("scores", scores)
+        .write(path)
+}
+
+/// `confusion_matrix_<split>.parquet` after the latest epoch: one row per (true, predicted) class.
+pub fn write_confusion(
+    run_id: &str,
+    epoch: usize,
+    split: &str,
+    m: &[Vec<u64>],
+    names: &[String],
+    path: &Path,
+) -> Result<()> {
+    let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let (mut t, mut p, mut n) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, row) in m.iter().enumerate() {
+        for (j, count) in row.iter().enumerate() {
+            t.push(name(i));
+            p.push(name(j));
+            n.push(*count as i64);
+        }
+    }
+    Table::new(run_id, n.len())
+        .constant_i32("epoch", epoch as i32)
+        .constant_str("split", split)
+        .col("true_class", StringArray::from(t))
+        .col("pred_class", StringArray::from(p))
+        .col("count", Int64Array::from(n))
+        .write(path)
+}
+
+/// `roc_<split>.parquet` after the latest epoch: per class (one vs rest) its curve.
+pub fn write_roc(run_id: &str, epoch: usize, split: &str, curves: &[RocCurve], path: &Path) -> Result<()> {
+    let (mut class, mut thr, mut fpr, mut tpr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (c, points) in curves {
+        for (t, f, p) in points {
+            class.push(c.clone());
+            thr.push(*t);
+            fpr.push(*f);
+            tpr.push(*p);
+        }
+    }
+    Table::new(run_id, class.len())
+        .constant_i32("epoch", epoch as i32)
+        .constant_str("split", split)
+        .col("class", StringArray::from(class))
+        .col("threshold", Float64Array::from(thr))
+        .col("fpr", Float64Array::from(fpr))
+        .col("tpr", Float64Array::from(tpr))
+        .write(path)
 }
 
 #[cfg(test)]

@@ -21,12 +21,16 @@
 //! centres fall in one cell, the largest object (by area) is the target, the first listed
 //! on ties; the others are not targets. Difficult objects are never targets.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{bail, Result};
+use arrow_array::{Float32Array, Int64Array, StringArray};
 use candle_core::{Device, Tensor};
 
 use crate::config::DetectConfig;
 use crate::data::voc::Object;
-use crate::metrics::detection::{iou, BoxXyxy};
+use crate::metrics::detection::{iou, BoxXyxy, DetectionStats};
+use crate::runlog::Table;
 
 /// The YOLOv1 head's geometry and loss weights, resolved by the plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -255,6 +259,36 @@ pub fn decode_batch(yolo: &Yolo, out: &Tensor, input: [usize; 2], sizes: &[[usiz
             found
         })
         .collect())
+}
+
+/// `detections.parquet`: the test split's boxes after the latest epoch, one row per box:
+/// `epoch`, `sample` (index in the split), `image` (its file's stem, VOC's id), `class`,
+/// `score`, `xmin, ymin, xmax, ymax` (continuous edges in the original image's pixels).
+pub fn write_detections(
+    run_id: &str,
+    epoch: usize,
+    stats: &DetectionStats,
+    names: &[String],
+    images: &[PathBuf],
+    path: &Path,
+) -> Result<()> {
+    let rows = &stats.detections;
+    let name = |c: u32| names.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
+    let image = |i: usize| {
+        images.get(i).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    };
+    let coord = |k: usize| Float32Array::from_iter_values(rows.iter().map(|(_, d)| d.bbox[k] as f32));
+    Table::new(run_id, rows.len())
+        .constant_i32("epoch", epoch as i32)
+        .col("sample", Int64Array::from_iter_values(rows.iter().map(|(_, d)| d.image as i64)))
+        .col("image", StringArray::from_iter_values(rows.iter().map(|(_, d)| image(d.image))))
+        .col("class", StringArray::from_iter_values(rows.iter().map(|(c, _)| name(*c))))
+        .col("score", Float32Array::from_iter_values(rows.iter().map(|(_, d)| d.score as f32)))
+        .col("xmin", coord(0))
+        .col("ymin", coord(1))
+        .col("xmax", coord(2))
+        .col("ymax", coord(3))
+        .write(path)
 }
 
 #[cfg(test)]

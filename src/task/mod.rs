@@ -1,4 +1,4 @@
-//! What the model learns: the one place where classification and detection differ (the
+//! What the model learns: the one place where classification, detection and segmentation differ (the
 //! design's tasks table). [`Task`] is resolved by the plan from `[task]`; each of its
 //! methods is one `match`: the loss of a training batch, an evaluation batch, the sums an
 //! epoch keeps ([`Stats`]) and the metrics computed from them. The loop, checkpoints,
@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub mod detect;
+pub mod segment;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -14,10 +15,13 @@ use crate::config::{MetricName, Tta};
 use crate::data::loader::Batch;
 use crate::data::Split;
 use crate::metrics::detection::{Detection, DetectionStats, Truth};
+use crate::metrics::segmentation::SegStats;
 use crate::metrics::{Binary, EpochStats};
 use crate::model::{argmax, Model, Pass};
+use crate::runlog::RunLog;
 
 pub use detect::Yolo;
+pub use segment::Segmenter;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Task {
@@ -26,6 +30,7 @@ pub enum Task {
         label_smoothing: f64,
     },
     Detect(Yolo),
+    Segment(Segmenter),
 }
 
 /// An epoch's sums for the metrics.
@@ -33,6 +38,7 @@ pub enum Task {
 pub enum Stats {
     Classify(EpochStats),
     Detect(DetectionStats),
+    Segment(SegStats),
 }
 
 impl Task {
@@ -41,6 +47,7 @@ impl Task {
         match self {
             Task::Classify { .. } => "classify",
             Task::Detect(_) => "detect",
+            Task::Segment(_) => "segment",
         }
     }
 
@@ -51,6 +58,7 @@ impl Task {
                 classify::loss(out, &classify::labels(batch, out.device())?, *label_smoothing)
             }
             Task::Detect(yolo) => yolo.loss(out, &batch.objects, [input[1], input[2]]),
+            Task::Segment(seg) => seg.loss(out, &batch.masks),
         }
     }
 
@@ -60,6 +68,7 @@ impl Task {
         match self {
             Task::Classify { .. } => Stats::Classify(EpochStats::new(classes, keep_probs)),
             Task::Detect(_) => Stats::Detect(DetectionStats::new(classes)),
+            Task::Segment(_) => Stats::Segment(SegStats::new(classes)),
         }
     }
 
@@ -82,6 +91,7 @@ impl Task {
                 s.update(loss, probs.as_deref(), &argmax(out)?, &batch.labels);
             }
             Stats::Detect(s) => s.add_loss(loss, batch.len()),
+            Stats::Segment(s) => s.add_loss(loss, batch.len()),
         }
         Ok(())
     }
@@ -122,6 +132,15 @@ impl Task {
                 }
                 Ok(())
             }
+            (Task::Segment(seg), Stats::Segment(s)) => {
+                let out = model.forward(&xs, Pass::eval())?;
+                let loss = seg.loss(&out, &batch.masks)?.to_scalar::<f32>()? as f64;
+                s.add_loss(loss, batch.len());
+                let pred = Segmenter::decode(&out)?;
+                let (_, _, h, w) = out.dims4()?;
+                segment::update(s, &pred, &batch.masks, [h, w], seg.cfg.ignore_index, &batch.indices, true);
+                Ok(())
+            }
             _ => anyhow::bail!("the statistics do not belong to the {} task", self.name()),
         }
     }
@@ -133,6 +152,7 @@ impl Stats {
         match self {
             Stats::Classify(s) => s.count(),
             Stats::Detect(s) => s.count(),
+            Stats::Segment(s) => s.count(),
         }
     }
 
@@ -140,6 +160,7 @@ impl Stats {
         match self {
             Stats::Classify(s) => s.mean_loss(),
             Stats::Detect(s) => s.mean_loss(),
+            Stats::Segment(s) => s.mean_loss(),
         }
     }
 
@@ -155,6 +176,14 @@ impl Stats {
                 MetricName::Recall => s.precision_recall_at(b.threshold).1,
                 _ => f64::NAN,
             },
+            Stats::Segment(s) => match metric {
+                MetricName::Loss => s.mean_loss(),
+                MetricName::PixelAccuracy => s.pixel_accuracy(),
+                MetricName::MeanAccuracy => s.mean_accuracy(),
+                MetricName::Miou => s.miou(),
+                MetricName::FrequencyWeightedIou => s.frequency_weighted_iou(),
+                _ => f64::NAN,
+            },
         }
     }
 
@@ -163,6 +192,7 @@ impl Stats {
         match (self, metric) {
             (Stats::Classify(s), MetricName::PerClassError) => s.per_class_error(),
             (Stats::Detect(s), MetricName::Ap50) => s.ap50().into_iter().map(|(_, area)| area).collect(),
+            (Stats::Segment(s), MetricName::Iou) => s.class_iou(),
             _ => Vec::new(),
         }
     }
@@ -175,13 +205,45 @@ impl Stats {
             }
             Stats::Detect(s) if s.detections.is_empty() && s.truths.is_empty() => format!("loss {:.4}", s.mean_loss()),
             Stats::Detect(s) => format!("loss {:.4} mAP50 {:.4}", s.mean_loss(), s.map50().1),
+            Stats::Segment(s) if s.confusion().iter().flatten().all(|&n| n == 0) => {
+                format!("loss {:.4}", s.mean_loss())
+            }
+            Stats::Segment(s) => {
+                format!("loss {:.4} pixel acc {:.4} mIoU {:.4}", s.mean_loss(), s.pixel_accuracy(), s.miou())
+            }
+        }
+    }
+
+    /// The task's predictions table for the test split after `epoch`, in the run folder:
+    /// `predictions.parquet` (classification) or `detections.parquet`.
+    pub fn write_predictions(&self, log: &RunLog, epoch: usize, classes: &[String], split: &Split) -> Result<()> {
+        match self {
+            Stats::Classify(s) => classify::write_predictions(&log.run_id, s, &log.dir.join("predictions.parquet")),
+            Stats::Detect(s) => {
+                let path = log.dir.join("detections.parquet");
+                detect::write_detections(&log.run_id, epoch, s, classes, &split.files, &path)
+            }
+            Stats::Segment(s) => {
+                let path = log.dir.join("segmentation.parquet");
+                segment::write_counts(&log.run_id, epoch, s, classes, &split.files, &path)
+            }
+        }
+    }
+
+    /// The confusion matrix `m[true][pred]`: of samples (classification) or pixels
+    /// (segmentation); detection has none.
+    pub fn confusion(&self) -> Option<Vec<Vec<u64>>> {
+        match self {
+            Stats::Classify(s) => Some(s.confusion()),
+            Stats::Detect(_) => None,
+            Stats::Segment(s) => Some(s.confusion().to_vec()),
         }
     }
 
     pub fn as_classify(&self) -> Option<&EpochStats> {
         match self {
             Stats::Classify(s) => Some(s),
-            Stats::Detect(_) => None,
+            Stats::Detect(_) | Stats::Segment(_) => None,
         }
     }
 }

@@ -254,7 +254,7 @@ fn detection_configs_are_checked_against_the_task() {
     // A VOC dataset without the detect task.
     let out = runner(d.path(), &["check", &exp("yolo_shapes.toml"), "--set", "task={ classify = {} }"]);
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("its experiments need a [task.detect] table"), "{}", out.stderr);
+    assert!(out.stderr.contains("its experiments need a [task.detect] or [task.segment] table"), "{}", out.stderr);
 }
 
 fn md5_hex(bytes: &[u8]) -> &'static str {

@@ -10,6 +10,7 @@ mod fashion_mnist;
 mod image_folder;
 mod predict;
 mod resume;
+mod segmentation;
 mod sweep;
 mod torch_parity;
 mod zoo;

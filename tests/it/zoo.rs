@@ -38,6 +38,10 @@ fn zoo_parameter_counts() {
         (g.num_params(), g.macs())
     };
     assert_eq!(count("lenet5").0, 44_426);
+    // torchvision's documentation for VGG16: 138,357,544 parameters, 15.47 GFLOPS.
+    let (vgg16, vgg16_macs) = count("vgg16");
+    assert_eq!(vgg16, 138_357_544);
+    assert_eq!((vgg16_macs as f64 / 1e9 * 100.0).round() / 100.0, 15.47, "{vgg16_macs}");
     let (alexnet, alexnet_macs) = count("alexnet");
     assert_eq!(alexnet, 61_100_840);
     assert_eq!((alexnet_macs as f64 / 1e9 * 100.0).round() / 100.0, 0.71, "{alexnet_macs}");
@@ -99,6 +103,19 @@ fn io(file: &Path) -> (Tensor, Tensor) {
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn vgg16_matches_torchvision() {
+    let Some(dir) = torch_files() else { return };
+    let model = Model::new(&plan_model(&zoo("vgg16")).unwrap(), 0, &Device::Cpu).unwrap();
+    let report = load_into(&model, &dir.join("vgg16.pth"), "", "", &BTreeMap::new(), true).unwrap();
+    assert_eq!(report.loaded, 32, "16 weights and 16 biases");
+    let (x, want) = io(&dir.join("vgg16_io.pth"));
+    let got = model.forward(&x, Pass::eval()).unwrap();
+    let d = max_diff(&got, &want);
+    eprintln!("vgg16: max abs difference to torchvision {d}");
+    assert!(d <= 1e-4, "max abs difference to torchvision's logits: {d}");
 }
 
 #[test]

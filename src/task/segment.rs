@@ -1,0 +1,210 @@
+//! Semantic segmentation as the FCN paper casts it (Long, Shelhamer and Darrell 2015, and
+//! the course): a class per pixel. The model's output is `[classes, H, W]` per image, the
+//! input's size (FCN's upsampling brings it back); class 0 is the background. Pixels whose
+//! mask value is `ignore_index` (VOC's 255 border) count nowhere: not in the loss, not in
+//! the metrics.
+//!
+//! Loss: per-pixel cross-entropy of the log-softmax over the class axis, weighted by
+//! `class_weights` (1 when absent); `mean`: the weighted sum over the batch's labelled
+//! pixels divided by the sum of their weights (PyTorch's `cross_entropy(weight=...,
+//! ignore_index=255)`); `sum`: divided by the number of images instead (Caffe's
+//! `SoftmaxWithLoss` with `normalize: false`, as the FCN authors trained).
+//!
+//! The metrics are computed at the resolution the model sees (after the test
+//! augmentations) from one pixel confusion matrix over the split.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use arrow_array::{Int64Array, StringArray};
+use candle_core::Tensor;
+
+use crate::config::{Reduction, SegmentConfig};
+use crate::metrics::segmentation::SegStats;
+use crate::runlog::Table;
+
+/// The segmentation head's settings, resolved by the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segmenter {
+    pub cfg: SegmentConfig,
+    /// Classes, background included.
+    pub classes: usize,
+}
+
+impl Segmenter {
+    /// The batch's loss: `out` is `[n, classes, h, w]` logits, `masks` the `n` masks `[h, w]`
+    /// concatenated.
+    pub fn loss(&self, out: &Tensor, masks: &[u8]) -> Result<Tensor> {
+        let (n, c, h, w) = out.dims4()?;
+        if masks.len() != n * h * w {
+            bail!("the batch holds {} mask pixels; the model's output has {n} x {h} x {w}", masks.len());
+        }
+        let ignore = self.cfg.ignore_index;
+        let weight = |m: u8| -> f32 {
+            if m == ignore || m as usize >= c {
+                0.0
+            } else {
+                self.cfg.class_weights.as_ref().map_or(1.0, |cw| cw[m as usize] as f32)
+            }
+        };
+        let targets: Vec<u32> =
+            masks.iter().map(|&m| if m == ignore || m as usize >= c { 0 } else { m as u32 }).collect();
+        let weights: Vec<f32> = masks.iter().map(|&m| weight(m)).collect();
+        let total_weight: f64 = weights.iter().map(|&x| x as f64).sum();
+        let device = out.device();
+        let targets = Tensor::from_vec(targets, (n, 1, h, w), device)?;
+        let weights = Tensor::from_vec(weights, (n, 1, h, w), device)?;
+        let logp = candle_nn::ops::log_softmax(out, 1)?; // [n, c, h, w]
+        let picked = logp.gather(&targets, 1)?; // [n, 1, h, w]
+        let nll = (picked * weights)?.sum_all()?.neg()?;
+        let denom = match self.cfg.reduction {
+            Reduction::Mean if total_weight > 0.0 => total_weight,
+            Reduction::Mean => 1.0, // no labelled pixel: the sum is 0
+            Reduction::Sum => n as f64,
+        };
+        Ok((nll / denom)?)
+    }
+
+    /// The predicted class of each pixel, `[n, h, w]` concatenated.
+    pub fn decode(out: &Tensor) -> Result<Vec<u8>> {
+        let pred = out.argmax(1)?; // [n, h, w] u32
+        Ok(pred.flatten_all()?.to_vec1::<u32>()?.into_iter().map(|p| p as u8).collect())
+    }
+
+    /// Checks the model's output shape for `input` `[c, h, w]`: `[classes, h, w]`.
+    pub fn check_output(&self, out: &[usize], input: [usize; 3]) -> std::result::Result<(), String> {
+        let want = [self.classes, input[1], input[2]];
+        if out == want {
+            return Ok(());
+        }
+        if out.len() == 3 && out[0] == self.classes {
+            return Err(format!(
+                "the model ends in shape {out:?}: a segmentation model's output must be the input's size, \
+                 {want:?}; upsample by {}x{} more (conv_transpose2d, upsample) or crop to the input",
+                input[1] as f64 / out[1] as f64,
+                input[2] as f64 / out[2] as f64
+            ));
+        }
+        Err(format!(
+            "the model ends in shape {out:?}: segmentation needs [classes, height, width] = {want:?} \
+             (one score map per class, background included)"
+        ))
+    }
+}
+
+/// How many of a split's first images keep their predicted masks for the plots.
+pub const EXAMPLES: usize = 6;
+
+/// Adds the batch's predicted masks (`[h, w]` each) to `stats`; `keep_images`: also keep
+/// each image's counts for `segmentation.parquet` under the split indices `indices`, and
+/// the masks of the split's first images.
+pub fn update(
+    stats: &mut SegStats,
+    pred: &[u8],
+    masks: &[u8],
+    [h, w]: [usize; 2],
+    ignore: u8,
+    indices: &[usize],
+    keep_images: bool,
+) {
+    let per = h * w;
+    for (k, &i) in indices.iter().enumerate() {
+        let (p, m) = (&pred[k * per..(k + 1) * per], &masks[k * per..(k + 1) * per]);
+        stats.update_image(i, p, m, ignore, keep_images);
+        if keep_images && i < EXAMPLES {
+            stats.examples.push((i, p.to_vec(), [h, w]));
+        }
+    }
+}
+
+/// A mask `[h, w]` resized to `[oh, ow]` by nearest neighbour (as the augmentations move it).
+pub fn resize_mask(mask: &[u8], [h, w]: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<u8> {
+    if [h, w] == [oh, ow] {
+        return mask.to_vec();
+    }
+    let as_f32: Vec<f32> = mask.iter().map(|&v| v as f32).collect();
+    let r = crate::ops::upsample::resample(crate::ops::upsample::UpsampleMode::Nearest, &as_f32, 1, (h, w), (oh, ow));
+    r.into_iter().map(|v| v as u8).collect()
+}
+
+/// `segmentation.parquet`: the test split's per-image pixel counts after the latest epoch,
+/// one row per (image, true class, predicted class) pair that occurs: `epoch`, `sample`
+/// (index in the split), `image` (its file's stem), `true_class`, `pred_class`, `pixels`.
+/// Summing `pixels` over the images gives the split's confusion matrix, and every metric.
+pub fn write_counts(
+    run_id: &str,
+    epoch: usize,
+    stats: &SegStats,
+    names: &[String],
+    images: &[PathBuf],
+    path: &Path,
+) -> Result<()> {
+    let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let image = |i: usize| {
+        images.get(i).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    };
+    let rows: Vec<(usize, usize, usize, u64)> = stats
+        .per_image
+        .iter()
+        .flat_map(|(i, counts)| counts.iter().map(move |&(t, p, n)| (*i, t as usize, p as usize, n)))
+        .collect();
+    Table::new(run_id, rows.len())
+        .constant_i32("epoch", epoch as i32)
+        .col("sample", Int64Array::from_iter_values(rows.iter().map(|r| r.0 as i64)))
+        .col("image", StringArray::from_iter_values(rows.iter().map(|r| image(r.0))))
+        .col("true_class", StringArray::from_iter_values(rows.iter().map(|r| name(r.1))))
+        .col("pred_class", StringArray::from_iter_values(rows.iter().map(|r| name(r.2))))
+        .col("pixels", Int64Array::from_iter_values(rows.iter().map(|r| r.3 as i64)))
+        .write(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn seg(reduction: Reduction, weights: Option<Vec<f64>>) -> Segmenter {
+        Segmenter { cfg: SegmentConfig { ignore_index: 255, reduction, class_weights: weights }, classes: 3 }
+    }
+
+    /// By hand: pixel (0,0) has logits [1, .5, -1] and class 0, so its loss is
+    /// ln(e + e^.5 + e^-1) - 1; pixel (0,1) [2, 0, 1], class 2; pixel (1,1) [-1, 1, 3], class 1;
+    /// (1,0) is void. PyTorch 1.13 agrees:
+    /// ```python
+    /// x = torch.tensor([[[[1., 2], [0, -1]], [[0.5, 0], [2, 1]], [[-1, 1], [0, 3]]]])  # [1, 3, 2, 2]
+    /// y = torch.tensor([[[0, 2], [255, 1]]])
+    /// F.cross_entropy(x, y, ignore_index=255)                                     # 1.3684982
+    /// F.cross_entropy(x, y, ignore_index=255, reduction="sum")                    # 4.1054945
+    /// F.cross_entropy(x, y, ignore_index=255, weight=torch.tensor([1., 2, 3]))    # 1.5106064
+    /// ```
+    #[test]
+    fn cross_entropy_ignores_void_and_weighs_classes_by_hand() {
+        let x = Tensor::new(&[[[[1f32, 2.], [0., -1.]], [[0.5, 0.], [2., 1.]], [[-1., 1.], [0., 3.]]]], &Device::Cpu)
+            .unwrap();
+        let y = [0u8, 2, 255, 1];
+        let lse = |v: [f64; 3]| v.iter().map(|a| a.exp()).sum::<f64>().ln();
+        let l0 = lse([1., 0.5, -1.]) - 1.0;
+        let l1 = lse([2., 0., 1.]) - 1.0;
+        let l3 = lse([-1., 1., 3.]) - 1.0;
+        let mean = seg(Reduction::Mean, None).loss(&x, &y).unwrap().to_scalar::<f32>().unwrap() as f64;
+        assert!((mean - (l0 + l1 + l3) / 3.0).abs() < 1e-6, "{mean}");
+        assert!((mean - 1.3684982).abs() < 1e-6 && (l0 + l1 + l3 - 4.1054945).abs() < 1e-6);
+        let sum = seg(Reduction::Sum, None).loss(&x, &y).unwrap().to_scalar::<f32>().unwrap() as f64;
+        assert!((sum - (l0 + l1 + l3)).abs() < 1e-5, "{sum}");
+        let w = seg(Reduction::Mean, Some(vec![1., 2., 3.])).loss(&x, &y).unwrap().to_scalar::<f32>().unwrap() as f64;
+        assert!((w - (l0 + 3.0 * l1 + 2.0 * l3) / 6.0).abs() < 1e-6 && (w - 1.5106064).abs() < 1e-6, "{w}");
+        // All void: no labelled pixel, loss 0 (not NaN).
+        let none = seg(Reduction::Mean, None).loss(&x, &[255; 4]).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(none, 0.0);
+    }
+
+    #[test]
+    fn the_output_must_be_the_input_size() {
+        let s = seg(Reduction::Mean, None);
+        assert!(s.check_output(&[3, 32, 32], [3, 32, 32]).is_ok());
+        let e = s.check_output(&[3, 4, 4], [3, 32, 32]).unwrap_err();
+        assert!(e.contains("upsample by 8x8 more"), "{e}");
+        let e = s.check_output(&[10], [3, 32, 32]).unwrap_err();
+        assert!(e.contains("[3, 32, 32]"), "{e}");
+    }
+}
