@@ -112,3 +112,85 @@ fn bad_masks_and_heads_are_named() {
     assert!(out.stderr.contains("skipped 0 train and 1 test samples"), "{}", out.stderr);
     std::fs::write(&first_test, saved).unwrap();
 }
+
+/// A VOC2012 folder in the real format (JPEG, XML, ImageSets/Segmentation, palette PNG
+/// masks with VOC's colour map and a void border) with `train` and `val` lists.
+fn write_voc_masks(root: &std::path::Path) {
+    let dir = root.join("VOCdevkit/VOC2012");
+    for sub in ["JPEGImages", "Annotations", "ImageSets/Segmentation", "ImageSets/Main", "SegmentationClass"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let palette = runner::data::synth::voc_palette();
+    for (set, range) in [("train", 0..3), ("val", 3..5)] {
+        let ids: Vec<String> = range.map(|i| format!("2012_{i:06}")).collect();
+        std::fs::write(dir.join(format!("ImageSets/Segmentation/{set}.txt")), ids.join("\n") + "\n").unwrap();
+        for (k, id) in ids.iter().enumerate() {
+            let (w, h) = (80 + 8 * k, 60);
+            let img =
+                image::RgbImage::from_fn(w as u32, h as u32, |x, y| image::Rgb([(x * 3) as u8, (y * 4) as u8, 90]));
+            img.save(dir.join(format!("JPEGImages/{id}.jpg"))).unwrap();
+            // A person (15) in a box, a dog (12) beside it, each with a 1-pixel void border.
+            let mut mask = vec![0u8; w * h];
+            for (class, [x0, y0, x1, y1]) in [(15u8, [10, 10, 30, 50]), (12, [40, 20, 70, 45])] {
+                for y in y0 - 1..=y1 {
+                    for x in x0 - 1..=x1 {
+                        let inside = (x0..x1).contains(&x) && (y0..y1).contains(&y);
+                        mask[y * w + x] = if inside { class } else { 255 };
+                    }
+                }
+            }
+            let png = runner::data::synth::encode_mask_png(&mask, [h, w], &palette).unwrap();
+            std::fs::write(dir.join(format!("SegmentationClass/{id}.png")), png).unwrap();
+            let xml = format!(
+                "<annotation><folder>VOC2012</folder><filename>{id}.jpg</filename><size><width>{w}</width>\
+                 <height>{h}</height><depth>3</depth></size><segmented>1</segmented><object><name>person</name>\
+                 <difficult>0</difficult><bndbox><xmin>11</xmin><ymin>11</ymin><xmax>30</xmax><ymax>50</ymax>\
+                 </bndbox></object></annotation>"
+            );
+            std::fs::write(dir.join(format!("Annotations/{id}.xml")), xml).unwrap();
+        }
+    }
+}
+
+#[test]
+fn fcn_voc_plans_without_data_and_trains_on_a_vocdevkit_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let out = runner(d.path(), &["check", &exp("fcn_voc.toml")]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    // By hand: VGG16 without its last layer (134,260,544) and the three 1x1 scorers
+    // (4096 * 21 + 21, 512 * 21 + 21, 256 * 21 + 21); the bilinear kernels (21 * 21 * 4 * 4
+    // twice, 21 * 21 * 16 * 16) are frozen.
+    assert!(out.stdout.contains("params: 134489759"), "{}", out.stdout);
+    assert!(out.stdout.contains("trainable: 134362751"), "{}", out.stdout);
+    assert!(out.stdout.contains("score_pool3.4") && out.stdout.contains("[21, 500, 500]"), "{}", out.stdout);
+
+    write_voc_masks(&d.path().join("voc"));
+    // The same experiment on 64x64 inputs, one epoch.
+    let out = runner(
+        d.path(),
+        &[
+            &exp("fcn_voc.toml"),
+            "--set",
+            "data.root=voc",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "model.input=[3, 64, 64]",
+            "--set",
+            "augment.train=[{ hflip = { p = 0.5 } }, { resize = { size = [64, 64] } }]",
+            "--set",
+            "augment.test=[{ resize = { size = [64, 64] } }]",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("3 train / 2 test"), "{}", out.stderr);
+    let run = run_folder(d.path(), &out);
+    assert!(run.join("segmentation.parquet").is_file());
+    let miou: f64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("test.miou = "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!((0.0..=1.0).contains(&miou), "{miou}");
+}
