@@ -14,7 +14,7 @@ import sys
 
 CASES = ["lenet5_train", "resnet_cifar_train", "alexnet_forward", "conv2d_forward", "conv2d_backward",
          "loader_cifar10_crop_flip_norm", "loader_jpeg_256_crop224_flip_pca", "yolo_shapes_train",
-         "detect_eval_5000"]
+         "detect_eval_5000", "fcn_shapes_train", "conv_transpose2d_forward", "conv_transpose2d_backward"]
 # Cases without a PyTorch counterpart (torch=na): runner's evaluation alone.
 RUNNER_ONLY = {"detect_eval_5000"}
 RUNNER = os.environ.get("RUNNER_BENCH", "target/release/runner-bench")

@@ -168,7 +168,72 @@ def yolo_shapes_train():
     return timed(32, 1, 4, step)
 
 
+def cbr(i, o, k=3, s=1, d=1):
+    return [nn.Conv2d(i, o, k, s, d * (k // 2), dilation=d, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+
+
+class FcnShapes(nn.Module):
+    """configs/models/fcn_shapes.toml: stride-16 scores, x2 + stride-8 scores, x2 +
+    stride-4 scores, x4 bilinear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stage1 = nn.Sequential(*cbr(3, 16, s=2), *cbr(16, 32), nn.MaxPool2d(2))
+        self.stage2 = nn.Sequential(*cbr(32, 64), nn.MaxPool2d(2))
+        self.stage3 = nn.Sequential(*cbr(64, 128), nn.MaxPool2d(2), *cbr(128, 256), *cbr(256, 256, d=2),
+                                    nn.Conv2d(256, 6, 1))
+        self.score8 = nn.Conv2d(64, 6, 1)
+        self.score4 = nn.Conv2d(32, 6, 1)
+
+    def forward(self, x):
+        up = lambda t, s: F.interpolate(t, scale_factor=s, mode="bilinear", align_corners=False)
+        s1 = self.stage1(x)
+        s2 = self.stage2(s1)
+        s3 = up(self.stage3(s2), 2)
+        s8 = up(self.score8(s2) + s3, 2)
+        return up(self.score4(s1) + s8, 4)
+
+
+def fcn_shapes_train():
+    m = FcnShapes()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    x = torch.rand(32, 3, 160, 160) * 2 - 1
+    masks = torch.zeros(32, 160, 160, dtype=torch.long)
+    for i in range(32):
+        x0, y0 = (i * 37) % 100 + 10, (i * 17) % 100 + 10
+        masks[i, max(y0 - 2, 0):y0 + 42, max(x0 - 2, 0):x0 + 42] = 255
+        masks[i, y0:y0 + 40, x0:x0 + 40] = i % 5 + 1
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(m(x), masks, ignore_index=255).backward()
+        opt.step()
+    return timed(32, 1, 4, step)
+
+
+def conv_transpose_op(backward):
+    x = (torch.rand(32, 21, 34, 34) * 2 - 1).requires_grad_(True)
+    conv = nn.ConvTranspose2d(21, 21, 4, stride=2, bias=False)
+    if backward:
+        def step():
+            y = conv(x)
+            t = time.perf_counter()
+            y.sum().backward()
+            return time.perf_counter() - t
+        step()
+        total = sum(step() for _ in range(3))
+        return 32 * 3 / total
+
+    def fwd():
+        with torch.no_grad():
+            conv(x)
+    return timed(32, 1, 3, fwd)
+
+
 CASES = {
+    "fcn_shapes_train": fcn_shapes_train,
+    "conv_transpose2d_forward": lambda: conv_transpose_op(False),
+    "conv_transpose2d_backward": lambda: conv_transpose_op(True),
     "yolo_shapes_train": yolo_shapes_train,
     "lenet5_train": lenet5_train,
     "resnet_cifar_train": resnet_cifar_train,

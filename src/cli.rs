@@ -105,7 +105,8 @@ struct CompareArgs {
     /// Also draw the runs' curves of --metric into this PNG.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// The metric to plot, as split.metric (default: test.map50 for detection runs, else
+    /// The metric to plot, as split.metric (default: the task's: test.map50 for detection,
+    /// test.miou for segmentation, test.localization_error for localization, else
     /// test.accuracy).
     #[arg(long)]
     metric: Option<String>,
@@ -206,6 +207,15 @@ struct ShapesArgs {
     /// Same seed, same bytes.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Objects per image: `N` or `MIN-MAX`.
+    #[arg(long, default_value = "1-5")]
+    objects: String,
+    /// The smallest object's bounding side in pixels.
+    #[arg(long, default_value_t = 12.0)]
+    min_size: f64,
+    /// The largest object's bounding side in pixels.
+    #[arg(long, default_value_t = 80.0)]
+    max_size: f64,
 }
 
 #[derive(Args, Debug)]
@@ -273,8 +283,11 @@ fn compare(args: CompareArgs) -> Result<ExitCode> {
         );
     }
     if let Some(png) = &args.plot {
-        let detection = runs.iter().any(|r| r.finals.contains_key("test.map50"));
-        let default = if detection { "test.map50" } else { "test.accuracy" };
+        // The task's headline metric, classification's accuracy (curves read better rising).
+        let default = match compare::headline(&runs) {
+            Some("test.error_rate" | "test.loss") | None => "test.accuracy",
+            Some(m) => m,
+        };
         crate::plots::compare_curves(&runs, args.metric.as_deref().unwrap_or(default), png)?;
         tracing::info!("wrote {}", png.display());
     }
@@ -547,11 +560,24 @@ fn data_preview(args: PreviewArgs) -> Result<ExitCode> {
 }
 
 fn synth_shapes(args: ShapesArgs) -> Result<ExitCode> {
+    let count = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| anyhow::anyhow!("--objects {}: expected N or MIN-MAX, e.g. 1-5", args.objects))
+    };
+    let (min_objects, max_objects) = match args.objects.split_once('-') {
+        Some((a, b)) => (count(a)?, count(b)?),
+        None => (count(&args.objects)?, count(&args.objects)?),
+    };
     let opts = crate::data::synth::ShapesOptions {
         train: args.train,
         test: args.test,
         size: args.size,
         seed: args.seed,
+        min_objects,
+        max_objects,
+        min_size: args.min_size,
+        max_size: args.max_size,
         ..Default::default()
     };
     let started = std::time::Instant::now();

@@ -125,6 +125,8 @@ impl EpochStats {
             | MetricName::Miou
             | MetricName::FrequencyWeightedIou
             | MetricName::Iou => f64::NAN,
+            // Localization metrics: `task::localize::LocStats`.
+            MetricName::LocalizationError | MetricName::MeanIou | MetricName::BoxL2 => f64::NAN,
         }
     }
 

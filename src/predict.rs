@@ -102,8 +102,14 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
             img = crate::data::augment::apply(op, img, &mut dims, &mut rng)
                 .map_err(|e| anyhow::anyhow!("{}: {}: {e}", image.display(), op.name()))?;
         }
-        if let crate::task::Task::Detect(yolo) = &plan.task {
-            let boxes = detect(&model, yolo, &plan, img, dims, [h, w], image)?;
+        let found = match &plan.task {
+            crate::task::Task::Detect(yolo) => Some(detect(&model, yolo, &plan, img.clone(), dims, [h, w], image)?),
+            crate::task::Task::Localize(loc) => {
+                Some(vec![localize(&model, loc, &plan, img.clone(), dims, [h, w], image)?])
+            }
+            _ => None,
+        };
+        if let Some(boxes) = found {
             if let Some(dir) = &req.out {
                 let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 let drawn: Vec<crate::plots::Labelled> = boxes
@@ -182,6 +188,38 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
         out.push(Prediction { image: image.clone(), ranked, boxes: Vec::new(), shares: Vec::new(), note });
     }
     Ok((out, classes))
+}
+
+/// A localizer's class and box for one image (the predicted class's box), in the pixels of
+/// its `[h, w]`; the score is the class's probability.
+fn localize(
+    model: &Model,
+    loc: &crate::task::Localizer,
+    plan: &crate::plan::Plan,
+    img: Vec<f32>,
+    dims: [usize; 3],
+    [h, w]: [usize; 2],
+    image: &Path,
+) -> Result<crate::task::detect::Found> {
+    if dims != plan.input {
+        bail!(
+            "{}: after the test augmentations the image is {dims:?}, the model takes {:?}",
+            image.display(),
+            plan.input
+        );
+    }
+    let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), model.device())?;
+    let y = model.forward(&xs, Pass::eval())?.flatten_all()?.to_vec1::<f32>()?;
+    if y.len() != loc.depth() {
+        bail!("the model gives {} values; localization reads {}", y.len(), loc.depth());
+    }
+    let c = loc.classes;
+    let probs = candle_nn::ops::softmax_last_dim(&Tensor::new(&y[..c], model.device())?)?.to_vec1::<f32>()?;
+    let (class, score) = probs.iter().enumerate().fold((0, f32::MIN), |b, (k, &p)| if p > b.1 { (k, p) } else { b });
+    let at = c + if loc.cfg.per_class { 4 * class } else { 0 };
+    let b = &y[at..at + 4];
+    let bbox = [b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32];
+    Ok(crate::task::detect::Found { class: class as u32, score, bbox })
 }
 
 /// A detector's boxes for one image, in the pixels of its `[h, w]`.

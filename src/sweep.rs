@@ -260,11 +260,7 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
             Err(e) => tracing::warn!("{e:#}"),
         }
     }
-    // The task's headline metric: detection's mAP, classification's error rate.
-    let sort = ["test.map50", "test.error_rate", "test.loss", "test.accuracy"]
-        .into_iter()
-        .find(|m| runs.iter().any(|r| r.finals.contains_key(*m)))
-        .map(str::to_string);
+    let sort = crate::compare::headline(&runs).map(str::to_string);
     let opts = crate::compare::Options {
         all_params: false,
         sort,

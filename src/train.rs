@@ -255,6 +255,7 @@ fn draw_plots(log: &RunLog, plan: &Plan, test: &Stats, split: &Split) -> Result<
         Stats::Classify(s) => s,
         Stats::Detect(s) => return detection_plots(&dir, plan, s, split),
         Stats::Segment(s) => return segmentation_plots(&dir, plan, s, split),
+        Stats::Localize(s) => return localization_plots(&dir, plan, s, split),
     };
     if plan.metrics.test().contains(&MetricName::Roc) {
         crate::plots::roc(&dir.join("roc.png"), &test.roc_curves(plan.binary, &plan.classes))?;
@@ -294,6 +295,29 @@ fn detection_plots(
     crate::plots::boxes_grid(&dir.join("detections.png"), &images)
 }
 
+/// Localization's plots: the confusion matrix, and the first nine test images with the
+/// predicted box (labelled with its class and probability) and the true box in white.
+fn localization_plots(dir: &Path, plan: &Plan, s: &crate::task::LocStats, split: &Split) -> Result<()> {
+    if plan.metrics.test().contains(&MetricName::ConfusionMatrix) {
+        crate::plots::confusion(&dir.join("confusion_matrix.png"), &s.class.confusion(), &plan.classes)?;
+    }
+    let name = |c: u32| plan.classes.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
+    let mut images = Vec::new();
+    for r in s.boxes.iter().filter(|r| r.sample < 9) {
+        let Some(file) = split.files.get(r.sample) else { continue };
+        let (bytes, h, w) = data::folder::decode(file, 3)?;
+        let scale = |b: [f32; 4]| [b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32];
+        let mut boxes = Vec::new();
+        if let Some(t) = r.true_box {
+            boxes.push(crate::plots::Labelled { text: String::new(), bbox: scale(t), colour: 0, truth: true });
+        }
+        let text = format!("{} {:.2}", name(r.pred), r.score);
+        boxes.push(crate::plots::Labelled { text, bbox: scale(r.pred_box), colour: r.pred as usize, truth: false });
+        images.push((bytes, [h, w], boxes));
+    }
+    crate::plots::boxes_grid(&dir.join("localizations.png"), &images)
+}
+
 /// Segmentation's plots: the pixel confusion matrix, and the first test images beside their
 /// true and predicted masks laid over them (`masks.png`), at the files' size.
 fn segmentation_plots(
@@ -318,6 +342,7 @@ fn segmentation_plots(
 
 fn load_data(plan: &Plan) -> Result<data::Dataset> {
     let dataset = data::load(&plan.data)?;
+    check_labels(plan, &dataset)?;
     tracing::info!(
         "{}: {} train / {} test samples from {}",
         dataset.name,
@@ -326,6 +351,28 @@ fn load_data(plan: &Plan) -> Result<data::Dataset> {
         dataset.root.display()
     );
     Ok(dataset)
+}
+
+/// Classification and localization on a detection set label each image with its largest
+/// object: an image without objects is an error naming it (or, with `on_error = "skip"`, a
+/// warning: its samples are skipped by the loader).
+pub fn check_labels(plan: &Plan, dataset: &data::Dataset) -> Result<()> {
+    if !matches!(plan.task, crate::task::Task::Classify { .. } | crate::task::Task::Localize(_)) {
+        return Ok(());
+    }
+    for (name, split) in [("train", &dataset.train), ("test", &dataset.test)] {
+        let empty: Vec<usize> = (0..split.len).filter(|&i| split.labels.get(i) == Some(&data::NO_LABEL)).collect();
+        if let Some(&first) = empty.first() {
+            let file = split.files.get(first).map(|f| f.display().to_string()).unwrap_or_default();
+            anyhow::bail!(
+                "{file}: the image holds no object, and the {} task labels each image with its largest object \
+                 ({} such images in the {name} split); list only images with objects",
+                plan.task.name(),
+                empty.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// What the epochs work with: the plan, the data, the model and its optimizer, the device,

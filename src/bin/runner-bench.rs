@@ -326,6 +326,64 @@ fn yolo_shapes_train() -> Result<f64> {
     })
 }
 
+/// The fcn_shapes model (configs/models/fcn_shapes.toml) training with the per-pixel
+/// cross-entropy: batch 32 of 3x160x160, masks of 6 classes with a void band, Adam.
+fn fcn_shapes_train() -> Result<f64> {
+    #[derive(serde::Deserialize)]
+    struct ModelFile {
+        model: ModelConfig,
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/models/fcn_shapes.toml");
+    let file: ModelFile = toml::from_str(&std::fs::read_to_string(path)?)?;
+    let m = Model::new(&plan_model(&file.model)?, 0, &Device::Cpu)?;
+    let seg = runner::task::Segmenter { cfg: Default::default(), classes: 6 };
+    let x = rand(&[32, 3, 160, 160], 9, 1.0)?;
+    // Square objects of class (i % 5) + 1 on background, a 2-pixel void band around them.
+    let masks: Vec<u8> = (0..32 * 160 * 160)
+        .map(|p| {
+            let (i, y, x) = (p / (160 * 160), (p / 160) % 160, p % 160);
+            let (x0, y0) = ((i * 37) % 100 + 10, (i * 17) % 100 + 10);
+            let inside = |m: usize| x + m >= x0 && x < x0 + 40 + m && y + m >= y0 && y < y0 + 40 + m;
+            if inside(0) && x >= x0 && y >= y0 {
+                (i % 5 + 1) as u8
+            } else if inside(2) {
+                255
+            } else {
+                0
+            }
+        })
+        .collect();
+    let mut opt =
+        Optimizer::new(&OptimizerConfig::Adam { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 });
+    time(32, 1, 4, || {
+        let out = m.forward(&x, Pass { train: true, seed: 0, epoch: 0, step: 0 })?;
+        let loss = seg.loss(&out, &masks)?;
+        let grads = runner::optim::collect_grads(&loss.backward()?, m.params.iter());
+        opt.step(opt.config().lr(), m.params.iter(), &grads, &Default::default())?;
+        Ok(())
+    })
+}
+
+/// FCN's x2 upsampling: a 4x4 stride-2 transposed convolution of 21 score maps, [32, 21,
+/// 34, 34] -> [32, 21, 70, 70], forward or backward (as `conv_op`).
+fn conv_transpose_op(backward: bool) -> Result<f64> {
+    let x = Var::from_tensor(&rand(&[32, 21, 34, 34], 3, 1.0)?)?;
+    let w = Var::from_tensor(&rand(&[21, 21, 4, 4], 4, 0.1)?)?;
+    let g = ConvGeom { stride: 2, ..Default::default() };
+    if backward {
+        let y = runner::ops::conv::conv_transpose2d(&x, &w, g, 0)?;
+        time(32, 1, 3, || {
+            y.sum_all()?.backward()?;
+            Ok(())
+        })
+    } else {
+        time(32, 1, 3, || {
+            runner::ops::conv::conv_transpose2d(x.as_tensor(), &w, g, 0)?;
+            Ok(())
+        })
+    }
+}
+
 /// Evaluation of 5,000 images: decoding a 7x7x30 output each (YOLOv1 on VOC: 98 boxes x 20
 /// classes scored), per-class NMS keeping the 100 best boxes, and mAP (area and VOC07)
 /// against three objects per image. Images per second over the whole.
@@ -364,9 +422,12 @@ fn main() -> Result<()> {
         "conv2d_backward" => conv_op(true)?,
         "loader_cifar10_crop_flip_norm" | "loader_jpeg_256_crop224_flip_pca" => loader(&case)?,
         "yolo_shapes_train" => yolo_shapes_train()?,
+        "fcn_shapes_train" => fcn_shapes_train()?,
+        "conv_transpose2d_forward" => conv_transpose_op(false)?,
+        "conv_transpose2d_backward" => conv_transpose_op(true)?,
         "detect_eval_5000" => detect_eval_5000()?,
         other => bail!(
-            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, detect_eval_5000"
+            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000"
         ),
     };
     println!("images_per_s={ips:.1}");

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use augment::{resized_shorter, AugmentConfig, AugmentOp, PadMode};
 pub use layers::{KernelInit, Layer, LayerKind, UpsamplePlan, LAYER_NAMES};
 pub use load::{load, LoadOptions, Loaded};
-pub use task::{DetectConfig, Reduction, SegmentConfig, TaskConfig};
+pub use task::{DetectConfig, LocalizeConfig, Reduction, SegmentConfig, TaskConfig};
 pub use voc::{Synthetic, VocConfig, VocSplit};
 
 /// The whole experiment: what `runner EXP` reads after merging every file and override.
@@ -282,7 +282,13 @@ impl GroupConfig {
 pub struct InitConfig {
     /// A safetensors file or a PyTorch state dict (`.pth`, `.pt`, `.bin`), relative to the
     /// config file that names it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub file: String,
+    /// Instead of `file`: the `model.safetensors` of the newest completed run under this
+    /// folder (`runs/<experiment>`, from the working folder, as `output_dir`), or of this
+    /// run folder itself: a later step of a recipe starting from an earlier one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
     /// The name prefix in the file that stands for this group (default: the group's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
@@ -667,6 +673,14 @@ pub enum MetricName {
     FrequencyWeightedIou,
     /// Segmentation, per class: TP / (TP + FP + FN) (rows with `class`).
     Iou,
+    /// Localization: the share of images whose class is wrong or whose box overlaps the
+    /// true box by IoU < 0.5 (ImageNet's rule, one guess).
+    LocalizationError,
+    /// Localization: the mean IoU of the predicted box with the true box.
+    MeanIou,
+    /// Localization: the mean over images of the squared error of the box's four
+    /// coordinates (relative to the image's width and height): the loss's L2 term.
+    BoxL2,
 }
 
 /// The metric names, for messages.
@@ -694,6 +708,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "miou",
     "frequency_weighted_iou",
     "iou",
+    "localization_error",
+    "mean_iou",
+    "box_l2",
 ];
 
 impl MetricName {
@@ -722,6 +739,9 @@ impl MetricName {
             MetricName::Miou => "miou".into(),
             MetricName::FrequencyWeightedIou => "frequency_weighted_iou".into(),
             MetricName::Iou => "iou".into(),
+            MetricName::LocalizationError => "localization_error".into(),
+            MetricName::MeanIou => "mean_iou".into(),
+            MetricName::BoxL2 => "box_l2".into(),
         }
     }
 
@@ -749,6 +769,9 @@ impl MetricName {
             "miou" => MetricName::Miou,
             "frequency_weighted_iou" => MetricName::FrequencyWeightedIou,
             "iou" => MetricName::Iou,
+            "localization_error" => MetricName::LocalizationError,
+            "mean_iou" => MetricName::MeanIou,
+            "box_l2" => MetricName::BoxL2,
             other => {
                 let digits = other.strip_prefix("top")?.strip_suffix("_accuracy")?;
                 if digits.starts_with('0') {
@@ -782,8 +805,13 @@ impl MetricName {
         use MetricName::*;
         let detection = matches!(self, Map50 | Map50Voc07 | Ap50 | Precision | Recall);
         let segmentation = matches!(self, PixelAccuracy | MeanAccuracy | Miou | FrequencyWeightedIou | Iou);
+        let localization = matches!(self, LocalizationError | MeanIou | BoxL2);
         match task {
-            TaskConfig::Classify {} => !detection && !segmentation,
+            TaskConfig::Classify {} => !detection && !segmentation && !localization,
+            TaskConfig::Localize(_) => {
+                localization
+                    || matches!(self, Loss | Accuracy | ErrorRate | BalancedErrorRate | PerClassError | ConfusionMatrix)
+            }
             TaskConfig::Detect(_) => detection || self == Loss,
             TaskConfig::Segment(_) => segmentation || self == Loss || self == ConfusionMatrix,
         }
@@ -852,6 +880,7 @@ impl MetricsConfig {
             TaskConfig::Segment(_) => {
                 (vec![Loss], vec![Loss, PixelAccuracy, MeanAccuracy, Miou, FrequencyWeightedIou, Iou, ConfusionMatrix])
             }
+            TaskConfig::Localize(_) => (vec![Loss, Accuracy], vec![Loss, Accuracy, LocalizationError, MeanIou, BoxL2]),
         };
         self.train.get_or_insert(train);
         self.test.get_or_insert(test);

@@ -17,6 +17,28 @@ pub enum TaskConfig {
     /// A class per pixel (FCN): per-pixel cross-entropy over the model's `[classes, H, W]`
     /// output, the input's size.
     Segment(SegmentConfig),
+    /// A class and one box per image (Overfeat): cross-entropy plus `box_weight` x the L2
+    /// error of the box.
+    Localize(LocalizeConfig),
+}
+
+/// `[task.localize]`: the weight of the box's L2 loss beside the class's cross-entropy, and
+/// whether the box regressor is shared by the classes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalizeConfig {
+    #[serde(default = "one_f")]
+    pub box_weight: f64,
+    /// `false`: one box `[4]` for every class (the course: it does as well); `true`: a box
+    /// per class `[4 * classes]`, the true class's trained, the predicted class's read.
+    #[serde(default)]
+    pub per_class: bool,
+}
+
+impl Default for LocalizeConfig {
+    fn default() -> Self {
+        LocalizeConfig { box_weight: 1.0, per_class: false }
+    }
 }
 
 impl Default for TaskConfig {

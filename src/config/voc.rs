@@ -50,7 +50,29 @@ impl VocConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Synthetic {
+    /// The default shapes set: 4,000 / 500 images of 160 px, 1-5 objects of 12-80 px.
     Shapes,
+    /// One object per image, 30-100 px on 128 px images, 4,000 / 500 images: the
+    /// localization set (`runner data synth shapes --objects 1 --size 128 --min-size 30
+    /// --max-size 100`).
+    SingleShapes,
+}
+
+impl Synthetic {
+    pub fn options(self) -> crate::data::synth::ShapesOptions {
+        let default = crate::data::synth::ShapesOptions::default();
+        match self {
+            Synthetic::Shapes => default,
+            Synthetic::SingleShapes => crate::data::synth::ShapesOptions {
+                size: 128,
+                min_objects: 1,
+                max_objects: 1,
+                min_size: 30.0,
+                max_size: 100.0,
+                ..default
+            },
+        }
+    }
 }
 
 impl Default for VocConfig {

@@ -218,6 +218,9 @@ pub fn locate(cfg: &DataConfig) -> Located {
     }
 }
 
+/// The label of a VOC image without objects (classification cannot use it).
+pub const NO_LABEL: u32 = u32::MAX;
+
 /// One split: `len` samples, either in memory (`pixels`, all of the dataset's shape, as
 /// bytes) or as image files decoded when a batch needs them (`files`). The targets: a class
 /// per sample (`labels`, classification) or the objects of each image (`objects`, detection).
@@ -268,7 +271,7 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             if matches!(spec.files, Files::Folder) {
                 bail!("{}", folder_missing(cfg));
             }
-            if let (Files::Voc, Some(crate::config::Synthetic::Shapes)) = (&spec.files, cfg.voc().generate) {
+            if let (Files::Voc, Some(set)) = (&spec.files, cfg.voc().generate) {
                 tracing::info!("writing the synthetic shapes set into {}", download_to.display());
                 // Written aside and moved into place whole: an interrupted run leaves no
                 // half-written set that a later run would take for the real one.
@@ -277,7 +280,7 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
                     std::fs::remove_dir_all(&staging)
                         .with_context(|| format!("cannot remove the unfinished {}", staging.display()))?;
                 }
-                synth::write_shapes(&staging, &synth::ShapesOptions::default())?;
+                synth::write_shapes(&staging, &set.options())?;
                 voc::merge_into(&staging, &download_to)?;
                 return finish_load(
                     cfg,
@@ -350,7 +353,9 @@ fn finish_load(cfg: &DataConfig, spec: &'static DatasetSpec, dir: PathBuf) -> Re
                 let objects: Vec<Vec<voc::Object>> = read.annotations.into_iter().map(|a| a.objects).collect();
                 let (len, files, masks) = (read.files.len(), read.files, read.masks);
                 let mask_classes = voc.label_names().len();
-                Ok(Split { len, files, objects, masks, mask_classes, ..Default::default() })
+                // The image's class, for classification and localization: its largest object's.
+                let labels = objects.iter().map(|o| voc::main_object(o).map_or(NO_LABEL, |k| o[k].class)).collect();
+                Ok(Split { len, files, labels, objects, masks, mask_classes, ..Default::default() })
             };
             classes = voc.label_names();
             shape = [3, 0, 0];

@@ -57,6 +57,19 @@ pub struct Annotation {
     pub skipped: usize,
 }
 
+/// The image's main object, for classification and localization: the largest box (by
+/// area; the first listed on ties), difficult or not. `None` without objects.
+pub fn main_object(objects: &[Object]) -> Option<usize> {
+    let area = |o: &Object| (o.bbox[2] - o.bbox[0]) * (o.bbox[3] - o.bbox[1]);
+    let mut best: Option<usize> = None;
+    for (k, o) in objects.iter().enumerate() {
+        if best.is_none_or(|b| area(o) > area(&objects[b])) {
+            best = Some(k);
+        }
+    }
+    best
+}
+
 /// The `VOC<year>` folder under `root`: `root/VOCdevkit/VOC<year>`, or `root/VOC<year>`
 /// when `root` is the devkit folder itself.
 pub fn year_dir(root: &Path, year: u32) -> Option<PathBuf> {

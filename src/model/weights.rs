@@ -325,6 +325,26 @@ fn file_name(prefix: &str, rest: &str, rename: &BTreeMap<String, String>) -> Str
     }
 }
 
+/// The weights an `init = { run = ... }` names: `dir/model.safetensors` when `dir` is a
+/// completed run, else that of the newest completed run under `dir` (run ids sort by time).
+pub fn run_weights(dir: &Path) -> Result<PathBuf> {
+    let completed = |d: &Path| {
+        d.join("model.safetensors").is_file()
+            && crate::runlog::RunLog::open(d, None).is_ok_and(|l| l.status() == crate::runlog::Status::Completed)
+    };
+    if completed(dir) {
+        return Ok(dir.join("model.safetensors"));
+    }
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    runs.sort();
+    match runs.into_iter().rev().find(|d| completed(d)) {
+        Some(d) => Ok(d.join("model.safetensors")),
+        None => bail!("no completed run in or under {} (run that experiment first)", dir.display()),
+    }
+}
+
 /// `features.0.weight` -> `features`; `fc.weight` -> `fc`.
 fn top_names(name: &str) -> String {
     let parts: Vec<&str> = name.split('.').collect();
@@ -334,6 +354,13 @@ fn top_names(name: &str) -> String {
 /// Loads every group's `init` file; relative paths are taken from `base`.
 pub fn load_group_inits(model: &Model, inits: &[(String, InitConfig, PathBuf)]) -> Result<()> {
     for (group, init, file) in inits {
+        let resolved;
+        let file = if init.run.is_some() {
+            resolved = run_weights(file).with_context(|| format!("group `{group}` init"))?;
+            &resolved
+        } else {
+            file
+        };
         let prefix = init.prefix.clone().unwrap_or_else(|| group.clone());
         let r = load_into(model, file, group, &prefix, &init.rename, init.strict)
             .with_context(|| format!("group `{group}` init"))?;

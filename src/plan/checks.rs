@@ -121,7 +121,10 @@ pub(super) fn check_metrics(
                         fitting.join(", ")
                     ),
                 );
-            } else if split == "train" && !cfg.task.is_classify() && *m != crate::config::MetricName::Loss {
+            } else if split == "train"
+                && !matches!(cfg.task, crate::config::TaskConfig::Classify {} | crate::config::TaskConfig::Localize(_))
+                && *m != crate::config::MetricName::Loss
+            {
                 p.add(
                     "metrics.train",
                     format!("`{}` is computed on the test split only (training logs `loss`)", m.as_str()),
@@ -321,6 +324,47 @@ pub(super) fn check_segment(
     if cfg.train.label_smoothing != 0.0 {
         p.add("train.label_smoothing", "is for classification's cross-entropy");
     }
+}
+
+/// The localization task's: a dataset with boxes, the output `[classes + 4]` (or
+/// `[classes + 4 * classes]`), a finite box weight, test augmentations that keep the boxes.
+pub(super) fn check_localize(
+    p: &mut Problems,
+    cfg: &crate::config::Config,
+    loc: &crate::task::Localizer,
+    last: Option<(String, String, Vec<usize>)>,
+) {
+    if cfg.data.dataset != crate::config::DatasetKind::Voc || cfg.data.voc().masks() {
+        p.add(
+            "task.localize",
+            format!("needs a dataset with boxes (`voc`), not `{}`", data::spec(cfg.data.dataset).name),
+        );
+    }
+    if !(loc.cfg.box_weight >= 0.0 && loc.cfg.box_weight.is_finite()) {
+        p.add("task.localize.box_weight", format!("must be >= 0, is {}", loc.cfg.box_weight));
+    }
+    if let Some((key, path, shape)) = last {
+        if let Err(e) = loc.check_output(&shape) {
+            p.list.push(format!("{}: key `{key}` ({path}): {e}", p.loaded.source_of_key("model.groups")));
+        }
+    }
+    for (i, op) in cfg.augment.test.iter().enumerate() {
+        let fits = match op {
+            crate::config::AugmentOp::Normalize { .. } => true,
+            crate::config::AugmentOp::Resize { size, .. } => size.is_some(),
+            _ => false,
+        };
+        if !fits {
+            p.add(
+                &format!("augment.test[{i}].{}", op.name()),
+                "localization's test augmentations may only resize (to size = [h, w]) and normalize, so that boxes map back to the image",
+            );
+        }
+    }
+    if cfg.eval.tta != crate::config::Tta::None {
+        p.add("eval.tta", "test-time augmentation is for classification");
+    }
+    check_voc(p, cfg);
 }
 
 /// `[data.voc]`: distinct classes, years and list names, archives for a download.

@@ -48,7 +48,7 @@ pub struct Plan {
 
 mod checks;
 
-use checks::{check_detect, check_metrics, check_segment, check_train};
+use checks::{check_detect, check_localize, check_metrics, check_segment, check_train};
 
 /// Collects problems with the file each key came from.
 pub(crate) struct Problems<'a> {
@@ -173,6 +173,22 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     let mut inits = Vec::new();
     for (g, group) in cfg.model.groups.iter().enumerate() {
         let Some(init) = &group.init else { continue };
+        let key = format!("model.groups[{g}].init");
+        if let Some(run) = &init.run {
+            if !init.file.is_empty() {
+                p.add(&key, "names both a `file` and a `run`: give one");
+            }
+            let dir = std::path::PathBuf::from(run);
+            if let Err(e) = crate::model::weights::run_weights(&dir) {
+                warnings.push(format!("{key}.run: {e:#}; a run would stop there"));
+            }
+            inits.push((group.name.clone(), init.clone(), dir));
+            continue;
+        }
+        if init.file.is_empty() {
+            p.add(&key, "names neither a `file` nor a `run`");
+            continue;
+        }
         let file = std::path::Path::new(&init.file);
         let file = match loaded.file_of_key("model.groups") {
             Some(cfg_file) if file.is_relative() => cfg_file.parent().unwrap_or(std::path::Path::new(".")).join(file),
@@ -246,10 +262,10 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     let last = graph.as_ref().and_then(|g| g.layers().last().cloned());
     let task = match &cfg.task {
         crate::config::TaskConfig::Classify {} => {
-            if cfg.data.dataset == crate::config::DatasetKind::Voc {
+            if cfg.data.dataset == crate::config::DatasetKind::Voc && cfg.data.voc().masks() {
                 p.add(
-                    "data.dataset",
-                    "`voc` holds boxes and masks: its experiments need a [task.detect] or [task.segment] table",
+                    "data.voc.masks",
+                    "class masks are for [task.segment]; classification labels each image with its largest object's class",
                 );
             }
             crate::task::Task::Classify { label_smoothing: cfg.train.label_smoothing }
@@ -274,6 +290,16 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
             );
             crate::task::Task::Segment(seg)
         }
+        crate::config::TaskConfig::Localize(c) => {
+            let loc = crate::task::Localizer { cfg: c.clone(), classes: spec.classes.len() };
+            check_localize(
+                &mut p,
+                cfg,
+                &loc,
+                last.as_ref().map(|l| (l.key.clone(), l.path.clone(), l.out_shape.clone())),
+            );
+            crate::task::Task::Localize(loc)
+        }
     };
     if let Some(last) = last.filter(|_| !spec.classes.is_empty() && cfg.task.is_classify()) {
         let classes = spec.classes.len();
@@ -294,7 +320,9 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     check_train(&mut p, &cfg.train);
     let n_classes = match task {
         crate::task::Task::Classify { .. } => graph.as_ref().and_then(|g| g.out_shape().first().copied()).unwrap_or(0),
-        crate::task::Task::Detect(_) | crate::task::Task::Segment(_) => spec.classes.len(),
+        crate::task::Task::Detect(_) | crate::task::Task::Segment(_) | crate::task::Task::Localize(_) => {
+            spec.classes.len()
+        }
     };
     let binary = check_metrics(&mut p, cfg, &task, n_classes, &spec.classes, &mut warnings);
     let mut hypers = std::collections::BTreeMap::new();
@@ -454,6 +482,7 @@ impl Plan {
             crate::task::Task::Classify { .. } => self.graph.out_shape().first().copied().unwrap_or(0),
             crate::task::Task::Detect(yolo) => yolo.classes,
             crate::task::Task::Segment(seg) => seg.classes,
+            crate::task::Task::Localize(loc) => loc.classes,
         }
     }
 

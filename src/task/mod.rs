@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub mod detect;
+pub mod localize;
 pub mod segment;
 
 use anyhow::Result;
@@ -21,6 +22,7 @@ use crate::model::{argmax, Model, Pass};
 use crate::runlog::RunLog;
 
 pub use detect::Yolo;
+pub use localize::{LocStats, Localizer};
 pub use segment::Segmenter;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +33,7 @@ pub enum Task {
     },
     Detect(Yolo),
     Segment(Segmenter),
+    Localize(Localizer),
 }
 
 /// An epoch's sums for the metrics.
@@ -39,6 +42,7 @@ pub enum Stats {
     Classify(EpochStats),
     Detect(DetectionStats),
     Segment(SegStats),
+    Localize(LocStats),
 }
 
 impl Task {
@@ -48,6 +52,7 @@ impl Task {
             Task::Classify { .. } => "classify",
             Task::Detect(_) => "detect",
             Task::Segment(_) => "segment",
+            Task::Localize(_) => "localize",
         }
     }
 
@@ -59,6 +64,7 @@ impl Task {
             }
             Task::Detect(yolo) => yolo.loss(out, &batch.objects, [input[1], input[2]]),
             Task::Segment(seg) => seg.loss(out, &batch.masks),
+            Task::Localize(loc) => Ok(loc.loss(out, batch, [input[1], input[2]])?.0),
         }
     }
 
@@ -69,6 +75,7 @@ impl Task {
             Task::Classify { .. } => Stats::Classify(EpochStats::new(classes, keep_probs)),
             Task::Detect(_) => Stats::Detect(DetectionStats::new(classes)),
             Task::Segment(_) => Stats::Segment(SegStats::new(classes)),
+            Task::Localize(_) => Stats::Localize(LocStats::new(classes, keep_probs)),
         }
     }
 
@@ -92,6 +99,11 @@ impl Task {
             }
             Stats::Detect(s) => s.add_loss(loss, batch.len()),
             Stats::Segment(s) => s.add_loss(loss, batch.len()),
+            Stats::Localize(s) => {
+                let logits = out.narrow(1, 0, s.class.classes())?.contiguous()?;
+                let labels: Vec<u32> = localize::targets(batch, [1, 1]).iter().map(|t| t.0).collect();
+                s.class.update(loss, None, &argmax(&logits)?, &labels);
+            }
         }
         Ok(())
     }
@@ -141,6 +153,10 @@ impl Task {
                 segment::update(s, &pred, &batch.masks, [h, w], seg.cfg.ignore_index, &batch.indices, true);
                 Ok(())
             }
+            (Task::Localize(loc), Stats::Localize(s)) => {
+                let out = model.forward(&xs, Pass::eval())?;
+                loc.eval_batch(&out, batch, [input[1], input[2]], s)
+            }
             _ => anyhow::bail!("the statistics do not belong to the {} task", self.name()),
         }
     }
@@ -153,6 +169,7 @@ impl Stats {
             Stats::Classify(s) => s.count(),
             Stats::Detect(s) => s.count(),
             Stats::Segment(s) => s.count(),
+            Stats::Localize(s) => s.class.count(),
         }
     }
 
@@ -161,6 +178,7 @@ impl Stats {
             Stats::Classify(s) => s.mean_loss(),
             Stats::Detect(s) => s.mean_loss(),
             Stats::Segment(s) => s.mean_loss(),
+            Stats::Localize(s) => s.class.mean_loss(),
         }
     }
 
@@ -184,6 +202,12 @@ impl Stats {
                 MetricName::FrequencyWeightedIou => s.frequency_weighted_iou(),
                 _ => f64::NAN,
             },
+            Stats::Localize(s) => match metric {
+                MetricName::LocalizationError => s.localization_error(),
+                MetricName::MeanIou => s.mean_iou(),
+                MetricName::BoxL2 => s.box_l2(),
+                m => s.class.compute(m, b),
+            },
         }
     }
 
@@ -193,6 +217,7 @@ impl Stats {
             (Stats::Classify(s), MetricName::PerClassError) => s.per_class_error(),
             (Stats::Detect(s), MetricName::Ap50) => s.ap50().into_iter().map(|(_, area)| area).collect(),
             (Stats::Segment(s), MetricName::Iou) => s.class_iou(),
+            (Stats::Localize(s), MetricName::PerClassError) => s.class.per_class_error(),
             _ => Vec::new(),
         }
     }
@@ -211,6 +236,18 @@ impl Stats {
             Stats::Segment(s) => {
                 format!("loss {:.4} pixel acc {:.4} mIoU {:.4}", s.mean_loss(), s.pixel_accuracy(), s.miou())
             }
+            Stats::Localize(s) if s.boxes.is_empty() => format!(
+                "loss {:.4} acc {:.4}",
+                s.class.mean_loss(),
+                crate::metrics::accuracy(&s.class.labels, &s.class.preds)
+            ),
+            Stats::Localize(s) => format!(
+                "loss {:.4} acc {:.4} loc err {:.4} IoU {:.4}",
+                s.class.mean_loss(),
+                crate::metrics::accuracy(&s.class.labels, &s.class.preds),
+                s.localization_error(),
+                s.mean_iou()
+            ),
         }
     }
 
@@ -227,6 +264,10 @@ impl Stats {
                 let path = log.dir.join("segmentation.parquet");
                 segment::write_counts(&log.run_id, epoch, s, classes, &split.files, &path)
             }
+            Stats::Localize(s) => {
+                let path = log.dir.join("localizations.parquet");
+                localize::write_localizations(&log.run_id, epoch, s, classes, &split.files, &path)
+            }
         }
     }
 
@@ -237,12 +278,14 @@ impl Stats {
             Stats::Classify(s) => Some(s.confusion()),
             Stats::Detect(_) => None,
             Stats::Segment(s) => Some(s.confusion().to_vec()),
+            Stats::Localize(s) => Some(s.class.confusion()),
         }
     }
 
     pub fn as_classify(&self) -> Option<&EpochStats> {
         match self {
             Stats::Classify(s) => Some(s),
+            Stats::Localize(s) => Some(&s.class),
             Stats::Detect(_) | Stats::Segment(_) => None,
         }
     }

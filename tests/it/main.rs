@@ -8,6 +8,7 @@ mod download;
 mod end_to_end;
 mod fashion_mnist;
 mod image_folder;
+mod localization;
 mod predict;
 mod resume;
 mod segmentation;

@@ -134,6 +134,7 @@ fn alexnet_matches_torchvision() {
 fn init(file: &Path, prefix: &str, rename: &[(&str, &str)]) -> InitConfig {
     InitConfig {
         file: file.display().to_string(),
+        run: None,
         prefix: Some(prefix.into()),
         rename: rename.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
         strict: true,

@@ -1,0 +1,316 @@
+//! Localization as Overfeat does it (Sermanet et al. 2014, and the course): a class and
+//! one box per image. The model's output is `[classes + 4]` (the class scores, then one box
+//! shared by the classes) or, with `per_class = true`, `[classes + 4 * classes]` (a box per
+//! class). A box is `x0, y0, x1, y1` relative to the model input's width and height (0 to
+//! 1, no activation applied).
+//!
+//! The target of an image is its largest object after the augmentations (by area, the
+//! first listed on ties): its class and its box. Loss per batch: the cross-entropy of the
+//! class scores plus `box_weight` x the mean over images of the summed squared error of the
+//! four coordinates (the true class's box when boxes are per class). An image whose objects
+//! the augmentations cut away counts in the cross-entropy only (its class is the largest
+//! object's before the augmentations).
+//!
+//! Evaluation reads the predicted class's box. The metrics follow ImageNet's rule for one
+//! guess: an image is a localization error when its class is wrong or its box overlaps the
+//! true box by IoU < 0.5.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use arrow_array::{Float32Array, Float64Array, Int64Array, StringArray};
+use candle_core::{DType, Tensor, D};
+
+use crate::config::LocalizeConfig;
+use crate::data::loader::Batch;
+use crate::data::voc::main_object;
+use crate::metrics::detection::iou;
+use crate::metrics::EpochStats;
+use crate::runlog::Table;
+
+/// The localization head's settings, resolved by the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Localizer {
+    pub cfg: LocalizeConfig,
+    pub classes: usize,
+}
+
+/// An epoch's sums: the class statistics and, per image, the box's IoU and squared error.
+#[derive(Debug, Clone)]
+pub struct LocStats {
+    pub class: EpochStats,
+    /// Per evaluated image: split index, predicted box (model-input pixels), true box, IoU.
+    pub boxes: Vec<LocRow>,
+    l2_sum: f64,
+    l2_count: usize,
+}
+
+/// One evaluated image.
+#[derive(Debug, Clone)]
+pub struct LocRow {
+    pub sample: usize,
+    pub label: u32,
+    pub pred: u32,
+    pub score: f32,
+    /// Relative to the model's input (0 to 1).
+    pub pred_box: [f32; 4],
+    pub true_box: Option<[f32; 4]>,
+    pub iou: f64,
+    /// The image's `[height, width]` before the augmentations.
+    pub size: [usize; 2],
+}
+
+impl LocStats {
+    pub fn new(classes: usize, keep_probs: bool) -> Self {
+        LocStats { class: EpochStats::new(classes, keep_probs), boxes: Vec::new(), l2_sum: 0.0, l2_count: 0 }
+    }
+
+    /// Adds a batch's box squared error summed over its `n` images with a box.
+    pub fn add_l2(&mut self, sum: f64, n: usize) {
+        self.l2_sum += sum;
+        self.l2_count += n;
+    }
+
+    pub fn box_l2(&self) -> f64 {
+        if self.l2_count == 0 {
+            f64::NAN
+        } else {
+            self.l2_sum / self.l2_count as f64
+        }
+    }
+
+    /// The share of evaluated images whose class is wrong or whose IoU is under 0.5.
+    pub fn localization_error(&self) -> f64 {
+        if self.boxes.is_empty() {
+            return f64::NAN;
+        }
+        let wrong = self.boxes.iter().filter(|r| r.pred != r.label || r.iou < 0.5).count();
+        wrong as f64 / self.boxes.len() as f64
+    }
+
+    pub fn mean_iou(&self) -> f64 {
+        if self.boxes.is_empty() {
+            return f64::NAN;
+        }
+        self.boxes.iter().map(|r| r.iou).sum::<f64>() / self.boxes.len() as f64
+    }
+}
+
+/// Each image's target: its class and its main object's box relative to `[h, w]` (none when
+/// the augmentations left no object).
+pub fn targets(batch: &Batch, [h, w]: [usize; 2]) -> Vec<(u32, Option<[f32; 4]>)> {
+    (0..batch.len())
+        .map(|k| {
+            let objects = batch.objects.get(k).map(Vec::as_slice).unwrap_or_default();
+            match main_object(objects) {
+                Some(m) => {
+                    let [x0, y0, x1, y1] = objects[m].bbox;
+                    (objects[m].class, Some([x0 / w as f32, y0 / h as f32, x1 / w as f32, y1 / h as f32]))
+                }
+                None => (batch.labels.get(k).copied().unwrap_or(0), None),
+            }
+        })
+        .collect()
+}
+
+impl Localizer {
+    /// The output's length: the classes, then 4 or 4 x classes box values.
+    pub fn depth(&self) -> usize {
+        self.classes + if self.cfg.per_class { 4 * self.classes } else { 4 }
+    }
+
+    /// The class scores `[b, classes]` and the boxes `[b, 4]` of class `pick[i]` (or the
+    /// shared box).
+    fn split(&self, out: &Tensor, pick: &[u32]) -> Result<(Tensor, Tensor)> {
+        let (b, d) = out.dims2()?;
+        if d != self.depth() {
+            bail!("the model gives {d} values per image; localization reads {}", self.depth());
+        }
+        let c = self.classes;
+        let logits = out.narrow(1, 0, c)?;
+        let boxes = if self.cfg.per_class {
+            let all = out.narrow(1, c, 4 * c)?.reshape((b, c, 4))?;
+            let idx =
+                Tensor::from_vec(pick.to_vec(), (b, 1, 1), out.device())?.broadcast_as((b, 1, 4))?.contiguous()?;
+            all.gather(&idx, 1)?.squeeze(1)?
+        } else {
+            out.narrow(1, c, 4)?
+        };
+        Ok((logits, boxes))
+    }
+
+    /// The batch's loss and its box part (summed squared error over the images with a box,
+    /// and their count): `out` is `[b, depth]`.
+    pub fn loss(&self, out: &Tensor, batch: &Batch, hw: [usize; 2]) -> Result<(Tensor, f64, usize)> {
+        let t = targets(batch, hw);
+        let labels: Vec<u32> = t.iter().map(|(c, _)| *c).collect();
+        let (logits, boxes) = self.split(out, &labels)?;
+        let ys = Tensor::from_vec(labels, t.len(), out.device())?;
+        let ce = candle_nn::loss::cross_entropy(&logits, &ys)?;
+        let with_box = t.iter().filter(|(_, b)| b.is_some()).count();
+        let target: Vec<f32> = t.iter().flat_map(|(_, b)| b.unwrap_or([0.0; 4])).collect();
+        let present: Vec<f32> = t.iter().map(|(_, b)| if b.is_some() { 1.0 } else { 0.0 }).collect();
+        let target = Tensor::from_vec(target, (t.len(), 4), out.device())?;
+        let present = Tensor::from_vec(present, (t.len(), 1), out.device())?;
+        let sq = (boxes - target)?.sqr()?.broadcast_mul(&present)?.sum_all()?; // summed over images
+        let l2_sum = sq.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let loss = (ce + (sq * (self.cfg.box_weight / t.len() as f64))?)?;
+        Ok((loss, l2_sum, with_box))
+    }
+
+    /// A batch evaluated into `stats`: classes, then the predicted class's box against the
+    /// true box, per image.
+    pub fn eval_batch(&self, out: &Tensor, batch: &Batch, hw: [usize; 2], stats: &mut LocStats) -> Result<()> {
+        let (loss, l2_sum, with_box) = self.loss(out, batch, hw)?;
+        let t = targets(batch, hw);
+        let logits = out.narrow(1, 0, self.classes)?.contiguous()?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+        let preds: Vec<u32> = probs.argmax(D::Minus1)?.to_vec1()?;
+        let labels: Vec<u32> = t.iter().map(|(c, _)| *c).collect();
+        let flat: Vec<f32> = probs.flatten_all()?.to_vec1()?;
+        stats.class.update(loss.to_scalar::<f32>()? as f64, Some(&flat), &preds, &labels);
+        stats.class.samples.extend(batch.indices.iter().map(|&i| i as i64));
+        stats.add_l2(l2_sum, with_box);
+        let (_, boxes) = self.split(out, &preds)?;
+        let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
+        for (k, ((&i, (label, truth)), b)) in batch.indices.iter().zip(&t).zip(boxes).enumerate() {
+            let pred_box = [b[0], b[1], b[2], b[3]];
+            let iou = truth.map_or(0.0, |tb| iou(&pred_box.map(f64::from), &tb.map(f64::from)));
+            let score = flat[k * self.classes + preds[k] as usize];
+            let size = batch.sizes.get(k).copied().unwrap_or([1, 1]);
+            stats.boxes.push(LocRow {
+                sample: i,
+                label: *label,
+                pred: preds[k],
+                score,
+                pred_box,
+                true_box: *truth,
+                iou,
+                size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the model's output shape.
+    pub fn check_output(&self, out: &[usize]) -> std::result::Result<(), String> {
+        if out == [self.depth()] {
+            return Ok(());
+        }
+        let boxes =
+            if self.cfg.per_class { format!("4 x {} = {}", self.classes, 4 * self.classes) } else { "4".into() };
+        Err(format!(
+            "the model ends in shape {out:?}, but localization reads [classes + box values] = [{} + {boxes}] = [{}]: \
+             end with a classifier and a box regressor joined by {{ concat = {{ with = [...] }} }}",
+            self.classes,
+            self.depth()
+        ))
+    }
+}
+
+/// `localizations.parquet`: the test split after the latest epoch, one row per image:
+/// `epoch`, `sample`, `image`, `label`, `pred`, `score` (the predicted class's
+/// probability), `xmin, ymin, xmax, ymax` (the predicted box in the original image's
+/// pixels), `iou` (with the true box; 0 without one).
+pub fn write_localizations(
+    run_id: &str,
+    epoch: usize,
+    stats: &LocStats,
+    names: &[String],
+    images: &[PathBuf],
+    path: &Path,
+) -> Result<()> {
+    let rows = &stats.boxes;
+    let name = |c: u32| names.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
+    let image = |i: usize| {
+        images.get(i).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    };
+    let coord = |k: usize| {
+        Float32Array::from_iter_values(rows.iter().map(|r| {
+            let [h, w] = r.size;
+            r.pred_box[k] * if k.is_multiple_of(2) { w as f32 } else { h as f32 }
+        }))
+    };
+    Table::new(run_id, rows.len())
+        .constant_i32("epoch", epoch as i32)
+        .col("sample", Int64Array::from_iter_values(rows.iter().map(|r| r.sample as i64)))
+        .col("image", StringArray::from_iter_values(rows.iter().map(|r| image(r.sample))))
+        .col("label", StringArray::from_iter_values(rows.iter().map(|r| name(r.label))))
+        .col("pred", StringArray::from_iter_values(rows.iter().map(|r| name(r.pred))))
+        .col("score", Float32Array::from_iter_values(rows.iter().map(|r| r.score)))
+        .col("xmin", coord(0))
+        .col("ymin", coord(1))
+        .col("xmax", coord(2))
+        .col("ymax", coord(3))
+        .col("iou", Float64Array::from_iter_values(rows.iter().map(|r| r.iou)))
+        .write(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::voc::Object;
+    use candle_core::Device;
+
+    fn obj(class: u32, bbox: [f32; 4]) -> Object {
+        Object { class, bbox, difficult: false, truncated: false }
+    }
+
+    /// Two 10x10 images: image 0 holds a class-1 box [2, 2, 6, 8] (target 0.2, 0.2, 0.6,
+    /// 0.8); image 1 a small class-1 box and a larger class-0 box [0, 0, 10, 5], the target
+    /// (0, 0, 1, 0.5). By hand: CE is the mean of ln(1 + e^(l_other - l_true)); the box term
+    /// the summed squared errors over both images, divided by 2, times `box_weight`.
+    #[test]
+    fn loss_by_hand_shared_and_per_class() {
+        let batch = Batch {
+            images: Vec::new(),
+            labels: vec![1, 0],
+            objects: vec![vec![obj(1, [2., 2., 6., 8.])], vec![obj(1, [1., 1., 3., 3.]), obj(0, [0., 0., 10., 5.])]],
+            masks: Vec::new(),
+            sizes: vec![[10, 10], [10, 10]],
+            indices: vec![0, 1],
+            skipped: Vec::new(),
+        };
+        let out =
+            Tensor::new(&[[0.5f32, 1.5, 0.1, 0.2, 0.5, 0.9], [2.0, -1.0, 0.0, 0.1, 0.8, 0.5]], &Device::Cpu).unwrap();
+        let loc = Localizer { cfg: LocalizeConfig { box_weight: 2.0, per_class: false }, classes: 2 };
+        let (loss, l2, n) = loc.loss(&out, &batch, [10, 10]).unwrap();
+        let ce = ((1.0f64 + (-1.0f64).exp()).ln() + (1.0f64 + (-3.0f64).exp()).ln()) / 2.0;
+        let sq0 = 0.1f64.powi(2) + 0.0 + 0.1f64.powi(2) + 0.1f64.powi(2);
+        let sq1 = 0.0 + 0.1f64.powi(2) + 0.2f64.powi(2) + 0.0;
+        assert_eq!(n, 2);
+        assert!((l2 - (sq0 + sq1)).abs() < 1e-6, "{l2}");
+        let want = ce + 2.0 * (sq0 + sq1) / 2.0;
+        let got = loss.to_scalar::<f32>().unwrap() as f64;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+
+        // Per class: values 2..6 are class 0's box, 6..10 class 1's; each image's true class's.
+        let out = Tensor::new(
+            &[[0.5f32, 1.5, 9., 9., 9., 9., 0.1, 0.2, 0.5, 0.9], [2.0, -1.0, 0.0, 0.1, 0.8, 0.5, 9., 9., 9., 9.]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let loc = Localizer { cfg: LocalizeConfig { box_weight: 2.0, per_class: true }, classes: 2 };
+        let got = loc.loss(&out, &batch, [10, 10]).unwrap().0.to_scalar::<f32>().unwrap() as f64;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // Evaluation reads the predicted class's box: image 0 predicts class 1 (right),
+        // image 1 class 0 (right); IoU of [0.1, 0.2, 0.5, 0.9] with [0.2, 0.2, 0.6, 0.8]:
+        // intersection 0.3 x 0.6 = 0.18, union 0.28 + 0.24 - 0.18 = 0.34.
+        let mut stats = LocStats::new(2, true);
+        loc.eval_batch(&out, &batch, [10, 10], &mut stats).unwrap();
+        assert!((stats.boxes[0].iou - 0.18 / 0.34).abs() < 1e-6, "{}", stats.boxes[0].iou);
+        // Image 1: [0, 0.1, 0.8, 0.5] with [0, 0, 1, 0.5]: 0.8 x 0.4 = 0.32 over 0.5 -> 0.64.
+        assert!((stats.boxes[1].iou - 0.64).abs() < 1e-6, "{}", stats.boxes[1].iou);
+        assert_eq!(stats.localization_error(), 0.0);
+        assert!((stats.mean_iou() - (0.18 / 0.34 + 0.64) / 2.0).abs() < 1e-6);
+        assert!((stats.box_l2() - (sq0 + sq1) / 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_head_must_give_classes_and_boxes() {
+        let loc = Localizer { cfg: LocalizeConfig { box_weight: 1.0, per_class: true }, classes: 5 };
+        assert!(loc.check_output(&[25]).is_ok());
+        let e = loc.check_output(&[9]).unwrap_err();
+        assert!(e.contains("[5 + 4 x 5 = 20] = [25]"), "{e}");
+    }
+}
