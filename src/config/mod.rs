@@ -252,6 +252,31 @@ pub struct GroupConfig {
     pub init: Option<InitConfig>,
 }
 
+impl InitConfig {
+    /// For `url`: the SHA-256 (prefix) the file must have, from `sha256` or from the file
+    /// name's `-<hex>.` part (torchvision's convention: at least 8 hex digits).
+    pub fn expected_sha256(&self) -> Option<String> {
+        if let Some(h) = &self.sha256 {
+            return Some(h.to_ascii_lowercase());
+        }
+        let name = self.url.as_deref()?.rsplit('/').next()?;
+        let stem = name.split('.').next()?;
+        let hex = stem.rsplit('-').next()?;
+        (hex.len() >= 8 && stem.contains('-') && hex.chars().all(|c| c.is_ascii_hexdigit()))
+            .then(|| hex.to_ascii_lowercase())
+    }
+
+    /// Where `url`'s file is kept: `<cache>/weights/<file name>`.
+    pub fn cached_path(&self) -> Option<std::path::PathBuf> {
+        let name = self.url.as_deref()?.rsplit('/').next().filter(|n| !n.is_empty())?;
+        let cache = match std::env::var_os("RUNNER_CACHE") {
+            Some(dir) => std::path::PathBuf::from(dir),
+            None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache/runner"),
+        };
+        Some(cache.join("weights").join(name))
+    }
+}
+
 impl ModelConfig {
     /// Forgets every group's `init`: for work whose whole model comes from one weights file
     /// (a checkpoint, `--weights`), where the groups' own files are not needed.
@@ -289,6 +314,15 @@ pub struct InitConfig {
     /// run folder itself: a later step of a recipe starting from an earlier one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// Instead of `file`: weights fetched once from this address into the cache folder
+    /// (`RUNNER_CACHE`, else `~/.cache/runner`, `weights/<file name>`), checked against
+    /// `sha256` or, without it, the SHA-256 prefix a torchvision-style name carries
+    /// (`vgg16-397923af.pth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The SHA-256 of the file at `url` (or its first hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// The name prefix in the file that stands for this group (default: the group's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,

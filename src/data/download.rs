@@ -10,29 +10,41 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 
 /// A published checksum of a file, as lowercase hex.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checksum {
     Sha256(&'static str),
     /// Where the dataset's authors publish only MD5 (MNIST, Fashion-MNIST).
     Md5(&'static str),
+    /// The SHA-256 digest must start with these hex digits (a whole digest, or the prefix
+    /// that torchvision's weight file names carry: `vgg16-397923af.pth`).
+    Sha256Prefix(String),
 }
 
 impl Checksum {
     fn hasher(&self) -> Hasher {
         match self {
-            Checksum::Sha256(_) => Hasher::Sha256(Sha256::new()),
+            Checksum::Sha256(_) | Checksum::Sha256Prefix(_) => Hasher::Sha256(Sha256::new()),
             Checksum::Md5(_) => Hasher::Md5(Md5::new()),
         }
     }
     fn expected(&self) -> &str {
         match self {
             Checksum::Sha256(h) | Checksum::Md5(h) => h,
+            Checksum::Sha256Prefix(h) => h,
         }
     }
     fn algorithm(&self) -> &'static str {
         match self {
             Checksum::Sha256(_) => "SHA-256",
+            Checksum::Sha256Prefix(_) => "SHA-256 (prefix)",
             Checksum::Md5(_) => "MD5",
+        }
+    }
+    /// Whether a hex digest satisfies this checksum.
+    pub fn matches(&self, digest: &str) -> bool {
+        match self {
+            Checksum::Sha256Prefix(p) => !p.is_empty() && digest.starts_with(&p.to_ascii_lowercase()),
+            other => digest == other.expected(),
         }
     }
 }
@@ -59,7 +71,7 @@ impl Hasher {
 }
 
 /// The hex digest of a file already on disk.
-pub fn file_digest(path: &Path, checksum: Checksum) -> Result<String> {
+pub fn file_digest(path: &Path, checksum: &Checksum) -> Result<String> {
     let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = checksum.hasher();
     let mut buf = vec![0u8; 1 << 16];
@@ -75,6 +87,7 @@ pub fn file_digest(path: &Path, checksum: Checksum) -> Result<String> {
 
 /// Downloads `url` to `dest`, verifying `checksum`. Shows a progress bar on a terminal.
 pub fn fetch(url: &str, dest: &Path, checksum: Checksum) -> Result<()> {
+    let checksum = &checksum;
     if let Some(dir) = dest.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
     }
@@ -93,7 +106,7 @@ pub fn fetch(url: &str, dest: &Path, checksum: Checksum) -> Result<()> {
     }
 }
 
-fn fetch_to(url: &str, part: &Path, checksum: Checksum) -> Result<()> {
+fn fetch_to(url: &str, part: &Path, checksum: &Checksum) -> Result<()> {
     tracing::info!("downloading {url}");
     let response = ureq::get(url).call().map_err(|e| match e {
         ureq::Error::StatusCode(code) => {
@@ -127,7 +140,7 @@ fn fetch_to(url: &str, part: &Path, checksum: Checksum) -> Result<()> {
         }
     }
     let digest = hasher.hex();
-    if digest != checksum.expected() {
+    if !checksum.matches(&digest) {
         bail!(
             "download of {url}: {} checksum mismatch: expected {}, got {digest} ({got} bytes); the file was not kept",
             checksum.algorithm(),

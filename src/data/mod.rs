@@ -386,7 +386,7 @@ pub fn fetch_files(spec: &DatasetSpec, base: &str, dir: &Path) -> Result<()> {
         Files::Idx(files) => {
             for (name, checksum) in files {
                 if file_in(dir, name).is_none() {
-                    download::fetch(&format!("{base}/{name}"), &dir.join(name), *checksum)?;
+                    download::fetch(&format!("{base}/{name}"), &dir.join(name), checksum.clone())?;
                 }
             }
         }
@@ -395,7 +395,7 @@ pub fn fetch_files(spec: &DatasetSpec, base: &str, dir: &Path) -> Result<()> {
         Files::Cifar { archive, checksum, folder, train, test } => {
             let path = dir.join(archive);
             if !path.is_file() {
-                download::fetch(&format!("{base}/{archive}"), &path, *checksum)?;
+                download::fetch(&format!("{base}/{archive}"), &path, checksum.clone())?;
             }
             let members: Vec<String> = train.iter().chain([test]).map(|f| format!("{folder}/{f}")).collect();
             cifar::extract(&path, dir, &members)?;

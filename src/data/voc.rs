@@ -387,7 +387,7 @@ pub fn download(root: &Path, archives: &[(&str, crate::data::download::Checksum,
     for (file, checksum, base) in archives {
         let path = root.join(file);
         if !path.is_file() {
-            crate::data::download::fetch(&format!("{}/{file}", base.trim_end_matches('/')), &path, *checksum)?;
+            crate::data::download::fetch(&format!("{}/{file}", base.trim_end_matches('/')), &path, checksum.clone())?;
         }
         extract(&path, &staging)?;
     }

@@ -361,6 +361,12 @@ pub fn load_group_inits(model: &Model, inits: &[(String, InitConfig, PathBuf)]) 
         } else {
             file
         };
+        if let (Some(url), false) = (&init.url, file.is_file()) {
+            let expected =
+                init.expected_sha256().with_context(|| format!("group `{group}` init: no sha256 for {url}"))?;
+            crate::data::download::fetch(url, file, crate::data::download::Checksum::Sha256Prefix(expected))
+                .with_context(|| format!("group `{group}` init"))?;
+        }
         let prefix = init.prefix.clone().unwrap_or_else(|| group.clone());
         let r = load_into(model, file, group, &prefix, &init.rename, init.strict)
             .with_context(|| format!("group `{group}` init"))?;

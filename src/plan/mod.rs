@@ -174,10 +174,32 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     for (g, group) in cfg.model.groups.iter().enumerate() {
         let Some(init) = &group.init else { continue };
         let key = format!("model.groups[{g}].init");
-        if let Some(run) = &init.run {
-            if !init.file.is_empty() {
-                p.add(&key, "names both a `file` and a `run`: give one");
+        let sources = [!init.file.is_empty(), init.run.is_some(), init.url.is_some()];
+        if sources.iter().filter(|&&s| s).count() > 1 {
+            p.add(&key, "names more than one of `file`, `run` and `url`: give one");
+        }
+        if let Some(url) = &init.url {
+            if init.expected_sha256().is_none() {
+                p.add(
+                    &format!("{key}.sha256"),
+                    format!("is needed for {url} (its name carries no `-<hex>` SHA-256 prefix as torchvision's do)"),
+                );
             }
+            match init.cached_path() {
+                Some(path) if path.is_file() => inits.push((group.name.clone(), init.clone(), path)),
+                Some(path) => {
+                    warnings
+                        .push(format!("{key}.url: {url} will be fetched into {} when the run starts", path.display()));
+                    inits.push((group.name.clone(), init.clone(), path));
+                }
+                None => p.add(
+                    &format!("{key}.url"),
+                    format!("{url}: no file name in the address, or no HOME / RUNNER_CACHE for the cache"),
+                ),
+            }
+            continue;
+        }
+        if let Some(run) = &init.run {
             let dir = std::path::PathBuf::from(run);
             if let Err(e) = crate::model::weights::run_weights(&dir) {
                 warnings.push(format!("{key}.run: {e:#}; a run would stop there"));
@@ -186,7 +208,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
             continue;
         }
         if init.file.is_empty() {
-            p.add(&key, "names neither a `file` nor a `run`");
+            p.add(&key, "names none of `file`, `run` and `url`");
             continue;
         }
         let file = std::path::Path::new(&init.file);

@@ -54,12 +54,13 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Runs the `runner` binary in `cwd`.
+/// Runs the `runner` binary in `cwd`, its download cache in `cwd/cache`.
 pub fn runner(cwd: &Path, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_runner"))
         .args(args)
         .current_dir(cwd)
         .env_remove("RUST_LOG")
+        .env("RUNNER_CACHE", cwd.join("cache"))
         .output()
         .expect("runner binary runs");
     Output {

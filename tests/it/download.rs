@@ -58,7 +58,7 @@ fn good_corrupt_and_missing_files() {
     fetch(&format!("{base}/good.idx"), &dest, Checksum::Sha256(sha256_hex(&good))).unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), good);
     assert!(!dir.path().join("sub/good.idx.part").exists());
-    assert_eq!(file_digest(&dest, Checksum::Sha256("")).unwrap(), sha256_hex(&good));
+    assert_eq!(file_digest(&dest, &Checksum::Sha256("")).unwrap(), sha256_hex(&good));
 
     // A corrupt file is rejected with both digests named and nothing kept.
     let dest = dir.path().join("corrupt.idx");
@@ -79,7 +79,7 @@ fn md5_of_a_known_string() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("abc");
     std::fs::write(&p, "abc").unwrap();
-    assert_eq!(file_digest(&p, Checksum::Md5("")).unwrap(), "900150983cd24fb0d6963f7d28e17f72");
+    assert_eq!(file_digest(&p, &Checksum::Md5("")).unwrap(), "900150983cd24fb0d6963f7d28e17f72");
 }
 
 #[test]
@@ -104,4 +104,64 @@ fn dataset_download_through_a_mirror_checks_the_published_checksums() {
     assert!(e.contains("train-images-idx3-ubyte.gz") && e.contains("MD5 checksum mismatch"), "{e}");
     assert!(!d.path().join("mnist/train-images-idx3-ubyte.gz").exists());
     assert!(!d.path().join("mnist/train-images-idx3-ubyte.gz.part").exists());
+}
+
+/// A group's `init = { url = ... }`: fetched once into the cache (RUNNER_CACHE), checked
+/// against the SHA-256 prefix its torchvision-style name carries; a wrong prefix or an
+/// unnamed checksum is refused, keeping nothing.
+#[test]
+fn init_weights_from_an_address_are_fetched_once_and_checked() {
+    use runner::model::{plan_model, Model};
+    let d = tempfile::tempdir().unwrap();
+    crate::common::write_toy_mnist(&d.path().join("data/toy"), 60, 20);
+    // The weights: runner's LeNet5 with seed 5, as a safetensors file.
+    #[derive(serde::Deserialize)]
+    struct File {
+        model: runner::config::ModelConfig,
+    }
+    let text = std::fs::read_to_string(crate::common::repo().join("configs/models/lenet5.toml")).unwrap();
+    let cfg: File = toml::from_str(&text).unwrap();
+    let model = Model::new(&plan_model(&cfg.model).unwrap(), 5, &candle_core::Device::Cpu).unwrap();
+    let path = d.path().join("w.safetensors");
+    runner::model::weights::save(&model, &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let digest = sha256_hex(&bytes);
+    let name = format!("lenet5-{}.safetensors", &digest[..8]);
+    let base =
+        serve(BTreeMap::from([(format!("/{name}"), bytes.clone()), ("/lenet5-00000000.safetensors".into(), bytes)]), 2);
+    let exp = |file_name: &str| {
+        let model = text.replace(
+            "name = \"features\"\n",
+            &format!("name = \"features\"\ninit = {{ url = \"{base}/{file_name}\" }}\n"),
+        );
+        format!(
+            "[experiment]\nname = \"url\"\n\n[data]\ndataset = \"mnist\"\nroot = \"data/toy\"\nbatch_size = 20\n\n\
+             [train]\nepochs = 1\noptimizer = {{ sgd = {{ lr = 0.01 }} }}\n\n{model}"
+        )
+    };
+    let write = |file: &str, body: String| std::fs::write(d.path().join(file), body).unwrap();
+    write("good.toml", exp(&name));
+    write("bad.toml", exp("lenet5-00000000.safetensors"));
+
+    let out = crate::common::runner(d.path(), &["check", "good.toml"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains(&format!("{name} will be fetched into")), "{}", out.stderr);
+    let cached = d.path().join("cache/weights").join(&name);
+    for _ in 0..2 {
+        // The second run finds the file in the cache: the server answers one request per name.
+        let out = crate::common::runner(d.path(), &["good.toml"]);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("group features: 4 tensors from"), "{}", out.stderr);
+        assert!(cached.is_file());
+    }
+    // A file whose digest does not start with its name's prefix is refused and not kept.
+    let out = crate::common::runner(d.path(), &["bad.toml"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("checksum mismatch"), "{}", out.stderr);
+    assert!(!d.path().join("cache/weights/lenet5-00000000.safetensors").exists());
+    // No checksum anywhere: check refuses.
+    write("none.toml", exp("weights.safetensors"));
+    let out = crate::common::runner(d.path(), &["check", "none.toml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("init.sha256") && out.stderr.contains("is needed"), "{}", out.stderr);
 }

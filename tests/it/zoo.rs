@@ -135,6 +135,8 @@ fn init(file: &Path, prefix: &str, rename: &[(&str, &str)]) -> InitConfig {
     InitConfig {
         file: file.display().to_string(),
         run: None,
+        url: None,
+        sha256: None,
         prefix: Some(prefix.into()),
         rename: rename.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
         strict: true,
