@@ -135,15 +135,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
             continue;
         }
         if let crate::task::Task::Segment(_) = &plan.task {
-            if dims != plan.input {
-                bail!(
-                    "{}: after the test augmentations the image is {dims:?}, the model takes {:?}",
-                    image.display(),
-                    plan.input
-                );
-            }
-            let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), model.device())?;
-            let y = model.forward(&xs, Pass::eval())?;
+            let y = forward_one(&model, &plan, img, dims, image)?;
             let mask = crate::task::Segmenter::decode(&y)?;
             let mask = crate::task::segment::resize_mask(&mask, [dims[1], dims[2]], [h, w]);
             let mut counts = vec![0usize; plan.num_classes().max(1)];
@@ -190,6 +182,26 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
     Ok((out, classes))
 }
 
+/// The model's eval-mode output for one image `dims` large after the test augmentations,
+/// which must be the model's input.
+fn forward_one(
+    model: &Model,
+    plan: &crate::plan::Plan,
+    img: Vec<f32>,
+    dims: [usize; 3],
+    image: &Path,
+) -> Result<Tensor> {
+    if dims != plan.input {
+        bail!(
+            "{}: after the test augmentations the image is {dims:?}, the model takes {:?}",
+            image.display(),
+            plan.input
+        );
+    }
+    let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), model.device())?;
+    Ok(model.forward(&xs, Pass::eval())?)
+}
+
 /// A localizer's class and box for one image (the predicted class's box), in the pixels of
 /// its `[h, w]`; the score is the class's probability.
 fn localize(
@@ -201,15 +213,7 @@ fn localize(
     [h, w]: [usize; 2],
     image: &Path,
 ) -> Result<crate::task::detect::Found> {
-    if dims != plan.input {
-        bail!(
-            "{}: after the test augmentations the image is {dims:?}, the model takes {:?}",
-            image.display(),
-            plan.input
-        );
-    }
-    let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), model.device())?;
-    let y = model.forward(&xs, Pass::eval())?.flatten_all()?.to_vec1::<f32>()?;
+    let y = forward_one(model, plan, img, dims, image)?.flatten_all()?.to_vec1::<f32>()?;
     if y.len() != loc.depth() {
         bail!("the model gives {} values; localization reads {}", y.len(), loc.depth());
     }
@@ -232,15 +236,7 @@ fn detect(
     size: [usize; 2],
     image: &Path,
 ) -> Result<Vec<crate::task::detect::Found>> {
-    if dims != plan.input {
-        bail!(
-            "{}: after the test augmentations the image is {dims:?}, the model takes {:?}",
-            image.display(),
-            plan.input
-        );
-    }
-    let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), model.device())?;
-    let y = model.forward(&xs, Pass::eval())?;
+    let y = forward_one(model, plan, img, dims, image)?;
     let mut found = crate::task::detect::decode_batch(yolo, &y, [dims[1], dims[2]], &[size])?;
     Ok(found.pop().unwrap_or_default())
 }

@@ -253,9 +253,9 @@ fn draw_plots(log: &RunLog, plan: &Plan, test: &Stats, split: &Split) -> Result<
     crate::plots::metric_curves(&dir, log.metrics(), &names)?;
     let test = match test {
         Stats::Classify(s) => s,
-        Stats::Detect(s) => return detection_plots(&dir, plan, s, split),
-        Stats::Segment(s) => return segmentation_plots(&dir, plan, s, split),
-        Stats::Localize(s) => return localization_plots(&dir, plan, s, split),
+        Stats::Detect(s) => return crate::task::detect::plots(&dir, plan, s, split),
+        Stats::Segment(s) => return crate::task::segment::plots(&dir, plan, s, split),
+        Stats::Localize(s) => return crate::task::localize::plots(&dir, plan, s, split),
     };
     if plan.metrics.test().contains(&MetricName::Roc) {
         crate::plots::roc(&dir.join("roc.png"), &test.roc_curves(plan.binary, &plan.classes))?;
@@ -264,80 +264,6 @@ fn draw_plots(log: &RunLog, plan: &Plan, test: &Stats, split: &Split) -> Result<
         crate::plots::confusion(&dir.join("confusion_matrix.png"), &test.confusion(), &plan.classes)?;
     }
     Ok(())
-}
-
-/// Detection's plots: precision / recall per class with its AP, and the first nine test
-/// images with the boxes scoring at least `metrics.threshold` (ground truth in white).
-fn detection_plots(
-    dir: &Path,
-    plan: &Plan,
-    s: &crate::metrics::detection::DetectionStats,
-    split: &Split,
-) -> Result<()> {
-    let name = |c: usize| plan.classes.get(c).cloned().unwrap_or_else(|| c.to_string());
-    let curves: Vec<_> = s.curves().into_iter().map(|(c, ap, p, r)| (name(c), ap, p, r)).collect();
-    crate::plots::precision_recall(&dir.join("precision_recall.png"), &curves)?;
-    let mut images = Vec::new();
-    for (i, file) in split.files.iter().enumerate().take(9) {
-        let (bytes, h, w) = data::folder::decode(file, 3)?;
-        let truths = split.objects.get(i).map(Vec::as_slice).unwrap_or_default();
-        let mut boxes: Vec<crate::plots::Labelled> = truths
-            .iter()
-            .map(|o| crate::plots::Labelled { text: String::new(), bbox: o.bbox, colour: 0, truth: true })
-            .collect();
-        for (c, d) in s.detections.iter().filter(|(_, d)| d.image == i && d.score >= plan.binary.threshold) {
-            let text = format!("{} {:.2}", name(*c as usize), d.score);
-            let bbox = d.bbox.map(|v| v as f32);
-            boxes.push(crate::plots::Labelled { text, bbox, colour: *c as usize, truth: false });
-        }
-        images.push((bytes, [h, w], boxes));
-    }
-    crate::plots::boxes_grid(&dir.join("detections.png"), &images)
-}
-
-/// Localization's plots: the confusion matrix, and the first nine test images with the
-/// predicted box (labelled with its class and probability) and the true box in white.
-fn localization_plots(dir: &Path, plan: &Plan, s: &crate::task::LocStats, split: &Split) -> Result<()> {
-    if plan.metrics.test().contains(&MetricName::ConfusionMatrix) {
-        crate::plots::confusion(&dir.join("confusion_matrix.png"), &s.class.confusion(), &plan.classes)?;
-    }
-    let name = |c: u32| plan.classes.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
-    let mut images = Vec::new();
-    for r in s.boxes.iter().filter(|r| r.sample < 9) {
-        let Some(file) = split.files.get(r.sample) else { continue };
-        let (bytes, h, w) = data::folder::decode(file, 3)?;
-        let scale = |b: [f32; 4]| [b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32];
-        let mut boxes = Vec::new();
-        if let Some(t) = r.true_box {
-            boxes.push(crate::plots::Labelled { text: String::new(), bbox: scale(t), colour: 0, truth: true });
-        }
-        let text = format!("{} {:.2}", name(r.pred), r.score);
-        boxes.push(crate::plots::Labelled { text, bbox: scale(r.pred_box), colour: r.pred as usize, truth: false });
-        images.push((bytes, [h, w], boxes));
-    }
-    crate::plots::boxes_grid(&dir.join("localizations.png"), &images)
-}
-
-/// Segmentation's plots: the pixel confusion matrix, and the first test images beside their
-/// true and predicted masks laid over them (`masks.png`), at the files' size.
-fn segmentation_plots(
-    dir: &Path,
-    plan: &Plan,
-    s: &crate::metrics::segmentation::SegStats,
-    split: &Split,
-) -> Result<()> {
-    if plan.metrics.test().contains(&MetricName::ConfusionMatrix) {
-        crate::plots::confusion(&dir.join("confusion_matrix.png"), s.confusion(), &plan.classes)?;
-    }
-    let mut rows = Vec::new();
-    for (i, pred, hw) in &s.examples {
-        let (Some(file), Some(mask)) = (split.files.get(*i), split.masks.get(*i)) else { continue };
-        let (bytes, h, w) = data::folder::decode(file, 3)?;
-        let (truth, _) = data::voc::read_mask(mask, split.mask_classes, crate::data::augment::IGNORE)?;
-        let pred = crate::task::segment::resize_mask(pred, *hw, [h, w]);
-        rows.push(crate::plots::MaskedImage { image: bytes, truth, pred, size: [h, w] });
-    }
-    crate::plots::masks_grid(&dir.join("masks.png"), &rows)
 }
 
 fn load_data(plan: &Plan) -> Result<data::Dataset> {

@@ -245,26 +245,7 @@ pub(super) fn check_detect(
             ));
         }
     }
-    for (i, op) in cfg.augment.test.iter().enumerate() {
-        let fits = match op {
-            crate::config::AugmentOp::Normalize { .. } => true,
-            crate::config::AugmentOp::Resize { size, .. } => size.is_some(),
-            _ => false,
-        };
-        if !fits {
-            p.add(
-                &format!("augment.test[{i}].{}", op.name()),
-                "detection's test augmentations may only resize (to size = [h, w]) and normalize, so that boxes map back to the image",
-            );
-        }
-    }
-    if cfg.eval.tta != crate::config::Tta::None {
-        p.add("eval.tta", "test-time augmentation is for classification");
-    }
-    check_voc(p, cfg);
-    if cfg.train.label_smoothing != 0.0 {
-        p.add("train.label_smoothing", "is for classification's cross-entropy");
-    }
+    check_pixel_task(p, cfg, "detection", "so that boxes map back to the image");
 }
 
 /// The segmentation task's: a dataset with masks, the output the input's size with one
@@ -304,26 +285,7 @@ pub(super) fn check_segment(
             p.list.push(format!("{}: key `{key}` ({path}): {e}", p.loaded.source_of_key("model.groups")));
         }
     }
-    for (i, op) in cfg.augment.test.iter().enumerate() {
-        let fits = match op {
-            crate::config::AugmentOp::Normalize { .. } => true,
-            crate::config::AugmentOp::Resize { size, .. } => size.is_some(),
-            _ => false,
-        };
-        if !fits {
-            p.add(
-                &format!("augment.test[{i}].{}", op.name()),
-                "segmentation's test augmentations may only resize (to size = [h, w]) and normalize",
-            );
-        }
-    }
-    if cfg.eval.tta != crate::config::Tta::None {
-        p.add("eval.tta", "test-time augmentation is for classification");
-    }
-    check_voc(p, cfg);
-    if cfg.train.label_smoothing != 0.0 {
-        p.add("train.label_smoothing", "is for classification's cross-entropy");
-    }
+    check_pixel_task(p, cfg, "segmentation", "so that masks keep their pixel grid");
 }
 
 /// The localization task's: a dataset with boxes, the output `[classes + 4]` (or
@@ -348,6 +310,13 @@ pub(super) fn check_localize(
             p.list.push(format!("{}: key `{key}` ({path}): {e}", p.loaded.source_of_key("model.groups")));
         }
     }
+    check_pixel_task(p, cfg, "localization", "so that boxes map back to the image");
+}
+
+/// What detection, segmentation and localization share: test augmentations that only
+/// resize (to a fixed size) and normalize, so that `why`; no test-time augmentation; no
+/// label smoothing; and `[data.voc]`'s checks.
+fn check_pixel_task(p: &mut Problems, cfg: &crate::config::Config, task: &str, why: &str) {
     for (i, op) in cfg.augment.test.iter().enumerate() {
         let fits = match op {
             crate::config::AugmentOp::Normalize { .. } => true,
@@ -357,7 +326,7 @@ pub(super) fn check_localize(
         if !fits {
             p.add(
                 &format!("augment.test[{i}].{}", op.name()),
-                "localization's test augmentations may only resize (to size = [h, w]) and normalize, so that boxes map back to the image",
+                format!("{task}'s test augmentations may only resize (to size = [h, w]) and normalize, {why}"),
             );
         }
     }
@@ -365,6 +334,9 @@ pub(super) fn check_localize(
         p.add("eval.tta", "test-time augmentation is for classification");
     }
     check_voc(p, cfg);
+    if cfg.train.label_smoothing != 0.0 {
+        p.add("train.label_smoothing", format!("is for classification's cross-entropy, not {task}"));
+    }
 }
 
 /// `[data.voc]`: distinct classes, years and list names, archives for a download.

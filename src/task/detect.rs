@@ -29,7 +29,9 @@ use candle_core::{Device, Tensor};
 
 use crate::config::DetectConfig;
 use crate::data::voc::Object;
+use crate::data::Split;
 use crate::metrics::detection::{iou, BoxXyxy, DetectionStats};
+use crate::plan::Plan;
 use crate::runlog::Table;
 
 /// The YOLOv1 head's geometry and loss weights, resolved by the plan.
@@ -289,6 +291,30 @@ pub fn write_detections(
         .col("xmax", coord(2))
         .col("ymax", coord(3))
         .write(path)
+}
+
+/// Detection's plots: precision / recall per class with its AP, and the first nine test
+/// images with the boxes scoring at least `metrics.threshold` (ground truth in white).
+pub fn plots(dir: &Path, plan: &Plan, s: &DetectionStats, split: &Split) -> Result<()> {
+    let name = |c: usize| plan.classes.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let curves: Vec<_> = s.curves().into_iter().map(|(c, ap, p, r)| (name(c), ap, p, r)).collect();
+    crate::plots::precision_recall(&dir.join("precision_recall.png"), &curves)?;
+    let mut images = Vec::new();
+    for (i, file) in split.files.iter().enumerate().take(9) {
+        let (bytes, h, w) = crate::data::folder::decode(file, 3)?;
+        let truths = split.objects.get(i).map(Vec::as_slice).unwrap_or_default();
+        let mut boxes: Vec<crate::plots::Labelled> = truths
+            .iter()
+            .map(|o| crate::plots::Labelled { text: String::new(), bbox: o.bbox, colour: 0, truth: true })
+            .collect();
+        for (c, d) in s.detections.iter().filter(|(_, d)| d.image == i && d.score >= plan.binary.threshold) {
+            let text = format!("{} {:.2}", name(*c as usize), d.score);
+            let bbox = d.bbox.map(|v| v as f32);
+            boxes.push(crate::plots::Labelled { text, bbox, colour: *c as usize, truth: false });
+        }
+        images.push((bytes, [h, w], boxes));
+    }
+    crate::plots::boxes_grid(&dir.join("detections.png"), &images)
 }
 
 #[cfg(test)]

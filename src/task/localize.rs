@@ -24,8 +24,10 @@ use candle_core::{DType, Tensor, D};
 use crate::config::LocalizeConfig;
 use crate::data::loader::Batch;
 use crate::data::voc::main_object;
+use crate::data::Split;
 use crate::metrics::detection::iou;
 use crate::metrics::EpochStats;
+use crate::plan::Plan;
 use crate::runlog::Table;
 
 /// The localization head's settings, resolved by the plan.
@@ -244,6 +246,29 @@ pub fn write_localizations(
         .col("ymax", coord(3))
         .col("iou", Float64Array::from_iter_values(rows.iter().map(|r| r.iou)))
         .write(path)
+}
+
+/// Localization's plots: the confusion matrix, and the first nine test images with the
+/// predicted box (labelled with its class and probability) and the true box in white.
+pub fn plots(dir: &Path, plan: &Plan, s: &LocStats, split: &Split) -> Result<()> {
+    if plan.metrics.test().contains(&crate::config::MetricName::ConfusionMatrix) {
+        crate::plots::confusion(&dir.join("confusion_matrix.png"), &s.class.confusion(), &plan.classes)?;
+    }
+    let name = |c: u32| plan.classes.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
+    let mut images = Vec::new();
+    for r in s.boxes.iter().filter(|r| r.sample < 9) {
+        let Some(file) = split.files.get(r.sample) else { continue };
+        let (bytes, h, w) = crate::data::folder::decode(file, 3)?;
+        let scale = |b: [f32; 4]| [b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32];
+        let mut boxes = Vec::new();
+        if let Some(t) = r.true_box {
+            boxes.push(crate::plots::Labelled { text: String::new(), bbox: scale(t), colour: 0, truth: true });
+        }
+        let text = format!("{} {:.2}", name(r.pred), r.score);
+        boxes.push(crate::plots::Labelled { text, bbox: scale(r.pred_box), colour: r.pred as usize, truth: false });
+        images.push((bytes, [h, w], boxes));
+    }
+    crate::plots::boxes_grid(&dir.join("localizations.png"), &images)
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@ use arrow_array::{Int64Array, StringArray};
 use candle_core::Tensor;
 
 use crate::config::{Reduction, SegmentConfig};
+use crate::data::Split;
 use crate::metrics::segmentation::SegStats;
+use crate::plan::Plan;
 use crate::runlog::Table;
 
 /// The segmentation head's settings, resolved by the plan.
@@ -156,6 +158,23 @@ pub fn write_counts(
         .col("pred_class", StringArray::from_iter_values(rows.iter().map(|r| name(r.2))))
         .col("pixels", Int64Array::from_iter_values(rows.iter().map(|r| r.3 as i64)))
         .write(path)
+}
+
+/// Segmentation's plots: the pixel confusion matrix, and the first test images beside their
+/// true and predicted masks laid over them (`masks.png`), at the files' size.
+pub fn plots(dir: &Path, plan: &Plan, s: &SegStats, split: &Split) -> Result<()> {
+    if plan.metrics.test().contains(&crate::config::MetricName::ConfusionMatrix) {
+        crate::plots::confusion(&dir.join("confusion_matrix.png"), s.confusion(), &plan.classes)?;
+    }
+    let mut rows = Vec::new();
+    for (i, pred, hw) in &s.examples {
+        let (Some(file), Some(mask)) = (split.files.get(*i), split.masks.get(*i)) else { continue };
+        let (bytes, h, w) = crate::data::folder::decode(file, 3)?;
+        let (truth, _) = crate::data::voc::read_mask(mask, split.mask_classes, crate::data::augment::IGNORE)?;
+        let pred = crate::task::segment::resize_mask(pred, *hw, [h, w]);
+        rows.push(crate::plots::MaskedImage { image: bytes, truth, pred, size: [h, w] });
+    }
+    crate::plots::masks_grid(&dir.join("masks.png"), &rows)
 }
 
 #[cfg(test)]
