@@ -280,8 +280,7 @@ fn load_data(plan: &Plan) -> Result<data::Dataset> {
 }
 
 /// Classification and localization on a detection set label each image with its largest
-/// object: an image without objects is an error naming it (or, with `on_error = "skip"`, a
-/// warning: its samples are skipped by the loader).
+/// object: an image without objects is an error naming it.
 pub fn check_labels(plan: &Plan, dataset: &data::Dataset) -> Result<()> {
     if !matches!(plan.task, crate::task::Task::Classify { .. } | crate::task::Task::Localize(_)) {
         return Ok(());

@@ -91,6 +91,17 @@ impl PlannedGraph {
         })
     }
 
+    /// The parameters of layers that never train (`trainable = false`).
+    pub fn fixed_params(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for layer in self.layers() {
+            if let LayerKind::ConvTranspose2d { trainable: false, .. } = layer.kind {
+                out.extend(layer.params.iter().map(|(name, _)| format!("{}.{name}", layer.path)));
+            }
+        }
+        out
+    }
+
     pub fn out_shape(&self) -> &[usize] {
         self.groups.last().map(|g| g.out_shape.as_slice()).unwrap_or(&self.input)
     }

@@ -514,13 +514,7 @@ impl Plan {
 
     /// The parameters frozen during `epoch` (0-based), by name.
     pub fn frozen_at(&self, epoch: usize) -> std::collections::BTreeSet<String> {
-        let mut out = std::collections::BTreeSet::new();
-        // Layers with `trainable = false` never train.
-        for layer in self.graph.layers() {
-            if let crate::config::LayerKind::ConvTranspose2d { trainable: false, .. } = layer.kind {
-                out.extend(layer.params.iter().map(|(name, _)| format!("{}.{name}", layer.path)));
-            }
-        }
+        let mut out = self.graph.fixed_params();
         for rule in self.train.freeze.iter().filter(|r| r.active(epoch)) {
             for path in &rule.groups {
                 out.extend(self.graph.params_under(path).unwrap_or_default());
@@ -542,6 +536,9 @@ impl Plan {
 /// image and whether it trains (or in which epochs it is frozen, `frozen_by_epoch[e]` being
 /// the frozen parameter names of epoch e); then the totals.
 pub fn graph_table(graph: &PlannedGraph, frozen_by_epoch: &[std::collections::BTreeSet<String>]) -> String {
+    // A model file alone: only the layers that never train are frozen.
+    let fixed = [graph.fixed_params()];
+    let frozen_by_epoch = if frozen_by_epoch.is_empty() { &fixed[..] } else { frozen_by_epoch };
     let epochs = frozen_by_epoch.len();
     let shapes = graph.param_shapes();
     let count = |names: &std::collections::BTreeSet<String>| -> usize {

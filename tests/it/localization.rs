@@ -80,3 +80,24 @@ fn overfeat_starts_from_a_classification_run_and_its_scores_recompute() {
     assert_eq!(line.split_whitespace().count(), 6, "{}", out.stdout);
     assert!(d.path().join("drawn/000033.png").is_file());
 }
+
+#[test]
+fn images_without_objects_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    let args =
+        ["data", "synth", "shapes", "--out", "empty", "--train", "4", "--test", "2", "--size", "128", "--objects", "0"];
+    let out = runner(d.path(), &args);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    for exp_name in ["shapes_classify.toml", "overfeat_shapes.toml"] {
+        let out = runner(d.path(), &[&exp(exp_name), "--set", "data.root=empty", "--set", "train.epochs=1"]);
+        assert_ne!(out.code, 0);
+        let task = if exp_name.starts_with("shapes") { "classify" } else { "localize" };
+        assert!(
+            out.stderr.contains("000001.jpg: the image holds no object")
+                && out.stderr.contains(&format!("the {task} task labels each image with its largest object"))
+                && out.stderr.contains("(4 such images in the train split)"),
+            "{}",
+            out.stderr
+        );
+    }
+}

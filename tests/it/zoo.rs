@@ -38,6 +38,18 @@ fn zoo_parameter_counts() {
         (g.num_params(), g.macs())
     };
     assert_eq!(count("lenet5").0, 44_426);
+    // The FCNs by hand: VGG16 without its last layer (138,357,544 - 4,097,000) plus the 1x1
+    // scorers (4096 * 21 + 21; 512 * 21 + 21; 256 * 21 + 21) plus the fixed bilinear
+    // kernels (21 * 21 * k * k: 64 for FCN-32s; 4 and 32 for FCN-16s; 4, 4 and 16 for
+    // FCN-8s); FCN-AlexNet: AlexNet's features (2,469,696), fc6 as a 6x6 conv
+    // (4096 * 256 * 36 + 4096), fc7 (4096 * 4096 + 4096), the scorer and a 64x64 kernel.
+    let vgg_body = 138_357_544 - 4_097_000;
+    let (score_fr, score_pool4, score_pool3) = (4096 * 21 + 21, 512 * 21 + 21, 256 * 21 + 21);
+    let kernel = |k: usize| 21 * 21 * k * k;
+    assert_eq!(count("fcn32s").0, vgg_body + score_fr + kernel(64));
+    assert_eq!(count("fcn16s").0, vgg_body + score_fr + score_pool4 + kernel(4) + kernel(32));
+    assert_eq!(count("fcn8s").0, vgg_body + score_fr + score_pool4 + score_pool3 + 2 * kernel(4) + kernel(16));
+    assert_eq!(count("fcn_alexnet").0, 2_469_696 + 4096 * 256 * 36 + 4096 + 4096 * 4096 + 4096 + score_fr + kernel(64));
     // torchvision's documentation for VGG16: 138,357,544 parameters, 15.47 GFLOPS.
     let (vgg16, vgg16_macs) = count("vgg16");
     assert_eq!(vgg16, 138_357_544);
