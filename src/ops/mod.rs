@@ -55,6 +55,7 @@ pub mod batchnorm;
 pub mod bias;
 pub mod conv;
 pub mod gemm;
+pub mod pixel_ce;
 pub mod pool;
 #[cfg(test)]
 pub mod testing;

@@ -53,17 +53,21 @@ impl Segmenter {
             masks.iter().map(|&m| if m == ignore || m as usize >= c { 0 } else { m as u32 }).collect();
         let weights: Vec<f32> = masks.iter().map(|&m| weight(m)).collect();
         let total_weight: f64 = weights.iter().map(|&x| x as f64).sum();
-        let device = out.device();
-        let targets = Tensor::from_vec(targets, (n, 1, h, w), device)?;
-        let weights = Tensor::from_vec(weights, (n, 1, h, w), device)?;
-        let logp = candle_nn::ops::log_softmax(out, 1)?; // [n, c, h, w]
-        let picked = logp.gather(&targets, 1)?; // [n, 1, h, w]
-        let nll = (picked * weights)?.sum_all()?.neg()?;
         let denom = match self.cfg.reduction {
             Reduction::Mean if total_weight > 0.0 => total_weight,
             Reduction::Mean => 1.0, // no labelled pixel: the sum is 0
             Reduction::Sum => n as f64,
         };
+        let device = out.device();
+        if device.is_cpu() && out.dtype() == candle_core::DType::F32 {
+            // One pass forward and backward (ops::pixel_ce).
+            return Ok(crate::ops::pixel_ce::pixel_cross_entropy(out, targets, weights, (1.0 / denom) as f32)?);
+        }
+        let targets = Tensor::from_vec(targets, (n, 1, h, w), device)?;
+        let weights = Tensor::from_vec(weights, (n, 1, h, w), device)?.to_dtype(out.dtype())?;
+        let logp = candle_nn::ops::log_softmax(out, 1)?; // [n, c, h, w]
+        let picked = logp.gather(&targets, 1)?; // [n, 1, h, w]
+        let nll = (picked * weights)?.sum_all()?.neg()?;
         Ok((nll / denom)?)
     }
 
@@ -215,6 +219,44 @@ mod tests {
         // All void: no labelled pixel, loss 0 (not NaN).
         let none = seg(Reduction::Mean, None).loss(&x, &[255; 4]).unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(none, 0.0);
+    }
+
+    /// The fused CPU op (f32) against candle's generic path (f64, the same formula through
+    /// log_softmax and gather) on random logits: loss and gradient.
+    #[test]
+    fn fused_loss_and_gradient_equal_the_generic_path() {
+        let (n, c, h, w) = (2, 5, 3, 4);
+        let mut r = crate::rng::Rng::new(3);
+        let x: Vec<f32> = (0..n * c * h * w).map(|_| (r.next_f64() * 6.0 - 3.0) as f32).collect();
+        let masks: Vec<u8> = (0..n * h * w).map(|p| if p % 7 == 3 { 255 } else { (p % c) as u8 }).collect();
+        let seg = Segmenter {
+            cfg: SegmentConfig {
+                ignore_index: 255,
+                reduction: Reduction::Mean,
+                class_weights: Some(vec![1., 2., 0.5, 1., 3.]),
+            },
+            classes: c,
+        };
+        let grad = |dtype: candle_core::DType| {
+            let v = candle_core::Var::from_tensor(
+                &Tensor::from_vec(x.clone(), (n, c, h, w), &Device::Cpu).unwrap().to_dtype(dtype).unwrap(),
+            )
+            .unwrap();
+            let loss = seg.loss(v.as_tensor(), &masks).unwrap();
+            let g = loss.backward().unwrap().get(v.as_tensor()).unwrap().to_dtype(candle_core::DType::F64).unwrap();
+            (
+                loss.to_dtype(candle_core::DType::F64).unwrap().to_scalar::<f64>().unwrap(),
+                g.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            )
+        };
+        let (fused, gf) = grad(candle_core::DType::F32);
+        let (generic, gg) = grad(candle_core::DType::F64);
+        assert!((fused - generic).abs() < 1e-5, "{fused} vs {generic}");
+        for (a, b) in gf.iter().zip(&gg) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        // Void pixels get no gradient.
+        assert!((0..c).all(|k| gf[k * h * w + 3] == 0.0));
     }
 
     #[test]
