@@ -30,6 +30,13 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// Pixel `p`'s largest logit over the `c` classes of one `[c, hw]` image, and the sum of
+/// `exp(x - max)`: `logsumexp = max + ln(sum)`, `softmax_k = exp(x_k - max) / sum`.
+fn max_and_sum_exp(img: &[f32], c: usize, hw: usize, p: usize) -> (f32, f32) {
+    let max = (0..c).map(|k| img[k * hw + p]).fold(f32::NEG_INFINITY, f32::max);
+    (max, (0..c).map(|k| (img[k * hw + p] - max).exp()).sum())
+}
+
 impl PixelCe {
     /// Per image: the weighted loss sum (forward).
     fn loss(&self, x: &[f32], (n, c, hw): (usize, usize, usize)) -> f64 {
@@ -43,14 +50,7 @@ impl PixelCe {
                     if w == 0.0 {
                         continue;
                     }
-                    let mut max = f32::NEG_INFINITY;
-                    for k in 0..c {
-                        max = max.max(img[k * hw + p]);
-                    }
-                    let mut se = 0f32;
-                    for k in 0..c {
-                        se += (img[k * hw + p] - max).exp();
-                    }
+                    let (max, se) = max_and_sum_exp(img, c, hw, p);
                     let t = self.targets[i * hw + p] as usize;
                     sum += (w * (max + se.ln() - img[t * hw + p])) as f64;
                 }
@@ -69,14 +69,7 @@ impl PixelCe {
                 if w == 0.0 {
                     continue;
                 }
-                let mut max = f32::NEG_INFINITY;
-                for k in 0..c {
-                    max = max.max(img[k * hw + p]);
-                }
-                let mut se = 0f32;
-                for k in 0..c {
-                    se += (img[k * hw + p] - max).exp();
-                }
+                let (max, se) = max_and_sum_exp(img, c, hw, p);
                 let f = dy * self.scale * w / se;
                 for k in 0..c {
                     gi[k * hw + p] = f * (img[k * hw + p] - max).exp();

@@ -282,6 +282,8 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         }
     }
     let last = graph.as_ref().and_then(|g| g.layers().last().cloned());
+    // The model's last layer (key, path, output shape), for the tasks' head checks.
+    let head = last.as_ref().map(|l| (l.key.clone(), l.path.clone(), l.out_shape.clone()));
     let task = match &cfg.task {
         crate::config::TaskConfig::Classify {} => {
             if cfg.data.dataset == crate::config::DatasetKind::Voc && cfg.data.voc().masks() {
@@ -294,32 +296,17 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         }
         crate::config::TaskConfig::Detect(d) => {
             let yolo = crate::task::Yolo { cfg: d.clone(), classes: spec.classes.len() };
-            check_detect(
-                &mut p,
-                cfg,
-                &yolo,
-                last.as_ref().map(|l| (l.key.clone(), l.path.clone(), l.out_shape.clone())),
-            );
+            check_detect(&mut p, cfg, &yolo, head.clone());
             crate::task::Task::Detect(yolo)
         }
         crate::config::TaskConfig::Segment(c) => {
             let seg = crate::task::Segmenter { cfg: c.clone(), classes: spec.classes.len() };
-            check_segment(
-                &mut p,
-                cfg,
-                &seg,
-                last.as_ref().map(|l| (l.key.clone(), l.path.clone(), l.out_shape.clone())),
-            );
+            check_segment(&mut p, cfg, &seg, head.clone());
             crate::task::Task::Segment(seg)
         }
         crate::config::TaskConfig::Localize(c) => {
             let loc = crate::task::Localizer { cfg: c.clone(), classes: spec.classes.len() };
-            check_localize(
-                &mut p,
-                cfg,
-                &loc,
-                last.as_ref().map(|l| (l.key.clone(), l.path.clone(), l.out_shape.clone())),
-            );
+            check_localize(&mut p, cfg, &loc, head.clone());
             crate::task::Task::Localize(loc)
         }
     };
