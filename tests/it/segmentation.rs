@@ -194,3 +194,54 @@ fn fcn_voc_plans_without_data_and_trains_on_a_vocdevkit_folder() {
         .unwrap_or_else(|| panic!("{}", out.stdout));
     assert!((0.0..=1.0).contains(&miou), "{miou}");
 }
+
+#[test]
+fn bad_task_and_layer_values_name_their_keys() {
+    let d = tempfile::tempdir().unwrap();
+    let check = |exp_name: &str, sets: &[&str]| {
+        let mut args = vec!["check".to_string(), exp(exp_name)];
+        for s in sets {
+            args.extend(["--set".to_string(), s.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        runner(d.path(), &args)
+    };
+    let out = check(
+        "fcn_shapes.toml",
+        &["task.segment.class_weights=[1.0, 2.0]", "task.segment.ignore_index=3", "train.label_smoothing=0.1"],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    for want in [
+        "key `task.segment.class_weights`: has 2 values for 6 classes",
+        "key `task.segment.ignore_index`: (3) is a class's index",
+        "key `train.label_smoothing`: is for classification's cross-entropy, not segmentation",
+    ] {
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
+    }
+    let out = check("overfeat_shapes.toml", &["task.localize.box_weight=-1.0", "task.localize.per_class=true"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("key `task.localize.box_weight`: must be >= 0, is -1"), "{}", out.stderr);
+    assert!(out.stderr.contains("[5 + 4 x 5 = 20] = [25]"), "{}", out.stderr);
+
+    // A crop window that does not fit, and an init naming two sources.
+    let model = std::fs::read_to_string(repo().join("configs/models/fcn_shapes.toml")).unwrap();
+    let bad = model.replace("{ add = { with = [\"stage3\"] } },", "{ crop = { like = \"stage1\", offset = [1, 1] } },");
+    std::fs::write(d.path().join("bad.toml"), bad).unwrap();
+    let out = runner(d.path(), &["check", "bad.toml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("a 40x40 window at offset [1, 1] does not fit the 20x20 map"), "{}", out.stderr);
+    let out = runner(
+        d.path(),
+        &[
+            "check",
+            &exp("fcn_shapes.toml"),
+            "--set",
+            "model.groups=[{ name = \"g\", init = { file = \"w.safetensors\", run = \"runs/x\" }, layers = [\"relu\"] }]",
+        ],
+    );
+    assert!(
+        out.stderr.contains("key `model.groups[0].init`: names more than one of `file`, `run` and `url`"),
+        "{}",
+        out.stderr
+    );
+}
