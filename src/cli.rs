@@ -80,6 +80,14 @@ struct EvalArgs {
     /// none or ten_crop.
     #[arg(long)]
     tta: Option<String>,
+    /// Evaluate the weights under this experiment file instead of the run's config (the same
+    /// parameters; e.g. experiments/overfeat_shapes_dense.toml). Rows go to split
+    /// `<split>_<file stem>`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override a config key for the evaluation. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -261,7 +269,8 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         Some("ten_crop") => Some(crate::config::Tta::TenCrop),
         Some(other) => anyhow::bail!("--tta {other}: expected none or ten_crop"),
     };
-    let (split, values) = crate::train::eval_run(&args.run_dir, &args.checkpoint, &args.split, tta)?;
+    let other = crate::train::EvalConfig { config: args.config, sets: args.sets };
+    let (split, values) = crate::train::eval_run(&args.run_dir, &args.checkpoint, &args.split, tta, &other)?;
     for (k, v) in &values {
         println!("{k} = {v:.4}");
     }

@@ -213,6 +213,22 @@ fn localize(
     [h, w]: [usize; 2],
     image: &Path,
 ) -> Result<crate::task::detect::Found> {
+    let input = plan.input;
+    let larger = dims[0] == input[0] && dims[1] >= input[1] && dims[2] >= input[2];
+    if plan.graph.fully_convolutional && larger && dims != input {
+        // Overfeat's dense application: the windows' classes and boxes merged.
+        let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), model.device())?;
+        let out = model.forward(&xs, Pass::eval())?;
+        let (_, _, mh, mw) = out.dims4()?;
+        let stride = model.graph().output_stride().map_err(anyhow::Error::msg)?;
+        let slide = crate::task::localize::Slide { window: [input[1], input[2]], stride };
+        let m = loc
+            .merge_map(&out.flatten_all()?.to_vec1::<f32>()?, [mh, mw], slide, [dims[1], dims[2]])
+            .with_context(|| format!("{}: dense application", image.display()))?;
+        let b = m.bbox;
+        let bbox = [b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32];
+        return Ok(crate::task::detect::Found { class: m.class, score: m.score, bbox });
+    }
     let y = forward_one(model, plan, img, dims, image)?.flatten_all()?.to_vec1::<f32>()?;
     if y.len() != loc.depth() {
         bail!("the model gives {} values; localization reads {}", y.len(), loc.depth());

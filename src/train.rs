@@ -165,25 +165,37 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     finish(session, state)
 }
 
+/// `runner eval --config FILE --set KEY=VALUE`: what the evaluation reads instead of the
+/// run's own config.
+#[derive(Debug, Clone, Default)]
+pub struct EvalConfig {
+    pub config: Option<PathBuf>,
+    pub sets: Vec<String>,
+}
+
 /// `runner eval RUN_DIR`: evaluates a saved model of the run again (`checkpoint`: `best`,
 /// `last` or a weights file) on `split` (`test` or `train`, through the test
 /// augmentations), optionally with other test-time augmentation, and appends the metrics to
 /// the run's tables under the split `<split>_eval` (`<split>_tta` with ten-crop TTA), at the
-/// run's last epoch. Returns that split name and the scalar values.
+/// run's last epoch. `other.config`: the weights evaluated under another experiment file
+/// (the same parameters; e.g. the model made fully convolutional over larger test images),
+/// the split then named `<split>_<file stem>`; `other.sets`: overrides of either config.
+/// Returns that split name and the scalar values.
 pub fn eval_run(
     dir: &Path,
     checkpoint: &str,
     split: &str,
     tta: Option<Tta>,
+    other: &EvalConfig,
 ) -> Result<(String, BTreeMap<String, f64>)> {
-    let config_path = dir.join("config.toml");
-    if !config_path.is_file() || !dir.join("run.parquet").is_file() {
+    if !dir.join("config.toml").is_file() || !dir.join("run.parquet").is_file() {
         bail!("{}: not a run folder (it needs config.toml and run.parquet)", dir.display());
     }
     if !["test", "train"].contains(&split) {
         bail!("--split {split}: expected test or train");
     }
-    let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: Vec::new(), env: false })?;
+    let config_path = other.config.clone().unwrap_or_else(|| dir.join("config.toml"));
+    let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: other.sets.clone(), env: false })?;
     loaded.config.model.drop_inits();
     if let Some(t) = tta {
         loaded.config.eval.tta = t;
@@ -218,7 +230,12 @@ pub fn eval_run(
     let spec = eval_spec(&train_spec(&plan, dataset.shape), &plan);
     let (stats, _) = evaluate(&plan, &model, &data, &spec, &device)?;
     // `test_eval`, `test_eval_best`, `test_tta_epoch_0001`: one set of rows per weights.
-    let mut name = format!("{split}_{}", if plan.tta == Tta::TenCrop { "tta" } else { "eval" });
+    let kind = match (&other.config, plan.tta) {
+        (Some(f), _) => f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into()),
+        (None, Tta::TenCrop) => "tta".into(),
+        (None, _) => "eval".into(),
+    };
+    let mut name = format!("{split}_{kind}");
     if !tag.is_empty() {
         name = format!("{name}_{tag}");
     }

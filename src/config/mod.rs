@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use augment::{resized_shorter, AugmentConfig, AugmentOp, PadMode};
 pub use layers::{KernelInit, Layer, LayerKind, UpsamplePlan, LAYER_NAMES};
 pub use load::{load, LoadOptions, Loaded};
-pub use task::{DetectConfig, LocalizeConfig, Reduction, SegmentConfig, TaskConfig};
+pub use task::{DetectConfig, LocalizeConfig, Merge, Reduction, SegmentConfig, TaskConfig};
 pub use voc::{Synthetic, VocConfig, VocSplit};
 
 /// The whole experiment: what `runner EXP` reads after merging every file and override.

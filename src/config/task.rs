@@ -33,12 +33,29 @@ pub struct LocalizeConfig {
     /// per class `[4 * classes]`, the true class's trained, the predicted class's read.
     #[serde(default)]
     pub per_class: bool,
+    /// Dense application (a fully convolutional model on test images larger than its
+    /// input): how the map's boxes become the image's one box.
+    #[serde(default)]
+    pub merge: Merge,
 }
 
 impl Default for LocalizeConfig {
     fn default() -> Self {
-        LocalizeConfig { box_weight: 1.0, per_class: false }
+        LocalizeConfig { box_weight: 1.0, per_class: false, merge: Merge::Weighted }
     }
+}
+
+/// `[task.localize] merge`: the map's windows all vote for the class (mean probability);
+/// their boxes for that class, each scored with that class's probability, become one box.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Merge {
+    /// The best-scoring box and the boxes that overlap it by IoU >= 0.5, averaged with
+    /// their scores as weights (Overfeat's merge of overlapping boxes, kept to one box).
+    #[default]
+    Weighted,
+    /// Greedy non-maximum suppression kept to its first box: the best-scoring window's box.
+    Nms,
 }
 
 impl Default for TaskConfig {

@@ -106,6 +106,55 @@ impl PlannedGraph {
         self.groups.last().map(|g| g.out_shape.as_slice()).unwrap_or(&self.input)
     }
 
+    /// A fully convolutional model's step over a larger image: how many input pixels one
+    /// position of its output map moves its window (the product of the strides of the
+    /// convolutions and poolings on the way; a `linear` layer runs as a convolution with
+    /// stride 1). `Err` names the first layer that cannot slide (a global pooling, an
+    /// upsampling, a fixed-size crop) or the groups whose steps disagree.
+    pub fn output_stride(&self) -> std::result::Result<usize, String> {
+        let mut strides: BTreeMap<&str, usize> = BTreeMap::from([(INPUT, 1)]);
+        let mut s = 1usize;
+        for g in &self.groups {
+            if let Some(from) = &g.from {
+                s = strides.get(from.as_str()).copied().unwrap_or(1);
+            }
+            for b in &g.blocks {
+                for l in &b.layers {
+                    let joined = match &l.kind {
+                        LayerKind::Conv2d { stride, .. } => {
+                            s *= stride;
+                            None
+                        }
+                        LayerKind::Maxpool { kernel, stride, .. } | LayerKind::Avgpool { kernel, stride, .. } => {
+                            s *= stride.unwrap_or(*kernel);
+                            None
+                        }
+                        LayerKind::GlobalAvgpool {}
+                        | LayerKind::Upsample { .. }
+                        | LayerKind::ConvTranspose2d { .. }
+                        | LayerKind::Crop { .. } => {
+                            return Err(format!("{} ({}) does not slide over a larger image", l.key, l.kind.name()))
+                        }
+                        LayerKind::Concat { with } | LayerKind::Add { with } => Some(with),
+                        _ => None,
+                    };
+                    for other in joined.into_iter().flatten() {
+                        let o = strides.get(other.as_str()).copied().unwrap_or(1);
+                        if o != s {
+                            return Err(format!(
+                                "{} ({}) joins `{other}`, whose map steps {o} pixels, with a map that steps {s}",
+                                l.key,
+                                l.kind.name()
+                            ));
+                        }
+                    }
+                }
+            }
+            strides.insert(&g.name, s);
+        }
+        Ok(s)
+    }
+
     pub fn num_params(&self) -> usize {
         self.layers().map(|l| l.num_params()).sum()
     }
@@ -747,5 +796,46 @@ mod tests {
         assert_eq!(g.out_shape(), &[3, 1, 1]);
         // The same parameters, by name and shape, as the linear model.
         assert_eq!(g.param_shapes(), flat.param_shapes());
+    }
+
+    #[test]
+    fn output_stride_multiplies_the_strides() {
+        // Hand computation: conv stride 2, maxpool 2 (stride = kernel), conv stride 1,
+        // avgpool kernel 3 stride 1, then a linear run as a convolution: 2 * 2 * 1 * 1 = 4.
+        let mut cfg = model(vec![
+            conv(4, 3, 2, 1),
+            LayerKind::Maxpool { kernel: 2, stride: None, padding: 0, ceil_mode: false },
+            conv(4, 3, 1, 1),
+            LayerKind::Avgpool { kernel: 3, stride: Some(1), padding: 0, ceil_mode: false },
+            LayerKind::Flatten {},
+            LayerKind::Linear { inp: None, out: 3, bias: true },
+        ]);
+        cfg.fully_convolutional = true;
+        assert_eq!(plan_model(&cfg).unwrap().output_stride(), Ok(4));
+        // A global pooling makes every image one position: it cannot slide.
+        cfg.groups[0].layers[3] = Layer(LayerKind::GlobalAvgpool {});
+        let e = plan_model(&cfg).unwrap().output_stride().unwrap_err();
+        assert_eq!(e, "model.groups[0].layers[3] (global_avgpool) does not slide over a larger image");
+        // An upsampling inside; adding a map that steps 1 pixel to one that steps 2.
+        let a = GroupConfig::new("a", vec![Layer(conv(4, 3, 1, 1))]);
+        let b = GroupConfig::new(
+            "b",
+            vec![
+                Layer(conv(4, 3, 2, 1)),
+                Layer(LayerKind::Upsample { mode: "nearest".into(), scale: Some(2), size: None }),
+                Layer(LayerKind::Add { with: vec!["a".into()] }),
+            ],
+        );
+        let g = ModelConfig { input: vec![3, 8, 8], groups: vec![a, b], fully_convolutional: true };
+        let e = plan_model(&g).unwrap().output_stride().unwrap_err();
+        assert!(e.contains("upsample"), "{e}");
+        let a = GroupConfig::new("a", vec![Layer(conv(4, 3, 2, 1))]);
+        // b: (8 - 5) / 1 + 1 = 4, the shape of a's (8 + 2 - 3) / 2 + 1 = 4, at another step.
+        let mut b =
+            GroupConfig::new("b", vec![Layer(conv(4, 5, 1, 0)), Layer(LayerKind::Add { with: vec!["a".into()] })]);
+        b.from = Some("input".into());
+        let g = ModelConfig { input: vec![3, 8, 8], groups: vec![a, b], fully_convolutional: true };
+        let e = plan_model(&g).unwrap().output_stride().unwrap_err();
+        assert_eq!(e, "model.groups[1].layers[1] (add) joins `a`, whose map steps 2 pixels, with a map that steps 1");
     }
 }

@@ -271,6 +271,21 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
             }
             continue;
         }
+        let input = &cfg.model.input;
+        let larger = input.len() == 3 && shape[0] == input[0] && shape[1] >= input[1] && shape[2] >= input[2];
+        let localize = matches!(cfg.task, crate::config::TaskConfig::Localize(_));
+        if cfg.model.fully_convolutional && localize && *split == "test" && larger && input != shape {
+            // Dense application: the model slides its input-sized window over the image.
+            if let Some(Err(e)) = graph.as_ref().map(|g| g.output_stride()) {
+                p.add(
+                    "model.fully_convolutional",
+                    format!(
+                        "test samples are {shape:?}, larger than the input {input:?}, but the model cannot slide: {e}"
+                    ),
+                );
+            }
+            continue;
+        }
         if cfg.model.input != shape {
             p.add(
                 "model.input",

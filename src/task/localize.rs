@@ -14,6 +14,17 @@
 //! Evaluation reads the predicted class's box. The metrics follow ImageNet's rule for one
 //! guess: an image is a localization error when its class is wrong or its box overlaps the
 //! true box by IoU < 0.5.
+//!
+//! Dense application (Overfeat's): a model with `fully_convolutional = true` given test
+//! images larger than its input slides its input-sized window over them and outputs a map
+//! `[depth, mh, mw]`; position `(i, j)` is the window whose top-left corner is
+//! `(i * stride, j * stride)` (`stride`: the product of the strides on the way,
+//! `PlannedGraph::output_stride`), and its box is relative to that window. The image's
+//! class is the one with the highest mean probability over the positions; each position's
+//! box for that class, scored with its probability of the class, is merged into one box as
+//! `[task.localize] merge` says ([`Merge`]). The loss of a merged answer is the
+//! cross-entropy of the mean probabilities plus `box_weight` x the merged box's squared
+//! error.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +32,7 @@ use anyhow::{bail, Result};
 use arrow_array::{Float32Array, Float64Array, Int64Array, StringArray};
 use candle_core::{DType, Tensor, D};
 
-use crate::config::LocalizeConfig;
+use crate::config::{LocalizeConfig, Merge};
 use crate::data::loader::Batch;
 use crate::data::voc::main_object;
 use crate::data::Split;
@@ -35,6 +46,26 @@ use crate::runlog::Table;
 pub struct Localizer {
     pub cfg: LocalizeConfig,
     pub classes: usize,
+}
+
+/// How a fully convolutional model's output map lies over a larger image: windows of the
+/// model's input `[h, w]`, `stride` pixels apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slide {
+    pub window: [usize; 2],
+    pub stride: usize,
+}
+
+/// One image's answer merged from a map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merged {
+    /// The mean class probabilities over the positions.
+    pub probs: Vec<f32>,
+    pub class: u32,
+    /// `probs[class]`.
+    pub score: f32,
+    /// Relative to the image (0 to 1).
+    pub bbox: [f32; 4],
 }
 
 /// An epoch's sums: the class statistics and, per image, the box's IoU and squared error.
@@ -194,10 +225,130 @@ impl Localizer {
         Ok(())
     }
 
+    /// A batch's maps (`out` is `[b, depth, mh, mw]`) evaluated into `stats` by dense
+    /// application: `hw` is the test images' `[h, w]`.
+    pub fn eval_map(
+        &self,
+        out: &Tensor,
+        batch: &Batch,
+        hw: [usize; 2],
+        slide: Slide,
+        stats: &mut LocStats,
+    ) -> Result<()> {
+        let (b, d, mh, mw) = out.dims4()?;
+        if d != self.depth() {
+            bail!("the model gives {d} values per position; localization reads {}", self.depth());
+        }
+        let values: Vec<f32> = out.flatten_all()?.to_vec1()?;
+        let t = targets(batch, hw);
+        let (mut loss, mut l2_sum, mut with_box) = (0.0f64, 0.0f64, 0usize);
+        let (mut preds, mut flat) = (Vec::with_capacity(b), Vec::with_capacity(b * self.classes));
+        let mut rows = Vec::with_capacity(b);
+        for (k, (label, truth)) in t.iter().enumerate() {
+            let m = self.merge_map(&values[k * d * mh * mw..(k + 1) * d * mh * mw], [mh, mw], slide, hw)?;
+            loss -= f64::from(m.probs[*label as usize].max(f32::MIN_POSITIVE)).ln();
+            let iou_k = match truth {
+                Some(tb) => {
+                    let sq: f64 = (0..4).map(|c| f64::from(m.bbox[c] - tb[c]).powi(2)).sum();
+                    loss += self.cfg.box_weight * sq;
+                    l2_sum += sq;
+                    with_box += 1;
+                    iou(&m.bbox.map(f64::from), &tb.map(f64::from))
+                }
+                None => 0.0,
+            };
+            let size = batch.sizes.get(k).copied().unwrap_or([1, 1]);
+            let sample = batch.indices.get(k).copied().unwrap_or(k);
+            rows.push(LocRow {
+                sample,
+                label: *label,
+                pred: m.class,
+                score: m.score,
+                pred_box: m.bbox,
+                true_box: *truth,
+                iou: iou_k,
+                size,
+            });
+            preds.push(m.class);
+            flat.extend_from_slice(&m.probs);
+        }
+        let labels: Vec<u32> = t.iter().map(|(c, _)| *c).collect();
+        stats.class.update(loss / b.max(1) as f64, Some(&flat), &preds, &labels);
+        stats.class.samples.extend(batch.indices.iter().map(|&i| i as i64));
+        stats.add_l2(l2_sum, with_box);
+        stats.boxes.extend(rows);
+        Ok(())
+    }
+
+    /// Overfeat's dense application for one image of `[h, w]`: `map` holds its output
+    /// `[depth, mh, mw]` (row-major). The box is relative to the image.
+    pub fn merge_map(&self, map: &[f32], [mh, mw]: [usize; 2], slide: Slide, [h, w]: [usize; 2]) -> Result<Merged> {
+        let (c, n) = (self.classes, mh * mw);
+        if map.len() != self.depth() * n || n == 0 {
+            bail!("a map of {} values is not [{}, {mh}, {mw}]", map.len(), self.depth());
+        }
+        let [wh, ww] = slide.window;
+        if (mh - 1) * slide.stride + wh > h || (mw - 1) * slide.stride + ww > w {
+            bail!("a {mh}x{mw} map of {wh}x{ww} windows {} pixels apart does not fit in a {h}x{w} image", slide.stride);
+        }
+        let at = |ch: usize, p: usize| map[ch * n + p];
+        // Each position's class probabilities (a softmax over its scores), and their mean.
+        let mut probs = vec![0f32; c * n];
+        let mut mean = vec![0f64; c];
+        for p in 0..n {
+            let top = (0..c).map(|k| at(k, p)).fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = (0..c).map(|k| (at(k, p) - top).exp()).sum();
+            for k in 0..c {
+                probs[p * c + k] = (at(k, p) - top).exp() / sum;
+                mean[k] += f64::from(probs[p * c + k]) / n as f64;
+            }
+        }
+        let class = (0..c).fold(0, |b, k| if mean[k] > mean[b] { k } else { b });
+        // Each window's box for that class, in the image's relative coordinates.
+        let first = c + if self.cfg.per_class { 4 * class } else { 0 };
+        let boxes: Vec<([f64; 4], f64)> = (0..n)
+            .map(|p| {
+                let (y0, x0) = ((p / mw * slide.stride) as f64, (p % mw * slide.stride) as f64);
+                let v = |i: usize| f64::from(at(first + i, p));
+                let bbox = [
+                    (x0 + v(0) * ww as f64) / w as f64,
+                    (y0 + v(1) * wh as f64) / h as f64,
+                    (x0 + v(2) * ww as f64) / w as f64,
+                    (y0 + v(3) * wh as f64) / h as f64,
+                ];
+                (bbox, f64::from(probs[p * c + class]))
+            })
+            .collect();
+        let best = (0..n).fold(0, |b, p| if boxes[p].1 > boxes[b].1 { p } else { b });
+        let bbox = match self.cfg.merge {
+            Merge::Nms => boxes[best].0,
+            Merge::Weighted => {
+                let (mut sum, mut weight) = ([0f64; 4], 0f64);
+                for (b, s) in boxes.iter().filter(|(b, _)| iou(b, &boxes[best].0) >= 0.5) {
+                    for i in 0..4 {
+                        sum[i] += s * b[i];
+                    }
+                    weight += s;
+                }
+                if weight > 0.0 {
+                    sum.map(|v| v / weight)
+                } else {
+                    boxes[best].0
+                }
+            }
+        };
+        Ok(Merged {
+            probs: mean.iter().map(|&p| p as f32).collect(),
+            class: class as u32,
+            score: mean[class] as f32,
+            bbox: bbox.map(|v| v as f32),
+        })
+    }
+
     /// Checks the model's output shape.
     pub fn check_output(&self, out: &[usize]) -> std::result::Result<(), String> {
-        if out == [self.depth()] {
-            return Ok(());
+        if out == [self.depth()] || out == [self.depth(), 1, 1] {
+            return Ok(()); // [depth, 1, 1]: fully convolutional, a map on larger images
         }
         let boxes =
             if self.cfg.per_class { format!("4 x {} = {}", self.classes, 4 * self.classes) } else { "4".into() };
@@ -298,7 +449,8 @@ mod tests {
         };
         let out =
             Tensor::new(&[[0.5f32, 1.5, 0.1, 0.2, 0.5, 0.9], [2.0, -1.0, 0.0, 0.1, 0.8, 0.5]], &Device::Cpu).unwrap();
-        let loc = Localizer { cfg: LocalizeConfig { box_weight: 2.0, per_class: false }, classes: 2 };
+        let loc =
+            Localizer { cfg: LocalizeConfig { box_weight: 2.0, per_class: false, ..Default::default() }, classes: 2 };
         let (loss, l2, n) = loc.loss(&out, &batch, [10, 10]).unwrap();
         let ce = ((1.0f64 + (-1.0f64).exp()).ln() + (1.0f64 + (-3.0f64).exp()).ln()) / 2.0;
         let sq0 = 0.1f64.powi(2) + 0.0 + 0.1f64.powi(2) + 0.1f64.powi(2);
@@ -315,7 +467,8 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        let loc = Localizer { cfg: LocalizeConfig { box_weight: 2.0, per_class: true }, classes: 2 };
+        let loc =
+            Localizer { cfg: LocalizeConfig { box_weight: 2.0, per_class: true, ..Default::default() }, classes: 2 };
         let got = loc.loss(&out, &batch, [10, 10]).unwrap().0.to_scalar::<f32>().unwrap() as f64;
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         // Evaluation reads the predicted class's box: image 0 predicts class 1 (right),
@@ -333,9 +486,67 @@ mod tests {
 
     #[test]
     fn the_head_must_give_classes_and_boxes() {
-        let loc = Localizer { cfg: LocalizeConfig { box_weight: 1.0, per_class: true }, classes: 5 };
+        let loc =
+            Localizer { cfg: LocalizeConfig { box_weight: 1.0, per_class: true, ..Default::default() }, classes: 5 };
         assert!(loc.check_output(&[25]).is_ok());
         let e = loc.check_output(&[9]).unwrap_err();
         assert!(e.contains("[5 + 4 x 5 = 20] = [25]"), "{e}");
+    }
+
+    /// A 2x2 map of 10x10 windows 5 pixels apart over a 15x15 image, two classes, one
+    /// shared box; by hand. Class 1's probability per position (logits 0 and ln 3, 0 and 0,
+    /// ln 3 and 0, 0 and ln 9): 0.75, 0.5, 0.25, 0.9, mean 0.6 (class 1 wins). The boxes in
+    /// image pixels: position (1, 1) [5, 5, 10, 10] (the best, 0.9), (0, 0) the same box,
+    /// (0, 1) [6, 6, 10, 10] (IoU 16/25 with the best: merged), (1, 0) [0, 5, 2, 7] (IoU 0:
+    /// left out).
+    #[test]
+    fn dense_maps_merge_by_hand() {
+        let (l3, l9) = (3f32.ln(), 9f32.ln());
+        #[rustfmt::skip]
+        let map = [
+            0.0, 0.0, l3, 0.0,    // class 0's logits at (0,0) (0,1) (1,0) (1,1)
+            l3, 0.0, 0.0, l9,     // class 1's
+            0.5, 0.1, 0.0, 0.0,   // x0 relative to each window
+            0.5, 0.6, 0.0, 0.0,   // y0
+            1.0, 0.5, 0.2, 0.5,   // x1
+            1.0, 1.0, 0.2, 0.5,   // y1
+        ];
+        let slide = Slide { window: [10, 10], stride: 5 };
+        let mut loc = Localizer { cfg: LocalizeConfig { box_weight: 1.0, ..Default::default() }, classes: 2 };
+        let m = loc.merge_map(&map, [2, 2], slide, [15, 15]).unwrap();
+        assert_eq!(m.class, 1);
+        assert!((m.score - 0.6).abs() < 1e-6 && (m.probs[0] - 0.4).abs() < 1e-6, "{m:?}");
+        let x0 = (0.9 * 5.0 + 0.75 * 5.0 + 0.5 * 6.0) / 2.15 / 15.0;
+        let want = [x0, x0, 10.0 / 15.0, 10.0 / 15.0];
+        for i in 0..4 {
+            assert!((f64::from(m.bbox[i]) - want[i]).abs() < 1e-6, "weighted {:?} vs {want:?}", m.bbox);
+        }
+        loc.cfg.merge = Merge::Nms;
+        let m = loc.merge_map(&map, [2, 2], slide, [15, 15]).unwrap();
+        let want = [5.0 / 15.0, 5.0 / 15.0, 10.0 / 15.0, 10.0 / 15.0];
+        for i in 0..4 {
+            assert!((f64::from(m.bbox[i]) - want[i]).abs() < 1e-6, "nms {:?} vs {want:?}", m.bbox);
+        }
+        // The windows must lie inside the image: 2 positions of 10 pixels 5 apart need 15.
+        let e = loc.merge_map(&map, [2, 2], slide, [14, 15]).unwrap_err().to_string();
+        assert!(e.contains("does not fit in a 14x15 image"), "{e}");
+
+        // Evaluated as a batch of one image whose class-1 box is [5, 5, 10, 10] of 15: the
+        // loss is -ln 0.6 plus the merged box's squared error (the NMS box: 0).
+        let batch = Batch {
+            images: Vec::new(),
+            labels: vec![1],
+            objects: vec![vec![obj(1, [5., 5., 10., 10.])]],
+            masks: Vec::new(),
+            sizes: vec![[30, 30]],
+            indices: vec![7],
+            skipped: Vec::new(),
+        };
+        let out = Tensor::from_vec(map.to_vec(), (1, 6, 2, 2), &Device::Cpu).unwrap();
+        let mut stats = LocStats::new(2, true);
+        loc.eval_map(&out, &batch, [15, 15], slide, &mut stats).unwrap();
+        assert!((stats.class.mean_loss() + 0.6f64.ln()).abs() < 1e-6, "{}", stats.class.mean_loss());
+        assert!((stats.boxes[0].iou - 1.0).abs() < 1e-6 && stats.boxes[0].sample == 7);
+        assert_eq!(stats.localization_error(), 0.0);
     }
 }

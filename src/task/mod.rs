@@ -155,6 +155,13 @@ impl Task {
             }
             (Task::Localize(loc), Stats::Localize(s)) => {
                 let out = model.forward(&xs, Pass::eval())?;
+                if out.rank() == 4 {
+                    // Dense application: a fully convolutional model over larger images.
+                    let (_, _, h, w) = xs.dims4()?;
+                    let stride = model.graph().output_stride().map_err(anyhow::Error::msg)?;
+                    let slide = localize::Slide { window: [input[1], input[2]], stride };
+                    return loc.eval_map(&out, batch, [h, w], slide, s);
+                }
                 loc.eval_batch(&out, batch, [input[1], input[2]], s)
             }
             _ => anyhow::bail!("the statistics do not belong to the {} task", self.name()),

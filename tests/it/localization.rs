@@ -54,6 +54,7 @@ fn overfeat_starts_from_a_classification_run_and_its_scores_recompute() {
     // Step 2: the regressor on the frozen features and classifier.
     let out = runner(d.path(), &[&[exp("overfeat_shapes.toml").as_str()][..], &sets[..]].concat());
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let out_train = out.stdout.clone();
     assert!(out.stderr.contains("group features: 25 tensors from"), "{}", out.stderr);
     let id = classify_run.file_name().unwrap().to_string_lossy().into_owned();
     assert!(out.stderr.contains(&format!("runs/shapes_classify/{id}/model.safetensors")), "{}", out.stderr);
@@ -71,6 +72,48 @@ fn overfeat_starts_from_a_classification_run_and_its_scores_recompute() {
         &[run.as_os_str(), year.as_os_str(), "test".as_ref()],
         "ok localization_error",
     );
+
+    // Dense application (experiments/overfeat_shapes_dense.toml): at the window's own size
+    // the map is one position, and the merged box is that position's box: the same scores
+    // as the run's own evaluation.
+    let dense = exp("overfeat_shapes_dense.toml");
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", run.to_str().unwrap(), "--config", dense.as_str()];
+        args.extend(["--set", "data.root=single", "--set", "data.batch_size=8"]);
+        args.extend(extra);
+        runner(d.path(), &args)
+    };
+    let metric = |text: &str, split: &str, m: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{split}.{m} = ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{split}.{m}: {text}"))
+    };
+    let single = |m: &str| metric(&out_train, "test", m);
+    let out = eval(&["--set", "augment.test=[{ resize = { size = [128, 128] } }]"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    for m in ["localization_error", "mean_iou", "accuracy"] {
+        assert!((metric(&out.stdout, "test_overfeat_shapes_dense", m) - single(m)).abs() < 1e-4, "{m}: {}", out.stdout);
+    }
+    // At 160x160 a 3x3 map of windows 16 pixels apart; both merges give scores in range.
+    for merge in ["weighted", "nms"] {
+        let out = eval(&[
+            "--set",
+            "augment.test=[{ resize = { size = [160, 160] } }]",
+            "--set",
+            &format!("task.localize.merge=\"{merge}\""),
+        ]);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        let miou = metric(&out.stdout, "test_overfeat_shapes_dense", "mean_iou");
+        assert!((0.0..=1.0).contains(&miou), "{merge}: {}", out.stdout);
+    }
+    // predict slides the window too.
+    let image = year.join("JPEGImages/000033.jpg");
+    let weights = run.join("model.safetensors");
+    let out =
+        runner(d.path(), &["predict", dense.as_str(), image.to_str().unwrap(), "--weights", weights.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.lines().nth(1).unwrap_or_default().split_whitespace().count(), 6, "{}", out.stdout);
 
     // predict: the class and its box.
     let image = year.join("JPEGImages/000033.jpg");

@@ -223,6 +223,25 @@ fn bad_task_and_layer_values_name_their_keys() {
     assert!(out.stderr.contains("key `task.localize.box_weight`: must be >= 0, is -1"), "{}", out.stderr);
     assert!(out.stderr.contains("[5 + 4 x 5 = 20] = [25]"), "{}", out.stderr);
 
+    // Overfeat's dense application needs a model whose map steps evenly over the image:
+    // global average pooling makes every image one position.
+    let model = std::fs::read_to_string(repo().join("configs/models/overfeat_shapes.toml")).unwrap();
+    let bad = model.replace("{ maxpool = { kernel = 8, stride = 1 } }", "\"global_avgpool\"");
+    assert_ne!(bad, model);
+    std::fs::write(d.path().join("global.toml"), bad).unwrap();
+    let dense = format!("extends = [{:?}, \"global.toml\"]\n", exp("overfeat_shapes_dense.toml"));
+    std::fs::write(d.path().join("dense.toml"), dense).unwrap();
+    let out = runner(d.path(), &["check", "dense.toml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("key `model.fully_convolutional`: test samples are [3, 192, 192], larger than the input [3, 128, 128], but the model cannot slide: model.groups[1].layers[0] (global_avgpool) does not slide"),
+        "{}",
+        out.stderr
+    );
+    let out = check("overfeat_shapes_dense.toml", &["task.localize.merge=\"mean\""]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("task.localize.merge") && out.stderr.contains("weighted"), "{}", out.stderr);
+
     // A crop window that does not fit, and an init naming two sources.
     let model = std::fs::read_to_string(repo().join("configs/models/fcn_shapes.toml")).unwrap();
     let bad = model.replace("{ add = { with = [\"stage3\"] } },", "{ crop = { like = \"stage1\", offset = [1, 1] } },");
