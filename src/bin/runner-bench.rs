@@ -49,6 +49,7 @@ fn model(input: [usize; 3], groups: Vec<(&str, Vec<Layer>)>) -> Result<Model> {
         input: input.to_vec(),
         groups: groups.into_iter().map(|(n, l)| GroupConfig::new(n, l)).collect(),
         fully_convolutional: false,
+        ..Default::default()
     };
     Ok(Model::new(&plan_model(&cfg)?, 0, &Device::Cpu)?)
 }

@@ -226,6 +226,27 @@ pub struct ModelConfig {
     /// at the input size, a map of class scores on a larger image.
     #[serde(default)]
     pub fully_convolutional: bool,
+    /// An `init` per group name, used instead of the group's own: how an experiment starts
+    /// a model file's groups from pretrained weights without copying the groups
+    /// (`[model.inits] features = { url = "..." }`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub inits: std::collections::BTreeMap<String, InitConfig>,
+    /// `false`: every group starts from its random initialisation, the groups' `init` and
+    /// `model.inits` ignored (training from scratch, to compare with a pretrained start).
+    #[serde(default = "yes")]
+    pub pretrained: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            input: Vec::new(),
+            groups: Vec::new(),
+            fully_convolutional: false,
+            inits: std::collections::BTreeMap::new(),
+            pretrained: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -284,6 +305,24 @@ impl ModelConfig {
         for g in &mut self.groups {
             g.init = None;
         }
+        self.inits.clear();
+    }
+
+    /// Each group's `init` as the run uses it: `(group index, the key that set it, init)`;
+    /// none when `pretrained = false`.
+    pub fn group_inits(&self) -> Vec<(usize, String, &InitConfig)> {
+        if !self.pretrained {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (g, group) in self.groups.iter().enumerate() {
+            match (self.inits.get(&group.name), &group.init) {
+                (Some(init), _) => out.push((g, format!("model.inits.{}", group.name), init)),
+                (None, Some(init)) => out.push((g, format!("model.groups[{g}].init"), init)),
+                (None, None) => {}
+            }
+        }
+        out
     }
 }
 

@@ -629,6 +629,7 @@ mod tests {
             input: vec![1, 28, 28],
             groups: vec![GroupConfig::new("features", layers.into_iter().map(Layer).collect())],
             fully_convolutional: false,
+            ..Default::default()
         }
     }
 
@@ -703,7 +704,7 @@ mod tests {
         res.repeat = Some(repeat);
         res.residual = true;
         res.activation = Some(Layer(LayerKind::Relu {}));
-        ModelConfig { input: vec![3, 8, 8], groups: vec![stem, res], fully_convolutional: false }
+        ModelConfig { input: vec![3, 8, 8], groups: vec![stem, res], fully_convolutional: false, ..Default::default() }
     }
 
     #[test]
@@ -763,7 +764,12 @@ mod tests {
         b.from = Some("input".into());
         let c = GroupConfig::new("c", vec![Layer(LayerKind::Concat { with: vec!["a".into(), "input".into()] })]);
         let d = GroupConfig::new("d", vec![Layer(conv(4, 1, 1, 0)), Layer(LayerKind::Add { with: vec!["a".into()] })]);
-        let mut cfg = ModelConfig { input: vec![3, 8, 8], groups: vec![a, b, c, d], fully_convolutional: false };
+        let mut cfg = ModelConfig {
+            input: vec![3, 8, 8],
+            groups: vec![a, b, c, d],
+            fully_convolutional: false,
+            ..Default::default()
+        };
         let g = plan_model(&cfg).unwrap();
         assert_eq!(g.groups[1].in_shape, vec![3, 8, 8]);
         // b's 2 channels + a's 4 + the image's 3.
@@ -826,7 +832,8 @@ mod tests {
                 Layer(LayerKind::Add { with: vec!["a".into()] }),
             ],
         );
-        let g = ModelConfig { input: vec![3, 8, 8], groups: vec![a, b], fully_convolutional: true };
+        let g =
+            ModelConfig { input: vec![3, 8, 8], groups: vec![a, b], fully_convolutional: true, ..Default::default() };
         let e = plan_model(&g).unwrap().output_stride().unwrap_err();
         assert!(e.contains("upsample"), "{e}");
         let a = GroupConfig::new("a", vec![Layer(conv(4, 3, 2, 1))]);
@@ -834,7 +841,8 @@ mod tests {
         let mut b =
             GroupConfig::new("b", vec![Layer(conv(4, 5, 1, 0)), Layer(LayerKind::Add { with: vec!["a".into()] })]);
         b.from = Some("input".into());
-        let g = ModelConfig { input: vec![3, 8, 8], groups: vec![a, b], fully_convolutional: true };
+        let g =
+            ModelConfig { input: vec![3, 8, 8], groups: vec![a, b], fully_convolutional: true, ..Default::default() };
         let e = plan_model(&g).unwrap().output_stride().unwrap_err();
         assert_eq!(e, "model.groups[1].layers[1] (add) joins `a`, whose map steps 2 pixels, with a map that steps 1");
     }

@@ -411,6 +411,7 @@ mod tests {
                 input: x.dims()[1..].to_vec(),
                 groups: vec![GroupConfig::new("g", vec![Layer(kind)])],
                 fully_convolutional: false,
+                ..Default::default()
             };
             let m = Model::new(&plan_model(&cfg).unwrap(), 0, &Device::Cpu).unwrap();
             m.forward(&x, Pass::eval()).unwrap().flatten_all().unwrap().to_vec1().unwrap()
@@ -448,6 +449,7 @@ mod tests {
             input: vec![1, 1, 2],
             groups: vec![GroupConfig::new("g", vec![Layer(LayerKind::Batchnorm { eps: 1e-5, momentum: 0.1 })])],
             fully_convolutional: false,
+            ..Default::default()
         };
         let m = Model::new(&plan_model(&cfg).unwrap(), 0, &Device::Cpu).unwrap();
         assert_eq!(m.num_params(), 2, "weight and bias; running statistics are buffers");
@@ -502,6 +504,7 @@ mod tests {
                 GroupConfig::new("classifier", vec![Layer(LayerKind::Flatten {}), linear(120), relu(), linear(10)]),
             ],
             fully_convolutional: false,
+            ..Default::default()
         };
         let flat = Model::new(&plan_model(&cfg).unwrap(), 3, &Device::Cpu).unwrap();
         cfg.fully_convolutional = true;

@@ -200,15 +200,24 @@ pub fn load_into(
         bail!("no parameters under `{target}` in the model");
     }
     // The file's side, renamed.
+    // A name a rule produced wins over a file name that is already that name: with
+    // `{ "17" = "0" }`, `features.17.weight` fills `0.weight`, not `features.0.weight`.
     let mut offered: BTreeMap<String, (&String, &Tensor)> = BTreeMap::new();
+    let mut by_rule = Vec::new();
     for (n, t) in &tensors {
         if let Some(rest) = under(n, prefix) {
             if IGNORED.iter().any(|i| rest.ends_with(i)) {
                 continue;
             }
-            offered.insert(apply_rename(&rest, rename), (n, t));
+            match renamed(&rest, rename) {
+                Some(to) => by_rule.push((to, (n, t))),
+                None => {
+                    offered.insert(rest, (n, t));
+                }
+            }
         }
     }
+    offered.extend(by_rule);
     if offered.is_empty() {
         let mut tops: Vec<String> = tensors.keys().map(|n| top_names(n)).collect::<BTreeSet<_>>().into_iter().collect();
         tops.truncate(20);
@@ -282,6 +291,11 @@ pub fn load_into(
 /// parts wins; `*` in a rule matches one part and is put back where the target has `*`
 /// (`{ "*.conv1" = "*.0" }` maps `3.conv1.weight` to `3.0.weight`).
 fn apply_rename(rest: &str, rename: &BTreeMap<String, String>) -> String {
+    renamed(rest, rename).unwrap_or_else(|| rest.to_string())
+}
+
+/// `rest` renamed by the longest matching rule; `None` when no rule matches.
+fn renamed(rest: &str, rename: &BTreeMap<String, String>) -> Option<String> {
     let parts: Vec<&str> = rest.split('.').collect();
     let mut best: Option<(usize, String)> = None;
     for (from, to) in rename {
@@ -311,7 +325,7 @@ fn apply_rename(rest: &str, rename: &BTreeMap<String, String>) -> String {
         }
         best = Some((pattern.len(), out));
     }
-    best.map(|(_, s)| s).unwrap_or_else(|| rest.to_string())
+    best.map(|(_, s)| s)
 }
 
 /// The file-side name that would fill `rest` (undoing `rename`), for messages.

@@ -171,9 +171,17 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         }
     };
     let mut inits = Vec::new();
-    for (g, group) in cfg.model.groups.iter().enumerate() {
-        let Some(init) = &group.init else { continue };
-        let key = format!("model.groups[{g}].init");
+    let names: Vec<&str> = cfg.model.groups.iter().map(|g| g.name.as_str()).collect();
+    for name in cfg.model.inits.keys() {
+        if !names.contains(&name.as_str()) {
+            let hint = crate::config::load::did_you_mean(name, &names)
+                .map(|s| format!(", did you mean `{s}`?"))
+                .unwrap_or_default();
+            p.add(&format!("model.inits.{name}"), format!("names no group (the groups: {}){hint}", names.join(", ")));
+        }
+    }
+    for (g, key, init) in cfg.model.group_inits() {
+        let group = &cfg.model.groups[g];
         let sources = [!init.file.is_empty(), init.run.is_some(), init.url.is_some()];
         if sources.iter().filter(|&&s| s).count() > 1 {
             p.add(&key, "names more than one of `file`, `run` and `url`: give one");
@@ -212,12 +220,13 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
             continue;
         }
         let file = std::path::Path::new(&init.file);
-        let file = match loaded.file_of_key("model.groups") {
+        let set_by = if key.starts_with("model.inits") { "model.inits" } else { "model.groups" };
+        let file = match loaded.file_of_key(set_by) {
             Some(cfg_file) if file.is_relative() => cfg_file.parent().unwrap_or(std::path::Path::new(".")).join(file),
             _ => file.to_path_buf(),
         };
         if !file.is_file() {
-            p.add(&format!("model.groups[{g}].init.file"), format!("no file {}", file.display()));
+            p.add(&format!("{key}.file"), format!("no file {}", file.display()));
         }
         inits.push((group.name.clone(), init.clone(), file));
     }

@@ -163,13 +163,22 @@ fn fcn_voc_plans_without_data_and_trains_on_a_vocdevkit_folder() {
     assert!(out.stdout.contains("params: 134489759"), "{}", out.stdout);
     assert!(out.stdout.contains("trainable: 134362751"), "{}", out.stdout);
     assert!(out.stdout.contains("score_pool3.4") && out.stdout.contains("[21, 500, 500]"), "{}", out.stdout);
+    // The groups start from torchvision's VGG16, fetched when the run starts.
+    let cached = d.path().join("cache/weights/vgg16-397923af.pth");
+    let fetch = format!(
+        "model.inits.pool3.url: https://download.pytorch.org/models/vgg16-397923af.pth will be fetched into {}",
+        cached.display()
+    );
+    assert!(out.stderr.contains(&fetch), "{}", out.stderr);
 
     write_voc_masks(&d.path().join("voc"));
-    // The same experiment on 64x64 inputs, one epoch.
+    // The same experiment on 64x64 inputs, one epoch, from random weights (offline).
     let out = runner(
         d.path(),
         &[
             &exp("fcn_voc.toml"),
+            "--set",
+            "model.pretrained=false",
             "--set",
             "data.root=voc",
             "--set",
@@ -235,6 +244,13 @@ fn bad_task_and_layer_values_name_their_keys() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
         out.stderr.contains("key `model.fully_convolutional`: test samples are [3, 192, 192], larger than the input [3, 128, 128], but the model cannot slide: model.groups[1].layers[0] (global_avgpool) does not slide"),
+        "{}",
+        out.stderr
+    );
+    let out = check("overfeat_shapes.toml", &["model.inits.featurs={ file = \"w.safetensors\" }"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("key `model.inits.featurs`: names no group (the groups: features, classifier, regressor, output), did you mean `features`?"),
         "{}",
         out.stderr
     );

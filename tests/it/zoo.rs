@@ -199,6 +199,62 @@ fn a_pretrained_first_conv_from_alexnet() {
     assert_eq!(max_diff(w, &file["features.0.weight"]), 0.0);
 }
 
+/// An experiment's model with every `init` of `[model.inits]` (and the groups' own) loaded
+/// from `file` in place of the address it names, as the run would after fetching it.
+fn with_experiment_inits(experiment: &str, file: &Path) -> Model {
+    let path = crate::common::repo().join("experiments").join(experiment);
+    let loaded = runner::config::load(&path, &runner::config::LoadOptions { sets: Vec::new(), env: false }).unwrap();
+    let cfg = &loaded.config.model;
+    let model = Model::new(&plan_model(cfg).unwrap(), 0, &Device::Cpu).unwrap();
+    let inits = cfg.group_inits();
+    assert!(!inits.is_empty(), "{experiment}: no init");
+    for (g, key, init) in inits {
+        let group = &cfg.groups[g].name;
+        let prefix = init.prefix.clone().unwrap_or_else(|| group.clone());
+        load_into(&model, file, group, &prefix, &init.rename, init.strict).unwrap_or_else(|e| panic!("{key}: {e:#}"));
+    }
+    model
+}
+
+#[test]
+fn fcn_voc_starts_from_torchvision_vgg16() {
+    // experiments/fcn_voc.toml's [model.inits] on torchvision's vgg16 state dict: each
+    // convolution where the authors' surgery puts it, fc6 / fc7 reshaped into convolutions.
+    let Some(dir) = torch_files() else { return };
+    let file = read(&dir.join("vgg16.pth"), &Device::Cpu).unwrap();
+    let model = with_experiment_inits("fcn_voc.toml", &dir.join("vgg16.pth"));
+    let p = |n: &str| model.params[n].as_tensor().clone();
+    for (ours, theirs) in [
+        ("pool3.0", "features.0"),
+        ("pool3.14", "features.14"),
+        ("pool4.0", "features.17"),
+        ("pool4.4", "features.21"),
+        ("pool5.0", "features.24"),
+        ("pool5.2", "features.26"),
+        ("pool5.4", "features.28"),
+        ("fc.3", "classifier.3"),
+    ] {
+        for t in ["weight", "bias"] {
+            let want = file[&format!("{theirs}.{t}")].reshape(p(&format!("{ours}.{t}")).dims()).unwrap();
+            assert_eq!(max_diff(&p(&format!("{ours}.{t}")), &want), 0.0, "{ours}.{t} <- {theirs}.{t}");
+        }
+    }
+    // fc6: the linear [4096, 25088] is the 7x7 convolution [4096, 512, 7, 7].
+    let w = file["classifier.0.weight"].reshape((4096, 512, 7, 7)).unwrap();
+    assert_eq!(max_diff(&p("fc.0.weight"), &w), 0.0);
+}
+
+#[test]
+fn monster_cifar10_starts_from_torchvision_alexnet() {
+    let Some(dir) = torch_files() else { return };
+    let file = read(&dir.join("alexnet.pth"), &Device::Cpu).unwrap();
+    let model = with_experiment_inits("monster_cifar10.toml", &dir.join("alexnet.pth"));
+    for t in ["weight", "bias"] {
+        let name = format!("features.0.{t}");
+        assert_eq!(max_diff(model.params[&name].as_tensor(), &file[&name]), 0.0, "{name}");
+    }
+}
+
 #[test]
 fn bad_weight_files_say_what_they_hold() {
     let Some(dir) = torch_files() else { return };
