@@ -50,8 +50,10 @@ impl Default for LocalizeConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Merge {
-    /// The best-scoring box and the boxes that overlap it by IoU >= 0.5, averaged with
-    /// their scores as weights (Overfeat's merge of overlapping boxes, kept to one box).
+    /// The box the windows agree on: the one with the most score on boxes that overlap it
+    /// by IoU >= 0.5, averaged with those boxes, their scores as weights (Overfeat's merge
+    /// of overlapping boxes, whose final box is the cluster with the most confidence; kept
+    /// to one box). Windows that cut the object rarely agree with each other.
     #[default]
     Weighted,
     /// Greedy non-maximum suppression kept to its first box: the best-scoring window's box.

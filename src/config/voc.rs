@@ -15,7 +15,8 @@ pub struct VocConfig {
     #[serde(default = "default_voc_classes")]
     pub classes: Vec<String>,
     /// Write a synthetic set into the folder when it is missing: `"shapes"` (the default
-    /// set of `runner data synth shapes`).
+    /// set of `runner data synth shapes`), `"single_shapes"` (one object per 128 px image)
+    /// or `"single_shapes192"` (one object per 192 px image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate: Option<Synthetic>,
     /// Read class masks (`SegmentationClass/<id>.png`, the ids of
@@ -56,6 +57,11 @@ pub enum Synthetic {
     /// localization set (`runner data synth shapes --objects 1 --size 128 --min-size 30
     /// --max-size 100`).
     SingleShapes,
+    /// The localization set's objects (one, 30-100 px) on larger 192 px images, 4,000 / 500:
+    /// Overfeat's dense application slides the 128 px window over them at the scale it
+    /// was trained on (`runner data synth shapes --objects 1 --size 192 --min-size 30
+    /// --max-size 100`).
+    SingleShapes192,
 }
 
 impl Synthetic {
@@ -71,6 +77,9 @@ impl Synthetic {
                 max_size: 100.0,
                 ..default
             },
+            Synthetic::SingleShapes192 => {
+                crate::data::synth::ShapesOptions { size: 192, ..Synthetic::SingleShapes.options() }
+            }
         }
     }
 }

@@ -323,6 +323,13 @@ impl Localizer {
         let bbox = match self.cfg.merge {
             Merge::Nms => boxes[best].0,
             Merge::Weighted => {
+                // The box the windows agree on most: the most probability on boxes that
+                // overlap it by IoU >= 0.5 (windows that cut the object disagree).
+                let support = |p: usize| -> f64 {
+                    boxes.iter().filter(|(b, _)| iou(b, &boxes[p].0) >= 0.5).map(|(_, s)| s).sum()
+                };
+                let supports: Vec<f64> = (0..n).map(support).collect();
+                let best = (0..n).fold(0, |b, p| if supports[p] > supports[b] { p } else { b });
                 let (mut sum, mut weight) = ([0f64; 4], 0f64);
                 for (b, s) in boxes.iter().filter(|(b, _)| iou(b, &boxes[best].0) >= 0.5) {
                     for i in 0..4 {
@@ -527,6 +534,30 @@ mod tests {
         for i in 0..4 {
             assert!((f64::from(m.bbox[i]) - want[i]).abs() < 1e-6, "nms {:?} vs {want:?}", m.bbox);
         }
+        // Weighted picks the box most windows agree on, NMS the most probable window's:
+        // three windows 5 pixels apart along a 10x20 image (one class, every probability
+        // 1), the first cutting the object [8, 2, 14, 8] at its edge (IoU 1/3 with it),
+        // the other two seeing it whole.
+        #[rustfmt::skip]
+        let row = [
+            0.0, 0.0, 0.0,
+            0.8, 0.3, -0.2,   // x0: 8, 5 + 3, 10 - 2
+            0.2, 0.2, 0.2,    // y0: 2
+            1.0, 0.9, 0.4,    // x1: 10, 5 + 9, 10 + 4
+            0.8, 0.8, 0.8,    // y1: 8
+        ];
+        let one = |merge| Localizer { cfg: LocalizeConfig { merge, ..Default::default() }, classes: 1 };
+        let m = one(Merge::Weighted).merge_map(&row, [1, 3], slide, [10, 20]).unwrap();
+        let want = [8.0 / 20.0, 0.2, 14.0 / 20.0, 0.8];
+        for i in 0..4 {
+            assert!((f64::from(m.bbox[i]) - want[i]).abs() < 1e-6, "weighted {:?} vs {want:?}", m.bbox);
+        }
+        let m = one(Merge::Nms).merge_map(&row, [1, 3], slide, [10, 20]).unwrap();
+        let want = [8.0 / 20.0, 0.2, 10.0 / 20.0, 0.8];
+        for i in 0..4 {
+            assert!((f64::from(m.bbox[i]) - want[i]).abs() < 1e-6, "nms {:?} vs {want:?}", m.bbox);
+        }
+
         // The windows must lie inside the image: 2 positions of 10 pixels 5 apart need 15.
         let e = loc.merge_map(&map, [2, 2], slide, [14, 15]).unwrap_err().to_string();
         assert!(e.contains("does not fit in a 14x15 image"), "{e}");
