@@ -3,10 +3,29 @@ CARGO ?= cargo
 PYTHON ?= python3
 EXP ?= experiments/lenet5_fashion_mnist.toml
 
-.PHONY: run build test data pyarrow torch bench fmt lint clean
+.PHONY: run build build-cuda gpu-check test data pyarrow torch bench fmt lint clean
 
 build:
 	$(CARGO) build --release
+
+# The CUDA build, with no GPU and no CUDA toolkit here: NVIDIA's CUDA 13.0 compiler and
+# libraries as pinned Python wheels in .cuda/ (gpu/cuda-root.sh), then `--features cuda`
+# for compute capability $(CUDA_COMPUTE_CAP) (9.0: H100 / H200) into target/cuda/release/.
+CUDA_COMPUTE_CAP ?= 90
+build-cuda:
+	@root=$$(bash gpu/cuda-root.sh) && \
+	  PATH="$$root/bin:$$PATH" CUDA_ROOT="$$root" CUDA_PATH="$$root" \
+	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CUDAFORGE_THREADS=$${CUDAFORGE_THREADS:-2} \
+	  $(CARGO) build --release --features cuda --target-dir target/cuda --bin runner --bin runner-bench --bin runner-parity
+	@# 190 MB of binaries (mostly sm_90 kernels) in a 30 MB archive: what is carried to the GPU machine.
+	tar -C target/cuda/release -cJf target/cuda/runner-cuda.tar.xz runner runner-bench runner-parity
+	@ls -l target/cuda/runner-cuda.tar.xz
+
+# On the GPU machine, from the repository root with target/cuda/release carried along:
+# parity with the CPU, short training runs and the bench beside PyTorch (gpu/check.sh).
+gpu-check:
+	@[ -x target/cuda/release/runner ] || { mkdir -p target/cuda/release && tar -C target/cuda/release -xJf target/cuda/runner-cuda.tar.xz; }
+	bash gpu/check.sh gpu-out target/cuda/release
 
 # Fashion-MNIST from Debian's package where apt exists; otherwise the run downloads it.
 data:

@@ -5,6 +5,7 @@ src/bin/runner-bench.rs. Run with Debian's python3-torch:
 
 Prints one line `images_per_s=<x>`.
 """
+import os
 import sys
 import time
 
@@ -13,12 +14,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+# TORCH_BENCH_DEVICE=cuda runs the cases on the GPU (torch >= 2.0: set_default_device).
+DEVICE = os.environ.get("TORCH_BENCH_DEVICE", "cpu")
+
+
+def sync():
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def timed(batch, warmup, iters, step):
     for _ in range(warmup):
         step()
+    sync()
     t = time.perf_counter()
     for _ in range(iters):
         step()
+    sync()
     return batch * iters / (time.perf_counter() - t)
 
 
@@ -238,4 +250,6 @@ if __name__ == "__main__":
     case, threads = sys.argv[1], int(sys.argv[2])
     torch.manual_seed(0)
     torch.set_num_threads(threads)
+    if DEVICE != "cpu":
+        torch.set_default_device(DEVICE)
     print(f"images_per_s={CASES[case]():.1f}")

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Tensor, D};
 
 use crate::config::{LoadOptions, Tta};
 use crate::model::{weights, Model, Pass};
@@ -70,7 +70,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
     if let (crate::task::Task::Detect(yolo), Some(min)) = (&mut plan.task, req.score_min) {
         yolo.cfg.score_min = min;
     }
-    let device = Device::Cpu;
+    let device = plan.device.open()?;
     let model = Model::new(&plan.graph, plan.seed, &device)?;
     match &weights_file {
         Some(f) => {

@@ -2,7 +2,8 @@
 //!
 //!     RAYON_NUM_THREADS=2 runner-bench lenet5_train
 //!
-//! Prints one line `images_per_s=<x>`. The same cases, models and batch sizes are in
+//! Prints one line `images_per_s=<x>`. `RUNNER_BENCH_DEVICE=cuda` runs the model cases on
+//! the GPU (the loader cases stay on the CPU). The same cases, models and batch sizes are in
 //! `bench/torch_bench.py` for the PyTorch reference; `bench/run.py` runs both, alternating.
 
 use std::time::Instant;
@@ -20,15 +21,26 @@ use runner::optim::Optimizer;
 use runner::rng::Rng;
 use runner::task::Yolo;
 
+/// The device the cases run on: `RUNNER_BENCH_DEVICE` (`cpu`, the default; `cuda`, `cuda:N`).
+fn dev() -> Device {
+    static DEV: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEV.get_or_init(|| {
+        let name = std::env::var("RUNNER_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+        let choice = runner::plan::parse_device(&name).unwrap_or_else(|e| panic!("RUNNER_BENCH_DEVICE: {e}"));
+        choice.open().unwrap_or_else(|e| panic!("RUNNER_BENCH_DEVICE={name}: {e}"))
+    })
+    .clone()
+}
+
 fn rand(shape: &[usize], seed: u64, scale: f64) -> Result<Tensor> {
     let mut r = Rng::new(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| ((r.next_f64() * 2.0 - 1.0) * scale) as f32).collect();
-    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, shape, &dev())?)
 }
 
 fn labels(n: usize, classes: u32) -> Result<Tensor> {
-    Ok(Tensor::from_vec((0..n as u32).map(|i| i % classes).collect::<Vec<u32>>(), n, &Device::Cpu)?)
+    Ok(Tensor::from_vec((0..n as u32).map(|i| i % classes).collect::<Vec<u32>>(), n, &dev())?)
 }
 
 fn conv(out: usize, kernel: usize, stride: usize, padding: usize) -> Layer {
@@ -51,7 +63,7 @@ fn model(input: [usize; 3], groups: Vec<(&str, Vec<Layer>)>) -> Result<Model> {
         fully_convolutional: false,
         ..Default::default()
     };
-    Ok(Model::new(&plan_model(&cfg)?, 0, &Device::Cpu)?)
+    Ok(Model::new(&plan_model(&cfg)?, 0, &dev())?)
 }
 
 /// Times `iters` calls of `step` after `warmup` calls; returns images per second.
@@ -59,10 +71,12 @@ fn time(batch: usize, warmup: usize, iters: usize, mut step: impl FnMut() -> Res
     for _ in 0..warmup {
         step()?;
     }
+    dev().synchronize()?;
     let t = Instant::now();
     for _ in 0..iters {
         step()?;
     }
+    dev().synchronize()?;
     Ok((batch * iters) as f64 / t.elapsed().as_secs_f64())
 }
 
@@ -100,8 +114,8 @@ fn resnet_cifar_train() -> Result<f64> {
     let var = |shape: &[usize], seed: u64, fan_in: usize| -> Result<Var> {
         Ok(Var::from_tensor(&rand(shape, seed, 1.0 / (fan_in as f64).sqrt())?)?)
     };
-    let ones = || -> Result<Var> { Ok(Var::from_tensor(&Tensor::ones(64, DType::F32, &Device::Cpu)?)?) };
-    let zeros = || -> Result<Var> { Ok(Var::from_tensor(&Tensor::zeros(64, DType::F32, &Device::Cpu)?)?) };
+    let ones = || -> Result<Var> { Ok(Var::from_tensor(&Tensor::ones(64, DType::F32, &dev())?)?) };
+    let zeros = || -> Result<Var> { Ok(Var::from_tensor(&Tensor::zeros(64, DType::F32, &dev())?)?) };
     let params: Vec<(String, Var)> = vec![
         ("stem.w".into(), var(&[64, 3, 3, 3], 1, 27)?),
         ("stem.b".into(), zeros()?),
@@ -302,7 +316,7 @@ fn yolo_shapes_train() -> Result<f64> {
     }
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/models/yolo_shapes.toml");
     let file: ModelFile = toml::from_str(&std::fs::read_to_string(path)?)?;
-    let m = Model::new(&plan_model(&file.model)?, 0, &Device::Cpu)?;
+    let m = Model::new(&plan_model(&file.model)?, 0, &dev())?;
     let yolo = Yolo { cfg: DetectConfig { grid: 10, boxes: 2, ..Default::default() }, classes: 5 };
     let x = rand(&[32, 3, 160, 160], 7, 1.0)?;
     let objects: Vec<Vec<Object>> = (0..32)
@@ -336,7 +350,7 @@ fn fcn_shapes_train() -> Result<f64> {
     }
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/models/fcn_shapes.toml");
     let file: ModelFile = toml::from_str(&std::fs::read_to_string(path)?)?;
-    let m = Model::new(&plan_model(&file.model)?, 0, &Device::Cpu)?;
+    let m = Model::new(&plan_model(&file.model)?, 0, &dev())?;
     let seg = runner::task::Segmenter { cfg: Default::default(), classes: 6 };
     let x = rand(&[32, 3, 160, 160], 9, 1.0)?;
     // Square objects of class (i % 5) + 1 on background, a 2-pixel void band around them.

@@ -5,8 +5,8 @@
 //!
 //! candle 0.11's `max_pool2d` scales its gradient by 1/(k*k) and cannot train when the
 //! kernel differs from the stride (see `../shared/reference/findings.md`); it is not used.
-//! On devices other than the CPU, pools with stride == kernel and no padding are built from
-//! candle's reshape and reductions, which give exact gradients; others are an error there.
+//! On devices other than the CPU, pooling is built from candle's own ops with the same
+//! values and gradients ([`pool2d_composed`]).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
@@ -295,21 +295,110 @@ pub fn pool2d(x: &Tensor, kind: PoolKind, g: PoolGeom) -> Result<Tensor> {
     if x.device().is_cpu() {
         return x.contiguous()?.apply_op1(PoolOp(kind, g, Mutex::new(None)));
     }
-    // Other devices: non-overlapping windows as a reshape and a reduction.
+    pool2d_composed(x, kind, g)
+}
+
+/// Pooling from candle's own ops, for devices without the custom op (any kernel, stride,
+/// padding and `ceil_mode`), with the CPU kernel's values and gradients (the tests compare
+/// them). Windows that tile the input are a reshape; otherwise the input is padded (the
+/// lowest value for max, zeros for average) to cover every window and each of the k x k
+/// offsets gathered by `index_select` (whose gradient is a scatter-add). Max takes the
+/// first maximum, average the sum over the CPU kernel's divisor.
+pub fn pool2d_composed(x: &Tensor, kind: PoolKind, g: PoolGeom) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    g.validate(h, w).map_err(candle_core::Error::Msg)?;
+    if g.stride == g.kernel && g.padding == 0 && h % g.kernel == 0 && w % g.kernel == 0 {
+        // Non-overlapping windows that tile the input: a reshape and a reduction.
+        let (n, c, k) = (x.dim(0)?, x.dim(1)?, g.kernel);
+        let x = x.reshape((n, c, h / k, k, w / k, k))?;
+        return match kind {
+            PoolKind::Max => {
+                let windows = x.permute((0, 1, 2, 4, 3, 5))?.reshape((n, c, h / k, w / k, k * k))?;
+                let slices: Vec<Tensor> =
+                    (0..k * k).map(|i| windows.narrow(4, i, 1)?.squeeze(4)).collect::<Result<_>>()?;
+                first_max(&slices)
+            }
+            PoolKind::Avg => x.mean(5)?.mean(3),
+        };
+    }
+    gathered(x, kind, g)
+}
+
+/// The element-wise maximum of `slices` whose gradient goes to the first slice holding it
+/// (candle's `maximum` would split it between ties): `sum_k slice_k * first_k`, where
+/// `first_k` (no gradient) marks where slice k is the first maximum.
+fn first_max(slices: &[Tensor]) -> Result<Tensor> {
+    let mut m = slices[0].detach();
+    for s in &slices[1..] {
+        m = m.maximum(&s.detach())?;
+    }
+    let mut taken = m.zeros_like()?;
+    let mut out: Option<Tensor> = None;
+    for s in slices {
+        let first = (s.detach().eq(&m)?.to_dtype(m.dtype())? * (1.0 - &taken)?)?;
+        taken = (taken + &first)?;
+        let term = (s * first)?;
+        out = Some(match out {
+            None => term,
+            Some(o) => (o + term)?,
+        });
+    }
+    Ok(out.expect("a window holds at least one value"))
+}
+
+fn gathered(x: &Tensor, kind: PoolKind, g: PoolGeom) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    if g.stride != g.kernel || g.padding != 0 {
-        candle_core::bail!(
-            "pooling with stride != kernel or padding runs on the CPU only for now (device {:?})",
-            x.device().location()
-        );
-    }
+    let (k, s, p) = (g.kernel, g.stride, g.padding);
     let (oh, ow) = (g.out_size(h), g.out_size(w));
-    let k = g.kernel;
-    let x = x.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)?.reshape((n, c, oh, k, ow, k))?;
-    match kind {
-        PoolKind::Max => x.max(5)?.max(3),
-        PoolKind::Avg => x.mean(5)?.mean(3),
+    let fill = match kind {
+        PoolKind::Max => match x.dtype() {
+            candle_core::DType::F64 => f64::MIN,
+            _ => f32::MIN as f64,
+        },
+        PoolKind::Avg => 0.0,
+    };
+    // Padded: p before, and after up to the end of the last window (at least p).
+    let pad = |t: Tensor, dim: usize, size: usize, out: usize| -> Result<Tensor> {
+        let after = ((out - 1) * s + k).saturating_sub(size + p).max(p);
+        let mut shape = t.dims().to_vec();
+        let mut parts = Vec::new();
+        if p > 0 {
+            shape[dim] = p;
+            parts.push(Tensor::full(fill, shape.as_slice(), t.device())?.to_dtype(t.dtype())?);
+        }
+        parts.push(t.clone());
+        if after > 0 {
+            shape[dim] = after;
+            parts.push(Tensor::full(fill, shape.as_slice(), t.device())?.to_dtype(t.dtype())?);
+        }
+        Tensor::cat(&parts, dim)
+    };
+    let xp = pad(pad(x.clone(), 2, h, oh)?, 3, w, ow)?;
+    let index = |i: usize, len: usize| {
+        Tensor::from_vec((0..len).map(|o| (o * s + i) as u32).collect::<Vec<_>>(), len, x.device())
+    };
+    let mut slices = Vec::with_capacity(k * k);
+    for i in 0..k {
+        let rows = xp.index_select(&index(i, oh)?, 2)?;
+        for j in 0..k {
+            slices.push(rows.index_select(&index(j, ow)?, 3)?);
+        }
     }
+    match kind {
+        PoolKind::Max => first_max(&slices),
+        PoolKind::Avg => {
+            // The CPU kernel's divisor: each window clipped to the padded input.
+            let counts = |size: usize, out: usize| -> Vec<f64> {
+                (0..out).map(|o| ((o * s + k).min(size + 2 * p) - o * s) as f64).collect()
+            };
+            let (ch, cw) = (counts(h, oh), counts(w, ow));
+            let inv: Vec<f64> = ch.iter().flat_map(|a| cw.iter().map(move |b| 1.0 / (a * b))).collect();
+            let inv = Tensor::from_vec(inv, (1, 1, oh, ow), x.device())?.to_dtype(x.dtype())?;
+            let sum = Tensor::stack(&slices, 0)?.sum(0)?;
+            sum.broadcast_mul(&inv)
+        }
+    }
+    .map(|t| t.reshape((n, c, oh, ow)))?
 }
 
 #[cfg(test)]
@@ -370,6 +459,42 @@ mod tests {
                 // Random values have no ties, so max is differentiable at the test point.
                 let x = Var::from_tensor(&rand_tensor(&[2, 3, 7, 6], 7, DType::F64)).unwrap();
                 check_grads(&[&x], |v| pool2d(v[0], kind, g), &format!("{kind:?} {g:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn composed_pooling_equals_the_cpu_kernel() {
+        // What other devices run, checked here against the CPU kernel: values and the
+        // gradient of sum(y * r), ties included (ReLU zeros, a constant plane), where both
+        // send the gradient to a window's first maximum.
+        let geoms = [
+            PoolGeom::new(2, 2),
+            PoolGeom::new(3, 2),
+            PoolGeom::new(3, 3),
+            PoolGeom { padding: 1, ..PoolGeom::new(3, 2) },
+            PoolGeom { ceil_mode: true, ..PoolGeom::new(2, 2) },
+            PoolGeom { padding: 1, ceil_mode: true, ..PoolGeom::new(3, 2) },
+            PoolGeom::new(8, 1),
+            PoolGeom::new(4, 4),
+        ];
+        // 8x8: kernels 2 and 4 tile it (the reshape), the others gather.
+        let base = rand_tensor(&[2, 3, 8, 8], 7, DType::F64).relu().unwrap();
+        let tied = Tensor::cat(&[base.narrow(1, 0, 2).unwrap(), base.narrow(1, 2, 1).unwrap().ones_like().unwrap()], 1)
+            .unwrap();
+        for g in geoms {
+            for kind in [PoolKind::Max, PoolKind::Avg] {
+                let x = Var::from_tensor(&tied).unwrap();
+                let cpu = pool2d(x.as_tensor(), kind, g).unwrap();
+                let r = rand_tensor(cpu.dims(), 5, DType::F64);
+                let gc = (&cpu * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let other = pool2d_composed(x.as_tensor(), kind, g).unwrap();
+                let go = (&other * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let d = (cpu - other).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                assert!(d < 1e-12, "{kind:?} {g:?}: values differ by {d}");
+                let (a, b) = (gc.get(&x).unwrap(), go.get(&x).unwrap());
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                assert!(d < 1e-12, "{kind:?} {g:?}: gradients differ by {d}");
             }
         }
     }

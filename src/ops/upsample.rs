@@ -1,6 +1,7 @@
 //! Upsampling `[n, c, h, w]` to `[n, c, oh, ow]`, nearest and bilinear (`align_corners =
 //! false`, PyTorch's default), as one custom op with a backward: candle 0.11's
 //! `upsample_bilinear2d` has none, and its nearest backward only takes integer factors.
+//! Other devices run the same taps as two matrix products ([`upsample2d_composed`]).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -142,15 +143,29 @@ pub fn upsample2d(x: &Tensor, mode: UpsampleMode, (oh, ow): (usize, usize)) -> R
     if x.device().is_cpu() {
         return x.contiguous()?.apply_op1(Upsample(mode, oh, ow));
     }
-    let (h, w) = (x.dim(2)?, x.dim(3)?);
-    match mode {
-        // candle's nearest backward is exact for integer factors.
-        UpsampleMode::Nearest if oh % h == 0 && ow % w == 0 => x.upsample_nearest2d(oh, ow),
-        _ => candle_core::bail!(
-            "{mode:?} upsampling from {h}x{w} to {oh}x{ow} runs on the CPU only for now (device {:?})",
-            x.device().location()
-        ),
+    upsample2d_composed(x, mode, (oh, ow))
+}
+
+/// One axis's taps as a matrix `[output, input]`: row o holds its weights.
+fn tap_matrix(mode: UpsampleMode, input: usize, output: usize) -> Vec<f64> {
+    let mut m = vec![0f64; output * input];
+    for (o, (i0, i1, l)) in taps(mode, input, output).into_iter().enumerate() {
+        m[o * input + i0] += 1.0 - l;
+        m[o * input + i1] += l;
     }
+    m
+}
+
+/// Upsampling from candle's own ops, for devices without the custom op: the CPU kernel's
+/// taps as matrices, `A_h x A_w^T` (two matrix products, whose gradients are exact). The
+/// values equal the CPU kernel's up to float rounding (the tests compare them).
+pub fn upsample2d_composed(x: &Tensor, mode: UpsampleMode, (oh, ow): (usize, usize)) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (dev, dt) = (x.device(), x.dtype());
+    let aw = Tensor::from_vec(tap_matrix(mode, w, ow), (ow, w), dev)?.to_dtype(dt)?.t()?.contiguous()?;
+    let ah = Tensor::from_vec(tap_matrix(mode, h, oh), (oh, h), dev)?.to_dtype(dt)?;
+    let y = x.contiguous()?.reshape((n * c * h, w))?.matmul(&aw)?.reshape((n * c, h, ow))?;
+    ah.broadcast_left(n * c)?.contiguous()?.matmul(&y)?.reshape((n, c, oh, ow))
 }
 
 #[cfg(test)]
@@ -174,6 +189,27 @@ mod tests {
             let x = Var::from_tensor(&rand_tensor(&[2, 2, 4, 5], 11, DType::F64)).unwrap();
             check_grads(&[&x], |v| upsample2d(v[0], UpsampleMode::Bilinear, (oh, ow)), "bilinear");
             check_grads(&[&x], |v| upsample2d(v[0], UpsampleMode::Nearest, (oh, ow)), "nearest");
+        }
+    }
+
+    #[test]
+    fn composed_upsampling_equals_the_cpu_kernel() {
+        // What other devices run, checked here against the CPU kernel: values and the
+        // gradient of sum(y * r), for FCN's x2 / x4 and sizes that are not multiples.
+        for mode in [UpsampleMode::Bilinear, UpsampleMode::Nearest] {
+            for (hw, out) in [((5, 4), (10, 8)), ((5, 4), (20, 16)), ((5, 4), (7, 9)), ((3, 3), (2, 2))] {
+                let x = Var::from_tensor(&rand_tensor(&[2, 3, hw.0, hw.1], 7, DType::F64)).unwrap();
+                let cpu = upsample2d(x.as_tensor(), mode, out).unwrap();
+                let r = rand_tensor(cpu.dims(), 5, DType::F64);
+                let gc = (&cpu * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let other = upsample2d_composed(x.as_tensor(), mode, out).unwrap();
+                let go = (&other * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let d = (cpu - other).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                assert!(d < 1e-12, "{mode:?} {hw:?} -> {out:?}: values differ by {d}");
+                let (a, b) = (gc.get(&x).unwrap(), go.get(&x).unwrap());
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                assert!(d < 1e-12, "{mode:?} {hw:?} -> {out:?}: gradients differ by {d}");
+            }
         }
     }
 }

@@ -485,19 +485,18 @@ impl DeviceChoice {
                 if !candle_core::utils::cuda_is_available() {
                     anyhow::bail!("device cuda:{n} asked for, but this runner was built without CUDA (build with `--features cuda`)");
                 }
-                Ok(Device::new_cuda(n)?)
+                Device::new_cuda(n).map_err(|e| anyhow::anyhow!("device cuda:{n}: the GPU did not answer: {e}"))
             }
         }
     }
 }
 
+/// `cpu`, or `cuda:N` with the GPU's ordinal (`metal:N`): what the run folder records.
 pub fn device_name(d: &Device) -> String {
-    if d.is_cuda() {
-        "cuda".into()
-    } else if d.is_metal() {
-        "metal".into()
-    } else {
-        "cpu".into()
+    match d.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
 
@@ -621,6 +620,7 @@ mod tests {
         let e = parse_device("gpu").unwrap_err();
         assert!(e.contains("\"cuda:N\"") && e.contains("\"gpu\""), "{e}");
         assert!(parse_device("cuda:x").is_err());
+        assert_eq!(device_name(&Device::Cpu), "cpu");
         // Without the `cuda` feature (as built here), asking for CUDA is a clear error.
         if !candle_core::utils::cuda_is_available() {
             let e = DeviceChoice::Cuda(0).open().unwrap_err().to_string();

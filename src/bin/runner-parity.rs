@@ -1,0 +1,199 @@
+//! Every layer kind and the course's models on a device against the CPU, for the GPU check
+//! (`gpu/check.sh`):
+//!
+//!     runner-parity cuda:0
+//!
+//! Each case builds the same model (same seed, same weights) on the CPU and on the device,
+//! feeds both the same batch, and compares the training-mode output and the gradients of
+//! `mean(y * r)` (a fixed random `r`) with respect to the input and every parameter; the
+//! models then take three SGD steps on both, and the losses of each step are compared.
+//! Prints one line per case, `parity <case> out=<max abs diff> grad=<max abs diff>
+//! tol=<tolerance> ok|FAIL`, relative to the largest CPU value of each; exits 1 when a case
+//! fails. `runner-parity cpu` compares the CPU with itself: a dry run of the cases.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use runner::config::{GroupConfig, Layer, LayerKind, ModelConfig, OptimizerConfig};
+use runner::model::{plan_model, Model, Pass};
+use runner::optim::{collect_grads, Optimizer};
+use runner::rng::Rng;
+
+/// Relative tolerance: the device's float sums run in other orders than the CPU's.
+const TOL: f64 = 1e-4;
+
+fn rand(shape: &[usize], seed: u64) -> Result<Tensor> {
+    let mut r = Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+/// The largest absolute difference between `a` and `b` over the largest absolute value of `a`.
+fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+    let scale = a.abs()?.max_all()?.to_scalar::<f64>()?.max(1e-12);
+    Ok((a - b)?.abs()?.max_all()?.to_scalar::<f64>()? / scale)
+}
+
+/// The output and the gradients (input first, then each parameter by name) of `mean(y * r)`.
+fn run(cfg: &ModelConfig, x: &Tensor, device: &Device) -> Result<(Tensor, Vec<Tensor>)> {
+    let model = Model::new(&plan_model(cfg)?, 0, device)?;
+    let x = Var::from_tensor(&x.to_device(device)?)?;
+    let y = model.forward(x.as_tensor(), Pass { train: true, seed: 0, epoch: 0, step: 0 })?;
+    let r = rand(y.dims(), 99)?.to_device(device)?;
+    let grads = (&y * &r)?.mean_all()?.backward()?;
+    let mut out = vec![grads.get(&x).context("no gradient for the input")?.clone()];
+    for (name, v) in &model.params {
+        out.push(grads.get(v).with_context(|| format!("no gradient for {name}"))?.clone());
+    }
+    Ok((y, out))
+}
+
+fn layer_case(name: &str, input: [usize; 4], layers: Vec<LayerKind>, device: &Device) -> Result<bool> {
+    let cfg = ModelConfig {
+        input: input[1..].to_vec(),
+        groups: vec![GroupConfig::new("g", layers.into_iter().map(Layer).collect())],
+        ..Default::default()
+    };
+    let x = rand(&input, 7)?;
+    let (y0, g0) = run(&cfg, &x, &Device::Cpu)?;
+    let (y1, g1) = run(&cfg, &x, device)?;
+    let out = rel_diff(&y0, &y1)?;
+    let mut grad = 0f64;
+    for (a, b) in g0.iter().zip(&g1) {
+        grad = grad.max(rel_diff(a, b)?);
+    }
+    Ok(report(name, out, grad))
+}
+
+fn report(name: &str, out: f64, grad: f64) -> bool {
+    let ok = out <= TOL && grad <= TOL;
+    println!("parity {name} out={out:.2e} grad={grad:.2e} tol={TOL:.0e} {}", if ok { "ok" } else { "FAIL" });
+    ok
+}
+
+/// Three SGD steps of a committed model on both devices: the losses of each step.
+fn model_case(file: &str, batch: usize, device: &Device) -> Result<bool> {
+    #[derive(serde::Deserialize)]
+    struct ModelFile {
+        model: ModelConfig,
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/models").join(file);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut cfg = toml::from_str::<ModelFile>(&text).with_context(|| path.display().to_string())?.model;
+    cfg.drop_inits();
+    let mut input = vec![batch];
+    input.extend(&cfg.input);
+    let x = rand(&input, 3)?;
+    let losses = |device: &Device| -> Result<Vec<f64>> {
+        let model = Model::new(&plan_model(&cfg)?, 0, device)?;
+        let x = x.to_device(device)?;
+        let mut opt = Optimizer::new(&OptimizerConfig::Sgd {
+            lr: 0.01,
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 5e-4,
+        });
+        let mut out = Vec::new();
+        for step in 0..3 {
+            let y = model.forward(&x, Pass { train: true, seed: 0, epoch: 0, step })?;
+            let r = rand(y.dims(), 99)?.to_device(device)?;
+            let loss = (&y * &r)?.mean_all()?;
+            out.push(loss.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+            let grads = collect_grads(&loss.backward()?, model.params.iter());
+            opt.step(0.01, model.params.iter(), &grads, &Default::default())?;
+        }
+        Ok(out)
+    };
+    let (a, b) = (losses(&Device::Cpu)?, losses(device)?);
+    let scale = a.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale;
+    println!("parity {file} losses cpu={a:?} device={b:?}");
+    Ok(report(&format!("{file}_3_steps"), d, 0.0))
+}
+
+fn main() -> Result<()> {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "cuda:0".into());
+    let device = match runner::plan::parse_device(&which).map_err(anyhow::Error::msg)? {
+        runner::plan::DeviceChoice::Cpu => Device::Cpu,
+        choice => choice.open()?,
+    };
+    println!("parity device {}", runner::plan::device_name(&device));
+    let conv = |out, kernel, stride, padding, dilation, groups| LayerKind::Conv2d {
+        inp: None,
+        out,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        groups,
+        bias: true,
+    };
+    let pool = |max: bool, kernel, stride, padding, ceil_mode| {
+        if max {
+            LayerKind::Maxpool { kernel, stride: Some(stride), padding, ceil_mode }
+        } else {
+            LayerKind::Avgpool { kernel, stride: Some(stride), padding, ceil_mode }
+        }
+    };
+    let up = |mode: &str, scale| LayerKind::Upsample { mode: mode.into(), scale: Some(scale), size: None };
+    let bn = || LayerKind::Batchnorm { eps: 1e-5, momentum: 0.1 };
+    let cases: Vec<(&str, [usize; 4], Vec<LayerKind>)> = vec![
+        ("conv3x3", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 1)]),
+        ("conv3x3_stride2", [4, 8, 12, 12], vec![conv(16, 3, 2, 1, 1, 1)]),
+        ("conv5x5_dilation2", [4, 8, 12, 12], vec![conv(16, 5, 1, 4, 2, 1)]),
+        ("conv3x3_groups2", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 2)]),
+        ("conv11x11_stride4", [2, 3, 35, 35], vec![conv(8, 11, 4, 2, 1, 1)]),
+        (
+            "conv_transpose4x4_stride2",
+            [4, 6, 9, 9],
+            vec![LayerKind::ConvTranspose2d {
+                inp: None,
+                out: 6,
+                kernel: 4,
+                stride: 2,
+                padding: 0,
+                output_padding: 0,
+                dilation: 1,
+                groups: 1,
+                bias: true,
+                init: None,
+                trainable: true,
+            }],
+        ),
+        ("maxpool2", [4, 8, 12, 12], vec![pool(true, 2, 2, 0, false)]),
+        ("maxpool3_stride2", [4, 8, 13, 13], vec![pool(true, 3, 2, 0, false)]),
+        ("maxpool3_stride2_pad1_ceil", [4, 8, 12, 12], vec![pool(true, 3, 2, 1, true)]),
+        ("maxpool8_stride1", [4, 8, 12, 12], vec![pool(true, 8, 1, 0, false)]),
+        ("avgpool3_stride1_pad1", [4, 8, 12, 12], vec![pool(false, 3, 1, 1, false)]),
+        ("global_avgpool", [4, 8, 12, 12], vec![LayerKind::GlobalAvgpool {}]),
+        ("upsample_bilinear2", [4, 6, 10, 10], vec![up("bilinear", 2)]),
+        ("upsample_bilinear4", [4, 6, 10, 10], vec![up("bilinear", 4)]),
+        ("upsample_nearest2", [4, 6, 10, 10], vec![up("nearest", 2)]),
+        ("batchnorm_relu", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 1), bn(), LayerKind::Relu {}]),
+        ("leaky_relu", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 1), LayerKind::LeakyRelu { slope: 0.1 }]),
+        ("sigmoid", [4, 8, 6, 6], vec![LayerKind::Sigmoid {}]),
+        (
+            "linear_dropout",
+            [4, 8, 6, 6],
+            vec![
+                LayerKind::Flatten {},
+                LayerKind::Linear { inp: None, out: 32, bias: true },
+                LayerKind::Dropout { p: 0.5 },
+            ],
+        ),
+    ];
+    let mut ok = true;
+    for (name, input, layers) in cases {
+        ok &= layer_case(name, input, layers, &device).with_context(|| name.to_string())?;
+    }
+    for (file, batch) in [("lenet5.toml", 8), ("monster.toml", 8), ("fcn_shapes.toml", 2), ("yolo_shapes.toml", 2)] {
+        ok &= model_case(file, batch, &device).with_context(|| file.to_string())?;
+    }
+    if !ok {
+        bail!("some cases differ from the CPU by more than {TOL:.0e}");
+    }
+    Ok(())
+}
