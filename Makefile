@@ -17,7 +17,7 @@ build-cuda:
 	  PATH="$$root/bin:$$PATH" CUDA_ROOT="$$root" CUDA_PATH="$$root" \
 	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CUDAFORGE_THREADS=$${CUDAFORGE_THREADS:-2} \
 	  $(CARGO) build --release --features cuda --target-dir target/cuda --bin runner --bin runner-bench --bin runner-parity
-	@# 190 MB of binaries (mostly sm_90 kernels) in a 30 MB archive: what is carried to the GPU machine.
+	@# 208 MB of binaries (mostly sm_90 kernels) in a 25 MB archive: what is carried to the GPU machine.
 	tar -C target/cuda/release -cJf target/cuda/runner-cuda.tar.xz runner runner-bench runner-parity
 	@ls -l target/cuda/runner-cuda.tar.xz
 
