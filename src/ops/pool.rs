@@ -102,6 +102,42 @@ fn forward<T: Elem>(x: &[T], d: &Dims, kind: PoolKind) -> (Vec<T>, Vec<u32>) {
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
     let mut out = vec![T::default(); d.planes * ohw];
     let mut arg = vec![0u32; if kind == PoolKind::Max { d.planes * ohw } else { 0 }];
+    // Max over windows that all lie inside the input (no padding, no ceil overhang), the
+    // common case (2x2 stride 2): direct indices, the same first maximum and NaN rule.
+    let inside =
+        d.g.padding == 0 && (d.oh - 1) * d.g.stride + d.g.kernel <= d.h && (d.ow - 1) * d.g.stride + d.g.kernel <= d.w;
+    let fast = |(pl, (o, a)): (usize, (&mut [T], &mut [u32]))| {
+        let plane = &x[pl * hw..(pl + 1) * hw];
+        let (k, s) = (d.g.kernel, d.g.stride);
+        for y in 0..d.oh {
+            for xo in 0..d.ow {
+                let start = y * s * d.w + xo * s;
+                let mut best = start;
+                let mut top = plane[start];
+                for r in 0..k {
+                    let row = start + r * d.w;
+                    for (j, &v) in plane[row..row + k].iter().enumerate() {
+                        // `v != v`: a NaN wins, as in the general loop.
+                        #[allow(clippy::eq_op)]
+                        if v > top || v != v {
+                            top = v;
+                            best = row + j;
+                        }
+                    }
+                }
+                o[y * d.ow + xo] = top;
+                a[y * d.ow + xo] = best as u32;
+            }
+        }
+    };
+    if kind == PoolKind::Max && inside {
+        if super::parallel(out.len() * d.g.kernel * d.g.kernel) {
+            out.par_chunks_mut(ohw).zip(arg.par_chunks_mut(ohw)).enumerate().for_each(fast);
+        } else {
+            out.chunks_mut(ohw).zip(arg.chunks_mut(ohw)).enumerate().for_each(fast);
+        }
+        return (out, arg);
+    }
     let one = |(pl, (o, a)): (usize, (&mut [T], &mut [u32]))| {
         let plane = &x[pl * hw..(pl + 1) * hw];
         for y in 0..d.oh {
