@@ -165,6 +165,11 @@ pub fn roc(path: &Path, curves: &[crate::metrics::RocCurve]) -> Result<()> {
     line_chart(path, "ROC (test)", "false-positive rate", "true-positive rate", &series)
 }
 
+/// The first `n` characters of a label (not bytes: a class may be named `café` or `猫`).
+fn shorten(name: &str, n: usize) -> String {
+    name.chars().take(n).collect()
+}
+
 /// A heat map of `m[true][pred]` with the counts written in the cells.
 pub fn confusion(path: &Path, m: &[Vec<u64>], names: &[String]) -> Result<()> {
     let n = m.len();
@@ -196,15 +201,13 @@ pub fn confusion(path: &Path, m: &[Vec<u64>], names: &[String]) -> Result<()> {
             }
             let style = (FONT, font_size).into_font();
             let y = oy + (i as u32 * cell) as i32 + cell as i32 / 3;
-            let mut name = label(i);
-            name.truncate(18);
+            let name = shorten(&label(i), 18);
             root.draw(&Text::new(name, (8, y), style)).map_err(|e| anyhow!("{e}"))?;
         }
         for j in 0..n {
             let style = (FONT, font_size).into_font().transform(FontTransform::Rotate270);
             let x = ox + (j as u32 * cell) as i32 + cell as i32 / 3;
-            let mut name = label(j);
-            name.truncate(12);
+            let name = shorten(&label(j), 12);
             root.draw(&Text::new(name, (x, oy - 6), style)).map_err(|e| anyhow!("{e}"))?;
         }
         Ok(())
@@ -360,4 +363,20 @@ fn grid(path: &Path, images: &[(Vec<u8>, [usize; 2], Vec<Labelled>)], cols: usiz
         }
     }
     boxes_on_image(path, &planar, [gh, gw], &boxes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_non_ascii_class_names_are_shortened_by_characters() {
+        // Cutting at byte 18 or 12 would fall inside a multi-byte character and panic.
+        assert_eq!(shorten("écureuil roux d'Europe", 12), "écureuil rou");
+        assert_eq!(shorten("猫猫猫猫猫猫猫猫猫猫猫猫猫", 12).chars().count(), 12);
+        let d = tempfile::tempdir().unwrap();
+        let names = vec!["écureuil roux d'Europe, très long".to_string(), "猫".repeat(20)];
+        confusion(&d.path().join("c.png"), &[vec![3, 1], vec![0, 4]], &names).unwrap();
+        assert!(d.path().join("c.png").is_file());
+    }
 }

@@ -468,8 +468,13 @@ impl Session<'_> {
         // The learning rate of each step; logged with the epoch, so that the tables only
         // ever hold finished epochs.
         let mut lr_rows = Vec::new();
+        // `-v`: per batch, the time spent waiting for the loader and the step's own time.
+        let (mut waited, mut asked) = (std::time::Duration::ZERO, std::time::Instant::now());
         for (b, batch) in loader::batches(split.clone(), &spec, epoch).enumerate() {
             let batch = batch?;
+            let wait = asked.elapsed();
+            waited += wait;
+            let step_started = std::time::Instant::now();
             skipped += batch.skipped.len();
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(None);
@@ -523,6 +528,15 @@ impl Session<'_> {
                     wall_time_s: self.log.elapsed_s(),
                 });
             }
+            tracing::debug!(
+                "epoch {} batch {}/{n_batches}: {:.1} ms waiting for data, {:.1} ms computing, {} samples",
+                epoch + 1,
+                b + 1,
+                wait.as_secs_f64() * 1e3,
+                step_started.elapsed().as_secs_f64() * 1e3,
+                batch.labels.len().max(batch.indices.len())
+            );
+            asked = std::time::Instant::now();
             bar.inc(1);
             let rate = stats.count() as f64 / started.elapsed().as_secs_f64();
             let epochs = plan.train.epochs;
@@ -538,7 +552,15 @@ impl Session<'_> {
             }
         }
         bar.finish_and_clear();
-        Ok(Some(Trained { stats, lr_rows, skipped, seconds: started.elapsed().as_secs_f64(), lr }))
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::debug!(
+            "epoch {}: {:.1} s, of which {:.1} s ({:.1}%) waiting for the loader",
+            epoch + 1,
+            seconds,
+            waited.as_secs_f64(),
+            100.0 * waited.as_secs_f64() / seconds.max(1e-9)
+        );
+        Ok(Some(Trained { stats, lr_rows, skipped, seconds, lr }))
     }
 
     /// The epoch's rows and tables: the learning rates, the train and test metrics, the

@@ -83,12 +83,62 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     }
 
     let mut value = figment.find_value("").map_err(|e| one_problem(format!("{}: {e}", path.display())))?;
+    one_optimizer(&figment, &mut value, &files)?;
     let mut config = deserialize_reporting_all(&figment, &mut value)?;
     config.metrics.fill_defaults(&config.task);
     if matches!(config.task, super::TaskConfig::Segment(_)) && config.data.dataset == super::DatasetKind::Voc {
         config.data.voc.get_or_insert_with(Default::default).masks.get_or_insert(true);
     }
     Ok(Loaded { config, path: path.to_path_buf(), files, sets: opts.sets.clone(), figment })
+}
+
+/// `[train] optimizer` names one optimizer. Tables merge key by key, so an experiment that
+/// sets `optimizer = { adam = ... }` over an extended file's `{ sgd = ... }` would hold
+/// both: the optimizer of the latest source (file in merge order, then the environment,
+/// then `--set`) replaces the earlier ones. Two optimizers from the same source are an
+/// error naming them.
+fn one_optimizer(figment: &Figment, value: &mut Value, files: &[PathBuf]) -> Result<(), ConfigError> {
+    let Value::Dict(_, root) = value else { return Ok(()) };
+    let Some(Value::Dict(_, train)) = root.get_mut("train") else { return Ok(()) };
+    let Some(Value::Dict(_, opt)) = train.get_mut("optimizer") else { return Ok(()) };
+    if opt.len() < 2 {
+        return Ok(());
+    }
+    // Where each named optimizer was set: its place in the merge order and a description.
+    let rank = |v: &Value| -> (usize, String) {
+        match figment.get_metadata(v.tag()) {
+            Some(md) => {
+                let r = match &md.source {
+                    Some(Source::File(p)) => files.iter().position(|f| f == p).unwrap_or(0),
+                    Some(Source::Custom(_)) => files.len() + 1,
+                    _ => files.len(),
+                };
+                (r, describe_metadata(md))
+            }
+            None => (0, "config".into()),
+        }
+    };
+    let ranked: Vec<(String, usize, String)> = opt
+        .iter()
+        .map(|(k, v)| {
+            let (r, src) = rank(v);
+            (k.clone(), r, src)
+        })
+        .collect();
+    let top = ranked.iter().map(|r| r.1).max().unwrap_or(0);
+    let latest: Vec<&(String, usize, String)> = ranked.iter().filter(|r| r.1 == top).collect();
+    // Several --set overrides share one rank: two names from --set are an error too.
+    if latest.len() > 1 {
+        let names: Vec<String> = latest.iter().map(|(k, _, src)| format!("`{k}` ({src})")).collect();
+        return Err(one_problem(format!(
+            "key `train.optimizer`: names {} optimizers, {}: keep one",
+            names.len(),
+            names.join(" and ")
+        )));
+    }
+    let keep = latest[0].0.clone();
+    opt.retain(|k, _| *k == keep);
+    Ok(())
 }
 
 /// Depth-first: a file's extended files come before it, in the order listed.

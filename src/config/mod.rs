@@ -568,11 +568,16 @@ pub enum Mode {
 
 impl Mode {
     /// `min` for losses and error rates, `max` for the rest.
+    /// The direction `metric` declares ([`MetricName::lower_is_better`]); the name may
+    /// carry its split (`test.fp_rate`). A name that is no metric (a column of another
+    /// tool's table) falls back to `Min` when it mentions a loss or an error.
     pub fn for_metric(metric: &str) -> Mode {
-        if metric.contains("loss") || metric.contains("error") {
-            Mode::Min
-        } else {
-            Mode::Max
+        let name = metric.rsplit('.').next().unwrap_or(metric);
+        match MetricName::parse(name) {
+            Some(m) if m.lower_is_better() => Mode::Min,
+            Some(_) => Mode::Max,
+            None if metric.contains("loss") || metric.contains("error") => Mode::Min,
+            None => Mode::Max,
         }
     }
 
@@ -856,6 +861,38 @@ impl MetricName {
         })
     }
 
+    /// Whether a smaller value is better: each metric declares its direction.
+    pub fn lower_is_better(self) -> bool {
+        match self {
+            MetricName::Loss
+            | MetricName::ErrorRate
+            | MetricName::BalancedErrorRate
+            | MetricName::PerClassError
+            | MetricName::FpRate
+            | MetricName::LocalizationError
+            | MetricName::BoxL2 => true,
+            MetricName::Accuracy
+            | MetricName::TopK(_)
+            | MetricName::TpRate
+            | MetricName::Roc
+            | MetricName::RocAuc
+            | MetricName::RocAucMacro
+            | MetricName::RocAucMicro
+            | MetricName::ConfusionMatrix
+            | MetricName::Map50
+            | MetricName::Map50Voc07
+            | MetricName::Ap50
+            | MetricName::Precision
+            | MetricName::Recall
+            | MetricName::PixelAccuracy
+            | MetricName::MeanAccuracy
+            | MetricName::Miou
+            | MetricName::FrequencyWeightedIou
+            | MetricName::Iou
+            | MetricName::MeanIou => false,
+        }
+    }
+
     /// A single number per epoch (not per class, not a curve or a table).
     pub fn is_scalar(self) -> bool {
         !matches!(
@@ -965,5 +1002,31 @@ impl MetricsConfig {
 
     pub fn test(&self) -> &[MetricName] {
         self.test.as_deref().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_declares_its_direction() {
+        // The name guess this replaced read fp_rate and box_l2 as "higher is better".
+        for (name, want) in [
+            ("test.fp_rate", Mode::Min),
+            ("test.box_l2", Mode::Min),
+            ("test.localization_error", Mode::Min),
+            ("train.loss", Mode::Min),
+            ("test.tp_rate", Mode::Max),
+            ("test.top5_accuracy", Mode::Max),
+            ("test.miou", Mode::Max),
+            ("test.mean_iou", Mode::Max),
+            ("map50", Mode::Max),
+        ] {
+            assert_eq!(Mode::for_metric(name), want, "{name}");
+        }
+        for name in METRIC_NAMES {
+            assert!(MetricName::parse(name).is_some(), "{name}");
+        }
     }
 }

@@ -203,3 +203,32 @@ fn param_groups_weight_decay_and_positive_class() {
     let e = bad("lr_mult = 0.1", "lr_mult = -1.0");
     assert!(e.contains("key `train.param_groups[0]`") && e.contains("must be >= 0"), "{e}");
 }
+
+#[test]
+fn a_later_optimizer_replaces_an_inherited_one_and_two_in_one_file_are_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.toml", BASE);
+    // Tables merge key by key: without the rule the config would hold sgd and adam.
+    let exp = write(
+        d.path(),
+        "e.toml",
+        "extends = [\"base.toml\"]\n[experiment]\nname = \"e\"\n[train]\noptimizer = { adam = { lr = 0.001 } }\n",
+    );
+    let l = load(&exp, &opts(&[])).unwrap();
+    assert!(matches!(l.config.train.optimizer, runner::config::OptimizerConfig::Adam { lr, .. } if lr == 0.001));
+    // An override replaces the file's choice the same way.
+    let l = load(&exp, &opts(&["train.optimizer.sgd.lr=0.5"])).unwrap();
+    assert!(matches!(l.config.train.optimizer, runner::config::OptimizerConfig::Sgd { lr, .. } if lr == 0.5));
+    let two = write(
+        d.path(),
+        "two.toml",
+        "extends = [\"base.toml\"]\n[experiment]\nname = \"e\"\n[train]\noptimizer = { adam = { lr = 0.001 }, sgd = { lr = 0.1 } }\n",
+    );
+    let e = load(&two, &opts(&[])).err().unwrap().to_string();
+    assert!(
+        e.contains("key `train.optimizer`: names 2 optimizers, `adam`")
+            && e.contains("two.toml")
+            && e.contains("keep one"),
+        "{e}"
+    );
+}

@@ -154,9 +154,16 @@ fn tiny_run_writes_readable_tables_and_is_deterministic() {
     assert_eq!(lr, Some("0.05"));
 
     // The resolved config.toml runs again as an experiment, and the same seed gives the
-    // same numbers.
-    let again = runner(d.path(), &[dir.join("config.toml").to_str().unwrap()]);
+    // same numbers; `-v` adds the per-batch timings and changes nothing else.
+    let again = runner(d.path(), &["-v", dir.join("config.toml").to_str().unwrap()]);
     assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("epoch 1 batch 1/15: ") && again.stderr.contains("ms waiting for data"),
+        "{}",
+        again.stderr
+    );
+    assert!(again.stderr.contains("waiting for the loader"), "{}", again.stderr);
+    assert!(!out.stderr.contains("waiting for data"), "{}", out.stderr);
     let m2 = read(&run_folder(d.path(), &again).join("metrics.parquet"));
     let values = |b: &RecordBatch| -> Vec<(i32, String, String, f64)> {
         let (e, s, n, v) = (

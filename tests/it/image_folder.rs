@@ -160,4 +160,8 @@ optimizer = {{ sgd = {{ lr = 0.01 }} }}
     let out = runner(d.path(), &["a.toml"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("test.accuracy = "), "{}", out.stdout);
+    // The statistics AlexNet's PCA jitter needs, from the folder's training images.
+    let out = runner(d.path(), &["data", "stats", "a.toml"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("mean = [") && out.stdout.contains("eigval"), "{}", out.stdout);
 }
