@@ -337,50 +337,35 @@ fn resume(args: ResumeArgs) -> Result<ExitCode> {
 }
 
 /// Set by the first Ctrl-C (SIGINT) or SIGTERM: finish cleanly at the next batch. A second
-/// one leaves at once (exit 130 / 143).
+/// one leaves at once (exit 130 / 143); the tables are written whole or not at all, so no
+/// half-written file stays behind. The signals go to a thread of their own (signal-hook),
+/// which may print and exit.
 fn stop_flag() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(mut signals) => {
+            let flag = stop.clone();
+            std::thread::spawn(move || {
+                for sig in signals.forever() {
+                    if sig == SIGTERM {
+                        TERM_SEEN.store(true, Ordering::SeqCst);
+                    }
+                    if flag.swap(true, Ordering::SeqCst) {
+                        std::process::exit(128 + sig);
+                    }
+                    let again = if sig == SIGINT { "Ctrl-C" } else { "SIGTERM" };
+                    eprintln!("\nstopping after this batch ({again} again to quit at once)");
+                }
+            });
         }
-        eprintln!("\nstopping after this batch (Ctrl-C again to quit at once)");
-    });
-    sigterm::install(stop.clone());
+        Err(e) => tracing::warn!("cannot catch Ctrl-C and SIGTERM ({e}): a signal stops the run at once"),
+    }
     stop
 }
 
-/// SIGTERM sets the same stop flag as Ctrl-C and makes the exit status 143 (128 + 15).
-mod sigterm {
-    use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
-    use std::sync::Arc;
-
-    static STOP: AtomicPtr<AtomicBool> = AtomicPtr::new(std::ptr::null_mut());
-    pub static SEEN: AtomicBool = AtomicBool::new(false);
-
-    extern "C" fn on_term(_: libc::c_int) {
-        // Only atomics and _exit here: both are async-signal-safe.
-        if SEEN.swap(true, Ordering::SeqCst) {
-            unsafe { libc::_exit(143) };
-        }
-        let p = STOP.load(Ordering::SeqCst);
-        if !p.is_null() {
-            unsafe { (*p).store(true, Ordering::SeqCst) };
-        }
-    }
-
-    pub fn install(stop: Arc<AtomicBool>) {
-        // The flag lives for the rest of the process.
-        STOP.store(Arc::into_raw(stop) as *mut AtomicBool, Ordering::SeqCst);
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_term as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
-        }
-    }
-}
+/// A SIGTERM arrived: an interrupted run then exits with 143 (128 + 15), as the signal's own.
+static TERM_SEEN: AtomicBool = AtomicBool::new(false);
 
 /// The final metrics beside their references, then `run folder: <path>`; the exit status.
 fn report(
@@ -402,7 +387,7 @@ fn report(
         return Err(e);
     }
     Ok(match outcome.status {
-        Status::Interrupted if sigterm::SEEN.load(Ordering::SeqCst) => ExitCode::from(143),
+        Status::Interrupted if TERM_SEEN.load(Ordering::SeqCst) => ExitCode::from(143),
         Status::Interrupted => ExitCode::from(130),
         _ => ExitCode::SUCCESS,
     })
