@@ -151,6 +151,13 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     }
     let keep = state.next_epoch as i32 - 1;
     let mut log = RunLog::open(dir, Some(keep))?;
+    if keep >= 0 && !log.metrics().iter().any(|r| r.epoch == keep) {
+        bail!(
+            "{}: holds no rows of epoch {} though the checkpoint comes after it (the file was deleted or              replaced?): resuming would finish the run without the earlier epochs' metrics; restore it,              or start a new run",
+            dir.join("metrics.parquet").display(),
+            keep + 1
+        );
+    }
     log.set_status(Status::Running);
     log.flush()?;
     let session = Session {

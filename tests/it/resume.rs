@@ -236,6 +236,17 @@ fn bad_resumes_leave_the_folder_as_it_was() {
     assert!(snapshot(&run) == before, "the folder changed");
     std::fs::write(&cfg, text).unwrap();
 
+    // metrics.parquet deleted: resuming would finish without the first epoch's rows.
+    let metrics = run.join("metrics.parquet");
+    let kept = std::fs::read(&metrics).unwrap();
+    std::fs::remove_file(&metrics).unwrap();
+    let before = snapshot(&run);
+    let e = runner(d.path(), &["resume", &arg]);
+    assert!(e.code != 0, "{}", e.stderr);
+    assert!(e.stderr.contains("metrics.parquet") && e.stderr.contains("no rows of epoch 1"), "{}", e.stderr);
+    assert!(snapshot(&run) == before, "the folder changed");
+    std::fs::write(&metrics, kept).unwrap();
+
     // Restored, it resumes.
     let out = runner(d.path(), &["resume", &arg]);
     assert_eq!(out.code, 0, "{}", out.stderr);
