@@ -147,7 +147,13 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
         }
     };
     if state.next_epoch >= plan.train.epochs {
-        bail!("{}: all {} epochs are finished; nothing to resume", dir.display(), plan.train.epochs);
+        // The process stopped after the last checkpoint but before it recorded the end (the
+        // completed case returned above): nothing to train, the run is marked completed.
+        tracing::info!(
+            "{}: all {} epochs were finished before the process stopped; marking the run completed",
+            dir.display(),
+            plan.train.epochs
+        );
     }
     let keep = state.next_epoch as i32 - 1;
     let mut log = RunLog::open(dir, Some(keep))?;

@@ -331,3 +331,22 @@ fn a_second_ctrl_c_quits_at_once_and_leaves_whole_tables() {
     assert!(!rows(&dir.join("metrics.parquet")).is_empty());
     assert_eq!(status(&dir), "running", "the process left before it could record anything");
 }
+
+#[test]
+fn a_run_killed_after_its_last_checkpoint_resumes_to_completed() {
+    // Killed between the last checkpoint and the final status: the folder says `running`.
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let out = runner(d.path(), &["tiny.toml", "--set", "train.epochs=2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = run_folder(d.path(), &out);
+    let before = rows(&run.join("metrics.parquet"));
+    let mut log = runner::runlog::RunLog::open(&run, None).unwrap();
+    log.set_status(runner::runlog::Status::Running);
+    log.flush().unwrap();
+    let out = runner(d.path(), &["resume", run.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("all 2 epochs were finished before the process stopped"), "{}", out.stderr);
+    assert_eq!(status(&run), "completed");
+    assert_eq!(rows(&run.join("metrics.parquet")), before, "no epoch ran again");
+}
