@@ -46,6 +46,7 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
+mod bounds;
 mod checks;
 
 use checks::{check_detect, check_localize, check_metrics, check_segment, check_train};
@@ -162,14 +163,31 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         split_shapes.push((split, shape));
     }
 
-    // Model.
+    // Model: sizes no machine holds first, so that the shape arithmetic cannot overflow.
+    let oversized = bounds::oversized(cfg);
+    for (key, msg) in &oversized {
+        p.add(key, msg);
+    }
     let graph = match plan_model(&cfg.model) {
+        _ if !oversized.is_empty() => None,
         Ok(graph) => Some(graph),
         Err(e) => {
             p.list.push(format!("{}: {e}", loaded.source_of_key("model.groups")));
             None
         }
     };
+    if let Some(memory) = bounds::machine_memory() {
+        match graph.as_ref().and_then(|g| bounds::model_memory(g, cfg.data.batch_size, memory)) {
+            Some((key, msg, true)) => p.add(&key, msg),
+            Some((key, msg, false)) => warnings.push(format!("{key}: {msg}; the run may run out of memory")),
+            None => {}
+        }
+        if oversized.is_empty() {
+            if let Some((key, msg)) = bounds::prefetch_memory(cfg, &cfg.model.input, memory) {
+                p.add(&key, msg);
+            }
+        }
+    }
     let mut inits = Vec::new();
     let names: Vec<&str> = cfg.model.groups.iter().map(|g| g.name.as_str()).collect();
     for name in cfg.model.inits.keys() {

@@ -232,3 +232,28 @@ fn a_later_optimizer_replaces_an_inherited_one_and_two_in_one_file_are_an_error(
         "{e}"
     );
 }
+
+#[test]
+fn sizes_no_machine_holds_are_refused_at_plan_time() {
+    let d = tempfile::tempdir().unwrap();
+    let exp = write(d.path(), "e.toml", &format!("[experiment]\nname = \"e\"\n{BASE}"));
+    let plan = |sets: &[&str]| {
+        let mut all = vec!["data.root=\"nowhere\"", "data.download=true"];
+        all.extend(sets);
+        runner::plan::plan(&load(&exp, &opts(&all)).unwrap()).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    // A padding near 2^63 used to wrap around in the shape arithmetic.
+    let e = plan(&["model.groups=[{ name = \"g\", layers = [{ conv2d = { out = 6, kernel = 5, padding = 9223372036854775000 } }] }]"]);
+    assert!(
+        e.contains("key `model.groups[0].layers[0]`: conv2d `padding` = 9223372036854775000: at most 16777216"),
+        "{e}"
+    );
+    // 1.6e7 channels of 26x26 for a batch of 32: 2.8e15 bytes of activations.
+    let e = plan(&["model.groups=[{ name = \"g\", layers = [{ conv2d = { out = 16000000, kernel = 3 } }] }]"]);
+    assert!(
+        e.contains("key `model.groups[0].layers[0]`: training this model needs about") && e.contains("g.0 (conv2d"),
+        "{e}"
+    );
+    let e = plan(&["data.prefetch=1000000000000"]);
+    assert!(e.contains("key `data.prefetch`: 1000000000001 batches in flight"), "{e}");
+}
