@@ -65,7 +65,11 @@ pub fn read_run(dir: &Path) -> Result<RunInfo> {
         dir: dir.to_path_buf(),
         run_id,
         experiment: text(b, "experiment", 0).unwrap_or_default(),
-        status: text(b, "status", 0).unwrap_or_default(),
+        status: match text(b, "status", 0).unwrap_or_default() {
+            // Its process is gone (killed): `runner resume` continues it.
+            s if s == "running" && !crate::runlog::RunLock::is_held(dir) => "stale".into(),
+            s => s,
+        },
         sweep_id: text(b, "sweep_id", 0),
         params,
         finals,

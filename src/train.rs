@@ -90,6 +90,10 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     if probe.status() == Status::Completed {
         bail!("{}: the run completed; nothing to resume", dir.display());
     }
+    if crate::runlog::RunLock::is_held(dir) {
+        // Fails naming the process that holds it (without writing to the folder).
+        crate::runlog::RunLock::acquire(dir)?;
+    }
     let finished = probe.metrics().iter().map(|r| r.epoch).max();
     if latest.is_none() {
         if let Some(e) = finished {
@@ -163,6 +167,10 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
             dir.join("metrics.parquet").display(),
             keep + 1
         );
+    }
+    log.lock()?;
+    if probe.status() == Status::Running {
+        tracing::info!("{}: its status says running, but no process holds it: resuming a stale run", dir.display());
     }
     log.set_status(Status::Running);
     log.flush()?;
@@ -253,6 +261,7 @@ pub fn eval_run(
         name = format!("{name}_{tag}");
     }
     let mut log = RunLog::open(dir, None)?;
+    log.lock()?;
     // The epoch and step the weights come from: the checkpoint's sidecar, else the last.
     let side = std::fs::read_to_string(weights.with_extension("toml"))
         .ok()

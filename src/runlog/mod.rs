@@ -67,6 +67,67 @@ pub struct RunLog {
     /// Final test metrics, `test.<metric>` -> value.
     pub final_metrics: BTreeMap<String, f64>,
     metrics: Vec<MetricRow>,
+    /// Held while this process writes the folder ([`RunLock`]).
+    lock: Option<RunLock>,
+}
+
+/// The advisory lock a process holds on a run folder while it writes it: `run.lock`, which
+/// names that process (`pid 1234 on host`). The operating system drops the lock when the
+/// process ends, however it ends, so a folder whose status says `running` but whose lock is
+/// free belongs to a process that died (the OOM killer, kill -9): it is `stale`.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        use std::io::Write;
+        let path = dir.join("run.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder =
+                    if holder.trim().is_empty() { "another process".to_string() } else { holder.trim().to_string() };
+                anyhow::bail!(
+                    "{}: another runner process ({holder}) is writing this run; wait for it to end or stop it",
+                    dir.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        file.set_len(0)
+            .and_then(|_| writeln!(file, "pid {} on {}", std::process::id(), host()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(RunLock { _file: file })
+    }
+
+    /// Whether a live process holds the folder's lock.
+    pub fn is_held(dir: &Path) -> bool {
+        match std::fs::File::open(dir.join("run.lock")) {
+            Ok(f) => matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)),
+            Err(_) => false,
+        }
+    }
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "this host".into())
 }
 
 pub fn now_us() -> i64 {
@@ -119,6 +180,7 @@ impl RunLog {
                 Err(e) => return Err(e).with_context(|| format!("cannot create run folder {}", dir.display())),
             }
         };
+        let lock = Some(RunLock::acquire(&dir)?);
         Ok(RunLog {
             dir,
             run_id,
@@ -133,6 +195,7 @@ impl RunLog {
             finished_at_us: None,
             final_metrics: BTreeMap::new(),
             metrics: Vec::new(),
+            lock,
         })
     }
 
@@ -211,7 +274,16 @@ impl RunLog {
             started_at_us: started,
             final_metrics,
             metrics,
+            lock: None,
         })
+    }
+
+    /// Takes the folder's lock before this process writes to it (resume, eval).
+    pub fn lock(&mut self) -> Result<()> {
+        if self.lock.is_none() {
+            self.lock = Some(RunLock::acquire(&self.dir)?);
+        }
+        Ok(())
     }
 
     pub fn status(&self) -> Status {

@@ -350,3 +350,32 @@ fn a_run_killed_after_its_last_checkpoint_resumes_to_completed() {
     assert_eq!(status(&run), "completed");
     assert_eq!(rows(&run.join("metrics.parquet")), before, "no epoch ran again");
 }
+
+#[test]
+fn a_live_run_is_locked_and_a_killed_one_is_stale_then_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    let exp = crate::end_to_end::setup(d.path(), 40);
+    let (mut child, dir) = start_and_wait(d.path(), &exp);
+    let arg = dir.to_string_lossy().into_owned();
+    // While the run lives, a second process is refused, naming the first.
+    let e = runner(d.path(), &["resume", &arg]);
+    let pid = format!("pid {} on ", child.id());
+    if child.try_wait().unwrap().is_none() {
+        assert!(e.code != 0 && e.stderr.contains("another runner process") && e.stderr.contains(&pid), "{}", e.stderr);
+        let c = runner(d.path(), &["compare", "runs"]);
+        assert!(c.stdout.contains("running"), "{}", c.stdout);
+    }
+    // kill -9: the folder still says running, but nothing holds it.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if status(&dir) != "running" {
+        eprintln!("the run ended before the kill; nothing more to check");
+        return;
+    }
+    let c = runner(d.path(), &["compare", "runs"]);
+    assert!(c.stdout.contains("stale"), "{}", c.stdout);
+    let out = runner(d.path(), &["resume", &arg]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("resuming a stale run"), "{}", out.stderr);
+    assert_eq!(status(&dir), "completed");
+}
