@@ -365,7 +365,7 @@ fn stop_flag() -> Arc<AtomicBool> {
 }
 
 /// A SIGTERM arrived: an interrupted run then exits with 143 (128 + 15), as the signal's own.
-static TERM_SEEN: AtomicBool = AtomicBool::new(false);
+pub(crate) static TERM_SEEN: AtomicBool = AtomicBool::new(false);
 
 /// The final metrics beside their references, then `run folder: <path>`; the exit status.
 fn report(

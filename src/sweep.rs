@@ -204,7 +204,11 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
     if let Ok(text) = std::fs::read_to_string(&state_path) {
         if let Ok(old) = toml::from_str::<State>(&text) {
             for (new, old) in state.point.iter_mut().zip(old.point) {
-                if new.overrides == old.overrides && old.status == "completed" && completed(old.run_dir.as_deref()) {
+                let same = new.overrides == old.overrides;
+                if same && old.status == "completed" && completed(old.run_dir.as_deref()) {
+                    *new = old;
+                } else if same && old.status == "interrupted" && old.run_dir.is_some() {
+                    // Resumed from its checkpoint rather than started again.
                     *new = old;
                 }
             }
@@ -234,9 +238,15 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
                 }
                 let k = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&i) = todo.get(k) else { break };
-                let overrides = state.lock().map(|s| s.point[i].overrides.clone()).unwrap_or_default();
+                let (overrides, resume) = state
+                    .lock()
+                    .map(|s| {
+                        let p = &s.point[i];
+                        (p.overrides.clone(), p.run_dir.clone().filter(|_| p.status == "interrupted"))
+                    })
+                    .unwrap_or_default();
                 let log = dir.join(&id).join(format!("point_{i:03}.log"));
-                let (status, run_dir) = run_point(req, &id, &threads, &overrides, &log);
+                let (status, run_dir) = run_point(req, &id, &threads, &overrides, resume.as_deref(), &log, &stop);
                 tracing::info!("sweep {id}: point {} ({}): {status}", i + 1, overrides.join(" "));
                 if let Ok(mut st) = state.lock() {
                     st.point[i].status = status;
@@ -292,28 +302,70 @@ fn write_state(path: &Path, state: &State) -> Result<()> {
     crate::runlog::atomic_write(path, |tmp| Ok(std::fs::write(tmp, &text)?))
 }
 
-/// One point as its own process; returns its status and run folder.
-fn run_point(req: &Request, id: &str, threads: &str, overrides: &[String], log: &Path) -> (String, Option<String>) {
+/// One point as its own process (or `runner resume` of its interrupted run folder); its
+/// output goes to `log` as it runs. A SIGTERM to the sweep is passed on to the point, which
+/// ends it `interrupted` at its next batch (Ctrl-C in a terminal reaches it directly).
+/// Returns its status and run folder.
+fn run_point(
+    req: &Request,
+    id: &str,
+    threads: &str,
+    overrides: &[String],
+    resume: Option<&str>,
+    log: &Path,
+    stop: &AtomicBool,
+) -> (String, Option<String>) {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => return (format!("failed: {e}"), None),
     };
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg(&req.experiment);
-    for s in req.sets.iter().chain(overrides) {
-        cmd.arg("--set").arg(s);
+    match resume {
+        Some(dir) => {
+            cmd.arg("resume").arg(dir);
+        }
+        None => {
+            cmd.arg(&req.experiment);
+            for s in req.sets.iter().chain(overrides) {
+                cmd.arg("--set").arg(s);
+            }
+        }
     }
     cmd.env("RUNNER_SWEEP_ID", id).env("RAYON_NUM_THREADS", threads).env("CANDLE_NUM_THREADS", threads);
-    let out = match cmd.output() {
-        Ok(o) => o,
+    let file = match std::fs::File::create(log).and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok(f) => f,
+        Err(e) => return (format!("failed: cannot write {}: {e}", log.display()), None),
+    };
+    cmd.stdout(file.0).stderr(file.1).stdin(std::process::Stdio::null());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
         Err(e) => return (format!("failed: {e}"), None),
     };
-    let _ = std::fs::write(log, [out.stdout.as_slice(), out.stderr.as_slice()].concat());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let run_dir = stdout.lines().rev().find_map(|l| l.strip_prefix("run folder: ")).map(str::to_string);
-    let status = match out.status.code() {
+    let mut passed_on = false;
+    let code = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status.code(),
+            Ok(None) => {}
+            Err(e) => return (format!("failed: {e}"), None),
+        }
+        // Ctrl-C in a terminal reaches the points itself (the process group); a SIGTERM
+        // sent to the sweep alone is passed on, once.
+        if stop.load(Ordering::SeqCst) && crate::cli::TERM_SEEN.load(Ordering::SeqCst) && !passed_on {
+            passed_on = true;
+            let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let run_dir = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("run folder: "))
+        .map(str::to_string)
+        .or_else(|| resume.map(str::to_string));
+    let status = match code {
         Some(0) => "completed".to_string(),
-        Some(130) => "interrupted".to_string(),
+        Some(130) | Some(143) => "interrupted".to_string(),
         _ => "failed".to_string(),
     };
     (status, run_dir)

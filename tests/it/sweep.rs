@@ -179,3 +179,52 @@ fn eval_appends_a_split_and_matches_the_run() {
     let e = runner(d.path(), &["eval", &arg, "--split", "val"]);
     assert!(e.stderr.contains("--split val"), "{}", e.stderr);
 }
+
+#[test]
+fn a_sigterm_reaches_the_points_and_the_same_command_resumes_them() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 40);
+    let args = ["sweep", "tiny.toml", "--grid", "seed=0,1", "--jobs", "1"];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .current_dir(d.path())
+        .env("RUNNER_CACHE", d.path().join("cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first point's log grows while it runs: wait for a checkpoint line in it.
+    let sweeps = d.path().join("runs/tiny/sweeps");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let log = loop {
+        let found = std::fs::read_dir(&sweeps)
+            .ok()
+            .and_then(|it| it.flatten().find(|e| e.path().is_dir()))
+            .map(|e| e.path().join("point_000.log"))
+            .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("epoch 2/40")));
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no point log grew in time");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(child.try_wait().unwrap().is_none(), "the log was read while the point ran");
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("point 1 (experiment.seed=0): interrupted"), "{stderr}");
+    assert!(!stderr.contains("point 2"), "no point starts after the stop: {stderr}");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("run folder: "));
+    // The same command again: the interrupted point resumes in its folder, the other starts.
+    let again = runner(d.path(), &args);
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert!(again.stdout.contains("2 completed, 0 not"), "{}", again.stdout);
+    let runs = std::fs::read_dir(d.path().join("runs/tiny"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("run.parquet").is_file())
+        .count();
+    assert_eq!(runs, 2, "the interrupted point went on in its own folder");
+    let resumed = std::fs::read_to_string(&log).unwrap();
+    assert!(resumed.contains("resuming after epoch"), "{resumed}");
+}
