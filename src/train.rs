@@ -96,7 +96,9 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     }
     let finished = probe.metrics().iter().map(|r| r.epoch).max();
     if latest.is_none() {
-        if let Some(e) = finished {
+        // Only the first epoch's rows and no checkpoint: the process stopped between the
+        // two writes of epoch 1, which is trained again (the same seed gives the same rows).
+        if let Some(e) = finished.filter(|&e| e > 0) {
             bail!(
                 "{}: no checkpoint in checkpoints/, but the tables hold {} finished epoch(s); resuming would \
                  train again from epoch 1 and replace them",

@@ -379,3 +379,23 @@ fn a_live_run_is_locked_and_a_killed_one_is_stale_then_resumes() {
     assert!(out.stderr.contains("resuming a stale run"), "{}", out.stderr);
     assert_eq!(status(&dir), "completed");
 }
+
+#[test]
+fn a_run_killed_between_its_first_tables_and_checkpoint_resumes() {
+    // The first epoch's rows are written, then its checkpoint: killed in between, the
+    // folder has the rows and no checkpoint. Resume trains epoch 1 again, to the same rows.
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let out = runner(d.path(), &["tiny.toml", "--set", "train.epochs=1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = run_folder(d.path(), &out);
+    let before = rows(&run.join("metrics.parquet"));
+    std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
+    let mut log = runner::runlog::RunLog::open(&run, None).unwrap();
+    log.set_status(runner::runlog::Status::Running);
+    log.flush().unwrap();
+    let out = runner(d.path(), &["resume", run.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(status(&run), "completed");
+    assert_eq!(rows(&run.join("metrics.parquet")), before);
+}
