@@ -24,6 +24,7 @@ use runner::task::Yolo;
 /// The device the cases run on: `RUNNER_BENCH_DEVICE` (`cpu`, the default; `cuda`, `cuda:N`).
 fn dev() -> Device {
     static DEV: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    // ok: a bench tool; a bad RUNNER_BENCH_DEVICE stops it with the reason.
     DEV.get_or_init(|| {
         let name = std::env::var("RUNNER_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
         let choice = runner::plan::parse_device(&name).unwrap_or_else(|e| panic!("RUNNER_BENCH_DEVICE: {e}"));

@@ -52,3 +52,27 @@ pub fn check_grads(vars: &[&Var], f: impl Fn(&[&Tensor]) -> Result<Tensor>, what
         }
     }
 }
+
+/// Asserts that `a` and `b` give `x` the same values and the same gradient of `sum(y * r)`
+/// (a fixed random `r`) to within `tol`: a CPU kernel against its composition of candle ops.
+pub fn same_values_and_grads(
+    x: &Tensor,
+    a: impl Fn(&Tensor) -> Result<Tensor>,
+    b: impl Fn(&Tensor) -> Result<Tensor>,
+    tol: f64,
+    what: &str,
+) {
+    let x = Var::from_tensor(x).unwrap();
+    let ya = a(x.as_tensor()).unwrap();
+    let r = rand_tensor(ya.dims(), 5, DType::F64).to_dtype(ya.dtype()).unwrap();
+    let ga = (&ya * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let yb = b(x.as_tensor()).unwrap();
+    let gb = (&yb * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let max_diff = |p: &Tensor, q: &Tensor| {
+        (p - q).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    };
+    let d = max_diff(&ya, &yb);
+    assert!(d < tol, "{what}: values differ by {d}");
+    let d = max_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap());
+    assert!(d < tol, "{what}: gradients differ by {d}");
+}

@@ -198,17 +198,16 @@ mod tests {
         // gradient of sum(y * r), for FCN's x2 / x4 and sizes that are not multiples.
         for mode in [UpsampleMode::Bilinear, UpsampleMode::Nearest] {
             for (hw, out) in [((5, 4), (10, 8)), ((5, 4), (20, 16)), ((5, 4), (7, 9)), ((3, 3), (2, 2))] {
-                let x = Var::from_tensor(&rand_tensor(&[2, 3, hw.0, hw.1], 7, DType::F64)).unwrap();
-                let cpu = upsample2d(x.as_tensor(), mode, out).unwrap();
-                let r = rand_tensor(cpu.dims(), 5, DType::F64);
-                let gc = (&cpu * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                let other = upsample2d_composed(x.as_tensor(), mode, out).unwrap();
-                let go = (&other * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                let d = (cpu - other).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-                assert!(d < 1e-12, "{mode:?} {hw:?} -> {out:?}: values differ by {d}");
-                let (a, b) = (gc.get(&x).unwrap(), go.get(&x).unwrap());
-                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-                assert!(d < 1e-12, "{mode:?} {hw:?} -> {out:?}: gradients differ by {d}");
+                let x = rand_tensor(&[2, 3, hw.0, hw.1], 7, DType::F64);
+                let (cpu, other) =
+                    (|x: &Tensor| upsample2d(x, mode, out), |x: &Tensor| upsample2d_composed(x, mode, out));
+                crate::ops::testing::same_values_and_grads(
+                    &x,
+                    cpu,
+                    other,
+                    1e-12,
+                    &format!("{mode:?} {hw:?} -> {out:?}"),
+                );
             }
         }
     }
