@@ -58,10 +58,11 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcom
     let resolved = loaded.resolved_toml();
     let hash = config_hash(&resolved);
     let output_dir = PathBuf::from(&loaded.config.experiment.output_dir);
-    let log = RunLog::create(&output_dir, &plan.experiment, &hash, plan.seed, &device_name(&device))?;
+    let mut log = RunLog::create(&output_dir, &plan.experiment, &hash, plan.seed, &device_name(&device))?;
     log.write_text("config.toml", &config_file_text(loaded, &resolved))?;
     log.write_params(&loaded.flat_params())?;
     log.flush()?;
+    log.publish()?;
     tracing::info!("run {} in {}", log.run_id, log.dir.display());
     let session =
         Session { plan, dataset: &dataset, model: &mut model, optimizer: &mut optimizer, device, log, stop: &stop };

@@ -171,9 +171,15 @@ impl RunLog {
         let started_at_us = now_us();
         let stamp = timestamp_id(started_at_us);
         let mut n = 0;
+        // Made as `.<id>.part` and renamed into place by `publish` once config.toml and the
+        // tables are written: a process killed before that leaves no half-made run folder.
         let (run_id, dir) = loop {
             let id = format!("{stamp}-{n:02}");
-            let dir = parent.join(&id);
+            let dir = parent.join(format!(".{id}.part"));
+            if parent.join(&id).exists() && n < 99 {
+                n += 1;
+                continue;
+            }
             match std::fs::create_dir(&dir) {
                 Ok(()) => break (id, dir),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 99 => n += 1,
@@ -278,6 +284,20 @@ impl RunLog {
         })
     }
 
+    /// Moves a new run's folder from `.<id>.part` to `<id>`, once it holds config.toml and
+    /// its tables (a no-op for an opened run).
+    pub fn publish(&mut self) -> Result<()> {
+        let Some(name) = self.dir.file_name().and_then(|n| n.to_str()) else { return Ok(()) };
+        if !(name.starts_with('.') && name.ends_with(".part")) {
+            return Ok(());
+        }
+        let to = self.dir.with_file_name(&self.run_id);
+        std::fs::rename(&self.dir, &to)
+            .with_context(|| format!("cannot move {} to {}", self.dir.display(), to.display()))?;
+        self.dir = to;
+        Ok(())
+    }
+
     /// Takes the folder's lock before this process writes to it (resume, eval).
     pub fn lock(&mut self) -> Result<()> {
         if self.lock.is_none() {
@@ -379,6 +399,24 @@ fn git_commit() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_run_folder_appears_whole_and_locked() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = RunLog::create(d.path(), "e", "hash", 0, "cpu").unwrap();
+        // Until published, the folder is hidden and nothing lists it as a run.
+        let name = log.dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name, format!(".{}.part", log.run_id));
+        assert!(!d.path().join("e").join(&log.run_id).exists());
+        log.flush().unwrap();
+        log.publish().unwrap();
+        assert_eq!(log.dir, d.path().join("e").join(&log.run_id));
+        assert!(log.dir.join("run.parquet").is_file() && !d.path().join("e").join(&name).exists());
+        // The lock moved with the folder and is still held by this process.
+        assert!(RunLock::is_held(&log.dir));
+        let e = RunLock::acquire(&log.dir).unwrap_err().to_string();
+        assert!(e.contains(&format!("pid {} on ", std::process::id())), "{e}");
+    }
 
     #[test]
     fn timestamps_format_as_utc() {
