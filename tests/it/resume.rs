@@ -329,7 +329,10 @@ fn a_second_ctrl_c_quits_at_once_and_leaves_whole_tables() {
     // Exit 130 (128 + SIGINT) without the closing report; the tables written so far open.
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!rows(&dir.join("metrics.parquet")).is_empty());
-    assert_eq!(status(&dir), "running", "the process left before it could record anything");
+    // Left before recording anything (`running`), or just after the first signal's clean
+    // stop recorded `interrupted` and before its report: either way a readable folder.
+    let st = status(&dir);
+    assert!(st == "running" || st == "interrupted", "{st}");
 }
 
 #[test]
@@ -363,7 +366,9 @@ fn a_live_run_is_locked_and_a_killed_one_is_stale_then_resumes() {
     if child.try_wait().unwrap().is_none() {
         assert!(e.code != 0 && e.stderr.contains("another runner process") && e.stderr.contains(&pid), "{}", e.stderr);
         let c = runner(d.path(), &["compare", "runs"]);
-        assert!(c.stdout.contains("running"), "{}", c.stdout);
+        if child.try_wait().unwrap().is_none() {
+            assert!(c.stdout.contains("running"), "{}", c.stdout);
+        }
     }
     // kill -9: the folder still says running, but nothing holds it.
     child.kill().unwrap();
