@@ -1,5 +1,6 @@
 //! Integration tests, built as one binary. Each module names what it guards.
 
+mod bad_inputs;
 mod cifar;
 mod common;
 mod config_errors;
