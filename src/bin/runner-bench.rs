@@ -24,11 +24,13 @@ use runner::task::Yolo;
 /// The device the cases run on: `RUNNER_BENCH_DEVICE` (`cpu`, the default; `cuda`, `cuda:N`).
 fn dev() -> Device {
     static DEV: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
-    // ok: a bench tool; a bad RUNNER_BENCH_DEVICE stops it with the reason.
     DEV.get_or_init(|| {
         let name = std::env::var("RUNNER_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
-        let choice = runner::plan::parse_device(&name).unwrap_or_else(|e| panic!("RUNNER_BENCH_DEVICE: {e}"));
-        choice.open().unwrap_or_else(|e| panic!("RUNNER_BENCH_DEVICE={name}: {e}"))
+        let device = runner::plan::parse_device(&name).map_err(anyhow::Error::msg).and_then(|c| c.open());
+        device.unwrap_or_else(|e| {
+            eprintln!("error: RUNNER_BENCH_DEVICE={name}: {e:#}");
+            std::process::exit(2)
+        })
     })
     .clone()
 }
