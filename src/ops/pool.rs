@@ -364,23 +364,21 @@ pub fn pool2d_composed(x: &Tensor, kind: PoolKind, g: PoolGeom) -> Result<Tensor
 /// (candle's `maximum` would split it between ties): `sum_k slice_k * first_k`, where
 /// `first_k` (no gradient) marks where slice k is the first maximum.
 fn first_max(slices: &[Tensor]) -> Result<Tensor> {
-    let mut m = slices[0].detach();
-    for s in &slices[1..] {
+    let Some((head, rest)) = slices.split_first() else {
+        candle_core::bail!("pooling: a window of no values");
+    };
+    let mut m = head.detach();
+    for s in rest {
         m = m.maximum(&s.detach())?;
     }
     let mut taken = m.zeros_like()?;
-    let mut out: Option<Tensor> = None;
+    let mut out = m.zeros_like()?;
     for s in slices {
         let first = (s.detach().eq(&m)?.to_dtype(m.dtype())? * (1.0 - &taken)?)?;
         taken = (taken + &first)?;
-        let term = (s * first)?;
-        out = Some(match out {
-            None => term,
-            Some(o) => (o + term)?,
-        });
+        out = (out + (s * first)?)?;
     }
-    // ok: every pooling window holds at least one value (the kernel is > 0, validated).
-    Ok(out.expect("a window holds at least one value"))
+    Ok(out)
 }
 
 fn gathered(x: &Tensor, kind: PoolKind, g: PoolGeom) -> Result<Tensor> {

@@ -33,6 +33,13 @@ fn rows(path: &Path) -> Vec<(i32, i64, String, String, u64)> {
     out
 }
 
+/// Rewrites the run's status, as a process that stopped at some moment would have left it.
+fn set_status(dir: &Path, status: runner::runlog::Status) {
+    let mut log = runner::runlog::RunLog::open(dir, None).unwrap();
+    log.set_status(status);
+    log.flush().unwrap();
+}
+
 fn status(dir: &Path) -> String {
     let f = std::fs::File::open(dir.join("run.parquet")).unwrap();
     let b = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().next().unwrap().unwrap();
@@ -200,9 +207,7 @@ fn bad_resumes_leave_the_folder_as_it_was() {
     for ext in ["safetensors", "toml"] {
         std::fs::remove_file(run.join(format!("checkpoints/epoch_0002.{ext}"))).unwrap();
     }
-    let mut log = runner::runlog::RunLog::open(&run, None).unwrap();
-    log.set_status(runner::runlog::Status::Interrupted);
-    log.flush().unwrap();
+    set_status(&run, runner::runlog::Status::Interrupted);
     let snapshot = |p: &Path| -> Vec<(PathBuf, Vec<u8>)> {
         let mut v: Vec<(PathBuf, Vec<u8>)> =
             walk(p).into_iter().map(|f| (f.clone(), std::fs::read(&f).unwrap())).collect();
@@ -344,9 +349,7 @@ fn a_run_killed_after_its_last_checkpoint_resumes_to_completed() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let run = run_folder(d.path(), &out);
     let before = rows(&run.join("metrics.parquet"));
-    let mut log = runner::runlog::RunLog::open(&run, None).unwrap();
-    log.set_status(runner::runlog::Status::Running);
-    log.flush().unwrap();
+    set_status(&run, runner::runlog::Status::Running);
     let out = runner(d.path(), &["resume", run.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("all 2 epochs were finished before the process stopped"), "{}", out.stderr);
@@ -396,9 +399,7 @@ fn a_run_killed_between_its_first_tables_and_checkpoint_resumes() {
     let run = run_folder(d.path(), &out);
     let before = rows(&run.join("metrics.parquet"));
     std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
-    let mut log = runner::runlog::RunLog::open(&run, None).unwrap();
-    log.set_status(runner::runlog::Status::Running);
-    log.flush().unwrap();
+    set_status(&run, runner::runlog::Status::Running);
     let out = runner(d.path(), &["resume", run.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(status(&run), "completed");
