@@ -23,6 +23,20 @@ def sync():
         torch.cuda.synchronize()
 
 
+# TORCH_BENCH_COMPILE=1 runs the model cases through torch.compile (the GPU check's second
+# PyTorch column); the default is eager.
+COMPILE = os.environ.get("TORCH_BENCH_COMPILE") == "1"
+
+
+def compiled(m):
+    return torch.compile(m) if COMPILE else m
+
+
+def sized(cpu, gpu):
+    """(batch, warmup, iters) of a case on the CPU or on the GPU, as runner-bench's `sized`."""
+    return gpu if DEVICE.startswith("cuda") else cpu
+
+
 def timed(batch, warmup, iters, step):
     for _ in range(warmup):
         step()
@@ -39,13 +53,15 @@ def lenet5_train():
         nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.rand(100, 1, 28, 28) * 2 - 1, torch.arange(100) % 10
+    m = compiled(m)
+    n, warmup, iters = sized((100, 5, 60), (100, 10, 200))
+    x, y = torch.rand(n, 1, 28, 28) * 2 - 1, torch.arange(n) % 10
 
     def step():
         opt.zero_grad()
         F.cross_entropy(m(x), y).backward()
         opt.step()
-    return timed(100, 5, 60, step)
+    return timed(n, warmup, iters, step)
 
 
 class ResNetBench(nn.Module):
@@ -70,13 +86,15 @@ class ResNetBench(nn.Module):
 def resnet_cifar_train():
     m = ResNetBench()
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    x, y = torch.rand(64, 3, 32, 32) * 2 - 1, torch.arange(64) % 10
+    m = compiled(m)
+    n, warmup, iters = sized((64, 2, 8), (256, 5, 50))
+    x, y = torch.rand(n, 3, 32, 32) * 2 - 1, torch.arange(n) % 10
 
     def step():
         opt.zero_grad()
         F.cross_entropy(m(x), y).backward()
         opt.step()
-    return timed(64, 2, 8, step)
+    return timed(n, warmup, iters, step)
 
 
 def alexnet_forward():
@@ -88,13 +106,14 @@ def alexnet_forward():
     classifier = nn.Sequential(
         nn.Dropout(0.5), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(),
         nn.Linear(4096, 1000))
-    m = nn.Sequential(features, nn.Flatten(), classifier).eval()
-    x = torch.rand(8, 3, 224, 224) * 2 - 1
+    m = compiled(nn.Sequential(features, nn.Flatten(), classifier).eval())
+    n, warmup, iters = sized((8, 1, 5), (128, 3, 20))
+    x = torch.rand(n, 3, 224, 224) * 2 - 1
 
     def step():
         with torch.no_grad():
             m(x).sum().item()
-    return timed(8, 1, 5, step)
+    return timed(n, warmup, iters, step)
 
 
 def conv_op(backward):
@@ -104,22 +123,26 @@ def conv_op(backward):
 
 def op_rate(op, x, backward):
     """Images per second of `op` on the batch `x`: forward alone, or backward alone (the
-    forward outside the timed part), after one warm-up, over three calls."""
+    forward outside the timed part), after one warm-up, over three calls (on the GPU five
+    and fifty)."""
     n = x.shape[0]
+    _, warmup, iters = sized((n, 1, 3), (n, 5, 50))
     if backward:
         def step():
             y = op(x)
             t = time.perf_counter()
             y.sum().backward()
+            sync()
             return time.perf_counter() - t
-        step()
-        total = sum(step() for _ in range(3))
-        return n * 3 / total
+        for _ in range(warmup):
+            step()
+        total = sum(step() for _ in range(iters))
+        return n * iters / total
 
     def fwd():
         with torch.no_grad():
             op(x)
-    return timed(n, 1, 3, fwd)
+    return timed(n, warmup, iters, fwd)
 
 
 def cbl(i, o, k, s=1):
@@ -128,11 +151,12 @@ def cbl(i, o, k, s=1):
 
 def yolo_targets(p, objects, s, b, c, size, lambdas):
     """Per value of p [n, s, s, b*5+c] its target and weight, as runner's (src/task/detect.rs):
-    the responsible predictor by IoU of the detached boxes, one object per cell (largest)."""
+    the responsible predictor by IoU of the detached boxes, one object per cell (largest).
+    Built on the CPU from one copy of p (as runner does), then moved to p's device."""
     lc, lo, ln, lcl = lambdas
     n = p.shape[0]
     d = b * 5 + c
-    v = p.detach()
+    v = p.detach().cpu()
     t = torch.zeros_like(v)
     w = torch.zeros_like(v)
     w[..., 4:5 * b:5] = ln
@@ -157,13 +181,13 @@ def yolo_targets(p, objects, s, b, c, size, lambdas):
                 if iou > best_iou:
                     best, best_iou = k, iou
             o = 5 * best
-            t[i, row, col, o:o + 4] = torch.tensor([tx, ty, bw ** 0.5, bh ** 0.5])
+            t[i, row, col, o:o + 4] = torch.tensor([tx, ty, bw ** 0.5, bh ** 0.5], device=t.device)
             w[i, row, col, o:o + 4] = lc
             t[i, row, col, o + 4] = best_iou
             w[i, row, col, o + 4] = lo
             w[i, row, col, 5 * b:] = lcl
             t[i, row, col, 5 * b + cls] = 1.0
-    return t, w
+    return t.to(p.device), w.to(p.device)
 
 
 def yolo_shapes_train():
@@ -172,6 +196,8 @@ def yolo_shapes_train():
         *cbl(64, 128, 3), nn.MaxPool2d(2), *cbl(128, 256, 3), *cbl(256, 128, 1), *cbl(128, 256, 3),
         nn.Conv2d(256, 15, 1), nn.Sigmoid())
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m = compiled(m)
+    _, warmup, iters = sized((32, 1, 4), (32, 5, 50))
     x = torch.rand(32, 3, 160, 160) * 2 - 1
     objects = [[((i * 3 + k) % 5, (((i * 37 + k * 53) % 120), ((i * 17 + k * 71) % 120),
                                    ((i * 37 + k * 53) % 120) + 30, ((i * 17 + k * 71) % 120) + 30))
@@ -183,7 +209,7 @@ def yolo_shapes_train():
         t, w = yolo_targets(p, objects, 10, 2, 5, 160, (5.0, 1.0, 0.5, 1.0))
         ((p - t) ** 2 * w).sum().div(p.shape[0]).backward()
         opt.step()
-    return timed(32, 1, 4, step)
+    return timed(32, warmup, iters, step)
 
 
 def cbr(i, o, k=3, s=1, d=1):
@@ -215,6 +241,8 @@ class FcnShapes(nn.Module):
 def fcn_shapes_train():
     m = FcnShapes()
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m = compiled(m)
+    _, warmup, iters = sized((32, 1, 4), (32, 5, 50))
     x = torch.rand(32, 3, 160, 160) * 2 - 1
     masks = torch.zeros(32, 160, 160, dtype=torch.long)
     for i in range(32):
@@ -226,7 +254,7 @@ def fcn_shapes_train():
         opt.zero_grad()
         F.cross_entropy(m(x), masks, ignore_index=255).backward()
         opt.step()
-    return timed(32, 1, 4, step)
+    return timed(32, warmup, iters, step)
 
 
 def conv_transpose_op(backward):

@@ -69,6 +69,17 @@ fn model(input: [usize; 3], groups: Vec<(&str, Vec<Layer>)>) -> Result<Model> {
     Ok(Model::new(&plan_model(&cfg)?, 0, &dev())?)
 }
 
+/// The (batch, warmup, iters) of a case: the CPU's, or the GPU's, where a step takes
+/// well under a millisecond and only a larger batch and many steps give a steady rate
+/// (`bench/torch_bench.py` sizes its cases the same way).
+fn sized(cpu: (usize, usize, usize), gpu: (usize, usize, usize)) -> (usize, usize, usize) {
+    if dev().is_cpu() {
+        cpu
+    } else {
+        gpu
+    }
+}
+
 /// Times `iters` calls of `step` after `warmup` calls; returns images per second.
 fn time(batch: usize, warmup: usize, iters: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
     for _ in 0..warmup {
@@ -98,8 +109,9 @@ fn lenet5_train() -> Result<f64> {
         nesterov: false,
         weight_decay: 0.0,
     });
-    let (x, y) = (rand(&[100, 1, 28, 28], 1, 1.0)?, labels(100, 10)?);
-    time(100, 5, 60, || {
+    let (n, warmup, iters) = sized((100, 5, 60), (100, 10, 200));
+    let (x, y) = (rand(&[n, 1, 28, 28], 1, 1.0)?, labels(n, 10)?);
+    time(n, warmup, iters, || {
         let loss = candle_nn::loss::cross_entropy(&m.forward(&x, Pass::eval())?, &y)?;
         let grads = runner::optim::collect_grads(&loss.backward()?, m.params.iter());
         opt.step(opt.config().lr(), m.params.iter(), &grads, &Default::default())?;
@@ -134,9 +146,10 @@ fn resnet_cifar_train() -> Result<f64> {
     let p = |i: usize| params[i].1.as_tensor();
     let mut opt =
         Optimizer::new(&OptimizerConfig::Adam { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 });
-    let (x, y) = (rand(&[64, 3, 32, 32], 6, 1.0)?, labels(64, 10)?);
+    let (n, warmup, iters) = sized((64, 2, 8), (256, 5, 50));
+    let (x, y) = (rand(&[n, 3, 32, 32], 6, 1.0)?, labels(n, 10)?);
     let same = ConvGeom { padding: 1, ..Default::default() };
-    time(64, 2, 8, || {
+    time(n, warmup, iters, || {
         // Conv + bias and batch norm + ReLU each as one op, as the model graph runs them.
         let h = relu_op(&runner::ops::conv::conv2d_bias(&x, p(0), Some(p(1)), same)?)?; // [64, 64, 32, 32]
         let r = runner::ops::batchnorm::batch_norm_relu_train(&conv2d(&h, p(2), same)?, p(3), p(4), 1e-5)?.0;
@@ -189,8 +202,9 @@ fn alexnet_forward() -> Result<f64> {
             ),
         ],
     )?;
-    let x = rand(&[8, 3, 224, 224], 1, 1.0)?;
-    time(8, 1, 5, || {
+    let (n, warmup, iters) = sized((8, 1, 5), (128, 3, 20));
+    let x = rand(&[n, 3, 224, 224], 1, 1.0)?;
+    time(n, warmup, iters, || {
         m.forward(&x, Pass::eval())?.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     })
@@ -201,15 +215,16 @@ fn conv_op(backward: bool) -> Result<f64> {
     let x = Var::from_tensor(&rand(&[64, 64, 32, 32], 1, 1.0)?)?;
     let w = Var::from_tensor(&rand(&[64, 64, 3, 3], 2, 0.04)?)?;
     let g = ConvGeom { padding: 1, ..Default::default() };
+    let (_, warmup, iters) = sized((64, 1, 3), (64, 5, 50));
     if backward {
         let y = conv2d(&x, &w, g)?;
-        time(64, 1, 3, || {
+        time(64, warmup, iters, || {
             // Backward alone: the forward is outside the timed call's graph reuse.
             y.sum_all()?.backward()?;
             Ok(())
         })
     } else {
-        time(64, 1, 3, || {
+        time(64, warmup, iters, || {
             conv2d(x.as_tensor(), &w, g)?;
             Ok(())
         })
@@ -321,6 +336,7 @@ fn yolo_shapes_train() -> Result<f64> {
     let file: ModelFile = toml::from_str(&std::fs::read_to_string(path)?)?;
     let m = Model::new(&plan_model(&file.model)?, 0, &dev())?;
     let yolo = Yolo { cfg: DetectConfig { grid: 10, boxes: 2, ..Default::default() }, classes: 5 };
+    let (_, warmup, iters) = sized((32, 1, 4), (32, 5, 50));
     let x = rand(&[32, 3, 160, 160], 7, 1.0)?;
     let objects: Vec<Vec<Object>> = (0..32)
         .map(|i| {
@@ -335,7 +351,7 @@ fn yolo_shapes_train() -> Result<f64> {
         .collect();
     let mut opt =
         Optimizer::new(&OptimizerConfig::Adam { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 });
-    time(32, 1, 4, || {
+    time(32, warmup, iters, || {
         let out = m.forward(&x, Pass { train: true, seed: 0, epoch: 0, step: 0 })?;
         let loss = yolo.loss(&out, &objects, [160, 160])?;
         let grads = runner::optim::collect_grads(&loss.backward()?, m.params.iter());
@@ -355,6 +371,7 @@ fn fcn_shapes_train() -> Result<f64> {
     let file: ModelFile = toml::from_str(&std::fs::read_to_string(path)?)?;
     let m = Model::new(&plan_model(&file.model)?, 0, &dev())?;
     let seg = runner::task::Segmenter { cfg: Default::default(), classes: 6 };
+    let (_, warmup, iters) = sized((32, 1, 4), (32, 5, 50));
     let x = rand(&[32, 3, 160, 160], 9, 1.0)?;
     // Square objects of class (i % 5) + 1 on background, a 2-pixel void band around them.
     let masks: Vec<u8> = (0..32 * 160 * 160)
@@ -373,7 +390,7 @@ fn fcn_shapes_train() -> Result<f64> {
         .collect();
     let mut opt =
         Optimizer::new(&OptimizerConfig::Adam { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 });
-    time(32, 1, 4, || {
+    time(32, warmup, iters, || {
         let out = m.forward(&x, Pass { train: true, seed: 0, epoch: 0, step: 0 })?;
         let loss = seg.loss(&out, &masks)?;
         let grads = runner::optim::collect_grads(&loss.backward()?, m.params.iter());
@@ -388,14 +405,15 @@ fn conv_transpose_op(backward: bool) -> Result<f64> {
     let x = Var::from_tensor(&rand(&[32, 21, 34, 34], 3, 1.0)?)?;
     let w = Var::from_tensor(&rand(&[21, 21, 4, 4], 4, 0.1)?)?;
     let g = ConvGeom { stride: 2, ..Default::default() };
+    let (_, warmup, iters) = sized((32, 1, 3), (32, 5, 50));
     if backward {
         let y = runner::ops::conv::conv_transpose2d(&x, &w, g, 0)?;
-        time(32, 1, 3, || {
+        time(32, warmup, iters, || {
             y.sum_all()?.backward()?;
             Ok(())
         })
     } else {
-        time(32, 1, 3, || {
+        time(32, warmup, iters, || {
             runner::ops::conv::conv_transpose2d(x.as_tensor(), &w, g, 0)?;
             Ok(())
         })

@@ -30,10 +30,19 @@ fn rand(shape: &[usize], seed: u64) -> Result<Tensor> {
 
 /// The largest absolute difference between `a` and `b` over the largest absolute value of `a`.
 fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    rel_diff_floor(a, b, 0.0)
+}
+
+/// [`rel_diff`] with the scale at least `floor`.
+fn rel_diff_floor(a: &Tensor, b: &Tensor, floor: f64) -> Result<f64> {
     let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
     let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
-    let scale = a.abs()?.max_all()?.to_scalar::<f64>()?.max(1e-12);
+    let scale = abs_max(&a)?.max(floor).max(1e-12);
     Ok((a - b)?.abs()?.max_all()?.to_scalar::<f64>()? / scale)
+}
+
+fn abs_max(a: &Tensor) -> Result<f64> {
+    Ok(a.to_dtype(DType::F64)?.abs()?.max_all()?.to_scalar::<f64>()?)
 }
 
 /// The output and the gradients (input first, then each parameter by name) of `mean(y * r)`.
@@ -61,15 +70,25 @@ fn layer_case(name: &str, input: [usize; 4], layers: Vec<LayerKind>, device: &De
     let (y1, g1) = run(&cfg, &x, device)?;
     let out = rel_diff(&y0, &y1)?;
     let mut grad = 0f64;
-    for (a, b) in g0.iter().zip(&g1) {
-        grad = grad.max(rel_diff(a, b)?);
+    // Each gradient against the larger of its own largest value and 1% of the case's
+    // largest: a gradient that is zero by the math (a conv bias before batch norm) holds
+    // only rounding noise (9e-10 in batchnorm_relu, beside 6e-3 for the conv weight).
+    let mut floor = 0f64;
+    for a in &g0 {
+        floor = floor.max(0.01 * abs_max(a)?);
     }
-    Ok(report(name, out, grad))
+    for (a, b) in g0.iter().zip(&g1) {
+        grad = grad.max(rel_diff_floor(a, b, floor)?);
+    }
+    Ok(report(name, out, Some(grad)))
 }
 
-fn report(name: &str, out: f64, grad: f64) -> bool {
-    let ok = out <= TOL && grad <= TOL;
-    println!("parity {name} out={out:.2e} grad={grad:.2e} tol={TOL:.0e} {}", if ok { "ok" } else { "FAIL" });
+/// `out`: the output's (or the losses') relative difference; `grad`: the gradients', where
+/// compared (the model cases compare the losses of three steps, which the gradients drive).
+fn report(name: &str, out: f64, grad: Option<f64>) -> bool {
+    let ok = out <= TOL && grad.unwrap_or(0.0) <= TOL;
+    let grad = grad.map_or("-".to_string(), |g| format!("{g:.2e}"));
+    println!("parity {name} out={out:.2e} grad={grad} tol={TOL:.0e} {}", if ok { "ok" } else { "FAIL" });
     ok
 }
 
@@ -111,7 +130,7 @@ fn model_case(file: &str, batch: usize, device: &Device) -> Result<bool> {
     let scale = a.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
     let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale;
     println!("parity {file} losses cpu={a:?} device={b:?}");
-    Ok(report(&format!("{file}_3_steps"), d, 0.0))
+    Ok(report(&format!("{file}_3_steps"), d, None))
 }
 
 fn main() -> Result<()> {
@@ -185,15 +204,24 @@ fn main() -> Result<()> {
             ],
         ),
     ];
+    // A case that fails to run is reported and the others still run: the GPU machine's
+    // time is short, and one call should say everything that is wrong.
     let mut ok = true;
+    let mut check = |name: &str, result: Result<bool>| match result {
+        Ok(same) => ok &= same,
+        Err(e) => {
+            println!("parity {name} ERROR {e:#}");
+            ok = false;
+        }
+    };
     for (name, input, layers) in cases {
-        ok &= layer_case(name, input, layers, &device).with_context(|| name.to_string())?;
+        check(name, layer_case(name, input, layers, &device));
     }
     for (file, batch) in [("lenet5.toml", 8), ("monster.toml", 8), ("fcn_shapes.toml", 2), ("yolo_shapes.toml", 2)] {
-        ok &= model_case(file, batch, &device).with_context(|| file.to_string())?;
+        check(file, model_case(file, batch, &device));
     }
     if !ok {
-        bail!("some cases differ from the CPU by more than {TOL:.0e}");
+        bail!("some cases failed or differ from the CPU by more than {TOL:.0e}");
     }
     Ok(())
 }
