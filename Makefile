@@ -11,12 +11,15 @@ build:
 # The CUDA build, with no GPU and no CUDA toolkit here: NVIDIA's CUDA 13.0 compiler and
 # libraries as pinned Python wheels in .cuda/ (gpu/cuda-root.sh), then `--features cuda`
 # for compute capability $(CUDA_COMPUTE_CAP) (9.0: H100 / H200) into target/cuda/release/.
+# CUDA_FEATURES=cudnn adds cuDNN's convolutions (README, GPU: slower for the shapes models
+# on the H200, faster for ResNet and AlexNet, TF32 inside).
 CUDA_COMPUTE_CAP ?= 90
+CUDA_FEATURES ?= cuda
 build-cuda:
-	@root=$$(bash gpu/cuda-root.sh) && \
+	@root=$$(bash gpu/cuda-root.sh $(CUDA_FEATURES)) && \
 	  PATH="$$root/bin:$$PATH" CUDA_ROOT="$$root" CUDA_PATH="$$root" \
 	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CUDAFORGE_THREADS=$${CUDAFORGE_THREADS:-2} \
-	  $(CARGO) build --release --features cuda --target-dir target/cuda --bin runner --bin runner-bench --bin runner-parity
+	  $(CARGO) build --release --features $(CUDA_FEATURES) --target-dir target/cuda --bin runner --bin runner-bench --bin runner-parity
 	@# 208 MB of binaries (mostly sm_90 kernels) in a 25 MB archive: what is carried to the GPU machine.
 	tar -C target/cuda/release -cJf target/cuda/runner-cuda.tar.xz runner runner-bench runner-parity
 	@ls -l target/cuda/runner-cuda.tar.xz

@@ -280,4 +280,8 @@ if __name__ == "__main__":
     torch.set_num_threads(threads)
     if DEVICE != "cpu":
         torch.set_default_device(DEVICE)
+    # TORCH_BENCH_TF32=0: cuDNN's convolutions in plain fp32 (PyTorch's default lets them
+    # use TF32 tensor cores, 10-bit mantissas).
+    if os.environ.get("TORCH_BENCH_TF32") == "0":
+        torch.backends.cudnn.allow_tf32 = False
     print(f"images_per_s={CASES[case]():.1f}")

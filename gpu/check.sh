@@ -136,8 +136,11 @@ for exp in fcn_shapes yolo_shapes; do
 done
 rm -rf "$work"
 
-# 4. torch.compile, time allowing: PyTorch's best effort on the training cases.
-for case in resnet_cifar_train fcn_shapes_train yolo_shapes_train; do
+# 4. torch.compile, time allowing (CHECK_COMPILE=0 skips it): PyTorch's best effort on the
+# training cases.
+compile_cases="resnet_cifar_train fcn_shapes_train yolo_shapes_train"
+[ "${CHECK_COMPILE:-1}" = 0 ] && compile_cases=
+for case in $compile_cases; do
   in_time "torch.compile $case" || break
   t=$(torch_case "$case" TORCH_BENCH_COMPILE=1 2>>"$out/compile.err" | sed -n 's/^images_per_s=//p')
   say "bench-compiled $case torch_compile_img_s=${t:-na}"

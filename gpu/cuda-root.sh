@@ -2,7 +2,7 @@
 # Makes a CUDA build tree in .cuda/ from NVIDIA's Python wheels, with no GPU and no CUDA
 # toolkit installed: `make build-cuda` runs it, then builds `--features cuda` against it.
 #
-#   .cuda/wheels/  the pinned wheels (pip install --target), about 1.2 GB
+#   .cuda/wheels/  the pinned wheels (pip install --target), about 1.2 GB (1.7 with cuDNN)
 #   .cuda/root/    CUDA_ROOT for candle's build: bin, include, nvvm from the wheels, and a
 #                  lib/ of unversioned links to their libraries (what the linker looks for)
 #   .cuda/root/lib/stubs/libcuda.so
@@ -21,9 +21,21 @@ wheels=(
   nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88
   nvidia-cublas==13.1.0.3 nvidia-curand==10.4.0.35
 )
+# `gpu/cuda-root.sh cudnn`: cuDNN too (9.19, the GPU machine's PyTorch's), 370 MB more.
+libs="cublas cublasLt curand nvrtc cudart"
+if [ "${1:-cuda}" = cudnn ]; then
+  wheels+=(nvidia-cudnn-cu13==9.19.0.56)
+  libs="$libs cudnn"
+fi
 cu=$dir/wheels/nvidia/cu13
 stamp=$dir/wheels/.pinned
-if [ "$(cat "$stamp" 2>/dev/null)" != "${wheels[*]}" ] || [ ! -x "$cu/bin/nvcc" ]; then
+# Installed already when every wanted wheel is in the stamp (a cuDNN tree serves both).
+have=" $(cat "$stamp" 2>/dev/null) "
+missing=0
+for w in "${wheels[@]}"; do
+  case $have in *" $w "*) ;; *) missing=1 ;; esac
+done
+if [ "$missing" = 1 ] || [ ! -x "$cu/bin/nvcc" ]; then
   echo "cuda-root: installing ${wheels[*]} into $dir/wheels" >&2
   rm -rf "$dir/wheels"
   "$python" -m pip install --quiet --no-deps --target "$dir/wheels" "${wheels[@]}"
@@ -34,9 +46,12 @@ root=$dir/root
 rm -rf "$root"
 mkdir -p "$root/lib/stubs"
 for d in bin include nvvm; do ln -s "$cu/$d" "$root/$d"; done
-for lib in cublas cublasLt curand nvrtc cudart; do
-  real=$(ls "$cu/lib/lib$lib.so."* 2>/dev/null | grep -v builtins | head -n1)
-  [ -n "$real" ] || { echo "cuda-root: no lib$lib.so.* in $cu/lib" >&2; exit 1; }
+for lib in $libs; do
+  real=
+  for f in "$cu/lib/lib$lib.so."* "$dir/wheels/nvidia/cudnn/lib/lib$lib.so."*; do
+    case $f in *builtins*) ;; *) [ -e "$f" ] && [ -z "$real" ] && real=$f ;; esac
+  done
+  [ -n "$real" ] || { echo "cuda-root: no lib$lib.so.* in $cu/lib or nvidia/cudnn/lib" >&2; exit 1; }
   ln -s "$real" "$root/lib/lib$lib.so"
 done
 

@@ -151,8 +151,9 @@ pub struct DataConfig {
     /// `image_folder`: decode images to 1 (grey) or 3 (RGB) channels.
     #[serde(default = "three")]
     pub channels: usize,
-    /// Threads that decode and augment batches (results do not depend on it).
-    #[serde(default = "one")]
+    /// Threads that decode and augment batches (results do not depend on it); 0, the
+    /// default, chooses for the device (`train::loader_workers`).
+    #[serde(default)]
     pub num_workers: usize,
     /// Ready batches kept ahead of the model.
     #[serde(default = "two")]

@@ -436,7 +436,7 @@ pub fn conv2d_bias(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: ConvGe
     if x.device().is_cpu() {
         x.contiguous()?.apply_op2(&weight.contiguous()?, Conv2dOp(g))
     } else {
-        x.conv2d(weight, g.padding, g.stride, g.dilation, g.groups)
+        super::conv_dev::conv2d(x, weight, g)
     }
 }
 
@@ -501,7 +501,7 @@ pub fn conv_transpose2d(x: &Tensor, weight: &Tensor, g: ConvGeom, output_padding
         if g.groups != 1 {
             candle_core::bail!("grouped conv_transpose2d runs on the CPU only for now");
         }
-        x.conv_transpose2d(weight, g.padding, output_padding, g.stride, g.dilation)
+        super::conv_dev::conv_transpose2d(x, weight, g, (oh, ow))
     }
 }
 

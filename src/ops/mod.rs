@@ -54,6 +54,7 @@ pub mod activation;
 pub mod batchnorm;
 pub mod bias;
 pub mod conv;
+mod conv_dev;
 pub mod gemm;
 pub mod pixel_ce;
 pub mod pool;

@@ -124,15 +124,23 @@ pub fn model_memory(graph: &PlannedGraph, batch: usize, memory: f64) -> Option<(
 /// The loader's prefetched batches against `memory` bytes.
 pub fn prefetch_memory(cfg: &Config, sample: &[usize], memory: f64) -> Option<(String, String)> {
     let batch: f64 = sample.iter().map(|&d| d as f64).product::<f64>() * 4.0 * cfg.data.batch_size as f64;
-    let need = batch * (cfg.data.prefetch as f64 + cfg.data.num_workers as f64);
+    // `num_workers = 0` chooses for the device (train::loader_workers): 1 on the CPU, at
+    // most 8 on a GPU.
+    let gpu = cfg!(feature = "cuda") && super::parse_device(&cfg.experiment.device) != Ok(super::DeviceChoice::Cpu);
+    let workers = match cfg.data.num_workers {
+        0 if gpu => 8,
+        0 => 1,
+        n => n,
+    };
+    let need = batch * (cfg.data.prefetch as f64 + workers as f64);
     (need > memory).then(|| {
         (
             "data.prefetch".to_string(),
             format!(
                 "{} batches in flight ({} prefetched, {} being made) of {} each need {}, more than this machine's {}",
-                cfg.data.prefetch + cfg.data.num_workers,
+                cfg.data.prefetch + workers,
                 cfg.data.prefetch,
-                cfg.data.num_workers,
+                workers,
                 gib(batch),
                 gib(need),
                 gib(memory)

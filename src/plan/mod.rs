@@ -135,8 +135,8 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     if cfg.data.batch_size == 0 {
         p.add("data.batch_size", "must be > 0");
     }
-    if cfg.data.num_workers == 0 || cfg.data.num_workers > 64 {
-        p.add("data.num_workers", format!("must be in 1..=64, is {}", cfg.data.num_workers));
+    if cfg.data.num_workers > 64 {
+        p.add("data.num_workers", format!("must be in 0..=64 (0: chosen for the device), is {}", cfg.data.num_workers));
     }
     if cfg.data.prefetch == 0 {
         p.add("data.prefetch", "must be > 0");

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Measures the CUDA build's convolution formulations (RUNNER_CONV_PATH: candle, dev, mixed;
+# src/ops/conv_dev.rs) on the bench's convolution cases, checks whether cuDNN's TF32 is
+# what separates the GPU from the CPU in runner-parity (NVIDIA_TF32_OVERRIDE=0 turns it
+# off), and runs PyTorch's side without TF32. On the GPU machine, from the repository root:
+#
+#   bash gpu/conv-paths.sh OUT_DIR [BIN_DIR]
+set -uo pipefail
+out=${1:?usage: gpu/conv-paths.sh OUT_DIR [BIN_DIR]}
+bin=${2:-target/cuda/release}
+device=${CHECK_DEVICE:-cuda:0} # cpu: a dry run here
+torch_device=cpu
+case $device in cuda*) torch_device=cuda ;; esac
+mkdir -p "$out"
+py=${PYTHON:-python3}
+nv=$("$py" -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null)/nvidia
+for d in "$nv"/cu13/lib "$nv"/*/lib; do
+  [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+export LD_LIBRARY_PATH
+cases="conv2d_forward conv2d_backward conv_transpose2d_forward conv_transpose2d_backward fcn_shapes_train yolo_shapes_train resnet_cifar_train alexnet_forward"
+for path in candle mixed dev; do
+  for case in $cases; do
+    r=$(RUNNER_CONV_PATH=$path RUNNER_BENCH_DEVICE=$device timeout 60 "$bin/runner-bench" "$case" 2>>"$out/errors.txt" | sed -n 's/^images_per_s=//p')
+    echo "runner path=$path $case ${r:-na}" | tee -a "$out/paths.txt"
+  done
+done
+for tf32 in on off; do
+  extra=()
+  [ "$tf32" = off ] && extra=(NVIDIA_TF32_OVERRIDE=0)
+  env "${extra[@]}" RUNNER_CONV_PATH=dev timeout 60 "$bin/runner-parity" "$device" > "$out/parity_tf32_$tf32.txt" 2>&1
+  echo "parity dev tf32=$tf32 rc=$? $(grep -c ' ok$' "$out/parity_tf32_$tf32.txt") ok, failing: $(grep FAIL "$out/parity_tf32_$tf32.txt" | awk '{print $2, $4}' | tr '\n' ';')" | tee -a "$out/paths.txt"
+done
+for case in $cases; do
+  t=$(TORCH_BENCH_DEVICE=$torch_device TORCH_BENCH_TF32=0 timeout 60 "$py" bench/torch_bench.py "$case" 1 2>>"$out/errors.txt" | sed -n 's/^images_per_s=//p')
+  echo "torch tf32=off $case ${t:-na}" | tee -a "$out/paths.txt"
+done
+echo "done in ${SECONDS}s" | tee -a "$out/paths.txt"
