@@ -9,7 +9,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::common::{run_folder, runner};
 
-fn rows(path: &Path) -> Vec<(i32, i64, String, String, u64)> {
+pub fn rows(path: &Path) -> Vec<(i32, i64, String, String, u64)> {
     let f = std::fs::File::open(path).unwrap();
     let batches: Vec<RecordBatch> =
         ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().map(|b| b.unwrap()).collect();
@@ -40,7 +40,7 @@ fn set_status(dir: &Path, status: runner::runlog::Status) {
     log.flush().unwrap();
 }
 
-fn status(dir: &Path) -> String {
+pub fn status(dir: &Path) -> String {
     let f = std::fs::File::open(dir.join("run.parquet")).unwrap();
     let b = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().next().unwrap().unwrap();
     b.column_by_name("status").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string()
@@ -48,7 +48,7 @@ fn status(dir: &Path) -> String {
 
 /// A tiny experiment with dropout, momentum, a schedule with warm-up and a freeze that ends
 /// at epoch 1: everything resume must restore.
-fn setup(dir: &Path) -> PathBuf {
+pub fn setup(dir: &Path) -> PathBuf {
     let exp = crate::end_to_end::setup(dir, 3);
     let mut text = std::fs::read_to_string(&exp).unwrap();
     text += r#"
@@ -108,6 +108,8 @@ fn resumed_runs_equal_uninterrupted_runs() {
                 std::fs::remove_file(copy.join(format!("checkpoints/epoch_{later:04}.{ext}"))).unwrap();
             }
         }
+        // A stop leaves no final weights: resume must write them.
+        std::fs::remove_file(copy.join("model.safetensors")).unwrap();
         // What a stop leaves: status interrupted.
         let mut log = runner::runlog::RunLog::open(&copy, None).unwrap();
         log.set_status(runner::runlog::Status::Interrupted);
