@@ -11,6 +11,7 @@ mod end_to_end;
 mod fashion_mnist;
 mod image_folder;
 mod localization;
+mod mutation;
 mod predict;
 mod resume;
 mod segmentation;
