@@ -438,6 +438,60 @@ mod tests {
         ["cat", "dog"].iter().map(|s| s.to_string()).collect()
     }
 
+    /// A tar of `(name, type, data, link)` members, names written raw (the tar crate's
+    /// own `set_path` refuses `..`, which an archive from elsewhere may still hold).
+    fn tar_of(members: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data, link) in members {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_size(data.len() as u64);
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            if let Some(l) = link {
+                h.set_link_name(l).unwrap();
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Nothing lands outside the target: a member climbing out with `..` stops the
+    /// extraction (without the check, this test fails: evil.txt is written beside `out`),
+    /// links and absolute paths are not extracted, the VOC files are.
+    #[test]
+    fn archives_cannot_write_outside_their_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let (dest, archive) = (d.path().join("out/VOCdevkit"), d.path().join("a.tar"));
+        let file = tar::EntryType::Regular;
+        let good = ("VOCdevkit/VOC2007/JPEGImages/000001.jpg", file, &b"jpeg"[..], None);
+        std::fs::write(
+            &archive,
+            tar_of(&[
+                good,
+                ("VOCdevkit/VOC2007/JPEGImages/link.jpg", tar::EntryType::Symlink, b"", Some("/etc/passwd")),
+                ("VOCdevkit/VOC2007/JPEGImages/hard.jpg", tar::EntryType::Link, b"", Some("/etc/passwd")),
+                ("/VOCdevkit/VOC2007/JPEGImages/abs.jpg", file, b"abs", None),
+            ]),
+        )
+        .unwrap();
+        extract(&archive, &dest).unwrap();
+        let mut found: Vec<String> = std::fs::read_dir(dest.join("VOC2007/JPEGImages"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        assert_eq!(found, ["000001.jpg"]);
+        assert!(!d.path().join("VOCdevkit").exists() && !Path::new("/VOCdevkit").exists());
+
+        let climbing = ("VOCdevkit/VOC2007/Annotations/../../../../evil.txt", file, &b"evil"[..], None);
+        std::fs::write(&archive, tar_of(&[good, climbing])).unwrap();
+        let e = format!("{:#}", extract(&archive, &d.path().join("second/VOCdevkit")).unwrap_err());
+        assert!(e.contains("leaves the archive's folder"), "{e}");
+        assert!(!d.path().join("evil.txt").exists() && !d.path().join("second/evil.txt").exists());
+    }
+
     const XML: &str = r#"<annotation><folder>VOC2007</folder><filename>000001.jpg</filename>
         <size><width>100</width><height>50</height><depth>3</depth></size>
         <object><name>dog</name><truncated>1</truncated><difficult>0</difficult>
