@@ -59,10 +59,18 @@ torch:
 
 # Tests run in release mode: one optimised build serves `make run` and `make test`.
 # The parity tests are required wherever torch could be installed.
+# A test whose dependency is missing says SKIPPED in the output and in the closing line; where
+# apt could have installed the dependency (root with apt-get), its absence fails the test.
+CAN_APT = command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]
 test: data pyarrow torch
+	@mkdir -p target && rm -f target/test-skips.log
 	RUNNER_REQUIRE_PYARROW=1 \
-	RUNNER_REQUIRE_TORCH=$$(PYTHONPATH=.pydeps /usr/bin/python3 -c "import torch, torchvision, safetensors" 2>/dev/null && echo 1 || echo 0) \
+	RUNNER_REQUIRE_TORCH=$$( (PYTHONPATH=.pydeps /usr/bin/python3 -c "import torch, torchvision, safetensors" 2>/dev/null || $(CAN_APT)) && echo 1 || echo 0) \
+	RUNNER_REQUIRE_FASHION_MNIST=$$( ([ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || $(CAN_APT)) && echo 1 || echo 0) \
+	RUNNER_SKIP_LOG=$(CURDIR)/target/test-skips.log \
 	$(CARGO) test --release
+	@if [ -s target/test-skips.log ]; then echo "make test: $$(wc -l < target/test-skips.log) skipped:"; cat target/test-skips.log; \
+	else echo "make test: nothing skipped"; fi
 
 # Installs Debian's python3-torch for the reference where apt works; prints torch=na otherwise.
 bench: build torch

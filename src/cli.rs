@@ -361,6 +361,12 @@ fn stop_flag() -> Arc<AtomicBool> {
         }
         Err(e) => tracing::warn!("cannot catch Ctrl-C and SIGTERM ({e}): a signal stops the run at once"),
     }
+    // A file-size limit (`ulimit -f`) would kill the process with SIGXFSZ in the middle of
+    // a write; caught, the write fails with "File too large" instead, and the run ends as
+    // failed with its earlier files whole.
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, Arc::new(AtomicBool::new(false))) {
+        tracing::debug!("cannot catch SIGXFSZ ({e}): a file-size limit kills the process");
+    }
     stop
 }
 

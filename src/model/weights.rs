@@ -153,10 +153,7 @@ pub fn cpu_tensors(model: &Model) -> Result<std::collections::HashMap<String, Te
 /// a temporary file renamed into place (a crash leaves the previous file).
 pub fn save(model: &Model, path: &Path) -> Result<()> {
     let all = cpu_tensors(model)?;
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&all, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))?;
-    Ok(())
+    crate::runlog::atomic_write(path, |tmp| Ok(candle_core::safetensors::save(&all, tmp)?))
 }
 
 /// What a load did: tensors set, and the file's tensors under the prefix left unused.

@@ -1,7 +1,7 @@
 //! kill -9 at random moments: whatever moment the process dies at (in a batch, in the
 //! evaluation, while tables or checkpoints are written), every table and checkpoint left
 //! in the folder opens, and `runner resume` ends with the metrics and the final weights of
-//! the run that was never killed, bit for bit.
+//! the run that was never killed, bit for bit. Likewise a run stopped by a file-size limit.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -122,4 +122,48 @@ fn kill_9_at_ten_random_moments_then_resume_equals_one_run() {
     }
     // Visible in the test output (cargo test -- --nocapture) and in a failure message.
     eprintln!("chaos: {}", outcomes.join("; "));
+}
+
+/// A file-size limit (`ulimit -f`, as on a full disk) while the first epoch's tables and
+/// checkpoint are written: the run fails with an error naming the file (without the
+/// SIGXFSZ handler the process was killed, leaving `roc_test.parquet.tmp`), leaves no
+/// partial file, and resumes, without the limit, to the run that never failed.
+#[test]
+fn a_file_size_limit_fails_the_run_cleanly_and_resume_finishes_it() {
+    let epochs = ["--set", "train.epochs=4"];
+    let d = tempfile::tempdir().unwrap();
+    let exp = setup(d.path());
+    let out = runner(d.path(), &[&[exp.to_str().unwrap(), "-q"][..], &epochs].concat());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let full = run_folder(d.path(), &out);
+
+    let cwd = tempfile::tempdir().unwrap();
+    let exp = setup(cwd.path());
+    // 8 blocks: 4 KiB where `sh` counts 512-byte blocks (dash), 8 KiB where it counts
+    // 1024 (bash); the ROC table (10 KB) and the checkpoint (13 KB) are larger either way.
+    let limited = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -f 8 && exec \"$0\" \"$1\" -q {}", epochs.join(" ")))
+        .args([env!("CARGO_BIN_EXE_runner"), exp.to_str().unwrap()])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&limited.stderr);
+    assert_eq!(limited.status.code(), Some(2), "{:?}: {stderr}", limited.status);
+    assert!(stderr.contains("File too large") && stderr.contains("cannot write runs/tiny/"), "{stderr}");
+    let runs = cwd.path().join("runs/tiny");
+    let leftovers: Vec<PathBuf> = files(&runs).into_iter().filter(|p| p.to_string_lossy().ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "partial files: {leftovers:?}");
+    let dir = std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path()).find(|p| p.is_dir()).unwrap();
+    all_files_open(&dir, "after the limit");
+    assert_eq!(status(&dir), "failed");
+
+    let out = runner(cwd.path(), &["resume", dir.to_str().unwrap(), "-q"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(status(&dir), "completed");
+    assert_eq!(rows(&dir.join("metrics.parquet")), rows(&full.join("metrics.parquet")));
+    assert_eq!(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        std::fs::read(full.join("model.safetensors")).unwrap()
+    );
 }

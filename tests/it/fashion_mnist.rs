@@ -1,6 +1,6 @@
 //! One real run on Fashion-MNIST (Debian's `dataset-fashion-mnist`, or data/fashion_mnist):
 //! the committed recipe, cut to 2 epochs. Skipped, with the reason printed, where the data
-//! is absent.
+//! is absent, unless `make test` set RUNNER_REQUIRE_FASHION_MNIST=1 (apt could install it).
 
 use runner::config::{load, LoadOptions};
 use runner::data::{locate, Located};
@@ -13,7 +13,8 @@ fn lenet5_learns_fashion_mnist() {
     let exp = repo.join("experiments/lenet5_fashion_mnist.toml");
     let loaded = load(&exp, &LoadOptions::default()).unwrap();
     if let Located::Missing { searched, .. } = locate(&loaded.config.data) {
-        eprintln!("SKIPPED lenet5_learns_fashion_mnist: Fashion-MNIST not found in {searched:?}; apt-get install dataset-fashion-mnist");
+        let reason = format!("Fashion-MNIST not found in {searched:?}; apt-get install dataset-fashion-mnist");
+        crate::common::skip("lenet5_learns_fashion_mnist", &reason, "RUNNER_REQUIRE_FASHION_MNIST");
         return;
     }
     let out_dir = tempfile::tempdir().unwrap();
@@ -42,7 +43,12 @@ fn data_stats_reproduce_the_usual_fashion_mnist_normalization() {
     let exp = repo.join("experiments/lenet5_fashion_mnist.toml");
     let loaded = load(&exp, &LoadOptions::default()).unwrap();
     if let Located::Missing { searched, .. } = locate(&loaded.config.data) {
-        eprintln!("SKIPPED data_stats: Fashion-MNIST not found in {searched:?}");
+        let reason = format!("Fashion-MNIST not found in {searched:?}");
+        crate::common::skip(
+            "data_stats_reproduce_the_usual_fashion_mnist_normalization",
+            &reason,
+            "RUNNER_REQUIRE_FASHION_MNIST",
+        );
         return;
     }
     let out = runner(&repo, &["data", "stats", exp.to_str().unwrap()]);

@@ -92,16 +92,20 @@ fn torch_files() -> Option<&'static Path> {
         let out = std::process::Command::new("/usr/bin/python3").arg(&script).arg(dir.path()).output();
         match out {
             Ok(o) if o.status.success() => Some(dir),
-            Ok(o) if !required => {
-                eprintln!("skipped the torch parity tests: {}", String::from_utf8_lossy(&o.stderr));
+            Ok(o) if required => panic!("make_zoo_parity.py failed: {}", String::from_utf8_lossy(&o.stderr)),
+            Ok(o) => {
+                let stderr = String::from_utf8_lossy(&o.stderr);
+                crate::common::skip("the torch parity tests (zoo)", &stderr, "RUNNER_REQUIRE_TORCH");
                 None
             }
-            Err(e) if !required => {
-                eprintln!("skipped the torch parity tests: {e}");
+            Err(e) => {
+                crate::common::skip(
+                    "the torch parity tests (zoo)",
+                    &format!("no /usr/bin/python3 ({e})"),
+                    "RUNNER_REQUIRE_TORCH",
+                );
                 None
             }
-            Ok(o) => panic!("make_zoo_parity.py failed: {}", String::from_utf8_lossy(&o.stderr)),
-            Err(e) => panic!("/usr/bin/python3 is required here: {e}"),
         }
     });
     dir.as_ref().map(|d| d.path())
@@ -127,7 +131,9 @@ fn vgg16_matches_torchvision() {
     let got = model.forward(&x, Pass::eval()).unwrap();
     let d = max_diff(&got, &want);
     eprintln!("vgg16: max abs difference to torchvision {d}");
-    assert!(d <= 1e-4, "max abs difference to torchvision's logits: {d}");
+    // Measured 6.4e-7 (2026-12-04): 16 layers of f32 sums in another order. Random-init
+    // logits are about 0.03, so 1e-4 would let a 0.3% scale error pass.
+    assert!(d <= 2e-6, "max abs difference to torchvision's logits: {d}");
 }
 
 #[test]
@@ -140,7 +146,8 @@ fn alexnet_matches_torchvision() {
     let got = model.forward(&x, Pass::eval()).unwrap();
     let d = max_diff(&got, &want);
     eprintln!("alexnet: max abs difference to torchvision {d}");
-    assert!(d <= 1e-4, "max abs difference to torchvision's logits: {d}");
+    // Measured 4.8e-8 (README: 4e-8).
+    assert!(d <= 1e-6, "max abs difference to torchvision's logits: {d}");
 }
 
 fn init(file: &Path, prefix: &str, rename: &[(&str, &str)]) -> InitConfig {
@@ -182,7 +189,8 @@ fn monster_matches_the_course_model_in_eval_mode() {
     let got = model.forward(&x, Pass::eval()).unwrap();
     let d = max_diff(&got, &want);
     eprintln!("monster: max abs difference to the course model {d}");
-    assert!(d <= 1e-4, "max abs difference to the course model's logits: {d}");
+    // Measured 2.4e-7 (README: 2e-7).
+    assert!(d <= 1e-6, "max abs difference to the course model's logits: {d}");
 }
 
 #[test]
@@ -339,10 +347,14 @@ fn runner_checkpoints_load_in_pytorch() {
             eprintln!("pytorch: {text}");
             assert!(text.starts_with("ok "), "{text}");
         }
-        Ok(o) if o.status.code() == Some(3) && !required => {
-            eprintln!("skipped: {}", String::from_utf8_lossy(&o.stderr))
+        Ok(o) if o.status.code() == Some(3) && !required => crate::common::skip(
+            "runner_checkpoints_load_in_pytorch",
+            &String::from_utf8_lossy(&o.stderr),
+            "RUNNER_REQUIRE_TORCH",
+        ),
+        Err(e) if !required => {
+            crate::common::skip("runner_checkpoints_load_in_pytorch", &e.to_string(), "RUNNER_REQUIRE_TORCH")
         }
-        Err(e) if !required => eprintln!("skipped: {e}"),
         Ok(o) => {
             panic!("check_checkpoint.py: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
         }
