@@ -70,6 +70,15 @@ fn render_over(
     })
 }
 
+/// An epoch axis's label: the whole epoch, or nothing between epochs.
+fn epoch_tick(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-6 {
+        format!("{}", x.round() as i64)
+    } else {
+        String::new()
+    }
+}
+
 /// Lines of `(x, y)` points with their labels, on one chart.
 fn line_chart(
     path: &Path,
@@ -103,13 +112,13 @@ fn line_chart(
             .y_label_area_size(60)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| anyhow!("{e}"))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .label_style((FONT, 14))
-            .draw()
-            .map_err(|e| anyhow!("{e}"))?;
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(x_label).y_desc(y_label).label_style((FONT, 14));
+        if x_label == "epoch" {
+            // Whole epochs: 1, 2, 3, not 1.0, 1.5, 2.0.
+            mesh.x_labels(((x1 - x0).round() as usize + 1).clamp(2, 12)).x_label_formatter(&epoch_tick);
+        }
+        mesh.draw().map_err(|e| anyhow!("{e}"))?;
         for (i, (name, pts)) in series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|(_, y)| y.is_finite()).collect();
@@ -368,6 +377,14 @@ fn grid(path: &Path, images: &[(Vec<u8>, [usize; 2], Vec<Labelled>)], cols: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_axes_show_whole_epochs() {
+        assert_eq!(epoch_tick(&1.0), "1");
+        assert_eq!(epoch_tick(&12.0000001), "12");
+        assert_eq!(epoch_tick(&1.5), "");
+        assert_eq!(epoch_tick(&2.25), "");
+    }
 
     #[test]
     fn long_non_ascii_class_names_are_shortened_by_characters() {
