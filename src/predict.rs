@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, D};
 
-use crate::config::{LoadOptions, Tta};
+use crate::config::{AugmentOp, LoadOptions, Tta};
 use crate::model::{weights, Model, Pass};
 use crate::rng::Rng;
 
@@ -61,7 +61,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
         (req.target.clone(), None)
     };
     let weights_file = req.weights.clone().or(run_weights);
-    let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: req.sets.clone(), env: true })?;
+    let mut loaded = load_for_predict(&config_path, &req.sets)?;
     if weights_file.is_some() {
         // The whole model comes from the weights file: the groups' own files are not needed.
         loaded.config.model.drop_inits();
@@ -180,6 +180,59 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
         out.push(Prediction { image: image.clone(), ranked, boxes: Vec::new(), shares: Vec::new(), note });
     }
     Ok((out, classes))
+}
+
+/// Loads the experiment, or a model file alone (`configs/models/alexnet.toml` with
+/// `--weights`): each of `[experiment]`, `[data]` and `[train]` that the file lacks gets
+/// what prediction needs (a name, a one-image batch with no dataset behind it, a stand-in
+/// optimizer that never runs), and without `[data]` and `[augment] test` the test pipeline
+/// is the default one: the image resized (bilinear) to the model's input, pixels in [0, 1],
+/// no normalization (add the training's with `--set augment.test=[...]`).
+fn load_for_predict(path: &Path, sets: &[String]) -> Result<crate::config::Loaded> {
+    const DEFAULTS: [(&str, &str); 3] = [
+        ("experiment", "experiment={ name = \"predict\" }"),
+        ("data", "data={ dataset = \"image_folder\", batch_size = 1 }"),
+        ("train", "train={ epochs = 1, optimizer = { sgd = { lr = 0.1 } } }"),
+    ];
+    let mut added: Vec<&str> = Vec::new();
+    loop {
+        let mut all: Vec<String> =
+            DEFAULTS.iter().filter(|(k, _)| added.contains(k)).map(|(_, set)| set.to_string()).collect();
+        all.extend(sets.iter().cloned());
+        match crate::config::load(path, &LoadOptions { sets: all, env: true }) {
+            Ok(mut loaded) => {
+                let input = loaded.config.model.input.clone();
+                if let (true, &[c, h, w]) = (added.contains(&"data"), &input[..]) {
+                    // Images decoded with the model's channels; both pipelines end at its size
+                    // (the training one is only checked, never run).
+                    loaded.config.data.channels = c;
+                    let resize = AugmentOp::Resize { size: Some([h, w]), shorter: None, mode: "bilinear".into() };
+                    for ops in [&mut loaded.config.augment.test, &mut loaded.config.augment.train] {
+                        if ops.is_empty() {
+                            ops.push(resize.clone());
+                        }
+                    }
+                }
+                if !added.is_empty() {
+                    tracing::info!(
+                        "{}: no [{}]: predicting with the model and weights alone",
+                        path.display(),
+                        added.join("], [")
+                    );
+                }
+                return Ok(loaded);
+            }
+            Err(e) => {
+                let missing = DEFAULTS.iter().map(|(k, _)| *k).find(|k| {
+                    !added.contains(k) && e.problems.iter().any(|p| p.starts_with(&format!("missing key `{k}`:")))
+                });
+                match missing {
+                    Some(k) => added.push(k),
+                    None => return Err(e.into()),
+                }
+            }
+        }
+    }
 }
 
 /// The model's eval-mode output for one image `dims` large after the test augmentations,

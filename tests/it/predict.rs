@@ -74,3 +74,40 @@ fn predict_prints_ranked_classes_from_a_run() {
     let e = runner(d.path(), &["predict", "data", "three.png"]);
     assert!(e.stderr.contains("not a run folder"), "{}", e.stderr);
 }
+
+/// A model file alone (`configs/models/lenet5.toml`, no `[experiment]`, `[data]` or
+/// `[train]`) and a weights file predict: the printed ranking and scores are those of the
+/// model's own forward pass on the image's pixels in [0, 1] (a 28x28 image: the default
+/// resize to the model's input leaves it as it is).
+#[test]
+fn a_model_file_and_weights_predict_without_an_experiment() {
+    use runner::model::{plan_model, Model, Pass};
+    let d = tempfile::tempdir().unwrap();
+    #[derive(serde::Deserialize)]
+    struct ModelFile {
+        model: runner::config::ModelConfig,
+    }
+    let models = crate::common::repo().join("configs/models/lenet5.toml");
+    let file: ModelFile = toml::from_str(&std::fs::read_to_string(&models).unwrap()).unwrap();
+    let model = Model::new(&plan_model(&file.model).unwrap(), 11, &candle_core::Device::Cpu).unwrap();
+    runner::model::weights::save(&model, &d.path().join("w.safetensors")).unwrap();
+    toy_png(&d.path().join("seven.png"), 7);
+
+    let out = runner(
+        d.path(),
+        &["predict", models.to_str().unwrap(), "seven.png", "--weights", "w.safetensors", "--topk", "3"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("predicting with the model and weights alone"), "{}", out.stderr);
+
+    let img = image::open(d.path().join("seven.png")).unwrap().to_luma8();
+    let x: Vec<f32> = img.as_raw().iter().map(|&p| p as f32 / 255.0).collect();
+    let x = candle_core::Tensor::from_vec(x, (1, 1, 28, 28), &candle_core::Device::Cpu).unwrap();
+    let logits: Vec<f32> = model.forward(&x, Pass::eval()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let mut ranked: Vec<(usize, f32)> = logits.into_iter().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let want: Vec<String> =
+        ranked[..3].iter().enumerate().map(|(i, (c, s))| format!("#{} {s:.2} {c}", i + 1)).collect();
+    let got: Vec<&str> = out.stdout.lines().skip(1).collect();
+    assert_eq!(got, want, "{}", out.stdout);
+}
