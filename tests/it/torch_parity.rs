@@ -34,7 +34,8 @@ fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
 fn conv2d_matches_pytorch() {
     let f = fixture();
     let cases = f["conv"].as_array().unwrap();
-    assert_eq!(cases.len(), 6);
+    // The last two have 16+ channels, 3x3, stride 1: runner's Winograd kernels.
+    assert_eq!(cases.len(), 8);
     for (i, case) in cases.iter().enumerate() {
         let case = case.as_table().unwrap();
         let g = ConvGeom {
@@ -53,6 +54,13 @@ fn conv2d_matches_pytorch() {
         assert_close(grads.get(&x).unwrap(), &tensor(case, "dx"), &format!("{what} dx"));
         assert_close(grads.get(&w).unwrap(), &tensor(case, "dw"), &format!("{what} dw"));
         assert_close(grads.get(&b).unwrap(), &tensor(case, "db"), &format!("{what} db"));
+        // The fused conv + bias op, as the model graph runs a conv layer with its bias.
+        let y = runner::ops::conv::conv2d_bias(&x, &w, Some(&b), g).unwrap();
+        assert_close(&y, &tensor(case, "y"), &format!("{what} fused output"));
+        let grads = (y * tensor(case, "r")).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(grads.get(&x).unwrap(), &tensor(case, "dx"), &format!("{what} fused dx"));
+        assert_close(grads.get(&w).unwrap(), &tensor(case, "dw"), &format!("{what} fused dw"));
+        assert_close(grads.get(&b).unwrap(), &tensor(case, "db"), &format!("{what} fused db"));
     }
 }
 
@@ -60,7 +68,9 @@ fn conv2d_matches_pytorch() {
 fn pooling_matches_pytorch() {
     let f = fixture();
     let cases = f["pool"].as_array().unwrap();
-    assert_eq!(cases.len(), 7);
+    // The last two: integer inputs, so windows hold ties; the gradient goes to the first
+    // maximum of each window, as PyTorch's.
+    assert_eq!(cases.len(), 9);
     for (i, case) in cases.iter().enumerate() {
         let case = case.as_table().unwrap();
         let kind = if case["kind"].as_str() == Some("max") { PoolKind::Max } else { PoolKind::Avg };
