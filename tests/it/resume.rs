@@ -407,3 +407,48 @@ fn a_run_killed_between_its_first_tables_and_checkpoint_resumes() {
     assert_eq!(status(&run), "completed");
     assert_eq!(rows(&run.join("metrics.parquet")), before);
 }
+
+/// `keep_last = 2` over five epochs keeps the checkpoints of epochs 4 and 5 (and `best`);
+/// a resume with another thread count than the run's says that the results will differ
+/// and how to get the same bits.
+#[test]
+fn keep_last_prunes_and_resume_warns_about_thread_counts() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let run_with = |threads: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(args)
+            .current_dir(d.path())
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) =
+        run_with("1", &["tiny.toml", "--set", "train.epochs=5", "--set", "train.checkpoint.keep_last=2"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let dir = stdout.lines().find_map(|l| l.strip_prefix("run folder: ")).map(|p| d.path().join(p)).unwrap();
+    let mut kept: Vec<String> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["best.safetensors", "epoch_0004.safetensors", "epoch_0005.safetensors"]);
+
+    // Stopped after epoch 4 (what a stop leaves), resumed with two threads.
+    for ext in ["safetensors", "toml"] {
+        std::fs::remove_file(dir.join(format!("checkpoints/epoch_0005.{ext}"))).unwrap();
+    }
+    set_status(&dir, runner::runlog::Status::Interrupted);
+    let (code, _, stderr) = run_with("2", &["resume", dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the run used 1 threads, this process 2") && stderr.contains("RAYON_NUM_THREADS=1"),
+        "{stderr}"
+    );
+}

@@ -221,3 +221,24 @@ fn optimizer_updates_match_pytorch() {
         }
     }
 }
+
+/// The ten crops of test-time augmentation against torchvision's `TenCrop` (the corners,
+/// the centre with its half-to-even rounding, then the same of the mirror image), on
+/// images of distinct values (tests/fixtures/make_tta_fixture.py).
+#[test]
+fn ten_crop_matches_torchvision() {
+    let path = crate::common::repo().join("tests/fixtures/tta_torchvision.toml");
+    let f: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = f["ten_crop"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let case = case.as_table().unwrap();
+        let dims: Vec<usize> =
+            case["shape"].as_array().unwrap().iter().map(|v| v.as_integer().unwrap() as usize).collect();
+        let size = case["size"].as_integer().unwrap() as usize;
+        let want: Vec<f32> = case["crops"].as_array().unwrap().iter().map(|v| v.as_float().unwrap() as f32).collect();
+        let image: Vec<f32> = (0..dims.iter().product::<usize>()).map(|i| i as f32).collect();
+        let got = runner::data::tta::ten_crop(&image, 1, [dims[0], dims[1], dims[2]], size);
+        assert_eq!(got, want, "ten crops of {dims:?}, size {size}");
+    }
+}
