@@ -14,9 +14,10 @@ import sys
 
 CASES = ["lenet5_train", "resnet_cifar_train", "alexnet_forward", "conv2d_forward", "conv2d_backward",
          "loader_cifar10_crop_flip_norm", "loader_jpeg_256_crop224_flip_pca", "yolo_shapes_train",
-         "detect_eval_5000", "fcn_shapes_train", "conv_transpose2d_forward", "conv_transpose2d_backward"]
+         "detect_eval_5000", "fcn_shapes_train", "conv_transpose2d_forward", "conv_transpose2d_backward",
+         "resize_voc_antialias", "resize_voc_plain"]
 # Cases without a PyTorch counterpart (torch=na): runner's evaluation alone.
-RUNNER_ONLY = {"detect_eval_5000"}
+RUNNER_ONLY = {"detect_eval_5000", "resize_voc_antialias", "resize_voc_plain"}
 RUNNER = os.environ.get("RUNNER_BENCH", "target/release/runner-bench")
 TORCH_PY = os.environ.get("TORCH_PYTHON", "/usr/bin/python3")
 HERE = os.path.dirname(os.path.abspath(__file__))

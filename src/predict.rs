@@ -206,7 +206,12 @@ fn load_for_predict(path: &Path, sets: &[String]) -> Result<crate::config::Loade
                     // Images decoded with the model's channels; both pipelines end at its size
                     // (the training one is only checked, never run).
                     loaded.config.data.channels = c;
-                    let resize = AugmentOp::Resize { size: Some([h, w]), shorter: None, mode: "bilinear".into() };
+                    let resize = AugmentOp::Resize {
+                        size: Some([h, w]),
+                        shorter: None,
+                        mode: "bilinear".into(),
+                        antialias: true,
+                    };
                     for ops in [&mut loaded.config.augment.test, &mut loaded.config.augment.train] {
                         if ops.is_empty() {
                             ops.push(resize.clone());

@@ -447,6 +447,30 @@ fn detect_eval_5000() -> Result<f64> {
     Ok(n as f64 / secs)
 }
 
+/// The data-side `resize` of a 500x375 RGB photo (VOC's usual size) to YOLO's 448x448 and
+/// to 224x168 (shrinking), antialiased (PIL's filter) or not (`F.interpolate`'s four taps);
+/// the same pixels every call.
+fn resize_case(antialias: bool) -> Result<f64> {
+    use runner::config::AugmentOp;
+    let (h, w) = (375, 500);
+    let mut r = Rng::new(3);
+    let img: Vec<f32> = (0..3 * h * w).map(|_| r.next_f64() as f32).collect();
+    let ops = [[448, 448], [168, 224]].map(|size| AugmentOp::Resize {
+        size: Some(size),
+        shorter: None,
+        mode: "bilinear".into(),
+        antialias,
+    });
+    let n = 20;
+    let t = Instant::now();
+    for i in 0..n {
+        let mut dims = [3, h, w];
+        let mut rng = Rng::new(i as u64);
+        runner::data::augment::apply(&ops[i % 2], img.clone(), &mut dims, &mut rng).map_err(anyhow::Error::msg)?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
 fn main() -> Result<()> {
     runner::ops::tune_allocator();
     let case = std::env::args().nth(1).unwrap_or_default();
@@ -462,8 +486,10 @@ fn main() -> Result<()> {
         "conv_transpose2d_forward" => conv_transpose_op(false)?,
         "conv_transpose2d_backward" => conv_transpose_op(true)?,
         "detect_eval_5000" => detect_eval_5000()?,
+        "resize_voc_antialias" => resize_case(true)?,
+        "resize_voc_plain" => resize_case(false)?,
         other => bail!(
-            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000"
+            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_plain"
         ),
     };
     println!("images_per_s={ips:.1}");

@@ -71,8 +71,8 @@ pub enum AugmentOp {
         saturation: f64,
     },
     /// Resize to `size = [h, w]`, or so that the shorter side is `shorter` (the longer side
-    /// scaled and truncated, as torchvision), by `mode` (`"bilinear"`, align_corners = false
-    /// and no antialiasing, as `F.interpolate`; or `"nearest"`).
+    /// scaled and truncated, as torchvision), by `mode` (`"bilinear"`, antialiased as PIL
+    /// and torchvision's `Resize` unless `antialias = false`; or `"nearest"`).
     Resize {
         #[serde(default)]
         size: Option<[usize; 2]>,
@@ -80,6 +80,11 @@ pub enum AugmentOp {
         shorter: Option<usize>,
         #[serde(default = "default_resize_mode")]
         mode: String,
+        /// Bilinear only: each output pixel averages the input pixels it covers when
+        /// shrinking (PIL's and torchvision `Resize`'s antialiasing); `false`: the four
+        /// nearest pixels, as `F.interpolate(..., antialias=False)`.
+        #[serde(default = "crate::config::yes")]
+        antialias: bool,
     },
     /// YOLO's (Darknet's `jitter`) random scale and translation: each side of the image
     /// moves in or out by up to `amount` of its size (uniform, drawn per side), the new
@@ -207,7 +212,7 @@ impl AugmentOp {
                 }
                 Ok(input)
             }
-            AugmentOp::Resize { size, shorter, mode } => {
+            AugmentOp::Resize { size, shorter, mode, .. } => {
                 if mode != "bilinear" && mode != "nearest" {
                     return Err(format!("mode must be \"bilinear\" or \"nearest\", is {mode:?}"));
                 }

@@ -78,6 +78,52 @@ impl Targets {
     }
 }
 
+/// PIL's bilinear resampling (`Image.resize(..., BILINEAR)`, which torchvision's `Resize`
+/// runs): output pixel `i` is centred at `(i + 0.5) * scale` of the input; its triangle
+/// filter is stretched to the scale when shrinking, so that it averages every input pixel
+/// it covers (no aliasing), and its weights are renormalised over the pixels inside the
+/// image. Rows first, then columns, in f32 (PIL rounds to 8 bits between the two passes:
+/// the two differ by at most one grey level, a test).
+pub fn resample_antialiased(img: &[f32], c: usize, (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+    /// For each output index, the first input index and the weights from there on.
+    fn taps(n: usize, on: usize) -> Vec<(usize, Vec<f32>)> {
+        let scale = n as f64 / on as f64;
+        let stretch = scale.max(1.0);
+        let support = stretch; // the triangle's half-width, 1 input pixel at scale 1
+        (0..on)
+            .map(|i| {
+                let centre = (i as f64 + 0.5) * scale;
+                let lo = ((centre - support + 0.5).floor().max(0.0)) as usize;
+                let hi = ((centre + support + 0.5).floor() as usize).min(n);
+                let ws: Vec<f64> =
+                    (lo..hi).map(|x| (1.0 - ((x as f64 - centre + 0.5) / stretch).abs()).max(0.0)).collect();
+                let total: f64 = ws.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+                (lo, ws.iter().map(|v| (v / total) as f32).collect())
+            })
+            .collect()
+    }
+    let (tx, ty) = (taps(w, ow), taps(h, oh));
+    let mut out = vec![0f32; c * oh * ow];
+    let mut rows = vec![0f32; h * ow];
+    for p in 0..c {
+        let src = &img[p * h * w..(p + 1) * h * w];
+        // Rows: each output column is a short dot product over a contiguous run of pixels.
+        for (row, line) in rows.chunks_exact_mut(ow).zip(src.chunks_exact(w)) {
+            for (o, (lo, ws)) in row.iter_mut().zip(&tx) {
+                *o = ws.iter().zip(&line[*lo..]).map(|(a, b)| a * b).sum();
+            }
+        }
+        // Columns: each output row is a weighted sum of whole rows (contiguous, vectorised).
+        for (dst, (lo, ws)) in out[p * oh * ow..(p + 1) * oh * ow].chunks_exact_mut(ow).zip(&ty) {
+            for (k, wt) in ws.iter().enumerate() {
+                let line = &rows[(lo + k) * ow..(lo + k + 1) * ow];
+                dst.iter_mut().zip(line).for_each(|(d, v)| *d += wt * v);
+            }
+        }
+    }
+    out
+}
+
 /// The window `(top, left, ch, cw)` of a `[c, h, w]` image, `fill` outside it.
 fn crop<T: Copy>(img: &[T], [c, h, w]: [usize; 3], top: isize, left: isize, ch: usize, cw: usize, fill: T) -> Vec<T> {
     let mut out = vec![fill; c * ch * cw];
@@ -217,7 +263,7 @@ pub fn apply_with_targets(
             }
             img
         }
-        AugmentOp::Resize { size, shorter, mode } => {
+        AugmentOp::Resize { size, shorter, mode, antialias } => {
             let (oh, ow) = match (size, shorter) {
                 (Some([rh, rw]), _) => (*rh, *rw),
                 (None, Some(s)) => crate::config::resized_shorter(h, w, *s),
@@ -229,7 +275,11 @@ pub fn apply_with_targets(
                 return Err(format!("resizing {h}x{w} gives an empty image"));
             }
             t.resize([h, w], [oh, ow]);
-            resample(m, &img, c, (h, w), (oh, ow))
+            if *antialias && m == UpsampleMode::Bilinear {
+                resample_antialiased(&img, c, (h, w), (oh, ow))
+            } else {
+                resample(m, &img, c, (h, w), (oh, ow))
+            }
         }
         AugmentOp::RandomResizedCrop { size, scale, ratio } => {
             let (top, left, ch, cw) = resized_crop_window(h, w, *scale, *ratio, rng);
@@ -444,14 +494,14 @@ mod tests {
     fn resize_by_hand() {
         // Bilinear [1, 2] to width 4 = [1, 1.25, 1.75, 2] (F.interpolate, align_corners=False).
         let mut dims = [1, 1, 2];
-        let op = AugmentOp::Resize { size: Some([1, 4]), shorter: None, mode: "bilinear".into() };
+        let op = AugmentOp::Resize { size: Some([1, 4]), shorter: None, mode: "bilinear".into(), antialias: false };
         let out = apply(&op, vec![1., 2.], &mut dims, &mut Rng::new(0)).unwrap();
         assert_eq!((out, dims), (vec![1.0, 1.25, 1.75, 2.0], [1, 1, 4]));
         // Shorter side 2 of a 4x6 image: 2 x floor(2 * 6 / 4) = 2x3 (torchvision's rule);
         // nearest picks rows 0, 2 and columns 0, 2, 4.
         let img: Vec<f32> = (0..24).map(|v| v as f32).collect();
         let mut dims = [1, 4, 6];
-        let op = AugmentOp::Resize { size: None, shorter: Some(2), mode: "nearest".into() };
+        let op = AugmentOp::Resize { size: None, shorter: Some(2), mode: "nearest".into(), antialias: true };
         let out = apply(&op, img, &mut dims, &mut Rng::new(0)).unwrap();
         assert_eq!((out, dims), (vec![0., 2., 4., 12., 14., 16.], [1, 2, 3]));
     }
@@ -570,7 +620,7 @@ mod tests {
 
         // resize to 8x12 doubles the box; the mask is resized by nearest neighbour.
         let mut t = base.clone();
-        let op = AugmentOp::Resize { size: Some([8, 12]), shorter: None, mode: "bilinear".into() };
+        let op = AugmentOp::Resize { size: Some([8, 12]), shorter: None, mode: "bilinear".into(), antialias: false };
         apply_with_targets(&op, img.clone(), &mut t, &mut [1, 4, 6], &mut Rng::new(0)).unwrap();
         assert_eq!(t.boxes, vec![[2., 2., 6., 4.]]);
         let m = t.mask.unwrap();

@@ -242,3 +242,44 @@ fn ten_crop_matches_torchvision() {
         assert_eq!(got, want, "ten crops of {dims:?}, size {size}");
     }
 }
+
+/// The `resize` augmentation against PIL's bilinear resize (torchvision's `Resize` on PIL
+/// images) of a textured image (tests/fixtures/make_resize_fixture.py): within one grey
+/// level, shrinking by 2, by 3.2, by 9, enlarging, at the same size and on one side only.
+/// Without antialiasing, shrinking the 1-pixel stripes misses PIL by far more.
+#[test]
+fn resize_matches_pil_within_one_grey_level() {
+    use runner::config::AugmentOp;
+    let path = crate::common::repo().join("tests/fixtures/resize_pil.toml");
+    let f: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let bytes = |t: &toml::Table| -> Vec<f64> {
+        t["pixels"].as_array().unwrap().iter().map(|v| v.as_integer().unwrap() as f64).collect()
+    };
+    let (w, h) = (f["width"].as_integer().unwrap() as usize, f["height"].as_integer().unwrap() as usize);
+    // PIL's interleaved RGB -> runner's [3, h, w] in [0, 1].
+    let rgb = bytes(&f);
+    let image: Vec<f32> = (0..3 * h * w).map(|i| (rgb[(i % (h * w)) * 3 + i / (h * w)] / 255.0) as f32).collect();
+    let cases = f["case"].as_array().unwrap();
+    assert_eq!(cases.len(), 6);
+    for case in cases {
+        let case = case.as_table().unwrap();
+        let (ow, oh) = (case["width"].as_integer().unwrap() as usize, case["height"].as_integer().unwrap() as usize);
+        let want = bytes(case);
+        let run = |antialias: bool| -> f64 {
+            let op = AugmentOp::Resize { size: Some([oh, ow]), shorter: None, mode: "bilinear".into(), antialias };
+            let mut dims = [3, h, w];
+            let mut rng = runner::rng::Rng::new(0);
+            let out = runner::data::augment::apply(&op, image.clone(), &mut dims, &mut rng).unwrap();
+            assert_eq!(dims, [3, oh, ow]);
+            (0..3 * oh * ow)
+                .map(|i| ((out[i] as f64 * 255.0).round() - want[(i % (oh * ow)) * 3 + i / (oh * ow)]).abs())
+                .fold(0.0, f64::max)
+        };
+        let d = run(true);
+        assert!(d <= 1.0, "{ow}x{oh}: {d} grey levels from PIL");
+        if ow * 2 <= w {
+            let plain = run(false);
+            assert!(plain > 20.0, "{ow}x{oh}: without antialiasing only {plain} grey levels from PIL");
+        }
+    }
+}
