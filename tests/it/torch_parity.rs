@@ -283,3 +283,34 @@ fn resize_matches_pil_within_one_grey_level() {
         }
     }
 }
+
+/// Colour jitter's three adjustments against torchvision's on a textured RGB image (not a
+/// flat grey one, which contrast and saturation leave unchanged whatever the factor):
+/// factors below, at and above 1 (tests/fixtures/make_jitter_fixture.py).
+#[test]
+fn colour_jitter_adjustments_match_torchvision() {
+    use runner::data::augment::{adjust_brightness, adjust_contrast, adjust_saturation};
+    let path = crate::common::repo().join("tests/fixtures/jitter_torchvision.toml");
+    let f: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let floats = |v: &toml::Value| -> Vec<f32> { v.as_array().unwrap().iter().map(|x| x.as_float().unwrap() as f32).collect() };
+    let image = floats(&f["image"]);
+    let hw = 6 * 7;
+    let cases = f["case"].as_array().unwrap();
+    assert_eq!(cases.len(), 9);
+    for case in cases {
+        let (kind, factor) = (case["kind"].as_str().unwrap(), case["factor"].as_float().unwrap() as f32);
+        let mut img = image.clone();
+        match kind {
+            "brightness" => adjust_brightness(&mut img, factor),
+            "contrast" => adjust_contrast(&mut img, 3, hw, factor),
+            _ => adjust_saturation(&mut img, 3, hw, factor),
+        }
+        let want = floats(&case["out"]);
+        let d = img.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(d <= 1e-6, "{kind} {factor}: {d} from torchvision");
+    }
+    // The test can tell: the image is not left as it was by contrast 0.3.
+    let mut img = image.clone();
+    adjust_contrast(&mut img, 3, hw, 0.3);
+    assert!(img.iter().zip(&image).any(|(a, b)| (a - b).abs() > 0.1));
+}
