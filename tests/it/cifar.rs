@@ -144,6 +144,21 @@ optimizer = {{ adam = {{ lr = 0.01 }} }}
     let acc = crate::common::test_accuracy(&out);
     assert!(acc >= 0.6, "ten-crop test accuracy {acc}");
 
+    // `runner eval --tta ten_crop` on the run's last weights gives its last epoch's test
+    // rows again, bit for bit, under split `test_tta` (the loss too: the cross-entropy of
+    // the ten crops' averaged probabilities).
+    let run = crate::common::run_folder(d.path(), &out);
+    let e = runner(d.path(), &["eval", run.to_str().unwrap(), "--tta", "ten_crop"]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    let rows = crate::resume::rows(&run.join("metrics.parquet"));
+    let last = rows.iter().filter(|r| r.2 == "test").map(|r| r.0).max().unwrap();
+    for metric in ["accuracy", "loss"] {
+        let logged: Vec<u64> = rows.iter().filter(|r| r.2 == "test" && r.0 == last && r.3 == metric).map(|r| r.4).collect();
+        let again: Vec<u64> = rows.iter().filter(|r| r.2 == "test_tta" && r.3 == metric).map(|r| r.4).collect();
+        assert_eq!(logged.len(), 1, "{metric}");
+        assert_eq!(again, logged, "eval --tta ten_crop {metric}");
+    }
+
     // Without TTA the 32x32 test images do not fit the 28x28 model: a plan error.
     std::fs::write(d.path().join("plain.toml"), exp("none", "")).unwrap();
     let out = runner(d.path(), &["check", "plain.toml"]);
