@@ -47,14 +47,38 @@ pub fn scan(dir: &Path) -> Result<Listing> {
     Ok(Listing { classes: classes.into_iter().map(|(n, _)| n).collect(), files })
 }
 
+/// The most pixels an image may declare: `RUNNER_MAX_IMAGE_PIXELS`, by default PIL's
+/// decompression-bomb limit (2 x 89,478,485). A header declaring more is refused before
+/// anything is allocated.
+pub fn max_image_pixels() -> u64 {
+    static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("RUNNER_MAX_IMAGE_PIXELS").ok().and_then(|v| v.parse().ok()).unwrap_or(2 * 89_478_485)
+    })
+}
+
 /// Decodes an image into planar `[channels, h, w]` bytes (1 = grey, 3 = RGB).
 pub fn decode(path: &Path, channels: usize) -> Result<(Vec<u8>, usize, usize)> {
+    let unreadable = || format!("{}: not a readable JPEG or PNG image (corrupt or truncated?)", path.display());
+    let (w, h) = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .into_dimensions()
+        .with_context(unreadable)?;
+    let limit = max_image_pixels();
+    if w as u64 * h as u64 > limit {
+        anyhow::bail!(
+            "{}: declares {w}x{h} pixels, more than the limit of {limit} (RUNNER_MAX_IMAGE_PIXELS raises it)",
+            path.display()
+        );
+    }
     let img = image::ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read {}", path.display()))?
         .decode()
-        .with_context(|| format!("{}: not a readable JPEG or PNG image (corrupt or truncated?)", path.display()))?;
+        .with_context(unreadable)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let interleaved = if channels == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
     let mut planar = vec![0u8; interleaved.len()];

@@ -351,6 +351,13 @@ pub fn read_mask(path: &Path, classes: usize, void: u8) -> Result<(Vec<u8>, [usi
     let mut reader = decoder.read_info().with_context(|| format!("{}: not a PNG file", path.display()))?;
     let info = reader.info();
     let (w, h) = (info.width as usize, info.height as usize);
+    let limit = crate::data::folder::max_image_pixels();
+    if w as u64 * h as u64 > limit {
+        bail!(
+            "{}: declares {w}x{h} pixels, more than the limit of {limit} (RUNNER_MAX_IMAGE_PIXELS raises it)",
+            path.display()
+        );
+    }
     let grey = info.color_type == png::ColorType::Grayscale;
     if !(info.color_type == png::ColorType::Indexed || grey) || info.bit_depth != png::BitDepth::Eight {
         bail!(
@@ -455,6 +462,35 @@ mod tests {
             b.append(&h, *data).unwrap();
         }
         b.into_inner().unwrap()
+    }
+
+    /// A mask whose header (valid, CRC and all) declares 100000 x 100000 pixels is refused
+    /// before its 10 GB buffer is allocated.
+    #[test]
+    fn a_mask_declaring_ten_billion_pixels_is_refused() {
+        let chunk = |kind: &[u8], data: &[u8]| {
+            let mut crc = flate2::Crc::new();
+            crc.update(kind);
+            crc.update(data);
+            [&(data.len() as u32).to_be_bytes()[..], kind, data, &crc.sum().to_be_bytes()].concat()
+        };
+        let mut ihdr = Vec::new();
+        ihdr.extend(100_000u32.to_be_bytes());
+        ihdr.extend(100_000u32.to_be_bytes());
+        ihdr.extend([8, 3, 0, 0, 0]); // 8-bit palette
+        let png = [
+            &b"\x89PNG\r\n\x1a\n"[..],
+            &chunk(b"IHDR", &ihdr),
+            &chunk(b"PLTE", &[0, 0, 0]),
+            &chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]),
+            &chunk(b"IEND", &[]),
+        ]
+        .concat();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("mask.png");
+        std::fs::write(&p, png).unwrap();
+        let e = format!("{:#}", read_mask(&p, 21, 255).unwrap_err());
+        assert!(e.contains("declares 100000x100000 pixels, more than the limit"), "{e}");
     }
 
     /// Nothing lands outside the target: a member climbing out with `..` stops the

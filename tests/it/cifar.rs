@@ -153,7 +153,8 @@ optimizer = {{ adam = {{ lr = 0.01 }} }}
     let rows = crate::resume::rows(&run.join("metrics.parquet"));
     let last = rows.iter().filter(|r| r.2 == "test").map(|r| r.0).max().unwrap();
     for metric in ["accuracy", "loss"] {
-        let logged: Vec<u64> = rows.iter().filter(|r| r.2 == "test" && r.0 == last && r.3 == metric).map(|r| r.4).collect();
+        let logged: Vec<u64> =
+            rows.iter().filter(|r| r.2 == "test" && r.0 == last && r.3 == metric).map(|r| r.4).collect();
         let again: Vec<u64> = rows.iter().filter(|r| r.2 == "test_tta" && r.3 == metric).map(|r| r.4).collect();
         assert_eq!(logged.len(), 1, "{metric}");
         assert_eq!(again, logged, "eval --tta ten_crop {metric}");

@@ -292,7 +292,8 @@ fn colour_jitter_adjustments_match_torchvision() {
     use runner::data::augment::{adjust_brightness, adjust_contrast, adjust_saturation};
     let path = crate::common::repo().join("tests/fixtures/jitter_torchvision.toml");
     let f: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let floats = |v: &toml::Value| -> Vec<f32> { v.as_array().unwrap().iter().map(|x| x.as_float().unwrap() as f32).collect() };
+    let floats =
+        |v: &toml::Value| -> Vec<f32> { v.as_array().unwrap().iter().map(|x| x.as_float().unwrap() as f32).collect() };
     let image = floats(&f["image"]);
     let hw = 6 * 7;
     let cases = f["case"].as_array().unwrap();
