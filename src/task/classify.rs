@@ -53,14 +53,20 @@ pub fn eval_batch(
         Tta::TenCrop => {
             let (n, c, h, w) = xs.dims4()?;
             let probs = ten_crop_probs(model, &batch.images, n, [c, h, w], input[1], device)?;
-            let picked = probs.gather(&ys.unsqueeze(1)?, 1)?; // [n, 1]
-            (probs, picked.log()?.neg()?.mean_all()?.to_scalar::<f32>()? as f64)
+            let loss = averaged_loss(&probs, &ys)?;
+            (probs, loss)
         }
     };
     let flat: Vec<f32> = probs.flatten_all()?.to_vec1()?;
     stats.update(loss, Some(&flat), &argmax(&probs)?, &batch.labels);
     stats.samples.extend(batch.indices.iter().map(|&i| i as i64));
     Ok(())
+}
+
+/// The loss under averaged probabilities `[n, classes]`: the mean of `-ln p[label]`.
+pub fn averaged_loss(probs: &Tensor, labels: &Tensor) -> Result<f64> {
+    let picked = probs.gather(&labels.unsqueeze(1)?, 1)?; // [n, 1]
+    Ok(picked.log()?.neg()?.mean_all()?.to_scalar::<f32>()? as f64)
 }
 
 /// AlexNet's test-time averaging: the mean softmax probabilities `[n, classes]` of the

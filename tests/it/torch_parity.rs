@@ -315,3 +315,36 @@ fn colour_jitter_adjustments_match_torchvision() {
     adjust_contrast(&mut img, 3, hw, 0.3);
     assert!(img.iter().zip(&image).any(|(a, b)| (a - b).abs() > 0.1));
 }
+
+/// Ten-crop test-time averaging and its loss against PyTorch: a linear classifier on the
+/// ten 4x4 crops of two 6x6 images, softmax per crop, mean per image, then the mean of
+/// -ln p[label] (tests/fixtures/make_tta_fixture.py).
+#[test]
+fn ten_crop_averaging_and_loss_match_pytorch() {
+    use runner::model::{plan_model, Model};
+    let path = crate::common::repo().join("tests/fixtures/tta_torchvision.toml");
+    let f: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let a = f["averaging"].as_table().unwrap();
+    let floats = |k: &str| -> Vec<f32> { a[k].as_array().unwrap().iter().map(|x| x.as_float().unwrap() as f32).collect() };
+    let cfg: runner::config::ModelConfig = toml::from_str(
+        "input = [1, 4, 4]\n[[groups]]\nname = \"fc\"\nlayers = [\"flatten\", { linear = { out = 3 } }]\n",
+    )
+    .unwrap();
+    let model = Model::new(&plan_model(&cfg).unwrap(), 0, &Device::Cpu).unwrap();
+    for (name, var) in &model.params {
+        let t = match name.as_str() {
+            "fc.1.weight" => Tensor::from_vec(floats("weight"), (3, 16), &Device::Cpu).unwrap(),
+            "fc.1.bias" => Tensor::from_vec(floats("bias"), 3, &Device::Cpu).unwrap(),
+            other => panic!("unexpected parameter {other}"),
+        };
+        var.set(&t).unwrap();
+    }
+    let probs = runner::task::classify::ten_crop_probs(&model, &floats("images"), 2, [1, 6, 6], 4, &Device::Cpu).unwrap();
+    let got: Vec<f32> = probs.flatten_all().unwrap().to_vec1().unwrap();
+    let d = got.iter().zip(floats("probs")).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(d <= 1e-6, "averaged probabilities {d} from PyTorch: {got:?}");
+    let labels = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
+    let loss = runner::task::classify::averaged_loss(&probs, &labels).unwrap();
+    let want = a["loss"].as_float().unwrap();
+    assert!((loss - want).abs() <= 1e-6, "loss {loss}, PyTorch {want}");
+}
