@@ -272,6 +272,21 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
                 bail!("{}", folder_missing(cfg));
             }
             if let (Files::Voc, Some(set)) = (&spec.files, cfg.voc().generate) {
+                // Never mixed into a folder of other files (a user's own set without the
+                // lists this config asks for).
+                let occupied = std::fs::read_dir(&download_to).is_ok_and(|mut it| it.next().is_some());
+                if occupied {
+                    bail!(
+                        "{} holds files but not the VOC{} lists ImageSets/{}/{{{}, {}}}.txt that [data.voc] asks for; \
+                         `generate` writes the synthetic set only into a missing or empty folder (set data.root \
+                         to another folder)",
+                        download_to.display(),
+                        cfg.voc().train.years.first().copied().unwrap_or(2007),
+                        cfg.voc().lists(),
+                        cfg.voc().train.image_set,
+                        cfg.voc().test.image_set
+                    );
+                }
                 tracing::info!("writing the synthetic shapes set into {}", download_to.display());
                 // Written aside and moved into place whole: an interrupted run leaves no
                 // half-written set that a later run would take for the real one.

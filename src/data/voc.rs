@@ -73,9 +73,10 @@ pub fn main_object(objects: &[Object]) -> Option<usize> {
 /// The `VOC<year>` folder under `root`: `root/VOCdevkit/VOC<year>`, or `root/VOC<year>`
 /// when `root` is the devkit folder itself.
 pub fn year_dir(root: &Path, year: u32) -> Option<PathBuf> {
+    // A segmentation set may come without Annotations.
     [root.join("VOCdevkit").join(format!("VOC{year}")), root.join(format!("VOC{year}"))]
         .into_iter()
-        .find(|d| d.join("Annotations").is_dir())
+        .find(|d| d.join("Annotations").is_dir() || d.join("SegmentationClass").is_dir())
 }
 
 /// Whether `root` holds every split of `cfg`: for each year its `Annotations` and the

@@ -126,7 +126,11 @@ fn describe_pickle(path: &Path) -> String {
                         })
                         .take(12)
                         .collect();
-                    format!("holds a dict without tensors (keys: {}); {fix}", keys.join(", "))
+                    format!(
+                        "holds a dict without tensors that runner reads (keys: {}): tensors of dtype bool or \
+                         complex are not read; or it is not a state dict: {fix}",
+                        keys.join(", ")
+                    )
                 }
                 o => match class_of(o) {
                     Some(class) => format!(

@@ -325,7 +325,8 @@ fn ten_crop_averaging_and_loss_match_pytorch() {
     let path = crate::common::repo().join("tests/fixtures/tta_torchvision.toml");
     let f: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let a = f["averaging"].as_table().unwrap();
-    let floats = |k: &str| -> Vec<f32> { a[k].as_array().unwrap().iter().map(|x| x.as_float().unwrap() as f32).collect() };
+    let floats =
+        |k: &str| -> Vec<f32> { a[k].as_array().unwrap().iter().map(|x| x.as_float().unwrap() as f32).collect() };
     let cfg: runner::config::ModelConfig = toml::from_str(
         "input = [1, 4, 4]\n[[groups]]\nname = \"fc\"\nlayers = [\"flatten\", { linear = { out = 3 } }]\n",
     )
@@ -339,7 +340,8 @@ fn ten_crop_averaging_and_loss_match_pytorch() {
         };
         var.set(&t).unwrap();
     }
-    let probs = runner::task::classify::ten_crop_probs(&model, &floats("images"), 2, [1, 6, 6], 4, &Device::Cpu).unwrap();
+    let probs =
+        runner::task::classify::ten_crop_probs(&model, &floats("images"), 2, [1, 6, 6], 4, &Device::Cpu).unwrap();
     let got: Vec<f32> = probs.flatten_all().unwrap().to_vec1().unwrap();
     let d = got.iter().zip(floats("probs")).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(d <= 1e-6, "averaged probabilities {d} from PyTorch: {got:?}");
