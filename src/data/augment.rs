@@ -275,7 +275,9 @@ pub fn apply_with_targets(
                 return Err(format!("resizing {h}x{w} gives an empty image"));
             }
             t.resize([h, w], [oh, ow]);
-            if *antialias && m == UpsampleMode::Bilinear {
+            // Enlarging, PIL's filter is the plain bilinear one (at the borders too: its
+            // renormalised weights there equal the clamped coordinate), which is faster.
+            if *antialias && m == UpsampleMode::Bilinear && (oh < h || ow < w) {
                 resample_antialiased(&img, c, (h, w), (oh, ow))
             } else {
                 resample(m, &img, c, (h, w), (oh, ow))
