@@ -39,14 +39,7 @@ fi
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 say "gpu: $(nvidia-smi -L | head -n1); $(nproc) CPUs"
 
-# The CUDA libraries the binary links (cuBLAS, cuRAND, NVRTC, the runtime) come from the
-# machine's Python NVIDIA wheels; the driver (libcuda.so.1) from the system.
-py=${PYTHON:-python3}
-nv=$("$py" -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null)/nvidia
-for d in "$nv"/cu13/lib "$nv"/*/lib; do
-  [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
-export LD_LIBRARY_PATH
+. "$(dirname "$0")/env.sh"
 if ! "$bin/runner" --version > "$out/version.txt" 2>&1; then
   say "FAIL: $bin/runner does not start:"; tee -a "$summary" < "$out/version.txt"
   ldd "$bin/runner" 2>&1 | grep -i 'not found' | tee -a "$summary"

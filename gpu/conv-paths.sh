@@ -12,12 +12,7 @@ device=${CHECK_DEVICE:-cuda:0} # cpu: a dry run here
 torch_device=cpu
 case $device in cuda*) torch_device=cuda ;; esac
 mkdir -p "$out"
-py=${PYTHON:-python3}
-nv=$("$py" -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null)/nvidia
-for d in "$nv"/cu13/lib "$nv"/*/lib; do
-  [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
-export LD_LIBRARY_PATH
+. "$(dirname "$0")/env.sh"
 cases="conv2d_forward conv2d_backward conv_transpose2d_forward conv_transpose2d_backward fcn_shapes_train yolo_shapes_train resnet_cifar_train alexnet_forward"
 for path in candle mixed dev; do
   for case in $cases; do
