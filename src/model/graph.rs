@@ -511,8 +511,10 @@ fn infer(kind: &LayerKind, input: &[usize]) -> Result<(Vec<usize>, Params, u64)>
             if c % groups != 0 || out % groups != 0 {
                 bail!("groups = {groups} must divide the input channels ({c}) and out ({out})");
             }
-            if output_padding >= stride.max(dilation) {
-                bail!("output_padding ({output_padding}) must be smaller than stride or dilation");
+            // PyTorch allows up to the dilation too; those extra rows hold only the bias, and
+            // runner's kernels compute the convolution whose gradient this is, which has none.
+            if output_padding >= stride {
+                bail!("output_padding ({output_padding}) must be smaller than stride ({stride})");
             }
             let g =
                 crate::ops::conv::ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };

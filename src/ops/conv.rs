@@ -491,8 +491,8 @@ pub fn conv_transpose2d(x: &Tensor, weight: &Tensor, g: ConvGeom, output_padding
     else {
         candle_core::bail!("conv_transpose2d: padding {} is too large for a {h}x{w} input", g.padding)
     };
-    if output_padding >= g.stride.max(g.dilation) {
-        candle_core::bail!("conv_transpose2d: output_padding must be smaller than stride or dilation");
+    if output_padding >= g.stride {
+        candle_core::bail!("conv_transpose2d: output_padding must be smaller than stride");
     }
     if x.device().is_cpu() {
         let out = Shape::from((n, cog * g.groups, oh, ow));

@@ -13,8 +13,8 @@
 //!
 //! The transposed convolution's forward is the same input-gradient convolution. Without
 //! cuDNN, candle's path (im2col and cuBLAS for every convolution) measured faster and is
-//! the default ([`conv_path`]). The ops are device-generic, so the CPU tests check them
-//! against the CPU kernels of `conv.rs`.
+//! the default ([`conv_path`]). The ops are device-generic, so the CPU tests check both
+//! formulations (`Dev`, `Mixed`) against the CPU kernels of `conv.rs`.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -38,7 +38,7 @@ pub enum ConvPath {
     /// cuDNN build).
     Dev,
     /// This module's input gradient; the weight gradient as candle computes it (a kernel
-    /// that is a transposed view, which a cuDNN build hands to candle's im2col kernel).
+    /// that is a transposed view, which a cuDNN build hands to candle's direct loop).
     Mixed,
 }
 
@@ -56,31 +56,47 @@ pub fn conv_path() -> ConvPath {
 /// `x [n, c, h, w]`, `weight [o, c / groups, k, k]` -> `[n, o, oh, ow]`, with the gradients
 /// above (grouped convolutions keep candle's own backward).
 pub fn conv2d(x: &Tensor, weight: &Tensor, g: ConvGeom) -> Result<Tensor> {
-    if g.groups != 1 || conv_path() == ConvPath::Candle {
+    conv2d_via(x, weight, g, conv_path())
+}
+
+/// [`conv2d`] by the formulation `path`.
+fn conv2d_via(x: &Tensor, weight: &Tensor, g: ConvGeom, path: ConvPath) -> Result<Tensor> {
+    if g.groups != 1 || path == ConvPath::Candle {
         return x.conv2d(weight, g.padding, g.stride, g.dilation, g.groups);
     }
     let y = x.detach().conv2d(&weight.detach(), g.padding, g.stride, g.dilation, 1)?;
     if !x.track_op() && !weight.track_op() {
         return Ok(y);
     }
-    y.apply_op3(x, weight, WithConvGrads(g))
+    y.apply_op3(x, weight, WithConvGrads(g, path))
 }
 
 /// The transposed convolution: `x [n, cin, h, w]`, `weight [cin, cout, k, k]` -> `[n, cout,
 /// oh, ow]` (see `conv::conv_transpose2d`), as the input gradient of the convolution that
 /// maps its output back to `x`; its gradients flow through [`conv2d`].
 pub fn conv_transpose2d(x: &Tensor, weight: &Tensor, g: ConvGeom, out_hw: (usize, usize)) -> Result<Tensor> {
-    if conv_path() == ConvPath::Candle {
+    conv_transpose2d_via(x, weight, g, out_hw, conv_path())
+}
+
+/// [`conv_transpose2d`] by the formulation `path`.
+fn conv_transpose2d_via(
+    x: &Tensor,
+    weight: &Tensor,
+    g: ConvGeom,
+    out_hw: (usize, usize),
+    path: ConvPath,
+) -> Result<Tensor> {
+    if path == ConvPath::Candle {
         let span = g.dilation * (weight.dim(2)? - 1);
         let out_padding = out_hw.0 + 2 * g.padding - ((x.dim(2)? - 1) * g.stride + span + 1);
         return x.conv_transpose2d(weight, g.padding, out_padding, g.stride, g.dilation);
     }
-    input_grad(x, weight, out_hw, g, true)
+    input_grad(x, weight, out_hw, g, Some(path))
 }
 
 /// Passes `y` (the convolution's output, computed already) through and gives `x` and `w`
 /// their gradients in the backward pass. The forward is one copy of `y`.
-struct WithConvGrads(ConvGeom);
+struct WithConvGrads(ConvGeom, ConvPath);
 
 impl WithConvGrads {
     fn copy<S: BackendStorage>(s: &S, l: &Layout) -> Result<(S, Shape)> {
@@ -126,29 +142,40 @@ impl CustomOp3 for WithConvGrads {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
-        let dx = if x.track_op() { Some(input_grad(dy, &w.detach(), (h, wd), self.0, false)?) } else { None };
-        let dw = if w.track_op() { Some(weight_grad(&x.detach(), dy, w.dims(), self.0)?) } else { None };
+        let dx = if x.track_op() { Some(input_grad(dy, &w.detach(), (h, wd), self.0, None)?) } else { None };
+        let dw = if w.track_op() { Some(weight_grad(&x.detach(), dy, w.dims(), self.0, self.1)?) } else { None };
         Ok((None, dx, dw))
     }
 }
 
 /// The gradient of a convolution's input `[n, c, h, w]` (`hw`) from its output's `dy [n, o,
-/// oh, ow]` and `w [o, c, k, k]`. `keep_graph`: build it from differentiable ops (the
-/// transposed convolution's forward); otherwise nothing is tracked.
-fn input_grad(dy: &Tensor, w: &Tensor, hw: (usize, usize), g: ConvGeom, keep_graph: bool) -> Result<Tensor> {
+/// oh, ow]` and `w [o, c, k, k]`. `keep_graph`: build it from differentiable ops, its
+/// convolution by that formulation (the transposed convolution's forward); `None`: nothing
+/// is tracked.
+fn input_grad(
+    dy: &Tensor,
+    w: &Tensor,
+    hw: (usize, usize),
+    g: ConvGeom,
+    keep_graph: Option<ConvPath>,
+) -> Result<Tensor> {
     let (n, o, oh, ow) = dy.dims4()?;
     let (_, _, k, kw) = w.dims4()?;
     let back = (g.dilation * (k - 1)) as isize - g.padding as isize;
     // The spread-out gradient's size: what the stride-1 convolution needs to give `hw`.
     let (lh, lw) = (hw.0 + 2 * g.padding, hw.1 + 2 * g.padding);
     let span = g.dilation * (k - 1);
-    if k != kw || back < 0 || g.groups != 1 || lh < span || lw < span {
-        // Not this formulation's case (padding beyond the kernel's reach): candle's kernel.
+    let s = g.stride;
+    // The spread gradient holds `o * s` values; a transposed convolution's output padding of
+    // `stride` or more (allowed when dilation > stride) asks for more.
+    let fits = |l: usize, o: usize| l >= span && l - span <= o * s;
+    if k != kw || back < 0 || g.groups != 1 || !fits(lh, oh) || !fits(lw, ow) {
+        // Not this formulation's case (padding beyond the kernel's reach, or the output
+        // padding above): candle's kernel.
         let out_padding = |size: usize, o: usize| size + 2 * g.padding - ((o - 1) * g.stride + span + 1);
         return dy.conv_transpose2d(w, g.padding, out_padding(hw.0, oh), g.stride, g.dilation);
     }
     let (lh, lw) = (lh - span, lw - span);
-    let s = g.stride;
     let spread = if s > 1 {
         dy.reshape((n, o, oh, 1, ow, 1))?
             .pad_with_zeros(3, 0, s - 1)?
@@ -162,8 +189,8 @@ fn input_grad(dy: &Tensor, w: &Tensor, hw: (usize, usize), g: ConvGeom, keep_gra
     let rev = Tensor::from_vec((0..k as u32).rev().collect::<Vec<u32>>(), k, w.device())?;
     let flipped = w.index_select(&rev, 2)?.index_select(&rev, 3)?.transpose(0, 1)?.contiguous()?;
     let geom = ConvGeom { stride: 1, padding: back as usize, dilation: g.dilation, groups: 1 };
-    if keep_graph {
-        conv2d(&spread.contiguous()?, &flipped, geom)
+    if let Some(path) = keep_graph {
+        conv2d_via(&spread.contiguous()?, &flipped, geom, path)
     } else {
         spread.detach().contiguous()?.conv2d(&flipped.detach(), geom.padding, 1, geom.dilation, 1)
     }
@@ -171,10 +198,10 @@ fn input_grad(dy: &Tensor, w: &Tensor, hw: (usize, usize), g: ConvGeom, keep_gra
 
 /// The gradient of a convolution's weight (`dims` `[o, c, k, k]`) from its input `x` and
 /// its output's gradient `dy`, as candle's backward computes it, with contiguous operands.
-fn weight_grad(x: &Tensor, dy: &Tensor, dims: &[usize], g: ConvGeom) -> Result<Tensor> {
+fn weight_grad(x: &Tensor, dy: &Tensor, dims: &[usize], g: ConvGeom, path: ConvPath) -> Result<Tensor> {
     let xt = x.transpose(0, 1)?.contiguous()?; // [c, n, h, w]
     let dyt = dy.detach().transpose(0, 1)?; // [o, n, oh, ow]
-    let dyt = if conv_path() == ConvPath::Mixed { dyt } else { dyt.contiguous()? };
+    let dyt = if path == ConvPath::Mixed { dyt } else { dyt.contiguous()? };
     let gw = xt.conv2d(&dyt, g.padding, g.dilation, g.stride, 1)?.transpose(0, 1)?; // [o, c, k', k']
     gw.narrow(2, 0, dims[2])?.narrow(3, 0, dims[3])?.contiguous()
 }
@@ -193,6 +220,7 @@ mod tests {
 
     /// Output and both gradients of `mean(f(x, w) * r)` for the two implementations.
     fn compare(x: &[usize], w: &[usize], f: impl Fn(&Tensor, &Tensor, bool) -> Tensor, what: &str) {
+        assert_ne!(what, "", "name the case");
         let x = Var::from_tensor(&rand_tensor(x, 1, DType::F64)).unwrap();
         let w = Var::from_tensor(&rand_tensor(w, 2, DType::F64)).unwrap();
         let run = |dev: bool| {
@@ -227,12 +255,21 @@ mod tests {
             // Padding beyond the kernel's reach: candle's transposed kernel instead.
             ([2, 4, 6, 6], [3, 4, 1, 1], ConvGeom { padding: 1, ..Default::default() }),
         ] {
-            compare(
-                &x,
-                &w,
-                |x, w, dev| if dev { conv2d(x, w, g).unwrap() } else { crate::ops::conv::conv2d(x, w, g).unwrap() },
-                &format!("conv2d {x:?} {w:?} {g:?}"),
-            );
+            // This module's formulations (the default on the CPU build is candle's own).
+            for path in [ConvPath::Dev, ConvPath::Mixed] {
+                compare(
+                    &x,
+                    &w,
+                    |x, w, dev| {
+                        if dev {
+                            conv2d_via(x, w, g, path).unwrap()
+                        } else {
+                            crate::ops::conv::conv2d(x, w, g).unwrap()
+                        }
+                    },
+                    &format!("conv2d {x:?} {w:?} {g:?} {path:?}"),
+                );
+            }
         }
     }
 
@@ -247,18 +284,20 @@ mod tests {
             ([2, 3, 6, 6], [3, 4, 3, 3], ConvGeom { padding: 1, ..Default::default() }, 0),
         ] {
             let out = crate::ops::conv::conv_transpose_out(x[2], w[2], g, op).unwrap();
-            compare(
-                &x,
-                &w,
-                |x, w, dev| {
-                    if dev {
-                        conv_transpose2d(x, w, g, (out, out)).unwrap()
-                    } else {
-                        crate::ops::conv::conv_transpose2d(x, w, g, op).unwrap()
-                    }
-                },
-                &format!("conv_transpose2d {x:?} {w:?} {g:?} output_padding {op}"),
-            );
+            for path in [ConvPath::Dev, ConvPath::Mixed] {
+                compare(
+                    &x,
+                    &w,
+                    |x, w, dev| {
+                        if dev {
+                            conv_transpose2d_via(x, w, g, (out, out), path).unwrap()
+                        } else {
+                            crate::ops::conv::conv_transpose2d(x, w, g, op).unwrap()
+                        }
+                    },
+                    &format!("conv_transpose2d {x:?} {w:?} {g:?} output_padding {op} {path:?}"),
+                );
+            }
         }
     }
 }
