@@ -3,7 +3,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 EXP ?= experiments/lenet5_fashion_mnist.toml
 
-.PHONY: run build build-cuda gpu-check test data pyarrow torch bench fmt lint clean
+.PHONY: run build build-cuda gpu-check test data pyarrow torch bench bench-torch fmt lint clean
 
 build:
 	$(CARGO) build --release
@@ -61,7 +61,7 @@ torch:
 # The parity tests are required wherever torch could be installed.
 # A test whose dependency is missing says SKIPPED in the output and in the closing line; where
 # apt could have installed the dependency (root with apt-get), its absence fails the test.
-CAN_APT = command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]
+CAN_APT = { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; }
 test: data pyarrow torch
 	@mkdir -p target && rm -f target/test-skips.log
 	RUNNER_REQUIRE_PYARROW=1 \
@@ -74,6 +74,14 @@ test: data pyarrow torch
 
 # Installs Debian's python3-torch for the reference where apt works; prints torch=na otherwise.
 bench: build torch
+	$(PYTHON) bench/run.py
+
+# The reference users install: the newest PyTorch and torchvision from the package index in
+# a project-local venv (.bench-venv, about 5 GB with the CUDA libraries its wheels pull in;
+# never used by `make test`), then the table against both references.
+bench-torch: build torch
+	@[ -x .bench-venv/bin/python ] || /usr/bin/python3 -m venv .bench-venv
+	.bench-venv/bin/pip install --quiet --upgrade torch torchvision
 	$(PYTHON) bench/run.py
 
 fmt:

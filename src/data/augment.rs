@@ -361,9 +361,8 @@ pub fn apply_with_targets(
     })
 }
 
-/// ITU-R 601-2 luma, as PIL's and torchvision's `rgb_to_grayscale`; a 1-channel image is
-/// its own grey.
-/// torchvision's `rgb_to_grayscale` of a tensor image: `0.2989 R + 0.587 G + 0.114 B`.
+/// torchvision's `rgb_to_grayscale` of a tensor image, `0.2989 R + 0.587 G + 0.114 B`
+/// (PIL's ITU-R 601-2 weights are 0.299, 0.587, 0.114); a 1-channel image is its own grey.
 fn grey(img: &[f32], c: usize, hw: usize) -> Vec<f32> {
     if c != 3 {
         return img[..hw].to_vec();
