@@ -62,6 +62,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
     };
     let weights_file = req.weights.clone().or(run_weights);
     let mut loaded = load_for_predict(&config_path, &req.sets)?;
+    loaded.keep_resize_of_older_run();
     if weights_file.is_some() {
         // The whole model comes from the weights file: the groups' own files are not needed.
         loaded.config.model.drop_inits();

@@ -81,6 +81,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
         );
     }
     let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: Vec::new(), env: false })?;
+    loaded.keep_resize_of_older_run();
     let latest = checkpoint::latest(&dir.join("checkpoints"))?;
     if latest.is_some() {
         // The weights come from the checkpoint: the groups' own files are not needed.
@@ -220,6 +221,7 @@ pub fn eval_run(
     }
     let config_path = other.config.clone().unwrap_or_else(|| dir.join("config.toml"));
     let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: other.sets.clone(), env: false })?;
+    loaded.keep_resize_of_older_run();
     loaded.config.model.drop_inits();
     if let Some(t) = tta {
         loaded.config.eval.tta = t;

@@ -395,6 +395,31 @@ impl Provider for SetOverride {
 }
 
 impl Loaded {
+    /// A run folder's `config.toml` (resolved by runner, so every key is written) from
+    /// before `resize.antialias` existed has no such key: that run resized with the four
+    /// nearest pixels, which is kept here so that resuming or evaluating it sees the images
+    /// it trained on (the default is antialiased). Returns whether anything changed.
+    pub fn keep_resize_of_older_run(&mut self) -> bool {
+        let Ok(text) = std::fs::read_to_string(&self.path) else { return false };
+        let set = self.sets.iter().any(|s| s.contains("antialias"));
+        if !text.starts_with("# Resolved by runner") || text.contains("antialias") || set {
+            return false;
+        }
+        let mut changed = false;
+        for op in self.config.augment.train.iter_mut().chain(self.config.augment.test.iter_mut()) {
+            if let crate::config::AugmentOp::Resize { antialias, .. } = op {
+                changed |= std::mem::replace(antialias, false);
+            }
+        }
+        if changed {
+            tracing::info!(
+                "{}: written before resizes were antialiased; keeping the run's resize (antialias = false)",
+                self.path.display()
+            );
+        }
+        changed
+    }
+
     /// The config with `extends` consumed: what was merged is in the values themselves.
     fn resolved(&self) -> Config {
         Config { extends: Vec::new(), ..self.config.clone() }

@@ -257,3 +257,40 @@ fn sizes_no_machine_holds_are_refused_at_plan_time() {
     let e = plan(&["data.prefetch=1000000000000"]);
     assert!(e.contains("key `data.prefetch`: 1000000000001 batches in flight"), "{e}");
 }
+
+#[test]
+fn a_run_config_from_before_antialias_keeps_its_resize() {
+    use runner::config::AugmentOp;
+    let antialias = |l: &runner::config::Loaded| -> Vec<bool> {
+        let ops = l.config.augment.train.iter().chain(&l.config.augment.test);
+        ops.filter_map(|op| match op {
+            AugmentOp::Resize { antialias, .. } => Some(*antialias),
+            _ => None,
+        })
+        .collect()
+    };
+    let d = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[experiment]\nname = \"old\"\n{BASE}\n[augment]\ntrain = [{{ resize = {{ size = [20, 20] }} }}]\n\
+         test = [{{ resize = {{ size = [20, 20] }} }}]\n"
+    );
+    // A resolved config.toml as a run wrote it before the key existed: four-tap resizes kept.
+    let old = write(d.path(), "old/config.toml", &format!("# Resolved by runner. Merged, in order:\n\n{body}"));
+    let mut l = load(&old, &opts(&[])).unwrap();
+    assert_eq!(antialias(&l), [true, true], "the default");
+    assert!(l.keep_resize_of_older_run());
+    assert_eq!(antialias(&l), [false, false]);
+    // The same run asked explicitly for antialiasing: --set wins.
+    let mut l = load(&old, &opts(&["augment.test=[{ resize = { size = [20, 20], antialias = true } }]"])).unwrap();
+    assert!(!l.keep_resize_of_older_run());
+    // An experiment file (not resolved by runner) gets the default.
+    let exp = write(d.path(), "exp.toml", &body);
+    let mut l = load(&exp, &opts(&[])).unwrap();
+    assert!(!l.keep_resize_of_older_run());
+    assert_eq!(antialias(&l), [true, true]);
+    // A run written today names the key.
+    let new = write(d.path(), "new/config.toml", &format!("# Resolved by runner.\n\n{}", l.resolved_toml()));
+    let mut l = load(&new, &opts(&[])).unwrap();
+    assert!(!l.keep_resize_of_older_run());
+    assert_eq!(antialias(&l), [true, true]);
+}
