@@ -1,16 +1,24 @@
 """`make bench`: runner's throughput beside PyTorch's, same machine, same thread count.
 
-For each case and thread count the two run in turn, three times (runner, torch, runner,
-torch, ...), so machine noise hits both; the best of each side's three is reported:
+Two references where they are installed: Debian's python3-torch (`torch`, /usr/bin/python3,
+or TORCH_PYTHON) and the newest PyTorch from the package index (`torch_new`, the venv that
+`make bench-torch` makes in .bench-venv, or TORCH_NEW_PYTHON). For each case and thread
+count the sides run in turn, three times (runner, torch, torch_new, runner, ...), so
+machine noise hits all; the best of each side's three is reported:
 
     bench <case> threads=<n> runner=<images/s> torch=<images/s> ratio=<runner/torch>
+          runner_peak_mib=<MiB> torch_peak_mib=<MiB>
+          torch_new=<images/s> ratio_new=<runner/torch_new> torch_new_peak_mib=<MiB>
 
-torch=na where Debian's python3-torch is not installed. Loader cases run one epoch with
-`threads` workers against torchvision's DataLoader (python3-torchvision) on the same files.
+(the peak resident memory of each side's process, the largest of its three runs; the
+torch_new fields only where the venv exists). `na` where a side is not installed.
+Loader cases run one epoch with `threads` workers against torchvision's DataLoader on the
+same files.
 """
 import os
 import subprocess
 import sys
+import tempfile
 
 CASES = ["lenet5_train", "resnet_cifar_train", "alexnet_forward", "conv2d_forward", "conv2d_backward",
          "loader_cifar10_crop_flip_norm", "loader_jpeg_256_crop224_flip_pca", "yolo_shapes_train",
@@ -19,47 +27,85 @@ CASES = ["lenet5_train", "resnet_cifar_train", "alexnet_forward", "conv2d_forwar
 # Cases without a PyTorch counterpart (torch=na): runner's evaluation alone.
 RUNNER_ONLY = {"detect_eval_5000", "resize_voc_antialias", "resize_voc_plain"}
 RUNNER = os.environ.get("RUNNER_BENCH", "target/release/runner-bench")
-TORCH_PY = os.environ.get("TORCH_PYTHON", "/usr/bin/python3")
 HERE = os.path.dirname(os.path.abspath(__file__))
+# (field name, interpreter): Debian's PyTorch, then the newest from the package index.
+REFERENCES = [
+    ("torch", os.environ.get("TORCH_PYTHON", "/usr/bin/python3")),
+    ("torch_new", os.environ.get("TORCH_NEW_PYTHON", os.path.join(HERE, "..", ".bench-venv", "bin", "python"))),
+]
 
 
 def measure(cmd, threads):
+    """(images per second, peak resident memory of the process in MiB); None for either
+    when the command fails. The memory is the measured process's own (os.wait4's
+    ru_maxrss): for the loader cases, torchvision's worker processes are not in it."""
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        return None
-    for line in out.stdout.splitlines():
+    with tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        stdout = p.stdout.read()
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            err.seek(0)
+            sys.stderr.write(err.read().decode(errors="replace"))
+            return None, None
+    mib = usage.ru_maxrss / 1024  # KiB on Linux
+    for line in stdout.splitlines():
         if line.startswith("images_per_s="):
-            return float(line.split("=", 1)[1])
-    return None
+            return float(line.split("=", 1)[1]), mib
+    return None, mib
 
 
-def have_torch():
+def torch_version(python):
+    """The interpreter's torch version, or None where it has none."""
     try:
-        return subprocess.run([TORCH_PY, "-c", "import torch"], capture_output=True).returncode == 0
+        out = subprocess.run([python, "-c", "import torch, torchvision; print(torch.__version__)"],
+                             capture_output=True, text=True)
     except OSError:
-        return False
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def best(results):
+    """(the best throughput, the largest memory peak) of a side's runs."""
+    return (max((v for v, _ in results if v is not None), default=None),
+            max((m for _, m in results if m is not None), default=None))
 
 
 def main():
     cases = sys.argv[1:] or CASES
-    torch_ok = have_torch()
+    refs = []
+    for name, python in REFERENCES:
+        version = torch_version(python)
+        print(f"reference {name}: " + (f"PyTorch {version} ({python})" if version else f"not installed ({python})"),
+              flush=True)
+        if version:
+            refs.append((name, python))
+    names = [n for n, _ in REFERENCES]
+    fmt = lambda v, f: f.format(v) if v is not None else "na"
     for case in cases:
         for threads in (1, 2):
-            runner, torch = [], []
+            runs = {"runner": []}
+            runs.update({n: [] for n in names})
             for _ in range(3):
-                runner.append(measure([RUNNER, case], threads))
-                if torch_ok and case not in RUNNER_ONLY:
+                runs["runner"].append(measure([RUNNER, case], threads))
+                if case in RUNNER_ONLY:
+                    continue
+                for name, python in refs:
                     # Loader cases: torchvision's DataLoader with `threads` worker processes.
                     script = "torch_loader_bench.py" if case.startswith("loader_") else "torch_bench.py"
-                    torch.append(measure([TORCH_PY, os.path.join(HERE, script), case, str(threads)], threads))
-            r = max((v for v in runner if v is not None), default=None)
-            t = max((v for v in torch if v is not None), default=None)
-            rs = f"{r:.1f}" if r is not None else "na"
-            ts = f"{t:.1f}" if t is not None else "na"
-            ratio = f"{r / t:.2f}" if r is not None and t else "na"
-            print(f"bench {case} threads={threads} runner={rs} torch={ts} ratio={ratio}", flush=True)
+                    runs[name].append(measure([python, os.path.join(HERE, script), case, str(threads)], threads))
+            r, rm = best(runs["runner"])
+            line = f"bench {case} threads={threads} runner={fmt(r, '{:.1f}')}"
+            for name in names:
+                t, tm = best(runs[name])
+                ratio = f"{r / t:.2f}" if r is not None and t else "na"
+                if name == "torch":
+                    line += f" torch={fmt(t, '{:.1f}')} ratio={ratio} runner_peak_mib={fmt(rm, '{:.0f}')}"
+                    line += f" torch_peak_mib={fmt(tm, '{:.0f}')}"
+                elif any(n == name for n, _ in refs):
+                    line += f" {name}={fmt(t, '{:.1f}')} ratio_new={ratio} {name}_peak_mib={fmt(tm, '{:.0f}')}"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
