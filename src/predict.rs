@@ -96,13 +96,11 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
     let mut out = Vec::new();
     for image in &req.images {
         let (bytes, h, w) = crate::data::folder::decode(image, c)?;
-        let mut img: Vec<f32> = bytes.iter().map(|&p| p as f32 / 255.0).collect();
         let mut dims = [c, h, w];
         let mut rng = Rng::derive(plan.seed, &["predict".into()]);
-        for op in &plan.augment_test {
-            img = crate::data::augment::apply(op, img, &mut dims, &mut rng)
-                .map_err(|e| anyhow::anyhow!("{}: {}: {e}", image.display(), op.name()))?;
-        }
+        let mut targets = crate::data::augment::Targets::default();
+        let img = crate::data::augment::apply_bytes(&plan.augment_test, &bytes, &mut targets, &mut dims, &mut rng)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
         let found = match &plan.task {
             crate::task::Task::Detect(yolo) => Some(detect(&model, yolo, &plan, img.clone(), dims, [h, w], image)?),
             crate::task::Task::Localize(loc) => {

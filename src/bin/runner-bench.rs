@@ -471,6 +471,31 @@ fn resize_case(antialias: bool) -> Result<f64> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// The loader's path for a first resize of a decoded photo: the 8-bit planes through
+/// PIL's arithmetic (fast_image_resize), then to floats; the same sizes as `resize_case`.
+fn resize_decoded_case() -> Result<f64> {
+    use runner::config::AugmentOp;
+    let (h, w) = (375, 500);
+    let mut r = Rng::new(3);
+    let img: Vec<u8> = (0..3 * h * w).map(|_| (r.next_f64() * 255.0) as u8).collect();
+    let ops = [[448, 448], [168, 224]].map(|size| AugmentOp::Resize {
+        size: Some(size),
+        shorter: None,
+        mode: "bilinear".into(),
+        antialias: true,
+    });
+    let n = 20;
+    let t = Instant::now();
+    for i in 0..n {
+        let mut dims = [3, h, w];
+        let mut targets = runner::data::augment::Targets::default();
+        let out = runner::data::augment::resize_decoded(&ops[i % 2], &img, &mut targets, &mut dims);
+        let floats: Vec<f32> = out.unwrap_or_default().iter().map(|&p| p as f32 / 255.0).collect();
+        std::hint::black_box(floats);
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
 fn main() -> Result<()> {
     runner::ops::tune_allocator();
     let case = std::env::args().nth(1).unwrap_or_default();
@@ -487,9 +512,10 @@ fn main() -> Result<()> {
         "conv_transpose2d_backward" => conv_transpose_op(true)?,
         "detect_eval_5000" => detect_eval_5000()?,
         "resize_voc_antialias" => resize_case(true)?,
+        "resize_voc_decoded" => resize_decoded_case()?,
         "resize_voc_plain" => resize_case(false)?,
         other => bail!(
-            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_plain"
+            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain"
         ),
     };
     println!("images_per_s={ips:.1}");

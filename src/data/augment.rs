@@ -124,6 +124,70 @@ pub fn resample_antialiased(img: &[f32], c: usize, (h, w): (usize, usize), (oh, 
     out
 }
 
+/// PIL's bilinear filter on 8-bit planes, `[c, h, w]` -> `[c, oh, ow]`, as torchvision's
+/// `Resize` runs it on a PIL image, by fast_image_resize (SIMD where the CPU has it; integer
+/// arithmetic, so the same bytes on every CPU). Its fixed-point weights are not PIL's to
+/// the bit: within one grey level of PIL (6% of the bytes off by one on the fixture, a
+/// test), as the float path is. The loader takes this path for a first `resize` of decoded
+/// images: 1140 images/s against 760 for the float path (500x375 photos, 1 thread).
+pub fn resize_u8_pil(img: &[u8], c: usize, (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<u8> {
+    use fast_image_resize::{images::TypedImage, images::TypedImageRef, pixels::U8};
+    use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    let mut resizer = Resizer::new();
+    let mut out = Vec::with_capacity(c * oh * ow);
+    for plane in img.chunks_exact(h * w).take(c) {
+        let mut dst = TypedImage::<U8>::new(ow as u32, oh as u32);
+        // Both sizes are the planes' own, so neither can fail.
+        let src = TypedImageRef::<U8>::from_buffer(w as u32, h as u32, plane).expect("a whole plane");
+        resizer.resize_typed(&src, &mut dst, &options).expect("same pixel type");
+        out.extend(dst.pixels().iter().map(|p| p.0));
+    }
+    out
+}
+
+/// A first op that `resize_u8_pil` can run on the decoded bytes: an antialiased bilinear
+/// `resize` (the pixels differ from resizing the floats by rounding only: rounded to 8 bits
+/// as PIL does). Returns the bytes resized, with `dims` and the targets
+/// following, or `None` for any other op.
+pub fn resize_decoded(op: &AugmentOp, img: &[u8], t: &mut Targets, dims: &mut [usize; 3]) -> Option<Vec<u8>> {
+    let AugmentOp::Resize { size, shorter, mode, antialias: true } = op else { return None };
+    let [c, h, w] = *dims;
+    let (oh, ow) = match (size, shorter) {
+        (Some([rh, rw]), _) => (*rh, *rw),
+        (None, Some(s)) => crate::config::resized_shorter(h, w, *s),
+        (None, None) => (h, w),
+    };
+    if mode == "nearest" || oh == 0 || ow == 0 || h == 0 || w == 0 {
+        return None; // `apply` reports the empty image
+    }
+    t.resize([h, w], [oh, ow]);
+    *dims = [c, oh, ow];
+    if (oh, ow) == (h, w) {
+        return Some(img.to_vec());
+    }
+    Some(resize_u8_pil(img, c, (h, w), (oh, ow)))
+}
+
+/// An 8-bit image `[c, h, w]` (decoded or from a dataset's records) through `ops`, into
+/// floats in [0, 1]: a first antialiased `resize` runs on the bytes (`resize_decoded`, as
+/// torchvision's `Resize` on a PIL image), the others on the floats. Errors name the op.
+pub fn apply_bytes(
+    ops: &[AugmentOp],
+    bytes: &[u8],
+    t: &mut Targets,
+    dims: &mut [usize; 3],
+    rng: &mut Rng,
+) -> Result<Vec<f32>, String> {
+    let resized = ops.first().and_then(|op| resize_decoded(op, bytes, t, dims));
+    let rest = if resized.is_some() { &ops[1..] } else { ops };
+    let mut img: Vec<f32> = resized.as_deref().unwrap_or(bytes).iter().map(|&p| p as f32 / 255.0).collect();
+    for op in rest {
+        img = apply_with_targets(op, img, t, dims, rng).map_err(|e| format!("{}: {e}", op.name()))?;
+    }
+    Ok(img)
+}
+
 /// The window `(top, left, ch, cw)` of a `[c, h, w]` image, `fill` outside it.
 fn crop<T: Copy>(img: &[T], [c, h, w]: [usize; 3], top: isize, left: isize, ch: usize, cw: usize, fill: T) -> Vec<T> {
     let mut out = vec![fill; c * ch * cw];

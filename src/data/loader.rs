@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{bail, Result};
 
-use super::augment::{apply_with_targets, Targets};
+use super::augment::Targets;
 use crate::config::AugmentOp;
 use crate::data::voc::Object;
 use crate::data::Split;
@@ -130,12 +130,12 @@ fn make_sample(split: &Split, spec: &LoaderSpec, i: usize, epoch: usize) -> Resu
         Some(path) => path.display().to_string(),
         None => format!("sample {i}"),
     };
-    let (mut img, mut dims): (Vec<f32>, [usize; 3]) = match split.files.get(i) {
+    let (bytes, mut dims): (std::borrow::Cow<[u8]>, [usize; 3]) = match split.files.get(i) {
         Some(path) => {
             let (bytes, fh, fw) = super::folder::decode(path, c)?;
-            (bytes.iter().map(|&p| p as f32 / 255.0).collect(), [c, fh, fw])
+            (bytes.into(), [c, fh, fw])
         }
-        None => (split.pixels[i * sample..(i + 1) * sample].iter().map(|&p| p as f32 / 255.0).collect(), spec.shape),
+        None => (split.pixels[i * sample..(i + 1) * sample].into(), spec.shape),
     };
     let size = [dims[1], dims[2]];
     let mut targets = Targets::default();
@@ -162,10 +162,8 @@ fn make_sample(split: &Split, spec: &LoaderSpec, i: usize, epoch: usize) -> Resu
         targets.mask = Some(mask);
     }
     let mut rng = Rng::derive(spec.seed, &["augment".into(), epoch.into(), i.into()]);
-    for op in &spec.augment {
-        img = apply_with_targets(op, img, &mut targets, &mut dims, &mut rng)
-            .map_err(|e| anyhow::anyhow!("{}: {}: {e}", what(), op.name()))?;
-    }
+    let img = crate::data::augment::apply_bytes(&spec.augment, &bytes, &mut targets, &mut dims, &mut rng)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
     if dims != spec.out_shape {
         bail!("{}: after the augmentations the image is {dims:?}, the model takes {:?}", what(), spec.out_shape);
     }

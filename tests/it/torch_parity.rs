@@ -246,7 +246,8 @@ fn ten_crop_matches_torchvision() {
 /// The `resize` augmentation against PIL's bilinear resize (torchvision's `Resize` on PIL
 /// images) of a textured image (tests/fixtures/make_resize_fixture.py): within one grey
 /// level, shrinking by 2, by 3.2, by 9, enlarging, at the same size and on one side only.
-/// Without antialiasing, shrinking the 1-pixel stripes misses PIL by far more.
+/// Without antialiasing, shrinking the 1-pixel stripes misses PIL by far more. The loader's
+/// 8-bit path (a first resize of decoded images, fast_image_resize) is within one level too.
 #[test]
 fn resize_matches_pil_within_one_grey_level() {
     use runner::config::AugmentOp;
@@ -277,6 +278,15 @@ fn resize_matches_pil_within_one_grey_level() {
         };
         let d = run(true);
         assert!(d <= 1.0, "{ow}x{oh}: {d} grey levels from PIL");
+        // The loader's path for decoded images: PIL's own 8-bit arithmetic, the same bytes.
+        let planar: Vec<u8> = (0..3 * h * w).map(|i| (image[i] * 255.0).round() as u8).collect();
+        let got = runner::data::augment::resize_u8_pil(&planar, 3, (h, w), (oh, ow));
+        let diffs: Vec<f64> =
+            (0..3 * oh * ow).map(|i| (got[i] as f64 - want[(i % (oh * ow)) * 3 + i / (oh * ow)]).abs()).collect();
+        let off = diffs.iter().filter(|&&d| d > 0.0).count();
+        let most = diffs.iter().cloned().fold(0.0, f64::max);
+        eprintln!("{ow}x{oh}: float path {d}, 8-bit path {most} grey levels, {off} of {} bytes off", diffs.len());
+        assert!(most <= 1.0, "{ow}x{oh}: the 8-bit path is {most} grey levels from PIL");
         if ow * 2 <= w {
             let plain = run(false);
             assert!(plain > 20.0, "{ow}x{oh}: without antialiasing only {plain} grey levels from PIL");
