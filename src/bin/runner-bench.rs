@@ -489,7 +489,8 @@ fn resize_decoded_case() -> Result<f64> {
     for i in 0..n {
         let mut dims = [3, h, w];
         let mut targets = runner::data::augment::Targets::default();
-        let out = runner::data::augment::resize_decoded(&ops[i % 2], &img, &mut targets, &mut dims);
+        let out = runner::data::augment::resize_decoded(&ops[i % 2], &img, &mut targets, &mut dims)
+            .map_err(anyhow::Error::msg)?;
         let floats: Vec<f32> = out.unwrap_or_default().iter().map(|&p| p as f32 / 255.0).collect();
         std::hint::black_box(floats);
     }

@@ -280,7 +280,7 @@ fn resize_matches_pil_within_one_grey_level() {
         assert!(d <= 1.0, "{ow}x{oh}: {d} grey levels from PIL");
         // The loader's path for decoded images: PIL's own 8-bit arithmetic, the same bytes.
         let planar: Vec<u8> = (0..3 * h * w).map(|i| (image[i] * 255.0).round() as u8).collect();
-        let got = runner::data::augment::resize_u8_pil(&planar, 3, (h, w), (oh, ow));
+        let got = runner::data::augment::resize_u8_pil(&planar, 3, (h, w), (oh, ow)).unwrap();
         let diffs: Vec<f64> =
             (0..3 * oh * ow).map(|i| (got[i] as f64 - want[(i % (oh * ow)) * 3 + i / (oh * ow)]).abs()).collect();
         let off = diffs.iter().filter(|&&d| d > 0.0).count();
