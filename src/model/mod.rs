@@ -296,11 +296,8 @@ impl Model {
                         self.channel_bias(layer, y)?
                     }
                     None => {
-                        let y = x.matmul(&w.t()?)?; // [b, out]
-                        match self.param(layer, "bias") {
-                            Some(b) => y.broadcast_add(&b)?,
-                            None => y,
-                        }
+                        let b = self.param(layer, "bias");
+                        crate::ops::linear::linear(&x, &w, b.as_ref())? // [b, out]
                     }
                 }
             }

@@ -56,6 +56,7 @@ pub mod bias;
 pub mod conv;
 mod conv_dev;
 pub mod gemm;
+pub mod linear;
 pub mod pixel_ce;
 pub mod pool;
 #[cfg(test)]

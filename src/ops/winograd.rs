@@ -50,9 +50,14 @@ impl Geo {
 }
 
 /// Whether Winograd beats im2col + gemm for this convolution: the products must be large
-/// enough to amortise the transforms (measured: `make bench` conv2d cases).
+/// enough to amortise the transforms (measured: `make bench` conv2d cases), and a band must
+/// hold at least 16 tiles, the width of gemm's AVX-512 kernel. AlexNet's 13x13 layers with
+/// 192 to 384 channels fit 7 tiles in a band: each transformed weight then served 7 tiles
+/// and half of every vector was idle (im2col + gemm: 169 columns per weight).
 pub(crate) fn worth_it(c: usize, o: usize, oh: usize, ow: usize) -> bool {
-    c >= 16 && o >= 16 && oh >= 4 && ow >= 4
+    let g = Geo { n: 1, c, h: oh, w: ow, o, pad: 1, oh, ow };
+    let tiles_per_band = g.band(FORWARD_BAND) * g.tiles().1;
+    c >= 16 && o >= 16 && oh >= 4 && ow >= 4 && tiles_per_band >= 16
 }
 
 /// Per-thread scratch: transformed input / gradient band and row buffers.
