@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match runner::cli::main() {
+    match runner::ops::on_pool(runner::cli::main) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -500,13 +500,17 @@ fn resize_decoded_case() -> Result<f64> {
 fn main() -> Result<()> {
     runner::ops::tune_allocator();
     let case = std::env::args().nth(1).unwrap_or_default();
-    let ips = match case.as_str() {
+    runner::ops::on_pool(|| run_case(&case))
+}
+
+fn run_case(case: &str) -> Result<()> {
+    let ips = match case {
         "lenet5_train" => lenet5_train()?,
         "resnet_cifar_train" => resnet_cifar_train()?,
         "alexnet_forward" => alexnet_forward()?,
         "conv2d_forward" => conv_op(false)?,
         "conv2d_backward" => conv_op(true)?,
-        "loader_cifar10_crop_flip_norm" | "loader_jpeg_256_crop224_flip_pca" => loader(&case)?,
+        "loader_cifar10_crop_flip_norm" | "loader_jpeg_256_crop224_flip_pca" => loader(case)?,
         "yolo_shapes_train" => yolo_shapes_train()?,
         "fcn_shapes_train" => fcn_shapes_train()?,
         "conv_transpose2d_forward" => conv_transpose_op(false)?,
