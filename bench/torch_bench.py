@@ -97,7 +97,7 @@ def resnet_cifar_train():
     return timed(n, warmup, iters, step)
 
 
-def alexnet_forward():
+def alexnet_forward(batch=None):
     features = nn.Sequential(
         nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
         nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
@@ -108,6 +108,8 @@ def alexnet_forward():
         nn.Linear(4096, 1000))
     m = compiled(nn.Sequential(features, nn.Flatten(), classifier).eval())
     n, warmup, iters = sized((8, 1, 5), (128, 3, 20))
+    if batch == 1:
+        n, warmup, iters = 1, 2, 20
     x = torch.rand(n, 3, 224, 224) * 2 - 1
 
     def step():
@@ -270,6 +272,7 @@ CASES = {
     "lenet5_train": lenet5_train,
     "resnet_cifar_train": resnet_cifar_train,
     "alexnet_forward": alexnet_forward,
+    "alexnet_forward_b1": lambda: alexnet_forward(1),
     "conv2d_forward": lambda: conv_op(False),
     "conv2d_backward": lambda: conv_op(True),
 }

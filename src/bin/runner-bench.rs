@@ -164,8 +164,9 @@ fn resnet_cifar_train() -> Result<f64> {
     })
 }
 
-/// torchvision's AlexNet, forward only (eval mode), batch 8 of 3x224x224.
-fn alexnet_forward() -> Result<f64> {
+/// torchvision's AlexNet, forward only in eval mode (the course's pretrained top-k demo):
+/// batch 8 of 3x224x224 on the CPU (128 on a GPU), or one image with `batch_one`.
+fn alexnet_forward(batch_one: bool) -> Result<f64> {
     let m = model(
         [3, 224, 224],
         vec![
@@ -202,7 +203,7 @@ fn alexnet_forward() -> Result<f64> {
             ),
         ],
     )?;
-    let (n, warmup, iters) = sized((8, 1, 5), (128, 3, 20));
+    let (n, warmup, iters) = if batch_one { (1, 2, 20) } else { sized((8, 1, 5), (128, 3, 20)) };
     let x = rand(&[n, 3, 224, 224], 1, 1.0)?;
     time(n, warmup, iters, || {
         m.forward(&x, Pass::eval())?.sum_all()?.to_scalar::<f32>()?;
@@ -507,7 +508,8 @@ fn run_case(case: &str) -> Result<()> {
     let ips = match case {
         "lenet5_train" => lenet5_train()?,
         "resnet_cifar_train" => resnet_cifar_train()?,
-        "alexnet_forward" => alexnet_forward()?,
+        "alexnet_forward" => alexnet_forward(false)?,
+        "alexnet_forward_b1" => alexnet_forward(true)?,
         "conv2d_forward" => conv_op(false)?,
         "conv2d_backward" => conv_op(true)?,
         "loader_cifar10_crop_flip_norm" | "loader_jpeg_256_crop224_flip_pca" => loader(case)?,
@@ -520,7 +522,7 @@ fn run_case(case: &str) -> Result<()> {
         "resize_voc_decoded" => resize_decoded_case()?,
         "resize_voc_plain" => resize_case(false)?,
         other => bail!(
-            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain"
+            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, alexnet_forward_b1, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain"
         ),
     };
     println!("images_per_s={ips:.1}");
