@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    runner::ops::tune_allocator();
     match runner::ops::on_pool(runner::cli::main) {
         Ok(code) => code,
         Err(e) => {
