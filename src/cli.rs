@@ -66,6 +66,21 @@ enum Command {
     Sweep(SweepArgs),
     /// Evaluate a run's saved model again and append the metrics to its tables.
     Eval(EvalArgs),
+    /// A local web page of the runs: table, curves (live while training), configs, plots.
+    Board(BoardArgs),
+}
+
+#[derive(Args, Debug)]
+struct BoardArgs {
+    /// Folders holding run folders (default: runs).
+    dirs: Vec<PathBuf>,
+    /// The port to listen on (0: any free one).
+    #[arg(long, default_value_t = 6006)]
+    port: u16,
+    /// The address to listen on; anything but a loopback address lets other machines read
+    /// the runs.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
 }
 
 #[derive(Args, Debug)]
@@ -243,7 +258,6 @@ struct PreviewArgs {
 
 pub fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
-    crate::ops::tune_allocator();
     crate::progress::init_logging(if cli.quiet { -1 } else { cli.verbose.min(2) as i8 });
     match cli.command {
         None => train(cli.run),
@@ -259,6 +273,11 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Diff(args)) => diff(args),
         Some(Command::Sweep(args)) => sweep(args),
         Some(Command::Eval(args)) => eval(args),
+        Some(Command::Board(args)) => {
+            let dirs = if args.dirs.is_empty() { vec![PathBuf::from("runs")] } else { args.dirs };
+            crate::board::serve(crate::board::Board::new(dirs)?, &args.host, args.port)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use arrow_array::{Array, Float64Array, RecordBatch, StringArray};
+use arrow_array::{Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 
 use crate::config::Mode;
 
@@ -23,6 +23,14 @@ pub struct RunInfo {
     pub params: BTreeMap<String, String>,
     /// Final metrics, `test.accuracy` -> value.
     pub finals: BTreeMap<String, f64>,
+    /// Start and end, microseconds since the Unix epoch (no end while running).
+    pub started_at_us: Option<i64>,
+    pub finished_at_us: Option<i64>,
+}
+
+fn micros(b: &RecordBatch, name: &str) -> Option<i64> {
+    let c = b.column_by_name(name)?.as_any().downcast_ref::<TimestampMicrosecondArray>()?;
+    (!c.is_null(0)).then(|| c.value(0))
 }
 
 fn text(b: &RecordBatch, name: &str, row: usize) -> Option<String> {
@@ -73,12 +81,14 @@ pub fn read_run(dir: &Path) -> Result<RunInfo> {
         sweep_id: text(b, "sweep_id", 0),
         params,
         finals,
+        started_at_us: micros(b, "started_at"),
+        finished_at_us: micros(b, "finished_at"),
     })
 }
 
-/// Every run folder at or below `paths` (a folder holding `run.parquet`), sorted; unreadable
-/// ones are returned as warnings.
-pub fn collect(paths: &[PathBuf]) -> Result<(Vec<RunInfo>, Vec<String>)> {
+/// Every run folder (a folder holding `run.parquet`) at or below `path`, four levels deep
+/// at most, sorted.
+pub fn run_dirs(path: &Path) -> Vec<PathBuf> {
     fn walk(p: &Path, depth: usize, out: &mut Vec<PathBuf>) {
         if p.join("run.parquet").is_file() {
             out.push(p.to_path_buf());
@@ -95,6 +105,13 @@ pub fn collect(paths: &[PathBuf]) -> Result<(Vec<RunInfo>, Vec<String>)> {
             }
         }
     }
+    let mut out = Vec::new();
+    walk(path, 4, &mut out);
+    out
+}
+
+/// Every run folder at or below `paths`, sorted; unreadable ones are returned as warnings.
+pub fn collect(paths: &[PathBuf]) -> Result<(Vec<RunInfo>, Vec<String>)> {
     let mut dirs = Vec::new();
     for p in paths {
         if p.is_file() {
@@ -103,7 +120,7 @@ pub fn collect(paths: &[PathBuf]) -> Result<(Vec<RunInfo>, Vec<String>)> {
         if !p.is_dir() {
             bail!("{}: no such folder", p.display());
         }
-        walk(p, 4, &mut dirs);
+        dirs.extend(run_dirs(p));
     }
     dirs.sort();
     dirs.dedup();

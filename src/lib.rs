@@ -4,6 +4,7 @@
 //! inferred, no tensors) -> [`data`] and [`model`] -> [`train`] (optimizer, metrics) ->
 //! [`runlog`] (the run folder and its parquet tables). [`cli`] wires them to commands.
 
+pub mod board;
 pub mod checkpoint;
 pub mod cli;
 pub mod compare;

@@ -1,6 +1,7 @@
 //! Integration tests, built as one binary. Each module names what it guards.
 
 mod bad_inputs;
+mod board;
 mod chaos;
 mod cifar;
 mod common;

@@ -1,0 +1,238 @@
+//! `runner board`: the server's endpoints over generated run folders (two completed runs
+//! of a real training, a running one whose tables grow during the test, a broken one),
+//! its refusals of paths outside the runs, and that it writes nothing.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use runner::runlog::{MetricRow, RunLog, Status};
+use serde_json::Value;
+
+use crate::common::runner;
+
+/// The server process, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `runner board --port 0 DIRS` in `cwd` and reads the address it prints.
+fn start(cwd: &Path, args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("board")
+        .args(["--port", "0"])
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runner board starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line
+        .strip_prefix("runner board: http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("first line {line:?}"))
+        .to_string();
+    Server { child, addr }
+}
+
+/// A raw GET of `target` exactly as written (no client-side normalisation of `..`):
+/// (status, content type, body).
+fn get(s: &Server, target: &str) -> (u16, String, Vec<u8>) {
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    write!(c, "GET {target} HTTP/1.0\r\nHost: {}\r\n\r\n", s.addr).unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let ctype = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Type: ").or_else(|| l.strip_prefix("content-type: ")))
+        .unwrap_or_default()
+        .to_string();
+    (status, ctype, raw[split + 4..].to_vec())
+}
+
+fn get_json(s: &Server, target: &str) -> Value {
+    let (status, ctype, body) = get(s, target);
+    assert_eq!(status, 200, "{target}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(ctype, "application/json");
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn row(epoch: i32, split: &str, metric: &str, value: f64) -> MetricRow {
+    MetricRow {
+        epoch,
+        step: epoch as i64 * 10,
+        split: split.into(),
+        metric: metric.into(),
+        class: None,
+        value,
+        wall_time_s: epoch as f64,
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.replace('/', "%2F")
+}
+
+/// Every file under `dir` with its size and modification time.
+fn snapshot(dir: &Path) -> BTreeMap<String, (u64, std::time::SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(e.path().display().to_string(), (m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn endpoints_over_completed_running_and_broken_runs() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 2);
+    for lr in ["0.1", "0.03"] {
+        let out = runner(d.path(), &["tiny.toml", "--set", &format!("train.optimizer.sgd.lr={lr}")]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let runs = d.path().join("runs");
+    // A run in progress: this process holds its lock, as a training process would.
+    let mut live = RunLog::create(&runs, "live", "abc", 0, "cpu").unwrap();
+    live.write_text("config.toml", "# a live run\n[experiment]\nname = \"live\"\n").unwrap();
+    live.write_params(&BTreeMap::from([("experiment.name".to_string(), "live".to_string())])).unwrap();
+    live.push(row(1, "test", "accuracy", 0.5));
+    live.push(row(1, "train", "accuracy", 0.4));
+    live.flush().unwrap();
+    live.publish().unwrap();
+    assert_eq!(live.status(), Status::Running);
+    // A broken run: run.parquet is not a table.
+    std::fs::create_dir_all(runs.join("tiny/broken")).unwrap();
+    std::fs::write(runs.join("tiny/broken/run.parquet"), b"not parquet").unwrap();
+    // Outside the runs: a secret, and a run whose plot links to it.
+    std::fs::write(d.path().join("secret.txt"), "the contents of a file outside the runs").unwrap();
+
+    let before = snapshot(&runs);
+    let s = start(d.path(), &[]);
+
+    // The page.
+    let (status, ctype, body) = get(&s, "/");
+    assert_eq!((status, ctype.as_str()), (200, "text/html; charset=utf-8"));
+    assert!(String::from_utf8_lossy(&body).contains("<title>runner board</title>"));
+
+    // The runs table: 4 rows; the broken one carries its error; lr differs.
+    let table = get_json(&s, "/api/runs");
+    let rows = table["runs"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{table}");
+    let broken = rows.iter().find(|r| r["key"] == "0/tiny/broken").expect("the broken run is a row");
+    assert!(broken["error"].as_str().unwrap().contains("run.parquet"), "{broken}");
+    let tiny: Vec<&Value> = rows.iter().filter(|r| r["experiment"] == "tiny").collect();
+    assert_eq!(tiny.len(), 2);
+    for r in &tiny {
+        assert_eq!(r["status"], "completed");
+        assert!(r["finals"]["test.accuracy"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["finished_at_us"].as_i64().unwrap() >= r["started_at_us"].as_i64().unwrap());
+    }
+    let differing: Vec<&str> = table["differing"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(differing.contains(&"train.optimizer.sgd.lr"), "{differing:?}");
+    let live_row = rows.iter().find(|r| r["experiment"] == "live").unwrap();
+    assert_eq!(live_row["status"], "running");
+    let live_key = live_row["key"].as_str().unwrap().to_string();
+
+    // A completed run's curves: the same rows as its metrics.parquet.
+    let key = tiny[0]["key"].as_str().unwrap();
+    let m = get_json(&s, &format!("/api/metrics?run={}", enc(key)));
+    let n = m["value"].as_array().unwrap().len();
+    assert!(n > 0 && m["epoch"].as_array().unwrap().len() == n && m["metric"].as_array().unwrap().len() == n);
+    let dir = runs.join(key.strip_prefix("0/").unwrap());
+    let log = RunLog::open(&dir, None).unwrap();
+    assert_eq!(n, log.metrics().len());
+    let test_acc: Vec<f64> = (0..n)
+        .filter(|&i| m["split"][i] == "test" && m["metric"][i] == "accuracy" && m["class"][i].is_null())
+        .map(|i| m["value"][i].as_f64().unwrap())
+        .collect();
+    assert_eq!(test_acc.len(), 2, "one test accuracy per epoch");
+    assert_eq!(test_acc[1], tiny[0]["finals"]["test.accuracy"].as_f64().unwrap());
+
+    // The running run's curve gains a point when its table grows.
+    let count = |m: &Value| (0..m["value"].as_array().unwrap().len()).filter(|&i| m["split"][i] == "test").count();
+    assert_eq!(count(&get_json(&s, &format!("/api/metrics?run={}", enc(&live_key)))), 1);
+    live.push(row(2, "test", "accuracy", 0.6));
+    live.flush().unwrap();
+    assert_eq!(count(&get_json(&s, &format!("/api/metrics?run={}", enc(&live_key)))), 2);
+
+    // Its files: config.toml and the plots, served with their types.
+    let files = get_json(&s, &format!("/api/files?run={}", enc(key)));
+    let names: Vec<&str> = files["files"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(names[0], "config.toml");
+    let png = names.iter().find(|n| n.starts_with("plots/") && n.ends_with(".png")).expect("a plot");
+    let (status, ctype, body) = get(&s, &format!("/api/file?run={}&name={png}", enc(key)));
+    assert_eq!((status, ctype.as_str()), (200, "image/png"));
+    assert_eq!(&body[..8], b"\x89PNG\r\n\x1a\n");
+    let (status, _, body) = get(&s, &format!("/api/file?run={}&name=config.toml", enc(key)));
+    assert_eq!(status, 200);
+    assert_eq!(body, std::fs::read(dir.join("config.toml")).unwrap());
+
+    // Nothing outside the runs: traversal in the run key, in the file name (plain and
+    // percent-encoded), absolute paths, other paths of the server, a link pointing out.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(d.path().join("secret.txt"), dir.join("plots/leak.png")).unwrap();
+    for target in [
+        "/../secret.txt".to_string(),
+        "/%2e%2e/secret.txt".to_string(),
+        "/secret.txt".to_string(),
+        "/api/file?run=0/..&name=secret.txt".to_string(),
+        "/api/file?run=0%2F..%2F..&name=secret.txt".to_string(),
+        format!("/api/file?run={}&name=../../../secret.txt", enc(key)),
+        format!("/api/file?run={}&name=%2e%2e%2f%2e%2e%2f%2e%2e%2fsecret.txt", enc(key)),
+        format!("/api/file?run={}&name={}", enc(key), d.path().join("secret.txt").display()),
+        format!("/api/file?run={}&name=metrics.parquet", enc(key)),
+        format!("/api/file?run={}&name=plots/leak.png", enc(key)),
+        format!("/api/metrics?run={}", d.path().display()),
+    ] {
+        let (status, _, body) = get(&s, &target);
+        assert!([403, 404].contains(&status), "{target}: {status}");
+        assert!(!String::from_utf8_lossy(&body).contains("contents of a file"), "{target} leaked the file");
+    }
+    // A broken run's curves are an error of that run, not of the server.
+    let (status, _, body) = get(&s, "/api/metrics?run=0%2Ftiny%2Fbroken");
+    assert_eq!(status, 500);
+    assert!(String::from_utf8_lossy(&body).contains("0/tiny/broken"));
+    // The table still answers.
+    assert_eq!(get_json(&s, "/api/runs")["runs"].as_array().unwrap().len(), 4);
+
+    // The board wrote nothing: every file as before, but the ones the live run wrote and
+    // the link this test made.
+    let mut after = snapshot(&runs);
+    let mut before = before;
+    for m in [&mut after, &mut before] {
+        m.retain(|k, _| !k.contains("/live/") && !k.ends_with("leak.png"));
+    }
+    assert_eq!(before, after);
+    drop(live);
+}
+
+#[test]
+fn refuses_a_missing_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let out = runner(d.path(), &["board", "nowhere"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("nowhere: no such folder"), "{}", out.stderr);
+}
