@@ -3,7 +3,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 EXP ?= experiments/lenet5_fashion_mnist.toml
 
-.PHONY: run build build-cuda gpu-check test data pyarrow torch bench bench-torch fmt lint clean
+.PHONY: run build build-cuda gpu-check test data pyarrow torch chromium bench bench-torch fmt lint clean
 
 build:
 	$(CARGO) build --release
@@ -41,6 +41,12 @@ data:
 run: data build
 	./target/release/runner $(EXP)
 
+# Debian's Chromium drives runner board's page in the tests (headless).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  ($(CAN_APT) && (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium))) || \
+	  echo "WARNING: chromium not installed: the board's browser test will be skipped"
+
 # pyarrow reads the run tables in the tests, as a user's Python would.
 pyarrow:
 	@$(PYTHON) -c "import pyarrow" 2>/dev/null || $(PYTHON) -m pip install --quiet pyarrow
@@ -62,9 +68,10 @@ torch:
 # A test whose dependency is missing says SKIPPED in the output and in the closing line; where
 # apt could have installed the dependency (root with apt-get), its absence fails the test.
 CAN_APT = { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; }
-test: data pyarrow torch
+test: data pyarrow torch chromium
 	@mkdir -p target && rm -f target/test-skips.log
 	RUNNER_REQUIRE_PYARROW=1 \
+	RUNNER_REQUIRE_CHROMIUM=$$( (command -v chromium >/dev/null 2>&1 || $(CAN_APT)) && echo 1 || echo 0) \
 	RUNNER_REQUIRE_TORCH=$$( (PYTHONPATH=.pydeps /usr/bin/python3 -c "import torch, torchvision, safetensors" 2>/dev/null || $(CAN_APT)) && echo 1 || echo 0) \
 	RUNNER_REQUIRE_FASHION_MNIST=$$( ([ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || $(CAN_APT)) && echo 1 || echo 0) \
 	RUNNER_SKIP_LOG=$(CURDIR)/target/test-skips.log \

@@ -237,6 +237,7 @@ pub fn serve(board: Board, host: &str, port: u16) -> Result<()> {
             let (server, board) = (server.clone(), board.clone());
             std::thread::spawn(move || {
                 for req in server.incoming_requests() {
+                    tracing::debug!("board: {} {}", req.method(), req.url());
                     let reply = match req.method() {
                         tiny_http::Method::Get | tiny_http::Method::Head => board.handle(req.url()),
                         _ => Reply::error(405, "the board only reads: GET"),
