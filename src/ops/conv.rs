@@ -164,8 +164,8 @@ fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
     let mut d = dst.chunks_exact_mut(8);
     let mut s = src.chunks_exact(8);
     for (a, b) in (&mut d).zip(&mut s) {
-        let b: &[T; 8] = b.try_into().expect("a block of 8");
-        let a: &mut [T; 8] = a.try_into().expect("a block of 8");
+        let b: &[T; 8] = b.try_into().expect("a block of 8"); // ok: chunks_exact(8) yields 8
+        let a: &mut [T; 8] = a.try_into().expect("a block of 8"); // ok: as above
         *a = *b;
     }
     for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {

@@ -282,6 +282,17 @@ fn chromium(url: &str, virtual_ms: u64, shot: Option<&Path>, profile: &Path) -> 
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The keys of the experiment's runs in the board's table.
+fn run_keys(s: &Server, experiment: &str) -> Vec<String> {
+    get_json(s, "/api/runs")["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["experiment"] == experiment)
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The value of `name="..."` on the first `<body` of a dumped DOM.
 fn body_attr(dom: &str, name: &str) -> Option<String> {
     let body = &dom[dom.find("<body")?..];
@@ -306,13 +317,7 @@ fn in_a_browser_table_curves_live_updates_and_run_page() {
     // Screenshots of each view for a person to look at: target/board-screens/.
     let shots = crate::common::repo().join("target/board-screens");
     std::fs::create_dir_all(&shots).unwrap();
-    let keys: Vec<String> = get_json(&s, "/api/runs")["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["experiment"] == "tiny")
-        .map(|r| r["key"].as_str().unwrap().to_string())
-        .collect();
+    let keys = run_keys(&s, "tiny");
     let base = format!("http://{}/", s.addr);
 
     // The table lists the four runs, the broken one with its error.
@@ -333,13 +338,7 @@ fn in_a_browser_table_curves_live_updates_and_run_page() {
     assert_eq!(dom.matches("class=\"curve\"").count(), 4);
 
     // A running run: its curve gains a point when its table grows while the page is open.
-    let live_key = get_json(&s, "/api/runs")["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["experiment"] == "live")
-        .map(|r| r["key"].as_str().unwrap().to_string())
-        .unwrap();
+    let live_key = run_keys(&s, "live").remove(0);
     // The table grows once the page has fetched the run's metrics (the server's log says
     // so); the page's later polls must draw the new point.
     let url = format!("{base}#sel={live_key}&metric=accuracy");
