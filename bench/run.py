@@ -23,9 +23,11 @@ import tempfile
 CASES = ["lenet5_train", "resnet_cifar_train", "alexnet_forward", "alexnet_forward_b1", "conv2d_forward", "conv2d_backward",
          "loader_cifar10_crop_flip_norm", "loader_jpeg_256_crop224_flip_pca", "yolo_shapes_train",
          "detect_eval_5000", "fcn_shapes_train", "conv_transpose2d_forward", "conv_transpose2d_backward",
-         "resize_voc_antialias", "resize_voc_decoded", "resize_voc_plain"]
+         "resize_voc_antialias", "resize_voc_decoded", "resize_voc_plain", "board_runs_1000"]
 # Cases without a PyTorch counterpart (torch=na): runner's evaluation alone.
-RUNNER_ONLY = {"detect_eval_5000", "resize_voc_antialias", "resize_voc_decoded", "resize_voc_plain"}
+# board_runs_1000: runs per second of `runner board`'s runs table over 1,000 runs of 100
+# epochs (above 1000: the table in under a second).
+RUNNER_ONLY = {"detect_eval_5000", "resize_voc_antialias", "resize_voc_decoded", "resize_voc_plain", "board_runs_1000"}
 RUNNER = os.environ.get("RUNNER_BENCH", "target/release/runner-bench")
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (field name, interpreter): Debian's PyTorch, then the newest from the package index.

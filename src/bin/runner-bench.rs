@@ -498,6 +498,69 @@ fn resize_decoded_case() -> Result<f64> {
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// `runner board`'s runs table over 1,000 runs of 100 epochs (8 metrics a epoch, 40
+/// parameters, 4 of them differing): runs listed per second by `/api/runs`, best of 5 (a
+/// table in under a second is above 1,000). The runs are written once into the system's
+/// temporary folder and kept for later calls.
+fn board_runs_1000() -> Result<f64> {
+    use runner::runlog::{MetricRow, RunLog, Status};
+    let root = std::env::temp_dir().join("runner-bench-board-1000x100");
+    let done = root.join("complete");
+    if !done.is_file() {
+        if root.exists() {
+            std::fs::remove_dir_all(&root)?;
+        }
+        eprintln!("writing 1000 runs of 100 epochs into {}", root.display());
+        for i in 0..1000usize {
+            let mut log = RunLog::create(&root, &format!("exp{}", i % 4), "hash", i as u64, "cpu")?;
+            let mut params: std::collections::BTreeMap<String, String> =
+                (0..36).map(|k| (format!("group{}.key{k}", k % 6), format!("value{k}"))).collect();
+            params.insert("train.lr".into(), format!("{}", 0.1 / (1 + i % 10) as f64));
+            params.insert("seed".into(), (i % 3).to_string());
+            params.insert("train.batch_size".into(), (32 << (i % 3)).to_string());
+            params.insert("model.width".into(), (16 * (1 + i % 5)).to_string());
+            log.write_text("config.toml", "# bench\n")?;
+            log.write_params(&params)?;
+            for epoch in 0..100 {
+                for split in ["train", "test"] {
+                    for metric in ["loss", "accuracy", "error_rate", "balanced_error_rate"] {
+                        let value = 1.0 / (1.0 + epoch as f64 + i as f64 * 1e-3);
+                        let wall_time_s = epoch as f64;
+                        let row = MetricRow {
+                            epoch,
+                            step: epoch as i64 * 100,
+                            split: split.into(),
+                            metric: metric.into(),
+                            class: None,
+                            value,
+                            wall_time_s,
+                        };
+                        log.push(row);
+                    }
+                }
+            }
+            log.final_metrics = [("test.accuracy".to_string(), 0.9), ("test.loss".to_string(), 0.3)].into();
+            log.set_status(Status::Completed);
+            log.flush()?;
+            log.publish()?;
+        }
+        std::fs::write(&done, "")?;
+    }
+    let board = runner::board::Board::new(vec![root])?;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let reply = board.handle("/api/runs");
+        let s = t.elapsed().as_secs_f64();
+        if reply.status != 200 || !String::from_utf8_lossy(&reply.body).contains("test.accuracy") {
+            bail!("/api/runs answered {}", reply.status);
+        }
+        best = best.min(s);
+    }
+    eprintln!("board_runs_1000: the table of 1000 runs in {:.0} ms", best * 1e3);
+    Ok(1000.0 / best)
+}
+
 fn main() -> Result<()> {
     runner::ops::tune_allocator();
     let case = std::env::args().nth(1).unwrap_or_default();
@@ -521,8 +584,9 @@ fn run_case(case: &str) -> Result<()> {
         "resize_voc_antialias" => resize_case(true)?,
         "resize_voc_decoded" => resize_decoded_case()?,
         "resize_voc_plain" => resize_case(false)?,
+        "board_runs_1000" => board_runs_1000()?,
         other => bail!(
-            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, alexnet_forward_b1, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain"
+            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, alexnet_forward_b1, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain, board_runs_1000"
         ),
     };
     println!("images_per_s={ips:.1}");

@@ -10,7 +10,13 @@
 //! resolving links to lie inside the run folder. A run whose tables cannot be read is a row
 //! with its error.
 //!
+//! A run's predictions (`predictions.rs`) come from its task's table; the test images
+//! shown beside them from its dataset where that is on disk, named by their index in the
+//! split, read once per dataset.
+//!
 //! The page and its script are embedded in the binary (`index.html`, no CDN).
+
+mod predictions;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,8 +24,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-/// The page: HTML, CSS and script in one file.
+/// The page: HTML, CSS and its main script.
 const INDEX: &str = include_str!("index.html");
+/// The run page's predictions and the sweep view.
+const PREDICTIONS_JS: &str = include_str!("predictions.js");
 
 /// An answer: status code, content type and body.
 #[derive(Debug)]
@@ -42,6 +50,7 @@ impl Reply {
 /// The folders the board shows.
 pub struct Board {
     roots: Vec<PathBuf>,
+    datasets: predictions::Datasets,
 }
 
 impl Board {
@@ -51,7 +60,7 @@ impl Board {
                 anyhow::bail!("{}: no such folder (give folders holding run folders, e.g. runs/)", r.display());
             }
         }
-        Ok(Board { roots })
+        Ok(Board { roots, datasets: predictions::Datasets::default() })
     }
 
     /// Every run folder under the roots, with its key.
@@ -85,10 +94,53 @@ impl Board {
             "/" | "/index.html" => {
                 return Reply { status: 200, content_type: "text/html; charset=utf-8", body: INDEX.as_bytes().to_vec() }
             }
+            "/predictions.js" => {
+                let body = PREDICTIONS_JS.as_bytes().to_vec();
+                return Reply { status: 200, content_type: "text/javascript; charset=utf-8", body };
+            }
             "/api/runs" => Ok(Reply::json(&self.runs_json())),
             "/api/metrics" => run().map(|(key, dir)| match metrics_json(&dir) {
                 Ok(v) => Reply::json(&v),
                 Err(e) => Reply::error(500, &format!("{key}: {e:#}")),
+            }),
+            "/api/predictions" => run().map(|(key, dir)| {
+                let from = q.get("from").and_then(|f| f.parse().ok()).unwrap_or(0);
+                match predictions::predictions(&dir, &self.datasets.get(&dir), from) {
+                    Ok(v) => Reply::json(&v),
+                    Err(e) => Reply::error(500, &format!("{key}: {e:#}")),
+                }
+            }),
+            "/api/image" => run().and_then(|(key, dir)| {
+                let sample = q
+                    .get("sample")
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| Reply::error(400, "missing &sample=N"))?;
+                Ok(
+                    match predictions::image(&self.datasets.get(&dir), sample, q.get("mask").is_some_and(|m| m == "1"))
+                    {
+                        Ok((content_type, body)) => Reply { status: 200, content_type, body },
+                        Err(e) => Reply::error(404, &format!("{key}: {e:#}")),
+                    },
+                )
+            }),
+            // A mask to lay over its image: a predicted one (`name=masks/...`, a file of the
+            // run) or the true one of `sample`, its background transparent.
+            "/api/overlay" => run().map(|(key, dir)| {
+                let png = match (q.get("name"), q.get("sample").and_then(|s| s.parse().ok())) {
+                    (Some(name), _) if !name.starts_with("masks/") => {
+                        return Reply::error(404, &format!("{name:?}: overlays are the run's masks/*.png"))
+                    }
+                    (Some(name), _) => match file(&dir, name) {
+                        r if r.status != 200 => return r,
+                        r => Ok(r.body),
+                    },
+                    (None, Some(sample)) => predictions::image(&self.datasets.get(&dir), sample, true).map(|(_, b)| b),
+                    (None, None) => return Reply::error(400, "missing &name=masks/... or &sample=N"),
+                };
+                match png.and_then(|b| predictions::clear_background(&b)) {
+                    Ok(body) => Reply { status: 200, content_type: "image/png", body },
+                    Err(e) => Reply::error(404, &format!("{key}: {e:#}")),
+                }
             }),
             "/api/files" => run().map(|(_, dir)| Reply::json(&json!({ "files": files(&dir) }))),
             "/api/file" => run().map(|(_, dir)| match q.get("name") {
@@ -143,22 +195,33 @@ fn metrics_json(dir: &Path) -> Result<Value> {
     }))
 }
 
-/// The files of a run the board serves: `config.toml` and the PNGs under `plots/`.
+/// The files of a run the board serves: `config.toml` and the PNGs under `plots/` and
+/// `masks/`.
 fn files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     if dir.join("config.toml").is_file() {
         out.push("config.toml".to_string());
     }
-    if let Ok(entries) = std::fs::read_dir(dir.join("plots")) {
-        let mut pngs: Vec<String> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| n.ends_with(".png"))
-            .map(|n| format!("plots/{n}"))
-            .collect();
-        pngs.sort();
-        out.extend(pngs);
-    }
+    out.extend(pngs(dir, "plots"));
+    out.extend(masks(dir));
+    out
+}
+
+/// The predicted masks of a segmentation run: `masks/*.png`.
+fn masks(dir: &Path) -> Vec<String> {
+    pngs(dir, "masks")
+}
+
+/// `sub/NAME.png` for the PNGs in `dir/sub`, sorted.
+fn pngs(dir: &Path, sub: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { return Vec::new() };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n.ends_with(".png"))
+        .map(|n| format!("{sub}/{n}"))
+        .collect();
+    out.sort();
     out
 }
 

@@ -327,6 +327,18 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
     finish_load(cfg, spec, dir)
 }
 
+/// Reads the dataset where it is already on disk: never downloads, never writes the
+/// synthetic set (for readers of finished runs, like `runner board`).
+pub fn load_present(cfg: &DataConfig) -> Result<Dataset> {
+    match locate(cfg) {
+        Located::Found(dir) => finish_load(cfg, spec(cfg.dataset), dir),
+        Located::Missing { searched, .. } => {
+            let searched: Vec<String> = searched.iter().map(|p| p.display().to_string()).collect();
+            bail!("the {} dataset is not on disk (searched {})", spec(cfg.dataset).name, searched.join(", "))
+        }
+    }
+}
+
 /// Reads the dataset's files from `dir`, the folder that holds them.
 fn finish_load(cfg: &DataConfig, spec: &'static DatasetSpec, dir: PathBuf) -> Result<Dataset> {
     let [c, h, w] = spec.shape;

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use arrow_array::{Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray, UInt64Array};
 
-pub use table::{atomic_write, read_parquet, Table};
+pub use table::{atomic_write, column, read_parquet, Table};
 
 /// One row of `metrics.parquet`.
 #[derive(Debug, Clone, PartialEq)]

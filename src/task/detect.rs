@@ -24,7 +24,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use arrow_array::{Float32Array, Int64Array, StringArray};
+use arrow_array::{Float32Array, Float64Array, Int64Array, StringArray};
 use candle_core::{Device, Tensor};
 
 use crate::config::DetectConfig;
@@ -290,6 +290,38 @@ pub fn write_detections(
         .col("ymin", coord(1))
         .col("xmax", coord(2))
         .col("ymax", coord(3))
+        .write(path)
+}
+
+/// `precision_recall_test.parquet`: per class with objects, its area AP and the precision
+/// and recall after each counted detection by falling score (`rank` from 1), at IoU 0.5.
+pub fn write_precision_recall(
+    run_id: &str,
+    epoch: usize,
+    stats: &DetectionStats,
+    names: &[String],
+    path: &Path,
+) -> Result<()> {
+    let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let (mut class, mut ap, mut rank, mut precision, mut recall) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (c, a, p, r) in stats.curves() {
+        for (k, (p, r)) in p.iter().zip(&r).enumerate() {
+            class.push(name(c));
+            ap.push(a);
+            rank.push(k as i64 + 1);
+            precision.push(*p);
+            recall.push(*r);
+        }
+    }
+    Table::new(run_id, class.len())
+        .constant_i32("epoch", epoch as i32)
+        .constant_str("split", "test")
+        .col("class", StringArray::from(class))
+        .col("ap", Float64Array::from(ap))
+        .col("rank", Int64Array::from(rank))
+        .col("precision", Float64Array::from(precision))
+        .col("recall", Float64Array::from(recall))
         .write(path)
 }
 

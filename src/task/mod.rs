@@ -259,17 +259,22 @@ impl Stats {
     }
 
     /// The task's predictions table for the test split after `epoch`, in the run folder:
-    /// `predictions.parquet` (classification) or `detections.parquet`.
+    /// `predictions.parquet` (classification), `detections.parquet` with
+    /// `precision_recall_test.parquet`, `segmentation.parquet` with `masks/*.png`, or
+    /// `localizations.parquet`.
     pub fn write_predictions(&self, log: &RunLog, epoch: usize, classes: &[String], split: &Split) -> Result<()> {
         match self {
             Stats::Classify(s) => classify::write_predictions(&log.run_id, s, &log.dir.join("predictions.parquet")),
             Stats::Detect(s) => {
                 let path = log.dir.join("detections.parquet");
-                detect::write_detections(&log.run_id, epoch, s, classes, &split.files, &path)
+                detect::write_detections(&log.run_id, epoch, s, classes, &split.files, &path)?;
+                let path = log.dir.join("precision_recall_test.parquet");
+                detect::write_precision_recall(&log.run_id, epoch, s, classes, &path)
             }
             Stats::Segment(s) => {
                 let path = log.dir.join("segmentation.parquet");
-                segment::write_counts(&log.run_id, epoch, s, classes, &split.files, &path)
+                segment::write_counts(&log.run_id, epoch, s, classes, &split.files, &path)?;
+                segment::write_masks(s, split, &log.dir.join("masks"))
             }
             Stats::Localize(s) => {
                 let path = log.dir.join("localizations.parquet");

@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use arrow_array::{Int64Array, StringArray};
 use candle_core::Tensor;
 
@@ -98,8 +98,11 @@ impl Segmenter {
     }
 }
 
-/// How many of a split's first images keep their predicted masks for the plots.
-pub const EXAMPLES: usize = 6;
+/// How many of a split's first images keep their predicted masks (for `masks/` and the board).
+pub const EXAMPLES: usize = 24;
+
+/// How many of those `masks.png` shows.
+const PLOTTED: usize = 6;
 
 /// Adds the batch's predicted masks (`[h, w]` each) to `stats`; `keep_images`: also keep
 /// each image's counts for `segmentation.parquet` under the split indices `indices`, and
@@ -164,6 +167,23 @@ pub fn write_counts(
         .write(path)
 }
 
+/// `masks/<image>.png`: the predicted masks of the test split's first `EXAMPLES` images
+/// after the latest epoch, at their files' size, in VOC's `SegmentationClass` format (8-bit
+/// palette PNG of class indices), each written whole.
+pub fn write_masks(stats: &SegStats, split: &Split, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let palette = crate::data::synth::voc_palette();
+    for (i, pred, hw) in &stats.examples {
+        let Some(file) = split.files.get(*i) else { continue };
+        let Some(stem) = file.file_stem().map(|s| s.to_string_lossy().into_owned()) else { continue };
+        let (w, h) = image::image_dimensions(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let [h, w] = [h as usize, w as usize];
+        let png = crate::data::synth::encode_mask_png(&resize_mask(pred, *hw, [h, w]), [h, w], &palette)?;
+        crate::runlog::atomic_write(&dir.join(format!("{stem}.png")), |tmp| Ok(std::fs::write(tmp, &png)?))?;
+    }
+    Ok(())
+}
+
 /// Segmentation's plots: the pixel confusion matrix, and the first test images beside their
 /// true and predicted masks laid over them (`masks.png`), at the files' size.
 pub fn plots(dir: &Path, plan: &Plan, s: &SegStats, split: &Split) -> Result<()> {
@@ -171,7 +191,7 @@ pub fn plots(dir: &Path, plan: &Plan, s: &SegStats, split: &Split) -> Result<()>
         crate::plots::confusion(&dir.join("confusion_matrix.png"), s.confusion(), &plan.classes)?;
     }
     let mut rows = Vec::new();
-    for (i, pred, hw) in &s.examples {
+    for (i, pred, hw) in s.examples.iter().take(PLOTTED) {
         let (Some(file), Some(mask)) = (split.files.get(*i), split.masks.get(*i)) else { continue };
         let (bytes, h, w) = crate::data::folder::decode(file, 3)?;
         let (truth, _) = crate::data::voc::read_mask(mask, split.mask_classes, crate::data::augment::IGNORE)?;

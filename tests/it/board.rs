@@ -116,15 +116,14 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (u64, std::time::SystemTime)> {
     out
 }
 
-/// Two trained runs of the tiny experiment (lr 0.1 and 0.03), a live run this process
-/// holds (epoch 0's test and train accuracy), a broken one, and a file outside the runs.
+/// Two trained runs of the tiny experiment (a sweep of lr 0.1 and 0.03), a live run this
+/// process holds (epoch 0's test and train accuracy), a broken one, and a file outside the
+/// runs.
 fn fixture() -> (tempfile::TempDir, RunLog) {
     let d = tempfile::tempdir().unwrap();
     crate::end_to_end::setup(d.path(), 2);
-    for lr in ["0.1", "0.03"] {
-        let out = runner(d.path(), &["tiny.toml", "--set", &format!("train.optimizer.sgd.lr={lr}")]);
-        assert_eq!(out.code, 0, "{}", out.stderr);
-    }
+    let out = runner(d.path(), &["sweep", "tiny.toml", "--grid", "train.optimizer.sgd.lr=0.1,0.03"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
     let runs = d.path().join("runs");
     // A run in progress: this process holds its lock, as a training process would.
     let mut live = RunLog::create(&runs, "live", "abc", 0, "cpu").unwrap();
@@ -262,17 +261,29 @@ fn chromium(url: &str, virtual_ms: u64, shot: Option<&Path>, profile: &Path) -> 
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let base = |c: &mut Command| {
         let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        c.args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900"])
+        // All compositor stages before a frame: without it, --screenshot under a virtual
+        // time budget never returned here for pages that load a score of images.
+        c.args(["--headless", "--no-sandbox", "--disable-gpu", "--run-all-compositor-stages-before-draw"])
+            .arg("--window-size=1400,900")
             .arg(format!("--user-data-dir={}", profile.join(n.to_string()).display()))
             .arg(format!("--virtual-time-budget={virtual_ms}"))
             .stderr(Stdio::null());
     };
+    // The screenshots are for a person to look at, the DOM for the assertions: a screenshot
+    // that does not come within 30 s (twice) is reported, not failed (under the load of
+    // the whole suite one page of some fifty images did not, once).
     if let Some(shot) = shot {
-        let mut c = Command::new("timeout");
-        c.args(["60", "chromium"]);
-        base(&mut c);
-        let status = c.arg(format!("--screenshot={}", shot.display())).arg(url).status().unwrap();
-        assert!(status.success() && shot.is_file(), "chromium --screenshot {url}");
+        let taken = (0..2).any(|_| {
+            let _ = std::fs::remove_file(shot);
+            let mut c = Command::new("timeout");
+            c.args(["30", "chromium"]);
+            base(&mut c);
+            let status = c.arg(format!("--screenshot={}", shot.display())).arg(url).status().unwrap();
+            status.success() && shot.is_file()
+        });
+        if !taken {
+            println!("board: no screenshot of {url} (chromium --screenshot did not return in 30 s, twice)");
+        }
     }
     let mut c = Command::new("timeout");
     c.args(["60", "chromium"]);
@@ -281,6 +292,9 @@ fn chromium(url: &str, virtual_ms: u64, shot: Option<&Path>, profile: &Path) -> 
     assert!(out.status.success(), "chromium --dump-dom {url}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Held by each browser test: one Chromium at a time on two cores.
+static BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The keys of the experiment's runs in the board's table.
 fn run_keys(s: &Server, experiment: &str) -> Vec<String> {
@@ -311,6 +325,7 @@ fn in_a_browser_table_curves_live_updates_and_run_page() {
         );
         return;
     }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let (d, mut live) = fixture();
     let mut s = start(d.path(), &[]);
     let profile = d.path().join("chromium-profile");
@@ -363,10 +378,278 @@ fn in_a_browser_table_curves_live_updates_and_run_page() {
 
     // A run's page: its config, its plots.
     let url = format!("{base}#run={}", keys[0]);
-    // (No screenshot of this view: chromium's --screenshot of it did not return within a
-    // minute here, with eight plots and the page's polling; --dump-dom does.)
-    let dom = chromium(&url, 3000, None, &profile);
+    let dom = chromium(&url, 3000, Some(&shots.join("run.png")), &profile);
     assert!(dom.contains("id=\"config\""), "config.toml shown");
     assert!(dom.contains("name=plots%2F") || dom.contains("name=plots/"), "plots shown: {dom}");
     drop(live);
+}
+
+/// A detection run and a segmentation run of the shapes experiments (one epoch on a 64 px
+/// set of 24 training and 8 test images in `shapes/`): their run folders.
+fn vision_runs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let args = ["data", "synth", "shapes", "--out", "shapes", "--train", "24", "--test", "8", "--size", "64"];
+    let out = runner(dir, &args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let exp = |name: &str| crate::common::repo().join("experiments").join(name).display().to_string();
+    let run = |name: &str, sets: &[&str]| {
+        let mut args = vec![exp(name)];
+        for s in ["data.root=shapes", "data.batch_size=8", "train.epochs=1"].iter().chain(sets) {
+            args.extend(["--set".to_string(), s.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = runner(dir, &args);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        crate::common::run_folder(dir, &out)
+    };
+    let detect = run("yolo_shapes.toml", &["metrics.test=[\"loss\", \"map50\", \"ap50\"]"]);
+    let segment = run(
+        "fcn_shapes.toml",
+        &[
+            "model.input=[3, 64, 64]",
+            "augment.train=[{ hflip = { p = 0.5 } }, { resize = { size = [64, 64] } }]",
+            "augment.test=[{ resize = { size = [64, 64] } }]",
+        ],
+    );
+    (detect, segment)
+}
+
+/// The key the board gives the run folder `run` under `runs/`.
+fn key_of(runs: &Path, run: &Path) -> String {
+    format!("0/{}", run.strip_prefix(runs).unwrap().display())
+}
+
+/// A parquet table's column of text or numbers, read with arrow.
+fn col<A: arrow_array::Array + Clone + 'static>(path: &Path, name: &str) -> Vec<A> {
+    runner::runlog::read_parquet(path)
+        .unwrap()
+        .iter()
+        .map(|b| b.column_by_name(name).unwrap().as_any().downcast_ref::<A>().unwrap().clone())
+        .collect()
+}
+
+/// The final epoch's per-class values of `split.metric` in a run's metrics.parquet.
+fn per_class(run: &Path, split: &str, metric: &str) -> BTreeMap<String, f64> {
+    let log = RunLog::open(run, None).unwrap();
+    let last = log.metrics().iter().map(|r| r.epoch).max().unwrap();
+    log.metrics()
+        .iter()
+        .filter(|r| r.epoch == last && r.split == split && r.metric == metric)
+        .filter_map(|r| Some((r.class.clone()?, r.value)))
+        .collect()
+}
+
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Png).unwrap();
+    (img.width(), img.height())
+}
+
+#[test]
+fn predictions_images_and_masks_of_each_task() {
+    let (d, live) = fixture();
+    drop(live);
+    let (detect, segment) = vision_runs(d.path());
+    let runs = d.path().join("runs");
+    let before = snapshot(&runs);
+    let s = start(d.path(), &[]);
+
+    // Classification: every test sample's label and prediction, as predictions.parquet;
+    // their agreement is the logged accuracy; the top class is the prediction; ROC curves.
+    let key = run_keys(&s, "tiny").remove(0);
+    let dir = runs.join(key.strip_prefix("0/").unwrap());
+    let p = get_json(&s, &format!("/api/predictions?run={}", enc(&key)));
+    assert_eq!(p["task"], "classify");
+    let ints = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect::<Vec<_>>();
+    let (label, pred) = (ints(&p["label"]), ints(&p["pred"]));
+    assert_eq!(label.len(), 100, "the toy set's 100 test images");
+    let table = dir.join("predictions.parquet");
+    let want: Vec<i64> = col::<arrow_array::Int32Array>(&table, "label")
+        .iter()
+        .flat_map(|a| a.values().to_vec())
+        .map(i64::from)
+        .collect();
+    assert_eq!(label, want);
+    let right = label.iter().zip(&pred).filter(|(l, p)| l == p).count() as f64;
+    let finals = RunLog::open(&dir, None).unwrap();
+    let last = finals.metrics().iter().rfind(|r| r.split == "test" && r.metric == "accuracy").unwrap().value;
+    assert!((right / 100.0 - last).abs() < 1e-9, "{right} right of 100, logged accuracy {last}");
+    for (i, top) in p["top"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(top[0].as_f64().unwrap() as i64, pred[i], "sample {i}: top class is the prediction");
+    }
+    assert_eq!(p["roc"].as_object().unwrap().len(), 10, "one ROC curve per class");
+    assert_eq!(p["classes"].as_array().unwrap().len(), 10);
+    // Its images: the IDX file's test sample 3, as a PNG.
+    let (status, ctype, body) = get(&s, &format!("/api/image?run={}&sample=3", enc(&key)));
+    assert_eq!((status, ctype.as_str()), (200, "image/png"));
+    let img = image::load_from_memory(&body).unwrap().to_luma8();
+    let mut idx = Vec::new();
+    let gz = std::fs::File::open(d.path().join("data/toy/t10k-images-idx3-ubyte.gz")).unwrap();
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut idx).unwrap();
+    assert_eq!(img.dimensions(), (28, 28));
+    assert_eq!(img.as_raw()[..], idx[16 + 3 * 784..16 + 4 * 784]);
+    for bad in ["sample=100", "sample=-1", "sample=x"] {
+        let (status, _, _) = get(&s, &format!("/api/image?run={}&{bad}", enc(&key)));
+        assert!([400, 404].contains(&status), "{bad}: {status}");
+    }
+
+    // Detection: the 8 test images on one page, each with its XML's objects and its rows
+    // of detections.parquet; the image is the JPEG file; the PR table's APs are the logged
+    // per-class AP.
+    let key = key_of(&runs, &detect);
+    let p = get_json(&s, &format!("/api/predictions?run={}", enc(&key)));
+    assert_eq!((p["task"].as_str(), p["total"].as_u64(), p["images"].as_bool()), (Some("detect"), Some(8), Some(true)));
+    let pages = p["pages"].as_array().unwrap();
+    assert_eq!(pages.len(), 8);
+    let samples: Vec<i64> = col::<arrow_array::Int64Array>(&detect.join("detections.parquet"), "sample")
+        .iter()
+        .flat_map(|a| a.values().to_vec())
+        .collect();
+    let voc = d.path().join("shapes/VOCdevkit/VOC2007");
+    for (i, page) in pages.iter().enumerate() {
+        let image = page["image"].as_str().unwrap();
+        let xml = std::fs::read_to_string(voc.join(format!("Annotations/{image}.xml"))).unwrap();
+        assert_eq!(page["truth"].as_array().unwrap().len(), xml.matches("<object>").count(), "{image}");
+        let rows = samples.iter().filter(|&&x| x == i as i64).count();
+        assert_eq!(page["boxes"].as_array().unwrap().len(), rows, "{image}: its detections");
+        let (status, ctype, body) = get(&s, &format!("/api/image?run={}&sample={i}", enc(&key)));
+        assert_eq!((status, ctype.as_str()), (200, "image/jpeg"));
+        assert_eq!(body, std::fs::read(voc.join(format!("JPEGImages/{image}.jpg"))).unwrap());
+    }
+    let ap = per_class(&detect, "test", "ap50");
+    let pr = p["pr"].as_object().unwrap();
+    assert!(!pr.is_empty());
+    for (class, curve) in pr {
+        assert!((curve["ap"].as_f64().unwrap() - ap[class]).abs() < 1e-9, "{class}: {curve} vs {}", ap[class]);
+        assert_eq!(curve["precision"].as_array().unwrap().len(), curve["recall"].as_array().unwrap().len());
+    }
+    // A page past the first.
+    let p2 = get_json(&s, &format!("/api/predictions?run={}&from=6", enc(&key)));
+    assert_eq!(p2["pages"].as_array().unwrap().len(), 2);
+
+    // Segmentation: the pixel confusion matrix equals the run's confusion table; its trace
+    // over its sum is the logged pixel accuracy; the run kept its 8 test images' predicted
+    // masks at the images' size, served with their background transparent, as is the true
+    // mask.
+    let key = key_of(&runs, &segment);
+    let p = get_json(&s, &format!("/api/predictions?run={}", enc(&key)));
+    assert_eq!((p["task"].as_str(), p["total"].as_u64(), p["masked"].as_u64()), (Some("segment"), Some(8), Some(8)));
+    let m: Vec<Vec<u64>> = serde_json::from_value(p["confusion"].clone()).unwrap();
+    let table = segment.join("confusion_matrix_test.parquet");
+    let counts: Vec<i64> =
+        col::<arrow_array::Int64Array>(&table, "count").iter().flat_map(|a| a.values().to_vec()).collect();
+    assert_eq!(m.iter().flatten().map(|&v| v as i64).collect::<Vec<_>>(), counts);
+    let trace: u64 = (0..m.len()).map(|i| m[i][i]).sum();
+    let all: u64 = m.iter().flatten().sum();
+    let log = RunLog::open(&segment, None).unwrap();
+    let acc = log.metrics().iter().rfind(|r| r.split == "test" && r.metric == "pixel_accuracy").unwrap().value;
+    assert!((trace as f64 / all as f64 - acc).abs() < 1e-9);
+    for page in p["pages"].as_array().unwrap() {
+        let (i, image) = (page["sample"].as_u64().unwrap(), page["image"].as_str().unwrap());
+        let mask = page["mask"].as_str().unwrap();
+        assert_eq!(mask, format!("masks/{image}.png"));
+        let (status, ctype, body) = get(&s, &format!("/api/overlay?run={}&name={mask}", enc(&key)));
+        assert_eq!((status, ctype.as_str()), (200, "image/png"));
+        assert_eq!(png_size(&body), (64, 64));
+        assert!(body.windows(4).any(|w| w == b"tRNS"), "the background is transparent");
+        let (status, _, truth) = get(&s, &format!("/api/overlay?run={}&sample={i}", enc(&key)));
+        assert_eq!(status, 200);
+        assert!(truth.windows(4).any(|w| w == b"tRNS"));
+        // The true mask with its palette and values: the dataset's file, plus tRNS.
+        let file = std::fs::read(voc.join(format!("SegmentationClass/{image}.png"))).unwrap();
+        let decode = |b: &[u8]| {
+            let mut r = png::Decoder::new(std::io::Cursor::new(b)).read_info().unwrap();
+            let mut buf = vec![0; r.output_buffer_size().unwrap()];
+            r.next_frame(&mut buf).unwrap();
+            (buf, r.info().palette.as_ref().map(|p| p.to_vec()))
+        };
+        assert_eq!(decode(&truth), decode(&file));
+    }
+    // Overlays are masks only: no other file of the run, nothing outside it.
+    for name in ["config.toml", "../config.toml", "masks/../config.toml", "plots/masks.png"] {
+        let (status, _, _) = get(&s, &format!("/api/overlay?run={}&name={name}", enc(&key)));
+        assert!([403, 404].contains(&status), "{name}: {status}");
+    }
+
+    // The board wrote nothing.
+    assert_eq!(snapshot(&runs), before);
+
+    // Where the dataset is not on disk (the board started elsewhere, `data.root` being
+    // relative), the predictions come without images, saying why.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let s = start(elsewhere.path(), &[runs.to_str().unwrap()]);
+    let p = get_json(&s, &format!("/api/predictions?run={}", enc(&key_of(&runs, &detect))));
+    assert_eq!(p["images"], false);
+    assert!(p["images_error"].as_str().unwrap().contains("not on disk"), "{p}");
+    assert_eq!(p["pages"].as_array().unwrap().len(), 8, "the detections still show");
+    let (status, _, body) = get(&s, &format!("/api/image?run={}&sample=0", enc(&key_of(&runs, &detect))));
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("not on disk"));
+}
+
+#[test]
+fn in_a_browser_predictions_and_sweep() {
+    if Command::new("chromium").arg("--version").output().is_err() {
+        crate::common::skip(
+            "board::in_a_browser_predictions_and_sweep",
+            "no chromium (apt-get install chromium)",
+            "RUNNER_REQUIRE_CHROMIUM",
+        );
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let (d, live) = fixture();
+    drop(live);
+    let (detect, segment) = vision_runs(d.path());
+    let runs = d.path().join("runs");
+    let s = start(d.path(), &[]);
+    let profile = d.path().join("chromium-profile");
+    let shots = crate::common::repo().join("target/board-screens");
+    std::fs::create_dir_all(&shots).unwrap();
+    let base = format!("http://{}/", s.addr);
+
+    // The sweep's two points against their learning rate.
+    let dom = chromium(&base, 3000, Some(&shots.join("sweep.png")), &profile);
+    assert_eq!(dom.matches("class=\"sweep-point\"").count(), 2, "{dom}");
+    assert!(dom.contains("train.optimizer.sgd.lr (log scale)"));
+
+    // A classification run: its confusion matrix (10 x 10 cells), ROC curves per class,
+    // its mistakes with their images and top five.
+    let key = run_keys(&s, "tiny").remove(0);
+    let p = get_json(&s, &format!("/api/predictions?run={}", enc(&key)));
+    let wrong = (0..100).filter(|&i| p["label"][i] != p["pred"][i]).count();
+    let dom = chromium(&format!("{base}#run={key}"), 3000, Some(&shots.join("classify.png")), &profile);
+    assert_eq!(dom.matches("data-cell=").count(), 100, "{dom}");
+    assert_eq!(dom.matches("<polyline class=\"curve\" data-class=").count(), 10);
+    // The mistakes, or where there are none every image; at most 48.
+    let listed = if wrong > 0 { format!("mistakes: {wrong} images") } else { "no mistakes: all 100 images".into() };
+    assert!(dom.contains(&listed), "{listed}: {dom}");
+    let n = if wrong > 0 { wrong.min(48) } else { 48 };
+    assert_eq!(dom.matches("class=\"sample cls\"").count(), n);
+    assert_eq!(dom.matches("<img src=\"/api/image?run=").count(), n);
+
+    // A detection run's page shows boxes: every true box and every detection of the first
+    // page's images, those under the score slider hidden.
+    let key = key_of(&runs, &detect);
+    let p = get_json(&s, &format!("/api/predictions?run={}", enc(&key)));
+    let count =
+        |field: &str| p["pages"].as_array().unwrap().iter().map(|i| i[field].as_array().unwrap().len()).sum::<usize>();
+    let dom = chromium(&format!("{base}#run={key}"), 3000, Some(&shots.join("detect.png")), &profile);
+    assert_eq!(dom.matches("<rect class=\"truth\"").count(), count("truth"), "{dom}");
+    assert_eq!(dom.matches("<rect class=\"pred\"").count(), count("boxes"));
+    assert!(count("boxes") > 0 && count("truth") > 0);
+    let shown = p["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["boxes"].as_array().unwrap().iter())
+        .filter(|b| b["score"].as_f64().unwrap() >= 0.25)
+        .count();
+    assert!(dom.contains(&format!("{shown} boxes shown")), "{shown} boxes at score 0.25: {dom}");
+    assert_eq!(dom.matches("<img src=\"/api/image?run=").count(), 8, "the 8 test images");
+
+    // A segmentation run's page: the pixel confusion matrix and the predicted masks over
+    // the 8 test images.
+    let key = key_of(&runs, &segment);
+    let dom = chromium(&format!("{base}#run={key}"), 3000, Some(&shots.join("segment.png")), &profile);
+    assert_eq!(dom.matches("class=\"mask\"").count(), 8, "{dom}");
+    assert!(dom.contains("pixel confusion matrix"));
 }
