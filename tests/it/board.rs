@@ -166,6 +166,8 @@ fn endpoints_over_completed_running_and_broken_runs() {
         assert!(r["finals"]["test.accuracy"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["finished_at_us"].as_i64().unwrap() >= r["started_at_us"].as_i64().unwrap());
     }
+    assert_eq!(tiny[0]["sweep_id"], tiny[1]["sweep_id"], "the two points of one sweep");
+    assert!(tiny[0]["sweep_id"].as_str().unwrap().starts_with("tiny-"));
     let differing: Vec<&str> = table["differing"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(differing.contains(&"train.optimizer.sgd.lr"), "{differing:?}");
     let live_row = rows.iter().find(|r| r["experiment"] == "live").unwrap();
@@ -351,6 +353,15 @@ fn in_a_browser_table_curves_live_updates_and_run_page() {
         }
     }
     assert_eq!(dom.matches("class=\"curve\"").count(), 4);
+    // The learning rate, per optimizer step: one point per step of the run.
+    let steps = |key: &str| {
+        let m = get_json(&s, &format!("/api/metrics?run={}", enc(key)));
+        (0..m["value"].as_array().unwrap().len()).filter(|&i| m["metric"][i] == "lr").count()
+    };
+    let dom = chromium(&format!("{base}#sel={}&metric=lr", keys[0]), 3000, None, &profile);
+    let points = dom.split("points=\"").nth(1).unwrap_or_default().split('"').next().unwrap_or_default();
+    assert_eq!(points.split_whitespace().count(), steps(&keys[0]), "{dom}");
+    assert!(steps(&keys[0]) > 2 && dom.contains(">step</text>"));
 
     // A running run: its curve gains a point when its table grows while the page is open.
     let live_key = run_keys(&s, "live").remove(0);
