@@ -302,7 +302,12 @@ pub fn serve(board: Board, host: &str, port: u16) -> Result<()> {
                 for req in server.incoming_requests() {
                     tracing::debug!("board: {} {}", req.method(), req.url());
                     let reply = match req.method() {
-                        tiny_http::Method::Get | tiny_http::Method::Head => board.handle(req.url()),
+                        // A panic (a bug, or a reader choking on a corrupt file) answers
+                        // 500 and keeps the worker.
+                        tiny_http::Method::Get | tiny_http::Method::Head => {
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| board.handle(req.url())))
+                                .unwrap_or_else(|_| Reply::error(500, &format!("{}: the board failed", req.url())))
+                        }
                         _ => Reply::error(405, "the board only reads: GET"),
                     };
                     let header = tiny_http::Header::from_bytes("Content-Type", reply.content_type)

@@ -64,17 +64,18 @@ function imageUrl(key, sample, mask) {
 // Classification: the confusion matrix (a click lists that cell's images with their top
 // five), ROC or precision / recall per class (from the logged ROC table and the labels).
 function classifyView(key, p, redraw) {
-  const names = p.classes.length ? p.classes : [...new Set(p.label.concat(p.pred))].sort((a, b) => a - b).map(String);
-  const k = names.length;
+  // Without the run's class names (its config did not load), the indices.
+  const k = p.classes.length || Math.max(0, ...p.label, ...p.pred) + 1;
+  const names = p.classes.length ? p.classes : Array.from({ length: k }, (_, c) => String(c));
   const m = Array.from({ length: k }, () => new Array(k).fill(0));
-  p.label.forEach((l, i) => { if (l < k && p.pred[i] < k) m[l][p.pred[i]]++; });
+  p.label.forEach((l, i) => { if (l >= 0 && l < k && p.pred[i] >= 0 && p.pred[i] < k) m[l][p.pred[i]]++; });
   const parts = [el("h3", {}, "confusion matrix (test; click a cell for its images)"),
-    confusionTable(m, names, (t, q) => { pstate.cell = [t, q]; redraw(); })];
+    confusionTable(m, names, (t, q) => { pstate.cell = [t, q]; redraw(false); })];
   const rocClasses = Object.keys(p.roc || {});
   if (rocClasses.length) {
     const positives = Object.fromEntries(names.map((n, c) => [n, p.label.filter(l => l === c).length]));
     const total = p.label.length;
-    const sel = el("select", { id: "curve-kind", onchange: e => { pstate.curve = e.target.value; redraw(); } },
+    const sel = el("select", { id: "curve-kind", onchange: e => { pstate.curve = e.target.value; redraw(false); } },
       el("option", { value: "roc" }, "ROC"), el("option", { value: "pr" }, "precision / recall"));
     sel.value = pstate.curve;
     const lines = rocClasses.map(c => {
@@ -122,11 +123,14 @@ function classifyView(key, p, redraw) {
 
 function pager(p, redraw) {
   const last = Math.max(0, Math.ceil(p.total / p.page) - 1) * p.page;
-  return el("span", { class: "pager" },
-    el("button", { id: "prev", onclick: () => { pstate.from = Math.max(0, p.from - p.page); redraw(); } }, "◀"),
-    ` images ${p.from + 1}-${Math.min(p.from + p.page, p.total)} of ${p.total} `,
-    el("button", { id: "next", onclick: () => { pstate.from = Math.min(last, p.from + p.page); redraw(); } }, "▶"));
+  const prev = el("button", { id: "prev", onclick: () => { pstate.from = Math.max(0, p.from - p.page); redraw(); } }, "◀");
+  const next = el("button", { id: "next", onclick: () => { pstate.from = Math.min(last, p.from + p.page); redraw(); } }, "▶");
+  prev.disabled = p.from <= 0;
+  next.disabled = p.from >= last;
+  const what = p.total ? ` images ${p.from + 1}-${Math.min(p.from + p.page, p.total)} of ${p.total} ` : " no images ";
+  return el("span", { class: "pager" }, prev, what, next);
 }
+const score2 = v => typeof v === "number" ? v.toFixed(2) : "NaN";
 
 // Detection and localization: the page's images with their true boxes (white, dashed)
 // and the predicted ones above the score slider, per class colour; the PR curves.
@@ -143,6 +147,7 @@ function boxesView(key, p, redraw) {
       r.nextSibling.style.display = on ? "" : "none";
       if (on) n++;
     });
+    grid.querySelectorAll("rect.truth").forEach(r => { r.style.display = !pstate.cls || r.dataset.class === pstate.cls ? "" : "none"; });
     count.textContent = `${n} boxes shown`;
     value.textContent = pstate.score.toFixed(2);
   };
@@ -158,13 +163,13 @@ function boxesView(key, p, redraw) {
     const svg = svgEl("svg", { class: "overlay", preserveAspectRatio: "none" });
     for (const t of img.truth) {
       const [x0, y0, x1, y1] = t.box;
-      svg.append(titled(svgEl("rect", { class: "truth", x: x0, y: y0, width: x1 - x0, height: y1 - y0, fill: "none", stroke: "#fff", "stroke-dasharray": "3,2", "vector-effect": "non-scaling-stroke" }), `truth: ${t.class}` + (t.difficult ? " (difficult)" : "")));
+      svg.append(titled(svgEl("rect", { class: "truth", "data-class": t.class, x: x0, y: y0, width: x1 - x0, height: y1 - y0, fill: "none", stroke: "#fff", "stroke-dasharray": "3,2", "vector-effect": "non-scaling-stroke" }), `truth: ${t.class}` + (t.difficult ? " (difficult)" : "")));
     }
     for (const b of img.boxes) {
       const [x0, y0, x1, y1] = b.box;
       svg.append(titled(svgEl("rect", { class: "pred", "data-score": b.score, "data-class": b.class, x: x0, y: y0, width: x1 - x0, height: y1 - y0, fill: "none", stroke: colour(b.class), "stroke-width": 2, "vector-effect": "non-scaling-stroke" }),
-        `${b.class} ${b.score.toFixed(3)}` + (b.label ? ` (true class ${b.label})` : "")));
-      svg.append(svgEl("text", { x: Math.max(0, x0), y: Math.max(0, y0), dy: "1em", fill: colour(b.class), class: "boxlabel" }, `${b.class} ${b.score.toFixed(2)}`));
+        `${b.class} ${fmt(b.score)}` + (b.label ? ` (true class ${b.label})` : "")));
+      svg.append(svgEl("text", { x: Math.max(0, x0), y: Math.max(0, y0), dy: "1em", fill: colour(b.class), class: "boxlabel" }, `${b.class} ${score2(b.score)}`));
     }
     const image = p.images ? el("img", { src: imageUrl(key, img.sample), alt: img.image || `sample ${img.sample}`, loading: "lazy" }) : el("div", { class: "blank" });
     // The boxes are in the image's pixels: the overlay takes its size once it loads, and
@@ -192,7 +197,7 @@ function boxesView(key, p, redraw) {
 // predicted masks over them (black, the background, blends away).
 function segmentView(key, p, redraw) {
   const parts = [el("h3", {}, "pixel confusion matrix (test)"), confusionTable(p.confusion, p.confusion_classes, null)];
-  const which = el("select", { id: "overlay", onchange: e => { pstate.overlay = e.target.value; redraw(); } },
+  const which = el("select", { id: "overlay", onchange: e => { pstate.overlay = e.target.value; redraw(false); } },
     el("option", { value: "pred" }, "predicted masks"), el("option", { value: "truth" }, "true masks"), el("option", { value: "none" }, "no masks"));
   which.value = pstate.overlay;
   const opacity = el("input", { id: "opacity", type: "range", min: 0, max: 1, step: 0.05, value: pstate.opacity, oninput: e => {
@@ -217,14 +222,21 @@ function segmentView(key, p, redraw) {
 // The run page's predictions section, redrawn in place by its controls.
 async function predictionsSection(key) {
   const box = el("section", { id: "predictions" });
-  const redraw = async () => {
-    const p = await getJSON(`/api/predictions?run=${enc(key)}&from=${pstate.from}`).catch(e => ({ error: e.message }));
+  // `fetch`: ask the server again (a new page); else redraw what was fetched (a picked
+  // cell, another curve or overlay).
+  let p = null;
+  const redraw = async (fetch = true) => {
+    if (fetch || !p) p = await getJSON(`/api/predictions?run=${enc(key)}&from=${pstate.from}`).catch(e => ({ error: e.message }));
     let parts;
-    if (p.error) parts = [el("p", { class: "error" }, p.error)];
-    else if (p.task === "classify") parts = classifyView(key, p, redraw);
-    else if (p.task === "detect" || p.task === "localize") parts = boxesView(key, p, redraw);
-    else if (p.task === "segment") parts = segmentView(key, p, redraw);
-    else parts = [];
+    try {
+      if (p.error) parts = [el("p", { class: "error" }, p.error)];
+      else if (p.task === "classify") parts = classifyView(key, p, redraw);
+      else if (p.task === "detect" || p.task === "localize") parts = boxesView(key, p, redraw);
+      else if (p.task === "segment") parts = segmentView(key, p, redraw);
+      else parts = [];
+    } catch (e) {
+      parts = [el("p", { class: "error" }, `the predictions could not be drawn: ${e.message}`)];
+    }
     box.replaceChildren(...(parts.length ? [el("h2", {}, "predictions"), ...parts] : []));
   };
   await redraw();

@@ -45,22 +45,34 @@ impl Datasets {
         if let Some(d) = self.by_run.lock().unwrap_or_else(|e| e.into_inner()).get(dir) {
             return d.clone();
         }
-        let data = match plan_of(dir) {
-            Ok(plan) => {
-                let key = format!("{:?}", plan.data);
-                let cached = self.by_config.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
-                cached.unwrap_or_else(|| {
-                    let loaded = crate::data::load_present(&plan.data);
-                    let data = Arc::new(RunData {
-                        classes: plan.classes.clone(),
-                        shape: loaded.as_ref().map(|d| d.shape).unwrap_or([0; 3]),
-                        test: loaded.map(|d| d.test).map_err(|e| format!("{e:#}")),
-                    });
+        let plan = match plan_of(dir) {
+            Ok(plan) => plan,
+            Err(e) => return Arc::new(RunData { classes: Vec::new(), shape: [0; 3], test: Err(format!("{e:#}")) }),
+        };
+        // The loader's settings do not change the samples: runs that differ only there
+        // share one copy.
+        let mut data_cfg = plan.data.clone();
+        (data_cfg.batch_size, data_cfg.eval_batch_size, data_cfg.shuffle, data_cfg.drop_last) = (0, None, false, false);
+        (data_cfg.num_workers, data_cfg.prefetch, data_cfg.pin_memory, data_cfg.train_limit) = (0, 0, false, 0);
+        let key = format!("{data_cfg:?}");
+        let cached = self.by_config.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        let data = match cached {
+            Some(d) => d,
+            None => match crate::data::load_present(&plan.data) {
+                Ok(d) => {
+                    let data = Arc::new(RunData { classes: plan.classes.clone(), shape: d.shape, test: Ok(d.test) });
                     self.by_config.lock().unwrap_or_else(|e| e.into_inner()).insert(key, data.clone());
                     data
-                })
-            }
-            Err(e) => Arc::new(RunData { classes: Vec::new(), shape: [0; 3], test: Err(format!("{e:#}")) }),
+                }
+                // Not kept: the dataset may appear later (a download, a mounted disk).
+                Err(e) => {
+                    return Arc::new(RunData {
+                        classes: plan.classes.clone(),
+                        shape: [0; 3],
+                        test: Err(format!("{e:#}")),
+                    })
+                }
+            },
         };
         self.by_run.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.to_path_buf(), data.clone());
         data
@@ -169,7 +181,7 @@ fn boxes(dir: &Path, data: &RunData, from: usize, table: &str) -> Result<Value> 
         for i in 0..b.num_rows() {
             let sample = usize::try_from(s.value(i)).with_context(|| format!("{}: negative sample", path.display()))?;
             last = last.max(sample + 1);
-            if !(from..from + PAGE).contains(&sample) {
+            if !(from..from.saturating_add(PAGE)).contains(&sample) {
                 continue;
             }
             let mut d = json!({
@@ -184,7 +196,7 @@ fn boxes(dir: &Path, data: &RunData, from: usize, table: &str) -> Result<Value> 
         }
     }
     let count = data.test.as_ref().map(|s| s.len).unwrap_or(last);
-    let images: Vec<Value> = (from..(from + PAGE).min(count.max(last)))
+    let images: Vec<Value> = (from..from.saturating_add(PAGE).min(count.max(last)))
         .map(|i| {
             let truth: Vec<Value> = match &data.test {
                 Ok(split) => split
@@ -269,7 +281,7 @@ fn segment(dir: &Path, data: &RunData, from: usize) -> Result<Value> {
     }
     let total = images.keys().next_back().map_or(0, |l| l + 1);
     let page: Vec<Value> = images
-        .range(from..from + PAGE)
+        .range(from..from.saturating_add(PAGE))
         .map(|(i, (name, right, all))| {
             let mask = format!("masks/{name}.png");
             let has_mask = dir.join(&mask).is_file();
@@ -325,10 +337,15 @@ pub fn clear_background(mask: &[u8]) -> Result<Vec<u8>> {
     let mut reader = png::Decoder::new(std::io::Cursor::new(mask)).read_info().context("not a PNG")?;
     let info = reader.info();
     let (w, h) = (info.width, info.height);
+    // Greyscale masks (class indices as grey levels) take VOC's palette.
     let palette = match (&info.palette, info.color_type, info.bit_depth) {
         (Some(p), png::ColorType::Indexed, png::BitDepth::Eight) => p.to_vec(),
-        _ => bail!("not an 8-bit palette PNG"),
+        (_, png::ColorType::Grayscale, png::BitDepth::Eight) => crate::data::synth::voc_palette(),
+        _ => bail!("not an 8-bit palette or greyscale PNG"),
     };
+    if w as u64 * h as u64 > 1 << 26 {
+        bail!("a mask of {w} x {h} pixels is too large to show");
+    }
     let mut pixels = vec![0; reader.output_buffer_size().context("the PNG is too large")?];
     let frame = reader.next_frame(&mut pixels).context("a corrupt PNG")?;
     pixels.truncate(frame.buffer_size());

@@ -583,17 +583,50 @@ fn predictions_images_and_masks_of_each_task() {
     // The board wrote nothing.
     assert_eq!(snapshot(&runs), before);
 
+    // Pages past the end, or not numbers, are empty pages or the first; never a failure.
+    for (run, from, want) in [
+        (&detect, "18446744073709551615", 0),
+        (&detect, "99", 0),
+        (&detect, "-1", 8),
+        (&detect, "x", 8),
+        (&segment, "18446744073709551615", 0),
+    ] {
+        let p = get_json(&s, &format!("/api/predictions?run={}&from={from}", enc(&key_of(&runs, run))));
+        assert_eq!(p["pages"].as_array().unwrap().len(), want, "from={from}");
+    }
+
     // Where the dataset is not on disk (the board started elsewhere, `data.root` being
     // relative), the predictions come without images, saying why.
     let elsewhere = tempfile::tempdir().unwrap();
-    let s = start(elsewhere.path(), &[runs.to_str().unwrap()]);
-    let p = get_json(&s, &format!("/api/predictions?run={}", enc(&key_of(&runs, &detect))));
+    let far = start(elsewhere.path(), &[runs.to_str().unwrap()]);
+    let p = get_json(&far, &format!("/api/predictions?run={}", enc(&key_of(&runs, &detect))));
     assert_eq!(p["images"], false);
     assert!(p["images_error"].as_str().unwrap().contains("not on disk"), "{p}");
     assert_eq!(p["pages"].as_array().unwrap().len(), 8, "the detections still show");
-    let (status, _, body) = get(&s, &format!("/api/image?run={}&sample=0", enc(&key_of(&runs, &detect))));
+    let (status, _, body) = get(&far, &format!("/api/image?run={}&sample=0", enc(&key_of(&runs, &detect))));
     assert_eq!(status, 404);
     assert!(String::from_utf8_lossy(&body).contains("not on disk"));
+
+    // A run's broken table is that run's error; one whose config does not load still shows
+    // its predictions, without images, saying why.
+    std::fs::write(detect.join("detections.parquet"), b"not parquet").unwrap();
+    let (status, _, body) = get(&s, &format!("/api/predictions?run={}", enc(&key_of(&runs, &detect))));
+    assert_eq!(status, 500);
+    assert!(String::from_utf8_lossy(&body).contains(&key_of(&runs, &detect)));
+    runner::runlog::Table::new("x", 1)
+        .col("sample", arrow_array::Int64Array::from(vec![0i64]))
+        .write(&detect.join("detections.parquet"))
+        .unwrap();
+    let (status, _, body) = get(&s, &format!("/api/predictions?run={}", enc(&key_of(&runs, &detect))));
+    assert_eq!(status, 500);
+    assert!(String::from_utf8_lossy(&body).contains("no column `score`"), "{}", String::from_utf8_lossy(&body));
+    let other = run_keys(&s, "tiny").remove(1);
+    std::fs::write(runs.join(other.strip_prefix("0/").unwrap()).join("config.toml"), "[data\n").unwrap();
+    let p = get_json(&s, &format!("/api/predictions?run={}", enc(&other)));
+    assert_eq!((p["task"].as_str(), p["images"].as_bool()), (Some("classify"), Some(false)));
+    assert_eq!(p["label"].as_array().unwrap().len(), 100);
+    assert!(p["images_error"].as_str().unwrap().contains("config.toml"), "{p}");
+    assert_eq!(get_json(&s, "/api/runs")["runs"].as_array().unwrap().len(), 6);
 }
 
 #[test]
@@ -654,7 +687,7 @@ fn in_a_browser_predictions_and_sweep() {
         .flat_map(|i| i["boxes"].as_array().unwrap().iter())
         .filter(|b| b["score"].as_f64().unwrap() >= 0.25)
         .count();
-    assert!(dom.contains(&format!("{shown} boxes shown")), "{shown} boxes at score 0.25: {dom}");
+    assert!(dom.contains(&format!("id=\"shown\">{shown} boxes shown<")), "{shown} boxes at score 0.25: {dom}");
     assert_eq!(dom.matches("<img src=\"/api/image?run=").count(), 8, "the 8 test images");
 
     // A segmentation run's page: the pixel confusion matrix and the predicted masks over
