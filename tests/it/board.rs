@@ -298,6 +298,15 @@ fn chromium(url: &str, virtual_ms: u64, shot: Option<&Path>, profile: &Path) -> 
 /// Held by each browser test: one Chromium at a time on two cores.
 static BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The browser for test `name`: its turn, or `None` (the skip printed) without Chromium.
+fn browser(name: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    if Command::new("chromium").arg("--version").output().is_err() {
+        crate::common::skip(name, "no chromium (apt-get install chromium)", "RUNNER_REQUIRE_CHROMIUM");
+        return None;
+    }
+    Some(BROWSER.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 /// The keys of the experiment's runs in the board's table.
 fn run_keys(s: &Server, experiment: &str) -> Vec<String> {
     get_json(s, "/api/runs")["runs"]
@@ -319,15 +328,7 @@ fn body_attr(dom: &str, name: &str) -> Option<String> {
 
 #[test]
 fn in_a_browser_table_curves_live_updates_and_run_page() {
-    if Command::new("chromium").arg("--version").output().is_err() {
-        crate::common::skip(
-            "board::in_a_browser_table_curves_live_updates_and_run_page",
-            "no chromium (apt-get install chromium)",
-            "RUNNER_REQUIRE_CHROMIUM",
-        );
-        return;
-    }
-    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_one) = browser("board::in_a_browser_table_curves_live_updates_and_run_page") else { return };
     let (d, mut live) = fixture();
     let mut s = start(d.path(), &[]);
     let profile = d.path().join("chromium-profile");
@@ -631,15 +632,7 @@ fn predictions_images_and_masks_of_each_task() {
 
 #[test]
 fn in_a_browser_predictions_and_sweep() {
-    if Command::new("chromium").arg("--version").output().is_err() {
-        crate::common::skip(
-            "board::in_a_browser_predictions_and_sweep",
-            "no chromium (apt-get install chromium)",
-            "RUNNER_REQUIRE_CHROMIUM",
-        );
-        return;
-    }
-    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_one) = browser("board::in_a_browser_predictions_and_sweep") else { return };
     let (d, live) = fixture();
     drop(live);
     let (detect, segment) = vision_runs(d.path());
