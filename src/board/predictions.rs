@@ -142,9 +142,9 @@ fn classify(dir: &Path) -> Result<Value> {
     if path.is_file() {
         for b in crate::runlog::read_parquet(&path)? {
             let c = column::<StringArray>(&b, "class", "text", &path)?;
-            let cols = ["threshold", "fpr", "tpr"].map(|n| column::<Float64Array>(&b, n, "float64", &path));
-            let [t, f, p] = cols;
-            let (t, f, p) = (t?, f?, p?);
+            let t = column::<Float64Array>(&b, "threshold", "float64", &path)?;
+            let f = column::<Float64Array>(&b, "fpr", "float64", &path)?;
+            let p = column::<Float64Array>(&b, "tpr", "float64", &path)?;
             for i in 0..b.num_rows() {
                 let e = roc.entry(c.value(i).to_string()).or_default();
                 e[0].push(t.value(i));
@@ -168,9 +168,8 @@ fn boxes(dir: &Path, data: &RunData, from: usize, table: &str) -> Result<Value> 
     for b in crate::runlog::read_parquet(&path)? {
         let s = column::<Int64Array>(&b, "sample", "int64", &path)?;
         let score = column::<Float32Array>(&b, "score", "float32", &path)?;
-        let coords = ["xmin", "ymin", "xmax", "ymax"].map(|n| column::<Float32Array>(&b, n, "float32", &path));
-        let [x0, y0, x1, y1] = coords;
-        let (x0, y0, x1, y1) = (x0?, y0?, x1?, y1?);
+        let coord = |n: &str| column::<Float32Array>(&b, n, "float32", &path);
+        let (x0, y0, x1, y1) = (coord("xmin")?, coord("ymin")?, coord("xmax")?, coord("ymax")?);
         let class_col = if table == "localizations.parquet" { "pred" } else { "class" };
         let class = column::<StringArray>(&b, class_col, "text", &path)?;
         let truth_label = if table == "localizations.parquet" {
@@ -280,11 +279,12 @@ fn segment(dir: &Path, data: &RunData, from: usize) -> Result<Value> {
         confusion[t][p] = n;
     }
     let total = images.keys().next_back().map_or(0, |l| l + 1);
+    let masks = super::masks(dir);
     let page: Vec<Value> = images
         .range(from..from.saturating_add(PAGE))
         .map(|(i, (name, right, all))| {
             let mask = format!("masks/{name}.png");
-            let has_mask = dir.join(&mask).is_file();
+            let has_mask = masks.contains(&mask);
             json!({
                 "sample": i,
                 "image": name,
@@ -295,7 +295,7 @@ fn segment(dir: &Path, data: &RunData, from: usize) -> Result<Value> {
         .collect();
     Ok(json!({
         "task": "segment", "confusion_classes": names, "confusion": confusion, "from": from, "page": PAGE,
-        "total": total, "pages": page, "masked": super::masks(dir).len(),
+        "total": total, "pages": page, "masked": masks.len(),
     }))
 }
 
