@@ -21,6 +21,7 @@ pub mod progress;
 pub mod rng;
 pub mod runlog;
 pub mod schedule;
+pub mod step;
 pub mod sweep;
 pub mod task;
 pub mod train;

@@ -21,11 +21,12 @@ use crate::config::{LoadOptions, Loaded, MetricName, Mode, Tta};
 use crate::data::loader::{self, Batch, LoaderSpec};
 use crate::data::{self, Split};
 use crate::model::{Model, Pass};
-use crate::optim::{clip_grad_norm, collect_grads, Optimizer};
+use crate::optim::{clip_grad_norm, Optimizer};
 use crate::plan::{device_name, Plan};
 use crate::progress;
 use crate::runlog::{MetricRow, RunLog, Status};
 use crate::schedule::Position;
+use crate::step::{self, Step};
 use crate::task::Stats;
 
 pub struct Outcome {
@@ -525,10 +526,16 @@ impl Session<'_> {
                 let xs = images(&batch, plan.input, &self.device)?;
                 let pass =
                     Pass { train: true, seed: plan.seed, epoch, step: state.step as usize * accumulate + pending };
-                let out = self.model.forward(&xs, pass)?;
-                let loss = plan.task.loss(&out, &batch, plan.input)?;
+                let slices = if plan.task.loss_is_per_sample() {
+                    step::slices(&self.model, batch.len(), &self.device)
+                } else {
+                    1
+                };
+                let Step { out, loss: loss_value, grads } =
+                    step::forward_backward(&self.model, &xs, pass, slices, accumulate, |out, range| {
+                        plan.task.slice_loss(out, &batch, range, plan.input)
+                    })?;
                 // Checked before the update, so the weights never take a step from a NaN.
-                let loss_value = loss.to_scalar::<f32>()? as f64;
                 if !loss_value.is_finite() {
                     bail!(
                         "loss is {loss_value} at epoch {} step {}: training diverged (try a lower learning rate)",
@@ -536,8 +543,6 @@ impl Session<'_> {
                         state.step + 1
                     );
                 }
-                let loss = if accumulate > 1 { (loss / accumulate as f64)? } else { loss };
-                let grads = collect_grads(&loss.backward()?, self.model.trainable());
                 for (name, g) in grads {
                     let g = match summed.remove(&name) {
                         Some(prev) => (prev + g)?,

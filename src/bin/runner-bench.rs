@@ -111,10 +111,13 @@ fn lenet5_train() -> Result<f64> {
     });
     let (n, warmup, iters) = sized((100, 5, 60), (100, 10, 200));
     let (x, y) = (rand(&[n, 1, 28, 28], 1, 1.0)?, labels(n, 10)?);
+    // As training runs it: the batch in one slice per thread (runner::step).
+    let slices = runner::step::slices(&m, n, &dev());
     time(n, warmup, iters, || {
-        let loss = candle_nn::loss::cross_entropy(&m.forward(&x, Pass::eval())?, &y)?;
-        let grads = runner::optim::collect_grads(&loss.backward()?, m.params.iter());
-        opt.step(opt.config().lr(), m.params.iter(), &grads, &Default::default())?;
+        let step = runner::step::forward_backward(&m, &x, Pass::eval(), slices, 1, |out, r| {
+            Ok(candle_nn::loss::cross_entropy(out, &y.narrow(0, r.start, r.len())?)?)
+        })?;
+        opt.step(opt.config().lr(), m.params.iter(), &step.grads, &Default::default())?;
         Ok(())
     })
 }

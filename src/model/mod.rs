@@ -132,6 +132,17 @@ impl Model {
         &self.frozen
     }
 
+    /// Whether each sample's output and gradient depend on that sample alone in training:
+    /// no batch norm (batch statistics) and no dropout (masks drawn per batch position).
+    /// Such a batch can be run in slices (`step::forward_backward`).
+    pub fn samples_independent(&self) -> bool {
+        !self.graph.layers().any(|l| match l.kind {
+            LayerKind::Batchnorm { .. } => true,
+            LayerKind::Dropout { p } => p > 0.0,
+            _ => false,
+        })
+    }
+
     /// The parameters that train now.
     pub fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> {
         self.params.iter().filter(|(n, _)| !self.frozen.contains(*n))

@@ -95,8 +95,12 @@ pub fn tune_allocator() {
 }
 
 /// Threads the kernels split work over: candle's setting (`RAYON_NUM_THREADS` /
-/// `CANDLE_NUM_THREADS`, else every core).
+/// `CANDLE_NUM_THREADS`, else every core); 1 inside a slice of a batch that
+/// `step::forward_backward` runs beside others.
 pub fn threads() -> usize {
+    if crate::step::in_serial() {
+        return 1;
+    }
     candle_core::utils::get_num_threads().max(1)
 }
 

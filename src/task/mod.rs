@@ -56,6 +56,34 @@ impl Task {
         }
     }
 
+    /// Whether a training batch's loss is the mean of per-sample losses, so that the batch
+    /// can be run in slices whose losses are weighted by their sizes (`step`): classification.
+    /// A segmentation loss is a mean over the labelled pixels, which the slices do not share.
+    pub fn loss_is_per_sample(&self) -> bool {
+        matches!(self, Task::Classify { .. })
+    }
+
+    /// The mean training loss of the samples `range` of `batch`, whose images gave `out`: the
+    /// whole batch ([`Task::loss`]), or for a per-sample loss any slice of it.
+    pub fn slice_loss(
+        &self,
+        out: &Tensor,
+        batch: &Batch,
+        range: std::ops::Range<usize>,
+        input: [usize; 3],
+    ) -> Result<Tensor> {
+        if range == (0..batch.len()) {
+            return self.loss(out, batch, input);
+        }
+        match self {
+            Task::Classify { label_smoothing } => {
+                let labels = Tensor::from_slice(&batch.labels[range.clone()], range.len(), out.device())?;
+                classify::loss(out, &labels, *label_smoothing)
+            }
+            _ => anyhow::bail!("the {} loss is not a mean over samples: a batch cannot be run in slices", self.name()),
+        }
+    }
+
     /// The training loss of a batch whose images gave `out`.
     pub fn loss(&self, out: &Tensor, batch: &Batch, input: [usize; 3]) -> Result<Tensor> {
         match self {
