@@ -527,12 +527,12 @@ impl Session<'_> {
                 let pass =
                     Pass { train: true, seed: plan.seed, epoch, step: state.step as usize * accumulate + pending };
                 let slices = if plan.task.loss_is_per_sample() {
-                    step::slices(&self.model, batch.len(), &self.device)
+                    step::slices(self.model, batch.len(), &self.device)
                 } else {
                     1
                 };
                 let Step { out, loss: loss_value, grads } =
-                    step::forward_backward(&self.model, &xs, pass, slices, accumulate, |out, range| {
+                    step::forward_backward(self.model, &xs, pass, slices, accumulate, |out, range| {
                         plan.task.slice_loss(out, &batch, range, plan.input)
                     })?;
                 // Checked before the update, so the weights never take a step from a NaN.
