@@ -47,6 +47,18 @@ pub fn collect_grads<'a>(
     params.into_iter().filter_map(|(n, v)| grads.get(v).map(|g| (n.clone(), g.detach()))).collect()
 }
 
+/// Adds `grads` into `sum`, parameter by parameter (a parameter new to `sum` is moved in).
+pub fn add_grads(sum: &mut BTreeMap<String, Tensor>, grads: BTreeMap<String, Tensor>) -> Result<()> {
+    for (name, g) in grads {
+        let g = match sum.remove(&name) {
+            Some(prev) => (prev + g)?,
+            None => g,
+        };
+        sum.insert(name, g);
+    }
+    Ok(())
+}
+
 /// Scales `grads` in place so that their global L2 norm is at most `max_norm`
 /// (`torch.nn.utils.clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when below 1).
 /// Returns the norm before clipping.

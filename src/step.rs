@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::model::{Model, Pass};
-use crate::optim::collect_grads;
+use crate::optim::{add_grads, collect_grads};
 
 /// What a batch's forward and backward give the training loop.
 pub struct Step {
@@ -85,13 +85,7 @@ pub fn forward_backward(
     for ((out, v, g), r) in parts.into_iter().zip(&ranges) {
         outs.push(out);
         value += v * r.len() as f64 / n as f64;
-        for (name, g) in g {
-            let g = match grads.remove(&name) {
-                Some(prev) => (prev + g)?,
-                None => g,
-            };
-            grads.insert(name, g);
-        }
+        add_grads(&mut grads, g)?;
     }
     Ok(Step { out: Tensor::cat(&outs, 0)?, loss: value, grads })
 }

@@ -21,7 +21,7 @@ use crate::config::{LoadOptions, Loaded, MetricName, Mode, Tta};
 use crate::data::loader::{self, Batch, LoaderSpec};
 use crate::data::{self, Split};
 use crate::model::{Model, Pass};
-use crate::optim::{clip_grad_norm, Optimizer};
+use crate::optim::{add_grads, clip_grad_norm, Optimizer};
 use crate::plan::{device_name, Plan};
 use crate::progress;
 use crate::runlog::{MetricRow, RunLog, Status};
@@ -492,6 +492,7 @@ impl Session<'_> {
             bail!("the training split has {} samples: not one batch of {}", split.len, spec.batch_size);
         }
         let accumulate = plan.train.accumulate.max(1);
+        let sliceable = plan.task.loss_is_per_sample() && self.model.samples_independent();
         let started = std::time::Instant::now();
         let bar = progress::batch_bar(n_batches, &format!("epoch {}/{}", epoch + 1, plan.train.epochs));
         let keep_probs = plan.metrics.train().iter().any(|m| {
@@ -526,11 +527,7 @@ impl Session<'_> {
                 let xs = images(&batch, plan.input, &self.device)?;
                 let pass =
                     Pass { train: true, seed: plan.seed, epoch, step: state.step as usize * accumulate + pending };
-                let slices = if plan.task.loss_is_per_sample() {
-                    step::slices(self.model, batch.len(), &self.device)
-                } else {
-                    1
-                };
+                let slices = if sliceable { step::slices(self.model, batch.len(), &self.device) } else { 1 };
                 let Step { out, loss: loss_value, grads } =
                     step::forward_backward(self.model, &xs, pass, slices, accumulate, |out, range| {
                         plan.task.slice_loss(out, &batch, range, plan.input)
@@ -543,13 +540,7 @@ impl Session<'_> {
                         state.step + 1
                     );
                 }
-                for (name, g) in grads {
-                    let g = match summed.remove(&name) {
-                        Some(prev) => (prev + g)?,
-                        None => g,
-                    };
-                    summed.insert(name, g);
-                }
+                add_grads(&mut summed, grads)?;
                 pending += 1;
                 plan.task.update_train(&mut stats, loss_value, &out, &batch, keep_probs)?;
             }
