@@ -62,7 +62,11 @@ with_avx2!(rows = rows_body(x: &[T], w: &[T], b: &[T], k: usize, m: usize, out: 
 
 fn forward<T: Elem>(x: &[T], w: &[T], b: &[T], (m, n, k): (usize, usize, usize)) -> Vec<T> {
     if m > SMALL_BATCH {
-        let mut y: Vec<T> = (0..m).flat_map(|_| b.iter().copied()).collect();
+        // Sized once: collected from flat_map, the vector grew by reallocation.
+        let mut y: Vec<T> = Vec::with_capacity(m * n);
+        for _ in 0..m {
+            y.extend_from_slice(b);
+        }
         matmul((m, n, k), &mut y, Mat::N(x), Mat::T(w), true, super::threads());
         return y;
     }
