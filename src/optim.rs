@@ -264,4 +264,23 @@ mod tests {
         let p = run(OptimizerConfig::Adam { lr: 0.01, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }, 1);
         assert!((p[0] - 0.99).abs() < 1e-6 && (p[1] + 1.99).abs() < 1e-6, "{p:?}");
     }
+
+    #[test]
+    fn gradient_clipping_matches_pytorch() {
+        // torch.nn.utils.clip_grad_norm_ on grads [3, 0] and [4], max 1: norm 5, grads scaled
+        // by 1 / (5 + 1e-6): [0.6, 0], [0.8].
+        let mut g = BTreeMap::from([
+            ("a".to_string(), Tensor::new(&[3f32, 0.], &Device::Cpu).unwrap()),
+            ("b".to_string(), Tensor::new(&[4f32], &Device::Cpu).unwrap()),
+        ]);
+        let norm = clip_grad_norm(&mut g, 1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-9);
+        let a = g["a"].to_vec1::<f32>().unwrap();
+        let b = g["b"].to_vec1::<f32>().unwrap();
+        assert!((a[0] - 0.6).abs() < 1e-6 && a[1] == 0.0 && (b[0] - 0.8).abs() < 1e-6, "{a:?} {b:?}");
+        // Below the limit: unchanged.
+        let before = g["a"].to_vec1::<f32>().unwrap();
+        clip_grad_norm(&mut g, 10.0).unwrap();
+        assert_eq!(g["a"].to_vec1::<f32>().unwrap(), before);
+    }
 }

@@ -17,9 +17,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
 use crate::checkpoint::{self, Sidecar};
-use crate::config::{LoadOptions, Loaded, MetricName, Mode, Tta};
+use crate::config::{LoadOptions, Loaded, MetricName, Mode};
+use crate::data;
 use crate::data::loader::{self, Batch, LoaderSpec};
-use crate::data::{self, Split};
 use crate::model::{Model, Pass};
 use crate::optim::{add_grads, clip_grad_norm, Optimizer};
 use crate::plan::{device_name, Plan};
@@ -28,6 +28,10 @@ use crate::runlog::{MetricRow, RunLog, Status};
 use crate::schedule::Position;
 use crate::step::{self, Step};
 use crate::task::Stats;
+
+mod eval;
+use eval::draw_plots;
+pub use eval::{eval_run, evaluate, log_metrics, EvalConfig};
 
 pub struct Outcome {
     pub run_dir: PathBuf,
@@ -191,127 +195,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     finish(session, state)
 }
 
-/// `runner eval --config FILE --set KEY=VALUE`: what the evaluation reads instead of the
-/// run's own config.
-#[derive(Debug, Clone, Default)]
-pub struct EvalConfig {
-    pub config: Option<PathBuf>,
-    pub sets: Vec<String>,
-}
-
-/// `runner eval RUN_DIR`: evaluates a saved model of the run again (`checkpoint`: `best`,
-/// `last` or a weights file) on `split` (`test` or `train`, through the test
-/// augmentations), optionally with other test-time augmentation, and appends the metrics to
-/// the run's tables under the split `<split>_eval` (`<split>_tta` with ten-crop TTA), at the
-/// run's last epoch. `other.config`: the weights evaluated under another experiment file
-/// (the same parameters; e.g. the model made fully convolutional over larger test images),
-/// the split then named `<split>_<file stem>`; `other.sets`: overrides of either config.
-/// Returns that split name and the scalar values.
-pub fn eval_run(
-    dir: &Path,
-    checkpoint: &str,
-    split: &str,
-    tta: Option<Tta>,
-    other: &EvalConfig,
-) -> Result<(String, BTreeMap<String, f64>)> {
-    if !dir.join("config.toml").is_file() || !dir.join("run.parquet").is_file() {
-        bail!("{}: not a run folder (it needs config.toml and run.parquet)", dir.display());
-    }
-    if !["test", "train"].contains(&split) {
-        bail!("--split {split}: expected test or train");
-    }
-    let config_path = other.config.clone().unwrap_or_else(|| dir.join("config.toml"));
-    let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: other.sets.clone(), env: false })?;
-    loaded.keep_resize_of_older_run();
-    loaded.config.model.drop_inits();
-    if let Some(t) = tta {
-        loaded.config.eval.tta = t;
-    }
-    let plan = crate::plan::plan(&loaded)?;
-    let (weights, tag) = match checkpoint {
-        "best" => (dir.join("checkpoints/best.safetensors"), "best".to_string()),
-        "last" => match checkpoint::latest(&dir.join("checkpoints"))? {
-            Some((p, _)) => (p, String::new()),
-            None => (dir.join("model.safetensors"), String::new()),
-        },
-        path => {
-            let p = PathBuf::from(path);
-            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let tag: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-            (p, tag)
-        }
-    };
-    if !weights.is_file() {
-        let hint = match checkpoint {
-            "best" => " (--checkpoint best needs [train.checkpoint] best = \"<metric>\" in the run's config)",
-            "last" => " (a run writes its weights after its first finished epoch)",
-            _ => "",
-        };
-        bail!("no weights {}{hint}", weights.display());
-    }
-    let device = plan.device.open()?;
-    let model = Model::new(&plan.graph, plan.seed, &device)?;
-    crate::model::weights::load_into(&model, &weights, "", "", &BTreeMap::new(), true)?;
-    let dataset = load_data(&plan)?;
-    let data = if split == "test" { dataset.test.clone() } else { dataset.train.clone() };
-    let spec = eval_spec(&train_spec(&plan, dataset.shape, &device), &plan);
-    let (stats, _) = evaluate(&plan, &model, &data, &spec, &device)?;
-    // `test_eval`, `test_eval_best`, `test_tta_epoch_0001`: one set of rows per weights.
-    let kind = match (&other.config, plan.tta) {
-        (Some(f), _) => f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into()),
-        (None, Tta::TenCrop) => "tta".into(),
-        (None, _) => "eval".into(),
-    };
-    let mut name = format!("{split}_{kind}");
-    if !tag.is_empty() {
-        name = format!("{name}_{tag}");
-    }
-    let mut log = RunLog::open(dir, None)?;
-    log.lock()?;
-    // The epoch and step the weights come from: the checkpoint's sidecar, else the last.
-    let side = std::fs::read_to_string(weights.with_extension("toml"))
-        .ok()
-        .and_then(|t| toml::from_str::<checkpoint::Sidecar>(&t).ok());
-    let epoch = match &side {
-        Some(sc) => sc.epoch,
-        None => log.metrics().iter().map(|r| r.epoch).max().unwrap_or(0).max(0) as usize,
-    };
-    let step = match &side {
-        Some(sc) => sc.step,
-        None => log.metrics().iter().map(|r| r.step).max().unwrap_or(0),
-    };
-    // Rows of an earlier evaluation under the same name are replaced.
-    log.retain(|r| r.split != name);
-    let values = log_metrics(&mut log, &plan, &name, plan.metrics.test(), &stats, epoch, step)?;
-    log.flush()?;
-    Ok((name, values))
-}
-
-/// The run's `plots/`: per-metric curves, and the test split's ROC and confusion matrix
-/// when those metrics are configured.
-fn draw_plots(log: &RunLog, plan: &Plan, test: &Stats, split: &Split) -> Result<()> {
-    let dir = log.dir.join("plots");
-    let mut names: Vec<String> =
-        plan.metrics.train().iter().chain(plan.metrics.test()).filter(|m| m.is_scalar()).map(|m| m.as_str()).collect();
-    names.sort();
-    names.dedup();
-    crate::plots::metric_curves(&dir, log.metrics(), &names)?;
-    let test = match test {
-        Stats::Classify(s) => s,
-        Stats::Detect(s) => return crate::task::detect::plots(&dir, plan, s, split),
-        Stats::Segment(s) => return crate::task::segment::plots(&dir, plan, s, split),
-        Stats::Localize(s) => return crate::task::localize::plots(&dir, plan, s, split),
-    };
-    if plan.metrics.test().contains(&MetricName::Roc) {
-        crate::plots::roc(&dir.join("roc.png"), &test.roc_curves(plan.binary, &plan.classes))?;
-    }
-    if plan.metrics.test().contains(&MetricName::ConfusionMatrix) {
-        crate::plots::confusion(&dir.join("confusion_matrix.png"), &test.confusion(), &plan.classes)?;
-    }
-    Ok(())
-}
-
-fn load_data(plan: &Plan) -> Result<data::Dataset> {
+pub(crate) fn load_data(plan: &Plan) -> Result<data::Dataset> {
     let dataset = data::load(&plan.data)?;
     check_labels(plan, &dataset)?;
     tracing::info!(
@@ -377,7 +261,7 @@ fn finish(mut session: Session, state: State) -> Result<Outcome> {
 }
 
 /// The training split's loader: the plan's batches and training augmentations.
-fn train_spec(plan: &Plan, shape: [usize; 3], device: &Device) -> LoaderSpec {
+pub(crate) fn train_spec(plan: &Plan, shape: [usize; 3], device: &Device) -> LoaderSpec {
     LoaderSpec {
         batch_size: plan.data.batch_size,
         shuffle: plan.data.shuffle,
@@ -405,7 +289,7 @@ pub fn loader_workers(configured: usize, device: &Device) -> usize {
 }
 
 /// Evaluation: in order, every sample, the test augmentations.
-fn eval_spec(train: &LoaderSpec, plan: &Plan) -> LoaderSpec {
+pub(crate) fn eval_spec(train: &LoaderSpec, plan: &Plan) -> LoaderSpec {
     LoaderSpec {
         batch_size: plan.data.eval_batch_size.unwrap_or(plan.data.batch_size),
         shuffle: false,
@@ -694,83 +578,7 @@ impl Session<'_> {
     }
 }
 
-/// Loss and predictions over a whole split, in eval mode (no dropout), through the test
-/// augmentations and the task's evaluation (ten-crop TTA for classification). Also returns
-/// how many samples were skipped as unreadable (`on_error = "skip"`).
-pub fn evaluate(
-    plan: &Plan,
-    model: &Model,
-    split: &Arc<Split>,
-    spec: &LoaderSpec,
-    device: &Device,
-) -> Result<(Stats, usize)> {
-    let mut stats = plan.task.stats(plan.num_classes(), true);
-    let mut skipped = 0;
-    for batch in loader::batches(split.clone(), spec, 0) {
-        let batch = batch?;
-        skipped += batch.skipped.len();
-        if batch.is_empty() {
-            continue;
-        }
-        let xs = images(&batch, spec.out_shape, device)?;
-        plan.task.eval_batch(model, &batch, xs, split, plan.tta, plan.input, device, &mut stats)?;
-    }
-    Ok((stats, skipped))
-}
-
-/// The rows and tables of one split's metrics for an epoch: scalars (and per-class rows)
-/// into `metrics.parquet`, the ROC curve and the confusion matrix into their tables.
-/// Returns the scalar values by `split.metric`.
-pub fn log_metrics(
-    log: &mut RunLog,
-    plan: &Plan,
-    split: &str,
-    metrics: &[MetricName],
-    stats: &Stats,
-    epoch: usize,
-    step: i64,
-) -> Result<BTreeMap<String, f64>> {
-    let wall = log.elapsed_s();
-    let row = |metric: &str, class: Option<String>, value: f64| MetricRow {
-        epoch: epoch as i32,
-        step,
-        split: split.into(),
-        metric: metric.into(),
-        class,
-        value,
-        wall_time_s: wall,
-    };
-    let name = |c: usize| plan.classes.get(c).cloned().unwrap_or_else(|| c.to_string());
-    let mut values = BTreeMap::new();
-    for &m in metrics {
-        match m {
-            m if m.is_per_class() => {
-                for (c, e) in stats.per_class(m).into_iter().enumerate() {
-                    log.push(row(&m.as_str(), Some(name(c)), e));
-                }
-            }
-            MetricName::Roc => {
-                let Some(stats) = stats.as_classify() else { continue };
-                let path = log.dir.join(format!("roc_{split}.parquet"));
-                let curves = stats.roc_curves(plan.binary, &plan.classes);
-                crate::task::classify::write_roc(&log.run_id, epoch, split, &curves, &path)?;
-            }
-            MetricName::ConfusionMatrix => {
-                let Some(m) = stats.confusion() else { continue };
-                let path = log.dir.join(format!("confusion_matrix_{split}.parquet"));
-                crate::task::classify::write_confusion(&log.run_id, epoch, split, &m, &plan.classes, &path)?;
-            }
-            m => {
-                let v = stats.compute(m, plan.binary);
-                values.insert(format!("{split}.{}", m.as_str()), v);
-                log.push(row(&m.as_str(), None, v));
-            }
-        }
-    }
-    Ok(values)
-}
-
-fn images(batch: &Batch, shape: [usize; 3], device: &Device) -> Result<Tensor> {
+pub(crate) fn images(batch: &Batch, shape: [usize; 3], device: &Device) -> Result<Tensor> {
     let [c, h, w] = shape;
     Ok(Tensor::from_slice(&batch.images, (batch.len(), c, h, w), device)?) // [b, c, h, w]
 }
@@ -793,28 +601,4 @@ fn config_file_text(loaded: &Loaded, resolved: &str) -> String {
         s += &format!("# override: {o}\n");
     }
     s + "\n" + resolved
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gradient_clipping_matches_pytorch() {
-        // torch.nn.utils.clip_grad_norm_ on grads [3, 0] and [4], max 1: norm 5, grads scaled
-        // by 1 / (5 + 1e-6): [0.6, 0], [0.8].
-        let mut g = BTreeMap::from([
-            ("a".to_string(), Tensor::new(&[3f32, 0.], &Device::Cpu).unwrap()),
-            ("b".to_string(), Tensor::new(&[4f32], &Device::Cpu).unwrap()),
-        ]);
-        let norm = clip_grad_norm(&mut g, 1.0).unwrap();
-        assert!((norm - 5.0).abs() < 1e-9);
-        let a = g["a"].to_vec1::<f32>().unwrap();
-        let b = g["b"].to_vec1::<f32>().unwrap();
-        assert!((a[0] - 0.6).abs() < 1e-6 && a[1] == 0.0 && (b[0] - 0.8).abs() < 1e-6, "{a:?} {b:?}");
-        // Below the limit: unchanged.
-        let before = g["a"].to_vec1::<f32>().unwrap();
-        clip_grad_norm(&mut g, 10.0).unwrap();
-        assert_eq!(g["a"].to_vec1::<f32>().unwrap(), before);
-    }
 }
