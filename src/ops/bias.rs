@@ -37,6 +37,26 @@ pub(crate) fn add_in_place<T: Elem>(y: &mut [T], b: &[T], c: usize, hw: usize) {
     }
 }
 
+/// A plane's sum in f64, in 8 lanes added pairwise at the end: one f64 sum in order waited
+/// on each addition (5% of a LeNet5 step was the bias gradients' sums).
+#[inline(always)]
+fn plane_sum_body<T: Elem>(p: &[T]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut blocks = p.chunks_exact(8);
+    for b in &mut blocks {
+        for (a, v) in acc.iter_mut().zip(b) {
+            *a += v.to_f64();
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for v in blocks.remainder() {
+        s += v.to_f64();
+    }
+    s
+}
+
+with_avx2!(plane_sum = plane_sum_body(p: &[T]) -> f64);
+
 /// Per channel, the sum over samples and pixels (each plane summed in f64, the planes'
 /// sums added in the element type, in sample order); channels split across threads. The
 /// arithmetic is that of the serial version, so results are the same bit for bit.
@@ -45,8 +65,7 @@ fn channel_sums<T: Elem>(dy: &[T], c: usize, hw: usize) -> Vec<T> {
     let sum = |ch: usize| {
         let mut o = T::default();
         for i in 0..n {
-            let s: f64 = dy[(i * c + ch) * hw..][..hw].iter().map(|v| v.to_f64()).sum();
-            o += T::from_f64(s);
+            o += T::from_f64(plane_sum(&dy[(i * c + ch) * hw..][..hw]));
         }
         o
     };
