@@ -16,6 +16,7 @@
 //!
 //! The page and its script are embedded in the binary (`index.html`, no CDN).
 
+mod http;
 mod predictions;
 
 use std::collections::BTreeMap;
@@ -281,10 +282,10 @@ fn decode(s: &str) -> String {
 
 /// Serves the board on `host:port` until the process is stopped; prints its address.
 pub fn serve(board: Board, host: &str, port: u16) -> Result<()> {
-    let server = tiny_http::Server::http((host, port))
+    let listener = std::net::TcpListener::bind((host, port))
         .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))
         .context("runner board")?;
-    let addr = server.server_addr().to_ip().map(|a| a.to_string()).unwrap_or_else(|| format!("{host}:{port}"));
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| format!("{host}:{port}"));
     let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !loopback {
         tracing::warn!("listening on {host}: other machines can read these runs (no password)");
@@ -292,38 +293,7 @@ pub fn serve(board: Board, host: &str, port: u16) -> Result<()> {
     let n = board.runs().len();
     let roots: Vec<String> = board.roots.iter().map(|r| r.display().to_string()).collect();
     println!("runner board: http://{addr}/ ({n} runs under {})", roots.join(", "));
-    let server = std::sync::Arc::new(server);
-    let board = std::sync::Arc::new(board);
-    // A few threads, so a large table being read does not hold up the page's polling.
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (server, board) = (server.clone(), board.clone());
-            std::thread::spawn(move || {
-                for req in server.incoming_requests() {
-                    tracing::debug!("board: {} {}", req.method(), req.url());
-                    let reply = match req.method() {
-                        // A panic (a bug, or a reader choking on a corrupt file) answers
-                        // 500 and keeps the worker.
-                        tiny_http::Method::Get | tiny_http::Method::Head => {
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| board.handle(req.url())))
-                                .unwrap_or_else(|_| Reply::error(500, &format!("{}: the board failed", req.url())))
-                        }
-                        _ => Reply::error(405, "the board only reads: GET"),
-                    };
-                    let header = tiny_http::Header::from_bytes("Content-Type", reply.content_type)
-                        .expect("a constant header is valid"); // ok: ASCII constants
-                    let response =
-                        tiny_http::Response::from_data(reply.body).with_status_code(reply.status).with_header(header);
-                    if let Err(e) = req.respond(response) {
-                        tracing::debug!("board: a client went away: {e}");
-                    }
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
+    http::serve(listener, move |target| board.handle(target));
     Ok(())
 }
 
