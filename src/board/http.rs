@@ -7,7 +7,7 @@
 //! two of its images that never came, in Chromium and in CI).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,43 +19,60 @@ const MAX_LINE: u64 = 16 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Connections served at once; more are answered 503 and closed.
 const MAX_CONNECTIONS: usize = 256;
-/// A kept-alive connection with no request for this long is closed.
+/// A kept-alive connection with no request for this long is closed, and a client that
+/// reads no reply for this long is dropped.
 const IDLE: Duration = Duration::from_secs(60);
+
+/// Who may ask: with `local_only`, a request whose `Host` is not this machine (a web page
+/// of another site that had its name point at 127.0.0.1: DNS rebinding) is refused 403.
+#[derive(Clone, Copy)]
+pub struct Hosts {
+    pub local_only: bool,
+}
 
 /// Accepts connections on `listener` until the process stops, answering each GET or HEAD
 /// with `handle(request target)`.
-pub fn serve<F>(listener: TcpListener, handle: F)
+pub fn serve<F>(listener: TcpListener, hosts: Hosts, handle: F)
 where
     F: Fn(&str) -> Reply + Send + Sync + 'static,
 {
     let handle = Arc::new(handle);
     let open = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
+        let stream = match stream {
+            Ok(s) => s,
+            // Out of file descriptors (the connection stays queued): wait, do not spin.
+            Err(e) => {
+                tracing::debug!("board: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
         if open.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-            let _ = write_reply(&mut stream, &Reply::error(503, "too many connections"), false, false);
+            refuse(&stream, &Reply::error(503, "too many connections"));
             continue;
         }
         open.fetch_add(1, Ordering::AcqRel);
-        let (handle, open) = (handle.clone(), open.clone());
+        let (handle, open2) = (handle.clone(), open.clone());
         let spawned = std::thread::Builder::new().name("board-conn".into()).spawn(move || {
-            if let Err(e) = connection(stream, &*handle) {
+            if let Err(e) = connection(&stream, hosts, &*handle) {
                 tracing::debug!("board: a connection ended: {e}");
             }
-            open.fetch_sub(1, Ordering::AcqRel);
+            open2.fetch_sub(1, Ordering::AcqRel);
         });
         if let Err(e) = spawned {
+            open.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!("board: no thread for a connection: {e}");
         }
     }
 }
 
 /// One connection's requests, in order, until the client closes it, asks to, or idles.
-fn connection(stream: TcpStream, handle: &dyn Fn(&str) -> Reply) -> std::io::Result<()> {
+fn connection(stream: &TcpStream, hosts: Hosts, handle: &dyn Fn(&str) -> Reply) -> std::io::Result<()> {
     stream.set_read_timeout(Some(IDLE))?;
+    stream.set_write_timeout(Some(IDLE))?;
     stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
+    let mut reader = BufReader::new(stream);
     loop {
         let Some(line) = read_line(&mut reader)? else { return Ok(()) };
         if line.is_empty() {
@@ -64,33 +81,53 @@ fn connection(stream: TcpStream, handle: &dyn Fn(&str) -> Reply) -> std::io::Res
         let mut words = line.split(' ');
         let (method, target, version) = (words.next().unwrap_or(""), words.next(), words.next());
         let Some((target, version)) = target.zip(version).filter(|(_, v)| v.starts_with("HTTP/1.")) else {
-            return write_reply(&mut writer, &Reply::error(400, "not an HTTP/1 request line"), false, false);
+            refuse(stream, &Reply::error(400, "not an HTTP/1 request line"));
+            return Ok(());
         };
         // HTTP/1.1 keeps the connection unless told not to; 1.0 closes it unless told to keep.
         let mut keep = version == "HTTP/1.1";
-        let mut body = 0u64;
+        let (mut body, mut host, mut bad) = (None::<u64>, None::<String>, None);
         for n in 0.. {
             let Some(header) = read_line(&mut reader)? else { return Ok(()) };
             if header.is_empty() {
                 break;
             }
             if n == MAX_HEADERS {
-                return write_reply(&mut writer, &Reply::error(431, "too many header lines"), false, false);
+                refuse(stream, &Reply::error(431, "too many header lines"));
+                return Ok(());
             }
-            let (name, value) = header.split_once(':').unwrap_or((&header, ""));
-            let value = value.trim().to_ascii_lowercase();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "connection" if value.contains("close") => keep = false,
-                "connection" if value.contains("keep-alive") => keep = true,
-                "content-length" => body = value.parse().unwrap_or(0),
-                // A chunked body cannot be skipped without decoding it: answer, then close.
-                "transfer-encoding" => keep = false,
+            let Some((name, value)) =
+                header.split_once(':').filter(|(n, _)| !n.is_empty() && !n.ends_with([' ', '\t']))
+            else {
+                bad = Some(Reply::error(400, &format!("not a header line: {header:?}")));
+                continue;
+            };
+            let value = value.trim();
+            match name.to_ascii_lowercase().as_str() {
+                "connection" if value.to_ascii_lowercase().contains("close") => keep = false,
+                "connection" if value.to_ascii_lowercase().contains("keep-alive") => keep = true,
+                "host" => host = Some(value.to_ascii_lowercase()),
+                // One length, digits only: anything else would leave the next request's
+                // start in doubt.
+                "content-length" => match value.parse::<u64>() {
+                    Ok(v) if value.bytes().all(|b| b.is_ascii_digit()) && body.is_none_or(|b| b == v) => body = Some(v),
+                    _ => bad = Some(Reply::error(400, "a bad or repeated Content-Length")),
+                },
+                "transfer-encoding" => bad = Some(Reply::error(400, "the board reads no request bodies")),
                 _ => {}
             }
         }
+        if let Some(reply) = bad {
+            refuse(stream, &reply);
+            return Ok(());
+        }
         // The board reads nothing from a body: skip it, so the next request starts right.
-        std::io::copy(&mut reader.by_ref().take(body), &mut std::io::sink())?;
+        std::io::copy(&mut reader.by_ref().take(body.unwrap_or(0)), &mut std::io::sink())?;
         tracing::debug!("board: {method} {target}");
+        if hosts.local_only && !host.as_deref().is_none_or(is_local) {
+            refuse(stream, &Reply::error(403, "this board answers only to localhost, 127.0.0.1 and [::1]"));
+            return Ok(());
+        }
         let reply = match method {
             // A panic (a bug, or a reader choking on a corrupt file) answers 500 and keeps
             // the server.
@@ -98,16 +135,35 @@ fn connection(stream: TcpStream, handle: &dyn Fn(&str) -> Reply) -> std::io::Res
                 .unwrap_or_else(|_| Reply::error(500, &format!("{target}: the board failed"))),
             _ => Reply::error(405, "the board only reads: GET"),
         };
-        write_reply(&mut writer, &reply, method != "HEAD", keep)?;
+        write_reply(stream, &reply, method != "HEAD", keep)?;
         if !keep {
             return Ok(());
         }
     }
 }
 
+/// `Host` names this machine: localhost, 127.0.0.1 or [::1], with or without a port.
+fn is_local(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    matches!(name, "localhost" | "127.0.0.1" | "::1")
+}
+
+/// Answers `reply` and closes the connection, first reading (1 s at most) what the client
+/// still sends, so the close does not reset the connection before the reply is read.
+fn refuse(stream: &TcpStream, reply: &Reply) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = write_reply(stream, reply, true, false);
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = std::io::copy(&mut stream.take(1 << 20), &mut std::io::sink());
+}
+
 /// A line without its line break; `None` at the end of the stream (or an idle timeout); an
 /// error for a line longer than `MAX_LINE` or not UTF-8.
-fn read_line(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<String>> {
+fn read_line(reader: &mut BufReader<&TcpStream>) -> std::io::Result<Option<String>> {
     let mut buf = Vec::new();
     match reader.by_ref().take(MAX_LINE).read_until(b'\n', &mut buf) {
         Ok(0) => return Ok(None),
@@ -122,7 +178,7 @@ fn read_line(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<String
     Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
 }
 
-fn write_reply(w: &mut TcpStream, reply: &Reply, with_body: bool, keep: bool) -> std::io::Result<()> {
+fn write_reply(mut w: &TcpStream, reply: &Reply, with_body: bool, keep: bool) -> std::io::Result<()> {
     let reason = match reply.status {
         200 => "OK",
         400 => "Bad Request",
@@ -135,10 +191,11 @@ fn write_reply(w: &mut TcpStream, reply: &Reply, with_body: bool, keep: bool) ->
         _ => "",
     };
     let head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: {}\r\n\r\n",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}Connection: {}\r\n\r\n",
         reply.status,
         reply.content_type,
         reply.body.len(),
+        if reply.status == 405 { "Allow: GET, HEAD\r\n" } else { "" },
         if keep { "keep-alive" } else { "close" }
     );
     // One write for a small reply; the body after the head otherwise.
@@ -164,7 +221,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
-            serve(listener, |t| Reply { status: 200, content_type: "text/plain", body: t.as_bytes().to_vec() })
+            serve(listener, Hosts { local_only: true }, |t| Reply {
+                status: 200,
+                content_type: "text/plain",
+                body: t.as_bytes().to_vec(),
+            })
         });
         addr
     }
@@ -194,7 +255,7 @@ mod tests {
         let mut conns: Vec<_> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
         for round in 0..2 {
             for (i, c) in conns.iter_mut().enumerate() {
-                write!(c, "GET /c{i}/r{round} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                write!(c, "GET /c{i}/r{round} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
             }
             for (i, c) in conns.iter_mut().enumerate() {
                 c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -229,6 +290,28 @@ mod tests {
         assert!(
             replies[2].starts_with("200 OK") && replies[2].ends_with("/z") && replies[2].contains("Connection: close")
         );
+        // Refused: a Host that is not this machine (DNS rebinding), a length that is not one
+        // number, a header name ending in a space; each answered, then closed.
+        for (request, status) in [
+            ("GET / HTTP/1.1\r\nHost: evil.example:8000\r\n\r\n", "403 Forbidden"),
+            ("GET / HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n", "200 OK"),
+            ("GET / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\nabc", "400 Bad Request"),
+            ("GET / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc", "400 Bad Request"),
+            ("GET / HTTP/1.1\r\nContent-Length : 3\r\n\r\nabc", "400 Bad Request"),
+            ("DELETE / HTTP/1.0\r\n\r\n", "405 Method Not Allowed"),
+        ] {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(request.as_bytes()).unwrap();
+            let mut all = String::new();
+            if !request.contains("[::1]") {
+                c.read_to_string(&mut all).unwrap();
+            } else {
+                let (head, _) = read_reply(&mut BufReader::new(c.try_clone().unwrap()));
+                all = head;
+            }
+            assert!(all.starts_with(&format!("HTTP/1.1 {status}\r\n")), "{request:?}: {all}");
+            assert_eq!(all.contains("Allow: GET, HEAD\r\n"), status.starts_with("405"), "{all}");
+        }
         // Not HTTP: 400, closed.
         let mut c = TcpStream::connect(addr).unwrap();
         c.write_all(b"\x16\x03\x01 hello\r\n\r\n").unwrap();

@@ -275,16 +275,19 @@ fn chromium(url: &str, until: &str, shot: Option<&Path>, profile: &Path) -> Stri
     std::fs::create_dir_all(&dir).unwrap();
     let start = std::time::Instant::now();
     let mut browser = Devtools::launch(&dir);
-    let target = browser.call("Target.createTarget", serde_json::json!({ "url": url }), None)["targetId"].clone();
-    let session =
-        browser.call("Target.attachToTarget", serde_json::json!({ "targetId": target, "flatten": true }), None)
-            ["sessionId"]
-            .as_str()
-            .expect("a session")
-            .to_string();
+    let target =
+        browser.call("Target.createTarget", serde_json::json!({ "url": url }), None).unwrap()["targetId"].clone();
+    let session = browser
+        .call("Target.attachToTarget", serde_json::json!({ "targetId": target, "flatten": true }), None)
+        .unwrap()["sessionId"]
+        .as_str()
+        .expect("a session")
+        .to_string();
+    // An error (the page between about:blank and `url` has no context yet) reads as null:
+    // not ready.
     let mut eval = |expression: &str| {
         let params = serde_json::json!({ "expression": expression, "returnByValue": true });
-        browser.call("Runtime.evaluate", params, Some(&session))["result"]["value"].clone()
+        browser.call("Runtime.evaluate", params, Some(&session)).map_or(Value::Null, |r| r["result"]["value"].clone())
     };
     // Lazy images below the window load only when scrolled to: not waited for.
     let loaded = "[...document.images].every(i => i.complete || i.getBoundingClientRect().top > innerHeight)";
@@ -312,8 +315,15 @@ fn chromium(url: &str, until: &str, shot: Option<&Path>, profile: &Path) -> Stri
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     if let Some(shot) = shot {
-        let png = browser.call("Page.captureScreenshot", serde_json::json!({ "format": "png" }), Some(&session));
-        std::fs::write(shot, base64(png["data"].as_str().unwrap_or_default())).unwrap();
+        // For a person to look at: one that fails is reported, not failed.
+        use base64::Engine;
+        match browser.call("Page.captureScreenshot", serde_json::json!({ "format": "png" }), Some(&session)) {
+            Ok(png) => {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(png["data"].as_str().unwrap_or_default());
+                std::fs::write(shot, bytes.expect("base64 from Chromium")).unwrap();
+            }
+            Err(e) => println!("board: no screenshot of {url}: {e}"),
+        }
     }
     println!("board: {url} read in {:.1} s", start.elapsed().as_secs_f64());
     dom
@@ -350,10 +360,10 @@ impl Devtools {
             .stderr(std::fs::File::create(&stderr).unwrap());
         // SAFETY: only async-signal-safe calls between fork and exec. The pipes' ends are
         // first copied above 10 (either may be fd 3 or 4 already, and dup2 onto itself
-        // would keep close-on-exec), then onto 3 and 4, which are inherited.
+        // would keep close-on-exec), then onto 3 and 4, which dup2 makes inherited.
         unsafe {
             c.pre_exec(move || {
-                let (a, b) = (libc::fcntl(a, libc::F_DUPFD, 10), libc::fcntl(b, libc::F_DUPFD, 10));
+                let (a, b) = (libc::fcntl(a, libc::F_DUPFD_CLOEXEC, 10), libc::fcntl(b, libc::F_DUPFD_CLOEXEC, 10));
                 if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -377,8 +387,9 @@ impl Devtools {
         Devtools { child, to, from, next: 0, stderr }
     }
 
-    /// `method` with `params` (on the page of `session`): its result, 30 s at most.
-    fn call(&mut self, method: &str, params: Value, session: Option<&str>) -> Value {
+    /// `method` with `params` (on the page of `session`): its result, or the error Chromium
+    /// answered, or that it did not answer within 30 s.
+    fn call(&mut self, method: &str, params: Value, session: Option<&str>) -> Result<Value, String> {
         self.next += 1;
         let mut msg = serde_json::json!({ "id": self.next, "method": method, "params": params });
         if let Some(s) = session {
@@ -392,14 +403,18 @@ impl Devtools {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match (&sent, self.from.recv_timeout(left)) {
                 (Ok(()), Ok(reply)) if reply["id"] == self.next => {
-                    assert!(reply.get("error").is_none(), "chromium: {method}: {}", reply["error"]);
-                    return reply["result"].clone();
+                    return match reply.get("error") {
+                        Some(e) => Err(format!("chromium: {method}: {e}")),
+                        None => Ok(reply["result"].clone()),
+                    };
                 }
                 (Ok(()), Ok(_event)) => {}
-                (_, _) => panic!(
-                    "chromium: no answer to {method} ({sent:?}); it printed:\n{}",
-                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
-                ),
+                (_, _) => {
+                    return Err(format!(
+                        "chromium: no answer to {method} in 30 s ({sent:?}); it printed:\n{}",
+                        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                    ))
+                }
             }
         }
     }
@@ -410,24 +425,6 @@ impl Drop for Devtools {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Standard base64 (the screenshot's PNG), padding and all.
-fn base64(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let digits: Vec<u8> = text.bytes().filter(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/').collect();
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.chunks(4) {
-        let v = chunk.iter().enumerate().fold(0u32, |acc, (i, &c)| acc | (value(c) as u32) << (18 - 6 * i));
-        out.extend_from_slice(&v.to_be_bytes()[1..chunk.len()]);
-    }
-    out
 }
 
 /// Held by each browser test: one Chromium at a time on two cores.
