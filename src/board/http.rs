@@ -23,16 +23,11 @@ const MAX_CONNECTIONS: usize = 256;
 /// reads no reply for this long is dropped.
 const IDLE: Duration = Duration::from_secs(60);
 
-/// Who may ask: with `local_only`, a request whose `Host` is not this machine (a web page
-/// of another site that had its name point at 127.0.0.1: DNS rebinding) is refused 403.
-#[derive(Clone, Copy)]
-pub struct Hosts {
-    pub local_only: bool,
-}
-
 /// Accepts connections on `listener` until the process stops, answering each GET or HEAD
-/// with `handle(request target)`.
-pub fn serve<F>(listener: TcpListener, hosts: Hosts, handle: F)
+/// with `handle(request target)`. With `local_only`, a request whose `Host` is not this
+/// machine (a web page of another site that had its name point at 127.0.0.1: DNS
+/// rebinding) is refused 403.
+pub fn serve<F>(listener: TcpListener, local_only: bool, handle: F)
 where
     F: Fn(&str) -> Reply + Send + Sync + 'static,
 {
@@ -55,7 +50,7 @@ where
         open.fetch_add(1, Ordering::AcqRel);
         let (handle, open2) = (handle.clone(), open.clone());
         let spawned = std::thread::Builder::new().name("board-conn".into()).spawn(move || {
-            if let Err(e) = connection(&stream, hosts, &*handle) {
+            if let Err(e) = connection(&stream, local_only, &*handle) {
                 tracing::debug!("board: a connection ended: {e}");
             }
             open2.fetch_sub(1, Ordering::AcqRel);
@@ -68,7 +63,7 @@ where
 }
 
 /// One connection's requests, in order, until the client closes it, asks to, or idles.
-fn connection(stream: &TcpStream, hosts: Hosts, handle: &dyn Fn(&str) -> Reply) -> std::io::Result<()> {
+fn connection(stream: &TcpStream, local_only: bool, handle: &dyn Fn(&str) -> Reply) -> std::io::Result<()> {
     stream.set_read_timeout(Some(IDLE))?;
     stream.set_write_timeout(Some(IDLE))?;
     stream.set_nodelay(true)?;
@@ -124,7 +119,7 @@ fn connection(stream: &TcpStream, hosts: Hosts, handle: &dyn Fn(&str) -> Reply) 
         // The board reads nothing from a body: skip it, so the next request starts right.
         std::io::copy(&mut reader.by_ref().take(body.unwrap_or(0)), &mut std::io::sink())?;
         tracing::debug!("board: {method} {target}");
-        if hosts.local_only && !host.as_deref().is_none_or(is_local) {
+        if local_only && !host.as_deref().is_none_or(is_local) {
             refuse(stream, &Reply::error(403, "this board answers only to localhost, 127.0.0.1 and [::1]"));
             return Ok(());
         }
@@ -221,11 +216,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
-            serve(listener, Hosts { local_only: true }, |t| Reply {
-                status: 200,
-                content_type: "text/plain",
-                body: t.as_bytes().to_vec(),
-            })
+            serve(listener, true, |t| Reply { status: 200, content_type: "text/plain", body: t.as_bytes().to_vec() })
         });
         addr
     }

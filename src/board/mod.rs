@@ -293,7 +293,7 @@ pub fn serve(board: Board, host: &str, port: u16) -> Result<()> {
     let n = board.runs().len();
     let roots: Vec<String> = board.roots.iter().map(|r| r.display().to_string()).collect();
     println!("runner board: http://{addr}/ ({n} runs under {})", roots.join(", "));
-    http::serve(listener, http::Hosts { local_only: loopback }, move |target| board.handle(target));
+    http::serve(listener, loopback, move |target| board.handle(target));
     Ok(())
 }
 
