@@ -11,24 +11,25 @@ build:
 # The CUDA build, with no GPU and no CUDA toolkit here: NVIDIA's CUDA 13.0 compiler and
 # libraries as pinned Python wheels in .cuda/ (gpu/cuda-root.sh), then `--features cuda`
 # for compute capability $(CUDA_COMPUTE_CAP) (9.0: H100 / H200) into target/cuda/release/.
-# CUDA_FEATURES=cudnn adds cuDNN's convolutions (README, GPU: slower for the shapes models
-# on the H200, faster for ResNet and AlexNet, TF32 inside).
+# CUDA_FEATURES=cudnn adds cuDNN 9.19 and runner's own cuDNN convolutions (src/ops/cudnn.rs)
+# into target/cudnn/release/ (README, GPU).
 CUDA_COMPUTE_CAP ?= 90
 CUDA_FEATURES ?= cuda
+CUDA_TARGET = target/$(CUDA_FEATURES)
 build-cuda:
 	@root=$$(bash gpu/cuda-root.sh $(CUDA_FEATURES)) && \
 	  PATH="$$root/bin:$$PATH" CUDA_ROOT="$$root" CUDA_PATH="$$root" \
 	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CUDAFORGE_THREADS=$${CUDAFORGE_THREADS:-2} \
-	  $(CARGO) build --release --features $(CUDA_FEATURES) --target-dir target/cuda --bin runner --bin runner-bench --bin runner-parity
+	  $(CARGO) build --release --features $(CUDA_FEATURES) --target-dir $(CUDA_TARGET) --bin runner --bin runner-bench --bin runner-parity
 	@# 208 MB of binaries (mostly sm_90 kernels) in a 25 MB archive: what is carried to the GPU machine.
-	tar -C target/cuda/release -cJf target/cuda/runner-cuda.tar.xz runner runner-bench runner-parity
-	@ls -l target/cuda/runner-cuda.tar.xz
+	tar -C $(CUDA_TARGET)/release -cJf $(CUDA_TARGET)/runner-$(CUDA_FEATURES).tar.xz runner runner-bench runner-parity
+	@ls -l $(CUDA_TARGET)/runner-$(CUDA_FEATURES).tar.xz
 
-# On the GPU machine, from the repository root with target/cuda/release carried along:
-# parity with the CPU, short training runs and the bench beside PyTorch (gpu/check.sh).
+# On the GPU machine, from the repository root with $(CUDA_TARGET)/release (or its archive)
+# carried along: parity with the CPU, short training runs and the bench beside PyTorch (gpu/check.sh).
 gpu-check:
-	@[ -x target/cuda/release/runner ] || { mkdir -p target/cuda/release && tar -C target/cuda/release -xJf target/cuda/runner-cuda.tar.xz; }
-	bash gpu/check.sh gpu-out target/cuda/release
+	@[ -x $(CUDA_TARGET)/release/runner ] || { mkdir -p $(CUDA_TARGET)/release && tar -C $(CUDA_TARGET)/release -xJf $(CUDA_TARGET)/runner-$(CUDA_FEATURES).tar.xz; }
+	bash gpu/check.sh gpu-out $(CUDA_TARGET)/release
 
 # Fashion-MNIST from Debian's package where apt exists; otherwise the run downloads it.
 data:

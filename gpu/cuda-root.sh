@@ -30,7 +30,7 @@ fi
 cu=$dir/wheels/nvidia/cu13
 stamp=$dir/wheels/.pinned
 # Installed already when every wanted wheel is in the stamp (a cuDNN tree serves both).
-have=" $(cat "$stamp" 2>/dev/null) "
+have=" $(cat "$stamp" 2>/dev/null || true) "
 missing=0
 for w in "${wheels[@]}"; do
   case $have in *" $w "*) ;; *) missing=1 ;; esac
