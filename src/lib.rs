@@ -10,6 +10,7 @@ pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod data;
+pub mod gpu;
 pub mod metrics;
 pub mod model;
 pub mod ops;

@@ -495,17 +495,21 @@ impl std::fmt::Display for DeviceChoice {
 }
 
 impl DeviceChoice {
+    /// Opens the device; a GPU's memory pool is set up as `crate::gpu` says.
     pub fn open(self) -> Result<Device> {
-        match self {
-            DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        let device = match self {
+            DeviceChoice::Cpu => return Ok(Device::Cpu),
+            DeviceChoice::Auto => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
             DeviceChoice::Cuda(n) => {
                 if !candle_core::utils::cuda_is_available() {
                     anyhow::bail!("device cuda:{n} asked for, but this runner was built without CUDA (build with `--features cuda`)");
                 }
-                Device::new_cuda(n).map_err(|e| anyhow::anyhow!("device cuda:{n}: the GPU did not answer: {e}"))
+                Device::new_cuda(n).map_err(|e| anyhow::anyhow!("device cuda:{n}: the GPU did not answer: {e}"))?
             }
-        }
+        };
+        crate::gpu::configure(&device)
+            .map_err(|e| anyhow::anyhow!("device {}: setting its memory pool: {e}", device_name(&device)))?;
+        Ok(device)
     }
 }
 
