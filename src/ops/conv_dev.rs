@@ -20,6 +20,12 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::conv::ConvGeom;
+use super::cudnn::{self, ConvShapes, Direction};
+
+fn dims4(t: &Tensor) -> Result<[usize; 4]> {
+    let (a, b, c, d) = t.dims4()?;
+    Ok([a, b, c, d])
+}
 
 /// Which formulation runs: the default is the one measured fastest for the build (below),
 /// `RUNNER_CONV_PATH` (`candle`, `mixed`, `dev`; read once) chooses another, for measuring
@@ -40,6 +46,10 @@ pub enum ConvPath {
     /// This module's input gradient; the weight gradient as candle computes it (a kernel
     /// that is a transposed view, which a cuDNN build hands to candle's direct loop).
     Mixed,
+    /// cuDNN's forward, backward-data and backward-filter calls with their descriptors,
+    /// algorithms and workspace kept (`super::cudnn`); a cuDNN build's default. Elsewhere,
+    /// and for what cuDNN does not run here (groups, other dtypes), `Dev`.
+    Cudnn,
 }
 
 pub fn conv_path() -> ConvPath {
@@ -48,7 +58,8 @@ pub fn conv_path() -> ConvPath {
         Ok("candle") => ConvPath::Candle,
         Ok("mixed") => ConvPath::Mixed,
         Ok("dev") => ConvPath::Dev,
-        _ if cfg!(feature = "cudnn") => ConvPath::Dev,
+        Ok("cudnn") => ConvPath::Cudnn,
+        _ if cfg!(feature = "cudnn") => ConvPath::Cudnn,
         _ => ConvPath::Candle,
     })
 }
@@ -64,6 +75,14 @@ fn conv2d_via(x: &Tensor, weight: &Tensor, g: ConvGeom, path: ConvPath) -> Resul
     if g.groups != 1 || path == ConvPath::Candle {
         return x.conv2d(weight, g.padding, g.stride, g.dilation, g.groups);
     }
+    let path = match path {
+        ConvPath::Cudnn if cudnn::applies(x, g) => {
+            let s = ConvShapes::new(dims4(x)?, dims4(weight)?, g)?;
+            return cudnn::run(Direction::Forward, s, x, weight);
+        }
+        ConvPath::Cudnn => ConvPath::Dev,
+        p => p,
+    };
     let y = x.detach().conv2d(&weight.detach(), g.padding, g.stride, g.dilation, 1)?;
     if !x.track_op() && !weight.track_op() {
         return Ok(y);
@@ -86,6 +105,16 @@ fn conv_transpose2d_via(
     out_hw: (usize, usize),
     path: ConvPath,
 ) -> Result<Tensor> {
+    if path == ConvPath::Cudnn && cudnn::applies(x, g) {
+        // The convolution this one is the input gradient of: [n, cout, oh, ow] by weight
+        // [cin, cout, k, k] to x's [n, cin, h, w]. An output padding of the stride or more
+        // (dilation > stride) does not map back: the formulation below.
+        let s = ConvShapes::new([x.dim(0)?, weight.dim(1)?, out_hw.0, out_hw.1], dims4(weight)?, g)?;
+        if s.y() == dims4(x)? {
+            return cudnn::run(Direction::BackwardData, s, x, weight);
+        }
+    }
+    let path = if path == ConvPath::Cudnn { ConvPath::Dev } else { path };
     if path == ConvPath::Candle {
         let span = g.dilation * (weight.dim(2)? - 1);
         let out_padding = out_hw.0 + 2 * g.padding - ((x.dim(2)? - 1) * g.stride + span + 1);

@@ -55,6 +55,7 @@ pub mod batchnorm;
 pub mod bias;
 pub mod conv;
 mod conv_dev;
+mod cudnn;
 pub mod gemm;
 pub mod linear;
 pub mod pixel_ce;
