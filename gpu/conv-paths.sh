@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Measures the CUDA build's convolution formulations (RUNNER_CONV_PATH: candle, dev, mixed;
-# src/ops/conv_dev.rs) on the bench's convolution cases, checks whether cuDNN's TF32 is
-# what separates the GPU from the CPU in runner-parity (NVIDIA_TF32_OVERRIDE=0 turns it
-# off), and runs PyTorch's side without TF32. On the GPU machine, from the repository root:
+# Measures the CUDA builds' alternatives on the bench's cases, one setting changed at a
+# time against each build's default, and PyTorch's side with and without TF32. On the GPU
+# machine, from the repository root:
 #
-#   bash gpu/conv-paths.sh OUT_DIR [BIN_DIR]
+#   bash gpu/conv-paths.sh OUT_DIR [BIN_DIR...]   # default: target/cuda/release target/cudnn/release
 #
+# Settings (read once by the binaries; for measuring, not user settings):
+#   RUNNER_CONV_PATH=candle|mixed|dev|cudnn   the convolution formulation (src/ops/conv_dev.rs);
+#                                             cudnn (a cuDNN build's default) is src/ops/cudnn.rs
+#   RUNNER_CUDA_POOL=trim                     the driver's memory-pool default (src/gpu.rs)
+#   RUNNER_CUDNN_TF32=1                       TF32 in runner's cuDNN calls
+# It also checks what TF32 does to parity (runner-parity with NVIDIA_TF32_OVERRIDE=0).
 # CONV_SECONDS (default 420) bounds the whole script: each command's time limit is cut to
 # what is left, and a command with less than 5 s left is skipped and says so.
 set -uo pipefail
-out=${1:?usage: gpu/conv-paths.sh OUT_DIR [BIN_DIR]}
-bin=${2:-target/cuda/release}
+out=${1:?usage: gpu/conv-paths.sh OUT_DIR [BIN_DIR...]}
+shift
+bins=("$@")
+[ ${#bins[@]} -gt 0 ] || bins=(target/cuda/release target/cudnn/release)
 device=${CHECK_DEVICE:-cuda:0} # cpu: a dry run here
 torch_device=cpu
 case $device in cuda*) torch_device=cuda ;; esac
@@ -23,24 +30,37 @@ cap() {
   [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
 }
 . "$(dirname "$0")/env.sh"
-cases="conv2d_forward conv2d_backward conv_transpose2d_forward conv_transpose2d_backward fcn_shapes_train yolo_shapes_train resnet_cifar_train alexnet_forward"
-for path in candle mixed dev; do
-  for case in $cases; do
+cases="resnet_cifar_train fcn_shapes_train yolo_shapes_train alexnet_forward conv2d_forward conv2d_backward conv_transpose2d_forward conv_transpose2d_backward"
+for bin in "${bins[@]}"; do
+  if [ ! -x "$bin/runner-bench" ]; then
+    echo "skipped $bin: no runner-bench there" | tee -a "$out/paths.txt"
+    continue
+  fi
+  variants=("default" "RUNNER_CUDA_POOL=trim" "RUNNER_CONV_PATH=candle")
+  case $bin in *cudnn*) variants+=("RUNNER_CONV_PATH=dev" "RUNNER_CUDNN_TF32=1") ;; *) variants+=("RUNNER_CONV_PATH=dev") ;; esac
+  for variant in "${variants[@]}"; do
+    setting=()
+    [ "$variant" = default ] || setting=("$variant")
+    for case in $cases; do
+      t=$(cap 60) || continue
+      r=$(env ${setting[@]+"${setting[@]}"} RUNNER_BENCH_DEVICE=$device timeout "$t" "$bin/runner-bench" "$case" 2>>"$out/errors.txt" | sed -n 's/^images_per_s=//p')
+      echo "runner $bin $variant $case ${r:-na}" | tee -a "$out/paths.txt"
+    done
+  done
+  for tf32 in on off; do
+    extra=()
+    [ "$tf32" = off ] && extra=(NVIDIA_TF32_OVERRIDE=0)
     t=$(cap 60) || continue
-    r=$(RUNNER_CONV_PATH=$path RUNNER_BENCH_DEVICE=$device timeout "$t" "$bin/runner-bench" "$case" 2>>"$out/errors.txt" | sed -n 's/^images_per_s=//p')
-    echo "runner path=$path $case ${r:-na}" | tee -a "$out/paths.txt"
+    f=$out/parity_$(basename "$(dirname "$bin")")_tf32_$tf32.txt
+    env ${extra[@]+"${extra[@]}"} timeout "$t" "$bin/runner-parity" "$device" > "$f" 2>&1
+    echo "parity $bin tf32=$tf32 rc=$? $(grep -c ' ok$' "$f") ok, failing: $(grep FAIL "$f" | awk '{print $2, $4}' | tr '\n' ';')" | tee -a "$out/paths.txt"
   done
 done
-for tf32 in on off; do
-  extra=()
-  [ "$tf32" = off ] && extra=(NVIDIA_TF32_OVERRIDE=0)
-  t=$(cap 60) || continue
-  env ${extra[@]+"${extra[@]}"} RUNNER_CONV_PATH=dev timeout "$t" "$bin/runner-parity" "$device" > "$out/parity_tf32_$tf32.txt" 2>&1
-  echo "parity dev tf32=$tf32 rc=$? $(grep -c ' ok$' "$out/parity_tf32_$tf32.txt") ok, failing: $(grep FAIL "$out/parity_tf32_$tf32.txt" | awk '{print $2, $4}' | tr '\n' ';')" | tee -a "$out/paths.txt"
-done
-for case in $cases; do
-  lim=$(cap 60) || continue
-  t=$(TORCH_BENCH_DEVICE=$torch_device TORCH_BENCH_TF32=0 timeout "$lim" "$py" bench/torch_bench.py "$case" 1 2>>"$out/errors.txt" | sed -n 's/^images_per_s=//p')
-  echo "torch tf32=off $case ${t:-na}" | tee -a "$out/paths.txt"
+for tf32 in 1 0; do
+  for case in $cases; do
+    lim=$(cap 60) || continue
+    t=$(TORCH_BENCH_DEVICE=$torch_device TORCH_BENCH_TF32=$tf32 timeout "$lim" "$py" bench/torch_bench.py "$case" 1 2>>"$out/errors.txt" | sed -n 's/^images_per_s=//p')
+    echo "torch tf32=$tf32 $case ${t:-na}" | tee -a "$out/paths.txt"
+  done
 done
 echo "done in ${SECONDS}s" | tee -a "$out/paths.txt"

@@ -10,6 +10,7 @@ mod detection;
 mod download;
 mod end_to_end;
 mod fashion_mnist;
+mod gpu_scripts;
 mod image_folder;
 mod localization;
 mod mutation;

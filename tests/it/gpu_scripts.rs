@@ -1,0 +1,120 @@
+//! The GPU machine's prepared scripts (gpu/), run here where there is no GPU: they must say
+//! so and exit 0, and the profile's summary must add up.
+
+use std::path::Path;
+use std::process::Command;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A PATH without nvidia-smi or ncu: only the system's own folders.
+const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+fn has(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("PATH={SYSTEM_PATH} command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn check_without_a_gpu_says_so_and_exits_0() {
+    if has("nvidia-smi") {
+        eprintln!("SKIPPED check_without_a_gpu_says_so_and_exits_0: this machine has nvidia-smi");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new("bash")
+        .arg("gpu/check.sh")
+        .arg(out.path())
+        .current_dir(repo())
+        .env("PATH", SYSTEM_PATH)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("no GPU: nvidia-smi finds none; nothing checked"), "{stdout}");
+    let summary = std::fs::read_to_string(out.path().join("summary.txt")).unwrap();
+    assert!(summary.contains("no GPU"), "{summary}");
+}
+
+#[test]
+fn all_without_a_gpu_says_so_and_exits_0() {
+    if has("nvidia-smi") {
+        eprintln!("SKIPPED all_without_a_gpu_says_so_and_exits_0: this machine has nvidia-smi");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new("bash")
+        .arg("gpu/all.sh")
+        .arg(out.path())
+        .current_dir(repo())
+        .env("PATH", SYSTEM_PATH)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(stdout, "no GPU: nvidia-smi finds none; nothing run\n");
+}
+
+#[test]
+fn profile_without_ncu_says_so_and_exits_0() {
+    if has("ncu") || Path::new("/opt/nvidia/nsight-compute").exists() {
+        eprintln!("SKIPPED profile_without_ncu_says_so_and_exits_0: this machine has Nsight Compute");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new("bash")
+        .arg("gpu/profile.sh")
+        .arg(out.path())
+        .current_dir(repo())
+        .env("PATH", SYSTEM_PATH)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("no ncu: nothing profiled"), "{stdout}");
+}
+
+/// gpu/kernels.py on a CSV in ncu's format (its own lines first, a thousands separator,
+/// nanoseconds and microseconds). Sums by hand: gemm 1,250.5 ns + 2.5 us = 3.7505 us over 2
+/// calls; im2col 1.0 us; relu 500 ns; window 5.2505 us, gemm 71.4% of it.
+#[test]
+fn kernel_summary_adds_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("ncu.csv");
+    let header = r#""ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value""#;
+    let row = |id: usize, name: &str, unit: &str, value: &str| {
+        format!(
+            r#""{id}","7","runner-bench","127.0.0.1","{name}","1","13","(256, 1, 1)","(64, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","{unit}","{value}""#
+        )
+    };
+    let text = [
+        "==PROF== Connected to process 7 (runner-bench)".to_string(),
+        "images_per_s=123.0".to_string(),
+        header.to_string(),
+        row(0, "sgemm_128x64", "nsecond", "1,250.50"),
+        row(1, "im2col_f32", "usecond", "1.00"),
+        row(2, "sgemm_128x64", "usecond", "2.50"),
+        row(3, "relu_f32", "nsecond", "500"),
+        "==PROF== Disconnected from process 7".to_string(),
+    ]
+    .join("\n");
+    std::fs::write(&csv, text).unwrap();
+    let run = Command::new("python3").arg("gpu/kernels.py").arg(&csv).current_dir(repo()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "kernels=4 gpu_us=5.3", "{stdout}");
+    let gemm: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(gemm, ["2", "3.8", "us", "71.4%", "1.88", "us/call", "sgemm_128x64"], "{stdout}");
+    assert!(lines[2].ends_with("im2col_f32") && lines[2].contains(" 19.0%"), "{stdout}");
+    assert!(lines[3].ends_with("relu_f32") && lines[3].contains("  9.5%"), "{stdout}");
+
+    // An unknown unit is an error naming the file and the kernel.
+    std::fs::write(&csv, [header.to_string(), row(0, "k", "cycle", "3")].join("\n")).unwrap();
+    let run = Command::new("python3").arg("gpu/kernels.py").arg(&csv).current_dir(repo()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("unknown time unit 'cycle' for 'k'"), "{stderr}");
+}
