@@ -8,7 +8,7 @@
 # Settings (read once by the binaries; for measuring, not user settings):
 #   RUNNER_CONV_PATH=candle|mixed|dev|cudnn   the convolution formulation (src/ops/conv_dev.rs);
 #                                             cudnn (a cuDNN build's default) is src/ops/cudnn.rs
-#   RUNNER_CUDA_POOL=trim                     the driver's memory-pool default (src/gpu.rs)
+#   RUNNER_CUDA_POOL=trim                     the driver's memory-pool default (src/device.rs)
 #   RUNNER_CUDNN_TF32=1                       TF32 in runner's cuDNN calls
 # It also checks what TF32 does to parity (runner-parity with NVIDIA_TF32_OVERRIDE=0).
 # CONV_SECONDS (default 420) bounds the whole script: each command's time limit is cut to

@@ -10,7 +10,7 @@ pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod data;
-pub mod gpu;
+pub mod device;
 pub mod metrics;
 pub mod model;
 pub mod ops;

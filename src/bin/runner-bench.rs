@@ -26,7 +26,7 @@ fn dev() -> Device {
     static DEV: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
     DEV.get_or_init(|| {
         let name = std::env::var("RUNNER_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
-        let device = runner::plan::parse_device(&name).map_err(anyhow::Error::msg).and_then(|c| c.open());
+        let device = runner::device::parse_device(&name).map_err(anyhow::Error::msg).and_then(|c| c.open());
         device.unwrap_or_else(|e| {
             eprintln!("error: RUNNER_BENCH_DEVICE={name}: {e:#}");
             std::process::exit(2)

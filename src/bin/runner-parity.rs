@@ -135,11 +135,11 @@ fn model_case(file: &str, batch: usize, device: &Device) -> Result<bool> {
 
 fn main() -> Result<()> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "cuda:0".into());
-    let device = match runner::plan::parse_device(&which).map_err(anyhow::Error::msg)? {
-        runner::plan::DeviceChoice::Cpu => Device::Cpu,
+    let device = match runner::device::parse_device(&which).map_err(anyhow::Error::msg)? {
+        runner::device::DeviceChoice::Cpu => Device::Cpu,
         choice => choice.open()?,
     };
-    println!("parity device {}", runner::plan::device_name(&device));
+    println!("parity device {}", runner::device::device_name(&device));
     let conv = |out, kernel, stride, padding, dilation, groups| LayerKind::Conv2d {
         inp: None,
         out,
@@ -149,6 +149,19 @@ fn main() -> Result<()> {
         dilation,
         groups,
         bias: true,
+    };
+    let conv_t = |out, kernel, stride, padding, output_padding| LayerKind::ConvTranspose2d {
+        inp: None,
+        out,
+        kernel,
+        stride,
+        padding,
+        output_padding,
+        dilation: 1,
+        groups: 1,
+        bias: true,
+        init: None,
+        trainable: true,
     };
     let pool = |max: bool, kernel, stride, padding, ceil_mode| {
         if max {
@@ -165,40 +178,8 @@ fn main() -> Result<()> {
         ("conv5x5_dilation2", [4, 8, 12, 12], vec![conv(16, 5, 1, 4, 2, 1)]),
         ("conv3x3_groups2", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 2)]),
         ("conv11x11_stride4", [2, 3, 35, 35], vec![conv(8, 11, 4, 2, 1, 1)]),
-        (
-            "conv_transpose4x4_stride2",
-            [4, 6, 9, 9],
-            vec![LayerKind::ConvTranspose2d {
-                inp: None,
-                out: 6,
-                kernel: 4,
-                stride: 2,
-                padding: 0,
-                output_padding: 0,
-                dilation: 1,
-                groups: 1,
-                bias: true,
-                init: None,
-                trainable: true,
-            }],
-        ),
-        (
-            "conv_transpose3x3_stride2_pad1_outpad1",
-            [4, 6, 9, 9],
-            vec![LayerKind::ConvTranspose2d {
-                inp: None,
-                out: 5,
-                kernel: 3,
-                stride: 2,
-                padding: 1,
-                output_padding: 1,
-                dilation: 1,
-                groups: 1,
-                bias: true,
-                init: None,
-                trainable: true,
-            }],
-        ),
+        ("conv_transpose4x4_stride2", [4, 6, 9, 9], vec![conv_t(6, 4, 2, 0, 0)]),
+        ("conv_transpose3x3_stride2_pad1_outpad1", [4, 6, 9, 9], vec![conv_t(5, 3, 2, 1, 1)]),
         ("maxpool2", [4, 8, 12, 12], vec![pool(true, 2, 2, 0, false)]),
         ("maxpool3_stride2", [4, 8, 13, 13], vec![pool(true, 3, 2, 0, false)]),
         ("maxpool3_stride2_pad1_ceil", [4, 8, 12, 12], vec![pool(true, 3, 2, 1, true)]),

@@ -126,7 +126,8 @@ pub fn prefetch_memory(cfg: &Config, sample: &[usize], memory: f64) -> Option<(S
     let batch: f64 = sample.iter().map(|&d| d as f64).product::<f64>() * 4.0 * cfg.data.batch_size as f64;
     // `num_workers = 0` chooses for the device (train::loader_workers): 1 on the CPU, at
     // most 8 on a GPU.
-    let gpu = cfg!(feature = "cuda") && super::parse_device(&cfg.experiment.device) != Ok(super::DeviceChoice::Cpu);
+    let gpu = cfg!(feature = "cuda")
+        && crate::device::parse_device(&cfg.experiment.device) != Ok(crate::device::DeviceChoice::Cpu);
     let workers = match cfg.data.num_workers {
         0 if gpu => 8,
         0 => 1,

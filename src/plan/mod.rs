@@ -10,10 +10,10 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use candle_core::Device;
 
 use crate::config::{AugmentOp, Loaded, MetricsConfig};
 use crate::data::{self, Located};
+use crate::device::{parse_device, DeviceChoice};
 use crate::model::{plan_model, PlannedGraph};
 
 pub struct Plan {
@@ -464,64 +464,6 @@ fn param_hypers(
     Ok(out)
 }
 
-/// `auto` picks CUDA when built with it and a GPU answers, else the CPU.
-pub fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
-    match s {
-        "auto" => Ok(DeviceChoice::Auto),
-        "cpu" => Ok(DeviceChoice::Cpu),
-        "cuda" => Ok(DeviceChoice::Cuda(0)),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
-            _ => Err(format!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", is {s:?}")),
-        },
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-impl std::fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        match self {
-            DeviceChoice::Auto => write!(f, "auto"),
-            DeviceChoice::Cpu => write!(f, "cpu"),
-            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-impl DeviceChoice {
-    /// Opens the device; a GPU's memory pool is set up as `crate::gpu` says.
-    pub fn open(self) -> Result<Device> {
-        let device = match self {
-            DeviceChoice::Cpu => return Ok(Device::Cpu),
-            DeviceChoice::Auto => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
-            DeviceChoice::Cuda(n) => {
-                if !candle_core::utils::cuda_is_available() {
-                    anyhow::bail!("device cuda:{n} asked for, but this runner was built without CUDA (build with `--features cuda`)");
-                }
-                Device::new_cuda(n).map_err(|e| anyhow::anyhow!("device cuda:{n}: the GPU did not answer: {e}"))?
-            }
-        };
-        crate::gpu::configure(&device)
-            .map_err(|e| anyhow::anyhow!("device {}: setting its memory pool: {e}", device_name(&device)))?;
-        Ok(device)
-    }
-}
-
-/// `cpu`, or `cuda:N` with the GPU's ordinal (`metal:N`): what the run folder records.
-pub fn device_name(d: &Device) -> String {
-    match d.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
-}
-
 impl Plan {
     /// The learning rate at `pos`: the optimizer's `lr` through the schedule and warm-up.
     /// The plan owns it: the loop asks here and hands the value to the optimizer's step.
@@ -627,26 +569,4 @@ fn ranges(v: &[usize]) -> String {
         i = j + 1;
     }
     out.join(", ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_names() {
-        assert_eq!(parse_device("auto"), Ok(DeviceChoice::Auto));
-        assert_eq!(parse_device("cpu"), Ok(DeviceChoice::Cpu));
-        assert_eq!(parse_device("cuda"), Ok(DeviceChoice::Cuda(0)));
-        assert_eq!(parse_device("cuda:3"), Ok(DeviceChoice::Cuda(3)));
-        let e = parse_device("gpu").unwrap_err();
-        assert!(e.contains("\"cuda:N\"") && e.contains("\"gpu\""), "{e}");
-        assert!(parse_device("cuda:x").is_err());
-        assert_eq!(device_name(&Device::Cpu), "cpu");
-        // Without the `cuda` feature (as built here), asking for CUDA is a clear error.
-        if !candle_core::utils::cuda_is_available() {
-            let e = DeviceChoice::Cuda(0).open().unwrap_err().to_string();
-            assert!(e.contains("--features cuda"), "{e}");
-        }
-    }
 }

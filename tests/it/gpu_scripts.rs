@@ -11,6 +11,21 @@ fn repo() -> &'static Path {
 /// A PATH without nvidia-smi or ncu: only the system's own folders.
 const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// Runs `bash gpu/<script> OUT` from the repository root with [`SYSTEM_PATH`]; asserts it
+/// exited 0 and gives its standard output.
+fn run_script(script: &str, out: &Path) -> String {
+    let run = Command::new("bash")
+        .arg(format!("gpu/{script}"))
+        .arg(out)
+        .current_dir(repo())
+        .env("PATH", SYSTEM_PATH)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(run.status.success(), "{script}: {stdout}{}", String::from_utf8_lossy(&run.stderr));
+    stdout
+}
+
 fn has(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("PATH={SYSTEM_PATH} command -v {tool}")])
@@ -25,15 +40,7 @@ fn check_without_a_gpu_says_so_and_exits_0() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new("bash")
-        .arg("gpu/check.sh")
-        .arg(out.path())
-        .current_dir(repo())
-        .env("PATH", SYSTEM_PATH)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = run_script("check.sh", out.path());
     assert!(stdout.contains("no GPU: nvidia-smi finds none; nothing checked"), "{stdout}");
     let summary = std::fs::read_to_string(out.path().join("summary.txt")).unwrap();
     assert!(summary.contains("no GPU"), "{summary}");
@@ -46,16 +53,7 @@ fn all_without_a_gpu_says_so_and_exits_0() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new("bash")
-        .arg("gpu/all.sh")
-        .arg(out.path())
-        .current_dir(repo())
-        .env("PATH", SYSTEM_PATH)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
-    assert_eq!(stdout, "no GPU: nvidia-smi finds none; nothing run\n");
+    assert_eq!(run_script("all.sh", out.path()), "no GPU: nvidia-smi finds none; nothing run\n");
 }
 
 #[test]
@@ -65,15 +63,7 @@ fn profile_without_ncu_says_so_and_exits_0() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new("bash")
-        .arg("gpu/profile.sh")
-        .arg(out.path())
-        .current_dir(repo())
-        .env("PATH", SYSTEM_PATH)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = run_script("profile.sh", out.path());
     assert!(stdout.contains("no ncu: nothing profiled"), "{stdout}");
 }
 

@@ -1,0 +1,138 @@
+//! Which device runs (`[experiment] device`), and what runner sets on a GPU when it opens
+//! one.
+//!
+//! candle allocates through cudarc with `cuMemAllocAsync`, from the device's memory pool.
+//! That pool's release threshold is 0 by default: at every synchronisation (a loss read to
+//! the host, a metric, the end of a step) it hands all its free memory back to the driver,
+//! and the next step maps it again. PyTorch's caching allocator keeps freed blocks, and its
+//! `cudaMallocAsync` backend sets the same threshold to the maximum. So does runner: freed
+//! memory stays in the pool for the next allocation; the pool's size is the step's peak.
+//!
+//! `RUNNER_CUDA_POOL=trim` (read once) leaves the driver's default, for measuring the
+//! difference on a GPU (gpu/conv-paths.sh); not a user setting.
+
+use anyhow::Result;
+use candle_core::Device;
+
+/// Whether the pool keeps freed memory (the default) or `RUNNER_CUDA_POOL=trim` asked for
+/// the driver's default.
+pub fn keep_freed_memory() -> bool {
+    static KEEP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KEEP.get_or_init(|| std::env::var("RUNNER_CUDA_POOL").as_deref() != Ok("trim"))
+}
+
+/// `auto` picks CUDA when built with it and a GPU answers, else the CPU.
+pub fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
+    match s {
+        "auto" => Ok(DeviceChoice::Auto),
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "cuda" => Ok(DeviceChoice::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+            _ => Err(format!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", is {s:?}")),
+        },
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// Opens the device; a GPU's memory pool is set up as this module says.
+    pub fn open(self) -> Result<Device> {
+        let device = match self {
+            DeviceChoice::Cpu => return Ok(Device::Cpu),
+            DeviceChoice::Auto => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
+            DeviceChoice::Cuda(n) => {
+                if !candle_core::utils::cuda_is_available() {
+                    anyhow::bail!("device cuda:{n} asked for, but this runner was built without CUDA (build with `--features cuda`)");
+                }
+                Device::new_cuda(n).map_err(|e| anyhow::anyhow!("device cuda:{n}: the GPU did not answer: {e}"))?
+            }
+        };
+        configure(&device)
+            .map_err(|e| anyhow::anyhow!("device {}: setting its memory pool: {e}", device_name(&device)))?;
+        Ok(device)
+    }
+}
+
+/// `cpu`, or `cuda:N` with the GPU's ordinal (`metal:N`): what the run folder records.
+pub fn device_name(d: &Device) -> String {
+    match d.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// Sets the memory pool of `device`'s GPU to keep freed memory (above). Nothing on the CPU,
+/// or where the GPU has no memory pools (cudarc then allocates synchronously).
+pub fn configure(device: &Device) -> candle_core::Result<()> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) if keep_freed_memory() => cuda::keep_pool(d),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    use candle_core::cuda_backend::CudaDevice;
+
+    pub(super) fn keep_pool(d: &CudaDevice) -> candle_core::Result<()> {
+        let stream = d.cuda_stream();
+        let ctx = stream.context();
+        if !ctx.has_async_alloc() {
+            return Ok(());
+        }
+        let mut threshold: u64 = u64::MAX;
+        // SAFETY: the device is the context's own; the attribute takes a u64 (cuda docs,
+        // CU_MEMPOOL_ATTR_RELEASE_THRESHOLD), which `threshold` is.
+        unsafe {
+            let pool = result::device::get_mem_pool(ctx.cu_device()).map_err(candle_core::Error::wrap)?;
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+            .map_err(candle_core::Error::wrap)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert_eq!(parse_device("auto"), Ok(DeviceChoice::Auto));
+        assert_eq!(parse_device("cpu"), Ok(DeviceChoice::Cpu));
+        assert_eq!(parse_device("cuda"), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!(parse_device("cuda:3"), Ok(DeviceChoice::Cuda(3)));
+        let e = parse_device("gpu").unwrap_err();
+        assert!(e.contains("\"cuda:N\"") && e.contains("\"gpu\""), "{e}");
+        assert!(parse_device("cuda:x").is_err());
+        assert_eq!(device_name(&Device::Cpu), "cpu");
+        // Without the `cuda` feature (as built here), asking for CUDA is a clear error.
+        if !candle_core::utils::cuda_is_available() {
+            let e = DeviceChoice::Cuda(0).open().unwrap_err().to_string();
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
+}
