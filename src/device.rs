@@ -8,18 +8,11 @@
 //! `cudaMallocAsync` backend sets the same threshold to the maximum. So does runner: freed
 //! memory stays in the pool for the next allocation; the pool's size is the step's peak.
 //!
-//! `RUNNER_CUDA_POOL=trim` (read once) leaves the driver's default, for measuring the
+//! `RUNNER_CUDA_POOL=trim` (read when a device opens) leaves the driver's default, for measuring the
 //! difference on a GPU (gpu/conv-paths.sh); not a user setting.
 
 use anyhow::Result;
 use candle_core::Device;
-
-/// Whether the pool keeps freed memory (the default) or `RUNNER_CUDA_POOL=trim` asked for
-/// the driver's default.
-pub fn keep_freed_memory() -> bool {
-    static KEEP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *KEEP.get_or_init(|| std::env::var("RUNNER_CUDA_POOL").as_deref() != Ok("trim"))
-}
 
 /// `auto` picks CUDA when built with it and a GPU answers, else the CPU.
 pub fn parse_device(s: &str) -> std::result::Result<DeviceChoice, String> {
@@ -79,12 +72,13 @@ pub fn device_name(d: &Device) -> String {
     }
 }
 
-/// Sets the memory pool of `device`'s GPU to keep freed memory (above). Nothing on the CPU,
-/// or where the GPU has no memory pools (cudarc then allocates synchronously).
-pub fn configure(device: &Device) -> candle_core::Result<()> {
+/// Sets the memory pool of `device`'s GPU to keep freed memory (above), unless
+/// `RUNNER_CUDA_POOL=trim`. Nothing on the CPU, or where the GPU has no memory pools (cudarc
+/// then allocates synchronously).
+fn configure(device: &Device) -> candle_core::Result<()> {
     match device {
         #[cfg(feature = "cuda")]
-        Device::Cuda(d) if keep_freed_memory() => cuda::keep_pool(d),
+        Device::Cuda(d) if std::env::var("RUNNER_CUDA_POOL").as_deref() != Ok("trim") => cuda::keep_pool(d),
         _ => Ok(()),
     }
 }

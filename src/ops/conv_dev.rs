@@ -13,7 +13,8 @@
 //!
 //! The transposed convolution's forward is the same input-gradient convolution. Without
 //! cuDNN, candle's path (im2col and cuBLAS for every convolution) measured faster and is
-//! the default ([`conv_path`]). The ops are device-generic, so the CPU tests check both
+//! the default ([`conv_path`]); a cuDNN build's default is runner's own cuDNN calls
+//! (`super::cudnn`), with this module's formulations where those do not apply. The ops are device-generic, so the CPU tests check both
 //! formulations (`Dev`, `Mixed`) against the CPU kernels of `conv.rs`.
 
 use candle_core::backend::BackendStorage;
@@ -28,7 +29,7 @@ fn dims4(t: &Tensor) -> Result<[usize; 4]> {
 }
 
 /// Which formulation runs: the default is the one measured fastest for the build (below),
-/// `RUNNER_CONV_PATH` (`candle`, `mixed`, `dev`; read once) chooses another, for measuring
+/// `RUNNER_CONV_PATH` (`candle`, `mixed`, `dev`, `cudnn`; read once) chooses another, for measuring
 /// them on a GPU (gpu/conv-paths.sh); not a user setting.
 ///
 /// Measured on the H200 (2026-12-04, images/s; README, GPU): without cuDNN, candle's path
