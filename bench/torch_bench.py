@@ -264,7 +264,22 @@ def conv_transpose_op(backward):
     return op_rate(nn.ConvTranspose2d(21, 21, 4, stride=2, bias=False), x, backward)
 
 
+def op_overhead():
+    """The fixed cost of one op, as runner-bench's: 1000 element-wise ops (y * 0.5, + 0.25) on
+    a 64x64 tensor, in ops per second."""
+    x = torch.rand(64, 64) * 2 - 1
+    _, warmup, iters = sized((1, 2, 20), (1, 5, 50))
+
+    def step():
+        y = x
+        for _ in range(500):
+            y = y * 0.5 + 0.25
+
+    return timed(1000, warmup, iters, step)
+
+
 CASES = {
+    "op_overhead": op_overhead,
     "fcn_shapes_train": fcn_shapes_train,
     "conv_transpose2d_forward": lambda: conv_transpose_op(False),
     "conv_transpose2d_backward": lambda: conv_transpose_op(True),

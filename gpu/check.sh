@@ -91,7 +91,7 @@ finally:
         print(f"torch_allocated_peak_mib={torch.cuda.max_memory_allocated() / 2**20:.0f}")
 EOF
 }
-cases="resnet_cifar_train alexnet_forward yolo_shapes_train fcn_shapes_train lenet5_train conv2d_forward conv2d_backward conv_transpose2d_forward conv_transpose2d_backward"
+cases="resnet_cifar_train alexnet_forward yolo_shapes_train fcn_shapes_train lenet5_train conv2d_forward conv2d_backward conv_transpose2d_forward conv_transpose2d_backward op_overhead"
 : > "$out/bench.txt"
 echo "case runner_img_s torch_img_s ratio runner_peak_mib torch_peak_mib torch_allocated_mib" >> "$out/bench.txt"
 for case in $cases; do

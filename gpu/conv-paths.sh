@@ -30,7 +30,7 @@ cap() {
   [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
 }
 . "$(dirname "$0")/env.sh"
-cases="resnet_cifar_train fcn_shapes_train yolo_shapes_train alexnet_forward conv2d_forward conv2d_backward conv_transpose2d_forward conv_transpose2d_backward"
+cases="op_overhead resnet_cifar_train fcn_shapes_train yolo_shapes_train alexnet_forward conv2d_forward conv2d_backward conv_transpose2d_forward conv_transpose2d_backward"
 for bin in "${bins[@]}"; do
   if [ ! -x "$bin/runner-bench" ]; then
     echo "skipped $bin: no runner-bench there" | tee -a "$out/paths.txt"

@@ -235,6 +235,21 @@ fn conv_op(backward: bool) -> Result<f64> {
     }
 }
 
+/// The fixed cost of one op: a chain of 1000 element-wise ops (`y * 0.5`, `+ 0.25`, each one
+/// kernel and one allocation on a GPU) on a 64x64 tensor, in ops per second. What every op
+/// of a model pays besides its arithmetic (`bench/torch_bench.py` runs the same chain).
+fn op_overhead() -> Result<f64> {
+    let x = rand(&[64, 64], 1, 1.0)?;
+    let (_, warmup, iters) = sized((1, 2, 20), (1, 5, 50));
+    time(1000, warmup, iters, || {
+        let mut y = x.clone();
+        for _ in 0..500 {
+            y = ((&y * 0.5)? + 0.25)?;
+        }
+        Ok(())
+    })
+}
+
 /// Generated once into bench/out: CIFAR-10 binary records and a folder of 256x256 JPEGs.
 fn bench_data(case: &str) -> Result<std::path::PathBuf> {
     let root = std::path::PathBuf::from("bench/out");
@@ -588,8 +603,9 @@ fn run_case(case: &str) -> Result<()> {
         "resize_voc_decoded" => resize_decoded_case()?,
         "resize_voc_plain" => resize_case(false)?,
         "board_runs_1000" => board_runs_1000()?,
+        "op_overhead" => op_overhead()?,
         other => bail!(
-            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, alexnet_forward_b1, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain, board_runs_1000"
+            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, alexnet_forward_b1, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain, board_runs_1000, op_overhead"
         ),
     };
     println!("images_per_s={ips:.1}");
