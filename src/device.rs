@@ -57,8 +57,10 @@ impl DeviceChoice {
                 Device::new_cuda(n).map_err(|e| anyhow::anyhow!("device cuda:{n}: the GPU did not answer: {e}"))?
             }
         };
-        configure(&device)
-            .map_err(|e| anyhow::anyhow!("device {}: setting its memory pool: {e}", device_name(&device)))?;
+        // Not fatal: the GPU works with the driver's default pool, only slower.
+        if let Err(e) = configure(&device) {
+            tracing::warn!("device {}: could not set its memory pool to keep freed memory: {e}", device_name(&device));
+        }
         Ok(device)
     }
 }

@@ -175,6 +175,10 @@ fn main() -> Result<()> {
     let cases: Vec<(&str, [usize; 4], Vec<LayerKind>)> = vec![
         ("conv3x3", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 1)]),
         ("conv3x3_stride2", [4, 8, 12, 12], vec![conv(16, 3, 2, 1, 1, 1)]),
+        // An odd width: the stride leaves the last input column unused.
+        ("conv3x3_stride2_odd", [4, 8, 9, 9], vec![conv(16, 3, 2, 1, 1, 1)]),
+        // Padding beyond the kernel's reach (the input gradient's own padding is negative).
+        ("conv1x1_pad1", [4, 8, 6, 6], vec![conv(16, 1, 1, 1, 1, 1)]),
         ("conv5x5_dilation2", [4, 8, 12, 12], vec![conv(16, 5, 1, 4, 2, 1)]),
         ("conv3x3_groups2", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 2)]),
         ("conv11x11_stride4", [2, 3, 35, 35], vec![conv(8, 11, 4, 2, 1, 1)]),

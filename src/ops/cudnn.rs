@@ -17,7 +17,10 @@
 //! - backward filter `(x, dy) -> dw` (first-order gradients only).
 //!
 //! f32, groups of 1 and contiguous operands (the callers check and fall back). The math is
-//! fp32 FMA, so results match the CPU's within rounding; `RUNNER_CUDNN_TF32=1` (read once)
+//! fp32 FMA (no TF32), though cuDNN may pick Winograd or FFT algorithms, whose rounding
+//! differs more from the CPU's than a direct sum: runner-parity's tolerance (1e-4 relative)
+//! is the check. Backward-data and backward-filter algorithms may add with atomics, so two
+//! runs can differ in the last bits, as PyTorch's defaults do. `RUNNER_CUDNN_TF32=1` (read once)
 //! lets cuDNN use TF32 tensor cores, PyTorch's default for convolutions, for measuring the
 //! difference; not a user setting.
 
@@ -48,6 +51,9 @@ impl ConvShapes {
     /// The shapes of `x` by `w` with `g`; an error for groups, a channel mismatch or a
     /// kernel larger than the padded input.
     pub fn new(x: [usize; 4], w: [usize; 4], g: ConvGeom) -> Result<Self> {
+        if x.contains(&0) || w.contains(&0) {
+            bail!("runner cudnn conv2d: x {x:?}, w {w:?}: an empty dimension");
+        }
         if g.groups != 1 || x[1] != w[1] || g.stride == 0 || g.dilation == 0 {
             bail!("runner cudnn conv2d: x {x:?}, w {w:?}, {g:?}: not a convolution of groups 1");
         }
@@ -348,6 +354,7 @@ mod tests {
         assert!(e([1, 4, 8, 8], [4, 2, 3, 3], ConvGeom { groups: 2, ..Default::default() }).contains("groups 1"));
         assert!(e([1, 3, 8, 8], [4, 2, 3, 3], ConvGeom::default()).contains("groups 1"));
         assert!(e([1, 3, 4, 4], [4, 3, 7, 7], ConvGeom::default()).contains("larger than the padded input"));
+        assert!(e([1, 3, 4, 4], [4, 3, 0, 0], ConvGeom::default()).contains("an empty dimension"));
         // The CPU refuses at once, naming the op.
         let x = Tensor::zeros((1, 3, 8, 8), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
         let w = Tensor::zeros((4, 3, 3, 3), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
