@@ -6,7 +6,7 @@
 //! slower than PyTorch's). The batch statistics are returned too, for the running averages.
 //! Evaluation mode uses given running statistics and is built from candle's broadcast ops.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -372,13 +372,37 @@ fn norm_train(
         let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BatchNormTrain { eps, stats: pairs, act })?;
         return Ok((y, mean, var));
     }
-    // Other devices: the same formula from candle's ops.
-    let c = x.dim(1)?;
-    let mean = x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?.mean_keepdim(0)?;
+    norm_train_composed(x, gamma, beta, eps, act)
+}
+
+/// [`norm_train`] on other devices: the same formula from candle's ops, few of them (on a
+/// GPU each is a kernel launch and an allocation, forward and again backward). A channel's
+/// mean is two sums, over each plane (`[n, c, h * w]`, one reduction per plane: all the
+/// GPU's blocks busy) and then over the batch, and one scaling; the variance the same of
+/// the centred squares; then one scale (`gamma / sqrt(var + eps)`, per channel) and one
+/// shift per element. The CPU tests check it against the CPU kernel.
+fn norm_train_composed(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Option<f64>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, c, h, w) = x.dims4()?;
+    let per_channel = (1, c, 1, 1);
+    let mean_of = |t: &Tensor| -> Result<Tensor> {
+        t.reshape((n, c, h * w))?
+            .sum_keepdim(2)?
+            .sum_keepdim(0)?
+            .affine(1.0 / (n * h * w) as f64, 0.0)?
+            .reshape(per_channel)
+    };
+    let x = x.contiguous()?;
+    let mean = mean_of(&x)?;
     let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?.mean_keepdim(0)?;
-    let y = xc.broadcast_div(&(&var + eps)?.sqrt()?)?;
-    let y = y.broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?.broadcast_add(&beta.reshape((1, c, 1, 1))?)?;
+    let var = mean_of(&xc.sqr()?)?;
+    let scale = (&var + eps)?.sqrt()?.recip()?.mul(&gamma.reshape(per_channel)?)?;
+    let y = xc.broadcast_mul(&scale)?.broadcast_add(&beta.reshape(per_channel)?)?;
     let y = match act {
         None => y,
         Some(0.0) => y.relu()?,
@@ -430,6 +454,42 @@ mod tests {
         check_grads(&[&x, &g, &b], |v| Ok(batch_norm_train(v[0], v[1], v[2], 1e-5)?.0), "batchnorm train");
         check_grads(&[&x, &g, &b], |v| Ok(batch_norm_relu_train(v[0], v[1], v[2], 1e-5)?.0), "batchnorm + relu");
         check_grads(&[&x, &g, &b], |v| Ok(batch_norm_leaky_train(v[0], v[1], v[2], 1e-5, 0.1)?.0), "batchnorm + leaky");
+    }
+
+    /// What other devices run, against the CPU kernel: outputs, the batch's mean and
+    /// variance, and the gradients of sum(y * r) for x, gamma and beta, with no activation,
+    /// ReLU and leaky ReLU (f64: the two agree to rounding).
+    #[test]
+    fn composed_equals_the_cpu_kernel() {
+        let x = Var::from_tensor(&rand_tensor(&[3, 4, 5, 6], 11, DType::F64)).unwrap();
+        let g = Var::from_tensor(&rand_tensor(&[4], 12, DType::F64)).unwrap();
+        let b = Var::from_tensor(&rand_tensor(&[4], 13, DType::F64)).unwrap();
+        let r = rand_tensor(&[3, 4, 5, 6], 14, DType::F64);
+        for act in [None, Some(0.0), Some(0.1)] {
+            let run = |composed: bool| {
+                let (y, mean, var) = if composed {
+                    norm_train_composed(&x, &g, &b, 1e-5, act).unwrap()
+                } else {
+                    norm_train(&x, &g, &b, 1e-5, act).unwrap()
+                };
+                let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                [
+                    y,
+                    mean,
+                    var,
+                    grads.get(&x).unwrap().clone(),
+                    grads.get(&g).unwrap().clone(),
+                    grads.get(&b).unwrap().clone(),
+                ]
+            };
+            let (composed, kernel) = (run(true), run(false));
+            for (what, (p, q)) in ["y", "mean", "var", "dx", "dgamma", "dbeta"].iter().zip(composed.iter().zip(&kernel))
+            {
+                assert_eq!(p.dims(), q.dims(), "{act:?}: {what}");
+                let d = (p - q).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                assert!(d < 1e-12, "{act:?}: {what} differs by {d:e}");
+            }
+        }
     }
 
     /// The fused op gives what batch norm then ReLU give: outputs and all three gradients.
