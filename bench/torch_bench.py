@@ -1,5 +1,5 @@
 """PyTorch reference for `make bench`: the same cases, models and batch sizes as
-src/bin/runner-bench.rs. Run with Debian's python3-torch:
+src/bin/runner-bench/. Run with Debian's python3-torch:
 
     /usr/bin/python3 bench/torch_bench.py lenet5_train 2
 
