@@ -115,7 +115,9 @@ impl Optimizer {
                     let mut slots = Vec::new();
                     if momentum != 0.0 {
                         let buf = match prev {
-                            // buf = momentum * buf + (1 - dampening) * d
+                            // buf = momentum * buf + (1 - dampening) * d; d * 1 is d, bit for
+                            // bit, and one pass over the parameter fewer (dampening 0, the default).
+                            Some(s) if dampening == 0.0 => ((&s.slots[0] * momentum)? + &d)?,
                             Some(s) => ((&s.slots[0] * momentum)? + (&d * (1.0 - dampening))?)?,
                             None => d.clone(),
                         };
