@@ -1,0 +1,136 @@
+//! `runner resume RUN_DIR`: a stopped run continues from its last checkpoint in its own
+//! folder, after checking everything before the folder is touched.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+
+use super::{config_hash, finish, load_data, Outcome, Session, State};
+use crate::checkpoint;
+use crate::config::LoadOptions;
+use crate::model::Model;
+use crate::optim::Optimizer;
+use crate::runlog::{RunLog, Status};
+
+/// Continues the run in `dir` from its last checkpoint, in the same folder: its tables keep
+/// the finished epochs (rows of a later, unfinished epoch are dropped) and grow from there.
+/// Everything is checked before the folder is touched.
+pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
+    let config_path = dir.join("config.toml");
+    if !dir.is_dir() || !config_path.is_file() || !dir.join("run.parquet").is_file() {
+        bail!(
+            "{}: not a run folder (it needs config.toml and run.parquet, as `runner EXP` writes them)",
+            dir.display()
+        );
+    }
+    let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: Vec::new(), env: false })?;
+    loaded.keep_resize_of_older_run();
+    let latest = checkpoint::latest(&dir.join("checkpoints"))?;
+    if latest.is_some() {
+        // The weights come from the checkpoint: the groups' own files are not needed.
+        loaded.config.model.drop_inits();
+    }
+    let plan = crate::plan::plan(&loaded)?;
+    let probe = RunLog::open(dir, None)?;
+    if probe.status() == Status::Completed {
+        bail!("{}: the run completed; nothing to resume", dir.display());
+    }
+    if crate::runlog::RunLock::is_held(dir) {
+        // Fails naming the process that holds it (without writing to the folder).
+        crate::runlog::RunLock::acquire(dir)?;
+    }
+    let finished = probe.metrics().iter().map(|r| r.epoch).max();
+    if latest.is_none() {
+        // Only the first epoch's rows and no checkpoint: the process stopped between the
+        // two writes of epoch 1, which is trained again (the same seed gives the same rows).
+        if let Some(e) = finished.filter(|&e| e > 0) {
+            bail!(
+                "{}: no checkpoint in checkpoints/, but the tables hold {} finished epoch(s); resuming would \
+                 train again from epoch 1 and replace them",
+                dir.display(),
+                e + 1
+            );
+        }
+    }
+    let hash = config_hash(&loaded.resolved_toml());
+    if let Some((_, side)) = &latest {
+        if side.config_hash != probe.config_hash() {
+            bail!(
+                "{}: the checkpoint was written by another config (hash {}, the run's is {})",
+                dir.display(),
+                side.config_hash,
+                probe.config_hash()
+            );
+        }
+    }
+    if hash != probe.config_hash() {
+        tracing::warn!("{}: config.toml differs from the one the run started with", dir.display());
+    }
+    let dataset = load_data(&plan)?;
+    let device = plan.device.open()?;
+    let mut model = Model::new(&plan.graph, plan.seed, &device)?;
+    let mut optimizer = Optimizer::new(&plan.train.optimizer);
+    let state = match &latest {
+        Some((path, side)) => {
+            checkpoint::restore(path, side, &model, &mut optimizer)?;
+            tracing::info!("resuming after epoch {} (step {}) from {}", side.epoch + 1, side.step, path.display());
+            if side.threads != 0 && side.threads != crate::ops::threads() {
+                tracing::warn!(
+                    "the run used {} threads, this process {}: results will differ slightly from an uninterrupted run \
+                     (set RAYON_NUM_THREADS={} for bitwise-equal results)",
+                    side.threads,
+                    crate::ops::threads(),
+                    side.threads
+                );
+            }
+            State {
+                next_epoch: side.epoch + 1,
+                step: side.step,
+                best: side.best,
+                early_best: side.early_best,
+                bad_epochs: side.bad_epochs,
+            }
+        }
+        None => {
+            crate::model::weights::load_group_inits(&model, &plan.inits)?;
+            tracing::info!("no checkpoint in {}: starting again from epoch 1", dir.display());
+            State::default()
+        }
+    };
+    if state.next_epoch >= plan.train.epochs {
+        // The process stopped after the last checkpoint but before it recorded the end (the
+        // completed case returned above): nothing to train, the run is marked completed.
+        tracing::info!(
+            "{}: all {} epochs were finished before the process stopped; marking the run completed",
+            dir.display(),
+            plan.train.epochs
+        );
+    }
+    let keep = state.next_epoch as i32 - 1;
+    let mut log = RunLog::open(dir, Some(keep))?;
+    if keep >= 0 && !log.metrics().iter().any(|r| r.epoch == keep) {
+        bail!(
+            "{}: holds no rows of epoch {} though the checkpoint comes after it (the file was deleted or              replaced?): resuming would finish the run without the earlier epochs' metrics; restore it,              or start a new run",
+            dir.join("metrics.parquet").display(),
+            keep + 1
+        );
+    }
+    log.lock()?;
+    if probe.status() == Status::Running {
+        tracing::info!("{}: its status says running, but no process holds it: resuming a stale run", dir.display());
+    }
+    log.set_status(Status::Running);
+    log.flush()?;
+    let session = Session {
+        plan: &plan,
+        dataset: &dataset,
+        model: &mut model,
+        optimizer: &mut optimizer,
+        device,
+        log,
+        stop: &stop,
+    };
+    finish(session, state)
+}
