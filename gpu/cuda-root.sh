@@ -56,7 +56,9 @@ for lib in $libs; do
 done
 
 # The driver stub: every cu* function cudarc's driver bindings declare.
-cudarc=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -n1)
+# (`|| true`: on a fresh machine the registry has no cudarc yet, and `ls` failing would end
+# the script here under pipefail.)
+cudarc=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | sort -V | tail -n1 || true)
 if [ -z "$cudarc" ]; then
   (cd "$here" && cargo fetch --quiet)
   cudarc=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* | sort -V | tail -n1)
