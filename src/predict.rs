@@ -72,7 +72,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
         yolo.cfg.score_min = min;
     }
     let device = plan.device.open()?;
-    let model = Model::new(&plan.graph, plan.seed, &device)?;
+    let model = Model::for_plan(&plan, &device)?;
     match &weights_file {
         Some(f) => {
             if !f.is_file() {

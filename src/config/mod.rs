@@ -87,6 +87,10 @@ pub struct ExperimentConfig {
     /// `"auto"`, `"cpu"`, `"cuda"` or `"cuda:N"`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// What the convolutions and linear layers compute in (absent from the resolved config
+    /// when f32, so configs written before it keep their hash).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
     /// Where run folders go.
     #[serde(default = "default_output_dir")]
     pub output_dir: String,
@@ -96,6 +100,27 @@ pub struct ExperimentConfig {
     /// Where `reference` comes from (a paper, a course, a PyTorch run).
     #[serde(default)]
     pub reference_source: Option<String>,
+}
+
+/// The arithmetic of the model's products (`[experiment] precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed: convolutions, transposed convolutions and linear layers take their input and
+    /// weight rounded to bf16 and give a bf16 output (sums in f32, as a GPU's tensor cores
+    /// do), which goes back to f32 for the next layer. Weights, their gradients, the optimizer,
+    /// batch norm, pooling and the loss stay f32. bf16 has f32's exponent range: no loss
+    /// scaling.
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
 }
 
 fn default_device() -> String {

@@ -5,7 +5,7 @@
 //! takes part in the gradient (not for the image itself). On other devices, candle's own
 //! `conv2d` runs (its gradients are exact there).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
@@ -462,6 +462,13 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, g: ConvGeom) -> Result<Tensor> {
 
 /// [`conv2d`] plus a per-channel `bias [o]` when given, in one op on the CPU.
 pub fn conv2d_bias(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: ConvGeom) -> Result<Tensor> {
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        let y = super::bf16_via_f32(x, weight, |x, w| conv2d_bias(x, w, None, g))?;
+        return match bias {
+            Some(b) => super::bias::add_channel_bias(&y, b),
+            None => Ok(y),
+        };
+    }
     match bias {
         Some(b) if x.device().is_cpu() => {
             return x.contiguous()?.apply_op3(&weight.contiguous()?, &b.contiguous()?, Conv2dBiasOp(g))
@@ -529,6 +536,9 @@ pub fn conv_transpose2d(x: &Tensor, weight: &Tensor, g: ConvGeom, output_padding
     };
     if output_padding >= g.stride {
         candle_core::bail!("conv_transpose2d: output_padding must be smaller than stride");
+    }
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        return super::bf16_via_f32(x, weight, |x, w| conv_transpose2d(x, w, g, output_padding));
     }
     if x.device().is_cpu() {
         let out = Shape::from((n, cog * g.groups, oh, ow));

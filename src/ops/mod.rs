@@ -75,6 +75,23 @@ pub trait Elem:
 impl Elem for f32 {}
 impl Elem for f64 {}
 
+/// A bf16 product (convolution, transposed convolution, matrix product) on the CPU, whose
+/// kernels take f32 and f64: `op` runs in f32 on the bf16 values and its output is rounded
+/// to bf16. The product of two bf16 numbers is exact in f32 and a GPU's bf16 kernels sum in
+/// f32, so this gives what they give up to the order of the sums. Other dtypes and devices
+/// go to `op` as they are.
+pub(crate) fn bf16_via_f32(
+    a: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+    op: impl FnOnce(&candle_core::Tensor, &candle_core::Tensor) -> Result<candle_core::Tensor>,
+) -> Result<candle_core::Tensor> {
+    use candle_core::DType::{BF16, F32};
+    if a.dtype() != BF16 || !a.device().is_cpu() {
+        return op(a, b);
+    }
+    op(&a.to_dtype(F32)?, &b.to_dtype(F32)?)?.to_dtype(BF16)
+}
+
 /// Keeps freed memory in the process instead of returning it to the kernel after every
 /// step: glibc serves large blocks with mmap and unmaps them on free, so each training step
 /// paid for page faults on every fresh activation and gradient (23% of a LeNet5 step; 45%

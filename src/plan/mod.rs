@@ -21,6 +21,8 @@ pub struct Plan {
     pub seed: u64,
     /// Parsed from `experiment.device`: `auto`, `cpu`, `cuda`, `cuda:N`.
     pub device: DeviceChoice,
+    /// `experiment.precision`: what the model's products compute in.
+    pub precision: crate::config::Precision,
     pub data: crate::config::DataConfig,
     pub located: Located,
     pub classes: Vec<String>,
@@ -391,6 +393,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         experiment: cfg.experiment.name.clone(),
         seed: cfg.experiment.seed,
         device,
+        precision: cfg.experiment.precision,
         data: cfg.data.clone(),
         located,
         classes: spec.classes.clone(),

@@ -79,7 +79,7 @@ pub fn eval_run(
         bail!("no weights {}{hint}", weights.display());
     }
     let device = plan.device.open()?;
-    let model = Model::new(&plan.graph, plan.seed, &device)?;
+    let model = Model::for_plan(&plan, &device)?;
     crate::model::weights::load_into(&model, &weights, "", "", &BTreeMap::new(), true)?;
     let dataset = load_data(&plan)?;
     let data = if split == "test" { dataset.test.clone() } else { dataset.train.clone() };

@@ -59,7 +59,7 @@ struct State {
 pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcome> {
     let dataset = load_data(plan)?;
     let device = plan.device.open()?;
-    let mut model = Model::new(&plan.graph, plan.seed, &device)?;
+    let mut model = Model::for_plan(plan, &device)?;
     crate::model::weights::load_group_inits(&model, &plan.inits)?;
     let mut optimizer = Optimizer::new(&plan.train.optimizer);
 
@@ -72,6 +72,9 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcom
     log.flush()?;
     log.publish()?;
     tracing::info!("run {} in {}", log.run_id, log.dir.display());
+    if !plan.precision.is_f32() {
+        tracing::info!("precision bf16: convolutions and linear layers in bf16, weights and the rest in f32");
+    }
     let session =
         Session { plan, dataset: &dataset, model: &mut model, optimizer: &mut optimizer, device, log, stop: &stop };
     finish(session, State::default())

@@ -70,7 +70,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     }
     let dataset = load_data(&plan)?;
     let device = plan.device.open()?;
-    let mut model = Model::new(&plan.graph, plan.seed, &device)?;
+    let mut model = Model::for_plan(&plan, &device)?;
     let mut optimizer = Optimizer::new(&plan.train.optimizer);
     let state = match &latest {
         Some((path, side)) => {

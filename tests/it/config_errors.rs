@@ -294,3 +294,26 @@ fn a_run_config_from_before_antialias_keeps_its_resize() {
     assert!(!l.keep_resize_of_older_run());
     assert_eq!(antialias(&l), [true, true]);
 }
+
+/// `[experiment] precision`: "f32" (the default) leaves the resolved config, and so its hash
+/// and every earlier run's resume, as it was; "bf16" is written out; anything else is an
+/// error naming the file and the key, with the closest value.
+#[test]
+fn precision_is_f32_or_bf16_and_f32_keeps_the_config_hash() {
+    let d = tempfile::tempdir().unwrap();
+    let exp = write(d.path(), "e.toml", &format!("[experiment]\nname = \"e\"\n{BASE}"));
+    let plain = load(&exp, &opts(&[])).unwrap();
+    assert_eq!(plain.config.experiment.precision, runner::config::Precision::F32);
+    assert!(!plain.resolved_toml().contains("precision"), "{}", plain.resolved_toml());
+    let f32 = load(&exp, &opts(&["experiment.precision=f32"])).unwrap();
+    assert_eq!(f32.resolved_toml(), plain.resolved_toml(), "an explicit f32 is the same config");
+
+    let bf16 = load(&exp, &opts(&["experiment.precision=bf16"])).unwrap();
+    assert_eq!(bf16.config.experiment.precision, runner::config::Precision::Bf16);
+    assert!(bf16.resolved_toml().contains("precision = \"bf16\""), "{}", bf16.resolved_toml());
+
+    let bad = write(d.path(), "bad.toml", &format!("[experiment]\nname = \"e\"\nprecision = \"fp16\"\n{BASE}"));
+    let e = load(&bad, &opts(&[])).err().unwrap().to_string();
+    assert!(e.contains("bad.toml: key `experiment.precision`"), "{e}");
+    assert!(e.contains("unknown name `fp16`, did you mean `bf16`?"), "{e}");
+}

@@ -420,3 +420,47 @@ fn gradient_accumulation_equals_a_larger_batch() {
     let (a, b) = (loss(&big), loss(&acc));
     assert!((a - b).abs() < 1e-4 * a.abs().max(1e-3), "train loss of epoch 2: batch 20 {a}, 10 x 2 {b}");
 }
+
+/// `--set experiment.precision=bf16` trains the tiny model with its convolution and linear
+/// layer in bf16 (the model's unit test checks the rounding): it learns the toy classes as
+/// the f32 run does, its numbers are not the f32 run's, the run folder says bf16, and the
+/// weights it saves are f32 (the master weights).
+#[test]
+fn a_bf16_run_learns_and_keeps_f32_weights() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path(), 2);
+    let f32_run = runner(d.path(), &["tiny.toml"]);
+    assert_eq!(f32_run.code, 0, "{}", f32_run.stderr);
+    let out = runner(d.path(), &["tiny.toml", "--set", "experiment.precision=bf16"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("bf16"), "{}", out.stderr);
+    let dir = run_folder(d.path(), &out);
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(config.contains("precision = \"bf16\""), "{config}");
+
+    let metric = |dir: &Path, e: i32, s: &str, name: &str| -> f64 {
+        let m = read(&dir.join("metrics.parquet"));
+        let (epoch, split, metric, value) = (
+            col::<Int32Array>(&m, "epoch"),
+            col::<StringArray>(&m, "split"),
+            col::<StringArray>(&m, "metric"),
+            col::<Float64Array>(&m, "value"),
+        );
+        (0..m.num_rows())
+            .find(|&i| epoch.value(i) == e && split.value(i) == s && metric.value(i) == name)
+            .map(|i| value.value(i))
+            .unwrap_or_else(|| panic!("no row {e} {s} {name}"))
+    };
+    let f32_dir = run_folder(d.path(), &f32_run);
+    let acc = metric(&dir, 1, "test", "accuracy");
+    assert!(acc >= 0.9, "the toy classes are separable in bf16 too; got test accuracy {acc}");
+    let (loss16, loss32) = (metric(&dir, 1, "train", "loss"), metric(&f32_dir, 1, "train", "loss"));
+    assert_ne!(loss16, loss32, "the bf16 run computed as the f32 one did");
+    assert!((loss16 - loss32).abs() < 0.1 * loss32, "bf16 train loss {loss16}, f32 {loss32}");
+
+    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(!weights.is_empty());
+    for (name, t) in &weights {
+        assert_eq!(t.dtype(), candle_core::DType::F32, "{name}");
+    }
+}
