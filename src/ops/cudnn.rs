@@ -16,7 +16,8 @@
 //!   gradients are the forward (for `dy`) and backward filter (for `w`);
 //! - backward filter `(x, dy) -> dw` (first-order gradients only).
 //!
-//! f32, groups of 1 and contiguous operands (the callers check and fall back). The math is
+//! f32 or bf16 (`[experiment] precision`: bf16 tensors, f32 sums on tensor cores), groups
+//! of 1 and contiguous operands (the callers check and fall back). The f32 math is
 //! fp32 FMA (no TF32), though cuDNN may pick Winograd or FFT algorithms, whose rounding
 //! differs more from the CPU's than a direct sum: runner-parity's tolerance (1e-4 relative)
 //! is the check. Backward-data and backward-filter algorithms may add with atomics, so two
@@ -92,12 +93,12 @@ mod dnn {
 
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::cudnn::{
-        sys, ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor,
+        sys, ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType, FilterDescriptor,
         TensorDescriptor,
     };
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
-    use candle_core::cuda_backend::{CudaDevice, DeviceId};
-    use candle_core::{bail, CudaStorage, Layout, Result, Shape};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+    use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
+    use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape};
 
     use super::{ConvShapes, Direction};
 
@@ -107,11 +108,47 @@ mod dnn {
         *TF32.get_or_init(|| std::env::var("RUNNER_CUDNN_TF32").as_deref() == Ok("1"))
     }
 
-    /// Descriptors and the algorithm of one convolution in one direction.
-    struct Plan {
-        x: TensorDescriptor<f32>,
-        w: FilterDescriptor<f32>,
-        y: TensorDescriptor<f32>,
+    /// The element types cuDNN runs here: f32, and bf16 (`[experiment] precision`) with f32
+    /// sums on tensor cores (cuDNN's BFLOAT16_CONFIG: bf16 tensors, an f32 convolution).
+    trait Elem: CudnnDataType + CudaDType + DeviceRepr {
+        const ONE: Self;
+        const ZERO: Self;
+        /// FMA for f32 (TF32 only when asked); tensor cores for bf16.
+        fn math() -> sys::cudnnMathType_t;
+        fn plans(plans: &mut Plans) -> &mut HashMap<(Direction, ConvShapes), Plan<Self>>;
+    }
+
+    impl Elem for f32 {
+        const ONE: Self = 1.0;
+        const ZERO: Self = 0.0;
+        fn math() -> sys::cudnnMathType_t {
+            if tf32() {
+                sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+            } else {
+                sys::cudnnMathType_t::CUDNN_FMA_MATH
+            }
+        }
+        fn plans(plans: &mut Plans) -> &mut HashMap<(Direction, ConvShapes), Plan<Self>> {
+            &mut plans.f32
+        }
+    }
+
+    impl Elem for half::bf16 {
+        const ONE: Self = half::bf16::ONE;
+        const ZERO: Self = half::bf16::ZERO;
+        fn math() -> sys::cudnnMathType_t {
+            sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+        }
+        fn plans(plans: &mut Plans) -> &mut HashMap<(Direction, ConvShapes), Plan<Self>> {
+            &mut plans.bf16
+        }
+    }
+
+    /// Descriptors and the algorithm of one convolution in one direction, tensors of `T`.
+    struct Plan<T: Elem> {
+        x: TensorDescriptor<T>,
+        w: FilterDescriptor<T>,
+        y: TensorDescriptor<T>,
         conv: ConvDescriptor<f32>,
         algo: Algo,
         workspace: usize,
@@ -124,10 +161,17 @@ mod dnn {
         BackwardFilter(sys::cudnnConvolutionBwdFilterAlgo_t),
     }
 
+    /// The kept plans by element type.
+    #[derive(Default)]
+    struct Plans {
+        f32: HashMap<(Direction, ConvShapes), Plan<f32>>,
+        bf16: HashMap<(Direction, ConvShapes), Plan<half::bf16>>,
+    }
+
     /// One thread's cuDNN state for one device.
     struct State {
         handle: Arc<Cudnn>,
-        plans: HashMap<(Direction, ConvShapes), Plan>,
+        plans: Plans,
         workspace: Option<CudaSlice<u8>>,
     }
 
@@ -144,7 +188,7 @@ mod dnn {
         Ok(out)
     }
 
-    impl Plan {
+    impl<T: Elem> Plan<T> {
         fn new(handle: &Arc<Cudnn>, d: Direction, s: ConvShapes) -> Result<Self> {
             let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
             let (p, st, dl) = (s.padding as i32, s.stride as i32, s.dilation as i32);
@@ -154,12 +198,10 @@ mod dnn {
                 [dl, dl],
                 sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
             )?;
-            let math =
-                if tf32() { sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH } else { sys::cudnnMathType_t::CUDNN_FMA_MATH };
-            conv.set_math_type(math)?;
-            let x = handle.create_4d_tensor::<f32>(nchw, as_i32(s.x)?)?;
-            let w = handle.create_4d_filter::<f32>(nchw, as_i32(s.w)?)?;
-            let y = handle.create_4d_tensor::<f32>(nchw, as_i32(s.y())?)?;
+            conv.set_math_type(T::math())?;
+            let x = handle.create_4d_tensor::<T>(nchw, as_i32(s.x)?)?;
+            let w = handle.create_4d_filter::<T>(nchw, as_i32(s.w)?)?;
+            let y = handle.create_4d_tensor::<T>(nchw, as_i32(s.y())?)?;
             let (algo, workspace) = match d {
                 Direction::Forward => {
                     let op = ConvForward { conv: &conv, x: &x, w: &w, y: &y };
@@ -182,37 +224,38 @@ mod dnn {
     }
 
     /// Runs direction `d` of the convolution `s`: `out = op(a, b)` with the operands of
-    /// [`ConvShapes::operands`], all contiguous f32 on `dev`.
-    fn launch(
+    /// [`ConvShapes::operands`], all contiguous `T` on `dev`.
+    fn launch<T: Elem>(
         dev: &CudaDevice,
         d: Direction,
         s: ConvShapes,
-        a: &CudaView<f32>,
-        b: &CudaView<f32>,
-        out: &mut CudaSlice<f32>,
+        a: &CudaView<T>,
+        b: &CudaView<T>,
+        out: &mut CudaSlice<T>,
     ) -> Result<()> {
         STATE.with(|state| {
             let mut state = state.borrow_mut();
             let st = match state.entry(dev.id()) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(State { handle: Cudnn::new(dev.cuda_stream())?, plans: HashMap::new(), workspace: None })
+                    e.insert(State { handle: Cudnn::new(dev.cuda_stream())?, plans: Plans::default(), workspace: None })
                 }
             };
             let State { handle, plans, workspace } = st;
-            let plan = match plans.entry((d, s)) {
+            let plan = match T::plans(plans).entry((d, s)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => e.insert(Plan::new(handle, d, s)?),
             };
-            if plan.workspace > 0 && workspace.as_ref().is_none_or(|w| w.len() < plan.workspace) {
+            let needed = plan.workspace;
+            if needed > 0 && workspace.as_ref().is_none_or(|w| w.len() < needed) {
                 // Stream-ordered: the old one is freed after the calls already queued that use it.
                 // SAFETY: cuDNN writes its workspace before reading it.
-                *workspace = Some(unsafe { dev.alloc::<u8>(plan.workspace)? });
+                *workspace = Some(unsafe { dev.alloc::<u8>(needed)? });
             }
-            let ws = if plan.workspace > 0 { workspace.as_mut() } else { None };
-            let one = (1f32, 0f32);
+            let ws = if needed > 0 { workspace.as_mut() } else { None };
+            let one = (T::ONE, T::ZERO);
             // SAFETY: the descriptors were made from `s`, whose operand dims the caller checked
-            // against the views' element counts, all f32 and contiguous.
+            // against the views' element counts, all `T` and contiguous.
             unsafe {
                 match plan.algo {
                     Algo::Forward(algo) => ConvForward { conv: &plan.conv, x: &plan.x, w: &plan.w, y: &plan.y }
@@ -231,8 +274,8 @@ mod dnn {
         })
     }
 
-    /// A contiguous f32 view of `s` from `l`'s offset, holding `dims`' elements.
-    fn view<'a>(s: &'a CudaStorage, l: &Layout, dims: [usize; 4], what: &str) -> Result<CudaView<'a, f32>> {
+    /// A contiguous view of `s` as `T` from `l`'s offset, holding `dims`' elements.
+    fn view<'a, T: Elem>(s: &'a CudaStorage, l: &Layout, dims: [usize; 4], what: &str) -> Result<CudaView<'a, T>> {
         if !l.is_contiguous() || l.dims() != dims {
             bail!(
                 "runner cudnn: {what} is {:?} (contiguous: {}), expected contiguous {dims:?}",
@@ -241,11 +284,10 @@ mod dnn {
             );
         }
         let n: usize = dims.iter().product();
-        Ok(s.as_cuda_slice::<f32>()?.slice(l.start_offset()..l.start_offset() + n))
+        Ok(s.as_cuda_slice::<T>()?.slice(l.start_offset()..l.start_offset() + n))
     }
 
-    /// Direction `d` of `s` on two CUDA storages: the result's storage and shape.
-    pub(super) fn forward(
+    fn run<T: Elem>(
         d: Direction,
         s: ConvShapes,
         s1: &CudaStorage,
@@ -255,11 +297,28 @@ mod dnn {
     ) -> Result<(CudaStorage, Shape)> {
         let (a, b, out) = s.operands(d);
         let dev = s1.device();
-        let (a, b) = (view(s1, l1, a, "the first operand")?, view(s2, l2, b, "the second operand")?);
+        let (a, b) = (view::<T>(s1, l1, a, "the first operand")?, view::<T>(s2, l2, b, "the second operand")?);
         // SAFETY: cuDNN writes every element of the result (beta = 0).
-        let mut y = unsafe { dev.alloc::<f32>(out.iter().product())? };
+        let mut y = unsafe { dev.alloc::<T>(out.iter().product())? };
         launch(dev, d, s, &a, &b, &mut y)?;
         Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from(out.to_vec())))
+    }
+
+    /// Direction `d` of `s` on two CUDA storages of one dtype, f32 or bf16: the result's
+    /// storage and shape.
+    pub(super) fn forward(
+        d: Direction,
+        s: ConvShapes,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        match (s1.dtype(), s2.dtype()) {
+            (DType::F32, DType::F32) => run::<f32>(d, s, s1, l1, s2, l2),
+            (DType::BF16, DType::BF16) => run::<half::bf16>(d, s, s1, l1, s2, l2),
+            (a, b) => bail!("runner cudnn: operands of {a:?} and {b:?}; f32 or bf16, one dtype"),
+        }
     }
 }
 
@@ -314,9 +373,11 @@ pub fn run(d: Direction, s: ConvShapes, a: &Tensor, b: &Tensor) -> Result<Tensor
     a.contiguous()?.apply_op2(&b.contiguous()?, ConvOp(d, s))
 }
 
-/// Whether cuDNN can run this convolution here: a cuDNN build, f32 CUDA tensors, groups of 1.
+/// Whether cuDNN can run this convolution here: a cuDNN build, f32 or bf16 CUDA tensors,
+/// groups of 1.
 pub fn applies(x: &Tensor, g: ConvGeom) -> bool {
-    cfg!(feature = "cudnn") && x.device().is_cuda() && x.dtype() == candle_core::DType::F32 && g.groups == 1
+    use candle_core::DType::{BF16, F32};
+    cfg!(feature = "cudnn") && x.device().is_cuda() && matches!(x.dtype(), F32 | BF16) && g.groups == 1
 }
 
 #[cfg(test)]
