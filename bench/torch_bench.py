@@ -302,4 +302,10 @@ if __name__ == "__main__":
     # use TF32 tensor cores, 10-bit mantissas).
     if os.environ.get("TORCH_BENCH_TF32") == "0":
         torch.backends.cudnn.allow_tf32 = False
-    print(f"images_per_s={CASES[case]():.1f}")
+    # TORCH_BENCH_PRECISION=bf16: the case under autocast to bf16 (PyTorch's mixed precision;
+    # runner-bench's RUNNER_BENCH_PRECISION=bf16 is the other side).
+    precision = os.environ.get("TORCH_BENCH_PRECISION", "f32")
+    if precision not in ("f32", "bf16"):
+        sys.exit(f"TORCH_BENCH_PRECISION={precision}: expected f32 or bf16")
+    with torch.autocast(device_type=DEVICE.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16"):
+        print(f"images_per_s={CASES[case]():.1f}")

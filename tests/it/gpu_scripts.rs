@@ -108,3 +108,24 @@ fn kernel_summary_adds_up() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && stderr.contains("unknown time unit 'cycle' for 'k'"), "{stderr}");
 }
+
+/// `runner-parity cpu`, the GPU check's parity run compared with the CPU itself: every case
+/// runs (the bf16 model cases too) and agrees with itself exactly, so on a GPU a FAIL is the
+/// device's difference and not a case that cannot run.
+#[test]
+fn parity_dry_run_on_the_cpu_runs_every_case() {
+    let run = Command::new(env!("CARGO_BIN_EXE_runner-parity")).arg("cpu").output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("parity ") && l.contains(" tol=")).collect();
+    assert!(lines.len() >= 30, "{stdout}");
+    for l in &lines {
+        assert!(l.ends_with(" ok") && l.contains("out=0.00e0"), "{l}");
+    }
+    for model in ["lenet5", "monster", "fcn_shapes", "yolo_shapes"] {
+        assert!(
+            stdout.contains(&format!("parity {model}.toml_3_steps_bf16 out=0.00e0 grad=- tol=1e-2 ok")),
+            "{stdout}"
+        );
+    }
+}

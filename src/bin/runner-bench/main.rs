@@ -3,7 +3,8 @@
 //!     RAYON_NUM_THREADS=2 runner-bench lenet5_train
 //!
 //! Prints one line `images_per_s=<x>`. `RUNNER_BENCH_DEVICE=cuda` runs the model cases on
-//! the GPU (the host-side cases, host.rs, stay on the CPU). The same cases, models and batch sizes are in
+//! the GPU (the host-side cases, host.rs, stay on the CPU); `RUNNER_BENCH_PRECISION=bf16`
+//! runs the models' products in bf16 (`[experiment] precision`). The same cases, models and batch sizes are in
 //! `bench/torch_bench.py` for the PyTorch reference; `bench/run.py` runs both, alternating.
 
 mod host;
@@ -13,9 +14,9 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use runner::config::DetectConfig;
-use runner::config::{GroupConfig, Layer, LayerKind, ModelConfig, OptimizerConfig};
+use runner::config::{GroupConfig, Layer, LayerKind, ModelConfig, OptimizerConfig, Precision};
 use runner::data::voc::Object;
-use runner::model::{plan_model, Model, Pass};
+use runner::model::{plan_model, product_in, Model, Pass};
 use runner::ops::activation::relu_op;
 use runner::ops::conv::{conv2d, ConvGeom};
 use runner::optim::Optimizer;
@@ -34,6 +35,24 @@ fn dev() -> Device {
         })
     })
     .clone()
+}
+
+/// The models' precision: `RUNNER_BENCH_PRECISION` (`f32`, the default; `bf16`).
+fn precision() -> Precision {
+    static PRECISION: std::sync::OnceLock<Precision> = std::sync::OnceLock::new();
+    *PRECISION.get_or_init(|| match std::env::var("RUNNER_BENCH_PRECISION").as_deref() {
+        Err(_) | Ok("f32") => Precision::F32,
+        Ok("bf16") => Precision::Bf16,
+        Ok(other) => {
+            eprintln!("error: RUNNER_BENCH_PRECISION={other}: expected f32 or bf16");
+            std::process::exit(2)
+        }
+    })
+}
+
+/// `graph`'s model on the bench's device in the bench's precision.
+fn new_model(graph: &runner::model::PlannedGraph) -> Result<Model> {
+    Ok(Model::new(graph, 0, &dev())?.with_precision(precision()))
 }
 
 fn rand(shape: &[usize], seed: u64, scale: f64) -> Result<Tensor> {
@@ -67,7 +86,7 @@ fn model(input: [usize; 3], groups: Vec<(&str, Vec<Layer>)>) -> Result<Model> {
         fully_convolutional: false,
         ..Default::default()
     };
-    Ok(Model::new(&plan_model(&cfg)?, 0, &dev())?)
+    new_model(&plan_model(&cfg)?)
 }
 
 /// The (batch, warmup, iters) of a case: the CPU's, or the GPU's, where a step takes
@@ -153,14 +172,20 @@ fn resnet_cifar_train() -> Result<f64> {
     let (n, warmup, iters) = sized((64, 2, 8), (256, 5, 50));
     let (x, y) = (rand(&[n, 3, 32, 32], 6, 1.0)?, labels(n, 10)?);
     let same = ConvGeom { padding: 1, ..Default::default() };
+    // The products in the bench's precision, as the model graph runs them.
+    let conv = |x: &Tensor, w: &Tensor| product_in(precision(), x, w, |x, w| conv2d(x, w, same));
     time(n, warmup, iters, || {
         // Conv + bias and batch norm + ReLU each as one op, as the model graph runs them.
-        let h = relu_op(&runner::ops::conv::conv2d_bias(&x, p(0), Some(p(1)), same)?)?; // [64, 64, 32, 32]
-        let r = runner::ops::batchnorm::batch_norm_relu_train(&conv2d(&h, p(2), same)?, p(3), p(4), 1e-5)?.0;
-        let r = batchnorm(&conv2d(&r, p(5), same)?, p(6), p(7))?;
+        let stem = match precision() {
+            Precision::F32 => runner::ops::conv::conv2d_bias(&x, p(0), Some(p(1)), same)?,
+            Precision::Bf16 => runner::ops::bias::add_channel_bias(&conv(&x, p(0))?, p(1))?,
+        };
+        let h = relu_op(&stem)?; // [64, 64, 32, 32]
+        let r = runner::ops::batchnorm::batch_norm_relu_train(&conv(&h, p(2))?, p(3), p(4), 1e-5)?.0;
+        let r = batchnorm(&conv(&r, p(5))?, p(6), p(7))?;
         let h = runner::ops::activation::add_relu_op(&h, &r)?;
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?; // [64, 64]
-        let logits = pooled.matmul(&p(8).t()?)?.broadcast_add(p(9))?;
+        let logits = product_in(precision(), &pooled, p(8), |a, w| a.matmul(&w.t()?))?.broadcast_add(p(9))?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         let grads = runner::optim::collect_grads(&loss.backward()?, params.iter().map(|(n, v)| (n, v)));
         opt.step(opt.config().lr(), params.iter().map(|(n, v)| (n, v)), &grads, &Default::default())?;
@@ -260,7 +285,7 @@ fn yolo_shapes_train() -> Result<f64> {
     }
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/models/yolo_shapes.toml");
     let file: ModelFile = toml::from_str(&std::fs::read_to_string(path)?)?;
-    let m = Model::new(&plan_model(&file.model)?, 0, &dev())?;
+    let m = new_model(&plan_model(&file.model)?)?;
     let yolo = Yolo { cfg: DetectConfig { grid: 10, boxes: 2, ..Default::default() }, classes: 5 };
     let (_, warmup, iters) = sized((32, 1, 4), (32, 5, 50));
     let x = rand(&[32, 3, 160, 160], 7, 1.0)?;
@@ -295,7 +320,7 @@ fn fcn_shapes_train() -> Result<f64> {
     }
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/models/fcn_shapes.toml");
     let file: ModelFile = toml::from_str(&std::fs::read_to_string(path)?)?;
-    let m = Model::new(&plan_model(&file.model)?, 0, &dev())?;
+    let m = new_model(&plan_model(&file.model)?)?;
     let seg = runner::task::Segmenter { cfg: Default::default(), classes: 6 };
     let (_, warmup, iters) = sized((32, 1, 4), (32, 5, 50));
     let x = rand(&[32, 3, 160, 160], 9, 1.0)?;
