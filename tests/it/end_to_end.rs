@@ -29,6 +29,21 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
     b.column_by_name(name).unwrap_or_else(|| panic!("no column {name}")).as_any().downcast_ref::<T>().unwrap()
 }
 
+/// The value of `metric` for `split` at `epoch` (from 0) in a run folder's metrics.parquet.
+fn metric_at(dir: &Path, epoch: i32, split: &str, metric: &str) -> f64 {
+    let m = read(&dir.join("metrics.parquet"));
+    let (e, s, n, v) = (
+        col::<Int32Array>(&m, "epoch"),
+        col::<StringArray>(&m, "split"),
+        col::<StringArray>(&m, "metric"),
+        col::<Float64Array>(&m, "value"),
+    );
+    (0..m.num_rows())
+        .find(|&i| e.value(i) == epoch && s.value(i) == split && n.value(i) == metric)
+        .map(|i| v.value(i))
+        .unwrap_or_else(|| panic!("{}: no row {epoch} {split} {metric}", dir.display()))
+}
+
 /// Writes toy data and a small experiment into `dir`; returns the experiment path.
 pub fn setup(dir: &Path, epochs: usize) -> std::path::PathBuf {
     write_toy_mnist(&dir.join("data/toy"), 300, 100);
@@ -404,19 +419,7 @@ fn gradient_accumulation_equals_a_larger_batch() {
     let acc = runner(d.path(), &["tiny.toml", "--set", "data.batch_size=10", "--set", "train.accumulate=2"]);
     assert_eq!(big.code, 0, "{}", big.stderr);
     assert_eq!(acc.code, 0, "{}", acc.stderr);
-    let loss = |out: &crate::common::Output| -> f64 {
-        let m = read(&run_folder(d.path(), out).join("metrics.parquet"));
-        let (e, s, n, v) = (
-            col::<Int32Array>(&m, "epoch"),
-            col::<StringArray>(&m, "split"),
-            col::<StringArray>(&m, "metric"),
-            col::<Float64Array>(&m, "value"),
-        );
-        (0..m.num_rows())
-            .find(|&i| e.value(i) == 1 && s.value(i) == "train" && n.value(i) == "loss")
-            .map(|i| v.value(i))
-            .unwrap()
-    };
+    let loss = |out: &crate::common::Output| metric_at(&run_folder(d.path(), out), 1, "train", "loss");
     let (a, b) = (loss(&big), loss(&acc));
     assert!((a - b).abs() < 1e-4 * a.abs().max(1e-3), "train loss of epoch 2: batch 20 {a}, 10 x 2 {b}");
 }
@@ -438,23 +441,10 @@ fn a_bf16_run_learns_and_keeps_f32_weights() {
     let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
     assert!(config.contains("precision = \"bf16\""), "{config}");
 
-    let metric = |dir: &Path, e: i32, s: &str, name: &str| -> f64 {
-        let m = read(&dir.join("metrics.parquet"));
-        let (epoch, split, metric, value) = (
-            col::<Int32Array>(&m, "epoch"),
-            col::<StringArray>(&m, "split"),
-            col::<StringArray>(&m, "metric"),
-            col::<Float64Array>(&m, "value"),
-        );
-        (0..m.num_rows())
-            .find(|&i| epoch.value(i) == e && split.value(i) == s && metric.value(i) == name)
-            .map(|i| value.value(i))
-            .unwrap_or_else(|| panic!("no row {e} {s} {name}"))
-    };
     let f32_dir = run_folder(d.path(), &f32_run);
-    let acc = metric(&dir, 1, "test", "accuracy");
+    let acc = metric_at(&dir, 1, "test", "accuracy");
     assert!(acc >= 0.9, "the toy classes are separable in bf16 too; got test accuracy {acc}");
-    let (loss16, loss32) = (metric(&dir, 1, "train", "loss"), metric(&f32_dir, 1, "train", "loss"));
+    let (loss16, loss32) = (metric_at(&dir, 1, "train", "loss"), metric_at(&f32_dir, 1, "train", "loss"));
     assert_ne!(loss16, loss32, "the bf16 run computed as the f32 one did");
     assert!((loss16 - loss32).abs() < 0.1 * loss32, "bf16 train loss {loss16}, f32 {loss32}");
 
