@@ -452,7 +452,8 @@ fn check(args: ExpArgs) -> Result<ExitCode> {
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
-    println!("experiment: {}  (seed {}, device {})", plan.experiment, plan.seed, plan.device);
+    let precision = if plan.precision.is_f32() { "" } else { ", precision bf16" };
+    println!("experiment: {}  (seed {}, device {}{precision})", plan.experiment, plan.seed, plan.device);
     let data = match &plan.located {
         crate::data::Located::Found(d) => format!("found in {}", d.display()),
         crate::data::Located::Missing { download_to, .. } => match plan.data.dataset {

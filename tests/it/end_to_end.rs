@@ -426,7 +426,8 @@ fn gradient_accumulation_equals_a_larger_batch() {
 
 /// `--set experiment.precision=bf16` trains the tiny model with its convolution and linear
 /// layer in bf16 (the model's unit test checks the rounding): it learns the toy classes as
-/// the f32 run does, its numbers are not the f32 run's, the run folder says bf16, and the
+/// the f32 run does, its numbers are not the f32 run's, `runner check` and the run folder
+/// say bf16, and the
 /// weights it saves are f32 (the master weights).
 #[test]
 fn a_bf16_run_learns_and_keeps_f32_weights() {
@@ -434,6 +435,8 @@ fn a_bf16_run_learns_and_keeps_f32_weights() {
     setup(d.path(), 2);
     let f32_run = runner(d.path(), &["tiny.toml"]);
     assert_eq!(f32_run.code, 0, "{}", f32_run.stderr);
+    let check = runner(d.path(), &["check", "tiny.toml", "--set", "experiment.precision=bf16"]);
+    assert!(check.stdout.contains("(seed 3, device cpu, precision bf16)"), "{}{}", check.stdout, check.stderr);
     let out = runner(d.path(), &["tiny.toml", "--set", "experiment.precision=bf16"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("bf16"), "{}", out.stderr);
