@@ -12,7 +12,7 @@
 # 2. gpu/conv-paths.sh on both builds (each alternative, bf16 included, against each
 #    default; PyTorch without TF32 and under autocast to bf16),
 # 3. gpu/profile.sh on the faster build's conv2d_forward and ResNet (kernel times, ncu).
-# Budgets: ALL_CHECK_SECONDS (200), ALL_PATHS_SECONDS (170), ALL_PROFILE_SECONDS (110).
+# Budgets: ALL_CHECK_SECONDS (200), ALL_PATHS_SECONDS (220), ALL_PROFILE_SECONDS (100): 520 s of a call's 600.
 set -uo pipefail
 out=${1:?usage: gpu/all.sh OUT_DIR}
 here=$(dirname "$0")
@@ -29,7 +29,7 @@ for features in cuda cudnn; do
 done
 CHECK_SECONDS=${ALL_CHECK_SECONDS:-200} CHECK_COMPILE=0 bash "$here/check.sh" "$out/check" target/cudnn/release
 echo "check: rc=$?" | tee "$out/all.txt"
-CONV_SECONDS=${ALL_PATHS_SECONDS:-170} bash "$here/conv-paths.sh" "$out/paths" target/cudnn/release target/cuda/release
+CONV_SECONDS=${ALL_PATHS_SECONDS:-220} bash "$here/conv-paths.sh" "$out/paths" target/cudnn/release target/cuda/release
 echo "conv-paths: rc=$?" | tee -a "$out/all.txt"
-PROFILE_SECONDS=${ALL_PROFILE_SECONDS:-110} bash "$here/profile.sh" "$out/profile" target/cudnn/release
+PROFILE_SECONDS=${ALL_PROFILE_SECONDS:-100} bash "$here/profile.sh" "$out/profile" target/cudnn/release
 echo "profile: rc=$? (${SECONDS}s in all)" | tee -a "$out/all.txt"

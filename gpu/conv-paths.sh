@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures the CUDA builds' alternatives on the bench's cases, one setting changed at a
-# time against each build's default, and PyTorch's side with and without TF32. On the GPU
+# time against each build's default, and PyTorch's side under autocast to bf16 and without TF32. On the GPU
 # machine, from the repository root:
 #
 #   bash gpu/conv-paths.sh OUT_DIR [BIN_DIR...]   # default: target/cudnn/release target/cuda/release
@@ -34,30 +34,39 @@ cap() {
 . "$(dirname "$0")/env.sh"
 # The model cases and the cost of one op; check.sh has every case at the defaults.
 cases="resnet_cifar_train fcn_shapes_train yolo_shapes_train alexnet_forward op_overhead"
-# PyTorch first (its default is in check.sh): without TF32, and under autocast to bf16.
-for setting in TORCH_BENCH_PRECISION=bf16 TORCH_BENCH_TF32=0; do
-  for case in $cases; do
-    lim=$(cap 60) || continue
-    t=$(env TORCH_BENCH_DEVICE=$torch_device $setting timeout "$lim" "$py" bench/torch_bench.py "$case" 1 2>>"$out/errors.txt" | sed -n 's/^images_per_s=//p')
-    echo "torch $setting $case ${t:-na}" | tee -a "$out/paths.txt"
-  done
+# What to measure, most wanted first (the budget cuts the tail): each build's default, then
+# bf16 on both sides, then TF32 on both sides, then the other formulations.
+jobs=()
+for bin in "${bins[@]}"; do jobs+=("runner $bin default"); done
+for bin in "${bins[@]}"; do jobs+=("runner $bin RUNNER_BENCH_PRECISION=bf16"); done
+jobs+=("torch - TORCH_BENCH_PRECISION=bf16")
+for bin in "${bins[@]}"; do case $bin in *cudnn*) jobs+=("runner $bin RUNNER_CUDNN_TF32=1") ;; esac; done
+jobs+=("torch - TORCH_BENCH_TF32=0")
+for variant in RUNNER_CUDA_POOL=trim RUNNER_CONV_PATH=candle RUNNER_CONV_PATH=dev; do
+  for bin in "${bins[@]}"; do jobs+=("runner $bin $variant"); done
 done
-for bin in "${bins[@]}"; do
-  if [ ! -x "$bin/runner-bench" ]; then
-    echo "skipped $bin: no runner-bench there" | tee -a "$out/paths.txt"
+for job in "${jobs[@]}"; do
+  read -r side bin variant <<<"$job"
+  setting=()
+  [ "$variant" = default ] || setting=("$variant")
+  if [ "$side" = runner ] && [ ! -x "$bin/runner-bench" ]; then
+    echo "skipped $bin $variant: no runner-bench there" | tee -a "$out/paths.txt"
     continue
   fi
-  variants=("default" "RUNNER_BENCH_PRECISION=bf16" "RUNNER_CUDA_POOL=trim" "RUNNER_CONV_PATH=candle")
-  case $bin in *cudnn*) variants+=("RUNNER_CONV_PATH=dev" "RUNNER_CUDNN_TF32=1") ;; *) variants+=("RUNNER_CONV_PATH=dev") ;; esac
-  for variant in "${variants[@]}"; do
-    setting=()
-    [ "$variant" = default ] || setting=("$variant")
-    for case in $cases; do
-      t=$(cap 60) || continue
+  for case in $cases; do
+    t=$(cap 60) || continue
+    if [ "$side" = runner ]; then
       r=$(env ${setting[@]+"${setting[@]}"} RUNNER_BENCH_DEVICE=$device timeout "$t" "$bin/runner-bench" "$case" 2>>"$out/errors.txt" | sed -n 's/^images_per_s=//p')
       echo "runner $bin $variant $case ${r:-na}" | tee -a "$out/paths.txt"
-    done
+    else
+      r=$(env TORCH_BENCH_DEVICE=$torch_device "${setting[@]}" timeout "$t" "$py" bench/torch_bench.py "$case" 1 2>>"$out/errors.txt" | sed -n 's/^images_per_s=//p')
+      echo "torch $variant $case ${r:-na}" | tee -a "$out/paths.txt"
+    fi
   done
+done
+# Parity with TF32 allowed and forbidden, per build.
+for bin in "${bins[@]}"; do
+  [ -x "$bin/runner-parity" ] || continue
   for tf32 in on off; do
     extra=()
     [ "$tf32" = off ] && extra=(NVIDIA_TF32_OVERRIDE=0)
