@@ -111,9 +111,9 @@ pub enum Precision {
     F32,
     /// Mixed: convolutions, transposed convolutions and linear layers take their input and
     /// weight rounded to bf16 and give a bf16 output (sums in f32, as a GPU's tensor cores
-    /// do), which goes back to f32 for the next layer. Weights, their gradients, the optimizer,
-    /// batch norm, pooling and the loss stay f32. bf16 has f32's exponent range: no loss
-    /// scaling.
+    /// do), which goes back to f32 for the next layer. Weights, the optimizer, batch norm,
+    /// pooling and the loss stay f32; the weights' gradients are f32 of bf16 precision. bf16
+    /// has f32's exponent range: no loss scaling.
     Bf16,
 }
 

@@ -109,7 +109,8 @@ mod dnn {
     }
 
     /// The element types cuDNN runs here: f32, and bf16 (`[experiment] precision`) with f32
-    /// sums on tensor cores (cuDNN's BFLOAT16_CONFIG: bf16 tensors, an f32 convolution).
+    /// sums on tensor cores (cuDNN's PSEUDO_BFLOAT16_CONFIG: bf16 tensors, an f32 convolution;
+    /// compute capability 8.0 or newer).
     trait Elem: CudnnDataType + CudaDType + DeviceRepr {
         const ONE: Self;
         const ZERO: Self;

@@ -130,11 +130,8 @@ impl CustomOp3 for Linear {
 /// `x [m, k] w[n, k]^T + b[n]` (no bias: `x w^T`).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if x.dtype() == candle_core::DType::BF16 && x.device().is_cpu() {
-        let y = super::bf16_via_f32(x, w, |x, w| linear(x, w, None))?;
-        return match b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        };
+        let b = b.map(|b| b.to_dtype(candle_core::DType::F32)).transpose()?;
+        return super::bf16_via_f32(x, w, |x, w| linear(x, w, b.as_ref()));
     }
     match b {
         Some(b) if x.device().is_cpu() => x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, Linear),

@@ -78,16 +78,20 @@ impl Elem for f64 {}
 /// A bf16 product (convolution, transposed convolution, matrix product) on the CPU, whose
 /// kernels take f32 and f64: `op` runs in f32 on the bf16 values and its output is rounded
 /// to bf16. The product of two bf16 numbers is exact in f32 and a GPU's bf16 kernels sum in
-/// f32, so this gives what they give up to the order of the sums. Other dtypes and devices
-/// go to `op` as they are.
+/// f32, so this gives what they give up to the order of the sums (a bias the caller passes
+/// in f32 is added before the one rounding). Other dtypes and devices go to `op` as they
+/// are; a bf16 operand beside one of another dtype is an error, as on a GPU.
 pub(crate) fn bf16_via_f32(
     a: &candle_core::Tensor,
     b: &candle_core::Tensor,
     op: impl FnOnce(&candle_core::Tensor, &candle_core::Tensor) -> Result<candle_core::Tensor>,
 ) -> Result<candle_core::Tensor> {
     use candle_core::DType::{BF16, F32};
-    if a.dtype() != BF16 || !a.device().is_cpu() {
+    if (a.dtype() != BF16 && b.dtype() != BF16) || !a.device().is_cpu() {
         return op(a, b);
+    }
+    if a.dtype() != b.dtype() {
+        candle_core::bail!("a bf16 product of {:?} by {:?}: both operands must be bf16", a.dtype(), b.dtype());
     }
     op(&a.to_dtype(F32)?, &b.to_dtype(F32)?)?.to_dtype(BF16)
 }
