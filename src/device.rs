@@ -74,6 +74,31 @@ pub fn device_name(d: &Device) -> String {
     }
 }
 
+/// Whether `device` can run `precision = "bf16"`: the CPU can (it rounds around its f32
+/// kernels); a GPU needs compute capability 8.0 or newer, for cuDNN's bf16 convolutions and
+/// candle's bf16 kernels (compiled for 8.0 and up). An error names the GPU and what to do.
+pub fn check_bf16(device: &Device) -> std::result::Result<(), String> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => match d.cuda_stream().context().compute_capability() {
+            Ok(cap) => bf16_refusal(&device_name(device), cap).map_or(Ok(()), Err),
+            Err(e) => Err(format!("{}: could not read its compute capability: {e}", device_name(device))),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// The refusal of bf16 on a GPU of compute capability `(major, minor)`, if it is one.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the CUDA build's and the tests'
+fn bf16_refusal(name: &str, (major, minor): (i32, i32)) -> Option<String> {
+    (major < 8).then(|| {
+        format!(
+            "precision = \"bf16\" needs a GPU of compute capability 8.0 or newer (A100, RTX 30xx, H100); \
+             {name} is {major}.{minor}: set [experiment] precision = \"f32\""
+        )
+    })
+}
+
 /// Sets the memory pool of `device`'s GPU to keep freed memory (above), unless
 /// `RUNNER_CUDA_POOL=trim`. Nothing on the CPU, or where the GPU has no memory pools (cudarc
 /// then allocates synchronously).
@@ -125,6 +150,12 @@ mod tests {
         assert!(e.contains("\"cuda:N\"") && e.contains("\"gpu\""), "{e}");
         assert!(parse_device("cuda:x").is_err());
         assert_eq!(device_name(&Device::Cpu), "cpu");
+        // bf16: the CPU always; a GPU from compute capability 8.0 (a V100 is 7.0, a T4 7.5).
+        assert_eq!(check_bf16(&Device::Cpu), Ok(()));
+        assert_eq!(bf16_refusal("cuda:0", (8, 0)), None);
+        assert_eq!(bf16_refusal("cuda:0", (9, 0)), None);
+        let e = bf16_refusal("cuda:1", (7, 5)).unwrap();
+        assert!(e.contains("cuda:1 is 7.5") && e.contains("precision = \"f32\""), "{e}");
         // Without the `cuda` feature (as built here), asking for CUDA is a clear error.
         if !candle_core::utils::cuda_is_available() {
             let e = DeviceChoice::Cuda(0).open().unwrap_err().to_string();

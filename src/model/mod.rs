@@ -122,6 +122,9 @@ impl Model {
 
     /// The plan's model (its graph, seed and precision) on `device`.
     pub fn for_plan(plan: &crate::plan::Plan, device: &Device) -> Result<Self> {
+        if plan.precision == Precision::Bf16 {
+            crate::device::check_bf16(device).map_err(candle_core::Error::Msg)?;
+        }
         Ok(Model::new(&plan.graph, plan.seed, device)?.with_precision(plan.precision))
     }
 
