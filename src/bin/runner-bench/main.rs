@@ -55,6 +55,17 @@ fn new_model(graph: &runner::model::PlannedGraph) -> Result<Model> {
     Ok(Model::new(graph, 0, &dev())?.with_precision(precision()))
 }
 
+/// The model of `configs/models/<file>`, as [`new_model`] makes it.
+fn committed_model(file: &str) -> Result<Model> {
+    #[derive(serde::Deserialize)]
+    struct ModelFile {
+        model: ModelConfig,
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/models").join(file);
+    let file: ModelFile = toml::from_str(&std::fs::read_to_string(path)?)?;
+    new_model(&plan_model(&file.model)?)
+}
+
 fn rand(shape: &[usize], seed: u64, scale: f64) -> Result<Tensor> {
     let mut r = Rng::new(seed);
     let n: usize = shape.iter().product();
@@ -279,13 +290,7 @@ fn op_overhead() -> Result<f64> {
 /// The yolo_shapes model (configs/models/yolo_shapes.toml) training with the YOLO loss
 /// (S = 10, B = 2, 5 classes): batch 32 of 3x160x160, three 30x30 objects per image, Adam.
 fn yolo_shapes_train() -> Result<f64> {
-    #[derive(serde::Deserialize)]
-    struct ModelFile {
-        model: ModelConfig,
-    }
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/models/yolo_shapes.toml");
-    let file: ModelFile = toml::from_str(&std::fs::read_to_string(path)?)?;
-    let m = new_model(&plan_model(&file.model)?)?;
+    let m = committed_model("yolo_shapes.toml")?;
     let yolo = Yolo { cfg: DetectConfig { grid: 10, boxes: 2, ..Default::default() }, classes: 5 };
     let (_, warmup, iters) = sized((32, 1, 4), (32, 5, 50));
     let x = rand(&[32, 3, 160, 160], 7, 1.0)?;
@@ -314,13 +319,7 @@ fn yolo_shapes_train() -> Result<f64> {
 /// The fcn_shapes model (configs/models/fcn_shapes.toml) training with the per-pixel
 /// cross-entropy: batch 32 of 3x160x160, masks of 6 classes with a void band, Adam.
 fn fcn_shapes_train() -> Result<f64> {
-    #[derive(serde::Deserialize)]
-    struct ModelFile {
-        model: ModelConfig,
-    }
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/models/fcn_shapes.toml");
-    let file: ModelFile = toml::from_str(&std::fs::read_to_string(path)?)?;
-    let m = new_model(&plan_model(&file.model)?)?;
+    let m = committed_model("fcn_shapes.toml")?;
     let seg = runner::task::Segmenter { cfg: Default::default(), classes: 6 };
     let (_, warmup, iters) = sized((32, 1, 4), (32, 5, 50));
     let x = rand(&[32, 3, 160, 160], 9, 1.0)?;
