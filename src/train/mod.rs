@@ -72,9 +72,6 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcom
     log.flush()?;
     log.publish()?;
     tracing::info!("run {} in {}", log.run_id, log.dir.display());
-    if !plan.precision.is_f32() {
-        tracing::info!("precision bf16: convolutions and linear layers in bf16, weights and the rest in f32");
-    }
     let session =
         Session { plan, dataset: &dataset, model: &mut model, optimizer: &mut optimizer, device, log, stop: &stop };
     finish(session, State::default())

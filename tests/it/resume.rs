@@ -83,6 +83,32 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A bf16 run (`experiment.precision`, kept in the run's config.toml) resumes in bf16:
+/// stopped after epoch 2 and resumed, the same rows and final weights, bit for bit.
+#[test]
+fn a_bf16_run_resumes_in_bf16_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let out = runner(d.path(), &["tiny.toml", "--set", "experiment.precision=bf16"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let full = run_folder(d.path(), &out);
+    let copy = d.path().join("runs/tiny/stopped");
+    copy_dir(&full, &copy);
+    for ext in ["safetensors", "toml"] {
+        std::fs::remove_file(copy.join(format!("checkpoints/epoch_0003.{ext}"))).unwrap();
+    }
+    std::fs::remove_file(copy.join("model.safetensors")).unwrap();
+    let mut log = runner::runlog::RunLog::open(&copy, None).unwrap();
+    log.set_status(runner::runlog::Status::Interrupted);
+    log.flush().unwrap();
+    let resumed = runner(d.path(), &["resume", copy.to_str().unwrap()]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert!(resumed.stderr.contains("precision bf16"), "{}", resumed.stderr);
+    assert_eq!(rows(&copy.join("metrics.parquet")), rows(&full.join("metrics.parquet")));
+    let a = std::fs::read(full.join("model.safetensors")).unwrap();
+    assert_eq!(std::fs::read(copy.join("model.safetensors")).unwrap(), a, "final weights");
+}
+
 #[test]
 fn resumed_runs_equal_uninterrupted_runs() {
     let d = tempfile::tempdir().unwrap();
