@@ -83,6 +83,22 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Copies the finished 3-epoch run `full` to `copy` as a stop after epoch `after` leaves
+/// it: the later checkpoints gone, no final weights (resume must write them), status
+/// interrupted.
+fn stopped_copy(full: &Path, copy: &Path, after: usize) {
+    copy_dir(full, copy);
+    for later in after + 1..=3 {
+        for ext in ["safetensors", "toml"] {
+            std::fs::remove_file(copy.join(format!("checkpoints/epoch_{later:04}.{ext}"))).unwrap();
+        }
+    }
+    std::fs::remove_file(copy.join("model.safetensors")).unwrap();
+    let mut log = runner::runlog::RunLog::open(copy, None).unwrap();
+    log.set_status(runner::runlog::Status::Interrupted);
+    log.flush().unwrap();
+}
+
 /// A bf16 run (`experiment.precision`, kept in the run's config.toml) resumes in bf16:
 /// stopped after epoch 2 and resumed, the same rows and final weights, bit for bit.
 #[test]
@@ -93,14 +109,7 @@ fn a_bf16_run_resumes_in_bf16_exactly() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let full = run_folder(d.path(), &out);
     let copy = d.path().join("runs/tiny/stopped");
-    copy_dir(&full, &copy);
-    for ext in ["safetensors", "toml"] {
-        std::fs::remove_file(copy.join(format!("checkpoints/epoch_0003.{ext}"))).unwrap();
-    }
-    std::fs::remove_file(copy.join("model.safetensors")).unwrap();
-    let mut log = runner::runlog::RunLog::open(&copy, None).unwrap();
-    log.set_status(runner::runlog::Status::Interrupted);
-    log.flush().unwrap();
+    stopped_copy(&full, &copy, 2);
     let resumed = runner(d.path(), &["resume", copy.to_str().unwrap()]);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
     assert!(resumed.stderr.contains("precision bf16"), "{}", resumed.stderr);
@@ -128,18 +137,7 @@ fn resumed_runs_equal_uninterrupted_runs() {
     // leaves or what resume drops), then resumed: the same rows, bit for bit.
     for after in [1, 2] {
         let copy = d.path().join(format!("runs/tiny/stopped_after_{after}"));
-        copy_dir(&full, &copy);
-        for later in after + 1..=3 {
-            for ext in ["safetensors", "toml"] {
-                std::fs::remove_file(copy.join(format!("checkpoints/epoch_{later:04}.{ext}"))).unwrap();
-            }
-        }
-        // A stop leaves no final weights: resume must write them.
-        std::fs::remove_file(copy.join("model.safetensors")).unwrap();
-        // What a stop leaves: status interrupted.
-        let mut log = runner::runlog::RunLog::open(&copy, None).unwrap();
-        log.set_status(runner::runlog::Status::Interrupted);
-        log.flush().unwrap();
+        stopped_copy(&full, &copy, after);
         let copy_arg = copy.to_string_lossy().into_owned();
         let out = runner(d.path(), &["resume", &copy_arg]);
         assert_eq!(out.code, 0, "{}", out.stderr);
