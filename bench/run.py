@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-CASES = ["lenet5_train", "resnet_cifar_train", "alexnet_forward", "alexnet_forward_b1", "conv2d_forward", "conv2d_backward",
+CASES = ["lenet5_train", "resnet20_train", "resnet_cifar_train", "alexnet_forward", "alexnet_forward_b1", "conv2d_forward", "conv2d_backward",
          "loader_cifar10_crop_flip_norm", "loader_jpeg_256_crop224_flip_pca", "yolo_shapes_train",
          "detect_eval_5000", "fcn_shapes_train", "conv_transpose2d_forward", "conv_transpose2d_backward",
          "resize_voc_antialias", "resize_voc_decoded", "resize_voc_plain", "board_runs_1000"]
@@ -29,6 +29,13 @@ CASES = ["lenet5_train", "resnet_cifar_train", "alexnet_forward", "alexnet_forwa
 # epochs (above 1000: the table in under a second).
 RUNNER_ONLY = {"detect_eval_5000", "resize_voc_antialias", "resize_voc_decoded", "resize_voc_plain", "board_runs_1000"}
 RUNNER = os.environ.get("RUNNER_BENCH", "target/release/runner-bench")
+# The model cases whose GPU step runner-bench --count counts (launches, copies, syncs,
+# allocations; candle's CUDA backend as runner drives it, counted on the CPU), and the
+# targets of a step (issue 30): the batch and its labels the only uploads, nothing read back.
+COUNTED = ["lenet5_train", "resnet20_train", "resnet_cifar_train", "alexnet_forward", "alexnet_forward_b1",
+           "yolo_shapes_train", "fcn_shapes_train"]
+TARGETS = {case: {"h2d": 2, "d2h": 0} for case in COUNTED}
+TARGETS["resnet20_train"]["launches"] = 350
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (field name, interpreter): Debian's PyTorch, then the newest from the package index.
 REFERENCES = [
@@ -56,6 +63,23 @@ def measure(cmd, threads):
         if line.startswith("images_per_s="):
             return float(line.split("=", 1)[1]), mib
     return None, mib
+
+
+def count_line(case):
+    """`count <case> launches=.. ... target ..: met / NOT MET` from runner-bench --count."""
+    p = subprocess.run([RUNNER, "--count", case], capture_output=True, text=True)
+    counts = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("count "):
+            counts = dict(kv.split("=") for kv in line.split()[1:])
+    if p.returncode != 0 or not counts:
+        sys.stderr.write(p.stderr)
+        return f"count {case} failed"
+    line = f"count {case} " + " ".join(f"{k}={v}" for k, v in counts.items())
+    for key, limit in TARGETS.get(case, {}).items():
+        got = int(counts[key])
+        line += f" target_{key}<={limit}:{'met' if got <= limit else 'NOT_MET'}"
+    return line
 
 
 def torch_version(python):
@@ -86,6 +110,8 @@ def main():
     names = [n for n, _ in REFERENCES]
     fmt = lambda v, f: f.format(v) if v is not None else "na"
     for case in cases:
+        if case in COUNTED:
+            print(count_line(case), flush=True)
         for threads in (1, 2):
             runs = {"runner": []}
             runs.update({n: [] for n in names})

@@ -37,7 +37,40 @@ def sized(cpu, gpu):
     return gpu if DEVICE.startswith("cuda") else cpu
 
 
+# TORCH_BENCH_COUNT=1 (on a GPU): instead of the speed, the CUDA runtime calls of the third
+# step from PyTorch's profiler, as runner-bench --count prints runner's:
+# `count launches=.. memsets=.. dtod=.. h2d=.. d2h=.. syncs=..` (kernel launches, cuBLAS's and
+# cuDNN's included; memcpy kinds by direction).
+COUNT = os.environ.get("TORCH_BENCH_COUNT") == "1"
+
+
+def count_step(step):
+    from torch.profiler import profile, ProfilerActivity
+    step()
+    step()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        sync()
+    calls = {}
+    for e in prof.events():
+        calls[e.name] = calls.get(e.name, 0) + 1
+    launches = sum(n for k, n in calls.items() if k in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+    kinds = {"HtoD": 0, "DtoH": 0, "DtoD": 0}
+    for e in prof.events():
+        for kind in kinds:
+            if e.name.startswith("Memcpy " + kind):
+                kinds[kind] += 1
+    memsets = sum(n for k, n in calls.items() if k.startswith("Memset"))
+    syncs = sum(n for k, n in calls.items() if k in ("cudaStreamSynchronize", "cudaDeviceSynchronize"))
+    print(f"count launches={launches} memsets={memsets} dtod={kinds['DtoD']} h2d={kinds['HtoD']} "
+          f"d2h={kinds['DtoH']} syncs={syncs}")
+    return 0.0
+
+
 def timed(batch, warmup, iters, step):
+    if COUNT:
+        return count_step(step)
     for _ in range(warmup):
         step()
     sync()
@@ -88,6 +121,50 @@ def resnet_cifar_train():
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     m = compiled(m)
     n, warmup, iters = sized((64, 2, 8), (256, 5, 50))
+    x, y = torch.rand(n, 3, 32, 32) * 2 - 1, torch.arange(n) % 10
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    return timed(n, warmup, iters, step)
+
+
+class BasicBlock(nn.Module):
+    """ResNet-20's block as configs/models/resnet20.toml has it: conv-bn-relu-conv-bn, the
+    shortcut (identity, or a 1x1 conv + bn projection where the shape changes), add, relu."""
+
+    def __init__(self, i, o, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(i, o, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(o)
+        self.c2 = nn.Conv2d(o, o, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(o)
+        self.shortcut = (nn.Sequential(nn.Conv2d(i, o, 1, stride, bias=False), nn.BatchNorm2d(o))
+                         if (i, stride) != (o, 1) else nn.Identity())
+
+    def forward(self, x):
+        r = self.bn2(self.c2(F.relu(self.bn1(self.c1(x)))))
+        return F.relu(self.shortcut(x) + r)
+
+
+def resnet20():
+    """The zoo's resnet20 (272,474 parameters): stem conv-bn-relu, 3 stages of 3 blocks
+    (16, 32, 64 channels), global average pool, linear 64->10."""
+    blocks, i = [], 16
+    for o, stride in [(16, 1)] * 3 + [(32, 2), (32, 1), (32, 1), (64, 2), (64, 1), (64, 1)]:
+        blocks.append(BasicBlock(i, o, stride))
+        i = o
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), *blocks,
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+def resnet20_train():
+    """ResNet-20 at the paper's recipe: batch 128, SGD lr 0.1, momentum 0.9, weight decay 1e-4."""
+    m = resnet20()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    m = compiled(m)
+    n, warmup, iters = sized((128, 1, 4), (128, 10, 100))
     x, y = torch.rand(n, 3, 32, 32) * 2 - 1, torch.arange(n) % 10
 
     def step():
@@ -286,6 +363,7 @@ CASES = {
     "yolo_shapes_train": yolo_shapes_train,
     "lenet5_train": lenet5_train,
     "resnet_cifar_train": resnet_cifar_train,
+    "resnet20_train": resnet20_train,
     "alexnet_forward": alexnet_forward,
     "alexnet_forward_b1": lambda: alexnet_forward(1),
     "conv2d_forward": lambda: conv_op(False),
@@ -308,4 +386,6 @@ if __name__ == "__main__":
     if precision not in ("f32", "bf16"):
         sys.exit(f"TORCH_BENCH_PRECISION={precision}: expected f32 or bf16")
     with torch.autocast(device_type=DEVICE.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16"):
-        print(f"images_per_s={CASES[case]():.1f}")
+        ips = CASES[case]()
+        if not COUNT:
+            print(f"images_per_s={ips:.1f}")

@@ -38,7 +38,7 @@ const MIN_SLICE: usize = 8;
 /// How many slices a batch of `n` is run in: one per kernel thread on the CPU when the
 /// model's samples are independent, at least `MIN_SLICE` samples each; else 1.
 pub fn slices(model: &Model, n: usize, device: &Device) -> usize {
-    if !device.is_cpu() || !model.samples_independent() {
+    if !crate::ops::cpu_kernels_on(device) || !model.samples_independent() {
         return 1;
     }
     crate::ops::threads().min(n / MIN_SLICE).max(1)

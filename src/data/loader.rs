@@ -15,7 +15,7 @@ use crate::data::Split;
 use crate::rng::Rng;
 
 /// A batch ready for the model: `images` is `[n, c, h, w]` row-major, as f32.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub images: Vec<f32>,
     /// Classification: each sample's class.

@@ -101,7 +101,7 @@ impl CustomOp2 for AddRelu {
 
 /// `max(a + b, 0)` (a residual block's sum and ReLU); the same gradient flows to both.
 pub fn add_relu_op(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.device().is_cpu() && a.shape() == b.shape() {
+    if super::cpu_kernels(a) && a.shape() == b.shape() {
         a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
     } else {
         (a + b)?.relu()
@@ -110,7 +110,7 @@ pub fn add_relu_op(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `max(x, 0)`; the gradient is 0 where the output is 0 (as PyTorch's).
 pub fn relu_op(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
+    if super::cpu_kernels(x) {
         x.contiguous()?.apply_op1(Relu)
     } else {
         x.relu()
@@ -168,7 +168,7 @@ impl CustomOp2 for LeakyReluGrad {
 
 /// `x > 0 ? x : slope * x` (PyTorch's `leaky_relu`; the gradient at 0 is `slope`, as there).
 pub fn leaky_relu_op(x: &Tensor, slope: f64) -> Result<Tensor> {
-    if x.device().is_cpu() {
+    if super::cpu_kernels(x) {
         x.contiguous()?.apply_op1(LeakyRelu(slope))
     } else {
         candle_nn::ops::leaky_relu(x, slope)

@@ -364,7 +364,7 @@ fn norm_train(
     eps: f64,
     act: Option<f64>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    if x.device().is_cpu() {
+    if super::cpu_kernels(x) {
         let x = x.contiguous()?;
         let st = x.detach().apply_op1_no_bwd(&BatchStats)?;
         let (mean, var) = (st.get(0)?, st.get(1)?);

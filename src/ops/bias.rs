@@ -119,7 +119,7 @@ impl candle_core::CustomOp1 for ChannelBiasGrad {
 
 /// The bias gradient for `dy [n, c, h, w]`: its sum per channel (no gradient of its own).
 pub(crate) fn channel_bias_grad(dy: &Tensor) -> Result<Tensor> {
-    if dy.device().is_cpu() {
+    if super::cpu_kernels(dy) {
         dy.contiguous()?.apply_op1_no_bwd(&ChannelBiasGrad)
     } else {
         dy.sum(3)?.sum(2)?.sum(0)
@@ -128,7 +128,7 @@ pub(crate) fn channel_bias_grad(dy: &Tensor) -> Result<Tensor> {
 
 /// `y[n, c, h, w] + b[c]`.
 pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if y.device().is_cpu() {
+    if super::cpu_kernels(y) {
         y.contiguous()?.apply_op2(&b.contiguous()?, ChannelBias)
     } else {
         y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)

@@ -467,13 +467,13 @@ pub fn conv2d_bias(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, g: ConvGe
         return super::bf16_via_f32(x, weight, |x, w| conv2d_bias(x, w, bias.as_ref(), g));
     }
     match bias {
-        Some(b) if x.device().is_cpu() => {
+        Some(b) if super::cpu_kernels(x) => {
             return x.contiguous()?.apply_op3(&weight.contiguous()?, &b.contiguous()?, Conv2dBiasOp(g))
         }
         Some(b) => return super::bias::add_channel_bias(&conv2d_bias(x, weight, None, g)?, b),
         None => {}
     }
-    if x.device().is_cpu() {
+    if super::cpu_kernels(x) {
         x.contiguous()?.apply_op2(&weight.contiguous()?, Conv2dOp(g))
     } else {
         super::conv_dev::conv2d(x, weight, g)
@@ -537,7 +537,7 @@ pub fn conv_transpose2d(x: &Tensor, weight: &Tensor, g: ConvGeom, output_padding
     if x.dtype() == DType::BF16 && x.device().is_cpu() {
         return super::bf16_via_f32(x, weight, |x, w| conv_transpose2d(x, w, g, output_padding));
     }
-    if x.device().is_cpu() {
+    if super::cpu_kernels(x) {
         let out = Shape::from((n, cog * g.groups, oh, ow));
         x.contiguous()?.apply_op2(&weight.contiguous()?, ConvTranspose2dOp(g, out))
     } else {

@@ -134,7 +134,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         return super::bf16_via_f32(x, w, |x, w| linear(x, w, b.as_ref()));
     }
     match b {
-        Some(b) if x.device().is_cpu() => x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, Linear),
+        Some(b) if super::cpu_kernels(x) => x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, Linear),
         Some(b) => x.matmul(&w.t()?)?.broadcast_add(b),
         None => x.matmul(&w.t()?),
     }

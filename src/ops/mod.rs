@@ -57,6 +57,8 @@ pub mod conv;
 mod conv_dev;
 mod cudnn;
 pub mod gemm;
+#[cfg(test)]
+mod gpu_counts;
 pub mod linear;
 pub mod pixel_ce;
 pub mod pool;
@@ -66,6 +68,18 @@ pub mod upsample;
 mod winograd;
 
 use candle_core::{CpuStorage, Layout, Result};
+
+/// Whether ops on `t` run on runner's CPU kernels: on the CPU, except while
+/// `candle_core::counting` counts, when the CPU runs the sequence of ops a GPU runs (each
+/// op's other-device branch) so that its launches, copies and syncs can be counted.
+pub fn cpu_kernels(t: &candle_core::Tensor) -> bool {
+    cpu_kernels_on(t.device())
+}
+
+/// [`cpu_kernels`] for tensors on `device`.
+pub fn cpu_kernels_on(device: &candle_core::Device) -> bool {
+    device.is_cpu() && !candle_core::counting::enabled()
+}
 
 /// Element types the CPU kernels support.
 pub trait Elem:

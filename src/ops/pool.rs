@@ -395,7 +395,7 @@ impl CustomOp2 for PoolGrad {
 
 /// `[n, c, h, w]` -> `[n, c, oh, ow]`.
 pub fn pool2d(x: &Tensor, kind: PoolKind, g: PoolGeom) -> Result<Tensor> {
-    if x.device().is_cpu() {
+    if super::cpu_kernels(x) {
         return x.contiguous()?.apply_op1(PoolOp(kind, g, Mutex::new(None)));
     }
     pool2d_composed(x, kind, g)

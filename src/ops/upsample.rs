@@ -140,7 +140,7 @@ impl CustomOp2 for UpsampleGrad {
 
 /// `[n, c, h, w]` -> `[n, c, oh, ow]`.
 pub fn upsample2d(x: &Tensor, mode: UpsampleMode, (oh, ow): (usize, usize)) -> Result<Tensor> {
-    if x.device().is_cpu() {
+    if super::cpu_kernels(x) {
         return x.contiguous()?.apply_op1(Upsample(mode, oh, ow));
     }
     upsample2d_composed(x, mode, (oh, ow))

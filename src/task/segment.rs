@@ -59,7 +59,7 @@ impl Segmenter {
             Reduction::Sum => n as f64,
         };
         let device = out.device();
-        if device.is_cpu() && out.dtype() == candle_core::DType::F32 {
+        if crate::ops::cpu_kernels_on(device) && out.dtype() == candle_core::DType::F32 {
             // One pass forward and backward (ops::pixel_ce).
             return Ok(crate::ops::pixel_ce::pixel_cross_entropy(out, targets, weights, (1.0 / denom) as f32)?);
         }

@@ -2,7 +2,15 @@
 //!
 //!     RAYON_NUM_THREADS=2 runner-bench lenet5_train
 //!
-//! Prints one line `images_per_s=<x>`. `RUNNER_BENCH_DEVICE=cuda` runs the model cases on
+//! Prints one line `images_per_s=<x>`.
+//!
+//!     runner-bench --count resnet20_train
+//!
+//! counts instead what one step of a model case issues on a GPU (candle's CUDA backend,
+//! f32): the case runs on the CPU through the ops' GPU branches (`candle_core::counting`)
+//! and prints `count launches=.. memsets=.. dtod=.. h2d=.. h2d_params=.. d2h=.. allocs=..`
+//! for the third step (the first two fill the optimizer's state and any caches), then one
+//! line per op, most launches first. The counts do not depend on the batch size. `RUNNER_BENCH_DEVICE=cuda` runs the model cases on
 //! the GPU (the host-side cases, host.rs, stay on the CPU); `RUNNER_BENCH_PRECISION=bf16`
 //! runs the models' products in bf16 (`[experiment] precision`). The same cases, models and batch sizes are in
 //! `bench/torch_bench.py` for the PyTorch reference; `bench/run.py` runs both, alternating.
@@ -111,8 +119,22 @@ fn sized(cpu: (usize, usize, usize), gpu: (usize, usize, usize)) -> (usize, usiz
     }
 }
 
-/// Times `iters` calls of `step` after `warmup` calls; returns images per second.
+/// Whether `--count` asked for counts instead of speed.
+fn counting() -> bool {
+    candle_core::counting::enabled()
+}
+
+/// Times `iters` calls of `step` after `warmup` calls; returns images per second. With
+/// `--count`: prints the counts of the third call instead (returns 0).
 fn time(batch: usize, warmup: usize, iters: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    if counting() {
+        step()?;
+        step()?;
+        candle_core::counting::take();
+        step()?;
+        print_counts(&candle_core::counting::take());
+        return Ok(0.0);
+    }
     for _ in 0..warmup {
         step()?;
     }
@@ -123,6 +145,23 @@ fn time(batch: usize, warmup: usize, iters: usize, mut step: impl FnMut() -> Res
     }
     dev().synchronize()?;
     Ok((batch * iters) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The `count ...` line and one line per op, most launches first.
+fn print_counts(c: &candle_core::counting::Counts) {
+    let t = c.total();
+    println!(
+        "count launches={} memsets={} dtod={} h2d={} h2d_params={} d2h={} allocs={}",
+        t.launches, t.memsets, t.dtod, t.h2d, t.h2d_params, t.d2h, t.allocs
+    );
+    let mut ops: Vec<_> = c.by_op.iter().collect();
+    ops.sort_by_key(|(name, (_, c))| (std::cmp::Reverse(c.launches + c.memsets + c.dtod + c.h2d + c.d2h), *name));
+    for (name, (calls, c)) in ops {
+        println!(
+            "  {name:<28} calls={calls:<5} launches={:<5} memsets={:<3} dtod={:<3} h2d={:<4} d2h={:<3} allocs={}",
+            c.launches, c.memsets, c.dtod, c.h2d, c.d2h, c.allocs
+        );
+    }
 }
 
 fn lenet5_train() -> Result<f64> {
@@ -200,6 +239,43 @@ fn resnet_cifar_train() -> Result<f64> {
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         let grads = runner::optim::collect_grads(&loss.backward()?, params.iter().map(|(n, v)| (n, v)));
         opt.step(opt.config().lr(), params.iter().map(|(n, v)| (n, v)), &grads, &Default::default())?;
+        Ok(())
+    })
+}
+
+/// The zoo's ResNet-20 (configs/models/resnet20.toml) at the paper's recipe: batch 128 of
+/// 3x32x32, SGD lr 0.1, momentum 0.9, weight decay 1e-4. Each step does what the training
+/// loop does with a batch (`train_epoch`): the images and labels uploaded from the host,
+/// forward, loss and backward (`step::forward_backward`, which reads the loss), the
+/// epoch's accuracy sums (`Task::update_train`), the optimizer's update.
+fn resnet20_train() -> Result<f64> {
+    let m = committed_model("resnet20.toml")?;
+    let mut opt = Optimizer::new(&OptimizerConfig::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        dampening: 0.0,
+        nesterov: false,
+        weight_decay: 1e-4,
+    });
+    let (n, warmup, iters) = sized((128, 1, 4), (128, 10, 100));
+    let mut r = Rng::new(1);
+    let batch = runner::data::loader::Batch {
+        images: (0..n * 3 * 32 * 32).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect(),
+        labels: (0..n as u32).map(|i| i % 10).collect(),
+        indices: (0..n).collect(),
+        ..Default::default()
+    };
+    let task = runner::task::Task::Classify { label_smoothing: 0.0 };
+    let mut stats = task.stats(10, false);
+    time(n, warmup, iters, || {
+        let xs = Tensor::from_slice(&batch.images, (n, 3, 32, 32), &dev())?;
+        let pass = Pass { train: true, seed: 0, epoch: 0, step: 0 };
+        let slices = runner::step::slices(&m, n, &dev());
+        let step = runner::step::forward_backward(&m, &xs, pass, slices, 1, |out, range| {
+            task.slice_loss(out, &batch, range, [3, 32, 32])
+        })?;
+        task.update_train(&mut stats, step.loss, &step.out, &batch, false)?;
+        opt.step(opt.config().lr(), m.params.iter(), &step.grads, &Default::default())?;
         Ok(())
     })
 }
@@ -372,14 +448,47 @@ fn conv_transpose_op(backward: bool) -> Result<f64> {
 
 fn main() -> Result<()> {
     runner::ops::tune_allocator();
-    let case = std::env::args().nth(1).unwrap_or_default();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--count") {
+        args.remove(0);
+        if !MODEL_CASES.contains(&args.first().map(String::as_str).unwrap_or_default()) {
+            bail!("--count takes a model case: {}", MODEL_CASES.join(", "));
+        }
+        if !dev().is_cpu() {
+            bail!("--count runs on the CPU (it counts what a GPU would issue); unset RUNNER_BENCH_DEVICE");
+        }
+        let case = args[0].clone();
+        // On the thread that runs the case: counting is per thread.
+        return runner::ops::on_pool(|| {
+            candle_core::counting::start();
+            run_case(&case)
+        });
+    }
+    let case = args.first().cloned().unwrap_or_default();
     runner::ops::on_pool(|| run_case(&case))
 }
+
+/// The cases that run a model on the bench's device: what `--count` counts.
+const MODEL_CASES: &[&str] = &[
+    "lenet5_train",
+    "resnet20_train",
+    "resnet_cifar_train",
+    "alexnet_forward",
+    "alexnet_forward_b1",
+    "yolo_shapes_train",
+    "fcn_shapes_train",
+    "conv2d_forward",
+    "conv2d_backward",
+    "conv_transpose2d_forward",
+    "conv_transpose2d_backward",
+    "op_overhead",
+];
 
 fn run_case(case: &str) -> Result<()> {
     let ips = match case {
         "lenet5_train" => lenet5_train()?,
         "resnet_cifar_train" => resnet_cifar_train()?,
+        "resnet20_train" => resnet20_train()?,
         "alexnet_forward" => alexnet_forward(false)?,
         "alexnet_forward_b1" => alexnet_forward(true)?,
         "conv2d_forward" => conv_op(false)?,
@@ -396,9 +505,11 @@ fn run_case(case: &str) -> Result<()> {
         "board_runs_1000" => host::board_runs_1000()?,
         "op_overhead" => op_overhead()?,
         other => bail!(
-            "unknown bench case {other:?}; cases: lenet5_train, resnet_cifar_train, alexnet_forward, alexnet_forward_b1, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain, board_runs_1000, op_overhead"
+            "unknown bench case {other:?}; cases: lenet5_train, resnet20_train, resnet_cifar_train, alexnet_forward, alexnet_forward_b1, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain, board_runs_1000, op_overhead"
         ),
     };
-    println!("images_per_s={ips:.1}");
+    if !counting() {
+        println!("images_per_s={ips:.1}");
+    }
     Ok(())
 }

@@ -431,6 +431,7 @@ impl Device {
     pub(crate) fn zeros(&self, shape: &Shape, dtype: DType) -> Result<Storage> {
         match self {
             Device::Cpu => {
+                crate::counting::record(true, || ("zeros".into(), crate::counting::alloc(true)));
                 let storage = CpuDevice.zeros_impl(shape, dtype)?;
                 Ok(Storage::Cpu(storage))
             }
@@ -448,6 +449,7 @@ impl Device {
     pub(crate) unsafe fn alloc_uninit(&self, shape: &Shape, dtype: DType) -> Result<Storage> {
         match self {
             Device::Cpu => {
+                crate::counting::record(true, || ("alloc".into(), crate::counting::alloc(false)));
                 let storage = CpuDevice.alloc_uninit(shape, dtype)?;
                 Ok(Storage::Cpu(storage))
             }
@@ -464,7 +466,10 @@ impl Device {
 
     pub(crate) fn storage_from_slice<D: WithDType>(&self, data: &[D]) -> Result<Storage> {
         match self {
-            Device::Cpu => Ok(Storage::Cpu(data.to_cpu_storage())),
+            Device::Cpu => {
+                crate::counting::record(true, || ("upload".into(), crate::counting::upload()));
+                Ok(Storage::Cpu(data.to_cpu_storage()))
+            }
             Device::Cuda(device) => {
                 let storage = device.storage_from_slice(data)?;
                 Ok(Storage::Cuda(storage))
@@ -478,7 +483,10 @@ impl Device {
 
     pub(crate) fn storage<A: NdArray>(&self, array: A) -> Result<Storage> {
         match self {
-            Device::Cpu => Ok(Storage::Cpu(array.to_cpu_storage())),
+            Device::Cpu => {
+                crate::counting::record(true, || ("upload".into(), crate::counting::upload()));
+                Ok(Storage::Cpu(array.to_cpu_storage()))
+            }
             Device::Cuda(device) => {
                 let storage = array.to_cpu_storage();
                 let storage = device.storage_from_cpu_storage_owned(storage)?;
@@ -494,7 +502,10 @@ impl Device {
 
     pub(crate) fn storage_owned<S: WithDType>(&self, data: Vec<S>) -> Result<Storage> {
         match self {
-            Device::Cpu => Ok(Storage::Cpu(S::to_cpu_storage_owned(data))),
+            Device::Cpu => {
+                crate::counting::record(true, || ("upload".into(), crate::counting::upload()));
+                Ok(Storage::Cpu(S::to_cpu_storage_owned(data)))
+            }
             Device::Cuda(device) => {
                 let storage = S::to_cpu_storage_owned(data);
                 let storage = device.storage_from_cpu_storage_owned(storage)?;

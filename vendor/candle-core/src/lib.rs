@@ -52,6 +52,8 @@ mod accelerate;
 pub mod backend;
 pub mod backprop;
 pub mod conv;
+/// runner's patch: counts of what ops would issue on the CUDA backend (PATCH.md).
+pub mod counting;
 mod convert;
 pub mod cpu;
 pub mod cpu_backend;

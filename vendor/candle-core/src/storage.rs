@@ -19,7 +19,13 @@ pub type StorageRef<'a> = RwLockReadGuard<'a, Storage>;
 pub type StorageMutRef<'a> = RwLockWriteGuard<'a, Storage>;
 
 impl Storage {
+    /// runner's patch: whether this is CPU storage, whose ops `crate::counting` records.
+    fn is_cpu(&self) -> bool {
+        matches!(self, Storage::Cpu(_))
+    }
+
     pub fn try_clone(&self, layout: &Layout) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("clone".into(), crate::counting::clone()));
         match self {
             Self::Cpu(storage) => Ok(Self::Cpu(storage.clone())),
             Self::Cuda(storage) => {
@@ -80,6 +86,7 @@ impl Storage {
     }
 
     pub(crate) fn const_set(&mut self, v: Scalar, l: &Layout) -> Result<()> {
+        crate::counting::record(self.is_cpu(), || ("const_set".into(), crate::counting::elementwise(&[l], true)));
         match self {
             Storage::Cpu(storage) => storage.const_set(v, l),
             Storage::Cuda(storage) => storage.const_set(v, l),
@@ -88,6 +95,7 @@ impl Storage {
     }
 
     pub(crate) fn affine(&self, layout: &Layout, mul: f64, add: f64) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("affine".into(), crate::counting::elementwise(&[layout], false)));
         match self {
             Storage::Cpu(storage) => {
                 let storage = storage.affine(layout, mul, add)?;
@@ -105,6 +113,7 @@ impl Storage {
     }
 
     pub(crate) fn powf(&self, layout: &Layout, alpha: f64) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("powf".into(), crate::counting::elementwise(&[layout], false)));
         match self {
             Storage::Cpu(storage) => {
                 let storage = storage.powf(layout, alpha)?;
@@ -122,6 +131,7 @@ impl Storage {
     }
 
     pub(crate) fn elu(&self, layout: &Layout, alpha: f64) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("elu".into(), crate::counting::elementwise(&[layout], false)));
         match self {
             Storage::Cpu(storage) => {
                 let storage = storage.elu(layout, alpha)?;
@@ -145,6 +155,7 @@ impl Storage {
         lhs_layout: &Layout,
         rhs_layout: &Layout,
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("cmp".into(), crate::counting::elementwise(&[lhs_layout, rhs_layout], false)));
         self.same_device(rhs, "cmp")?;
         self.same_dtype(rhs, "cmp")?;
         match (self, rhs) {
@@ -174,6 +185,7 @@ impl Storage {
     }
 
     pub(crate) fn reduce_op(&self, op: ReduceOp, layout: &Layout, s: &[usize]) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || (format!("reduce:{}", op.name()), crate::counting::reduce(layout, s)));
         match self {
             Storage::Cpu(storage) => {
                 let storage = storage.reduce_op(op, layout, s)?;
@@ -191,6 +203,7 @@ impl Storage {
     }
 
     pub(crate) fn to_dtype(&self, layout: &Layout, dtype: DType) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || (format!("to_dtype:{dtype:?}"), crate::counting::elementwise(&[layout], false)));
         match self {
             Storage::Cpu(storage) => {
                 let storage = storage.to_dtype(layout, dtype)?;
@@ -208,6 +221,7 @@ impl Storage {
     }
 
     pub(crate) fn apply_op1(&self, l: &Layout, c: &dyn CustomOp1) -> Result<(Self, Shape)> {
+        crate::counting::record(self.is_cpu(), || (format!("custom:{}", c.name()), crate::counting::custom()));
         match self {
             Self::Cpu(storage) => {
                 let (storage, shape) = c.cpu_fwd(storage, l)?;
@@ -231,6 +245,7 @@ impl Storage {
         l2: &Layout,
         c: &dyn CustomOp2,
     ) -> Result<(Self, Shape)> {
+        crate::counting::record(self.is_cpu(), || (format!("custom:{}", c.name()), crate::counting::custom()));
         self.same_device(t2, c.name())?;
         match (self, t2) {
             (Self::Cpu(s1), Self::Cpu(s2)) => {
@@ -258,6 +273,7 @@ impl Storage {
         l3: &Layout,
         c: &dyn CustomOp3,
     ) -> Result<(Self, Shape)> {
+        crate::counting::record(self.is_cpu(), || (format!("custom:{}", c.name()), crate::counting::custom()));
         self.same_device(t2, c.name())?;
         self.same_device(t3, c.name())?;
         match (self, t2, t3) {
@@ -324,6 +340,7 @@ impl Storage {
     }
 
     pub(crate) fn unary_impl<B: op::UnaryOpT>(&self, layout: &Layout) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || (format!("unary:{}", B::NAME), crate::counting::elementwise(&[layout], false)));
         match self {
             Storage::Cpu(storage) => {
                 let storage = storage.unary_impl::<B>(layout)?;
@@ -346,6 +363,7 @@ impl Storage {
         lhs_layout: &Layout,
         rhs_layout: &Layout,
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || (format!("binary:{}", B::NAME), crate::counting::elementwise(&[lhs_layout, rhs_layout], false)));
         self.same_device(rhs, B::NAME)?;
         self.same_dtype(rhs, B::NAME)?;
         match (self, rhs) {
@@ -443,6 +461,7 @@ impl Storage {
         kernel_l: &Layout,
         params: &crate::conv::ParamsConv2D,
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("conv2d".into(), crate::counting::conv2d_im2col(l, kernel_l, [params.b_size, params.c_out, params.out_h(), params.out_w()])));
         self.same_device(kernel, "conv2d")?;
         self.same_dtype(kernel, "conv2d")?;
         match (self, &kernel) {
@@ -474,6 +493,7 @@ impl Storage {
         kernel_l: &Layout,
         params: &crate::conv::ParamsConvTranspose2D,
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("conv_transpose2d".into(), crate::counting::direct(l)));
         self.same_device(kernel, "conv_transpose2d")?;
         self.same_dtype(kernel, "conv_transpose2d")?;
         match (self, &kernel) {
@@ -504,6 +524,7 @@ impl Storage {
         kernel_size: (usize, usize),
         stride: (usize, usize),
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("avg_pool2d".into(), crate::counting::direct(layout)));
         match self {
             Storage::Cpu(storage) => {
                 let storage = storage.avg_pool2d(layout, kernel_size, stride)?;
@@ -526,6 +547,7 @@ impl Storage {
         kernel_size: (usize, usize),
         stride: (usize, usize),
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("max_pool2d".into(), crate::counting::direct(layout)));
         match self {
             Storage::Cpu(storage) => {
                 let storage = storage.max_pool2d(layout, kernel_size, stride)?;
@@ -560,6 +582,7 @@ impl Storage {
     }
 
     pub(crate) fn upsample_nearest2d(&self, layout: &Layout, h: usize, w: usize) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("upsample_nearest2d".into(), crate::counting::direct(layout)));
         match self {
             Storage::Cpu(storage) => {
                 let storage = storage.upsample_nearest2d(layout, h, w)?;
@@ -585,6 +608,7 @@ impl Storage {
         scale_h: Option<f64>,
         scale_w: Option<f64>,
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("upsample_bilinear2d".into(), crate::counting::direct(layout)));
         match self {
             Storage::Cpu(storage) => {
                 let storage =
@@ -612,6 +636,7 @@ impl Storage {
         f: &Self,
         layout_f: &Layout,
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("where_cond".into(), crate::counting::where_cond([layout, layout_t, layout_f])));
         self.same_device(t, "where")?;
         self.same_device(f, "where")?;
         t.same_dtype(f, "where")?;
@@ -644,6 +669,7 @@ impl Storage {
         indexes_l: &Layout,
         d: usize,
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("gather".into(), crate::counting::indexed(false)));
         self.same_device(indexes, "index-add")?;
         match (self, indexes) {
             (Self::Cpu(s), Self::Cpu(indexes)) => {
@@ -671,6 +697,7 @@ impl Storage {
         source_l: &Layout,
         d: usize,
     ) -> Result<()> {
+        crate::counting::record(self.is_cpu(), || ("scatter_set".into(), crate::counting::indexed(true)));
         self.same_device(indexes, "scatter-set")?;
         self.same_device(source, "scatter-set")?;
         match (self, indexes, source) {
@@ -697,6 +724,7 @@ impl Storage {
         source_l: &Layout,
         d: usize,
     ) -> Result<()> {
+        crate::counting::record(self.is_cpu(), || ("scatter_add".into(), crate::counting::indexed(true)));
         self.same_device(indexes, "scatter-add")?;
         self.same_device(source, "scatter-add")?;
         match (self, indexes, source) {
@@ -723,6 +751,7 @@ impl Storage {
         source_l: &Layout,
         d: usize,
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("index_add".into(), crate::counting::index_add(l)));
         self.same_device(indexes, "index-add")?;
         self.same_device(source, "index-add")?;
         match (self, indexes, source) {
@@ -749,6 +778,7 @@ impl Storage {
         rhs_l: &Layout,
         d: usize,
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("index_select".into(), crate::counting::index_select(rhs_l)));
         self.same_device(rhs, "index-select")?;
         match (self, rhs) {
             (Self::Cpu(lhs), Self::Cpu(rhs)) => {
@@ -779,6 +809,7 @@ impl Storage {
         lhs_layout: &Layout,
         rhs_layout: &Layout,
     ) -> Result<Self> {
+        crate::counting::record(self.is_cpu(), || ("matmul".into(), crate::counting::matmul()));
         self.same_device(rhs, "matmul")?;
         self.same_dtype(rhs, "matmul")?;
         match (self, rhs) {
@@ -810,6 +841,7 @@ impl Storage {
         dst_offset: usize,
         src_l: &Layout,
     ) -> Result<()> {
+        crate::counting::record(self.is_cpu(), || ("copy_strided".into(), crate::counting::copy_strided(src_l)));
         match (self, dst) {
             (Self::Cpu(src), Self::Cpu(dst)) => src.copy_strided_src(dst, dst_offset, src_l),
             (Self::Cuda(src), Self::Cuda(dst)) => Ok(src.copy_strided_src(dst, dst_offset, src_l)?),
@@ -836,6 +868,7 @@ impl Storage {
         src_o: usize,
         dst_o: usize,
     ) -> Result<()> {
+        crate::counting::record(self.is_cpu(), || ("copy2d".into(), crate::counting::copy2d()));
         match (self, dst) {
             (Self::Cpu(src), Self::Cpu(dst)) => src.copy2d(dst, d1, d2, src_s, dst_s, src_o, dst_o),
             (Self::Cuda(src), Self::Cuda(dst)) => {

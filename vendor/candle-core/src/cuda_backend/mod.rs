@@ -64,7 +64,9 @@ impl crate::scalar::Scalar {
 
 impl SlicePtrOrNull<usize> {
     pub fn params_from_vec(dev: &CudaDevice, params: Vec<usize>) -> Result<Self> {
-        if device::cuda_graph_htod_cache_enabled() {
+        // runner's patch: `counting::cache_params(true)` keeps each dims/strides vector on
+        // the device after its first upload, as a CUDA graph capture does (PATCH.md).
+        if device::cuda_graph_htod_cache_enabled() || crate::counting::params_cached() {
             let key = (dev.id(), params.clone());
             let cache = CUDA_PARAM_CACHE.get_or_init(|| Mutex::new(HashMap::new()));
             if let Some(slice) = cache.lock().unwrap().get(&key).cloned() {
