@@ -9,7 +9,18 @@
 //! memory stays in the pool for the next allocation; the pool's size is the step's peak.
 //!
 //! `RUNNER_CUDA_POOL=trim` (read when a device opens) leaves the driver's default, for measuring the
-//! difference on a GPU (gpu/conv-paths.sh); not a user setting.
+//! difference on a GPU (gpu/conv-paths.sh); not a user setting. A GPU without memory-pool
+//! support (cudarc then frees synchronously) is named in a warning when it opens.
+//!
+//! Two more per-op host costs are removed when a GPU opens ([`gpu_setup`]):
+//! - cudarc's event tracking: two CUDA events created with every allocation and destroyed
+//!   with every free, which only a context with several streams uses; runner issues all of
+//!   its work on the device's one stream.
+//! - the dims and strides a kernel over a strided layout (a broadcast, a transposed view,
+//!   every reduction) needs were uploaded from pageable host memory before each such launch
+//!   (an allocation and a copy the host waits for; 481 of a ResNet-20 step's 483 uploads):
+//!   they are uploaded once per distinct vector and kept (the vendored candle's
+//!   `counting::cache_params`, PATCH.md).
 
 use anyhow::Result;
 use candle_core::Device;
@@ -57,6 +68,9 @@ impl DeviceChoice {
                 Device::new_cuda(n).map_err(|e| anyhow::anyhow!("device cuda:{n}: the GPU did not answer: {e}"))?
             }
         };
+        if !device.is_cpu() {
+            gpu_setup();
+        }
         // Not fatal: the GPU works with the driver's default pool, only slower.
         if let Err(e) = configure(&device) {
             tracing::warn!("device {}: could not set its memory pool to keep freed memory: {e}", device_name(&device));
@@ -102,10 +116,32 @@ fn bf16_refusal(name: &str, (major, minor): (i32, i32)) -> Option<String> {
 /// Sets the memory pool of `device`'s GPU to keep freed memory (above), unless
 /// `RUNNER_CUDA_POOL=trim`. Nothing on the CPU, or where the GPU has no memory pools (cudarc
 /// then allocates synchronously).
+/// The settings of a GPU that are the process's, not the device's (the module's docs):
+/// called when a GPU opens, and by runner-bench's `--count`, which counts the GPU's step as
+/// runner sets it up.
+pub fn gpu_setup() {
+    candle_core::counting::cache_params(true);
+}
+
 fn configure(device: &Device) -> candle_core::Result<()> {
     match device {
         #[cfg(feature = "cuda")]
-        Device::Cuda(d) if std::env::var("RUNNER_CUDA_POOL").as_deref() != Ok("trim") => cuda::keep_pool(d),
+        Device::Cuda(d) => {
+            // SAFETY: events are only needed to order work across streams; runner issues all
+            // of its work on this device's one stream (module docs).
+            unsafe { d.disable_event_tracking() };
+            if !d.cuda_stream().context().has_async_alloc() {
+                tracing::warn!(
+                    "device {}: no memory-pool support (cuMemAllocAsync): every free waits for the GPU, which slows each step",
+                    device_name(device)
+                );
+                return Ok(());
+            }
+            if std::env::var("RUNNER_CUDA_POOL").as_deref() == Ok("trim") {
+                return Ok(());
+            }
+            cuda::keep_pool(d)
+        }
         _ => Ok(()),
     }
 }
@@ -118,9 +154,6 @@ mod cuda {
     pub(super) fn keep_pool(d: &CudaDevice) -> candle_core::Result<()> {
         let stream = d.cuda_stream();
         let ctx = stream.context();
-        if !ctx.has_async_alloc() {
-            return Ok(());
-        }
         let mut threshold: u64 = u64::MAX;
         // SAFETY: the device is the context's own; the attribute takes a u64 (cuda docs,
         // CU_MEMPOOL_ATTR_RELEASE_THRESHOLD), which `threshold` is.

@@ -35,6 +35,19 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The batch without its images and masks: what its statistics need after the step.
+    pub fn without_pixels(&self) -> Batch {
+        Batch {
+            images: Vec::new(),
+            masks: Vec::new(),
+            labels: self.labels.clone(),
+            objects: self.objects.clone(),
+            sizes: self.sizes.clone(),
+            indices: self.indices.clone(),
+            skipped: self.skipped.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.indices.len()
     }

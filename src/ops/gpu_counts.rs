@@ -33,7 +33,10 @@ fn each_op_as_candles_cuda_backend_issues_it() {
     let c = counted(|| drop(x.sum_keepdim(1).unwrap())).total();
     assert_eq!(c, Cost { launches: 1, h2d: 1, h2d_params: 1, allocs: 2, ..Cost::default() });
     // mean = a sum and an affine; reading the scalar back is one device-to-host copy.
-    let c = counted(|| drop(x.mean_all().unwrap().to_scalar::<f32>().unwrap())).total();
+    let c = counted(|| {
+        x.mean_all().unwrap().to_scalar::<f32>().unwrap();
+    })
+    .total();
     assert_eq!(c, Cost { launches: 2, h2d: 1, h2d_params: 1, d2h: 1, allocs: 3, ..Cost::default() });
     // Tensor::from_slice on the device: one allocation, one upload of the data.
     let c = counted(|| drop(Tensor::from_slice(&[1f32, 2.], 2, &Device::Cpu).unwrap())).total();

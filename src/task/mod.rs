@@ -18,7 +18,7 @@ use crate::data::Split;
 use crate::metrics::detection::{Detection, DetectionStats, Truth};
 use crate::metrics::segmentation::SegStats;
 use crate::metrics::{Binary, EpochStats};
-use crate::model::{argmax, Model, Pass};
+use crate::model::{Model, Pass};
 use crate::runlog::RunLog;
 
 pub use detect::Yolo;
@@ -107,30 +107,44 @@ impl Task {
         }
     }
 
-    /// Adds a training batch to `stats`: its loss, and (classification) its predictions.
-    pub fn update_train(
-        &self,
-        stats: &mut Stats,
-        loss: f64,
-        out: &Tensor,
-        batch: &Batch,
-        keep_probs: bool,
-    ) -> Result<()> {
+    /// What a training batch's statistics need of the model's output `out`, computed on its
+    /// device and kept there until [`Task::update_train`] reads it: the predicted classes
+    /// (classification, localization) and, with `keep_probs`, the class probabilities.
+    pub fn train_outputs(&self, out: &Tensor, keep_probs: bool) -> Result<TrainOutputs> {
+        Ok(match self {
+            Task::Classify { .. } => TrainOutputs {
+                pred: Some(predicted(out)?),
+                probs: if keep_probs { Some(candle_nn::ops::softmax_last_dim(out)?.detach()) } else { None },
+            },
+            Task::Localize(loc) => {
+                TrainOutputs { pred: Some(predicted(&out.narrow(1, 0, loc.classes)?.contiguous()?)?), probs: None }
+            }
+            Task::Detect(_) | Task::Segment(_) => TrainOutputs::default(),
+        })
+    }
+
+    /// Adds a training batch to `stats`: its loss, and (classification) its predictions from
+    /// `outs` (read here from the device).
+    pub fn update_train(&self, stats: &mut Stats, loss: f64, outs: &TrainOutputs, batch: &Batch) -> Result<()> {
+        let pred = || -> Result<Vec<u32>> {
+            match &outs.pred {
+                Some(p) => Ok(p.to_vec1::<u32>()?),
+                None => anyhow::bail!("the {} task's statistics need the predicted classes", self.name()),
+            }
+        };
         match stats {
             Stats::Classify(s) => {
-                let probs = if keep_probs {
-                    Some(candle_nn::ops::softmax_last_dim(out)?.flatten_all()?.to_vec1::<f32>()?)
-                } else {
-                    None
+                let probs = match &outs.probs {
+                    Some(p) => Some(p.flatten_all()?.to_vec1::<f32>()?),
+                    None => None,
                 };
-                s.update(loss, probs.as_deref(), &argmax(out)?, &batch.labels);
+                s.update(loss, probs.as_deref(), &pred()?, &batch.labels);
             }
             Stats::Detect(s) => s.add_loss(loss, batch.len()),
             Stats::Segment(s) => s.add_loss(loss, batch.len()),
             Stats::Localize(s) => {
-                let logits = out.narrow(1, 0, s.class.classes())?.contiguous()?;
                 let labels: Vec<u32> = localize::targets(batch, [1, 1]).iter().map(|t| t.0).collect();
-                s.class.update(loss, None, &argmax(&logits)?, &labels);
+                s.class.update(loss, None, &pred()?, &labels);
             }
         }
         Ok(())
@@ -195,6 +209,21 @@ impl Task {
             _ => anyhow::bail!("the statistics do not belong to the {} task", self.name()),
         }
     }
+}
+
+/// A training batch's outputs that its statistics need ([`Task::train_outputs`]), on the
+/// model's device.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOutputs {
+    /// Each sample's predicted class, `[b]` u32.
+    pred: Option<Tensor>,
+    /// The class probabilities `[b, classes]`.
+    probs: Option<Tensor>,
+}
+
+/// Each row's predicted class (the first largest logit), `[b]` u32, detached.
+fn predicted(logits: &Tensor) -> Result<Tensor> {
+    Ok(logits.detach().argmax(candle_core::D::Minus1)?.to_dtype(candle_core::DType::U32)?)
 }
 
 impl Stats {

@@ -28,7 +28,7 @@ use crate::progress;
 use crate::runlog::{MetricRow, RunLog, Status};
 use crate::schedule::Position;
 use crate::step::{self, Step};
-use crate::task::Stats;
+use crate::task::{Stats, TrainOutputs};
 
 mod eval;
 mod resume;
@@ -268,6 +268,15 @@ impl Session<'_> {
             )
         });
         let mut stats = plan.task.stats(plan.num_classes(), keep_probs);
+        // Batches whose loss and predictions are still on the device, read every
+        // `read_every` batches: each batch on the CPU; on a GPU at the log points (at most 50
+        // batches apart), so that a step does not wait for the GPU.
+        let mut unread: Vec<Unread> = Vec::new();
+        let read_every = match plan.train.log_every {
+            _ if crate::ops::cpu_kernels_on(&self.device) => 1,
+            0 => 50,
+            n => n.min(50),
+        };
         let mut skipped = 0usize;
         let mut summed: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut pending = 0usize;
@@ -294,21 +303,19 @@ impl Session<'_> {
                 let pass =
                     Pass { train: true, seed: plan.seed, epoch, step: state.step as usize * accumulate + pending };
                 let slices = if sliceable { step::slices(self.model, batch.len(), &self.device) } else { 1 };
-                let Step { out, loss: loss_value, grads } =
+                let Step { out, loss, grads } =
                     step::forward_backward(self.model, &xs, pass, slices, accumulate, |out, range| {
                         plan.task.slice_loss(out, &batch, range, plan.input)
                     })?;
-                // Checked before the update, so the weights never take a step from a NaN.
-                if !loss_value.is_finite() {
-                    bail!(
-                        "loss is {loss_value} at epoch {} step {}: training diverged (try a lower learning rate)",
-                        epoch + 1,
-                        state.step + 1
-                    );
+                let outputs = plan.task.train_outputs(&out, keep_probs)?;
+                unread.push(Unread { step: state.step + 1, loss, outputs, batch: batch.without_pixels() });
+                // Read at once on the CPU, before the update, so the weights never take a step
+                // from a NaN; on a GPU at the log points (`read_every`).
+                if unread.len() >= read_every {
+                    read_losses(&mut unread, &mut stats, plan, epoch)?;
                 }
                 add_grads(&mut summed, grads)?;
                 pending += 1;
-                plan.task.update_train(&mut stats, loss_value, &out, &batch, keep_probs)?;
             }
             // A step every `accumulate` batches, and at the end of the epoch.
             if pending > 0 && (pending == accumulate || b + 1 == n_batches) {
@@ -352,6 +359,7 @@ impl Session<'_> {
                 );
             }
         }
+        read_losses(&mut unread, &mut stats, plan, epoch)?;
         bar.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
         tracing::debug!(
@@ -458,6 +466,35 @@ impl Session<'_> {
         checkpoint::save(&self.log.dir.join("checkpoints"), self.model, self.optimizer, &side, ck.keep_last, is_best)?;
         Ok(early_stop)
     }
+}
+
+/// A trained batch whose loss and predictions are still on the device.
+struct Unread {
+    /// The optimizer step the batch belongs to (1-based, as the messages count).
+    step: i64,
+    loss: step::BatchLoss,
+    outputs: TrainOutputs,
+    /// The batch's labels and objects, without its pixels.
+    batch: Batch,
+}
+
+/// Reads the `unread` batches' losses and predictions into `stats`, in batch order, and
+/// empties it. A loss that is NaN or infinite ends the run, naming its epoch and step: on
+/// the CPU before that batch's update; on a GPU up to `read_every` batches later, so the
+/// weights may have taken those steps (the run is failed either way).
+fn read_losses(unread: &mut Vec<Unread>, stats: &mut Stats, plan: &Plan, epoch: usize) -> Result<()> {
+    for u in unread.drain(..) {
+        let loss = u.loss.read()?;
+        if !loss.is_finite() {
+            bail!(
+                "loss is {loss} at epoch {} step {}: training diverged (try a lower learning rate)",
+                epoch + 1,
+                u.step
+            );
+        }
+        plan.task.update_train(stats, loss, &u.outputs, &u.batch)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn images(batch: &Batch, shape: [usize; 3], device: &Device) -> Result<Tensor> {

@@ -246,8 +246,9 @@ fn resnet_cifar_train() -> Result<f64> {
 /// The zoo's ResNet-20 (configs/models/resnet20.toml) at the paper's recipe: batch 128 of
 /// 3x32x32, SGD lr 0.1, momentum 0.9, weight decay 1e-4. Each step does what the training
 /// loop does with a batch (`train_epoch`): the images and labels uploaded from the host,
-/// forward, loss and backward (`step::forward_backward`, which reads the loss), the
-/// epoch's accuracy sums (`Task::update_train`), the optimizer's update.
+/// forward, loss and backward (`step::forward_backward`), the predicted classes for the
+/// epoch's accuracy (`Task::train_outputs`, read by `Task::update_train` at once on the CPU,
+/// at log points on a GPU), the optimizer's update.
 fn resnet20_train() -> Result<f64> {
     let m = committed_model("resnet20.toml")?;
     let mut opt = Optimizer::new(&OptimizerConfig::Sgd {
@@ -274,7 +275,12 @@ fn resnet20_train() -> Result<f64> {
         let step = runner::step::forward_backward(&m, &xs, pass, slices, 1, |out, range| {
             task.slice_loss(out, &batch, range, [3, 32, 32])
         })?;
-        task.update_train(&mut stats, step.loss, &step.out, &batch, false)?;
+        let outputs = task.train_outputs(&step.out, false)?;
+        // The loop reads the loss and predictions at once on the CPU; on a GPU at its log
+        // points, which a step in between (the one counted) does not reach.
+        if runner::ops::cpu_kernels_on(&dev()) {
+            task.update_train(&mut stats, step.loss.read()?, &outputs, &batch)?;
+        }
         opt.step(opt.config().lr(), m.params.iter(), &step.grads, &Default::default())?;
         Ok(())
     })
@@ -459,6 +465,7 @@ fn main() -> Result<()> {
         }
         let case = args[0].clone();
         // On the thread that runs the case: counting is per thread.
+        runner::device::gpu_setup();
         return runner::ops::on_pool(|| {
             candle_core::counting::start();
             run_case(&case)
