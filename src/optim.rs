@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
+use candle_core::counting::{self, Cost};
 use candle_core::{Result, Tensor, Var};
 
 use crate::config::OptimizerConfig;
@@ -105,43 +106,38 @@ impl Optimizer {
             let p = var.as_tensor().detach();
             let prev = self.state.get(name);
             let t = prev.map(|s| s.step).unwrap_or(0) + 1;
-            let (new, slots) = match self.cfg {
-                OptimizerConfig::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
-                    let wd = weight_decay * h.wd_mult;
-                    let mut d = g;
-                    if wd != 0.0 {
-                        d = (d + (&p * wd)?)?;
+            let slots = if crate::ops::fused::applies(&p) && !counting::enabled() {
+                fused_update(&self.cfg, &p, &g, prev, t, lr, h)?
+            } else if crate::ops::fused::applies(&p) {
+                // Counting: the values from the update below, the count from the GPU's
+                // kernel (its state zeroed on the first step, then one launch).
+                if prev.is_none() {
+                    for _ in 0..self.slots() {
+                        counting::add_op("zeros", Cost { memsets: 1, allocs: 1, ..Cost::default() });
                     }
-                    let mut slots = Vec::new();
-                    if momentum != 0.0 {
-                        let buf = match prev {
-                            // buf = momentum * buf + (1 - dampening) * d; d * 1 is d, bit for
-                            // bit, and one pass over the parameter fewer (dampening 0, the default).
-                            Some(s) if dampening == 0.0 => ((&s.slots[0] * momentum)? + &d)?,
-                            Some(s) => ((&s.slots[0] * momentum)? + (&d * (1.0 - dampening))?)?,
-                            None => d.clone(),
-                        };
-                        d = if nesterov { (d + (&buf * momentum)?)? } else { buf.clone() };
-                        slots.push(buf);
-                    }
-                    ((&p - (d * lr)?)?, slots)
                 }
-                OptimizerConfig::Adam { betas, eps, weight_decay, .. } => {
-                    let wd = weight_decay * h.wd_mult;
-                    let d = if wd != 0.0 { (g + (&p * wd)?)? } else { g };
-                    adam(&p, &d, prev, t, lr, betas, eps)?
-                }
-                OptimizerConfig::Adamw { betas, eps, weight_decay, .. } => {
-                    // PyTorch: p *= 1 - lr * wd, then the Adam step without weight decay.
-                    let wd = weight_decay * h.wd_mult;
-                    let p = if wd != 0.0 { (&p * (1.0 - lr * wd))? } else { p };
-                    adam(&p, &g, prev, t, lr, betas, eps)?
-                }
+                counting::add_op("custom:runner-fused-update", Cost::launch(1, 0));
+                counting::paused(|| -> Result<Vec<Tensor>> {
+                    let (new, slots) = update(&self.cfg, p, g, prev, t, lr, h)?;
+                    var.set(&new)?;
+                    Ok(slots)
+                })?
+            } else {
+                let (new, slots) = update(&self.cfg, p, g, prev, t, lr, h)?;
+                var.set(&new)?;
+                slots
             };
             self.state.insert(name.clone(), ParamState { step: t, slots });
-            var.set(&new)?;
         }
         Ok(())
+    }
+
+    /// The number of state tensors per parameter.
+    fn slots(&self) -> usize {
+        match self.cfg {
+            OptimizerConfig::Sgd { momentum, .. } => usize::from(momentum != 0.0),
+            _ => 2,
+        }
     }
 
     /// The state as named tensors (`<param>/<slot>`) and per-parameter step counts, for
@@ -164,10 +160,7 @@ impl Optimizer {
         tensors: &BTreeMap<String, Tensor>,
         steps: &BTreeMap<String, u64>,
     ) -> std::result::Result<(), String> {
-        let slots = match self.cfg {
-            OptimizerConfig::Sgd { momentum, .. } => usize::from(momentum != 0.0),
-            _ => 2,
-        };
+        let slots = self.slots();
         self.state.clear();
         for (name, step) in steps {
             let mut v = Vec::new();
@@ -179,6 +172,92 @@ impl Optimizer {
             self.state.insert(name.clone(), ParamState { step: *step, slots: v });
         }
         Ok(())
+    }
+}
+
+/// One update of the parameter `p` (detached) by gradient `g` at its step `t`, from
+/// candle's ops (the CPU's, and the reference of the GPU's fused kernels): the new value
+/// and the new state.
+fn update(
+    cfg: &OptimizerConfig,
+    p: Tensor,
+    g: Tensor,
+    prev: Option<&ParamState>,
+    t: u64,
+    lr: f64,
+    h: Hyper,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    Ok(match *cfg {
+        OptimizerConfig::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
+            let wd = weight_decay * h.wd_mult;
+            let mut d = g;
+            if wd != 0.0 {
+                d = (d + (&p * wd)?)?;
+            }
+            let mut slots = Vec::new();
+            if momentum != 0.0 {
+                let buf = match prev {
+                    // buf = momentum * buf + (1 - dampening) * d; d * 1 is d, bit for
+                    // bit, and one pass over the parameter fewer (dampening 0, the default).
+                    Some(s) if dampening == 0.0 => ((&s.slots[0] * momentum)? + &d)?,
+                    Some(s) => ((&s.slots[0] * momentum)? + (&d * (1.0 - dampening))?)?,
+                    None => d.clone(),
+                };
+                d = if nesterov { (d + (&buf * momentum)?)? } else { buf.clone() };
+                slots.push(buf);
+            }
+            ((&p - (d * lr)?)?, slots)
+        }
+        OptimizerConfig::Adam { betas, eps, weight_decay, .. } => {
+            let wd = weight_decay * h.wd_mult;
+            let d = if wd != 0.0 { (g + (&p * wd)?)? } else { g };
+            adam(&p, &d, prev, t, lr, betas, eps)?
+        }
+        OptimizerConfig::Adamw { betas, eps, weight_decay, .. } => {
+            // PyTorch: p *= 1 - lr * wd, then the Adam step without weight decay.
+            let wd = weight_decay * h.wd_mult;
+            let p = if wd != 0.0 { (&p * (1.0 - lr * wd))? } else { p };
+            adam(&p, &g, prev, t, lr, betas, eps)?
+        }
+    })
+}
+
+/// The update on a GPU: one kernel per parameter (`ops::fused`), `p` and the state written
+/// in place; the state zeroed before the first step. Returns the state.
+fn fused_update(
+    cfg: &OptimizerConfig,
+    p: &Tensor,
+    g: &Tensor,
+    prev: Option<&ParamState>,
+    t: u64,
+    lr: f64,
+    h: Hyper,
+) -> Result<Vec<Tensor>> {
+    use crate::ops::fused;
+    let slots = |n: usize| -> Result<Vec<Tensor>> {
+        match prev {
+            Some(s) => Ok(s.slots.clone()),
+            None => (0..n).map(|_| p.zeros_like()).collect(),
+        }
+    };
+    match *cfg {
+        OptimizerConfig::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
+            let s = slots(usize::from(momentum != 0.0))?;
+            let wd = weight_decay * h.wd_mult;
+            fused::sgd_update(p, g, s.first(), lr, momentum, dampening, wd, nesterov, prev.is_none())?;
+            Ok(s)
+        }
+        OptimizerConfig::Adam { betas, eps, weight_decay, .. } => {
+            let s = slots(2)?;
+            fused::adam_update(p, g, &s[0], &s[1], t, lr, betas, eps, 1.0, weight_decay * h.wd_mult)?;
+            Ok(s)
+        }
+        OptimizerConfig::Adamw { betas, eps, weight_decay, .. } => {
+            let s = slots(2)?;
+            let decay = 1.0 - lr * weight_decay * h.wd_mult;
+            fused::adam_update(p, g, &s[0], &s[1], t, lr, betas, eps, decay, 0.0)?;
+            Ok(s)
+        }
     }
 }
 

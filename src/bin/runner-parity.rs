@@ -6,10 +6,16 @@
 //! Each case builds the same model (same seed, same weights) on the CPU and on the device,
 //! feeds both the same batch, and compares the training-mode output and the gradients of
 //! `mean(y * r)` (a fixed random `r`) with respect to the input and every parameter; the
-//! models then take three SGD steps on both, and the losses of each step are compared.
+//! models then take three SGD steps on both, and the losses of each step are compared. Each
+//! optimizer rule updates the same parameter by the same gradients on both (the GPU's fused
+//! update kernels against the CPU's update, 1e-6).
 //! Prints one line per case, `parity <case> out=<max abs diff> grad=<max abs diff>
 //! tol=<tolerance> ok|FAIL`, relative to the largest CPU value of each; exits 1 when a case
 //! fails. `runner-parity cpu` compares the CPU with itself: a dry run of the cases.
+//!
+//! `runner-parity gpu-path` runs the device's side on the CPU through the ops' GPU branches
+//! (`candle_core::counting` on: candle's compositions, and the CPU references of runner's
+//! fused CUDA kernels in their places): what a GPU computes, checked without one.
 //!
 //! The models' three steps run again with `precision = "bf16"`: the device's bf16 kernels
 //! against the CPU's rounding around its f32 kernels, within [`BF16_TOL`].
@@ -27,6 +33,24 @@ const TOL: f64 = 1e-4;
 /// Relative tolerance of the bf16 model cases: a sum in another order can round a product's
 /// output to the neighbouring bf16 value (2^-8 = 3.9e-3 relative), and that moves what follows.
 const BF16_TOL: f64 = 1e-2;
+
+/// Relative tolerance of the optimizer cases: the same update of the same numbers, one
+/// rounding apart (the 1e-6).
+const OPTIM_TOL: f64 = 1e-6;
+
+/// `runner-parity gpu-path`: the device side runs on the CPU through the GPU's branches.
+static GPU_PATH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `f` as the device's side: with `gpu-path`, counting (the ops' GPU branches) on meanwhile.
+fn device_side<R>(f: impl FnOnce() -> R) -> R {
+    if !GPU_PATH.load(std::sync::atomic::Ordering::Relaxed) {
+        return f();
+    }
+    candle_core::counting::start();
+    let r = f();
+    candle_core::counting::stop();
+    r
+}
 
 fn rand(shape: &[usize], seed: u64) -> Result<Tensor> {
     let mut r = Rng::new(seed);
@@ -74,7 +98,7 @@ fn layer_case(name: &str, input: [usize; 4], layers: Vec<LayerKind>, device: &De
     };
     let x = rand(&input, 7)?;
     let (y0, g0) = run(&cfg, &x, &Device::Cpu)?;
-    let (y1, g1) = run(&cfg, &x, device)?;
+    let (y1, g1) = device_side(|| run(&cfg, &x, device))?;
     let out = rel_diff(&y0, &y1)?;
     let mut grad = 0f64;
     // Each gradient against the larger of its own largest value and 1% of the case's
@@ -103,7 +127,8 @@ fn report_within(name: &str, out: f64, grad: Option<f64>, tol: f64) -> bool {
     ok
 }
 
-/// Three SGD steps of a committed model on both devices: the losses of each step.
+/// Three SGD steps of a committed model on both devices: the losses of each step (one
+/// step with `gpu-path`, see [`model_steps`]).
 fn model_case(file: &str, batch: usize, precision: Precision, device: &Device) -> Result<bool> {
     #[derive(serde::Deserialize)]
     struct ModelFile {
@@ -127,7 +152,7 @@ fn model_case(file: &str, batch: usize, precision: Precision, device: &Device) -
             weight_decay: 5e-4,
         });
         let mut out = Vec::new();
-        for step in 0..3 {
+        for step in 0..model_steps() {
             let y = model.forward(&x, Pass { train: true, seed: 0, epoch: 0, step })?;
             let r = rand(y.dims(), 99)?.to_device(device)?;
             let loss = (&y * &r)?.mean_all()?;
@@ -137,21 +162,108 @@ fn model_case(file: &str, batch: usize, precision: Precision, device: &Device) -
         }
         Ok(out)
     };
-    let (a, b) = (losses(&Device::Cpu)?, losses(device)?);
+    let (a, b) = (losses(&Device::Cpu)?, device_side(|| losses(device))?);
     let scale = a.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
     let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale;
     let (suffix, tol) = if precision.is_f32() { ("", TOL) } else { ("_bf16", BF16_TOL) };
     println!("parity {file}{suffix} losses cpu={a:?} device={b:?}");
-    Ok(report_within(&format!("{file}_3_steps{suffix}"), d, None, tol))
+    Ok(report_within(&format!("{file}_{}_steps{suffix}", model_steps()), d, None, tol))
+}
+
+/// The model cases' steps: 3; 1 with `gpu-path`, where candle's CPU convolutions stand in
+/// for the GPU's: in the batch-norm models the gradients that are near zero by the math
+/// (a batch norm's beta before another batch norm) differ by 1% between two f32 paths, and
+/// three steps amplify that to 2e-4 of the loss (measured here with the composed GPU path
+/// before runner's fused kernels, and with them).
+fn model_steps() -> usize {
+    if GPU_PATH.load(std::sync::atomic::Ordering::Relaxed) {
+        1
+    } else {
+        3
+    }
+}
+
+/// Three updates of each optimizer on both devices from the same parameter, gradients and
+/// state: the parameter and the state after each step against the CPU's update (the fused
+/// GPU kernels: one launch per parameter), within [`OPTIM_TOL`].
+fn optimizer_case(opt: &OptimizerConfig, device: &Device) -> Result<bool> {
+    let run = |device: &Device| -> Result<Vec<Tensor>> {
+        let name = "w".to_string();
+        let var = Var::from_tensor(&rand(&[64, 33], 5)?.to_device(device)?)?;
+        let mut o = Optimizer::new(opt);
+        let mut out = Vec::new();
+        for step in 0..3u64 {
+            let g = rand(&[64, 33], 10 + step)?.to_device(device)?;
+            let grads = std::iter::once((name.clone(), g)).collect();
+            o.step(opt.lr(), [(&name, &var)], &grads, &Default::default())?;
+            out.push(var.as_tensor().copy()?);
+            out.extend(o.export().0.into_values());
+        }
+        Ok(out)
+    };
+    let (a, b) = (run(&Device::Cpu)?, device_side(|| run(device))?);
+    let mut d = 0f64;
+    for (p, q) in a.iter().zip(&b) {
+        d = d.max(rel_diff(p, q)?);
+    }
+    Ok(report_within(&format!("optimizer_{}", opt_name(opt)), d, None, OPTIM_TOL))
+}
+
+fn opt_name(opt: &OptimizerConfig) -> &'static str {
+    match opt {
+        OptimizerConfig::Sgd { nesterov: true, .. } => "sgd_nesterov",
+        OptimizerConfig::Sgd { momentum, .. } if *momentum == 0.0 => "sgd_plain",
+        OptimizerConfig::Sgd { dampening, .. } if *dampening != 0.0 => "sgd_dampening",
+        OptimizerConfig::Sgd { .. } => "sgd_momentum",
+        OptimizerConfig::Adam { .. } => "adam",
+        OptimizerConfig::Adamw { .. } => "adamw",
+    }
+}
+
+/// A residual block (conv-bn-relu-conv-bn, the sum and its ReLU: the fused add + ReLU).
+fn resblock_case(device: &Device) -> Result<bool> {
+    let conv = |out| {
+        Layer(LayerKind::Conv2d {
+            inp: None,
+            out,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
+            bias: false,
+        })
+    };
+    let bn = || Layer(LayerKind::Batchnorm { eps: 1e-5, momentum: 0.1 });
+    let mut block = GroupConfig::new("res", vec![conv(8), bn(), Layer(LayerKind::Relu {}), conv(8), bn()]);
+    block.residual = true;
+    block.activation = Some(Layer(LayerKind::Relu {}));
+    let cfg = ModelConfig { input: vec![8, 10, 10], groups: vec![block], ..Default::default() };
+    let x = rand(&[4, 8, 10, 10], 7)?;
+    let (y0, g0) = run(&cfg, &x, &Device::Cpu)?;
+    let (y1, g1) = device_side(|| run(&cfg, &x, device))?;
+    let mut grad = 0f64;
+    for (a, b) in g0.iter().zip(&g1) {
+        grad = grad.max(rel_diff(a, b)?);
+    }
+    Ok(report("resblock_add_relu", rel_diff(&y0, &y1)?, Some(grad)))
 }
 
 fn main() -> Result<()> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "cuda:0".into());
+    let which = if which == "gpu-path" {
+        GPU_PATH.store(true, std::sync::atomic::Ordering::Relaxed);
+        runner::device::gpu_setup();
+        "cpu".to_string()
+    } else {
+        which
+    };
     let device = match runner::device::parse_device(&which).map_err(anyhow::Error::msg)? {
         runner::device::DeviceChoice::Cpu => Device::Cpu,
         choice => choice.open()?,
     };
-    println!("parity device {}", runner::device::device_name(&device));
+    let path = if GPU_PATH.load(std::sync::atomic::Ordering::Relaxed) { " (the GPU's ops, on the CPU)" } else { "" };
+    println!("parity device {}{path}", runner::device::device_name(&device));
     let conv = |out, kernel, stride, padding, dilation, groups| LayerKind::Conv2d {
         inp: None,
         out,
@@ -206,6 +318,9 @@ fn main() -> Result<()> {
         ("upsample_bilinear4", [4, 6, 10, 10], vec![up("bilinear", 4)]),
         ("upsample_nearest2", [4, 6, 10, 10], vec![up("nearest", 2)]),
         ("batchnorm_relu", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 1), bn(), LayerKind::Relu {}]),
+        ("batchnorm", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 1), bn()]),
+        ("batchnorm_leaky", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 1), bn(), LayerKind::LeakyRelu { slope: 0.1 }]),
+        ("relu", [4, 8, 6, 6], vec![LayerKind::Relu {}]),
         ("leaky_relu", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 1), LayerKind::LeakyRelu { slope: 0.1 }]),
         ("sigmoid", [4, 8, 6, 6], vec![LayerKind::Sigmoid {}]),
         (
@@ -231,9 +346,41 @@ fn main() -> Result<()> {
     for (name, input, layers) in cases {
         check(name, layer_case(name, input, layers, &device));
     }
-    for precision in [Precision::F32, Precision::Bf16] {
-        for (file, batch) in [("lenet5.toml", 8), ("monster.toml", 8), ("fcn_shapes.toml", 2), ("yolo_shapes.toml", 2)]
-        {
+    check("resblock_add_relu", resblock_case(&device));
+    // Every rule of the fused optimizer kernels: momentum with and without dampening,
+    // Nesterov, none; Adam with L2 decay; AdamW.
+    let sgd = |momentum, dampening, nesterov| OptimizerConfig::Sgd {
+        lr: 0.05,
+        momentum,
+        dampening,
+        nesterov,
+        weight_decay: 1e-3,
+    };
+    for opt in [
+        sgd(0.9, 0.0, false),
+        sgd(0.9, 0.1, false),
+        sgd(0.9, 0.0, true),
+        sgd(0.0, 0.0, false),
+        OptimizerConfig::Adam { lr: 1e-2, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 1e-3 },
+        OptimizerConfig::Adamw { lr: 1e-2, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 1e-2 },
+    ] {
+        check(opt_name(&opt), optimizer_case(&opt, &device));
+    }
+    // `gpu-path` is f32: on the CPU, bf16 products would run candle's bf16 CPU kernels
+    // (bf16 sums), not a GPU's (f32 sums).
+    let precisions: &[Precision] = if GPU_PATH.load(std::sync::atomic::Ordering::Relaxed) {
+        &[Precision::F32]
+    } else {
+        &[Precision::F32, Precision::Bf16]
+    };
+    for &precision in precisions {
+        for (file, batch) in [
+            ("lenet5.toml", 8),
+            ("monster.toml", 8),
+            ("resnet20.toml", 8),
+            ("fcn_shapes.toml", 2),
+            ("yolo_shapes.toml", 2),
+        ] {
             check(file, model_case(file, batch, precision, &device));
         }
     }

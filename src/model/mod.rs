@@ -279,10 +279,7 @@ impl Model {
             // PyTorch: running = (1 - momentum) * running + momentum * batch,
             // the variance unbiased (n / (n - 1)) over n = batch * h * w values.
             let n = (x.elem_count() / x.dim(1)?) as f64;
-            let unbiased = (var * (n / (n - 1.0).max(1.0)))?.to_dtype(DType::F32)?;
-            let mean = mean.to_dtype(DType::F32)?;
-            rm.set(&((rm.as_tensor() * (1.0 - momentum))? + (mean * momentum)?)?)?;
-            rv.set(&((rv.as_tensor() * (1.0 - momentum))? + (unbiased * momentum)?)?)?;
+            crate::ops::batchnorm::update_running(rm, rv, &mean, &var, n, momentum)?;
             Ok(y)
         } else {
             let y = batch_norm_eval(&x, &w, &b, rm.as_tensor(), rv.as_tensor(), eps)?;

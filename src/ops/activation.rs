@@ -1,5 +1,6 @@
 //! ReLU as one pass forward and one pass backward (candle's backward is a comparison, a
-//! type conversion and a product: three passes and three allocations).
+//! type conversion and a product: three passes and three allocations), on the CPU and, in
+//! a CUDA build, on the GPU (`fused.cu`'s kernels).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -42,6 +43,10 @@ impl CustomOp1 for Relu {
             _ => candle_core::bail!("runner relu supports f32 and f64"),
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::fused::gpu::relu((s, l), None)?, l.shape().clone()))
+    }
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(y.apply_op2_no_bwd(&dy.contiguous()?, &ReluGrad)?))
     }
@@ -63,6 +68,16 @@ impl CustomOp2 for ReluGrad {
             }
             _ => candle_core::bail!("runner relu supports f32 and f64 of one dtype"),
         })
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::fused::gpu::relu_grad((s1, l1), (s2, l2))?, l1.shape().clone()))
     }
 }
 
@@ -93,6 +108,19 @@ impl CustomOp2 for AddRelu {
             _ => candle_core::bail!("runner add_relu supports f32 and f64 of one dtype"),
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("runner add_relu: shapes {:?} and {:?} differ", l1.shape(), l2.shape());
+        }
+        Ok((super::fused::gpu::relu((s1, l1), Some((s2, l2)))?, l1.shape().clone()))
+    }
     fn bwd(&self, _a: &Tensor, _b: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = y.apply_op2_no_bwd(&dy.contiguous()?, &ReluGrad)?;
         Ok((Some(g.clone()), Some(g)))
@@ -101,7 +129,7 @@ impl CustomOp2 for AddRelu {
 
 /// `max(a + b, 0)` (a residual block's sum and ReLU); the same gradient flows to both.
 pub fn add_relu_op(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if super::cpu_kernels(a) && a.shape() == b.shape() {
+    if (super::cpu_kernels(a) || super::fused::applies(a)) && a.shape() == b.shape() {
         a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
     } else {
         (a + b)?.relu()
@@ -110,7 +138,7 @@ pub fn add_relu_op(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `max(x, 0)`; the gradient is 0 where the output is 0 (as PyTorch's).
 pub fn relu_op(x: &Tensor) -> Result<Tensor> {
-    if super::cpu_kernels(x) {
+    if super::cpu_kernels(x) || super::fused::applies(x) {
         x.contiguous()?.apply_op1(Relu)
     } else {
         x.relu()

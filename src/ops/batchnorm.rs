@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::{contiguous, Elem};
 
-fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
+pub(super) fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
     match l.dims() {
         &[n, c, h, w] => Ok((n, c, h * w)),
         d => candle_core::bail!("batch norm expects [n, c, h, w], got {d:?}"),
@@ -123,7 +123,7 @@ with_avx2!(plane_grad = plane_grad_body(out: &mut [T], dy: &[T], x: &[T], k: (T,
 
 /// Per channel: (mean, biased variance). The mean is summed first (in lanes, then f64);
 /// the variance is the mean of squared deviations from it.
-fn stats<T: Elem>(x: &[T], (n, c, hw): (usize, usize, usize)) -> Vec<(f64, f64)> {
+pub(super) fn stats<T: Elem>(x: &[T], (n, c, hw): (usize, usize, usize)) -> Vec<(f64, f64)> {
     let m = (n * hw) as f64;
     (0..c)
         .into_par_iter()
@@ -142,7 +142,7 @@ fn scale<T: Elem>(gamma: T, (_, var): (f64, f64), eps: f64) -> T {
     T::from_f64(gamma.to_f64() / (var + eps).sqrt())
 }
 
-fn forward<T: Elem>(
+pub(super) fn forward<T: Elem>(
     x: &[T],
     g: &[T],
     b: &[T],
@@ -167,7 +167,7 @@ fn forward<T: Elem>(
 /// dx = gamma / sqrt(var + eps) * (dy - dbeta / m - xhat * dgamma / m). With `act` (beta,
 /// and the slope of a (leaky) ReLU fused after the normalisation), `dy` first goes back
 /// through it.
-fn backward<T: Elem>(
+pub(super) fn backward<T: Elem>(
     x: &[T],
     g: &[T],
     dy: &[T],
@@ -372,6 +372,9 @@ fn norm_train(
         let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BatchNormTrain { eps, stats: pairs, act })?;
         return Ok((y, mean, var));
     }
+    if super::fused::applies(x) {
+        return super::fused::batch_norm_train(x, gamma, beta, eps, act);
+    }
     norm_train_composed(x, gamma, beta, eps, act)
 }
 
@@ -409,6 +412,40 @@ fn norm_train_composed(
         Some(s) => candle_nn::ops::leaky_relu(&y, s)?,
     };
     Ok((y, mean.flatten_all()?.detach(), var.flatten_all()?.detach()))
+}
+
+/// PyTorch's running statistics after a training batch, in place: `running = (1 -
+/// momentum) * running + momentum * batch`, the variance unbiased (`n / (n - 1)` over the
+/// `n` values per channel, batch * h * w). `mean` and `var` are the batch's, from the
+/// training forward. On a GPU one kernel (`fused`); candle's ops otherwise, which are its
+/// reference.
+pub fn update_running(
+    rm: &candle_core::Var,
+    rv: &candle_core::Var,
+    mean: &Tensor,
+    var: &Tensor,
+    n: f64,
+    momentum: f64,
+) -> Result<()> {
+    use candle_core::counting;
+    use candle_core::DType::F32;
+    let unbias = n / (n - 1.0).max(1.0);
+    let fused = super::fused::applies(rm.as_tensor());
+    if fused && !counting::enabled() {
+        return super::fused::update_running(rm, rv, mean, var, 1.0 - momentum, momentum, unbias);
+    }
+    let update = || -> Result<()> {
+        let unbiased = (var * unbias)?.to_dtype(F32)?;
+        let mean = mean.to_dtype(F32)?;
+        rm.set(&((rm.as_tensor() * (1.0 - momentum))? + (mean * momentum)?)?)?;
+        rv.set(&((rv.as_tensor() * (1.0 - momentum))? + (unbiased * momentum)?)?)
+    };
+    if fused {
+        // Counting: the values from candle's ops, the count from the GPU's kernel.
+        counting::add_op("custom:runner-fused-bn-running", counting::Cost::launch(1, 0));
+        return counting::paused(update);
+    }
+    update()
 }
 
 /// Evaluation mode with running statistics.

@@ -333,10 +333,10 @@ fn grad_input<T: Elem>(wt: &[T], dy: &[T], d: &Dims) -> Vec<T> {
 }
 
 /// Forward: `(x, weight) -> y`.
-struct Conv2dOp(ConvGeom);
+pub(super) struct Conv2dOp(pub(super) ConvGeom);
 /// Backward pieces: `(x, dy) -> dW` and `(weight, dy) -> dX`.
-struct Conv2dGradWeight(ConvGeom, Shape);
-struct Conv2dGradInput(ConvGeom, Shape);
+pub(super) struct Conv2dGradWeight(pub(super) ConvGeom, pub(super) Shape);
+pub(super) struct Conv2dGradInput(pub(super) ConvGeom, pub(super) Shape);
 
 impl CustomOp2 for Conv2dOp {
     fn name(&self) -> &'static str {

@@ -335,8 +335,22 @@ impl CustomOp2 for ConvOp {
         }
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("{}: cuDNN runs on CUDA tensors only", self.name())
+    /// cuDNN runs on CUDA tensors only; while `candle_core::counting` counts the cuDNN
+    /// build's step on the CPU, runner's CPU kernels compute what the call computes (the
+    /// count records one call and its output).
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        use super::conv::{Conv2dGradInput, Conv2dGradWeight, Conv2dOp};
+        if !candle_core::counting::enabled() {
+            bail!("{}: cuDNN runs on CUDA tensors only", self.name())
+        }
+        let s = self.1;
+        let g = ConvGeom { stride: s.stride, padding: s.padding, dilation: s.dilation, groups: 1 };
+        match self.0 {
+            Direction::Forward => Conv2dOp(g).cpu_fwd(s1, l1, s2, l2),
+            // (dy, w) -> dx: the CPU op takes (w, dy).
+            Direction::BackwardData => Conv2dGradInput(g, Shape::from(s.x.to_vec())).cpu_fwd(s2, l2, s1, l1),
+            Direction::BackwardFilter => Conv2dGradWeight(g, Shape::from(s.w.to_vec())).cpu_fwd(s1, l1, s2, l2),
+        }
     }
 
     #[cfg(feature = "cudnn")]
@@ -376,9 +390,12 @@ pub fn run(d: Direction, s: ConvShapes, a: &Tensor, b: &Tensor) -> Result<Tensor
 
 /// Whether cuDNN can run this convolution here: a cuDNN build, f32 or bf16 CUDA tensors,
 /// groups of 1.
+/// While counting with `RUNNER_CONV_PATH=cudnn`, the cuDNN build's step is counted: its
+/// calls run runner's CPU kernels.
 pub fn applies(x: &Tensor, g: ConvGeom) -> bool {
     use candle_core::DType::{BF16, F32};
-    cfg!(feature = "cudnn") && x.device().is_cuda() && matches!(x.dtype(), F32 | BF16) && g.groups == 1
+    let counted = candle_core::counting::enabled() && super::conv_dev::conv_path() == super::conv_dev::ConvPath::Cudnn;
+    ((cfg!(feature = "cudnn") && x.device().is_cuda()) || counted) && matches!(x.dtype(), F32 | BF16) && g.groups == 1
 }
 
 #[cfg(test)]

@@ -56,6 +56,7 @@ pub mod bias;
 pub mod conv;
 mod conv_dev;
 mod cudnn;
+pub mod fused;
 pub mod gemm;
 #[cfg(test)]
 mod gpu_counts;

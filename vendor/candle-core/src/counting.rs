@@ -12,12 +12,16 @@
 //! calls, not time: a launch of 16 elements and one of 16 million count the same.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 
 use crate::Layout;
 
 static CACHE_PARAMS: AtomicBool = AtomicBool::new(false);
+
+/// What each custom op issues on a GPU, by name, as its owner declared it ([`declare`]).
+static DECLARED: RwLock<Option<HashMap<&'static str, Cost>>> = RwLock::new(None);
 
 thread_local! {
     // Per thread: a count on one thread leaves the ops of every other thread (other tests
@@ -46,7 +50,8 @@ pub struct Cost {
 }
 
 impl Cost {
-    const fn launch(launches: u64, allocs: u64) -> Cost {
+    /// `launches` kernels writing `allocs` new buffers.
+    pub const fn launch(launches: u64, allocs: u64) -> Cost {
         Cost { launches, memsets: 0, dtod: 0, h2d: 0, h2d_params: 0, d2h: 0, allocs }
     }
 }
@@ -120,6 +125,34 @@ pub fn cache_params(on: bool) {
 
 pub fn params_cached() -> bool {
     CACHE_PARAMS.load(Ordering::Relaxed)
+}
+
+/// Declares what the custom op `name` issues on a GPU per call (its CUDA forward), where it
+/// differs from one launch and one output: its CPU forward, which a count runs, says
+/// nothing of its GPU twin.
+pub fn declare(name: &'static str, cost: Cost) {
+    DECLARED.write().unwrap().get_or_insert_with(HashMap::new).insert(name, cost);
+}
+
+/// Records `cost` for `op` when this thread counts: for work that reaches the GPU without
+/// a candle op (a kernel launched on storages directly).
+pub fn add_op(op: &str, cost: Cost) {
+    if enabled() {
+        add(op.to_string(), cost)
+    }
+}
+
+/// Runs `f` with counting off on this thread: a CPU reference computing what a counted
+/// kernel computes (its cost recorded with [`add_op`]).
+pub fn paused<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ON.with(|on| on.set(self.0));
+        }
+    }
+    let _restore = Restore(ON.with(|on| on.replace(false)));
+    f()
 }
 
 /// Records what `f` gives (the op's name and cost) when counting is on and `cpu` (the op
@@ -292,9 +325,9 @@ pub(crate) fn direct(input: &Layout) -> Cost {
     c
 }
 
-/// A custom op: one launch and an output per call, unless it says otherwise.
-pub(crate) fn custom() -> Cost {
-    Cost::launch(1, 1)
+/// A custom op: what [`declare`] says of `name`, else one launch and an output.
+pub(crate) fn custom(name: &str) -> Cost {
+    DECLARED.read().unwrap().as_ref().and_then(|d| d.get(name).copied()).unwrap_or(Cost::launch(1, 1))
 }
 
 /// A new device buffer: `zeroed` with a memset after the allocation.

@@ -221,7 +221,7 @@ impl Storage {
     }
 
     pub(crate) fn apply_op1(&self, l: &Layout, c: &dyn CustomOp1) -> Result<(Self, Shape)> {
-        crate::counting::record(self.is_cpu(), || (format!("custom:{}", c.name()), crate::counting::custom()));
+        crate::counting::record(self.is_cpu(), || (format!("custom:{}", c.name()), crate::counting::custom(c.name())));
         match self {
             Self::Cpu(storage) => {
                 let (storage, shape) = c.cpu_fwd(storage, l)?;
@@ -245,7 +245,7 @@ impl Storage {
         l2: &Layout,
         c: &dyn CustomOp2,
     ) -> Result<(Self, Shape)> {
-        crate::counting::record(self.is_cpu(), || (format!("custom:{}", c.name()), crate::counting::custom()));
+        crate::counting::record(self.is_cpu(), || (format!("custom:{}", c.name()), crate::counting::custom(c.name())));
         self.same_device(t2, c.name())?;
         match (self, t2) {
             (Self::Cpu(s1), Self::Cpu(s2)) => {
@@ -273,7 +273,7 @@ impl Storage {
         l3: &Layout,
         c: &dyn CustomOp3,
     ) -> Result<(Self, Shape)> {
-        crate::counting::record(self.is_cpu(), || (format!("custom:{}", c.name()), crate::counting::custom()));
+        crate::counting::record(self.is_cpu(), || (format!("custom:{}", c.name()), crate::counting::custom(c.name())));
         self.same_device(t2, c.name())?;
         self.same_device(t3, c.name())?;
         match (self, t2, t3) {
@@ -304,6 +304,7 @@ impl Storage {
         srcs: [(Src<'_, Storage>, &Layout); N],
         c: &C,
     ) -> Result<()> {
+        crate::counting::record(self.is_cpu(), || (format!("inplace:{}", c.name()), crate::counting::custom(c.name())));
         // Aliased sources are `self`. Only distinct needs checking.
         for (s, _) in srcs.iter() {
             if let Src::Distinct(s) = s {

@@ -1,0 +1,37 @@
+//! With `--features cuda`: runner's own kernels (src/ops/fused.cu) to PTX with nvcc, for
+//! compute capability `CUDA_COMPUTE_CAP` (90 unless set: H100 / H200), into
+//! `$OUT_DIR/fused.ptx`, which src/ops/fused.rs embeds. `make build-cuda` puts NVIDIA's
+//! nvcc (from its Python wheels) on the PATH. Without the feature this does nothing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/ops/fused.cu");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("fused.ptx");
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    let nvcc = match std::env::var_os("CUDA_ROOT") {
+        Some(root) if PathBuf::from(&root).join("bin/nvcc").exists() => PathBuf::from(root).join("bin/nvcc"),
+        _ => PathBuf::from("nvcc"),
+    };
+    // --fmad=false: each multiply and add rounded as the CPU's update rounds them (the
+    // optimizers match the CPU to the last bit where the formula allows).
+    let status = Command::new(&nvcc)
+        .args(["--ptx", "-O3", "--fmad=false", &format!("-arch=sm_{cap}"), "-o"])
+        .arg(&out)
+        .arg("src/ops/fused.cu")
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("{} failed ({s}) compiling src/ops/fused.cu", nvcc.display()),
+        Err(e) => panic!(
+            "could not run {} to compile src/ops/fused.cu: {e} (`make build-cuda` installs it; or set CUDA_ROOT)",
+            nvcc.display()
+        ),
+    }
+}

@@ -1,0 +1,190 @@
+// runner's own CUDA kernels (src/ops/fused.rs): batch norm's training forward and
+// backward with a fused (leaky) ReLU, ReLU and add + ReLU with their gradient, and the
+// optimizers' updates, each one launch where candle's ops took several. Compiled to PTX by
+// build.rs (nvcc, `--features cuda`); each has a CPU reference in fused.rs, which the
+// tests and runner-parity compare with. f32 tensors, contiguous, NCHW.
+
+#include <stdint.h>
+
+#define BLOCK 256
+
+// Sums `v` over the block (BLOCK threads); every thread gets the total.
+__device__ double block_sum(double v, double* shared) {
+    int t = threadIdx.x;
+    shared[t] = v;
+    __syncthreads();
+    for (int s = BLOCK / 2; s > 0; s >>= 1) {
+        if (t < s) shared[t] += shared[t + s];
+        __syncthreads();
+    }
+    double total = shared[0];
+    __syncthreads();
+    return total;
+}
+
+// Per channel (one block each): out[ch] = mean, out[c + ch] = biased variance over the
+// n * hw values of channel ch, the variance of the deviations from the mean (two passes,
+// double sums, kept in double), as the CPU's `stats`.
+extern "C" __global__ void runner_bn_stats_f32(const float* x, double* out, int n, int c, int hw) {
+    __shared__ double shared[BLOCK];
+    int ch = blockIdx.x;
+    long m = (long)n * hw;
+    double s = 0.0;
+    for (long i = threadIdx.x; i < m; i += BLOCK) {
+        long b = i / hw, p = i % hw;
+        s += (double)x[(b * c + ch) * hw + p];
+    }
+    double mean = block_sum(s, shared) / (double)m;
+    float meanf = (float)mean;
+    double q = 0.0;
+    for (long i = threadIdx.x; i < m; i += BLOCK) {
+        long b = i / hw, p = i % hw;
+        float d = x[(b * c + ch) * hw + p] - meanf;
+        q += (double)(d * d);
+    }
+    double var = block_sum(q, shared) / (double)m;
+    if (threadIdx.x == 0) {
+        out[ch] = mean;
+        out[c + ch] = var;
+    }
+}
+
+// y = scale * (x - mean) + beta with scale = gamma / sqrt(var + eps), then a ReLU
+// (has_act, slope 0) or leaky ReLU (slope). `stats`: [mean (c), var (c)], double.
+extern "C" __global__ void runner_bn_train_f32(const float* x, const double* stats, const float* gamma,
+                                               const float* beta, float* y, long total, int c, int hw,
+                                               float eps, int has_act, float slope) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        int ch = (int)((i / hw) % c);
+        float scale = (float)((double)gamma[ch] / sqrt(stats[c + ch] + (double)eps));
+        float v = scale * (x[i] - (float)stats[ch]) + beta[ch];
+        if (has_act && !(v > 0.0f)) v = v * slope;
+        y[i] = v;
+    }
+}
+
+// dy through the fused activation: the normalised value recomputed as the forward did.
+__device__ float through_act(float x, float dy, float mean, float scale, float beta, int has_act, float slope) {
+    if (!has_act) return dy;
+    float v = scale * (x - mean) + beta;
+    return v > 0.0f ? dy : dy * slope;
+}
+
+// Backward, first pass (one block per channel): sdy = sum dy', sdyx = sum dy' (x - mean) /
+// sqrt(var + eps) over the channel, dy' being dy through the activation. Writes
+// dgamma = sdyx to out[total + ch] and dbeta = sdy to out[total + c + ch].
+extern "C" __global__ void runner_bn_grad_sums_f32(const float* x, const float* dy, const double* stats,
+                                                   const float* gamma, const float* beta, float* out,
+                                                   int n, int c, int hw, float eps, int has_act, float slope) {
+    __shared__ double shared[BLOCK];
+    int ch = blockIdx.x;
+    long m = (long)n * hw;
+    float mean = (float)stats[ch];
+    double inv = 1.0 / sqrt(stats[c + ch] + (double)eps);
+    float scale = (float)((double)gamma[ch] / sqrt(stats[c + ch] + (double)eps));
+    double s = 0.0, q = 0.0;
+    for (long i = threadIdx.x; i < m; i += BLOCK) {
+        long b = i / hw, p = i % hw;
+        long k = (b * c + ch) * hw + p;
+        float d = through_act(x[k], dy[k], mean, scale, beta[ch], has_act, slope);
+        s += (double)d;
+        q += (double)(d * (x[k] - mean));
+    }
+    double sdy = block_sum(s, shared);
+    double sdyx = block_sum(q, shared) * inv;
+    if (threadIdx.x == 0) {
+        long total = m * c;
+        out[total + ch] = (float)sdyx;
+        out[total + c + ch] = (float)sdy;
+    }
+}
+
+// Backward, second pass: dx = k dy' + k1 (x - mean) + k0 with k = gamma / sqrt(var + eps),
+// k1 = -k inv sdyx / m, k0 = -k sdy / m (the sums from the first pass, in out's tail).
+extern "C" __global__ void runner_bn_grad_dx_f32(const float* x, const float* dy, const double* stats,
+                                                 const float* gamma, const float* beta, float* out, int n,
+                                                 int c, int hw, float eps, int has_act, float slope) {
+    long total = (long)n * c * hw;
+    double m = (double)n * hw;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        int ch = (int)((i / hw) % c);
+        float mean = (float)stats[ch];
+        double inv = 1.0 / sqrt(stats[c + ch] + (double)eps);
+        double k = (double)gamma[ch] * inv;
+        float k1 = (float)(-k * inv * (double)out[total + ch] / m);
+        float k0 = (float)(-k * (double)out[total + c + ch] / m);
+        float scale = (float)((double)gamma[ch] / sqrt(stats[c + ch] + (double)eps));
+        float d = through_act(x[i], dy[i], mean, scale, beta[ch], has_act, slope);
+        out[i] = (float)k * d + k1 * (x[i] - mean) + k0;
+    }
+}
+
+// PyTorch's running statistics, in place, one thread per channel (`mean`, `var`: the
+// batch's in double, the variance biased): running_mean = running_mean keep + mean momentum,
+// running_var = running_var keep + (var unbias) momentum, keep = 1 - momentum, unbias =
+// n / (n - 1); the order of the CPU's candle ops (ops/batchnorm.rs).
+extern "C" __global__ void runner_bn_running_f32(float* rm, float* rv, const double* mean, const double* var, int c,
+                                                 float keep, float momentum, double unbias) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch < c) {
+        rm[ch] = rm[ch] * keep + (float)mean[ch] * momentum;
+        rv[ch] = rv[ch] * keep + (float)(var[ch] * unbias) * momentum;
+    }
+}
+
+// y = max(x, 0) (relu) or max(a + b, 0) (add_relu, b given).
+extern "C" __global__ void runner_relu_f32(const float* a, const float* b, float* y, long total) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        float v = b ? a[i] + b[i] : a[i];
+        y[i] = v > 0.0f ? v : 0.0f;
+    }
+}
+
+// dx = dy where the ReLU's output y is positive, else 0.
+extern "C" __global__ void runner_relu_grad_f32(const float* dy, const float* y, float* dx, long total) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    }
+}
+
+// torch.optim.SGD on one parameter, in place: d = g + p wd; buf = d (first step) or
+// buf momentum + d (1 - dampening); d = d + buf momentum (Nesterov) or buf; p -= d lr.
+// Without momentum, p -= d lr. The CPU's update (optim.rs) in the same order.
+extern "C" __global__ void runner_sgd_f32(float* p, const float* g, float* buf, long total, float lr, float momentum,
+                                          float omd, float wd, int nesterov, int first) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        float d = g[i];
+        if (wd != 0.0f) d = d + p[i] * wd;
+        if (momentum != 0.0f) {
+            float b;
+            if (first) b = d;
+            else if (omd == 1.0f) b = buf[i] * momentum + d;
+            else b = buf[i] * momentum + d * omd;
+            buf[i] = b;
+            d = nesterov ? d + b * momentum : b;
+        }
+        p[i] = p[i] - d * lr;
+    }
+}
+
+// torch.optim.Adam / AdamW on one parameter, in place (m, v: the moments, zero before the
+// first step), in the order of the CPU's update (optim.rs, candle's f32 ops):
+// p *= decay (AdamW: 1 - lr wd, else 1); d = g + wd_l2 p (Adam's L2 term);
+// m = m b1 + d (1 - b1); v = v b2 + d d (1 - b2);
+// p -= (m / (sqrt(v) inv_bc2_sqrt + eps)) step_size, step_size = lr / (1 - b1^t).
+extern "C" __global__ void runner_adam_f32(float* p, const float* g, float* m, float* v, long total, float decay,
+                                           float wd_l2, float b1, float omb1, float b2, float omb2,
+                                           float inv_bc2_sqrt, float eps, float step_size) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        float pi = p[i];
+        if (decay != 1.0f) pi = pi * decay;
+        float d = g[i];
+        if (wd_l2 != 0.0f) d = d + pi * wd_l2;
+        float mi = m[i] * b1 + d * omb1;
+        float vi = v[i] * b2 + (d * d) * omb2;
+        m[i] = mi;
+        v[i] = vi;
+        float denom = sqrtf(vi) * inv_bc2_sqrt + eps;
+        p[i] = pi - (mi / denom) * step_size;
+    }
+}
