@@ -132,6 +132,87 @@ extern "C" __global__ void runner_bn_running_f32(float* rm, float* rv, const dou
     }
 }
 
+// Pooling's window of output (oy, ox), as pool.rs's `Dims::window`: rows y0..y1 and
+// columns x0..x1 inside the input, and average pooling's divisor (the window clipped to
+// the padded input).
+__device__ void pool_window(int oy, int ox, int h, int w, int k, int s, int p, int* y0, int* y1, int* x0, int* x1,
+                            int* divisor) {
+    int ys = oy * s - p, xs = ox * s - p;
+    int ye = min(ys + k, h + p), xe = min(xs + k, w + p);
+    *divisor = (ye - ys) * (xe - xs);
+    *y0 = min(max(ys, 0), h);
+    *y1 = min(max(ye, 0), h);
+    *x0 = min(max(xs, 0), w);
+    *x1 = min(max(xe, 0), w);
+}
+
+// The window's first maximum in row-major order (a NaN replaces the kept value), as the
+// CPU kernel: its index in the plane.
+__device__ int pool_argmax(const float* plane, int w, int y0, int y1, int x0, int x1) {
+    int best = y0 * w + x0;
+    for (int r = y0; r < y1; r++) {
+        for (int j = r * w + x0; j < r * w + x1; j++) {
+            float v = plane[j];
+            if (v > plane[best] || v != v) best = j;
+        }
+    }
+    return best;
+}
+
+// Max (is_max) or average pooling, one thread per output; the average sums in double.
+extern "C" __global__ void runner_pool_f32(const float* x, float* y, long planes, int h, int w, int oh, int ow, int k,
+                                           int s, int p, int is_max) {
+    long total = planes * oh * ow;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        long pl = i / ((long)oh * ow);
+        int oy = (int)((i / ow) % oh), ox = (int)(i % ow);
+        const float* plane = x + pl * h * w;
+        int y0, y1, x0, x1, divisor;
+        pool_window(oy, ox, h, w, k, s, p, &y0, &y1, &x0, &x1, &divisor);
+        if (is_max) {
+            y[i] = plane[pool_argmax(plane, w, y0, y1, x0, x1)];
+        } else {
+            double sum = 0.0;
+            for (int r = y0; r < y1; r++) {
+                for (int j = x0; j < x1; j++) sum += (double)plane[r * w + j];
+            }
+            y[i] = (float)(sum / (double)divisor);
+        }
+    }
+}
+
+// Pooling's input gradient, one thread per input value (deterministic, no atomics): the
+// sum over the windows that hold it, in the CPU kernel's order (outputs row-major), of dy
+// where it is the window's first maximum (max) or dy / divisor (average).
+extern "C" __global__ void runner_pool_grad_f32(const float* x, const float* dy, float* dx, long planes, int h, int w,
+                                                int oh, int ow, int k, int s, int p, int is_max) {
+    long total = planes * h * w;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        long pl = i / ((long)h * w);
+        int iy = (int)((i / w) % h), ix = (int)(i % w);
+        const float* plane = x + pl * h * w;
+        const float* dys = dy + pl * oh * ow;
+        // Outputs whose window (start o * s - p, length k) can hold row iy / column ix.
+        int oy_lo = max(0, (iy + p - k + s) / s), oy_hi = min(oh - 1, (iy + p) / s);
+        int ox_lo = max(0, (ix + p - k + s) / s), ox_hi = min(ow - 1, (ix + p) / s);
+        float acc = 0.0f;
+        for (int oy = oy_lo; oy <= oy_hi; oy++) {
+            for (int ox = ox_lo; ox <= ox_hi; ox++) {
+                int y0, y1, x0, x1, divisor;
+                pool_window(oy, ox, h, w, k, s, p, &y0, &y1, &x0, &x1, &divisor);
+                if (iy < y0 || iy >= y1 || ix < x0 || ix >= x1) continue;
+                float g = dys[oy * ow + ox];
+                if (is_max) {
+                    if (pool_argmax(plane, w, y0, y1, x0, x1) == iy * w + ix) acc += g;
+                } else {
+                    acc += (float)((double)g / (double)divisor);
+                }
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
 // y = max(x, 0) (relu) or max(a + b, 0) (add_relu, b given).
 extern "C" __global__ void runner_relu_f32(const float* a, const float* b, float* y, long total) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {

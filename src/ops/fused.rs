@@ -3,6 +3,8 @@
 //! statistics, then the normalisation with a fused (leaky) ReLU: 2 launches, was ~15) and
 //! backward (the per-channel sums, then the input gradient: 2, was ~35), ReLU and add +
 //! ReLU forward and backward (1 each; candle's ReLU backward is 4 launches and a memset),
+//! max and average pooling forward and backward (1 each, any kernel, stride, padding and
+//! `ceil_mode`; AlexNet's overlapping 3x3 windows took ~25 ops and 12 uploads each way),
 //! and the optimizers' updates (1 per parameter; SGD with momentum and weight decay was 6
 //! and a copy, Adam 14).
 //!
@@ -321,15 +323,18 @@ pub(super) mod gpu {
     //! Launching `fused.cu`'s kernels on candle's CUDA storages.
 
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, Layout, Result, Storage, Tensor};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
     /// Threads per block, as `BLOCK` in fused.cu.
     const BLOCK: u32 = 256;
 
-    fn func(dev: &CudaDevice, name: &str) -> Result<candle_core::cuda_backend::CudaFunc> {
-        dev.get_or_load_custom_func(name, "runner_fused", PTX)
+    /// The kernel `name` of fused.cu on `dev` (loaded with the module on first use).
+    macro_rules! func {
+        ($dev:expr, $name:expr) => {
+            $dev.get_or_load_custom_func($name, "runner_fused", PTX)?
+        };
     }
 
     /// A grid-stride launch over `total` elements.
@@ -360,11 +365,11 @@ pub(super) mod gpu {
     }
 
     pub fn bn_stats(s: &CudaStorage, l: &Layout, (n, c, hw): (usize, usize, usize)) -> Result<CudaStorage> {
-        let dev = s.device();
-        let x = view(s, l)?;
+        let dev = &s.device;
+        let x = view::<f32>(s, l)?;
         let out: CudaSlice<f64> = unsafe { dev.alloc::<f64>(2 * c)? };
         let (n, ci, hw) = (n as i32, c as i32, hw as i32);
-        let f = func(dev, "runner_bn_stats_f32")?;
+        let f = func!(dev, "runner_bn_stats_f32");
         let mut b = f.builder();
         b.arg(&x);
         b.arg(&out);
@@ -383,7 +388,7 @@ pub(super) mod gpu {
         eps: f64,
         act: Option<f64>,
     ) -> Result<CudaStorage> {
-        let dev = ops[0].0.device();
+        let dev = &ops[0].0.device;
         let (x, g, be) =
             (view::<f32>(ops[0].0, ops[0].1)?, view::<f32>(ops[2].0, ops[2].1)?, view::<f32>(ops[3].0, ops[3].1)?);
         let st = view::<f64>(ops[1].0, ops[1].1)?;
@@ -391,7 +396,7 @@ pub(super) mod gpu {
         let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(total)? };
         let (total_l, ci, hwi) = (total as i64, c as i32, hw as i32);
         let (eps, has_act, slope) = (eps as f32, act.is_some() as i32, act.unwrap_or(0.0) as f32);
-        let f = func(dev, "runner_bn_train_f32")?;
+        let f = func!(dev, "runner_bn_train_f32");
         let mut b = f.builder();
         b.arg(&x);
         b.arg(&st);
@@ -417,7 +422,7 @@ pub(super) mod gpu {
         eps: f64,
         act: Option<f64>,
     ) -> Result<CudaStorage> {
-        let dev = ops[0].0.device();
+        let dev = &ops[0].0.device;
         let v = |i: usize| view::<f32>(ops[i].0, ops[i].1);
         let (x, dy, g, be) = (v(0)?, v(1)?, v(3)?, v(4)?);
         let st = view::<f64>(ops[2].0, ops[2].1)?;
@@ -427,7 +432,7 @@ pub(super) mod gpu {
         let (eps, has_act, slope) = (eps as f32, act.is_some() as i32, act.unwrap_or(0.0) as f32);
         for (name, cfg) in [("runner_bn_grad_sums_f32", per_channel(c)), ("runner_bn_grad_dx_f32", elementwise(total))]
         {
-            let f = func(dev, name)?;
+            let f = func!(dev, name);
             let mut b = f.builder();
             b.arg(&x);
             b.arg(&dy);
@@ -450,12 +455,12 @@ pub(super) mod gpu {
 
     /// `max(a (+ b), 0)`.
     pub fn relu(a: (&CudaStorage, &Layout), b: Option<(&CudaStorage, &Layout)>) -> Result<CudaStorage> {
-        let dev = a.0.device();
+        let dev = &a.0.device;
         let x = view::<f32>(a.0, a.1)?;
         let total = a.1.shape().elem_count();
         let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(total)? };
         let total_l = total as i64;
-        let f = func(dev, "runner_relu_f32")?;
+        let f = func!(dev, "runner_relu_f32");
         let mut builder = f.builder();
         builder.arg(&x);
         let other = match b {
@@ -476,12 +481,12 @@ pub(super) mod gpu {
 
     /// `(y, dy)` -> `dy * (y > 0)`.
     pub fn relu_grad(y: (&CudaStorage, &Layout), dy: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
-        let dev = y.0.device();
+        let dev = &y.0.device;
         let (yv, dyv) = (view::<f32>(y.0, y.1)?, view::<f32>(dy.0, dy.1)?);
         let total = y.1.shape().elem_count();
         let dx: CudaSlice<f32> = unsafe { dev.alloc::<f32>(total)? };
         let total_l = total as i64;
-        let f = func(dev, "runner_relu_grad_f32")?;
+        let f = func!(dev, "runner_relu_grad_f32");
         let mut b = f.builder();
         b.arg(&dyv);
         b.arg(&yv);
@@ -506,7 +511,7 @@ pub(super) mod gpu {
         let Some(dev) = rm.device().as_cuda_device().ok().cloned() else {
             candle_core::bail!("runner fused running statistics: off the GPU")
         };
-        let f = func(&dev, "runner_bn_running_f32")?;
+        let f = func!(&dev, "runner_bn_running_f32");
         let ci = c as i32;
         with_view::<f32, _>(rm, |rmv| {
             with_view::<f32, _>(rv, |rvv| {
@@ -530,6 +535,62 @@ pub(super) mod gpu {
         })
     }
 
+    /// Pooling `[planes, h, w]` -> `[planes, oh, ow]` (`geom`: kernel, stride, padding).
+    pub fn pool(
+        x: (&CudaStorage, &Layout),
+        [planes, h, w, oh, ow]: [usize; 5],
+        [k, s, p]: [usize; 3],
+        is_max: bool,
+    ) -> Result<CudaStorage> {
+        let dev = &x.0.device;
+        let xv = view::<f32>(x.0, x.1)?;
+        let total = planes * oh * ow;
+        let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(total)? };
+        let planes = planes as i64;
+        let [h, w, oh, ow, k, s, p] = [h, w, oh, ow, k, s, p].map(|v| v as i32);
+        let is_max = is_max as i32;
+        let f = func!(dev, "runner_pool_f32");
+        let mut b = f.builder();
+        b.arg(&xv);
+        b.arg(&y);
+        b.arg(&planes);
+        for v in [&h, &w, &oh, &ow, &k, &s, &p, &is_max] {
+            b.arg(v);
+        }
+        // SAFETY: reads planes * h * w values of x, writes planes * oh * ow of y.
+        unsafe { b.launch(elementwise(total)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+    }
+
+    /// Pooling's input gradient from `x` and `dy`.
+    pub fn pool_grad(
+        x: (&CudaStorage, &Layout),
+        dy: (&CudaStorage, &Layout),
+        [planes, h, w, oh, ow]: [usize; 5],
+        [k, s, p]: [usize; 3],
+        is_max: bool,
+    ) -> Result<CudaStorage> {
+        let dev = &x.0.device;
+        let (xv, dyv) = (view::<f32>(x.0, x.1)?, view::<f32>(dy.0, dy.1)?);
+        let total = planes * h * w;
+        let dx: CudaSlice<f32> = unsafe { dev.alloc::<f32>(total)? };
+        let planes = planes as i64;
+        let [h, w, oh, ow, k, s, p] = [h, w, oh, ow, k, s, p].map(|v| v as i32);
+        let is_max = is_max as i32;
+        let f = func!(dev, "runner_pool_grad_f32");
+        let mut b = f.builder();
+        b.arg(&xv);
+        b.arg(&dyv);
+        b.arg(&dx);
+        b.arg(&planes);
+        for v in [&h, &w, &oh, &ow, &k, &s, &p, &is_max] {
+            b.arg(v);
+        }
+        // SAFETY: reads x (planes * h * w) and dy (planes * oh * ow), writes dx.
+        unsafe { b.launch(elementwise(total)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
+    }
+
     pub struct SgdArgs {
         pub lr: f32,
         pub momentum: f32,
@@ -541,39 +602,38 @@ pub(super) mod gpu {
 
     /// SGD in place on `p` (and `buf`, the momentum buffer, when given).
     pub fn sgd(p: &Tensor, g: &Tensor, buf: Option<&Tensor>, a: SgdArgs) -> Result<()> {
+        match buf {
+            Some(buf) => with_view::<f32, _>(buf, |bv| sgd_with(p, g, Some(&bv), &a)),
+            None => sgd_with(p, g, None, &a),
+        }
+    }
+
+    fn sgd_with(p: &Tensor, g: &Tensor, buf: Option<&CudaView<'_, f32>>, a: &SgdArgs) -> Result<()> {
         let total = p.elem_count();
-        let Some(dev) = p.device().as_cuda_device().ok().cloned() else {
-            candle_core::bail!("runner fused SGD: off the GPU")
-        };
-        let f = func(&dev, "runner_sgd_f32")?;
+        let dev = p.device().as_cuda_device()?.clone();
+        let f = func!(dev, "runner_sgd_f32");
         let total_l = total as i64;
         let null: u64 = 0;
         with_view::<f32, _>(p, |pv| {
             with_view::<f32, _>(g, |gv| {
-                let launch = |bv: Option<&CudaView<'_, f32>>| -> Result<()> {
-                    let mut b = f.builder();
-                    b.arg(&pv);
-                    b.arg(&gv);
-                    match bv {
-                        Some(v) => b.arg(v),
-                        None => b.arg(&null),
-                    };
-                    b.arg(&total_l);
-                    b.arg(&a.lr);
-                    b.arg(&a.momentum);
-                    b.arg(&a.omd);
-                    b.arg(&a.wd);
-                    b.arg(&a.nesterov);
-                    b.arg(&a.first);
-                    // SAFETY: reads g, updates p (and buf) in place, `total` values each; the
-                    // buffers are the optimizer's own and this parameter's.
-                    unsafe { b.launch(elementwise(total)) }.w()?;
-                    Ok(())
-                };
+                let mut b = f.builder();
+                b.arg(&pv);
+                b.arg(&gv);
                 match buf {
-                    Some(buf) => with_view::<f32, _>(buf, |bv| launch(Some(&bv))),
-                    None => launch(None),
-                }
+                    Some(v) => b.arg(v),
+                    None => b.arg(&null),
+                };
+                b.arg(&total_l);
+                b.arg(&a.lr);
+                b.arg(&a.momentum);
+                b.arg(&a.omd);
+                b.arg(&a.wd);
+                b.arg(&a.nesterov);
+                b.arg(&a.first);
+                // SAFETY: reads g, updates p (and buf) in place, `total` values each; the
+                // buffers are the optimizer's own and this parameter's.
+                unsafe { b.launch(elementwise(total)) }.w()?;
+                Ok(())
             })
         })
     }
@@ -596,7 +656,7 @@ pub(super) mod gpu {
         let Some(dev) = p.device().as_cuda_device().ok().cloned() else {
             candle_core::bail!("runner fused Adam: off the GPU")
         };
-        let f = func(&dev, "runner_adam_f32")?;
+        let f = func!(&dev, "runner_adam_f32");
         let total_l = total as i64;
         with_view::<f32, _>(p, |pv| {
             with_view::<f32, _>(g, |gv| {

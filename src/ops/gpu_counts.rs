@@ -6,7 +6,6 @@ use candle_core::counting::{self, Cost, Counts};
 use candle_core::{DType, Device, Tensor};
 
 use super::conv::ConvGeom;
-use super::pool::{pool2d, PoolGeom, PoolKind};
 
 /// The counts of `f`, run with counting on (this thread only).
 fn counted(f: impl FnOnce()) -> Counts {
@@ -71,22 +70,22 @@ fn cached_dims_are_uploaded_once() {
 
 #[test]
 fn counting_takes_the_gpu_branch_on_its_thread_only() {
-    // Max pooling 2x2 on the CPU is runner's custom op; counting, it is the GPU's
-    // composition (a reshape and a max reduction), and no custom op runs.
-    let x = ones(&[1, 1, 4, 4]);
-    let g = PoolGeom { kernel: 2, stride: 2, padding: 0, ceil_mode: false };
+    // A convolution on the CPU is runner's custom op; counting, it is what the plain CUDA
+    // build runs, candle's conv2d (im2col and a product), and no custom op runs.
+    let (x, w) = (ones(&[1, 2, 6, 6]), ones(&[3, 2, 3, 3]));
+    let conv = || super::conv::conv2d(&x, &w, ConvGeom::default()).unwrap();
     let counts = counted(|| {
         assert!(!super::cpu_kernels(&x));
         // Another thread meanwhile keeps the CPU kernels and is not counted.
         std::thread::scope(|s| {
             s.spawn(|| {
                 assert!(super::cpu_kernels(&x));
-                pool2d(&x, PoolKind::Max, g).unwrap();
+                conv();
             });
         });
-        pool2d(&x, PoolKind::Max, g).unwrap();
+        conv();
     });
-    assert!(counts.by_op.keys().all(|k| !k.starts_with("custom:")), "{:?}", counts.by_op.keys());
-    assert!(counts.total().launches >= 1);
+    assert_eq!(counts.by_op.keys().collect::<Vec<_>>(), ["conv2d"], "{:?}", counts.by_op);
+    assert_eq!(counts.by_op["conv2d"].0, 1);
     assert!(super::cpu_kernels(&x), "counting is off again");
 }

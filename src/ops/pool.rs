@@ -5,8 +5,9 @@
 //!
 //! candle 0.11's `max_pool2d` scales its gradient by 1/(k*k) and cannot train when the
 //! kernel differs from the stride (see `../shared/reference/findings.md`); it is not used.
-//! On devices other than the CPU, pooling is built from candle's own ops with the same
-//! values and gradients ([`pool2d_composed`]).
+//! On a GPU of a CUDA build the same op runs runner's kernels (`fused.cu`: one launch
+//! forward, one backward); on other devices pooling is built from candle's own ops with
+//! the same values and gradients ([`pool2d_composed`]).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
@@ -82,6 +83,18 @@ impl Dims {
         let &[n, c, h, w] = dims else { candle_core::bail!("pooling expects [n, c, h, w], got {dims:?}") };
         g.validate(h, w).map_err(candle_core::Error::Msg)?;
         Ok(Dims { planes: n * c, h, w, oh: g.out_size(h), ow: g.out_size(w), g })
+    }
+
+    /// `[planes, h, w, oh, ow]`, for the GPU kernels.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn sizes(&self) -> [usize; 5] {
+        [self.planes, self.h, self.w, self.oh, self.ow]
+    }
+
+    /// `[kernel, stride, padding]`, for the GPU kernels.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn geom(&self) -> [usize; 3] {
+        [self.g.kernel, self.g.stride, self.g.padding]
     }
 
     /// The window of output `(y, x)`: rows `y0..y1`, columns `x0..x1` inside the input,
@@ -337,6 +350,14 @@ impl CustomOp1 for PoolOp {
         }
         Ok((storage, shape))
     }
+    /// One kernel (`fused.cu`), which keeps no indices: the backward recomputes the windows.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = Dims::new(l.dims(), self.1)?;
+        let shape = Shape::from((l.dims()[0], l.dims()[1], d.oh, d.ow));
+        let y = super::fused::gpu::pool((s, l), d.sizes(), d.geom(), self.0 == PoolKind::Max)?;
+        Ok((y, shape))
+    }
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dy = dy.contiguous()?;
         let stored = self.2.lock().ok().and_then(|s| s.clone());
@@ -391,11 +412,23 @@ impl CustomOp2 for PoolGrad {
             _ => candle_core::bail!("runner pooling supports f32 and f64 of one dtype"),
         })
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = Dims::new(l1.dims(), self.1)?;
+        let dx = super::fused::gpu::pool_grad((s1, l1), (s2, l2), d.sizes(), d.geom(), self.0 == PoolKind::Max)?;
+        Ok((dx, l1.shape().clone()))
+    }
 }
 
 /// `[n, c, h, w]` -> `[n, c, oh, ow]`.
 pub fn pool2d(x: &Tensor, kind: PoolKind, g: PoolGeom) -> Result<Tensor> {
-    if super::cpu_kernels(x) {
+    if super::cpu_kernels(x) || super::fused::applies(x) {
         return x.contiguous()?.apply_op1(PoolOp(kind, g, Mutex::new(None)));
     }
     pool2d_composed(x, kind, g)
