@@ -156,14 +156,36 @@ fn tap_matrix(mode: UpsampleMode, input: usize, output: usize) -> Vec<f64> {
     m
 }
 
+/// The tap matrix of one axis on `dev` in `dt` (`[output, input]`, or its transpose), made
+/// and uploaded once per shape: a GPU step would otherwise upload two per upsampling.
+fn tap_tensor(
+    mode: UpsampleMode,
+    (input, output): (usize, usize),
+    dev: &candle_core::Device,
+    dt: candle_core::DType,
+    transposed: bool,
+) -> Result<Tensor> {
+    type Key = (String, usize, usize, String, candle_core::DType, bool);
+    static MADE: std::sync::Mutex<Vec<(Key, Tensor)>> = std::sync::Mutex::new(Vec::new());
+    let key = (format!("{mode:?}"), input, output, format!("{:?}", dev.location()), dt, transposed);
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, t)) = made.iter().find(|(k, _)| *k == key) {
+        return Ok(t.clone());
+    }
+    let t = Tensor::from_vec(tap_matrix(mode, input, output), (output, input), dev)?.to_dtype(dt)?;
+    let t = if transposed { t.t()?.contiguous()? } else { t };
+    made.push((key, t.clone()));
+    Ok(t)
+}
+
 /// Upsampling from candle's own ops, for devices without the custom op: the CPU kernel's
 /// taps as matrices, `A_h x A_w^T` (two matrix products, whose gradients are exact). The
 /// values equal the CPU kernel's up to float rounding (the tests compare them).
 pub fn upsample2d_composed(x: &Tensor, mode: UpsampleMode, (oh, ow): (usize, usize)) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (dev, dt) = (x.device(), x.dtype());
-    let aw = Tensor::from_vec(tap_matrix(mode, w, ow), (ow, w), dev)?.to_dtype(dt)?.t()?.contiguous()?;
-    let ah = Tensor::from_vec(tap_matrix(mode, h, oh), (oh, h), dev)?.to_dtype(dt)?;
+    let aw = tap_tensor(mode, (w, ow), dev, dt, true)?;
+    let ah = tap_tensor(mode, (h, oh), dev, dt, false)?;
     let y = x.contiguous()?.reshape((n * c * h, w))?.matmul(&aw)?.reshape((n * c, h, ow))?;
     ah.broadcast_left(n * c)?.contiguous()?.matmul(&y)?.reshape((n, c, oh, ow))
 }
