@@ -46,6 +46,9 @@ COUNT = os.environ.get("TORCH_BENCH_COUNT") == "1"
 
 def count_step(step):
     from torch.profiler import profile, ProfilerActivity
+    if not DEVICE.startswith("cuda"):
+        print("count launches=na (PyTorch's launches are counted on a GPU)")
+        return 0.0
     step()
     step()
     sync()

@@ -91,9 +91,13 @@ finally:
         print(f"torch_allocated_peak_mib={torch.cuda.max_memory_allocated() / 2**20:.0f}")
 EOF
 }
-cases="resnet_cifar_train alexnet_forward yolo_shapes_train fcn_shapes_train lenet5_train conv2d_forward conv2d_backward conv_transpose2d_forward conv_transpose2d_backward op_overhead"
+# Beside each: the launches of one step on each side, runner's counted on this machine's
+# CPU (runner-bench --count: this build's GPU branches) and PyTorch's from its profiler on
+# the GPU (TORCH_BENCH_COUNT=1).
+cases="resnet20_train resnet_cifar_train alexnet_forward alexnet_forward_b1 yolo_shapes_train fcn_shapes_train lenet5_train conv2d_forward conv2d_backward conv_transpose2d_forward conv_transpose2d_backward op_overhead"
 : > "$out/bench.txt"
-echo "case runner_img_s torch_img_s ratio runner_peak_mib torch_peak_mib torch_allocated_mib" >> "$out/bench.txt"
+echo "case runner_img_s torch_img_s ratio runner_peak_mib torch_peak_mib torch_allocated_mib runner_launches torch_launches" >> "$out/bench.txt"
+launches() { sed -n 's/^count launches=\([0-9]*\).*/\1/p' | head -n1; }
 for case in $cases; do
   in_time "bench $case" || break
   with_peak "$out/bench_runner_$case.log" env RUNNER_BENCH_DEVICE=$device timeout "$(cap 120)" "$bin/runner-bench" "$case"
@@ -105,7 +109,9 @@ for case in $cases; do
   talloc=$(sed -n 's/^torch_allocated_peak_mib=//p' "$out/bench_torch_$case.log")
   ratio=na
   [ -n "$r" ] && [ -n "$t" ] && ratio=$(awk -v a="$r" -v b="$t" 'BEGIN { printf "%.2f", a / b }')
-  line="$case ${r:-na} ${t:-na} $ratio $rpeak $tpeak ${talloc:-na}"
+  rl=$(env -u RUNNER_BENCH_DEVICE timeout "$(cap 60)" "$bin/runner-bench" --count "$case" 2>/dev/null | launches)
+  tl=$(torch_case "$case" TORCH_BENCH_COUNT=1 2>/dev/null | launches)
+  line="$case ${r:-na} ${t:-na} $ratio $rpeak $tpeak ${talloc:-na} ${rl:-na} ${tl:-na}"
   echo "$line" >> "$out/bench.txt"
   say "bench $line"
   [ -n "$r" ] || tail -n 3 "$out/bench_runner_$case.log" | tee -a "$summary"
