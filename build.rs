@@ -1,5 +1,5 @@
 //! With `--features cuda`: runner's own kernels (src/ops/fused.cu) to PTX with nvcc, for
-//! compute capability `CUDA_COMPUTE_CAP` (90 unless set: H100 / H200), into
+//! compute capability `CUDA_COMPUTE_CAP` (else this machine's GPU's, else 90: H100 / H200), into
 //! `$OUT_DIR/fused.ptx`, which src/ops/fused.rs embeds. `make build-cuda` puts NVIDIA's
 //! nvcc (from its Python wheels) on the PATH. Without the feature this does nothing.
 
@@ -14,7 +14,8 @@ fn main() {
         return;
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("fused.ptx");
-    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    // As candle's kernels: CUDA_COMPUTE_CAP, else the GPU nvidia-smi reports, else 9.0.
+    let cap = std::env::var("CUDA_COMPUTE_CAP").ok().or_else(gpu_cap).unwrap_or_else(|| "90".into());
     let nvcc = match std::env::var_os("CUDA_ROOT") {
         Some(root) if PathBuf::from(&root).join("bin/nvcc").exists() => PathBuf::from(root).join("bin/nvcc"),
         _ => PathBuf::from("nvcc"),
@@ -34,4 +35,11 @@ fn main() {
             nvcc.display()
         ),
     }
+}
+
+/// The first GPU's compute capability as nvidia-smi reports it (`9.0` -> `90`).
+fn gpu_cap() -> Option<String> {
+    let out = Command::new("nvidia-smi").args(["--query-gpu=compute_cap", "--format=csv,noheader"]).output().ok()?;
+    let cap = String::from_utf8(out.stdout).ok()?.lines().next()?.trim().replace('.', "");
+    (out.status.success() && !cap.is_empty() && cap.chars().all(|c| c.is_ascii_digit())).then_some(cap)
 }

@@ -141,7 +141,8 @@ impl Optimizer {
     }
 
     /// The state as named tensors (`<param>/<slot>`) and per-parameter step counts, for
-    /// checkpoints.
+    /// checkpoints. On a GPU the update writes the state in place: these share its storage
+    /// and show later steps' values unless copied (`checkpoint::save` writes them at once).
     pub fn export(&self) -> (BTreeMap<String, Tensor>, BTreeMap<String, u64>) {
         let mut tensors = BTreeMap::new();
         let mut steps = BTreeMap::new();
@@ -234,9 +235,24 @@ fn fused_update(
     h: Hyper,
 ) -> Result<Vec<Tensor>> {
     use crate::ops::fused;
+    // The kernels write `p.elem_count()` values of each state tensor: a state that does not
+    // fit (a checkpoint of another model) is refused here, not written out of bounds.
     let slots = |n: usize| -> Result<Vec<Tensor>> {
         match prev {
-            Some(s) => Ok(s.slots.clone()),
+            Some(s) => {
+                if s.slots.len() != n
+                    || s.slots.iter().any(|t| t.shape() != p.shape() || t.dtype() != p.dtype() || !t.is_contiguous())
+                {
+                    candle_core::bail!(
+                        "optimizer state of {} tensors {:?} does not fit the parameter {:?} {:?}",
+                        s.slots.len(),
+                        s.slots.iter().map(|t| t.dims().to_vec()).collect::<Vec<_>>(),
+                        p.dims(),
+                        p.dtype()
+                    );
+                }
+                Ok(s.slots.clone())
+            }
             None => (0..n).map(|_| p.zeros_like()).collect(),
         }
     };
@@ -254,7 +270,8 @@ fn fused_update(
         }
         OptimizerConfig::Adamw { betas, eps, weight_decay, .. } => {
             let s = slots(2)?;
-            let decay = 1.0 - lr * weight_decay * h.wd_mult;
+            let wd = weight_decay * h.wd_mult;
+            let decay = 1.0 - lr * wd;
             fused::adam_update(p, g, &s[0], &s[1], t, lr, betas, eps, decay, 0.0)?;
             Ok(s)
         }

@@ -196,8 +196,11 @@ fn optimizer_case(opt: &OptimizerConfig, device: &Device) -> Result<bool> {
             let g = rand(&[64, 33], 10 + step)?.to_device(device)?;
             let grads = std::iter::once((name.clone(), g)).collect();
             o.step(opt.lr(), [(&name, &var)], &grads, &Default::default())?;
+            // Copies: the GPU's update writes the parameter and the state in place.
             out.push(var.as_tensor().copy()?);
-            out.extend(o.export().0.into_values());
+            for t in o.export().0.into_values() {
+                out.push(t.copy()?);
+            }
         }
         Ok(out)
     };

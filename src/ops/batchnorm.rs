@@ -432,7 +432,9 @@ pub fn update_running(
     let unbias = n / (n - 1.0).max(1.0);
     let fused = super::fused::applies(rm.as_tensor());
     if fused && !counting::enabled() {
-        return super::fused::update_running(rm, rv, mean, var, 1.0 - momentum, momentum, unbias);
+        // The kernel reads the batch's statistics in f64 (the fused batch norm's own).
+        let (mean, var) = (mean.to_dtype(candle_core::DType::F64)?, var.to_dtype(candle_core::DType::F64)?);
+        return super::fused::update_running(rm, rv, &mean, &var, 1.0 - momentum, momentum, unbias);
     }
     let update = || -> Result<()> {
         let unbiased = (var * unbias)?.to_dtype(F32)?;

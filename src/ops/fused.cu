@@ -53,12 +53,13 @@ extern "C" __global__ void runner_bn_stats_f32(const float* x, double* out, int 
 // (has_act, slope 0) or leaky ReLU (slope). `stats`: [mean (c), var (c)], double.
 extern "C" __global__ void runner_bn_train_f32(const float* x, const double* stats, const float* gamma,
                                                const float* beta, float* y, long total, int c, int hw,
-                                               float eps, int has_act, float slope) {
+                                               double eps, int has_act, float slope) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         int ch = (int)((i / hw) % c);
-        float scale = (float)((double)gamma[ch] / sqrt(stats[c + ch] + (double)eps));
+        float scale = (float)((double)gamma[ch] / sqrt(stats[c + ch] + eps));
         float v = scale * (x[i] - (float)stats[ch]) + beta[ch];
-        if (has_act && !(v > 0.0f)) v = v * slope;
+        // As the CPU: a ReLU gives +0 (not v * 0: -0, or NaN for a NaN), leaky v * slope.
+        if (has_act && !(v > 0.0f)) v = slope == 0.0f ? 0.0f : v * slope;
         y[i] = v;
     }
 }
@@ -67,7 +68,8 @@ extern "C" __global__ void runner_bn_train_f32(const float* x, const double* sta
 __device__ float through_act(float x, float dy, float mean, float scale, float beta, int has_act, float slope) {
     if (!has_act) return dy;
     float v = scale * (x - mean) + beta;
-    return v > 0.0f ? dy : dy * slope;
+    if (v > 0.0f) return dy;
+    return slope == 0.0f ? 0.0f : dy * slope;
 }
 
 // Backward, first pass (one block per channel): sdy = sum dy', sdyx = sum dy' (x - mean) /
@@ -75,13 +77,13 @@ __device__ float through_act(float x, float dy, float mean, float scale, float b
 // dgamma = sdyx to out[total + ch] and dbeta = sdy to out[total + c + ch].
 extern "C" __global__ void runner_bn_grad_sums_f32(const float* x, const float* dy, const double* stats,
                                                    const float* gamma, const float* beta, float* out,
-                                                   int n, int c, int hw, float eps, int has_act, float slope) {
+                                                   int n, int c, int hw, double eps, int has_act, float slope) {
     __shared__ double shared[BLOCK];
     int ch = blockIdx.x;
     long m = (long)n * hw;
     float mean = (float)stats[ch];
-    double inv = 1.0 / sqrt(stats[c + ch] + (double)eps);
-    float scale = (float)((double)gamma[ch] / sqrt(stats[c + ch] + (double)eps));
+    double inv = 1.0 / sqrt(stats[c + ch] + eps);
+    float scale = (float)((double)gamma[ch] / sqrt(stats[c + ch] + eps));
     double s = 0.0, q = 0.0;
     for (long i = threadIdx.x; i < m; i += BLOCK) {
         long b = i / hw, p = i % hw;
@@ -100,20 +102,21 @@ extern "C" __global__ void runner_bn_grad_sums_f32(const float* x, const float* 
 }
 
 // Backward, second pass: dx = k dy' + k1 (x - mean) + k0 with k = gamma / sqrt(var + eps),
-// k1 = -k inv sdyx / m, k0 = -k sdy / m (the sums from the first pass, in out's tail).
+// k1 = -k inv sdyx / m, k0 = -k sdy / m (the sums from the first pass, in out's tail, as
+// f32: the CPU keeps them in f64 here, a rounding apart).
 extern "C" __global__ void runner_bn_grad_dx_f32(const float* x, const float* dy, const double* stats,
                                                  const float* gamma, const float* beta, float* out, int n,
-                                                 int c, int hw, float eps, int has_act, float slope) {
+                                                 int c, int hw, double eps, int has_act, float slope) {
     long total = (long)n * c * hw;
     double m = (double)n * hw;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         int ch = (int)((i / hw) % c);
         float mean = (float)stats[ch];
-        double inv = 1.0 / sqrt(stats[c + ch] + (double)eps);
+        double inv = 1.0 / sqrt(stats[c + ch] + eps);
         double k = (double)gamma[ch] * inv;
         float k1 = (float)(-k * inv * (double)out[total + ch] / m);
         float k0 = (float)(-k * (double)out[total + c + ch] / m);
-        float scale = (float)((double)gamma[ch] / sqrt(stats[c + ch] + (double)eps));
+        float scale = (float)((double)gamma[ch] / sqrt(stats[c + ch] + eps));
         float d = through_act(x[i], dy[i], mean, scale, beta[ch], has_act, slope);
         out[i] = (float)k * d + k1 * (x[i] - mean) + k0;
     }

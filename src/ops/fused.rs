@@ -395,7 +395,7 @@ pub(super) mod gpu {
         let total = n * c * hw;
         let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(total)? };
         let (total_l, ci, hwi) = (total as i64, c as i32, hw as i32);
-        let (eps, has_act, slope) = (eps as f32, act.is_some() as i32, act.unwrap_or(0.0) as f32);
+        let (has_act, slope) = (act.is_some() as i32, act.unwrap_or(0.0) as f32);
         let f = func!(dev, "runner_bn_train_f32");
         let mut b = f.builder();
         b.arg(&x);
@@ -429,7 +429,7 @@ pub(super) mod gpu {
         let total = n * c * hw;
         let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(total + 2 * c)? };
         let (ni, ci, hwi) = (n as i32, c as i32, hw as i32);
-        let (eps, has_act, slope) = (eps as f32, act.is_some() as i32, act.unwrap_or(0.0) as f32);
+        let (has_act, slope) = (act.is_some() as i32, act.unwrap_or(0.0) as f32);
         for (name, cfg) in [("runner_bn_grad_sums_f32", per_channel(c)), ("runner_bn_grad_dx_f32", elementwise(total))]
         {
             let f = func!(dev, name);

@@ -165,11 +165,12 @@ fn tap_tensor(
     dt: candle_core::DType,
     transposed: bool,
 ) -> Result<Tensor> {
-    type Key = (String, usize, usize, String, candle_core::DType, bool);
+    type Key = (UpsampleMode, usize, usize, candle_core::DType, bool);
     static MADE: std::sync::Mutex<Vec<(Key, Tensor)>> = std::sync::Mutex::new(Vec::new());
-    let key = (format!("{mode:?}"), input, output, format!("{:?}", dev.location()), dt, transposed);
+    let key = (mode, input, output, dt, transposed);
     let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, t)) = made.iter().find(|(k, _)| *k == key) {
+    // The device itself, not its ordinal: two CUDA devices opened on one GPU are two.
+    if let Some((_, t)) = made.iter().find(|(k, t)| *k == key && t.device().same_device(dev)) {
         return Ok(t.clone());
     }
     let t = Tensor::from_vec(tap_matrix(mode, input, output), (output, input), dev)?.to_dtype(dt)?;

@@ -268,15 +268,11 @@ impl Session<'_> {
             )
         });
         let mut stats = plan.task.stats(plan.num_classes(), keep_probs);
-        // Batches whose loss and predictions are still on the device, read every
-        // `read_every` batches: each batch on the CPU; on a GPU at the log points (at most 50
-        // batches apart), so that a step does not wait for the GPU.
+        // Batches whose loss and predictions are still on the device: read each batch on
+        // the CPU; on a GPU at the log points and at least every 50 batches, so that a step
+        // does not wait for the GPU.
         let mut unread: Vec<Unread> = Vec::new();
-        let read_every = match plan.train.log_every {
-            _ if crate::ops::cpu_kernels_on(&self.device) => 1,
-            0 => 50,
-            n => n.min(50),
-        };
+        let read_every = if crate::ops::cpu_kernels_on(&self.device) { 1 } else { 50 };
         let mut skipped = 0usize;
         let mut summed: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut pending = 0usize;
@@ -293,6 +289,8 @@ impl Session<'_> {
             let step_started = std::time::Instant::now();
             skipped += batch.skipped.len();
             if self.stop.load(Ordering::SeqCst) {
+                // A diverged batch among the unread still fails the run, not an interruption.
+                read_losses(&mut unread, &mut stats, plan, epoch)?;
                 return Ok(None);
             }
             if !batch.is_empty() {
@@ -345,11 +343,14 @@ impl Session<'_> {
                 batch.labels.len().max(batch.indices.len())
             );
             asked = std::time::Instant::now();
+            let every = plan.train.log_every;
+            if every > 0 && (b + 1) % every == 0 {
+                read_losses(&mut unread, &mut stats, plan, epoch)?;
+            }
             bar.inc(1);
             let rate = stats.count() as f64 / started.elapsed().as_secs_f64();
             let epochs = plan.train.epochs;
             bar.set_message(&format!("epoch {}/{epochs} loss {:.4} {rate:.0} img/s", epoch + 1, stats.mean_loss()));
-            let every = plan.train.log_every;
             if !progress::bars_enabled() && every > 0 && (b + 1) % every == 0 {
                 tracing::info!(
                     "epoch {}/{epochs} batch {}/{n_batches} loss {:.4} {rate:.0} img/s",
