@@ -6,14 +6,18 @@
 
 #include <stdint.h>
 
-#define BLOCK 256
+// Threads of a per-channel block (fused.rs's `per_channel` launches this many): one block
+// per channel, so a layer of 16 channels keeps 16 SMs busy; 1024 threads each hide what
+// latency they can.
+#define CHANNEL_BLOCK 1024
 
-// Sums `v` over the block (BLOCK threads); every thread gets the total.
+// Sums `v` over the block (blockDim.x threads, a power of two, at most CHANNEL_BLOCK);
+// every thread gets the total.
 __device__ double block_sum(double v, double* shared) {
     int t = threadIdx.x;
     shared[t] = v;
     __syncthreads();
-    for (int s = BLOCK / 2; s > 0; s >>= 1) {
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
         if (t < s) shared[t] += shared[t + s];
         __syncthreads();
     }
@@ -26,20 +30,20 @@ __device__ double block_sum(double v, double* shared) {
 // n * hw values of channel ch, the variance of the deviations from the mean (two passes,
 // double sums, kept in double), as the CPU's `stats`.
 extern "C" __global__ void runner_bn_stats_f32(const float* x, double* out, int n, int c, int hw) {
-    __shared__ double shared[BLOCK];
+    __shared__ double shared[CHANNEL_BLOCK];
     int ch = blockIdx.x;
-    long m = (long)n * hw;
+    int m = n * hw;
     double s = 0.0;
-    for (long i = threadIdx.x; i < m; i += BLOCK) {
-        long b = i / hw, p = i % hw;
-        s += (double)x[(b * c + ch) * hw + p];
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+        int b = i / hw, p = i - b * hw;
+        s += (double)x[((long)b * c + ch) * hw + p];
     }
     double mean = block_sum(s, shared) / (double)m;
     float meanf = (float)mean;
     double q = 0.0;
-    for (long i = threadIdx.x; i < m; i += BLOCK) {
-        long b = i / hw, p = i % hw;
-        float d = x[(b * c + ch) * hw + p] - meanf;
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+        int b = i / hw, p = i - b * hw;
+        float d = x[((long)b * c + ch) * hw + p] - meanf;
         q += (double)(d * d);
     }
     double var = block_sum(q, shared) / (double)m;
@@ -78,16 +82,16 @@ __device__ float through_act(float x, float dy, float mean, float scale, float b
 extern "C" __global__ void runner_bn_grad_sums_f32(const float* x, const float* dy, const double* stats,
                                                    const float* gamma, const float* beta, float* out,
                                                    int n, int c, int hw, double eps, int has_act, float slope) {
-    __shared__ double shared[BLOCK];
+    __shared__ double shared[CHANNEL_BLOCK];
     int ch = blockIdx.x;
-    long m = (long)n * hw;
+    int m = n * hw;
     float mean = (float)stats[ch];
     double inv = 1.0 / sqrt(stats[c + ch] + eps);
     float scale = (float)((double)gamma[ch] / sqrt(stats[c + ch] + eps));
     double s = 0.0, q = 0.0;
-    for (long i = threadIdx.x; i < m; i += BLOCK) {
-        long b = i / hw, p = i % hw;
-        long k = (b * c + ch) * hw + p;
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+        int b = i / hw, p = i - b * hw;
+        long k = ((long)b * c + ch) * hw + p;
         float d = through_act(x[k], dy[k], mean, scale, beta[ch], has_act, slope);
         s += (double)d;
         q += (double)(d * (x[k] - mean));
@@ -95,7 +99,7 @@ extern "C" __global__ void runner_bn_grad_sums_f32(const float* x, const float* 
     double sdy = block_sum(s, shared);
     double sdyx = block_sum(q, shared) * inv;
     if (threadIdx.x == 0) {
-        long total = m * c;
+        long total = (long)m * c;
         out[total + ch] = (float)sdyx;
         out[total + c + ch] = (float)sdy;
     }

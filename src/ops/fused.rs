@@ -327,8 +327,10 @@ pub(super) mod gpu {
     use candle_core::{CudaStorage, Layout, Result, Storage, Tensor};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
-    /// Threads per block, as `BLOCK` in fused.cu.
+    /// Threads per block of the element-wise kernels.
     const BLOCK: u32 = 256;
+    /// Threads per block of the per-channel kernels, as `CHANNEL_BLOCK` in fused.cu.
+    const CHANNEL_BLOCK: u32 = 1024;
 
     /// The kernel `name` of fused.cu on `dev` (loaded with the module on first use).
     macro_rules! func {
@@ -345,7 +347,15 @@ pub(super) mod gpu {
 
     /// One block per channel.
     fn per_channel(c: usize) -> LaunchConfig {
-        LaunchConfig { grid_dim: (c as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+        LaunchConfig { grid_dim: (c as u32, 1, 1), block_dim: (CHANNEL_BLOCK, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    /// The per-channel kernels count a channel's `n * hw` values in 32 bits.
+    fn channel_size(n: usize, hw: usize) -> Result<()> {
+        if n * hw >= 1 << 31 {
+            candle_core::bail!("runner fused batch norm: {n} x {hw} values per channel, over 2^31");
+        }
+        Ok(())
     }
 
     /// The values of a contiguous layout of `s` (f32, or f64 for batch norm's statistics).
@@ -365,6 +375,7 @@ pub(super) mod gpu {
     }
 
     pub fn bn_stats(s: &CudaStorage, l: &Layout, (n, c, hw): (usize, usize, usize)) -> Result<CudaStorage> {
+        channel_size(n, hw)?;
         let dev = &s.device;
         let x = view::<f32>(s, l)?;
         let out: CudaSlice<f64> = unsafe { dev.alloc::<f64>(2 * c)? };
@@ -423,6 +434,7 @@ pub(super) mod gpu {
         act: Option<f64>,
     ) -> Result<CudaStorage> {
         let dev = &ops[0].0.device;
+        channel_size(n, hw)?;
         let v = |i: usize| view::<f32>(ops[i].0, ops[i].1);
         let (x, dy, g, be) = (v(0)?, v(1)?, v(3)?, v(4)?);
         let st = view::<f64>(ops[2].0, ops[2].1)?;
