@@ -339,6 +339,19 @@ pub(super) mod gpu {
         };
     }
 
+    /// Launches `f` with `cfg` and the arguments in the kernel's order (each a reference
+    /// to a view, a buffer or a scalar of the parameter's exact type). The caller states
+    /// what the kernel reads and writes (its SAFETY comment).
+    macro_rules! launch {
+        ($f:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+            let mut b = $f.builder();
+            $(b.arg($arg);)+
+            // SAFETY: the kernel's parameters are the arguments above in order and type;
+            // what it reads and writes is stated at the call.
+            unsafe { b.launch($cfg) }.w()?;
+        }};
+    }
+
     /// A grid-stride launch over `total` elements.
     fn elementwise(total: usize) -> LaunchConfig {
         let blocks = total.div_ceil(BLOCK as usize).clamp(1, 65535) as u32;
@@ -381,14 +394,8 @@ pub(super) mod gpu {
         let out: CudaSlice<f64> = unsafe { dev.alloc::<f64>(2 * c)? };
         let (n, ci, hw) = (n as i32, c as i32, hw as i32);
         let f = func!(dev, "runner_bn_stats_f32");
-        let mut b = f.builder();
-        b.arg(&x);
-        b.arg(&out);
-        b.arg(&n);
-        b.arg(&ci);
-        b.arg(&hw);
-        // SAFETY: the kernel reads n * c * hw values of x and writes 2c of out.
-        unsafe { b.launch(per_channel(c)) }.w()?;
+        // The kernel reads n * c * hw values of x and writes 2c of out.
+        launch!(f, per_channel(c), &x, &out, &n, &ci, &hw);
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 
@@ -408,20 +415,8 @@ pub(super) mod gpu {
         let (total_l, ci, hwi) = (total as i64, c as i32, hw as i32);
         let (has_act, slope) = (act.is_some() as i32, act.unwrap_or(0.0) as f32);
         let f = func!(dev, "runner_bn_train_f32");
-        let mut b = f.builder();
-        b.arg(&x);
-        b.arg(&st);
-        b.arg(&g);
-        b.arg(&be);
-        b.arg(&y);
-        b.arg(&total_l);
-        b.arg(&ci);
-        b.arg(&hwi);
-        b.arg(&eps);
-        b.arg(&has_act);
-        b.arg(&slope);
-        // SAFETY: reads `total` values of x, 2c of stats, c of gamma and beta; writes y.
-        unsafe { b.launch(elementwise(total)) }.w()?;
+        // Reads `total` values of x, 2c of stats, c of gamma and beta; writes y.
+        launch!(f, elementwise(total), &x, &st, &g, &be, &y, &total_l, &ci, &hwi, &eps, &has_act, &slope);
         Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
     }
 
@@ -445,22 +440,9 @@ pub(super) mod gpu {
         for (name, cfg) in [("runner_bn_grad_sums_f32", per_channel(c)), ("runner_bn_grad_dx_f32", elementwise(total))]
         {
             let f = func!(dev, name);
-            let mut b = f.builder();
-            b.arg(&x);
-            b.arg(&dy);
-            b.arg(&st);
-            b.arg(&g);
-            b.arg(&be);
-            b.arg(&out);
-            b.arg(&ni);
-            b.arg(&ci);
-            b.arg(&hwi);
-            b.arg(&eps);
-            b.arg(&has_act);
-            b.arg(&slope);
-            // SAFETY: reads x and dy (total), stats (2c), gamma and beta (c); writes out
+            // Reads x and dy (total), stats (2c), gamma and beta (c); writes out
             // (total + 2c), the second kernel after the first on the same stream.
-            unsafe { b.launch(cfg) }.w()?;
+            launch!(f, cfg, &x, &dy, &st, &g, &be, &out, &ni, &ci, &hwi, &eps, &has_act, &slope);
         }
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
@@ -499,13 +481,8 @@ pub(super) mod gpu {
         let dx: CudaSlice<f32> = unsafe { dev.alloc::<f32>(total)? };
         let total_l = total as i64;
         let f = func!(dev, "runner_relu_grad_f32");
-        let mut b = f.builder();
-        b.arg(&dyv);
-        b.arg(&yv);
-        b.arg(&dx);
-        b.arg(&total_l);
-        // SAFETY: reads `total` values of dy and y, writes dx.
-        unsafe { b.launch(elementwise(total)) }.w()?;
+        // Reads `total` values of dy and y, writes dx.
+        launch!(f, elementwise(total), &dyv, &yv, &dx, &total_l);
         Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
     }
 
@@ -529,17 +506,8 @@ pub(super) mod gpu {
             with_view::<f32, _>(rv, |rvv| {
                 with_view::<f64, _>(mean, |mv| {
                     with_view::<f64, _>(var, |vv| {
-                        let mut b = f.builder();
-                        b.arg(&rmv);
-                        b.arg(&rvv);
-                        b.arg(&mv);
-                        b.arg(&vv);
-                        b.arg(&ci);
-                        b.arg(&keep);
-                        b.arg(&momentum);
-                        b.arg(&unbias);
-                        // SAFETY: reads c values of mean and var, updates c of rm and rv in place.
-                        unsafe { b.launch(elementwise(c)) }.w()?;
+                        // Reads c values of mean and var, updates c of rm and rv in place.
+                        launch!(f, elementwise(c), &rmv, &rvv, &mv, &vv, &ci, &keep, &momentum, &unbias);
                         Ok(())
                     })
                 })
@@ -562,15 +530,8 @@ pub(super) mod gpu {
         let [h, w, oh, ow, k, s, p] = [h, w, oh, ow, k, s, p].map(|v| v as i32);
         let is_max = is_max as i32;
         let f = func!(dev, "runner_pool_f32");
-        let mut b = f.builder();
-        b.arg(&xv);
-        b.arg(&y);
-        b.arg(&planes);
-        for v in [&h, &w, &oh, &ow, &k, &s, &p, &is_max] {
-            b.arg(v);
-        }
-        // SAFETY: reads planes * h * w values of x, writes planes * oh * ow of y.
-        unsafe { b.launch(elementwise(total)) }.w()?;
+        // Reads planes * h * w values of x, writes planes * oh * ow of y.
+        launch!(f, elementwise(total), &xv, &y, &planes, &h, &w, &oh, &ow, &k, &s, &p, &is_max);
         Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
     }
 
@@ -590,16 +551,8 @@ pub(super) mod gpu {
         let [h, w, oh, ow, k, s, p] = [h, w, oh, ow, k, s, p].map(|v| v as i32);
         let is_max = is_max as i32;
         let f = func!(dev, "runner_pool_grad_f32");
-        let mut b = f.builder();
-        b.arg(&xv);
-        b.arg(&dyv);
-        b.arg(&dx);
-        b.arg(&planes);
-        for v in [&h, &w, &oh, &ow, &k, &s, &p, &is_max] {
-            b.arg(v);
-        }
-        // SAFETY: reads x (planes * h * w) and dy (planes * oh * ow), writes dx.
-        unsafe { b.launch(elementwise(total)) }.w()?;
+        // Reads x (planes * h * w) and dy (planes * oh * ow), writes dx.
+        launch!(f, elementwise(total), &xv, &dyv, &dx, &planes, &h, &w, &oh, &ow, &k, &s, &p, &is_max);
         Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
     }
 
@@ -674,23 +627,25 @@ pub(super) mod gpu {
             with_view::<f32, _>(g, |gv| {
                 with_view::<f32, _>(m, |mv| {
                     with_view::<f32, _>(v, |vv| {
-                        let mut b = f.builder();
-                        b.arg(&pv);
-                        b.arg(&gv);
-                        b.arg(&mv);
-                        b.arg(&vv);
-                        b.arg(&total_l);
-                        b.arg(&a.decay);
-                        b.arg(&a.wd_l2);
-                        b.arg(&a.b1);
-                        b.arg(&a.omb1);
-                        b.arg(&a.b2);
-                        b.arg(&a.omb2);
-                        b.arg(&a.inv_bc2_sqrt);
-                        b.arg(&a.eps);
-                        b.arg(&a.step_size);
-                        // SAFETY: reads g, updates p, m and v in place, `total` values each.
-                        unsafe { b.launch(elementwise(total)) }.w()?;
+                        // Reads g, updates p, m and v in place, `total` values each.
+                        launch!(
+                            f,
+                            elementwise(total),
+                            &pv,
+                            &gv,
+                            &mv,
+                            &vv,
+                            &total_l,
+                            &a.decay,
+                            &a.wd_l2,
+                            &a.b1,
+                            &a.omb1,
+                            &a.b2,
+                            &a.omb2,
+                            &a.inv_bc2_sqrt,
+                            &a.eps,
+                            &a.step_size
+                        );
                         Ok(())
                     })
                 })
