@@ -1,6 +1,6 @@
 //! With `--features cuda`: runner's own kernels (src/ops/fused.cu) to PTX with nvcc, for
 //! compute capability `CUDA_COMPUTE_CAP` (else this machine's GPU's, else 90: H100 / H200), into
-//! `$OUT_DIR/fused.ptx`, which src/ops/fused.rs embeds. `make build-cuda` puts NVIDIA's
+//! `$OUT_DIR/fused.ptx`, which src/ops/fused/gpu.rs embeds. `make build-cuda` puts NVIDIA's
 //! nvcc (from its Python wheels) on the PATH. Without the feature this does nothing.
 
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
+    // ok: cargo always sets OUT_DIR for a build script.
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("fused.ptx");
     // As candle's kernels: CUDA_COMPUTE_CAP, else the GPU nvidia-smi reports, else 9.0.
     let cap = std::env::var("CUDA_COMPUTE_CAP").ok().or_else(gpu_cap).unwrap_or_else(|| "90".into());
@@ -27,6 +28,7 @@ fn main() {
         .arg(&out)
         .arg("src/ops/fused.cu")
         .status();
+    // ok: a build script fails the build by panicking; the message names the file and the fix.
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => panic!("{} failed ({s}) compiling src/ops/fused.cu", nvcc.display()),

@@ -113,9 +113,6 @@ fn bf16_refusal(name: &str, (major, minor): (i32, i32)) -> Option<String> {
     })
 }
 
-/// Sets the memory pool of `device`'s GPU to keep freed memory (above), unless
-/// `RUNNER_CUDA_POOL=trim`. Nothing on the CPU, or where the GPU has no memory pools (cudarc
-/// then allocates synchronously).
 /// The settings of a GPU that are the process's, not the device's (the module's docs):
 /// called when a GPU opens, and by runner-bench's `--count`, which counts the GPU's step as
 /// runner sets it up.
@@ -123,6 +120,9 @@ pub fn gpu_setup() {
     candle_core::counting::cache_params(true);
 }
 
+/// Sets up `device`'s GPU as the module's docs say: event tracking off, and its memory
+/// pool keeping freed memory unless `RUNNER_CUDA_POOL=trim`. Nothing on the CPU; a GPU
+/// without memory pools (cudarc then allocates synchronously) is named in a warning.
 fn configure(device: &Device) -> candle_core::Result<()> {
     match device {
         #[cfg(feature = "cuda")]

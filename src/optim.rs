@@ -14,6 +14,7 @@ use candle_core::counting::{self, Cost};
 use candle_core::{Result, Tensor, Var};
 
 use crate::config::OptimizerConfig;
+use crate::ops::fused;
 
 /// Per-parameter multipliers from `[[train.param_groups]]` and `no_weight_decay_on`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,26 +107,25 @@ impl Optimizer {
             let p = var.as_tensor().detach();
             let prev = self.state.get(name);
             let t = prev.map(|s| s.step).unwrap_or(0) + 1;
-            let slots = if crate::ops::fused::applies(&p) && !counting::enabled() {
-                fused_update(&self.cfg, &p, &g, prev, t, lr, h)?
-            } else if crate::ops::fused::applies(&p) {
-                // Counting: the values from the update below, the count from the GPU's
-                // kernel (its state zeroed on the first step, then one launch).
-                if prev.is_none() {
-                    for _ in 0..self.slots() {
-                        counting::add_op("zeros", Cost { memsets: 1, allocs: 1, ..Cost::default() });
-                    }
-                }
-                counting::add_op("custom:runner-fused-update", Cost::launch(1, 0));
-                counting::paused(|| -> Result<Vec<Tensor>> {
-                    let (new, slots) = update(&self.cfg, p, g, prev, t, lr, h)?;
-                    var.set(&new)?;
-                    Ok(slots)
-                })?
-            } else {
-                let (new, slots) = update(&self.cfg, p, g, prev, t, lr, h)?;
+            let set = |(new, slots): (Tensor, Vec<Tensor>)| -> Result<Vec<Tensor>> {
                 var.set(&new)?;
-                slots
+                Ok(slots)
+            };
+            let slots = match (fused::applies(&p), counting::enabled()) {
+                (true, false) => fused_update(&self.cfg, &p, &g, prev, t, lr, h)?,
+                (true, true) => {
+                    // Counting: the values from the update below, the count from the GPU's
+                    // kernel (its state zeroed on the first step, then one launch).
+                    if prev.is_none() {
+                        for _ in 0..self.slots() {
+                            counting::add_op("zeros", Cost { memsets: 1, allocs: 1, ..Cost::default() });
+                        }
+                    }
+                    fused::counted_as("custom:runner-fused-update", Cost::launch(1, 0), || {
+                        set(update(&self.cfg, p, g, prev, t, lr, h)?)
+                    })?
+                }
+                (false, _) => set(update(&self.cfg, p, g, prev, t, lr, h)?)?,
             };
             self.state.insert(name.clone(), ParamState { step: t, slots });
         }
@@ -234,7 +234,6 @@ fn fused_update(
     lr: f64,
     h: Hyper,
 ) -> Result<Vec<Tensor>> {
-    use crate::ops::fused;
     // The kernels write `p.elem_count()` values of each state tensor: a state that does not
     // fit (a checkpoint of another model) is refused here, not written out of bounds.
     let slots = |n: usize| -> Result<Vec<Tensor>> {

@@ -422,7 +422,13 @@ fn dropout(x: &Tensor, p: f64, mut rng: Rng) -> Result<Tensor> {
 
 /// Index of the largest logit per row.
 pub fn argmax(logits: &Tensor) -> Result<Vec<u32>> {
-    logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()
+    predicted(logits)?.to_vec1::<u32>()
+}
+
+/// Each row's predicted class (the first largest logit) as a `[b]` u32 tensor on the
+/// logits' device, detached: [`argmax`] without the read to the host.
+pub fn predicted(logits: &Tensor) -> Result<Tensor> {
+    logits.detach().argmax(D::Minus1)?.to_dtype(DType::U32)
 }
 
 #[cfg(test)]

@@ -142,7 +142,7 @@ fn scale<T: Elem>(gamma: T, (_, var): (f64, f64), eps: f64) -> T {
     T::from_f64(gamma.to_f64() / (var + eps).sqrt())
 }
 
-pub(super) fn forward<T: Elem>(
+fn forward<T: Elem>(
     x: &[T],
     g: &[T],
     b: &[T],
@@ -167,7 +167,7 @@ pub(super) fn forward<T: Elem>(
 /// dx = gamma / sqrt(var + eps) * (dy - dbeta / m - xhat * dgamma / m). With `act` (beta,
 /// and the slope of a (leaky) ReLU fused after the normalisation), `dy` first goes back
 /// through it.
-pub(super) fn backward<T: Elem>(
+fn backward<T: Elem>(
     x: &[T],
     g: &[T],
     dy: &[T],
@@ -217,6 +217,45 @@ pub(super) fn backward<T: Elem>(
     (dx, dgamma, dbeta)
 }
 
+/// Training mode's forward on CPU storages `[x, gamma, beta]` with the batch's statistics
+/// `st`: the body of this module's op and of the fused GPU op's CPU reference (`what`
+/// names the op in errors).
+pub(super) fn train_storage(
+    what: &str,
+    [(s1, l1), (s2, l2), (s3, l3)]: [(&CpuStorage, &Layout); 3],
+    st: &[(f64, f64)],
+    eps: f64,
+    act: Option<f64>,
+) -> Result<(CpuStorage, Shape)> {
+    let d = dims(l1)?;
+    check_stats(st, d)?;
+    Ok((dispatch3!(what, s1, l1, s2, l2, s3, l3, |x, g, b| forward(x, g, b, d, st, eps, act)), l1.shape().clone()))
+}
+
+/// The backward on CPU storages `[x, gamma, dy]` -> `[dx (flattened) ++ dgamma ++ dbeta]`;
+/// `act`: beta and the slope of a (leaky) ReLU fused after the normalisation.
+pub(super) fn grad_storage(
+    what: &str,
+    [(s1, l1), (s2, l2), (s3, l3)]: [(&CpuStorage, &Layout); 3],
+    st: &[(f64, f64)],
+    eps: f64,
+    act: Option<(&[f64], f64)>,
+) -> Result<(CpuStorage, Shape)> {
+    let d = dims(l1)?;
+    check_stats(st, d)?;
+    if act.is_some_and(|(b, _)| b.len() != d.1) {
+        candle_core::bail!("batch norm: beta does not have {} channels", d.1);
+    }
+    let total = l1.shape().elem_count() + 2 * d.1;
+    let out = dispatch3!(what, s1, l1, s2, l2, s3, l3, |x, g, dy| {
+        let (mut dx, dg, db) = backward(x, g, dy, d, st, eps, act);
+        dx.extend(dg);
+        dx.extend(db);
+        dx
+    });
+    Ok((out, Shape::from(total)))
+}
+
 /// The batch's statistics are computed once, before the op, and shared by its forward and
 /// backward passes (and returned for the running averages).
 fn check_stats(st: &[(f64, f64)], (_, c, _): (usize, usize, usize)) -> Result<()> {
@@ -255,12 +294,7 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (d, eps, st, act) = (dims(l1)?, self.eps, &self.stats, self.act);
-        check_stats(st, d)?;
-        Ok((
-            dispatch3!("batch norm", s1, l1, s2, l2, s3, l3, |x, g, b| forward(x, g, b, d, st, eps, act)),
-            l1.shape().clone(),
-        ))
+        train_storage("batch norm", [(s1, l1), (s2, l2), (s3, l3)], &self.stats, self.eps, self.act)
     }
     fn bwd(
         &self,
@@ -297,19 +331,8 @@ impl CustomOp3 for BatchNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (d, eps, st, rb, slope) = (dims(l1)?, self.eps, &self.stats, self.relu_beta.as_deref(), self.slope);
-        check_stats(st, d)?;
-        if rb.is_some_and(|b| b.len() != d.1) {
-            candle_core::bail!("batch norm: beta does not have {} channels", d.1);
-        }
-        let total = l1.shape().elem_count() + 2 * d.1;
-        let out = dispatch3!("batch norm", s1, l1, s2, l2, s3, l3, |x, g, dy| {
-            let (mut dx, dg, db) = backward(x, g, dy, d, st, eps, rb.map(|b| (b, slope)));
-            dx.extend(dg);
-            dx.extend(db);
-            dx
-        });
-        Ok((out, Shape::from(total)))
+        let act = self.relu_beta.as_deref().map(|b| (b, self.slope));
+        grad_storage("batch norm", [(s1, l1), (s2, l2), (s3, l3)], &self.stats, self.eps, act)
     }
 }
 
@@ -444,8 +467,7 @@ pub fn update_running(
     };
     if fused {
         // Counting: the values from candle's ops, the count from the GPU's kernel.
-        counting::add_op("custom:runner-fused-bn-running", counting::Cost::launch(1, 0));
-        return counting::paused(update);
+        return super::fused::counted_as("custom:runner-fused-bn-running", counting::Cost::launch(1, 0), update);
     }
     update()
 }

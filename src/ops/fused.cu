@@ -1,13 +1,13 @@
-// runner's own CUDA kernels (src/ops/fused.rs): batch norm's training forward and
-// backward with a fused (leaky) ReLU, ReLU and add + ReLU with their gradient, and the
-// optimizers' updates, each one launch where candle's ops took several. Compiled to PTX by
-// build.rs (nvcc, `--features cuda`); each has a CPU reference in fused.rs, which the
+// runner's own CUDA kernels (src/ops/fused/mod.rs; launched by fused/gpu.rs): batch norm's
+// training forward and backward with a fused (leaky) ReLU, ReLU and add + ReLU with their
+// gradient, pooling, and the optimizers' updates, each one launch where candle's ops took several. Compiled to PTX by
+// build.rs (nvcc, `--features cuda`); each has a CPU reference in fused/mod.rs, which the
 // tests and runner-parity compare with. f32 tensors, contiguous, NCHW.
 
 #include <stdint.h>
 
-// Threads of a per-channel block (fused.rs's `per_channel` launches this many): one block
-// per channel, so a layer of 16 channels keeps 16 SMs busy; 1024 threads each hide what
+// Threads of a per-channel block (fused/gpu.rs's `per_channel` launches this many): one
+// block per channel, so a layer of 16 channels keeps 16 SMs busy; 1024 threads each hide what
 // latency they can.
 #define CHANNEL_BLOCK 1024
 

@@ -18,7 +18,7 @@ use crate::data::Split;
 use crate::metrics::detection::{Detection, DetectionStats, Truth};
 use crate::metrics::segmentation::SegStats;
 use crate::metrics::{Binary, EpochStats};
-use crate::model::{Model, Pass};
+use crate::model::{predicted, Model, Pass};
 use crate::runlog::RunLog;
 
 pub use detect::Yolo;
@@ -219,11 +219,6 @@ pub struct TrainOutputs {
     pred: Option<Tensor>,
     /// The class probabilities `[b, classes]`.
     probs: Option<Tensor>,
-}
-
-/// Each row's predicted class (the first largest logit), `[b]` u32, detached.
-fn predicted(logits: &Tensor) -> Result<Tensor> {
-    Ok(logits.detach().argmax(candle_core::D::Minus1)?.to_dtype(candle_core::DType::U32)?)
 }
 
 impl Stats {

@@ -268,11 +268,11 @@ impl Session<'_> {
             )
         });
         let mut stats = plan.task.stats(plan.num_classes(), keep_probs);
-        // Batches whose loss and predictions are still on the device: read each batch on
-        // the CPU; on a GPU at the log points and at least every 50 batches, so that a step
-        // does not wait for the GPU.
-        let mut unread: Vec<Unread> = Vec::new();
-        let read_every = if crate::ops::cpu_kernels_on(&self.device) { 1 } else { 50 };
+        // A batch's loss and predictions are read at once on the CPU; on a GPU they stay on
+        // the device until the log points (at least every 50 batches), so that a step does
+        // not wait for the GPU.
+        let read_at_once = crate::ops::cpu_kernels_on(&self.device);
+        let mut unread: Vec<(Unread, Batch)> = Vec::new();
         let mut skipped = 0usize;
         let mut summed: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut pending = 0usize;
@@ -306,11 +306,15 @@ impl Session<'_> {
                         plan.task.slice_loss(out, &batch, range, plan.input)
                     })?;
                 let outputs = plan.task.train_outputs(&out, keep_probs)?;
-                unread.push(Unread { step: state.step + 1, loss, outputs, batch: batch.without_pixels() });
-                // Read at once on the CPU, before the update, so the weights never take a step
-                // from a NaN; on a GPU at the log points (`read_every`).
-                if unread.len() >= read_every {
-                    read_losses(&mut unread, &mut stats, plan, epoch)?;
+                let read = Unread { step: state.step + 1, loss, outputs };
+                if read_at_once {
+                    // Before the update, so the weights never take a step from a NaN.
+                    read.into_stats(&mut stats, plan, epoch, &batch)?;
+                } else {
+                    unread.push((read, batch.without_pixels()));
+                    if unread.len() >= 50 {
+                        read_losses(&mut unread, &mut stats, plan, epoch)?;
+                    }
                 }
                 add_grads(&mut summed, grads)?;
                 pending += 1;
@@ -469,31 +473,37 @@ impl Session<'_> {
     }
 }
 
-/// A trained batch whose loss and predictions are still on the device.
+/// A trained batch whose loss and predictions may still be on the device.
 struct Unread {
     /// The optimizer step the batch belongs to (1-based, as the messages count).
     step: i64,
     loss: step::BatchLoss,
     outputs: TrainOutputs,
-    /// The batch's labels and objects, without its pixels.
-    batch: Batch,
 }
 
-/// Reads the `unread` batches' losses and predictions into `stats`, in batch order, and
-/// empties it. A loss that is NaN or infinite ends the run, naming its epoch and step: on
-/// the CPU before that batch's update; on a GPU up to `read_every` batches later, so the
-/// weights may have taken those steps (the run is failed either way).
-fn read_losses(unread: &mut Vec<Unread>, stats: &mut Stats, plan: &Plan, epoch: usize) -> Result<()> {
-    for u in unread.drain(..) {
-        let loss = u.loss.read()?;
+impl Unread {
+    /// Reads the loss and predictions of `batch` into `stats`. A loss that is NaN or
+    /// infinite ends the run, naming its epoch and step: on the CPU before that batch's
+    /// update; on a GPU at the next log point, so the weights may have taken those steps
+    /// (the run is failed either way).
+    fn into_stats(self, stats: &mut Stats, plan: &Plan, epoch: usize, batch: &Batch) -> Result<()> {
+        let loss = self.loss.read()?;
         if !loss.is_finite() {
             bail!(
                 "loss is {loss} at epoch {} step {}: training diverged (try a lower learning rate)",
                 epoch + 1,
-                u.step
+                self.step
             );
         }
-        plan.task.update_train(stats, loss, &u.outputs, &u.batch)?;
+        plan.task.update_train(stats, loss, &self.outputs, batch)
+    }
+}
+
+/// Reads the kept batches (each with its labels and objects, without its pixels) into
+/// `stats`, in batch order, and empties `unread`.
+fn read_losses(unread: &mut Vec<(Unread, Batch)>, stats: &mut Stats, plan: &Plan, epoch: usize) -> Result<()> {
+    for (u, batch) in unread.drain(..) {
+        u.into_stats(stats, plan, epoch, &batch)?;
     }
     Ok(())
 }

@@ -131,7 +131,9 @@ pub fn params_cached() -> bool {
 /// differs from one launch and one output: its CPU forward, which a count runs, says
 /// nothing of its GPU twin.
 pub fn declare(name: &'static str, cost: Cost) {
-    DECLARED.write().unwrap().get_or_insert_with(HashMap::new).insert(name, cost);
+    // A poisoned lock still holds a whole map: a declaration is one insert.
+    let mut declared = DECLARED.write().unwrap_or_else(|e| e.into_inner());
+    declared.get_or_insert_with(HashMap::new).insert(name, cost);
 }
 
 /// Records `cost` for `op` when this thread counts: for work that reaches the GPU without
@@ -327,7 +329,8 @@ pub(crate) fn direct(input: &Layout) -> Cost {
 
 /// A custom op: what [`declare`] says of `name`, else one launch and an output.
 pub(crate) fn custom(name: &str) -> Cost {
-    DECLARED.read().unwrap().as_ref().and_then(|d| d.get(name).copied()).unwrap_or(Cost::launch(1, 1))
+    let declared = DECLARED.read().unwrap_or_else(|e| e.into_inner());
+    declared.as_ref().and_then(|d| d.get(name).copied()).unwrap_or(Cost::launch(1, 1))
 }
 
 /// A new device buffer: `zeroed` with a memset after the allocation.
