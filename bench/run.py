@@ -6,11 +6,12 @@ or TORCH_PYTHON) and the newest PyTorch from the package index (`torch_new`, the
 count the sides run in turn, three times (runner, torch, torch_new, runner, ...), so
 machine noise hits all; the best of each side's three is reported:
 
-    bench <case> threads=<n> runner=<images/s> torch=<images/s> ratio=<runner/torch>
+    bench <case> threads=<n> kernels=<level> runner=<images/s> torch=<images/s> ratio=<runner/torch>
           runner_peak_mib=<MiB> torch_peak_mib=<MiB>
           torch_new=<images/s> ratio_new=<runner/torch_new> torch_new_peak_mib=<MiB>
 
-(the peak resident memory of each side's process, the largest of its three runs; the
+(kernels: the CPU kernel level runner-bench ran with, the widest the CPU has, or avx2 with
+RUNNER_KERNELS=portable; the peak resident memory of each side's process, the largest of its three runs; the
 torch_new fields only where the venv exists). `na` where a side is not installed.
 Loader cases run one epoch with `threads` workers against torchvision's DataLoader on the
 same files.
@@ -39,6 +40,8 @@ TARGETS["resnet20_train"]["launches"] = 350
 # alexnet_forward reads its output back by design (the case is a forward and its result).
 for case in ("alexnet_forward", "alexnet_forward_b1"):
     TARGETS[case]["d2h"] = 1
+# The CPU kernel levels runner-bench reported (`kernels=`) for the case being measured.
+KERNELS = set()
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (field name, interpreter): Debian's PyTorch, then the newest from the package index.
 REFERENCES = [
@@ -62,6 +65,9 @@ def measure(cmd, threads):
             sys.stderr.write(err.read().decode(errors="replace"))
             return None, None
     mib = usage.ru_maxrss / 1024  # KiB on Linux
+    for line in stdout.splitlines():
+        if line.startswith("kernels="):
+            KERNELS.add(line.split("=", 1)[1])
     for line in stdout.splitlines():
         if line.startswith("images_per_s="):
             return float(line.split("=", 1)[1]), mib
@@ -124,6 +130,7 @@ def main():
             for build in ("cuda", "cudnn"):
                 print(count_line(case, build), flush=True)
         for threads in (1, 2):
+            KERNELS.clear()
             runs = {"runner": []}
             runs.update({n: [] for n in names})
             for _ in range(3):
@@ -135,7 +142,7 @@ def main():
                     script = "torch_loader_bench.py" if case.startswith("loader_") else "torch_bench.py"
                     runs[name].append(measure([python, os.path.join(HERE, script), case, str(threads)], threads))
             r, rm = best(runs["runner"])
-            line = f"bench {case} threads={threads} runner={fmt(r, '{:.1f}')}"
+            line = f"bench {case} threads={threads} kernels={'+'.join(sorted(KERNELS)) or 'na'} runner={fmt(r, '{:.1f}')}"
             for name in names:
                 t, tm = best(runs[name])
                 ratio = f"{r / t:.2f}" if r is not None and t else "na"

@@ -37,6 +37,10 @@ pub struct Sidecar {
     /// The threads the kernels used: results depend on it (summation order).
     #[serde(default)]
     pub threads: usize,
+    /// The CPU kernel level (`ops::kernels`): results depend on it too (AVX-512's sums run
+    /// in another order). Empty in checkpoints written before it was recorded.
+    #[serde(default)]
+    pub kernels: String,
     /// Per-parameter optimizer step counts.
     pub optimizer_steps: BTreeMap<String, u64>,
 }

@@ -3,13 +3,15 @@
 //! A run is a folder with `run.parquet`; folders given are searched for runs below them.
 //! `compare` prints one row per run: the run, its status, the parameters that differ between
 //! the runs (all with `--all-params`; a key missing from a run shows empty) and the final
-//! metrics. A folder whose tables cannot be read is reported and skipped.
+//! metrics. The threads and CPU kernel level a run ran with (`run.parquet`) count as
+//! parameters `threads` and `kernels`. A folder whose tables cannot be read is reported and
+//! skipped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use arrow_array::{Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_array::{Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
 
 use crate::config::Mode;
 
@@ -68,6 +70,16 @@ pub fn read_run(dir: &Path) -> Result<RunInfo> {
                 }
             }
         }
+    }
+    // What the run ran with beside its config: results depend on both (kernels.rs). Keys
+    // without a dot, so no config key can take them; shown where runs differ, as the rest.
+    if let Some(c) = b.column_by_name("threads").and_then(|c| c.as_any().downcast_ref::<UInt32Array>()) {
+        if !c.is_null(0) {
+            params.insert("threads".into(), c.value(0).to_string());
+        }
+    }
+    if let Some(k) = text(b, "kernels", 0) {
+        params.insert("kernels".into(), k);
     }
     Ok(RunInfo {
         dir: dir.to_path_buf(),

@@ -71,7 +71,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
     if let (crate::task::Task::Detect(yolo), Some(min)) = (&mut plan.task, req.score_min) {
         yolo.cfg.score_min = min;
     }
-    let device = plan.device.open()?;
+    let device = plan.open_device()?;
     let model = Model::for_plan(&plan, &device)?;
     match &weights_file {
         Some(f) => {

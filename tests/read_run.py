@@ -21,6 +21,10 @@ params = pq.read_table(f"{run}/params.parquet")
 assert params.column_names == ["run_id", "key", "value"], params.column_names
 info = pq.read_table(f"{run}/run.parquet").to_pylist()[0]
 assert info["status"] == "completed", info
+# What the run ran with: its thread count and CPU kernel level (src/ops/kernels.rs).
+run_schema = pq.read_schema(f"{run}/run.parquet")
+assert str(run_schema.field("threads").type) == "uint32" and info["threads"] >= 1, info
+assert info["kernels"] in ("avx512", "avx2", "baseline"), info
 rows = metrics.to_pylist()
 last = max(r["epoch"] for r in rows)
 acc = [r["value"] for r in rows if r["epoch"] == last and r["split"] == "test" and r["metric"] == "accuracy"][0]

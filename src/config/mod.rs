@@ -91,6 +91,10 @@ pub struct ExperimentConfig {
     /// when f32, so configs written before it keep their hash).
     #[serde(default, skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// Which CPU kernels run (absent from the resolved config when `auto`, so configs
+    /// written before it keep their hash).
+    #[serde(default, skip_serializing_if = "Kernels::is_auto")]
+    pub kernels: Kernels,
     /// Where run folders go.
     #[serde(default = "default_output_dir")]
     pub output_dir: String,
@@ -120,6 +124,25 @@ pub enum Precision {
 impl Precision {
     pub fn is_f32(&self) -> bool {
         *self == Precision::F32
+    }
+}
+
+/// The CPU kernels a run asks for (`[experiment] kernels`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kernels {
+    /// The widest the CPU has, chosen at run time: AVX-512 where present, else AVX2+FMA.
+    /// Results are the same bits on the same machine, not across CPUs of other levels.
+    #[default]
+    Auto,
+    /// AVX2+FMA on every x86-64 CPU: the same bits on all of them (slower where the CPU
+    /// has AVX-512). `RUNNER_KERNELS=portable` forces it for every run of a process.
+    Portable,
+}
+
+impl Kernels {
+    pub fn is_auto(&self) -> bool {
+        *self == Kernels::Auto
     }
 }
 

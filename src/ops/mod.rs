@@ -23,6 +23,36 @@ macro_rules! with_avx2 {
     };
 }
 
+/// [`with_avx2`], and compiled for AVX-512 too, taken where the kernels run at that level
+/// (`kernels::level()`): for the kernels whose wider variant pays. Only where `$body`'s
+/// sums run in an order its source fixes (no reduction the compiler may reorder: it may
+/// not, without fast-math), so both variants give the same bits.
+macro_rules! with_avx512 {
+    ($name:ident = $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        fn $name<T: Elem>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::ops::kernels::level() == $crate::ops::kernels::Level::Avx512 {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512<T: Elem>($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                // SAFETY: the level is AVX-512 only where the CPU has AVX-512F.
+                return unsafe { avx512($($arg),*) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2<T: Elem>($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                // SAFETY: the CPU has AVX2, checked just above.
+                return unsafe { avx2($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
 /// A three-input kernel over f32 or f64 CPU storage: binds the three contiguous slices to
 /// `a, b, c` and wraps `body`'s Vec back into storage; `what` names the op in the error for
 /// mixed or other dtypes.
@@ -60,6 +90,7 @@ pub mod fused;
 pub mod gemm;
 #[cfg(test)]
 mod gpu_counts;
+pub mod kernels;
 pub mod linear;
 pub mod pixel_ce;
 pub mod pool;

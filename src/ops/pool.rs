@@ -160,6 +160,69 @@ fn max2x2_plane_body<T: Elem>(
     }
 }
 
+/// A plane's `k x k` stride-`s` windows, all inside it (`w`: its width, `ow`: the output's):
+/// `o` the value the general loop's rule keeps (scanning the window row by row, a value
+/// replaces the kept one when greater or NaN: the first of tied maxima, the last NaN) and
+/// `a` its index in the plane. In two passes that vectorize, per row of windows: first the
+/// rule's winner of each column of `k` rows (`m`, `i`: scanned top to bottom, in a run over
+/// the row), then the `k` column winners of each window combined. The plane's row-major
+/// index is the scan order, so of two candidates the later one wins where it is greater or
+/// NaN, else the earlier: the rule's winner of their union, in any order of combining.
+/// AlexNet's 3x3 stride-2 pooling took 10% of its forward pass as a scalar loop with a
+/// branch per value.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn max_plane_body<T: Elem>(
+    plane: &[T],
+    w: usize,
+    (ow, k, s): (usize, usize, usize),
+    o: &mut [T],
+    a: &mut [u32],
+    m: &mut Vec<T>,
+    i: &mut Vec<u32>,
+) {
+    let n = o.len();
+    let oh = n / ow.max(1);
+    let cw = (ow.max(1) - 1) * s + k;
+    m.resize(cw, T::default());
+    i.resize(cw, 0);
+    let (m, i) = (&mut m[..cw], &mut i[..cw]);
+    for y in 0..oh {
+        let first = y * s * w;
+        m.copy_from_slice(&plane[first..first + cw]);
+        for (c, ic) in i.iter_mut().enumerate() {
+            *ic = (first + c) as u32;
+        }
+        for r in y * s + 1..y * s + k {
+            let row = &plane[r * w..r * w + cw];
+            let base = (r * w) as u32;
+            for (c, ((&v, mc), ic)) in row.iter().zip(m.iter_mut()).zip(i.iter_mut()).enumerate() {
+                // `v != v`: NaN. `|`, not `||`: no branch.
+                #[allow(clippy::eq_op)]
+                let wins = (v > *mc) | (v != v);
+                *mc = if wins { v } else { *mc };
+                *ic = if wins { base + c as u32 } else { *ic };
+            }
+        }
+        let (orow, arow) = (&mut o[y * ow..(y + 1) * ow], &mut a[y * ow..(y + 1) * ow]);
+        for (xo, (ov, av)) in orow.iter_mut().zip(arow.iter_mut()).enumerate() {
+            let c0 = xo * s;
+            let (mut top, mut at) = (m[c0], i[c0]);
+            for (&v, &iv) in m[c0 + 1..c0 + k].iter().zip(&i[c0 + 1..c0 + k]) {
+                #[allow(clippy::eq_op)]
+                let (v_beats, top_beats) = ((v > top) | (v != v), (top > v) | (top != top));
+                let take = if at < iv { v_beats } else { !top_beats };
+                top = if take { v } else { top };
+                at = if take { iv } else { at };
+            }
+            *ov = top;
+            *av = at;
+        }
+    }
+}
+
+with_avx512!(max_plane = max_plane_body(plane: &[T], w: usize, oks: (usize, usize, usize), o: &mut [T], a: &mut [u32], m: &mut Vec<T>, i: &mut Vec<u32>));
+
 with_avx2!(max2x2_plane = max2x2_plane_body(plane: &[T], w: usize, ow: usize, o: &mut [T], a: &mut [u32], m: &mut Vec<T>, i: &mut Vec<u32>));
 
 /// The pooled values and, for max pooling, the index (within its plane) of each window's
@@ -172,30 +235,6 @@ fn forward<T: Elem>(x: &[T], d: &Dims, kind: PoolKind) -> (Vec<T>, Vec<u32>) {
     // common case (2x2 stride 2): direct indices, the same first maximum and NaN rule.
     let inside =
         d.g.padding == 0 && (d.oh - 1) * d.g.stride + d.g.kernel <= d.h && (d.ow - 1) * d.g.stride + d.g.kernel <= d.w;
-    let fast = |(pl, (o, a)): (usize, (&mut [T], &mut [u32]))| {
-        let plane = &x[pl * hw..(pl + 1) * hw];
-        let (k, s) = (d.g.kernel, d.g.stride);
-        for y in 0..d.oh {
-            for xo in 0..d.ow {
-                let start = y * s * d.w + xo * s;
-                let mut best = start;
-                let mut top = plane[start];
-                for r in 0..k {
-                    let row = start + r * d.w;
-                    for (j, &v) in plane[row..row + k].iter().enumerate() {
-                        // `v != v`: a NaN wins, as in the general loop.
-                        #[allow(clippy::eq_op)]
-                        if v > top || v != v {
-                            top = v;
-                            best = row + j;
-                        }
-                    }
-                }
-                o[y * d.ow + xo] = top;
-                a[y * d.ow + xo] = best as u32;
-            }
-        }
-    };
     if kind == PoolKind::Max && inside && d.g.kernel == 2 && d.g.stride == 2 {
         // 2x2 stride 2 (LeNet's, VGG's, FCN's): `max2x2_plane`, with scratch for its first pass.
         let scratch = || (Vec::new(), Vec::new());
@@ -211,10 +250,17 @@ fn forward<T: Elem>(x: &[T], d: &Dims, kind: PoolKind) -> (Vec<T>, Vec<u32>) {
         return (out, arg);
     }
     if kind == PoolKind::Max && inside {
+        // Any other window inside the input (AlexNet's 3x3 stride 2): `max_plane`.
+        let scratch = || (Vec::new(), Vec::new());
+        let oks = (d.ow, d.g.kernel, d.g.stride);
+        let any = |(m, i): &mut (Vec<T>, Vec<u32>), (pl, (o, a)): (usize, (&mut [T], &mut [u32]))| {
+            max_plane(&x[pl * hw..(pl + 1) * hw], d.w, oks, o, a, m, i)
+        };
         if super::parallel(out.len() * d.g.kernel * d.g.kernel) {
-            out.par_chunks_mut(ohw).zip(arg.par_chunks_mut(ohw)).enumerate().for_each(fast);
+            out.par_chunks_mut(ohw).zip(arg.par_chunks_mut(ohw)).enumerate().for_each_init(scratch, any);
         } else {
-            out.chunks_mut(ohw).zip(arg.chunks_mut(ohw)).enumerate().for_each(fast);
+            let mut buf = scratch();
+            out.chunks_mut(ohw).zip(arg.chunks_mut(ohw)).enumerate().for_each(|item| any(&mut buf, item));
         }
         return (out, arg);
     }
@@ -629,14 +675,22 @@ mod tests {
     fn max_pool_paths_keep_pytorchs_first_maximum_and_nan_rule() {
         // PyTorch's CPU max pool: scanning the window row by row, a value replaces the kept
         // one when greater or NaN (so the first of tied maxima, the last NaN). Each of the
-        // three paths (2x2 stride 2, other windows inside the input, the general loop) on
+        // three paths (2x2 stride 2, other windows inside the input: 3x3 stride 2 or 1, 2x2
+        // stride 1, 4x4 stride 3; the general loop) on
         // small integers (many ties) with NaNs, against that rule written out here. An even
         // width and an odd one (whose last column no 2x2 window reads).
         let mut r = crate::rng::Rng::new(5);
         let x: Vec<f32> = (0..2 * 9 * 10)
             .map(|_| if r.next_f64() < 0.05 { f32::NAN } else { (r.next_f64() * 4.0).floor() as f32 })
             .collect();
-        let geoms = [PoolGeom::new(2, 2), PoolGeom::new(3, 2), PoolGeom { ceil_mode: true, ..PoolGeom::new(2, 2) }];
+        let geoms = [
+            PoolGeom::new(2, 2),
+            PoolGeom::new(3, 2),
+            PoolGeom::new(3, 1),
+            PoolGeom::new(2, 1),
+            PoolGeom::new(4, 3),
+            PoolGeom { ceil_mode: true, ..PoolGeom::new(2, 2) },
+        ];
         for (g, (h, w)) in geoms.into_iter().flat_map(|g| [(g, (9, 10)), (g, (10, 9))]) {
             let d = Dims::new(&[1, 2, h, w], g).unwrap();
             let (out, arg) = forward(&x, &d, PoolKind::Max);

@@ -23,6 +23,8 @@ pub struct Plan {
     pub device: DeviceChoice,
     /// `experiment.precision`: what the model's products compute in.
     pub precision: crate::config::Precision,
+    /// `experiment.kernels`: the widest CPU kernels or the portable ones.
+    pub kernels: crate::config::Kernels,
     pub data: crate::config::DataConfig,
     pub located: Located,
     pub classes: Vec<String>,
@@ -394,6 +396,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         seed: cfg.experiment.seed,
         device,
         precision: cfg.experiment.precision,
+        kernels: cfg.experiment.kernels,
         data: cfg.data.clone(),
         located,
         classes: spec.classes.clone(),
@@ -468,6 +471,15 @@ fn param_hypers(
 }
 
 impl Plan {
+    /// Sets the CPU kernels the plan asks for (`experiment.kernels`, or `RUNNER_KERNELS=
+    /// portable`) and opens its device: what every command that runs the model starts with.
+    pub fn open_device(&self) -> anyhow::Result<candle_core::Device> {
+        let portable = self.kernels == crate::config::Kernels::Portable;
+        let level = crate::ops::kernels::set_portable(portable).map_err(anyhow::Error::msg)?;
+        tracing::debug!("CPU kernels: {level}");
+        self.device.open()
+    }
+
     /// The learning rate at `pos`: the optimizer's `lr` through the schedule and warm-up.
     /// The plan owns it: the loop asks here and hands the value to the optimizer's step.
     pub fn lr(&self, pos: crate::schedule::Position) -> f64 {

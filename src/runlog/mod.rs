@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use arrow_array::{Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray, UInt64Array};
+use arrow_array::{
+    Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray, UInt32Array, UInt64Array,
+};
 
 pub use table::{atomic_write, column, read_parquet, Table};
 
@@ -59,6 +61,10 @@ pub struct RunLog {
     git_commit: Option<String>,
     seed: u64,
     device: String,
+    /// The threads and the CPU kernel level (`ops::kernels`) of the process that started
+    /// the run: results depend on both. `None` in runs written before they were recorded.
+    threads: Option<u32>,
+    kernels: Option<String>,
     /// Set for the points of a sweep (`RUNNER_SWEEP_ID`, set by `runner sweep`).
     sweep_id: Option<String>,
     status: Status,
@@ -195,6 +201,8 @@ impl RunLog {
             git_commit: git_commit(),
             seed,
             device: device.to_string(),
+            threads: Some(crate::ops::threads() as u32),
+            kernels: Some(crate::ops::kernels::level().to_string()),
             sweep_id: std::env::var("RUNNER_SWEEP_ID").ok().filter(|s| !s.is_empty()),
             status: Status::Running,
             started_at_us,
@@ -265,6 +273,12 @@ impl RunLog {
             git_commit: s("git_commit")?,
             seed,
             device: s("device")?.unwrap_or_default(),
+            threads: run
+                .column_by_name("threads")
+                .and_then(|c| c.as_any().downcast_ref::<UInt32Array>().filter(|a| !a.is_null(0)).map(|a| a.value(0))),
+            kernels: run.column_by_name("kernels").and_then(|c| {
+                c.as_any().downcast_ref::<StringArray>().filter(|a| !a.is_null(0)).map(|a| a.value(0).to_string())
+            }),
             status: match s("status")?.as_deref() {
                 Some("completed") => Status::Completed,
                 Some("failed") => Status::Failed,
@@ -375,6 +389,8 @@ impl RunLog {
             .nullable("git_commit", StringArray::from(vec![self.git_commit.as_deref()]))
             .col("seed", UInt64Array::from(vec![self.seed]))
             .col("device", StringArray::from(vec![self.device.as_str()]))
+            .nullable("threads", UInt32Array::from(vec![self.threads]))
+            .nullable("kernels", StringArray::from(vec![self.kernels.as_deref()]))
             .nullable("sweep_id", StringArray::from(vec![self.sweep_id.as_deref()]))
             .col("status", StringArray::from(vec![self.status.as_str()]))
             .col("started_at", stamp(Some(self.started_at_us)))

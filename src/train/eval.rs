@@ -78,7 +78,7 @@ pub fn eval_run(
         };
         bail!("no weights {}{hint}", weights.display());
     }
-    let device = plan.device.open()?;
+    let device = plan.open_device()?;
     let model = Model::for_plan(&plan, &device)?;
     crate::model::weights::load_into(&model, &weights, "", "", &BTreeMap::new(), true)?;
     let dataset = load_data(&plan)?;

@@ -58,7 +58,7 @@ struct State {
 /// Trains and evaluates `plan`, writing a run folder. `stop` is set by Ctrl-C.
 pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcome> {
     let dataset = load_data(plan)?;
-    let device = plan.device.open()?;
+    let device = plan.open_device()?;
     let mut model = Model::for_plan(plan, &device)?;
     crate::model::weights::load_group_inits(&model, &plan.inits)?;
     let mut optimizer = Optimizer::new(&plan.train.optimizer);
@@ -466,6 +466,7 @@ impl Session<'_> {
             bad_epochs: state.bad_epochs,
             config_hash: self.log.config_hash().to_string(),
             threads: crate::ops::threads(),
+            kernels: crate::ops::kernels::level().to_string(),
             optimizer_steps,
         };
         checkpoint::save(&self.log.dir.join("checkpoints"), self.model, self.optimizer, &side, ck.keep_last, is_best)?;

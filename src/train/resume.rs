@@ -69,7 +69,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
         tracing::warn!("{}: config.toml differs from the one the run started with", dir.display());
     }
     let dataset = load_data(&plan)?;
-    let device = plan.device.open()?;
+    let device = plan.open_device()?;
     let mut model = Model::for_plan(&plan, &device)?;
     let mut optimizer = Optimizer::new(&plan.train.optimizer);
     let state = match &latest {
@@ -83,6 +83,16 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
                     side.threads,
                     crate::ops::threads(),
                     side.threads
+                );
+            }
+            let level = crate::ops::kernels::level();
+            if !side.kernels.is_empty() && side.kernels != level.as_str() {
+                tracing::warn!(
+                    "the run used the {} CPU kernels, this process {level}: results will differ slightly from an \
+                     uninterrupted run (resume on a machine with {}, or start runs with `[experiment] kernels = \
+                     \"portable\"` for the same bits on every x86-64 CPU)",
+                    side.kernels,
+                    side.kernels
                 );
             }
             State {

@@ -317,3 +317,28 @@ fn precision_is_f32_or_bf16_and_f32_keeps_the_config_hash() {
     assert!(e.contains("bad.toml: key `experiment.precision`"), "{e}");
     assert!(e.contains("unknown name `fp16`, did you mean `bf16`?"), "{e}");
 }
+
+/// `[experiment] kernels` takes `auto` or `portable`; a wrong value names the file and key,
+/// and a wrong `RUNNER_KERNELS` names the variable, before any work.
+#[test]
+fn kernels_take_auto_or_portable() {
+    let d = tempfile::tempdir().unwrap();
+    let exp = write(d.path(), "exp.toml", &format!("[experiment]\nname = \"k\"\nkernels = \"fast\"\n{BASE}"));
+    let e = format!("{:#}", load(&exp, &opts(&[])).err().expect("must fail"));
+    assert!(e.contains("exp.toml") && e.contains("experiment.kernels") && e.contains("auto, portable"), "{e}");
+    let exp = write(d.path(), "ok.toml", &format!("[experiment]\nname = \"k\"\nkernels = \"portable\"\n{BASE}"));
+    let loaded = load(&exp, &opts(&[])).unwrap();
+    assert_eq!(loaded.config.experiment.kernels, runner::config::Kernels::Portable);
+    // `auto`, the default, stays out of the resolved config: configs keep their hashes.
+    let exp = write(d.path(), "auto.toml", &format!("[experiment]\nname = \"k\"\nkernels = \"auto\"\n{BASE}"));
+    assert!(!load(&exp, &opts(&[])).unwrap().resolved_toml().contains("kernels"));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["check", exp.to_str().unwrap()])
+        .env("RUNNER_KERNELS", "fast")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("RUNNER_KERNELS=fast: expected `auto` or `portable`"), "{stderr}");
+}

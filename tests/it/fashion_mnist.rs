@@ -56,3 +56,43 @@ fn data_stats_reproduce_the_usual_fashion_mnist_normalization() {
     // The mean and std commonly used for Fashion-MNIST (and in configs/data/fashion_mnist.toml).
     assert!(out.stdout.contains("normalize = { mean = [0.2860], std = [0.3530] }"), "{}", out.stdout);
 }
+
+/// `kernels = "portable"` gives the same bits on every x86-64 CPU: this 2-epoch run at 2
+/// threads must end with the weights of the runner builds before AVX-512 became the
+/// default, which had only the AVX2 matrix kernels. The digest below was recorded with the
+/// portable level on an AVX-512 EPYC; on that machine, the full `make run` with the portable
+/// level gave model.safetensors 89734b75a6655175..., the digest that the AVX2-only builds
+/// (commit 6d1c83d and before, README) gave, so the portable level is that build's
+/// arithmetic. A CPU with other vector widths (CI's, a user's) must give the same digest.
+#[test]
+fn the_portable_kernels_give_the_same_bits_on_every_cpu() {
+    use sha2::Digest;
+    let repo = repo();
+    let exp = repo.join("experiments/lenet5_fashion_mnist.toml");
+    let loaded = load(&exp, &LoadOptions::default()).unwrap();
+    if let Located::Missing { searched, .. } = locate(&loaded.config.data) {
+        let reason = format!("Fashion-MNIST not found in {searched:?}; apt-get install dataset-fashion-mnist");
+        crate::common::skip(
+            "the_portable_kernels_give_the_same_bits_on_every_cpu",
+            &reason,
+            "RUNNER_REQUIRE_FASHION_MNIST",
+        );
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([exp.to_str().unwrap(), "--set", "train.epochs=2", "--set", "experiment.kernels=\"portable\""])
+        .args(["--set", &format!("experiment.output_dir={:?}", out_dir.path().display().to_string())])
+        .current_dir(&repo)
+        .env("RAYON_NUM_THREADS", "2")
+        .env_remove("RUNNER_KERNELS")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let dir = stdout.lines().find_map(|l| l.strip_prefix("run folder: ")).unwrap();
+    let weights = std::fs::read(repo.join(dir).join("model.safetensors")).unwrap();
+    let digest: String = sha2::Sha256::digest(&weights).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    assert!(stdout.contains("test.accuracy = 0.8675"), "{stdout}");
+    assert_eq!(digest, "b3d89e4e1b24c94f", "the portable kernels' weights changed");
+}

@@ -476,3 +476,66 @@ fn keep_last_prunes_and_resume_warns_about_thread_counts() {
         "{stderr}"
     );
 }
+
+/// The CPU kernel level a run ran with (`ops::kernels`) is in its `run.parquet`, beside its
+/// thread count, and in each checkpoint; `RUNNER_KERNELS=portable` and `[experiment]
+/// kernels = "portable"` both give the AVX2 kernels; a resume at another level than the
+/// run's says so; `runner compare` shows the level where runs differ. On a CPU without
+/// AVX-512 the two levels are the same, and the test checks that nothing warns.
+#[test]
+fn runs_record_their_kernel_level_and_resume_warns_when_it_changes() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let run_with = |kernels: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(args)
+            .current_dir(d.path())
+            .env("RAYON_NUM_THREADS", "1")
+            .env("RUNNER_KERNELS", kernels)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        (stdout.lines().find_map(|l| l.strip_prefix("run folder: ")).map(|p| d.path().join(p)), stdout, stderr)
+    };
+    let native = runner::ops::kernels::detected();
+    let portable = native.min(runner::ops::kernels::Level::Avx2);
+    let level_of = |run: &Path| -> (u32, String) {
+        let f = std::fs::File::open(run.join("run.parquet")).unwrap();
+        let b = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap().next().unwrap().unwrap();
+        let threads = b.column_by_name("threads").unwrap().as_any().downcast_ref::<arrow_array::UInt32Array>().unwrap();
+        let kernels = b.column_by_name("kernels").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        (threads.value(0), kernels.value(0).to_string())
+    };
+
+    let (a, _, _) = run_with("auto", &["tiny.toml", "--set", "train.epochs=2"]);
+    let a = a.unwrap();
+    assert_eq!(level_of(&a), (1, native.to_string()));
+    let side = std::fs::read_to_string(a.join("checkpoints/epoch_0002.toml")).unwrap();
+    assert!(side.contains(&format!("kernels = \"{native}\"")) && side.contains("threads = 1"), "{side}");
+
+    // Stopped after epoch 1, resumed with the portable kernels forced from outside.
+    for ext in ["safetensors", "toml"] {
+        std::fs::remove_file(a.join(format!("checkpoints/epoch_0002.{ext}"))).unwrap();
+    }
+    set_status(&a, runner::runlog::Status::Interrupted);
+    let (_, _, stderr) = run_with("portable", &["resume", a.to_str().unwrap()]);
+    let warned = stderr.contains(&format!("the run used the {native} CPU kernels, this process {portable}"));
+    assert_eq!(warned, native != portable, "{stderr}");
+    // The record is the starting process's; the new checkpoint says what made it.
+    assert_eq!(level_of(&a), (1, native.to_string()));
+    let side = std::fs::read_to_string(a.join("checkpoints/epoch_0002.toml")).unwrap();
+    assert!(side.contains(&format!("kernels = \"{portable}\"")), "{side}");
+
+    // The config's key asks for the same; compare shows the level where the runs differ.
+    let (b, _, _) =
+        run_with("auto", &["tiny.toml", "--set", "train.epochs=1", "--set", "experiment.kernels=\"portable\""]);
+    let b = b.unwrap();
+    assert_eq!(level_of(&b), (1, portable.to_string()));
+    let (_, table, _) = run_with("auto", &["compare", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let header = table.lines().next().unwrap_or_default();
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(columns.contains(&"kernels"), native != portable, "{table}");
+    assert!(columns.contains(&"experiment.kernels") && !columns.contains(&"threads"), "{table}");
+}

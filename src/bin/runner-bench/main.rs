@@ -2,7 +2,8 @@
 //!
 //!     RAYON_NUM_THREADS=2 runner-bench lenet5_train
 //!
-//! Prints one line `images_per_s=<x>`.
+//! Prints `images_per_s=<x>` and `kernels=<level>`, the CPU kernels it ran with (the
+//! widest the CPU has; `RUNNER_KERNELS=portable` for the AVX2 kernels, `ops::kernels`).
 //!
 //!     runner-bench --count resnet20_train
 //!
@@ -288,6 +289,26 @@ fn resnet20_train() -> Result<f64> {
 
 /// torchvision's AlexNet, forward only in eval mode (the course's pretrained top-k demo):
 /// batch 8 of 3x224x224 on the CPU (128 on a GPU), or one image with `batch_one`.
+/// AlexNet's three linear layers alone at batch 8 (eval): 58.6 M weights, 234 MB read per
+/// batch, the memory-bound part of `alexnet_forward`.
+fn alexnet_classifier() -> Result<f64> {
+    let sizes = [(9216, 4096), (4096, 4096), (4096, 1000)];
+    let layers: Vec<(Tensor, Tensor)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &(k, n))| Ok((rand(&[n, k], 10 + i as u64, 0.01)?, rand(&[n], 20 + i as u64, 0.01)?)))
+        .collect::<Result<_>>()?;
+    let x = rand(&[8, 9216], 1, 1.0)?;
+    time(8, 2, 20, || {
+        let mut h = x.clone();
+        for (w, b) in &layers {
+            h = runner::ops::linear::linear(&h, w, Some(b))?;
+        }
+        h.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    })
+}
+
 fn alexnet_forward(batch_one: bool) -> Result<f64> {
     let m = model(
         [3, 224, 224],
@@ -454,6 +475,7 @@ fn conv_transpose_op(backward: bool) -> Result<f64> {
 
 fn main() -> Result<()> {
     runner::ops::tune_allocator();
+    runner::ops::kernels::set_portable(false).map_err(anyhow::Error::msg)?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--count") {
         args.remove(0);
@@ -511,12 +533,14 @@ fn run_case(case: &str) -> Result<()> {
         "resize_voc_plain" => host::resize_case(false)?,
         "board_runs_1000" => host::board_runs_1000()?,
         "op_overhead" => op_overhead()?,
+        "alexnet_classifier" => alexnet_classifier()?,
         other => bail!(
             "unknown bench case {other:?}; cases: lenet5_train, resnet20_train, resnet_cifar_train, alexnet_forward, alexnet_forward_b1, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain, board_runs_1000, op_overhead"
         ),
     };
     if !counting() {
         println!("images_per_s={ips:.1}");
+        println!("kernels={}", runner::ops::kernels::level());
     }
     Ok(())
 }
