@@ -9,15 +9,7 @@
 macro_rules! with_avx2 {
     ($name:ident = $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         fn $name<T: Elem>($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2<T: Elem>($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                // SAFETY: the CPU has AVX2, checked just above.
-                return unsafe { avx2($($arg),*) };
-            }
+            variant!("avx2", std::arch::is_x86_feature_detected!("avx2"), $body($($arg: $ty),*) $(-> $ret)?);
             $body($($arg),*)
         }
     };
@@ -30,25 +22,30 @@ macro_rules! with_avx2 {
 macro_rules! with_avx512 {
     ($name:ident = $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         fn $name<T: Elem>($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            if $crate::ops::kernels::level() == $crate::ops::kernels::Level::Avx512 {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512<T: Elem>($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                // SAFETY: the level is AVX-512 only where the CPU has AVX-512F.
-                return unsafe { avx512($($arg),*) };
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2<T: Elem>($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                // SAFETY: the CPU has AVX2, checked just above.
-                return unsafe { avx2($($arg),*) };
-            }
+            // The level is AVX-512 only where the CPU has AVX-512F.
+            variant!(
+                "avx512f",
+                $crate::ops::kernels::level() == $crate::ops::kernels::Level::Avx512,
+                $body($($arg: $ty),*) $(-> $ret)?
+            );
+            variant!("avx2", std::arch::is_x86_feature_detected!("avx2"), $body($($arg: $ty),*) $(-> $ret)?);
             $body($($arg),*)
+        }
+    };
+}
+
+/// Inside a kernel's dispatcher: returns `$body` compiled with the target `$feature` when
+/// `$has` (which must hold only where the CPU has the feature).
+macro_rules! variant {
+    ($feature:literal, $has:expr, $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        #[cfg(target_arch = "x86_64")]
+        if $has {
+            #[target_feature(enable = $feature)]
+            unsafe fn compiled<T: Elem>($($arg: $ty),*) $(-> $ret)? {
+                $body($($arg),*)
+            }
+            // SAFETY: the CPU has the feature, checked just above.
+            return unsafe { compiled($($arg),*) };
         }
     };
 }
