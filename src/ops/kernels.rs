@@ -5,13 +5,12 @@
 //! is present, AVX2+FMA otherwise. The AVX-512 matrix kernels sum in another order than the
 //! AVX2 ones, so their results differ in the last bits: a run is the same bits on the same
 //! machine (and thread count), not across machines. `portable` (`[experiment] kernels =
-//! "portable"`, or `RUNNER_KERNELS=portable` for every runner process, as CI sets it) takes
-//! the AVX2+FMA kernels on every CPU, whose results are the same bits on all of them.
+//! "portable"`, or `RUNNER_KERNELS=portable` for every process that uses runner's kernels,
+//! a CI job for instance) takes the AVX2+FMA kernels on every CPU, whose results are the
+//! same bits on all of them.
 //!
 //! The choice is process-wide and may change between runs of one process; runs record the
 //! level they ran with ([`level`]) beside their thread count.
-
-use std::sync::atomic::{AtomicU8, Ordering};
 
 /// The widest kernels a run uses, as run tables and checkpoints name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,12 +56,6 @@ pub fn detected() -> Level {
 /// The environment variable that forces the portable kernels in every runner process.
 pub const ENV: &str = "RUNNER_KERNELS";
 
-const UNSET: u8 = 0;
-const NATIVE: u8 = 1;
-const PORTABLE: u8 = 2;
-/// What was asked: unset (the environment decides on first use), native or portable.
-static ASKED: AtomicU8 = AtomicU8::new(UNSET);
-
 /// Whether `RUNNER_KERNELS` forces the portable kernels: `portable` does; unset, empty or
 /// `auto` leaves the choice to the run; anything else is an error naming the variable.
 pub fn env_forces_portable() -> Result<bool, String> {
@@ -86,23 +79,15 @@ fn forces_portable(value: &str) -> Result<bool, String> {
 /// an error.
 pub fn set_portable(portable: bool) -> Result<Level, String> {
     let portable = portable || env_forces_portable()?;
-    ASKED.store(if portable { PORTABLE } else { NATIVE }, Ordering::Relaxed);
     gemm_common::set_x86_v4(!portable);
     Ok(level())
 }
 
-/// Whether the portable kernels run: as asked, or before anything was asked, as
-/// `RUNNER_KERNELS` says (an invalid value counts as unset here; [`set_portable`] reports it).
+/// Whether the portable kernels run. The one switch is gemm's (vendor/gemm-common), which
+/// until set takes `RUNNER_KERNELS` on its first read: runner's kernels follow it, so the
+/// matrix products and runner's own kernels never run at different levels.
 pub fn portable() -> bool {
-    match ASKED.load(Ordering::Relaxed) {
-        UNSET => {
-            let p = env_forces_portable().unwrap_or(false);
-            ASKED.store(if p { PORTABLE } else { NATIVE }, Ordering::Relaxed);
-            gemm_common::set_x86_v4(!p);
-            p
-        }
-        asked => asked == PORTABLE,
-    }
+    !gemm_common::get_x86_v4()
 }
 
 /// The level the kernels run at now: the CPU's widest, at most AVX2 when portable.

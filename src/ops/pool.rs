@@ -676,7 +676,7 @@ mod tests {
         // PyTorch's CPU max pool: scanning the window row by row, a value replaces the kept
         // one when greater or NaN (so the first of tied maxima, the last NaN). Each of the
         // three paths (2x2 stride 2, other windows inside the input: 3x3 stride 2 or 1, 2x2
-        // stride 1, 4x4 stride 3; the general loop) on
+        // stride 1, 4x4 stride 3, 2x2 stride 3, 1x1; the general loop) on
         // small integers (many ties) with NaNs, against that rule written out here. An even
         // width and an odd one (whose last column no 2x2 window reads).
         let mut r = crate::rng::Rng::new(5);
@@ -689,6 +689,8 @@ mod tests {
             PoolGeom::new(3, 1),
             PoolGeom::new(2, 1),
             PoolGeom::new(4, 3),
+            PoolGeom::new(2, 3),
+            PoolGeom::new(1, 1),
             PoolGeom { ceil_mode: true, ..PoolGeom::new(2, 2) },
         ];
         for (g, (h, w)) in geoms.into_iter().flat_map(|g| [(g, (9, 10)), (g, (10, 9))]) {

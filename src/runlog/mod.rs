@@ -62,7 +62,8 @@ pub struct RunLog {
     seed: u64,
     device: String,
     /// The threads and the CPU kernel level (`ops::kernels`) of the process that started
-    /// the run: results depend on both. `None` in runs written before they were recorded.
+    /// the run: results depend on both. `None` in runs written before they were recorded,
+    /// and the level on a GPU (whose own kernels do the model's arithmetic).
     threads: Option<u32>,
     kernels: Option<String>,
     /// Set for the points of a sweep (`RUNNER_SWEEP_ID`, set by `runner sweep`).
@@ -202,7 +203,8 @@ impl RunLog {
             seed,
             device: device.to_string(),
             threads: Some(crate::ops::threads() as u32),
-            kernels: Some(crate::ops::kernels::level().to_string()),
+            // The model's arithmetic on a GPU is the GPU's: no CPU level to record.
+            kernels: (device == "cpu").then(|| crate::ops::kernels::level().to_string()),
             sweep_id: std::env::var("RUNNER_SWEEP_ID").ok().filter(|s| !s.is_empty()),
             status: Status::Running,
             started_at_us,

@@ -86,12 +86,18 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
                 );
             }
             let level = crate::ops::kernels::level();
-            if !side.kernels.is_empty() && side.kernels != level.as_str() {
+            if device.is_cpu() && !side.kernels.is_empty() && side.kernels != level.as_str() {
+                let how = if level == crate::ops::kernels::Level::Avx512 && side.kernels == "avx2" {
+                    "set RUNNER_KERNELS=portable for the kernels it used".to_string()
+                } else {
+                    format!(
+                        "resume on a CPU with {} (without RUNNER_KERNELS=portable) for the kernels it used",
+                        side.kernels
+                    )
+                };
                 tracing::warn!(
                     "the run used the {} CPU kernels, this process {level}: results will differ slightly from an \
-                     uninterrupted run (resume on a machine with {}, or start runs with `[experiment] kernels = \
-                     \"portable\"` for the same bits on every x86-64 CPU)",
-                    side.kernels,
+                     uninterrupted run ({how})",
                     side.kernels
                 );
             }

@@ -287,8 +287,6 @@ fn resnet20_train() -> Result<f64> {
     })
 }
 
-/// torchvision's AlexNet, forward only in eval mode (the course's pretrained top-k demo):
-/// batch 8 of 3x224x224 on the CPU (128 on a GPU), or one image with `batch_one`.
 /// AlexNet's three linear layers alone at batch 8 (eval): 58.6 M weights, 234 MB read per
 /// batch, the memory-bound part of `alexnet_forward`.
 fn alexnet_classifier() -> Result<f64> {
@@ -309,6 +307,8 @@ fn alexnet_classifier() -> Result<f64> {
     })
 }
 
+/// torchvision's AlexNet, forward only in eval mode (the course's pretrained top-k demo):
+/// batch 8 of 3x224x224 on the CPU (128 on a GPU), or one image with `batch_one`.
 fn alexnet_forward(batch_one: bool) -> Result<f64> {
     let m = model(
         [3, 224, 224],
@@ -535,7 +535,7 @@ fn run_case(case: &str) -> Result<()> {
         "op_overhead" => op_overhead()?,
         "alexnet_classifier" => alexnet_classifier()?,
         other => bail!(
-            "unknown bench case {other:?}; cases: lenet5_train, resnet20_train, resnet_cifar_train, alexnet_forward, alexnet_forward_b1, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain, board_runs_1000, op_overhead"
+            "unknown bench case {other:?}; cases: lenet5_train, resnet20_train, resnet_cifar_train, alexnet_forward, alexnet_forward_b1, conv2d_forward, conv2d_backward, loader_cifar10_crop_flip_norm, loader_jpeg_256_crop224_flip_pca, yolo_shapes_train, fcn_shapes_train, conv_transpose2d_forward, conv_transpose2d_backward, detect_eval_5000, resize_voc_antialias, resize_voc_decoded, resize_voc_plain, board_runs_1000, op_overhead, alexnet_classifier"
         ),
     };
     if !counting() {

@@ -20,18 +20,36 @@ pub fn set_wasm_simd128(enable: bool) {
 }
 
 /// runner's patch (PATCH.md): whether the AVX-512 kernels (feature `x86-v4`) may be
-/// chosen where the CPU has them. `false` gives the AVX2+FMA kernels on every x86-64 CPU,
-/// whose results are the same bits on all of them. Read at every call: it may change
-/// between calls.
-static X86_V4: AtomicBool = AtomicBool::new(true);
+/// chosen where the CPU has them. Off gives the AVX2+FMA kernels on every x86-64 CPU,
+/// whose results are the same bits on all of them. Unset until first read, which takes it
+/// from the environment (`RUNNER_KERNELS=portable`: off), so that no product runs before
+/// the environment's choice applies; `set_x86_v4` overrides it. Read at every call.
+static X86_V4: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(X86_V4_UNSET);
+const X86_V4_UNSET: u8 = 0;
+const X86_V4_ON: u8 = 1;
+const X86_V4_OFF: u8 = 2;
 
 #[inline]
 pub fn get_x86_v4() -> bool {
-    X86_V4.load(Relaxed)
+    match X86_V4.load(Relaxed) {
+        X86_V4_UNSET => {
+            #[cfg(feature = "std")]
+            let on = std::env::var("RUNNER_KERNELS").map_or(true, |v| v != "portable");
+            #[cfg(not(feature = "std"))]
+            let on = true;
+            let wanted = if on { X86_V4_ON } else { X86_V4_OFF };
+            // A concurrent `set_x86_v4` wins over the environment.
+            match X86_V4.compare_exchange(X86_V4_UNSET, wanted, Relaxed, Relaxed) {
+                Ok(_) => on,
+                Err(now) => now == X86_V4_ON,
+            }
+        }
+        v => v == X86_V4_ON,
+    }
 }
 #[inline]
 pub fn set_x86_v4(enable: bool) {
-    X86_V4.store(enable, Relaxed)
+    X86_V4.store(if enable { X86_V4_ON } else { X86_V4_OFF }, Relaxed)
 }
 
 extern crate alloc;
