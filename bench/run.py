@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-CASES = ["lenet5_train", "resnet20_train", "resnet_cifar_train", "alexnet_forward", "alexnet_forward_b1", "conv2d_forward", "conv2d_backward",
+CASES = ["lenet5_train", "resnet20_train", "resnet_cifar_train", "alexnet_forward", "alexnet_forward_b1", "alexnet_classifier", "conv2d_forward", "conv2d_backward",
          "loader_cifar10_crop_flip_norm", "loader_jpeg_256_crop224_flip_pca", "yolo_shapes_train",
          "detect_eval_5000", "fcn_shapes_train", "conv_transpose2d_forward", "conv_transpose2d_backward",
          "resize_voc_antialias", "resize_voc_decoded", "resize_voc_plain", "board_runs_1000"]

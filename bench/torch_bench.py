@@ -198,6 +198,18 @@ def alexnet_forward(batch=None):
     return timed(n, warmup, iters, step)
 
 
+def alexnet_classifier():
+    """AlexNet's three linear layers alone at batch 8, as runner-bench's case: the products
+    in a chain (no ReLU), forward only."""
+    m = compiled(nn.Sequential(nn.Linear(9216, 4096), nn.Linear(4096, 4096), nn.Linear(4096, 1000)).eval())
+    x = torch.rand(8, 9216) * 2 - 1
+
+    def step():
+        with torch.no_grad():
+            m(x).sum().item()
+    return timed(8, 2, 20, step)
+
+
 def conv_op(backward):
     x = (torch.rand(64, 64, 32, 32) * 2 - 1).requires_grad_(True)
     return op_rate(nn.Conv2d(64, 64, 3, padding=1, bias=False), x, backward)
@@ -369,6 +381,7 @@ CASES = {
     "resnet20_train": resnet20_train,
     "alexnet_forward": alexnet_forward,
     "alexnet_forward_b1": lambda: alexnet_forward(1),
+    "alexnet_classifier": alexnet_classifier,
     "conv2d_forward": lambda: conv_op(False),
     "conv2d_backward": lambda: conv_op(True),
 }
