@@ -259,7 +259,7 @@ struct PreviewArgs {
 pub fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     crate::progress::init_logging(if cli.quiet { -1 } else { cli.verbose.min(2) as i8 });
-    crate::ops::kernels::set_portable(false).map_err(anyhow::Error::msg)?;
+    crate::ops::kernels::from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
         None => train(cli.run),
         Some(Command::Run(args)) => train(args),

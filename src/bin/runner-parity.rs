@@ -253,7 +253,7 @@ fn resblock_case(device: &Device) -> Result<bool> {
 }
 
 fn main() -> Result<()> {
-    runner::ops::kernels::set_portable(false).map_err(anyhow::Error::msg)?;
+    runner::ops::kernels::from_env().map_err(anyhow::Error::msg)?;
     let which = std::env::args().nth(1).unwrap_or_else(|| "cuda:0".into());
     let which = if which == "gpu-path" {
         GPU_PATH.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -139,7 +139,7 @@ extern "C" __global__ void runner_bn_running_f32(float* rm, float* rv, const dou
     }
 }
 
-// Pooling's window of output (oy, ox), as pool.rs's `Dims::window`: rows y0..y1 and
+// Pooling's window of output (oy, ox), as pool/mod.rs's `Dims::window`: rows y0..y1 and
 // columns x0..x1 inside the input, and average pooling's divisor (the window clipped to
 // the padded input).
 __device__ void pool_window(int oy, int ox, int h, int w, int k, int s, int p, int* y0, int* y1, int* x0, int* x1,

@@ -83,6 +83,18 @@ pub fn set_portable(portable: bool) -> Result<Level, String> {
     Ok(level())
 }
 
+/// A process's start: the widest kernels unless `RUNNER_KERNELS=portable`, whose value is
+/// checked here (a wrong one is an error naming the variable); returns the level.
+pub fn from_env() -> Result<Level, String> {
+    set_portable(false)
+}
+
+/// The level a run on `device` records: the kernels' on the CPU, none on a GPU, whose own
+/// kernels do the model's arithmetic.
+pub fn level_on(device: &candle_core::Device) -> Option<Level> {
+    device.is_cpu().then(level)
+}
+
 /// Whether the portable kernels run. The one switch is gemm's (vendor/gemm-common), which
 /// until set takes `RUNNER_KERNELS` on its first read: runner's kernels follow it, so the
 /// matrix products and runner's own kernels never run at different levels.

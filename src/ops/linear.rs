@@ -96,10 +96,10 @@ fn rows_m<T: Elem, const M: usize>(x: &[T], w: &[T], b: &[T], k: usize, out: &mu
         for (wj, lanes_j) in w.chunks_exact(k).zip(sums.iter_mut()) {
             let mut lanes = *lanes_j;
             for (c, wc) in (t..end).step_by(16).zip(wj[t..end].chunks_exact(16)) {
-                let wc: &[T; 16] = wc.try_into().unwrap();
+                let wc: &[T; 16] = wc.try_into().unwrap(); // ok: chunks_exact(16) yields 16
                 prefetch(wc.as_ptr().wrapping_add(k));
                 for (acc, xi) in lanes.iter_mut().zip(&xs) {
-                    let xc: &[T; 16] = xi[c..c + 16].try_into().unwrap();
+                    let xc: &[T; 16] = xi[c..c + 16].try_into().unwrap(); // ok: a range of 16
                     for l in 0..16 {
                         acc[l] += xc[l] * wc[l];
                     }

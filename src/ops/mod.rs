@@ -7,8 +7,8 @@
 /// built for baseline x86-64, whose 4-wide SSE leaves half of each vector unit idle in the
 /// element-wise kernels (gemm picks its own kernels at run time already).
 macro_rules! with_avx2 {
-    ($name:ident = $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
-        fn $name<T: Elem>($($arg: $ty),*) $(-> $ret)? {
+    ($vis:vis $name:ident = $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        $vis fn $name<T: Elem>($($arg: $ty),*) $(-> $ret)? {
             variant!("avx2", std::arch::is_x86_feature_detected!("avx2"), $body($($arg: $ty),*) $(-> $ret)?);
             $body($($arg),*)
         }
@@ -20,8 +20,8 @@ macro_rules! with_avx2 {
 /// sums run in an order its source fixes (no reduction the compiler may reorder: it may
 /// not, without fast-math), so both variants give the same bits.
 macro_rules! with_avx512 {
-    ($name:ident = $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
-        fn $name<T: Elem>($($arg: $ty),*) $(-> $ret)? {
+    ($vis:vis $name:ident = $body:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        $vis fn $name<T: Elem>($($arg: $ty),*) $(-> $ret)? {
             // The level is AVX-512 only where the CPU has AVX-512F.
             variant!(
                 "avx512f",

@@ -466,7 +466,7 @@ impl Session<'_> {
             bad_epochs: state.bad_epochs,
             config_hash: self.log.config_hash().to_string(),
             threads: crate::ops::threads(),
-            kernels: if self.device.is_cpu() { crate::ops::kernels::level().to_string() } else { String::new() },
+            kernels: crate::ops::kernels::level_on(&self.device).map(|l| l.to_string()).unwrap_or_default(),
             optimizer_steps,
         };
         checkpoint::save(&self.log.dir.join("checkpoints"), self.model, self.optimizer, &side, ck.keep_last, is_best)?;

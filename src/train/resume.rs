@@ -85,8 +85,8 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
                     side.threads
                 );
             }
-            let level = crate::ops::kernels::level();
-            if device.is_cpu() && !side.kernels.is_empty() && side.kernels != level.as_str() {
+            let level = crate::ops::kernels::level_on(&device);
+            if let Some(level) = level.filter(|l| !side.kernels.is_empty() && side.kernels != l.as_str()) {
                 let how = if level == crate::ops::kernels::Level::Avx512 && side.kernels == "avx2" {
                     "set RUNNER_KERNELS=portable for the kernels it used".to_string()
                 } else {

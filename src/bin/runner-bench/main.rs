@@ -475,7 +475,7 @@ fn conv_transpose_op(backward: bool) -> Result<f64> {
 
 fn main() -> Result<()> {
     runner::ops::tune_allocator();
-    runner::ops::kernels::set_portable(false).map_err(anyhow::Error::msg)?;
+    runner::ops::kernels::from_env().map_err(anyhow::Error::msg)?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--count") {
         args.remove(0);
