@@ -4,14 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, LoadOptions};
 use crate::runlog::Status;
+use crate::signals;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,6 +39,9 @@ struct ExpArgs {
     /// Override a config key: --set train.epochs=2 (value in TOML syntax). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// The sweep this run is a point of (set by `runner sweep` for each point it starts).
+    #[arg(long, hide = true, value_name = "ID")]
+    sweep_id: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -317,7 +319,7 @@ fn compare(args: CompareArgs) -> Result<ExitCode> {
             Some("test.error_rate" | "test.loss") | None => "test.accuracy",
             Some(m) => m,
         };
-        crate::plots::compare_curves(&runs, args.metric.as_deref().unwrap_or(default), png)?;
+        compare::compare_curves(&runs, args.metric.as_deref().unwrap_or(default), png)?;
         tracing::info!("wrote {}", png.display());
     }
     let opts = compare::Options {
@@ -346,52 +348,15 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         jobs: args.jobs,
         sets: args.sets,
     };
-    let failed = crate::sweep::run(&req, stop_flag())?;
+    let failed = crate::sweep::run(&req, signals::stop_flag())?;
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn resume(args: ResumeArgs) -> Result<ExitCode> {
-    let stop = stop_flag();
+    let stop = signals::stop_flag();
     let mut outcome = crate::train::resume(&args.run_dir, stop)?;
     report(&mut outcome, &BTreeMap::new(), None)
 }
-
-/// Set by the first Ctrl-C (SIGINT) or SIGTERM: finish cleanly at the next batch. A second
-/// one leaves at once (exit 130 / 143); the tables are written whole or not at all, so no
-/// half-written file stays behind. The signals go to a thread of their own (signal-hook),
-/// which may print and exit.
-fn stop_flag() -> Arc<AtomicBool> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let stop = Arc::new(AtomicBool::new(false));
-    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-        Ok(mut signals) => {
-            let flag = stop.clone();
-            std::thread::spawn(move || {
-                for sig in signals.forever() {
-                    if sig == SIGTERM {
-                        TERM_SEEN.store(true, Ordering::SeqCst);
-                    }
-                    if flag.swap(true, Ordering::SeqCst) {
-                        std::process::exit(128 + sig);
-                    }
-                    let again = if sig == SIGINT { "Ctrl-C" } else { "SIGTERM" };
-                    eprintln!("\nstopping after this batch ({again} again to quit at once)");
-                }
-            });
-        }
-        Err(e) => tracing::warn!("cannot catch Ctrl-C and SIGTERM ({e}): a signal stops the run at once"),
-    }
-    // A file-size limit (`ulimit -f`) would kill the process with SIGXFSZ in the middle of
-    // a write; caught, the write fails with "File too large" instead, and the run ends as
-    // failed with its earlier files whole.
-    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, Arc::new(AtomicBool::new(false))) {
-        tracing::debug!("cannot catch SIGXFSZ ({e}): a file-size limit kills the process");
-    }
-    stop
-}
-
-/// A SIGTERM arrived: an interrupted run then exits with 143 (128 + 15), as the signal's own.
-pub(crate) static TERM_SEEN: AtomicBool = AtomicBool::new(false);
 
 /// The final metrics beside their references, then `run folder: <path>`; the exit status.
 fn report(
@@ -413,7 +378,7 @@ fn report(
         return Err(e);
     }
     Ok(match outcome.status {
-        Status::Interrupted if TERM_SEEN.load(Ordering::SeqCst) => ExitCode::from(143),
+        Status::Interrupted if signals::term_seen() => ExitCode::from(143),
         Status::Interrupted => ExitCode::from(130),
         _ => ExitCode::SUCCESS,
     })
@@ -623,8 +588,8 @@ fn train(args: ExpArgs) -> Result<ExitCode> {
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
-    let stop = stop_flag();
-    let mut outcome = crate::train::run(&loaded, &plan, stop)?;
+    let stop = signals::stop_flag();
+    let mut outcome = crate::train::run(&loaded, &plan, stop, args.sweep_id.as_deref())?;
     let reference: BTreeMap<String, f64> = loaded.config.experiment.reference.clone().into_iter().collect();
     report(&mut outcome, &reference, loaded.config.experiment.reference_source.as_deref())
 }

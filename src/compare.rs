@@ -347,3 +347,27 @@ pub const HEADLINE: [&str; 6] =
 pub fn headline(runs: &[RunInfo]) -> Option<&'static str> {
     HEADLINE.into_iter().find(|m| runs.iter().any(|r| r.finals.contains_key(*m)))
 }
+
+/// `runner compare --plot`: the per-epoch `split.metric` of each run, overlaid.
+pub fn compare_curves(runs: &[RunInfo], metric: &str, png: &Path) -> Result<()> {
+    let Some((split, name)) = metric.split_once('.') else {
+        anyhow::bail!("--metric {metric}: expected split.metric, e.g. test.accuracy");
+    };
+    let mut series = Vec::new();
+    for r in runs {
+        let log = crate::runlog::RunLog::open(&r.dir, None)?;
+        let pts: Vec<(f64, f64)> = log
+            .metrics()
+            .iter()
+            .filter(|m| m.split == split && m.metric == name && m.class.is_none())
+            .map(|m| (m.epoch as f64 + 1.0, m.value))
+            .collect();
+        if !pts.is_empty() {
+            series.push((r.run_id.clone(), pts));
+        }
+    }
+    if series.is_empty() {
+        anyhow::bail!("no run logged {metric}");
+    }
+    crate::plots::line_chart(png, metric, "epoch", metric, &series)
+}

@@ -22,6 +22,7 @@ pub mod progress;
 pub mod rng;
 pub mod runlog;
 pub mod schedule;
+pub mod signals;
 pub mod step;
 pub mod sweep;
 pub mod task;

@@ -80,7 +80,7 @@ fn epoch_tick(x: &f64) -> String {
 }
 
 /// Lines of `(x, y)` points with their labels, on one chart.
-fn line_chart(
+pub fn line_chart(
     path: &Path,
     title: &str,
     x_label: &str,
@@ -223,28 +223,21 @@ pub fn confusion(path: &Path, m: &[Vec<u64>], names: &[String]) -> Result<()> {
     })
 }
 
-/// `runner compare --plot`: the per-epoch `split.metric` of each run, overlaid.
-pub fn compare_curves(runs: &[crate::compare::RunInfo], metric: &str, png: &Path) -> Result<()> {
-    let Some((split, name)) = metric.split_once('.') else {
-        anyhow::bail!("--metric {metric}: expected split.metric, e.g. test.accuracy");
-    };
-    let mut series = Vec::new();
-    for r in runs {
-        let log = crate::runlog::RunLog::open(&r.dir, None)?;
-        let pts: Vec<(f64, f64)> = log
-            .metrics()
-            .iter()
-            .filter(|m| m.split == split && m.metric == name && m.class.is_none())
-            .map(|m| (m.epoch as f64 + 1.0, m.value))
-            .collect();
-        if !pts.is_empty() {
-            series.push((r.run_id.clone(), pts));
+/// VOC's colour map: entry i spreads its bits over the high bits of r, g and b.
+pub fn voc_palette() -> Vec<u8> {
+    let mut palette = Vec::with_capacity(768);
+    for i in 0..256usize {
+        let mut rgb = [0u8; 3];
+        let mut c = i;
+        for j in 0..8 {
+            for (k, channel) in rgb.iter_mut().enumerate() {
+                *channel |= (((c >> k) & 1) as u8) << (7 - j);
+            }
+            c >>= 3;
         }
+        palette.extend_from_slice(&rgb);
     }
-    if series.is_empty() {
-        anyhow::bail!("no run logged {metric}");
-    }
-    line_chart(png, metric, "epoch", metric, &series)
+    palette
 }
 
 /// A labelled box to draw: the text above it, edges in pixels, and the colour's index;
@@ -302,7 +295,7 @@ pub fn precision_recall(path: &Path, curves: &[(String, f64, Vec<f64>, Vec<f64>)
 /// blended half and half with its class's colour in VOC's colour map (background left as
 /// is, void 255 in white).
 pub fn mask_overlay(planar: &[u8], mask: &[u8], [h, w]: [usize; 2]) -> Vec<u8> {
-    let palette = crate::data::synth::voc_palette();
+    let palette = voc_palette();
     let mut out = planar.to_vec();
     for (p, &m) in mask.iter().enumerate().take(h * w) {
         if m == 0 {

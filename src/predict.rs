@@ -72,7 +72,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
         yolo.cfg.score_min = min;
     }
     let device = plan.open_device()?;
-    let model = Model::for_plan(&plan, &device)?;
+    let model = plan.model(&device)?;
     match &weights_file {
         Some(f) => {
             if !f.is_file() {
@@ -152,7 +152,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
             shares.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             if let Some(dir) = &req.out {
                 let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                let palette = crate::data::synth::voc_palette();
+                let palette = crate::plots::voc_palette();
                 let png = crate::data::synth::encode_mask_png(&mask, [h, w], &palette)?;
                 let path = dir.join(format!("{stem}.png"));
                 std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -10,7 +10,6 @@
 //! gradient weighted by its share of the batch. The values are those of one pass up to the
 //! order of the additions (test `sliced_gradients_equal_the_whole_batch`).
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -19,6 +18,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::model::{Model, Pass};
+use crate::ops::serial;
 use crate::optim::{add_grads, collect_grads};
 
 /// What a batch's forward and backward give the training loop.
@@ -118,27 +118,6 @@ fn split(n: usize, k: usize) -> Vec<Range<usize>> {
     (0..k).map(|i| (i * n / k)..((i + 1) * n / k)).collect()
 }
 
-thread_local! {
-    static SERIAL: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs `f` with this thread's kernels on one thread (`ops::threads()` answers 1).
-fn serial<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            SERIAL.with(|s| s.set(self.0));
-        }
-    }
-    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
-    f()
-}
-
-/// Whether the calling thread runs its kernels serially (inside a slice of `forward_backward`).
-pub(crate) fn in_serial() -> bool {
-    SERIAL.with(|s| s.get())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,9 +195,9 @@ mod tests {
         );
         assert!(!dropout.samples_independent());
         // Inside a slice the kernels run on the slice's thread alone.
-        assert!(!in_serial());
-        assert_eq!(serial(|| (in_serial(), crate::ops::threads())), (true, 1));
-        assert!(!in_serial());
+        assert!(!crate::ops::in_serial());
+        assert_eq!(serial(|| (crate::ops::in_serial(), crate::ops::threads())), (true, 1));
+        assert!(!crate::ops::in_serial());
     }
 
     #[test]

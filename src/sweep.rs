@@ -325,13 +325,13 @@ fn run_point(
             cmd.arg("resume").arg(dir);
         }
         None => {
-            cmd.arg(&req.experiment);
+            cmd.arg(&req.experiment).arg("--sweep-id").arg(id);
             for s in req.sets.iter().chain(overrides) {
                 cmd.arg("--set").arg(s);
             }
         }
     }
-    cmd.env("RUNNER_SWEEP_ID", id).env("RAYON_NUM_THREADS", threads).env("CANDLE_NUM_THREADS", threads);
+    cmd.env("RAYON_NUM_THREADS", threads).env("CANDLE_NUM_THREADS", threads);
     let file = match std::fs::File::create(log).and_then(|f| Ok((f.try_clone()?, f))) {
         Ok(f) => f,
         Err(e) => return (format!("failed: cannot write {}: {e}", log.display()), None),
@@ -350,7 +350,7 @@ fn run_point(
         }
         // Ctrl-C in a terminal reaches the points itself (the process group); a SIGTERM
         // sent to the sweep alone is passed on, once.
-        if stop.load(Ordering::SeqCst) && crate::cli::TERM_SEEN.load(Ordering::SeqCst) && !passed_on {
+        if stop.load(Ordering::SeqCst) && crate::signals::term_seen() && !passed_on {
             passed_on = true;
             let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         }

@@ -340,7 +340,7 @@ pub fn clear_background(mask: &[u8]) -> Result<Vec<u8>> {
     // Greyscale masks (class indices as grey levels) take VOC's palette.
     let palette = match (&info.palette, info.color_type, info.bit_depth) {
         (Some(p), png::ColorType::Indexed, png::BitDepth::Eight) => p.to_vec(),
-        (_, png::ColorType::Grayscale, png::BitDepth::Eight) => crate::data::synth::voc_palette(),
+        (_, png::ColorType::Grayscale, png::BitDepth::Eight) => crate::plots::voc_palette(),
         _ => bail!("not an 8-bit palette or greyscale PNG"),
     };
     if w as u64 * h as u64 > 1 << 26 {

@@ -64,26 +64,6 @@ pub enum Synthetic {
     SingleShapes192,
 }
 
-impl Synthetic {
-    pub fn options(self) -> crate::data::synth::ShapesOptions {
-        let default = crate::data::synth::ShapesOptions::default();
-        match self {
-            Synthetic::Shapes => default,
-            Synthetic::SingleShapes => crate::data::synth::ShapesOptions {
-                size: 128,
-                min_objects: 1,
-                max_objects: 1,
-                min_size: 30.0,
-                max_size: 100.0,
-                ..default
-            },
-            Synthetic::SingleShapes192 => {
-                crate::data::synth::ShapesOptions { size: 192, ..Synthetic::SingleShapes.options() }
-            }
-        }
-    }
-}
-
 impl Default for VocConfig {
     fn default() -> Self {
         VocConfig {
@@ -110,6 +90,30 @@ fn default_voc_train() -> VocSplit {
 fn default_voc_test() -> VocSplit {
     VocSplit { years: vec![2007], image_set: "test".into() }
 }
+/// VOC's 20 classes in the devkit's order (`VOCinit.m`).
+pub const VOC_CLASSES: [&str; 20] = [
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+];
+
 fn default_voc_classes() -> Vec<String> {
-    crate::data::voc::VOC_CLASSES.iter().map(|c| c.to_string()).collect()
+    VOC_CLASSES.iter().map(|c| c.to_string()).collect()
 }

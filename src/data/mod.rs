@@ -295,7 +295,7 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
                     std::fs::remove_dir_all(&staging)
                         .with_context(|| format!("cannot remove the unfinished {}", staging.display()))?;
                 }
-                synth::write_shapes(&staging, &set.options())?;
+                synth::write_shapes(&staging, &synth::ShapesOptions::of(set))?;
                 voc::merge_into(&staging, &download_to)?;
                 return finish_load(
                     cfg,

@@ -46,7 +46,7 @@ pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, classes: &[String]
         Some(AugmentOp::Normalize { mean, std }) => Some((mean.clone(), std.clone())),
         _ => None,
     };
-    let palette = crate::data::synth::voc_palette();
+    let palette = crate::plots::voc_palette();
     for (k, sample) in batch.images.chunks(c * h * w).enumerate() {
         let (x0, y0) = (PAD + (k % cols) * cell_w, PAD + (k / cols) * cell_h);
         let mask = batch.masks.get(k * h * w..(k + 1) * h * w);

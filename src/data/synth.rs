@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
+use crate::config::voc::Synthetic;
+use crate::plots::voc_palette;
 use crate::rng::Rng;
 
 /// The class names, in class-index order (mask value = index + 1).
@@ -51,6 +53,20 @@ pub struct ShapesOptions {
     pub max_size: f64,
     /// An object whose visible box's larger side is under this many pixels is `difficult`.
     pub difficult_below: f64,
+}
+
+impl ShapesOptions {
+    /// The options that write the synthetic set `set` (`[data.voc] generate`).
+    pub fn of(set: Synthetic) -> ShapesOptions {
+        let default = ShapesOptions::default();
+        match set {
+            Synthetic::Shapes => default,
+            Synthetic::SingleShapes => {
+                ShapesOptions { size: 128, min_objects: 1, max_objects: 1, min_size: 30.0, max_size: 100.0, ..default }
+            }
+            Synthetic::SingleShapes192 => ShapesOptions { size: 192, ..ShapesOptions::of(Synthetic::SingleShapes) },
+        }
+    }
 }
 
 impl Default for ShapesOptions {
@@ -502,23 +518,6 @@ fn dilate(set: &[bool], size: usize, r: usize) -> Vec<bool> {
         *near = window(x).any(|nx| set[row + nx]);
     }
     (0..set.len()).map(|p| window(p / size).any(|ny| across[ny * size + p % size])).collect()
-}
-
-/// VOC's colour map: entry i spreads its bits over the high bits of r, g and b.
-pub fn voc_palette() -> Vec<u8> {
-    let mut palette = Vec::with_capacity(768);
-    for i in 0..256usize {
-        let mut rgb = [0u8; 3];
-        let mut c = i;
-        for j in 0..8 {
-            for (k, channel) in rgb.iter_mut().enumerate() {
-                *channel |= (((c >> k) & 1) as u8) << (7 - j);
-            }
-            c >>= 3;
-        }
-        palette.extend_from_slice(&rgb);
-    }
-    palette
 }
 
 fn encode_jpeg(rgb: &[u8], size: usize) -> Result<Vec<u8>> {

@@ -11,29 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-/// VOC's 20 classes in the devkit's order (`VOCinit.m`).
-pub const VOC_CLASSES: [&str; 20] = [
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-];
+pub use crate::config::voc::VOC_CLASSES;
 
 /// One labelled object: its class index, box `[x0, y0, x1, y1]` in continuous pixel
 /// coordinates of its image, and VOC's flags.

@@ -120,16 +120,6 @@ impl Model {
         })
     }
 
-    /// The plan's model (its graph, seed and precision) on `device`; a bf16 model says so
-    /// (training, resuming, evaluating and predicting all make theirs here).
-    pub fn for_plan(plan: &crate::plan::Plan, device: &Device) -> Result<Self> {
-        if plan.precision == Precision::Bf16 {
-            crate::device::check_bf16(device).map_err(candle_core::Error::Msg)?;
-            tracing::info!("precision bf16: convolutions and linear layers in bf16, weights and the rest in f32");
-        }
-        Ok(Model::new(&plan.graph, plan.seed, device)?.with_precision(plan.precision))
-    }
-
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
         self

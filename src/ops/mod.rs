@@ -96,6 +96,8 @@ pub mod testing;
 pub mod upsample;
 mod winograd;
 
+use std::cell::Cell;
+
 use candle_core::{CpuStorage, Layout, Result};
 
 /// Whether ops on `t` run on runner's CPU kernels: on the CPU, except while
@@ -159,11 +161,32 @@ pub fn tune_allocator() {
     }
 }
 
+thread_local! {
+    static SERIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with this thread's kernels on one thread (`ops::threads()` answers 1).
+pub(crate) fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// Whether the calling thread runs its kernels serially (inside a slice of a batch that `step::forward_backward` runs beside others).
+pub(crate) fn in_serial() -> bool {
+    SERIAL.with(|s| s.get())
+}
+
 /// Threads the kernels split work over: candle's setting (`RAYON_NUM_THREADS` /
 /// `CANDLE_NUM_THREADS`, else every core); 1 inside a slice of a batch that
 /// `step::forward_backward` runs beside others.
 pub fn threads() -> usize {
-    if crate::step::in_serial() {
+    if in_serial() {
         return 1;
     }
     candle_core::utils::get_num_threads().max(1)

@@ -11,10 +11,10 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use crate::config::{AugmentOp, Loaded, MetricsConfig};
+use crate::config::{AugmentOp, Loaded, MetricsConfig, Precision};
 use crate::data::{self, Located};
 use crate::device::{parse_device, DeviceChoice};
-use crate::model::{plan_model, PlannedGraph};
+use crate::model::{plan_model, Model, PlannedGraph};
 
 pub struct Plan {
     pub experiment: String,
@@ -22,7 +22,7 @@ pub struct Plan {
     /// Parsed from `experiment.device`: `auto`, `cpu`, `cuda`, `cuda:N`.
     pub device: DeviceChoice,
     /// `experiment.precision`: what the model's products compute in.
-    pub precision: crate::config::Precision,
+    pub precision: Precision,
     /// `experiment.kernels`: the widest CPU kernels or the portable ones.
     pub kernels: crate::config::Kernels,
     pub data: crate::config::DataConfig,
@@ -471,6 +471,16 @@ fn param_hypers(
 }
 
 impl Plan {
+    /// The plan's model (its graph, seed and precision) on `device`; a bf16 model says so
+    /// (training, resuming, evaluating and predicting all make theirs here).
+    pub fn model(&self, device: &candle_core::Device) -> candle_core::Result<Model> {
+        if self.precision == Precision::Bf16 {
+            crate::device::check_bf16(device).map_err(candle_core::Error::Msg)?;
+            tracing::info!("precision bf16: convolutions and linear layers in bf16, weights and the rest in f32");
+        }
+        Ok(Model::new(&self.graph, self.seed, device)?.with_precision(self.precision))
+    }
+
     /// Sets the CPU kernels the plan asks for (`experiment.kernels`, or `RUNNER_KERNELS=
     /// portable`) and opens its device: what every command that runs the model starts with.
     pub fn open_device(&self) -> anyhow::Result<candle_core::Device> {

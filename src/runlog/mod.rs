@@ -66,7 +66,7 @@ pub struct RunLog {
     /// and the level on a GPU (whose own kernels do the model's arithmetic).
     threads: Option<u32>,
     kernels: Option<String>,
-    /// Set for the points of a sweep (`RUNNER_SWEEP_ID`, set by `runner sweep`).
+    /// Set for the points of a sweep (`runner sweep` runs each point with `--sweep-id`).
     sweep_id: Option<String>,
     status: Status,
     started_at_us: i64,
@@ -169,6 +169,12 @@ pub fn timestamp_id(us: i64) -> String {
 }
 
 impl RunLog {
+    /// Marks a new run as a point of the sweep `id` (written with the run's row).
+    pub fn with_sweep_id(mut self, id: Option<&str>) -> Self {
+        self.sweep_id = id.filter(|s| !s.is_empty()).map(str::to_string);
+        self
+    }
+
     /// Creates `<output_dir>/<experiment>/<run-id>/`. The id is the start time to the
     /// millisecond plus a counter, claimed with `create_dir` so two runs never share one.
     pub fn create(output_dir: &Path, experiment: &str, config_hash: &str, seed: u64, device: &str) -> Result<Self> {
@@ -205,7 +211,7 @@ impl RunLog {
             threads: Some(crate::ops::threads() as u32),
             // The model's arithmetic on a GPU is the GPU's: no CPU level to record.
             kernels: (device == "cpu").then(|| crate::ops::kernels::level().to_string()),
-            sweep_id: std::env::var("RUNNER_SWEEP_ID").ok().filter(|s| !s.is_empty()),
+            sweep_id: None,
             status: Status::Running,
             started_at_us,
             finished_at_us: None,

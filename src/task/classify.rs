@@ -8,12 +8,13 @@ use anyhow::Result;
 use arrow_array::{Float32Array, Float64Array, Int32Array, Int64Array, ListArray, StringArray};
 use candle_core::{Device, Tensor};
 
-use crate::config::Tta;
+use crate::config::{MetricName, Tta};
 use crate::data::loader::Batch;
 use crate::data::tta::ten_crop;
 use crate::metrics::{EpochStats, RocCurve};
 use crate::model::{argmax, Model, Pass};
 use crate::runlog::Table;
+use crate::task::PlotSpec;
 
 /// Cross-entropy, with PyTorch's label smoothing `e`: `(1 - e) * nll + e * mean_c(-log p_c)`.
 pub fn loss(logits: &Tensor, ys: &Tensor, smoothing: f64) -> Result<Tensor> {
@@ -149,6 +150,18 @@ pub fn write_roc(run_id: &str, epoch: usize, split: &str, curves: &[RocCurve], p
         .col("fpr", Float64Array::from(fpr))
         .col("tpr", Float64Array::from(tpr))
         .write(path)
+}
+
+/// Classification's plots: the ROC curves and the confusion matrix, where the test metrics
+/// ask for them.
+pub fn plots(dir: &Path, spec: &PlotSpec, s: &EpochStats) -> Result<()> {
+    if spec.wants(MetricName::Roc) {
+        crate::plots::roc(&dir.join("roc.png"), &s.roc_curves(spec.binary, spec.classes))?;
+    }
+    if spec.wants(MetricName::ConfusionMatrix) {
+        crate::plots::confusion(&dir.join("confusion_matrix.png"), &s.confusion(), spec.classes)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ use crate::config::DetectConfig;
 use crate::data::voc::Object;
 use crate::data::Split;
 use crate::metrics::detection::{iou, BoxXyxy, DetectionStats};
-use crate::plan::Plan;
 use crate::runlog::Table;
+use crate::task::PlotSpec;
 
 /// The YOLOv1 head's geometry and loss weights, resolved by the plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -327,8 +327,8 @@ pub fn write_precision_recall(
 
 /// Detection's plots: precision / recall per class with its AP, and the first nine test
 /// images with the boxes scoring at least `metrics.threshold` (ground truth in white).
-pub fn plots(dir: &Path, plan: &Plan, s: &DetectionStats, split: &Split) -> Result<()> {
-    let name = |c: usize| plan.classes.get(c).cloned().unwrap_or_else(|| c.to_string());
+pub fn plots(dir: &Path, spec: &PlotSpec, s: &DetectionStats, split: &Split) -> Result<()> {
+    let name = |c: usize| spec.class_name(c);
     let curves: Vec<_> = s.curves().into_iter().map(|(c, ap, p, r)| (name(c), ap, p, r)).collect();
     crate::plots::precision_recall(&dir.join("precision_recall.png"), &curves)?;
     let mut images = Vec::new();
@@ -339,7 +339,7 @@ pub fn plots(dir: &Path, plan: &Plan, s: &DetectionStats, split: &Split) -> Resu
             .iter()
             .map(|o| crate::plots::Labelled { text: String::new(), bbox: o.bbox, colour: 0, truth: true })
             .collect();
-        for (c, d) in s.detections.iter().filter(|(_, d)| d.image == i && d.score >= plan.binary.threshold) {
+        for (c, d) in s.detections.iter().filter(|(_, d)| d.image == i && d.score >= spec.binary.threshold) {
             let text = format!("{} {:.2}", name(*c as usize), d.score);
             let bbox = d.bbox.map(|v| v as f32);
             boxes.push(crate::plots::Labelled { text, bbox, colour: *c as usize, truth: false });

@@ -32,14 +32,14 @@ use anyhow::{bail, Result};
 use arrow_array::{Float32Array, Float64Array, Int64Array, StringArray};
 use candle_core::{DType, Tensor, D};
 
-use crate::config::{LocalizeConfig, Merge};
+use crate::config::{LocalizeConfig, Merge, MetricName};
 use crate::data::loader::Batch;
 use crate::data::voc::main_object;
 use crate::data::Split;
 use crate::metrics::detection::iou;
 use crate::metrics::EpochStats;
-use crate::plan::Plan;
 use crate::runlog::Table;
+use crate::task::PlotSpec;
 
 /// The localization head's settings, resolved by the plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -408,11 +408,11 @@ pub fn write_localizations(
 
 /// Localization's plots: the confusion matrix, and the first nine test images with the
 /// predicted box (labelled with its class and probability) and the true box in white.
-pub fn plots(dir: &Path, plan: &Plan, s: &LocStats, split: &Split) -> Result<()> {
-    if plan.metrics.test().contains(&crate::config::MetricName::ConfusionMatrix) {
-        crate::plots::confusion(&dir.join("confusion_matrix.png"), &s.class.confusion(), &plan.classes)?;
+pub fn plots(dir: &Path, spec: &PlotSpec, s: &LocStats, split: &Split) -> Result<()> {
+    if spec.wants(MetricName::ConfusionMatrix) {
+        crate::plots::confusion(&dir.join("confusion_matrix.png"), &s.class.confusion(), spec.classes)?;
     }
-    let name = |c: u32| plan.classes.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
+    let name = |c: u32| spec.class_name(c as usize);
     let mut images = Vec::new();
     for r in s.boxes.iter().filter(|r| r.sample < 9) {
         let Some(file) = split.files.get(r.sample) else { continue };

@@ -9,6 +9,8 @@ pub mod detect;
 pub mod localize;
 pub mod segment;
 
+use std::path::Path;
+
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
@@ -221,7 +223,38 @@ pub struct TrainOutputs {
     probs: Option<Tensor>,
 }
 
+/// What a task's plots take from the plan.
+#[derive(Debug, Clone, Copy)]
+pub struct PlotSpec<'a> {
+    pub classes: &'a [String],
+    /// The test split's metrics: `roc` and `confusion_matrix` ask for their plots.
+    pub test_metrics: &'a [MetricName],
+    pub binary: Binary,
+}
+
+impl PlotSpec<'_> {
+    fn wants(&self, metric: MetricName) -> bool {
+        self.test_metrics.contains(&metric)
+    }
+
+    /// Class `c`'s name, or its number where the list has none.
+    fn class_name(&self, c: usize) -> String {
+        self.classes.get(c).cloned().unwrap_or_else(|| c.to_string())
+    }
+}
+
 impl Stats {
+    /// The test split's task plots in `dir`: ROC and confusion matrix (classification),
+    /// precision / recall and boxes (detection), masks (segmentation), boxes (localization).
+    pub fn plots(&self, dir: &Path, spec: &PlotSpec, split: &Split) -> Result<()> {
+        match self {
+            Stats::Classify(s) => classify::plots(dir, spec, s),
+            Stats::Detect(s) => detect::plots(dir, spec, s, split),
+            Stats::Segment(s) => segment::plots(dir, spec, s, split),
+            Stats::Localize(s) => localize::plots(dir, spec, s, split),
+        }
+    }
+
     /// Images (or samples) seen.
     pub fn count(&self) -> usize {
         match self {

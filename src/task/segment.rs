@@ -19,11 +19,11 @@ use anyhow::{bail, Context, Result};
 use arrow_array::{Int64Array, StringArray};
 use candle_core::Tensor;
 
-use crate::config::{Reduction, SegmentConfig};
+use crate::config::{MetricName, Reduction, SegmentConfig};
 use crate::data::Split;
 use crate::metrics::segmentation::SegStats;
-use crate::plan::Plan;
 use crate::runlog::Table;
+use crate::task::PlotSpec;
 
 /// The segmentation head's settings, resolved by the plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,7 +172,7 @@ pub fn write_counts(
 /// palette PNG of class indices), each written whole.
 pub fn write_masks(stats: &SegStats, split: &Split, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let palette = crate::data::synth::voc_palette();
+    let palette = crate::plots::voc_palette();
     for (i, pred, hw) in &stats.examples {
         let Some(file) = split.files.get(*i) else { continue };
         let Some(stem) = file.file_stem().map(|s| s.to_string_lossy().into_owned()) else { continue };
@@ -186,9 +186,9 @@ pub fn write_masks(stats: &SegStats, split: &Split, dir: &Path) -> Result<()> {
 
 /// Segmentation's plots: the pixel confusion matrix, and the first test images beside their
 /// true and predicted masks laid over them (`masks.png`), at the files' size.
-pub fn plots(dir: &Path, plan: &Plan, s: &SegStats, split: &Split) -> Result<()> {
-    if plan.metrics.test().contains(&crate::config::MetricName::ConfusionMatrix) {
-        crate::plots::confusion(&dir.join("confusion_matrix.png"), s.confusion(), &plan.classes)?;
+pub fn plots(dir: &Path, spec: &PlotSpec, s: &SegStats, split: &Split) -> Result<()> {
+    if spec.wants(MetricName::ConfusionMatrix) {
+        crate::plots::confusion(&dir.join("confusion_matrix.png"), s.confusion(), spec.classes)?;
     }
     let mut rows = Vec::new();
     for (i, pred, hw) in s.examples.iter().take(PLOTTED) {

@@ -18,7 +18,7 @@ use crate::data::Split;
 use crate::model::Model;
 use crate::plan::Plan;
 use crate::runlog::{MetricRow, RunLog};
-use crate::task::Stats;
+use crate::task::{PlotSpec, Stats};
 
 /// `runner eval --config FILE --set KEY=VALUE`: what the evaluation reads instead of the
 /// run's own config.
@@ -79,7 +79,7 @@ pub fn eval_run(
         bail!("no weights {}{hint}", weights.display());
     }
     let device = plan.open_device()?;
-    let model = Model::for_plan(&plan, &device)?;
+    let model = plan.model(&device)?;
     crate::model::weights::load_into(&model, &weights, "", "", &BTreeMap::new(), true)?;
     let dataset = load_data(&plan)?;
     let data = if split == "test" { dataset.test.clone() } else { dataset.train.clone() };
@@ -201,17 +201,7 @@ pub(super) fn draw_plots(log: &RunLog, plan: &Plan, test: &Stats, split: &Split)
     names.sort();
     names.dedup();
     crate::plots::metric_curves(&dir, log.metrics(), &names)?;
-    let test = match test {
-        Stats::Classify(s) => s,
-        Stats::Detect(s) => return crate::task::detect::plots(&dir, plan, s, split),
-        Stats::Segment(s) => return crate::task::segment::plots(&dir, plan, s, split),
-        Stats::Localize(s) => return crate::task::localize::plots(&dir, plan, s, split),
-    };
-    if plan.metrics.test().contains(&MetricName::Roc) {
-        crate::plots::roc(&dir.join("roc.png"), &test.roc_curves(plan.binary, &plan.classes))?;
-    }
-    if plan.metrics.test().contains(&MetricName::ConfusionMatrix) {
-        crate::plots::confusion(&dir.join("confusion_matrix.png"), &test.confusion(), &plan.classes)?;
-    }
+    let spec = PlotSpec { classes: &plan.classes, test_metrics: plan.metrics.test(), binary: plan.binary };
+    test.plots(&dir, &spec, split)?;
     Ok(())
 }

@@ -55,18 +55,20 @@ struct State {
     bad_epochs: usize,
 }
 
-/// Trains and evaluates `plan`, writing a run folder. `stop` is set by Ctrl-C.
-pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>) -> Result<Outcome> {
+/// Trains and evaluates `plan`, writing a run folder (a point of the sweep `sweep_id` when
+/// given). `stop` is set by Ctrl-C.
+pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>, sweep_id: Option<&str>) -> Result<Outcome> {
     let dataset = load_data(plan)?;
     let device = plan.open_device()?;
-    let mut model = Model::for_plan(plan, &device)?;
+    let mut model = plan.model(&device)?;
     crate::model::weights::load_group_inits(&model, &plan.inits)?;
     let mut optimizer = Optimizer::new(&plan.train.optimizer);
 
     let resolved = loaded.resolved_toml();
     let hash = config_hash(&resolved);
     let output_dir = PathBuf::from(&loaded.config.experiment.output_dir);
-    let mut log = RunLog::create(&output_dir, &plan.experiment, &hash, plan.seed, &device_name(&device))?;
+    let mut log =
+        RunLog::create(&output_dir, &plan.experiment, &hash, plan.seed, &device_name(&device))?.with_sweep_id(sweep_id);
     log.write_text("config.toml", &config_file_text(loaded, &resolved))?;
     log.write_params(&loaded.flat_params())?;
     log.flush()?;

@@ -10,7 +10,6 @@ use anyhow::{bail, Result};
 use super::{config_hash, finish, load_data, Outcome, Session, State};
 use crate::checkpoint;
 use crate::config::LoadOptions;
-use crate::model::Model;
 use crate::optim::Optimizer;
 use crate::runlog::{RunLog, Status};
 
@@ -70,7 +69,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     }
     let dataset = load_data(&plan)?;
     let device = plan.open_device()?;
-    let mut model = Model::for_plan(&plan, &device)?;
+    let mut model = plan.model(&device)?;
     let mut optimizer = Optimizer::new(&plan.train.optimizer);
     let state = match &latest {
         Some((path, side)) => {

@@ -12,6 +12,7 @@ mod end_to_end;
 mod fashion_mnist;
 mod gpu_scripts;
 mod image_folder;
+mod layers;
 mod localization;
 mod mutation;
 mod predict;

@@ -198,7 +198,7 @@ fn mutated_inputs_give_errors_not_panics() {
         }),
     );
     let mask: Vec<u8> = (0..12 * 16).map(|i| if i % 7 == 0 { 255 } else { (i % 3) as u8 }).collect();
-    let mask_png = runner::data::synth::encode_mask_png(&mask, [12, 16], &runner::data::synth::voc_palette()).unwrap();
+    let mask_png = runner::data::synth::encode_mask_png(&mask, [12, 16], &runner::plots::voc_palette()).unwrap();
     let p = dir.join("000001.png");
     record("mask png", fuzz("mask png", &p, &mask_png, 9, |p| runner::data::voc::read_mask(p, 3, 255).is_ok()));
 

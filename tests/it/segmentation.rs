@@ -120,7 +120,7 @@ fn write_voc_masks(root: &std::path::Path) {
     for sub in ["JPEGImages", "Annotations", "ImageSets/Segmentation", "ImageSets/Main", "SegmentationClass"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
-    let palette = runner::data::synth::voc_palette();
+    let palette = runner::plots::voc_palette();
     for (set, range) in [("train", 0..3), ("val", 3..5)] {
         let ids: Vec<String> = range.map(|i| format!("2012_{i:06}")).collect();
         std::fs::write(dir.join(format!("ImageSets/Segmentation/{set}.txt")), ids.join("\n") + "\n").unwrap();
