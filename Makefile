@@ -3,7 +3,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 EXP ?= experiments/lenet5_fashion_mnist.toml
 
-.PHONY: run build build-cuda gpu-check test data pyarrow torch chromium bench bench-torch fmt lint clean
+.PHONY: run build build-cuda gpu-check test data venv torch chromium bench bench-torch fmt lint clean
 
 build:
 	$(CARGO) build --release
@@ -48,9 +48,22 @@ chromium:
 	  ($(CAN_APT) && (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium))) || \
 	  echo "WARNING: chromium not installed: the board's browser test will be skipped"
 
-# pyarrow reads the run tables in the tests, as a user's Python would.
-pyarrow:
-	@$(PYTHON) -c "import pyarrow" 2>/dev/null || $(PYTHON) -m pip install --quiet pyarrow
+# The tests' Python packages in a project-local venv, .venv: Debian refuses `pip install`
+# into its own Python (externally-managed-environment). The venv is made over Debian's
+# /usr/bin/python3 with its system packages, so the parity tests see python3-torch; pyarrow
+# stays below 22, the last that works with Debian's NumPy 1.x (which torch 1.13 needs).
+# Debian's venv module is the package python3-venv, installed here where apt works.
+VENV = .venv
+PY_TEST_DEPS = "pyarrow>=17,<22" safetensors
+venv: torch
+	@base=$$(command -v /usr/bin/python3 || command -v python3); \
+	  [ -x $(VENV)/bin/pip ] || { rm -rf $(VENV); $$base -m venv --system-site-packages $(VENV) 2>/dev/null; } || \
+	  { rm -rf $(VENV); $(CAN_APT) && (apt-get install -y -q python3-venv || (apt-get update -q && apt-get install -y -q python3-venv)) && \
+	    $$base -m venv --system-site-packages $(VENV); } || \
+	  echo "WARNING: could not make the venv $(VENV) (on Debian: apt-get install python3-venv): the pyarrow checks will fail"
+	@[ ! -x $(VENV)/bin/pip ] || $(VENV)/bin/python -c "import pyarrow, safetensors" 2>/dev/null || \
+	  $(VENV)/bin/pip install --quiet $(PY_TEST_DEPS) || \
+	  echo "WARNING: pip could not install $(PY_TEST_DEPS) into $(VENV): the pyarrow checks will fail"
 
 # Debian's python3-torch and python3-torchvision make the reference models the parity
 # tests compare with (tests/fixtures/make_zoo_parity.py); installed where apt works.
@@ -60,20 +73,17 @@ torch:
 	   (apt-get install -y -q python3-torch python3-torchvision || \
 	    (apt-get update -q && apt-get install -y -q python3-torch python3-torchvision))) || \
 	  echo "WARNING: python3-torch/python3-torchvision not installed: the PyTorch parity tests will be skipped"
-	@PYTHONPATH=.pydeps /usr/bin/python3 -c "import safetensors" 2>/dev/null || \
-	  $(PYTHON) -m pip install --quiet --target .pydeps safetensors || \
-	  echo "WARNING: could not install safetensors into .pydeps: the checkpoint test will be skipped"
 
 # Tests run in release mode: one optimised build serves `make run` and `make test`.
 # The parity tests are required wherever torch could be installed.
 # A test whose dependency is missing says SKIPPED in the output and in the closing line; where
 # apt could have installed the dependency (root with apt-get), its absence fails the test.
 CAN_APT = { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; }
-test: data pyarrow torch chromium
+test: data venv chromium
 	@mkdir -p target && rm -f target/test-skips.log
-	RUNNER_REQUIRE_PYARROW=1 \
+	RUNNER_PYTHON=$(CURDIR)/$(VENV)/bin/python RUNNER_REQUIRE_PYARROW=1 \
 	RUNNER_REQUIRE_CHROMIUM=$$( (command -v chromium >/dev/null 2>&1 || $(CAN_APT)) && echo 1 || echo 0) \
-	RUNNER_REQUIRE_TORCH=$$( (PYTHONPATH=.pydeps /usr/bin/python3 -c "import torch, torchvision, safetensors" 2>/dev/null || $(CAN_APT)) && echo 1 || echo 0) \
+	RUNNER_REQUIRE_TORCH=$$( ($(VENV)/bin/python -c "import torch, torchvision, safetensors" 2>/dev/null || $(CAN_APT)) && echo 1 || echo 0) \
 	RUNNER_REQUIRE_FASHION_MNIST=$$( ([ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || $(CAN_APT)) && echo 1 || echo 0) \
 	RUNNER_SKIP_LOG=$(CURDIR)/target/test-skips.log \
 	$(CARGO) test --release -- --skip board::in_a_browser
@@ -101,6 +111,7 @@ fmt:
 	$(CARGO) fmt --all
 
 lint:
+	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 clean:

@@ -105,12 +105,28 @@ pub fn skip(what: &str, reason: &str, required: &str) {
     }
 }
 
+/// The Python the tests run: `RUNNER_PYTHON` (`make test` sets the project's venv, `.venv`,
+/// made over Debian's /usr/bin/python3 with its system packages, PyTorch included), else
+/// `.venv/bin/python` where it exists, else `fallback`.
+pub fn python_or(fallback: &str) -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("RUNNER_PYTHON").filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    let venv = repo().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        fallback.into()
+    }
+}
+
 /// Runs a Python script of `tests/` that reads run tables with pyarrow (as a user would)
 /// with `args`, and expects `ok` in its output. Exit status 3 means pyarrow is missing:
 /// skipped with a printed reason, unless `make test` set RUNNER_REQUIRE_PYARROW=1 after
 /// installing it.
 pub fn pyarrow_check(script: &str, args: &[&std::ffi::OsStr], ok: &str) {
-    let out = Command::new("python3").arg(repo().join(script)).args(args).output();
+    let python = python_or("python3");
+    let out = Command::new(&python).arg(repo().join(script)).args(args).output();
     match out {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);
@@ -122,6 +138,10 @@ pub fn pyarrow_check(script: &str, args: &[&std::ffi::OsStr], ok: &str) {
         Ok(o) => {
             panic!("{script} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
         }
-        Err(e) => skip(&format!("the pyarrow check {script}"), &format!("no python3 ({e})"), "RUNNER_REQUIRE_PYARROW"),
+        Err(e) => skip(
+            &format!("the pyarrow check {script}"),
+            &format!("no {} ({e})", python.display()),
+            "RUNNER_REQUIRE_PYARROW",
+        ),
     }
 }

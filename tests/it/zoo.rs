@@ -89,7 +89,8 @@ fn torch_files() -> Option<&'static Path> {
         let required = std::env::var("RUNNER_REQUIRE_TORCH").is_ok_and(|v| v == "1");
         let dir = tempfile::tempdir().unwrap();
         let script = crate::common::repo().join("tests/fixtures/make_zoo_parity.py");
-        let out = std::process::Command::new("/usr/bin/python3").arg(&script).arg(dir.path()).output();
+        let python = crate::common::python_or("/usr/bin/python3");
+        let out = std::process::Command::new(&python).arg(&script).arg(dir.path()).output();
         match out {
             Ok(o) if o.status.success() => Some(dir),
             Ok(o) if required => panic!("make_zoo_parity.py failed: {}", String::from_utf8_lossy(&o.stderr)),
@@ -101,7 +102,7 @@ fn torch_files() -> Option<&'static Path> {
             Err(e) => {
                 crate::common::skip(
                     "the torch parity tests (zoo)",
-                    &format!("no /usr/bin/python3 ({e})"),
+                    &format!("no {} ({e})", python.display()),
                     "RUNNER_REQUIRE_TORCH",
                 );
                 None
@@ -335,11 +336,11 @@ fn runner_checkpoints_load_in_pytorch() {
     let io: std::collections::HashMap<String, Tensor> = [("x".to_string(), x), ("logits".to_string(), logits)].into();
     candle_core::safetensors::save(&io, dir.path().join("io.safetensors")).unwrap();
     let repo = crate::common::repo();
-    let out = std::process::Command::new("/usr/bin/python3")
+    let python = crate::common::python_or("/usr/bin/python3");
+    let out = std::process::Command::new(&python)
         .arg(repo.join("tests/fixtures/check_checkpoint.py"))
         .arg(dir.path().join("model.safetensors"))
         .arg(dir.path().join("io.safetensors"))
-        .env("PYTHONPATH", repo.join(".pydeps"))
         .output();
     match out {
         Ok(o) if o.status.success() => {
@@ -358,7 +359,7 @@ fn runner_checkpoints_load_in_pytorch() {
         Ok(o) => {
             panic!("check_checkpoint.py: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
         }
-        Err(e) => panic!("/usr/bin/python3 is required here: {e}"),
+        Err(e) => panic!("{} is required here: {e}", python.display()),
     }
 }
 
