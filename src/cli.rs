@@ -190,7 +190,8 @@ struct PredictArgs {
     /// Detection: write each image with its boxes drawn into this folder (`<stem>.png`).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Detection: show boxes scoring at least this (default: `task.detect.score_min`).
+    /// Detection: print and draw the boxes scoring at least this (default 0.25; the mAP
+    /// keeps `task.detect.score_min`). Higher scores are drawn over lower ones.
     #[arg(long)]
     score_min: Option<f64>,
 }

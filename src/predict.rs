@@ -11,12 +11,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use candle_core::{Tensor, D};
-
-use crate::config::{AugmentOp, LoadOptions, Tta};
-use crate::model::{weights, Model, Pass};
+use crate::config::{AugmentOp, LoadOptions};
+use crate::model::weights;
 use crate::rng::Rng;
+use crate::task::{PredictImage, PredictSetup, Prediction};
+use anyhow::{bail, Context, Result};
 
 pub struct Request {
     pub target: PathBuf,
@@ -27,24 +26,21 @@ pub struct Request {
     pub sets: Vec<String>,
     /// Detection: where to write the images with their boxes drawn.
     pub out: Option<PathBuf>,
-    /// Detection: the lowest score shown (default: the config's `score_min`).
+    /// Detection: the lowest score shown (default [`DISPLAY_SCORE_MIN`]).
     pub score_min: Option<f64>,
 }
 
-/// One image's answer: ranked classes `(class index, score)`, best first, or boxes.
-pub struct Prediction {
+/// Detection's display threshold: the boxes `runner predict` prints and draws score at
+/// least this (Ultralytics' `conf` default). The mAP keeps the config's lower `score_min`.
+pub const DISPLAY_SCORE_MIN: f64 = 0.25;
+
+/// One image's answer.
+pub struct Predicted {
     pub image: PathBuf,
-    pub ranked: Vec<(usize, f32)>,
-    /// Detection: the boxes found, best first.
-    pub boxes: Vec<crate::task::detect::Found>,
-    /// Segmentation: each class's share of the image's pixels, largest first (classes
-    /// with no pixel left out).
-    pub shares: Vec<(usize, f64)>,
-    /// How the scores were made, for the header line.
-    pub note: String,
+    pub answer: Prediction,
 }
 
-pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
+pub fn run(req: &Request) -> Result<(Vec<Predicted>, Vec<String>)> {
     if req.images.is_empty() {
         bail!("no image given: runner predict EXP_OR_RUN_DIR IMAGE...");
     }
@@ -67,10 +63,7 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
         // The whole model comes from the weights file: the groups' own files are not needed.
         loaded.config.model.drop_inits();
     }
-    let mut plan = crate::plan::plan_without_data(&loaded)?;
-    if let (crate::task::Task::Detect(yolo), Some(min)) = (&mut plan.task, req.score_min) {
-        yolo.cfg.score_min = min;
-    }
+    let plan = crate::plan::plan_without_data(&loaded)?;
     let device = plan.open_device()?;
     let model = plan.model(&device)?;
     match &weights_file {
@@ -92,91 +85,38 @@ pub fn run(req: &Request) -> Result<(Vec<Prediction>, Vec<String>)> {
         None => plan.classes.clone(),
     };
 
-    let [c, _, _] = plan.input;
+    let c = plan.input[0];
+    let setup = PredictSetup {
+        input: plan.input,
+        tta: plan.tta,
+        test_shape: plan.test_shape,
+        score_min: req.score_min.unwrap_or(DISPLAY_SCORE_MIN) as f32,
+    };
     let mut out = Vec::new();
     for image in &req.images {
         let (bytes, h, w) = crate::data::folder::decode(image, c)?;
         let mut dims = [c, h, w];
         let mut rng = Rng::derive(plan.seed, &["predict".into()]);
         let mut targets = crate::data::augment::Targets::default();
-        let img = crate::data::augment::apply_bytes(&plan.augment_test, &bytes, &mut targets, &mut dims, &mut rng)
+        let values = crate::data::augment::apply_bytes(&plan.augment_test, &bytes, &mut targets, &mut dims, &mut rng)
             .map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
-        let found = match &plan.task {
-            crate::task::Task::Detect(yolo) => Some(detect(&model, yolo, &plan, img.clone(), dims, [h, w], image)?),
-            crate::task::Task::Localize(loc) => {
-                Some(vec![localize(&model, loc, &plan, img.clone(), dims, [h, w], image)?])
+        let mut answer = plan.task.predict(&model, &setup, PredictImage { values, dims, size: [h, w], path: image })?;
+        if let Prediction::Classes { ranked, .. } = &mut answer {
+            if !classes.is_empty() && classes.len() != ranked.len() {
+                let source = match &req.classes {
+                    Some(f) => format!("{} holds", f.display()),
+                    None => "the dataset has".into(),
+                };
+                bail!("the model gives {} scores but {source} {} class names", ranked.len(), classes.len());
             }
-            _ => None,
-        };
-        if let Some(boxes) = found {
-            if let Some(dir) = &req.out {
-                let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                let drawn: Vec<crate::plots::Labelled> = boxes
-                    .iter()
-                    .map(|b| crate::plots::Labelled {
-                        text: format!("{} {:.2}", class_name(&classes, b.class as usize), b.score),
-                        bbox: b.bbox,
-                        colour: b.class as usize,
-                        truth: false,
-                    })
-                    .collect();
-                let path = dir.join(format!("{stem}.png"));
-                let rgb = if c == 3 { bytes } else { bytes.repeat(3) };
-                crate::plots::boxes_on_image(&path, &rgb, [h, w], &drawn)?;
-            }
-            out.push(Prediction {
-                image: image.clone(),
-                ranked: Vec::new(),
-                boxes,
-                shares: Vec::new(),
-                note: "boxes".into(),
-            });
-            continue;
+            ranked.truncate(req.topk);
         }
-        if let crate::task::Task::Segment(_) = &plan.task {
-            let y = forward_one(&model, &plan, img, dims, image)?;
-            let mask = crate::task::Segmenter::decode(&y)?;
-            let mask = crate::task::segment::resize_mask(&mask, [dims[1], dims[2]], [h, w]);
-            let mut counts = vec![0usize; plan.num_classes().max(1)];
-            for &m in &mask {
-                if let Some(n) = counts.get_mut(m as usize) {
-                    *n += 1;
-                }
-            }
-            let mut shares: Vec<(usize, f64)> = counts
-                .iter()
-                .enumerate()
-                .filter(|(_, &n)| n > 0)
-                .map(|(c, &n)| (c, n as f64 / mask.len() as f64))
-                .collect();
-            shares.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            if let Some(dir) = &req.out {
-                let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                let palette = crate::plots::voc_palette();
-                let png = crate::data::synth::encode_mask_png(&mask, [h, w], &palette)?;
-                let path = dir.join(format!("{stem}.png"));
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                crate::runlog::atomic_write(&path, |tmp| Ok(std::fs::write(tmp, &png)?))?;
-                let rgb = if c == 3 { bytes } else { bytes.repeat(3) };
-                let overlay = crate::plots::mask_overlay(&rgb, &mask, [h, w]);
-                crate::plots::boxes_on_image(&dir.join(format!("{stem}_overlay.png")), &overlay, [h, w], &[])?;
-            }
-            let note = "share of the pixels per class".into();
-            out.push(Prediction { image: image.clone(), ranked: Vec::new(), boxes: Vec::new(), shares, note });
-            continue;
+        if let Some(dir) = &req.out {
+            let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let rgb = if c == 3 { bytes } else { bytes.repeat(3) };
+            draw(dir, &stem, &answer, &rgb, [h, w], &classes)?;
         }
-        let (scores, note) = scores(&model, &plan, img, dims, image)?;
-        if !classes.is_empty() && classes.len() != scores.len() {
-            let source = match &req.classes {
-                Some(f) => format!("{} holds", f.display()),
-                None => "the dataset has".into(),
-            };
-            bail!("the model gives {} scores but {source} {} class names", scores.len(), classes.len());
-        }
-        let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        ranked.truncate(req.topk);
-        out.push(Prediction { image: image.clone(), ranked, boxes: Vec::new(), shares: Vec::new(), note });
+        out.push(Predicted { image: image.clone(), answer });
     }
     Ok((out, classes))
 }
@@ -239,117 +179,38 @@ fn load_for_predict(path: &Path, sets: &[String]) -> Result<crate::config::Loade
     }
 }
 
-/// The model's eval-mode output for one image `dims` large after the test augmentations,
-/// which must be the model's input.
-fn forward_one(
-    model: &Model,
-    plan: &crate::plan::Plan,
-    img: Vec<f32>,
-    dims: [usize; 3],
-    image: &Path,
-) -> Result<Tensor> {
-    if dims != plan.input {
-        bail!(
-            "{}: after the test augmentations the image is {dims:?}, the model takes {:?}",
-            image.display(),
-            plan.input
-        );
-    }
-    let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), model.device())?;
-    Ok(model.forward(&xs, Pass::eval())?)
-}
-
-/// A localizer's class and box for one image (the predicted class's box), in the pixels of
-/// its `[h, w]`; the score is the class's probability.
-fn localize(
-    model: &Model,
-    loc: &crate::task::Localizer,
-    plan: &crate::plan::Plan,
-    img: Vec<f32>,
-    dims: [usize; 3],
-    [h, w]: [usize; 2],
-    image: &Path,
-) -> Result<crate::task::detect::Found> {
-    let input = plan.input;
-    let larger = dims[0] == input[0] && dims[1] >= input[1] && dims[2] >= input[2];
-    if plan.graph.fully_convolutional && larger && dims != input {
-        // Overfeat's dense application: the windows' classes and boxes merged.
-        let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), model.device())?;
-        let out = model.forward(&xs, Pass::eval())?;
-        let (_, _, mh, mw) = out.dims4()?;
-        let stride = model.graph().output_stride().map_err(anyhow::Error::msg)?;
-        let slide = crate::task::localize::Slide { window: [input[1], input[2]], stride };
-        let m = loc
-            .merge_map(&out.flatten_all()?.to_vec1::<f32>()?, [mh, mw], slide, [dims[1], dims[2]])
-            .with_context(|| format!("{}: dense application", image.display()))?;
-        let b = m.bbox;
-        let bbox = [b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32];
-        return Ok(crate::task::detect::Found { class: m.class, score: m.score, bbox });
-    }
-    let y = forward_one(model, plan, img, dims, image)?.flatten_all()?.to_vec1::<f32>()?;
-    if y.len() != loc.depth() {
-        bail!("the model gives {} values; localization reads {}", y.len(), loc.depth());
-    }
-    let c = loc.classes;
-    let probs = candle_nn::ops::softmax_last_dim(&Tensor::new(&y[..c], model.device())?)?.to_vec1::<f32>()?;
-    let (class, score) = probs.iter().enumerate().fold((0, f32::MIN), |b, (k, &p)| if p > b.1 { (k, p) } else { b });
-    let at = c + if loc.cfg.per_class { 4 * class } else { 0 };
-    let b = &y[at..at + 4];
-    let bbox = [b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32];
-    Ok(crate::task::detect::Found { class: class as u32, score, bbox })
-}
-
-/// A detector's boxes for one image, in the pixels of its `[h, w]`.
-fn detect(
-    model: &Model,
-    yolo: &crate::task::Yolo,
-    plan: &crate::plan::Plan,
-    img: Vec<f32>,
-    dims: [usize; 3],
-    size: [usize; 2],
-    image: &Path,
-) -> Result<Vec<crate::task::detect::Found>> {
-    let y = forward_one(model, plan, img, dims, image)?;
-    let mut found = crate::task::detect::decode_batch(yolo, &y, [dims[1], dims[2]], &[size])?;
-    Ok(found.pop().unwrap_or_default())
-}
-
 fn class_name(classes: &[String], c: usize) -> String {
     classes.get(c).cloned().unwrap_or_else(|| c.to_string())
 }
 
-fn scores(
-    model: &Model,
-    plan: &crate::plan::Plan,
-    img: Vec<f32>,
-    dims: [usize; 3],
-    image: &Path,
-) -> Result<(Vec<f32>, String)> {
-    let device = model.device();
-    let input = plan.input;
-    if plan.tta == Tta::TenCrop && dims == plan.test_shape {
-        let probs = crate::task::classify::ten_crop_probs(model, &img, 1, dims, input[1], device)?.squeeze(0)?;
-        return Ok((probs.to_vec1()?, "mean softmax probability of ten crops".into()));
-    }
-    let larger = dims[0] == input[0] && dims[1] >= input[1] && dims[2] >= input[2];
-    if dims != input && !(plan.graph.fully_convolutional && larger) {
-        bail!(
-            "{}: after the test augmentations the image is {dims:?}, the model takes {input:?}; \
-             add a resize and crop to [augment.test] (or make the model fully_convolutional)",
-            image.display()
-        );
-    }
-    let xs = Tensor::from_vec(img, (1, dims[0], dims[1], dims[2]), device)?;
-    let y = model.forward(&xs, Pass::eval())?;
-    Ok(match y.rank() {
-        2 => (y.squeeze(0)?.to_vec1()?, "logits".into()),
-        4 => {
-            let (_, _, mh, mw) = y.dims4()?;
-            let mean = y.mean(D::Minus1)?.mean(D::Minus1)?.squeeze(0)?;
-            (mean.to_vec1()?, format!("logits, mean over a {mh}x{mw} map"))
+/// `--out DIR`: the image (`rgb`, planar, `[h, w]`) with its boxes drawn (`<stem>.png`,
+/// higher scores drawn over lower ones), or its mask (`<stem>.png`, VOC's colours) and the
+/// mask laid over it (`<stem>_overlay.png`); nothing for classes.
+fn draw(dir: &Path, stem: &str, answer: &Prediction, rgb: &[u8], [h, w]: [usize; 2], classes: &[String]) -> Result<()> {
+    match answer {
+        Prediction::Classes { .. } => {}
+        Prediction::Boxes(boxes) => {
+            let drawn: Vec<crate::plots::Labelled> = boxes
+                .iter()
+                .rev()
+                .map(|b| crate::plots::Labelled {
+                    text: format!("{} {:.2}", class_name(classes, b.class as usize), b.score),
+                    bbox: b.bbox,
+                    colour: b.class as usize,
+                    truth: false,
+                })
+                .collect();
+            crate::plots::boxes_on_image(&dir.join(format!("{stem}.png")), rgb, [h, w], &drawn)?;
         }
-        _ => bail!("the model's output has shape {:?}, not class scores", y.dims()),
-    })
+        Prediction::Mask { mask, size, .. } => {
+            let png = crate::data::synth::encode_mask_png(mask, *size, &crate::plots::voc_palette())?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            crate::runlog::atomic_write(&dir.join(format!("{stem}.png")), |tmp| Ok(std::fs::write(tmp, &png)?))?;
+            let overlay = crate::plots::mask_overlay(rgb, mask, [h, w]);
+            crate::plots::boxes_on_image(&dir.join(format!("{stem}_overlay.png")), &overlay, [h, w], &[])?;
+        }
+    }
+    Ok(())
 }
 
 /// Class names, one per line, or the `{0: 'tench, Tinca tinca', 1: ...}` dict format of
@@ -422,19 +283,33 @@ fn parse_class_dict(text: &str) -> std::result::Result<Vec<String>, String> {
     Ok(out.into_iter().map(|(_, n)| n).collect())
 }
 
-/// The course's lines: `#1 12.34 tench, Tinca tinca`.
-pub fn format(p: &Prediction, classes: &[String]) -> String {
-    let mut s = format!("{} ({})\n", p.image.display(), p.note);
-    for b in &p.boxes {
-        let [x0, y0, x1, y1] = b.bbox;
-        s += &format!("{} {:.2} {x0:.0} {y0:.0} {x1:.0} {y1:.0}\n", class_name(classes, b.class as usize), b.score);
-    }
-    for (class, share) in &p.shares {
-        s += &format!("{} {share:.4}\n", class_name(classes, *class));
-    }
-    for (rank, (class, score)) in p.ranked.iter().enumerate() {
-        let name = class_name(classes, *class);
-        s += &format!("#{} {score:.2} {name}\n", rank + 1);
+/// The course's lines: `#1 12.34 tench, Tinca tinca`; a box per line,
+/// `<class> <score> <xmin> <ymin> <xmax> <ymax>`; a class's share of the pixels per line.
+pub fn format(p: &Predicted, classes: &[String]) -> String {
+    let note = match &p.answer {
+        Prediction::Classes { note, .. } => note.as_str(),
+        Prediction::Boxes(_) => "boxes",
+        Prediction::Mask { .. } => "share of the pixels per class",
+    };
+    let mut s = format!("{} ({note})\n", p.image.display());
+    match &p.answer {
+        Prediction::Classes { ranked, .. } => {
+            for (rank, (class, score)) in ranked.iter().enumerate() {
+                s += &format!("#{} {score:.2} {}\n", rank + 1, class_name(classes, *class));
+            }
+        }
+        Prediction::Boxes(boxes) => {
+            for b in boxes {
+                let [x0, y0, x1, y1] = b.bbox;
+                let name = class_name(classes, b.class as usize);
+                s += &format!("{name} {:.2} {x0:.0} {y0:.0} {x1:.0} {y1:.0}\n", b.score);
+            }
+        }
+        Prediction::Mask { shares, .. } => {
+            for (class, share) in shares {
+                s += &format!("{} {share:.4}\n", class_name(classes, *class));
+            }
+        }
     }
     s
 }
@@ -457,12 +332,9 @@ mod tests {
 
     #[test]
     fn course_format() {
-        let p = Prediction {
+        let p = Predicted {
             image: "dog.jpg".into(),
-            ranked: vec![(1, 12.346), (0, -3.0)],
-            boxes: Vec::new(),
-            shares: Vec::new(),
-            note: "logits".into(),
+            answer: Prediction::Classes { ranked: vec![(1, 12.346), (0, -3.0)], note: "logits".into() },
         };
         let s = format(&p, &["cat".into(), "dog".into()]);
         assert_eq!(s, "dog.jpg (logits)\n#1 12.35 dog\n#2 -3.00 cat\n");

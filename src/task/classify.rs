@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use arrow_array::{Float32Array, Float64Array, Int32Array, Int64Array, ListArray, StringArray};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, D};
 
 use crate::config::{MetricName, Tta};
 use crate::data::loader::Batch;
@@ -14,7 +14,7 @@ use crate::data::tta::ten_crop;
 use crate::metrics::{EpochStats, RocCurve};
 use crate::model::{argmax, Model, Pass};
 use crate::runlog::Table;
-use crate::task::PlotSpec;
+use crate::task::{PlotSpec, PredictImage, PredictSetup, Prediction};
 
 /// Cross-entropy, with PyTorch's label smoothing `e`: `(1 - e) * nll + e * mean_c(-log p_c)`.
 pub fn loss(logits: &Tensor, ys: &Tensor, smoothing: f64) -> Result<Tensor> {
@@ -162,6 +162,41 @@ pub fn plots(dir: &Path, spec: &PlotSpec, s: &EpochStats) -> Result<()> {
         crate::plots::confusion(&dir.join("confusion_matrix.png"), &s.confusion(), spec.classes)?;
     }
     Ok(())
+}
+
+/// Every class's score for one image, best first: the logits (averaged over the map of a
+/// fully convolutional model on a larger image), or with ten-crop TTA the mean softmax
+/// probability of the ten crops.
+pub fn predict(model: &Model, setup: &PredictSetup, image: PredictImage) -> Result<Prediction> {
+    let device = model.device();
+    let (input, dims) = (setup.input, image.dims);
+    let (scores, note): (Vec<f32>, String) = if setup.tta == Tta::TenCrop && dims == setup.test_shape {
+        let probs = ten_crop_probs(model, &image.values, 1, dims, input[1], device)?.squeeze(0)?;
+        (probs.to_vec1()?, "mean softmax probability of ten crops".into())
+    } else {
+        let larger = dims[0] == input[0] && dims[1] >= input[1] && dims[2] >= input[2];
+        if dims != input && !(model.graph().fully_convolutional && larger) {
+            anyhow::bail!(
+                "{}: after the test augmentations the image is {dims:?}, the model takes {input:?}; \
+                 add a resize and crop to [augment.test] (or make the model fully_convolutional)",
+                image.path.display()
+            );
+        }
+        let xs = Tensor::from_vec(image.values, (1, dims[0], dims[1], dims[2]), device)?;
+        let y = model.forward(&xs, Pass::eval())?;
+        match y.rank() {
+            2 => (y.squeeze(0)?.to_vec1()?, "logits".into()),
+            4 => {
+                let (_, _, mh, mw) = y.dims4()?;
+                let mean = y.mean(D::Minus1)?.mean(D::Minus1)?.squeeze(0)?;
+                (mean.to_vec1()?, format!("logits, mean over a {mh}x{mw} map"))
+            }
+            _ => anyhow::bail!("the model's output has shape {:?}, not class scores", y.dims()),
+        }
+    };
+    let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(Prediction::Classes { ranked, note })
 }
 
 #[cfg(test)]

@@ -31,8 +31,9 @@ use crate::config::DetectConfig;
 use crate::data::voc::Object;
 use crate::data::Split;
 use crate::metrics::detection::{iou, BoxXyxy, DetectionStats};
+use crate::model::Model;
 use crate::runlog::Table;
-use crate::task::PlotSpec;
+use crate::task::{PlotSpec, PredictImage, PredictSetup, Prediction};
 
 /// The YOLOv1 head's geometry and loss weights, resolved by the plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -347,6 +348,17 @@ pub fn plots(dir: &Path, spec: &PlotSpec, s: &DetectionStats, split: &Split) -> 
         images.push((bytes, [h, w], boxes));
     }
     crate::plots::boxes_grid(&dir.join("detections.png"), &images)
+}
+
+/// A detector's boxes for one image at or above the display threshold `setup.score_min`,
+/// best first, in the pixels of the image.
+pub fn predict(model: &Model, yolo: &Yolo, setup: &PredictSetup, image: PredictImage) -> Result<Prediction> {
+    let (dims, size) = (image.dims, image.size);
+    let y = image.forward(model, setup.input)?;
+    let mut shown = yolo.clone();
+    shown.cfg.score_min = shown.cfg.score_min.min(setup.score_min as f64);
+    let found = decode_batch(&shown, &y, [dims[1], dims[2]], &[size])?.pop().unwrap_or_default();
+    Ok(Prediction::Boxes(found.into_iter().filter(|b| b.score >= setup.score_min).collect()))
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use arrow_array::{Float32Array, Float64Array, Int64Array, StringArray};
 use candle_core::{DType, Tensor, D};
 
@@ -38,8 +38,10 @@ use crate::data::voc::main_object;
 use crate::data::Split;
 use crate::metrics::detection::iou;
 use crate::metrics::EpochStats;
+use crate::model::{Model, Pass};
 use crate::runlog::Table;
-use crate::task::PlotSpec;
+use crate::task::detect::Found;
+use crate::task::{PlotSpec, PredictImage, PredictSetup, Prediction};
 
 /// The localization head's settings, resolved by the plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -427,6 +429,37 @@ pub fn plots(dir: &Path, spec: &PlotSpec, s: &LocStats, split: &Split) -> Result
         images.push((bytes, [h, w], boxes));
     }
     crate::plots::boxes_grid(&dir.join("localizations.png"), &images)
+}
+
+/// A localizer's class and box for one image (the predicted class's box), in the pixels of
+/// the image; the score is the class's probability. A fully convolutional model on a larger
+/// image is applied densely, as Overfeat does: the windows' classes and boxes merged.
+pub fn predict(model: &Model, loc: &Localizer, setup: &PredictSetup, image: PredictImage) -> Result<Prediction> {
+    let (input, dims, [h, w]) = (setup.input, image.dims, image.size);
+    let to_pixels = |b: [f32; 4]| [b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32];
+    let larger = dims[0] == input[0] && dims[1] >= input[1] && dims[2] >= input[2];
+    if model.graph().fully_convolutional && larger && dims != input {
+        let path = image.path;
+        let xs = Tensor::from_vec(image.values, (1, dims[0], dims[1], dims[2]), model.device())?;
+        let out = model.forward(&xs, Pass::eval())?;
+        let (_, _, mh, mw) = out.dims4()?;
+        let stride = model.graph().output_stride().map_err(anyhow::Error::msg)?;
+        let slide = Slide { window: [input[1], input[2]], stride };
+        let m = loc
+            .merge_map(&out.flatten_all()?.to_vec1::<f32>()?, [mh, mw], slide, [dims[1], dims[2]])
+            .with_context(|| format!("{}: dense application", path.display()))?;
+        return Ok(Prediction::Boxes(vec![Found { class: m.class, score: m.score, bbox: to_pixels(m.bbox) }]));
+    }
+    let y = image.forward(model, input)?.flatten_all()?.to_vec1::<f32>()?;
+    if y.len() != loc.depth() {
+        bail!("the model gives {} values; localization reads {}", y.len(), loc.depth());
+    }
+    let c = loc.classes;
+    let probs = candle_nn::ops::softmax_last_dim(&Tensor::new(&y[..c], model.device())?)?.to_vec1::<f32>()?;
+    let (class, score) = probs.iter().enumerate().fold((0, f32::MIN), |b, (k, &p)| if p > b.1 { (k, p) } else { b });
+    let at = c + if loc.cfg.per_class { 4 * class } else { 0 };
+    let bbox = to_pixels([y[at], y[at + 1], y[at + 2], y[at + 3]]);
+    Ok(Prediction::Boxes(vec![Found { class: class as u32, score, bbox }]))
 }
 
 #[cfg(test)]

@@ -38,6 +38,55 @@ pub enum Task {
     Localize(Localizer),
 }
 
+/// One image's answer from `runner predict`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prediction {
+    /// Every class's score, best first, and how the scores were made.
+    Classes { ranked: Vec<(usize, f32)>, note: String },
+    /// Boxes in the image's pixels, best first (a localizer's one box).
+    Boxes(Vec<detect::Found>),
+    /// Each pixel's class at the image's own size, and each class's share of the pixels,
+    /// largest first (classes with no pixel left out).
+    Mask { mask: Vec<u8>, size: [usize; 2], shares: Vec<(usize, f64)> },
+}
+
+/// What `runner predict` takes from the plan for one model.
+#[derive(Debug, Clone, Copy)]
+pub struct PredictSetup {
+    /// The model's input `[c, h, w]`.
+    pub input: [usize; 3],
+    /// Ten-crop TTA, with the size the test augmentations give before the crops.
+    pub tta: Tta,
+    pub test_shape: [usize; 3],
+    /// Detection: the lowest score shown (the mAP path keeps the config's `score_min`).
+    pub score_min: f32,
+}
+
+/// One image after the test augmentations: its values and `[c, h, w]`, the file's own
+/// `[h, w]` (boxes and masks come back at that size) and its path (for messages).
+pub struct PredictImage<'a> {
+    pub values: Vec<f32>,
+    pub dims: [usize; 3],
+    pub size: [usize; 2],
+    pub path: &'a Path,
+}
+
+impl PredictImage<'_> {
+    /// The model's eval-mode output for this image, which must be the model's input size.
+    fn forward(self, model: &Model, input: [usize; 3]) -> Result<Tensor> {
+        if self.dims != input {
+            anyhow::bail!(
+                "{}: after the test augmentations the image is {:?}, the model takes {input:?}",
+                self.path.display(),
+                self.dims
+            );
+        }
+        let [c, h, w] = self.dims;
+        let xs = Tensor::from_vec(self.values, (1, c, h, w), model.device())?;
+        Ok(model.forward(&xs, Pass::eval())?)
+    }
+}
+
 /// An epoch's sums for the metrics.
 #[derive(Debug, Clone)]
 pub enum Stats {
@@ -48,6 +97,16 @@ pub enum Stats {
 }
 
 impl Task {
+    /// `runner predict`'s answer for one image.
+    pub fn predict(&self, model: &Model, setup: &PredictSetup, image: PredictImage) -> Result<Prediction> {
+        match self {
+            Task::Classify { .. } => classify::predict(model, setup, image),
+            Task::Detect(yolo) => detect::predict(model, yolo, setup, image),
+            Task::Segment(seg) => segment::predict(model, seg, setup, image),
+            Task::Localize(loc) => localize::predict(model, loc, setup, image),
+        }
+    }
+
     /// The short name used in messages and tables: `classify`, `detect`.
     pub fn name(&self) -> &'static str {
         match self {

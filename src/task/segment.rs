@@ -22,8 +22,9 @@ use candle_core::Tensor;
 use crate::config::{MetricName, Reduction, SegmentConfig};
 use crate::data::Split;
 use crate::metrics::segmentation::SegStats;
+use crate::model::Model;
 use crate::runlog::Table;
-use crate::task::PlotSpec;
+use crate::task::{PlotSpec, PredictImage, PredictSetup, Prediction};
 
 /// The segmentation head's settings, resolved by the plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,6 +200,23 @@ pub fn plots(dir: &Path, spec: &PlotSpec, s: &SegStats, split: &Split) -> Result
         rows.push(crate::plots::MaskedImage { image: bytes, truth, pred, size: [h, w] });
     }
     crate::plots::masks_grid(&dir.join("masks.png"), &rows)
+}
+
+/// Each pixel's class for one image, at the image's own size, and the classes' shares.
+pub fn predict(model: &Model, seg: &Segmenter, setup: &PredictSetup, image: PredictImage) -> Result<Prediction> {
+    let (dims, size) = (image.dims, image.size);
+    let y = image.forward(model, setup.input)?;
+    let mask = resize_mask(&Segmenter::decode(&y)?, [dims[1], dims[2]], size);
+    let mut counts = vec![0usize; seg.classes.max(1)];
+    for &m in &mask {
+        if let Some(n) = counts.get_mut(m as usize) {
+            *n += 1;
+        }
+    }
+    let mut shares: Vec<(usize, f64)> =
+        counts.iter().enumerate().filter(|(_, &n)| n > 0).map(|(c, &n)| (c, n as f64 / mask.len() as f64)).collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(Prediction::Mask { mask, size, shares })
 }
 
 #[cfg(test)]

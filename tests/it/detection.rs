@@ -127,6 +127,17 @@ fn yolo_trains_on_the_shapes_set_and_predicts_boxes() {
     }
     let png = image::open(d.path().join("drawn/000025.png")).unwrap();
     assert_eq!((png.width(), png.height()), (64, 64));
+
+    // Without --score-min, only the boxes scoring at least 0.25 (the display threshold): the
+    // same lines as above, those under it left out.
+    let shown = runner(d.path(), &["predict", run.to_str().unwrap(), image.to_str().unwrap()]);
+    assert_eq!(shown.code, 0, "{}{}", shown.stdout, shown.stderr);
+    let shown: Vec<&str> = shown.stdout.lines().skip(1).collect();
+    let score = |l: &str| l.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap();
+    assert!(shown.iter().all(|l| lines.contains(l) && score(l) >= 0.25), "{shown:?} of {lines:?}");
+    let above: Vec<&&str> = lines.iter().filter(|l| score(l) >= 0.26).collect();
+    assert!(above.iter().all(|l| shown.contains(l)), "{above:?} not all in {shown:?}");
+    assert!(shown.len() < lines.len(), "{} boxes at --score-min 0, {} at 0.25", lines.len(), shown.len());
 }
 
 /// A VOCdevkit folder in the real format: VOC2007 (trainval, test) and VOC2012 (trainval)
