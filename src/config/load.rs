@@ -86,7 +86,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     one_optimizer(&figment, &mut value, &files)?;
     let mut config = deserialize_reporting_all(&figment, &mut value)?;
     config.metrics.fill_defaults(&config.task);
-    if matches!(config.task, super::TaskConfig::Segment(_)) && config.data.dataset == super::DatasetKind::Voc {
+    if config.task.reads_masks() && config.data.dataset == super::DatasetKind::Voc {
         config.data.voc.get_or_insert_with(Default::default).masks.get_or_insert(true);
     }
     Ok(Loaded { config, path: path.to_path_buf(), files, sets: opts.sets.clone(), figment })

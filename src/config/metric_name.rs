@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::TaskConfig;
-
 /// A classification metric computed per epoch on a split. In TOML its name: `"loss"`,
 /// `"accuracy"`, `"top5_accuracy"` (any k), `"balanced_error_rate"`, ...
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -211,26 +209,15 @@ impl MetricName {
         )
     }
 
+    /// Whether computing it on the training split needs every sample's class
+    /// probabilities (beyond the loss and the predicted class).
+    pub fn needs_probabilities(self) -> bool {
+        !matches!(self, MetricName::Loss | MetricName::Accuracy | MetricName::ErrorRate | MetricName::BalancedErrorRate)
+    }
+
     /// A value per class (rows with `class` in `metrics.parquet`).
     pub fn is_per_class(self) -> bool {
         matches!(self, MetricName::PerClassError | MetricName::Ap50 | MetricName::Iou)
-    }
-
-    /// Whether the metric applies to `task`'s outputs (`loss` applies to every task).
-    pub fn fits(self, task: &TaskConfig) -> bool {
-        use MetricName::*;
-        let detection = matches!(self, Map50 | Map50Voc07 | Ap50 | Precision | Recall);
-        let segmentation = matches!(self, PixelAccuracy | MeanAccuracy | Miou | FrequencyWeightedIou | Iou);
-        let localization = matches!(self, LocalizationError | MeanIou | BoxL2);
-        match task {
-            TaskConfig::Classify {} => !detection && !segmentation && !localization,
-            TaskConfig::Localize(_) => {
-                localization
-                    || matches!(self, Loss | Accuracy | ErrorRate | BalancedErrorRate | PerClassError | ConfusionMatrix)
-            }
-            TaskConfig::Detect(_) => detection || self == Loss,
-            TaskConfig::Segment(_) => segmentation || self == Loss || self == ConfusionMatrix,
-        }
     }
 }
 

@@ -754,21 +754,9 @@ impl Default for MetricsConfig {
 }
 
 impl MetricsConfig {
-    /// Sets the lists left out to `task`'s defaults: classification logs loss, accuracy and
-    /// error rate on both splits; detection the loss while training and the loss, mAP
-    /// (area and VOC07) and per-class AP on the test split; segmentation the loss while
-    /// training and the FCN paper's four scores, per-class IoU and the pixel confusion
-    /// matrix on the test split.
+    /// Sets the lists left out to `task`'s defaults ([`TaskConfig::default_metrics`]).
     pub fn fill_defaults(&mut self, task: &TaskConfig) {
-        use MetricName::*;
-        let (train, test) = match task {
-            TaskConfig::Classify {} => (vec![Loss, Accuracy, ErrorRate], vec![Loss, Accuracy, ErrorRate]),
-            TaskConfig::Detect(_) => (vec![Loss], vec![Loss, Map50, Map50Voc07, Ap50]),
-            TaskConfig::Segment(_) => {
-                (vec![Loss], vec![Loss, PixelAccuracy, MeanAccuracy, Miou, FrequencyWeightedIou, Iou, ConfusionMatrix])
-            }
-            TaskConfig::Localize(_) => (vec![Loss, Accuracy], vec![Loss, Accuracy, LocalizationError, MeanIou, BoxL2]),
-        };
+        let (train, test) = task.default_metrics();
         self.train.get_or_insert(train);
         self.test.get_or_insert(test);
     }

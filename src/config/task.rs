@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{half, one_f};
+use super::{half, one_f, MetricName};
 
 /// `[task]`: what the model's output means. One table, one variant: `[task.detect]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,9 +66,55 @@ impl Default for TaskConfig {
     }
 }
 
+/// The config's own knowledge of each task, in one place: the metrics it logs by default
+/// and those it can log, and whether its VOC data read class masks. (The plan turns
+/// `[task]` into a `task::Task`, whose file under `src/task/` holds everything else.)
 impl TaskConfig {
     pub fn is_classify(&self) -> bool {
         matches!(self, TaskConfig::Classify {})
+    }
+
+    /// The metric lists `[metrics]` falls back to, `(train, test)`: classification logs loss,
+    /// accuracy and error rate on both splits; detection the loss while training and the
+    /// loss, mAP (area and VOC07) and per-class AP on the test split; segmentation the loss
+    /// while training and the FCN paper's four scores, per-class IoU and the pixel
+    /// confusion matrix on the test split; localization adds the localization error, mean
+    /// IoU and box L2 to classification's.
+    pub fn default_metrics(&self) -> (Vec<MetricName>, Vec<MetricName>) {
+        use MetricName::*;
+        match self {
+            TaskConfig::Classify {} => (vec![Loss, Accuracy, ErrorRate], vec![Loss, Accuracy, ErrorRate]),
+            TaskConfig::Detect(_) => (vec![Loss], vec![Loss, Map50, Map50Voc07, Ap50]),
+            TaskConfig::Segment(_) => {
+                (vec![Loss], vec![Loss, PixelAccuracy, MeanAccuracy, Miou, FrequencyWeightedIou, Iou, ConfusionMatrix])
+            }
+            TaskConfig::Localize(_) => (vec![Loss, Accuracy], vec![Loss, Accuracy, LocalizationError, MeanIou, BoxL2]),
+        }
+    }
+
+    /// Whether `metric` applies to this task's outputs (`loss` applies to every task).
+    pub fn logs(&self, metric: MetricName) -> bool {
+        use MetricName::*;
+        let detection = matches!(metric, Map50 | Map50Voc07 | Ap50 | Precision | Recall);
+        let segmentation = matches!(metric, PixelAccuracy | MeanAccuracy | Miou | FrequencyWeightedIou | Iou);
+        let localization = matches!(metric, LocalizationError | MeanIou | BoxL2);
+        match self {
+            TaskConfig::Classify {} => !detection && !segmentation && !localization,
+            TaskConfig::Localize(_) => {
+                localization
+                    || matches!(
+                        metric,
+                        Loss | Accuracy | ErrorRate | BalancedErrorRate | PerClassError | ConfusionMatrix
+                    )
+            }
+            TaskConfig::Detect(_) => detection || metric == Loss,
+            TaskConfig::Segment(_) => segmentation || metric == Loss || metric == ConfusionMatrix,
+        }
+    }
+
+    /// Whether the task reads VOC's class masks (`[data.voc] masks` defaults to it).
+    pub fn reads_masks(&self) -> bool {
+        matches!(self, TaskConfig::Segment(_))
     }
 }
 

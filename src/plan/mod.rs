@@ -15,6 +15,7 @@ use crate::config::{AugmentOp, Loaded, MetricsConfig, Precision};
 use crate::data::{self, Located};
 use crate::device::{parse_device, DeviceChoice};
 use crate::model::{plan_model, Model, PlannedGraph};
+use crate::task::{Head, Task};
 
 pub struct Plan {
     pub experiment: String,
@@ -53,7 +54,7 @@ pub struct Plan {
 mod bounds;
 mod checks;
 
-use checks::{check_detect, check_localize, check_metrics, check_segment, check_train};
+use checks::{check_metrics, check_train};
 
 /// Collects problems with the file each key came from.
 pub(crate) struct Problems<'a> {
@@ -66,6 +67,21 @@ impl Problems<'_> {
         let source = self.loaded.source_of_key(key);
         let source = if source == "default" { "default value".to_string() } else { source };
         self.list.push(format!("{source}: key `{key}`: {msg}"));
+    }
+
+    /// The task's own problems, each with the file of its key (the model's for its head).
+    fn task(&mut self, found: crate::task::Problems) {
+        for problem in found.0 {
+            match problem {
+                crate::task::Problem::Key(key, msg) => self.add(&key, msg),
+                crate::task::Problem::Head(head, msg) => self.list.push(format!(
+                    "{}: key `{}` ({}): {msg}",
+                    self.loaded.source_of_key("model.groups"),
+                    head.key,
+                    head.path
+                )),
+            }
+        }
     }
 }
 
@@ -279,6 +295,15 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
             }
         }
     }
+    // The task, from `[task]`, the dataset's classes and the model's last layer; its own
+    // checks' problems are reported after the shapes'.
+    let head = graph.as_ref().and_then(|g| g.layers().last()).map(|l| Head {
+        key: l.key.clone(),
+        path: l.path.clone(),
+        shape: l.out_shape.clone(),
+    });
+    let mut task_problems = crate::task::Problems::default();
+    let task = Task::resolve(cfg, spec.name, &spec.classes, head.as_ref(), &mut task_problems);
     let tta = cfg.eval.tta == crate::config::Tta::TenCrop;
     for (split, shape) in &split_shapes {
         if shape[1] == 0 || shape[2] == 0 {
@@ -304,8 +329,12 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         }
         let input = &cfg.model.input;
         let larger = input.len() == 3 && shape[0] == input[0] && shape[1] >= input[1] && shape[2] >= input[2];
-        let localize = matches!(cfg.task, crate::config::TaskConfig::Localize(_));
-        if cfg.model.fully_convolutional && localize && *split == "test" && larger && input != shape {
+        if cfg.model.fully_convolutional
+            && task.slides_over_larger_images()
+            && *split == "test"
+            && larger
+            && input != shape
+        {
             // Dense application: the model slides its input-sized window over the image.
             if let Some(Err(e)) = graph.as_ref().map(|g| g.output_stride()) {
                 p.add(
@@ -327,58 +356,10 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
             );
         }
     }
-    let last = graph.as_ref().and_then(|g| g.layers().last().cloned());
-    // The model's last layer (key, path, output shape), for the tasks' head checks.
-    let head = last.as_ref().map(|l| (l.key.clone(), l.path.clone(), l.out_shape.clone()));
-    let task = match &cfg.task {
-        crate::config::TaskConfig::Classify {} => {
-            if cfg.data.dataset == crate::config::DatasetKind::Voc && cfg.data.voc().masks() {
-                p.add(
-                    "data.voc.masks",
-                    "class masks are for [task.segment]; classification labels each image with its largest object's class",
-                );
-            }
-            crate::task::Task::Classify { label_smoothing: cfg.train.label_smoothing }
-        }
-        crate::config::TaskConfig::Detect(d) => {
-            let yolo = crate::task::Yolo { cfg: d.clone(), classes: spec.classes.len() };
-            check_detect(&mut p, cfg, &yolo, head.clone());
-            crate::task::Task::Detect(yolo)
-        }
-        crate::config::TaskConfig::Segment(c) => {
-            let seg = crate::task::Segmenter { cfg: c.clone(), classes: spec.classes.len() };
-            check_segment(&mut p, cfg, &seg, head.clone());
-            crate::task::Task::Segment(seg)
-        }
-        crate::config::TaskConfig::Localize(c) => {
-            let loc = crate::task::Localizer { cfg: c.clone(), classes: spec.classes.len() };
-            check_localize(&mut p, cfg, &loc, head.clone());
-            crate::task::Task::Localize(loc)
-        }
-    };
-    if let Some(last) = last.filter(|_| !spec.classes.is_empty() && cfg.task.is_classify()) {
-        let classes = spec.classes.len();
-        if last.out_shape != [classes] && last.out_shape != [classes, 1, 1] {
-            p.list.push(format!(
-                "{}: key `{}` ({}): the model ends in shape {:?}, but {} has {} classes; end with {{ linear = {{ out = {} }} }}",
-                loaded.source_of_key("model.groups"),
-                last.key,
-                last.path,
-                last.out_shape,
-                spec.name,
-                spec.classes.len(),
-                spec.classes.len()
-            ));
-        }
-    }
+    p.task(task_problems);
 
     check_train(&mut p, &cfg.train);
-    let n_classes = match task {
-        crate::task::Task::Classify { .. } => graph.as_ref().and_then(|g| g.out_shape().first().copied()).unwrap_or(0),
-        crate::task::Task::Detect(_) | crate::task::Task::Segment(_) | crate::task::Task::Localize(_) => {
-            spec.classes.len()
-        }
-    };
+    let n_classes = task.num_classes(graph.as_ref().and_then(|g| g.out_shape().first().copied()).unwrap_or(0));
     let binary = check_metrics(&mut p, cfg, &task, n_classes, &spec.classes, &mut warnings);
     let mut hypers = std::collections::BTreeMap::new();
     if let Some(graph) = &graph {
@@ -499,12 +480,7 @@ impl Plan {
     /// The classes the metrics count: the model's outputs when classifying, the dataset's
     /// when detecting.
     pub fn num_classes(&self) -> usize {
-        match &self.task {
-            crate::task::Task::Classify { .. } => self.graph.out_shape().first().copied().unwrap_or(0),
-            crate::task::Task::Detect(yolo) => yolo.classes,
-            crate::task::Task::Segment(seg) => seg.classes,
-            crate::task::Task::Localize(loc) => loc.classes,
-        }
+        self.task.num_classes(self.graph.out_shape().first().copied().unwrap_or(0))
     }
 
     pub fn num_params(&self) -> usize {

@@ -4,6 +4,7 @@
 //! epoch keeps ([`Stats`]) and the metrics computed from them. The loop, checkpoints,
 //! resume, sweeps and the run folder never look at the variant.
 
+mod checks;
 pub mod classify;
 pub mod detect;
 pub mod localize;
@@ -14,7 +15,7 @@ use std::path::Path;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
-use crate::config::{MetricName, Tta};
+use crate::config::{Config, MetricName, TaskConfig, Tta};
 use crate::data::loader::Batch;
 use crate::data::Split;
 use crate::metrics::detection::{Detection, DetectionStats, Truth};
@@ -36,6 +37,38 @@ pub enum Task {
     Detect(Yolo),
     Segment(Segmenter),
     Localize(Localizer),
+}
+
+/// The model's last layer, for a task's check of its output: its key in the config, its
+/// path in the model and its output shape.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub key: String,
+    pub path: String,
+    pub shape: Vec<usize>,
+}
+
+/// One thing a task's plan-time checks found wrong; the plan names the file of each.
+#[derive(Debug, Clone)]
+pub enum Problem {
+    /// A config key and what is wrong with its value.
+    Key(String, String),
+    /// What is wrong with the model's last layer.
+    Head(Head, String),
+}
+
+/// The problems a task's checks found, in the order found.
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    fn key(&mut self, key: &str, msg: impl std::fmt::Display) {
+        self.0.push(Problem::Key(key.to_string(), msg.to_string()));
+    }
+
+    fn head(&mut self, head: &Head, msg: impl std::fmt::Display) {
+        self.0.push(Problem::Head(head.clone(), msg.to_string()));
+    }
 }
 
 /// One image's answer from `runner predict`.
@@ -97,6 +130,70 @@ pub enum Stats {
 }
 
 impl Task {
+    /// The task `[task]` asks for, over a dataset named `dataset` with these `classes`,
+    /// after its own checks (dataset, head, settings, test augmentations); what they find
+    /// goes into `problems`. The one place outside this module that turns `[task]` into a
+    /// task: the plan calls it.
+    pub fn resolve(
+        cfg: &Config,
+        dataset: &str,
+        classes: &[String],
+        head: Option<&Head>,
+        problems: &mut Problems,
+    ) -> Task {
+        let n = classes.len();
+        match &cfg.task {
+            TaskConfig::Classify {} => {
+                checks::classify(problems, cfg, dataset, n, head);
+                Task::Classify { label_smoothing: cfg.train.label_smoothing }
+            }
+            TaskConfig::Detect(d) => {
+                let yolo = Yolo { cfg: d.clone(), classes: n };
+                checks::detect(problems, cfg, &yolo, head);
+                Task::Detect(yolo)
+            }
+            TaskConfig::Segment(c) => {
+                let seg = Segmenter { cfg: c.clone(), classes: n };
+                checks::segment(problems, cfg, &seg, head);
+                Task::Segment(seg)
+            }
+            TaskConfig::Localize(c) => {
+                let loc = Localizer { cfg: c.clone(), classes: n };
+                checks::localize(problems, cfg, &loc, head);
+                Task::Localize(loc)
+            }
+        }
+    }
+
+    /// The classes the metrics count: the model's outputs (`model_outputs`) for
+    /// classification, the dataset's for the others.
+    pub fn num_classes(&self, model_outputs: usize) -> usize {
+        match self {
+            Task::Classify { .. } => model_outputs,
+            Task::Detect(yolo) => yolo.classes,
+            Task::Segment(seg) => seg.classes,
+            Task::Localize(loc) => loc.classes,
+        }
+    }
+
+    /// Whether each sample is labelled with one class (classification, and localization's
+    /// largest object): an image without objects cannot be.
+    pub fn labels_each_sample(&self) -> bool {
+        matches!(self, Task::Classify { .. } | Task::Localize(_))
+    }
+
+    /// Whether a fully convolutional model may meet test images larger than its input,
+    /// sliding over them (Overfeat's dense application; localization only).
+    pub fn slides_over_larger_images(&self) -> bool {
+        matches!(self, Task::Localize(_))
+    }
+
+    /// Whether metrics other than the loss can be logged on the training split (the others
+    /// compute theirs on the test split only).
+    pub fn logs_train_metrics(&self) -> bool {
+        self.labels_each_sample()
+    }
+
     /// `runner predict`'s answer for one image.
     pub fn predict(&self, model: &Model, setup: &PredictSetup, image: PredictImage) -> Result<Prediction> {
         match self {

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
 use crate::checkpoint::{self, Sidecar};
-use crate::config::{Loaded, MetricName, Mode};
+use crate::config::{Loaded, Mode};
 use crate::data;
 use crate::data::loader::{self, Batch, LoaderSpec};
 use crate::device::device_name;
@@ -95,7 +95,7 @@ pub(crate) fn load_data(plan: &Plan) -> Result<data::Dataset> {
 /// Classification and localization on a detection set label each image with its largest
 /// object: an image without objects is an error naming it.
 pub fn check_labels(plan: &Plan, dataset: &data::Dataset) -> Result<()> {
-    if !matches!(plan.task, crate::task::Task::Classify { .. } | crate::task::Task::Localize(_)) {
+    if !plan.task.labels_each_sample() {
         return Ok(());
     }
     for (name, split) in [("train", &dataset.train), ("test", &dataset.test)] {
@@ -263,12 +263,7 @@ impl Session<'_> {
         let sliceable = plan.task.loss_is_per_sample() && self.model.samples_independent();
         let started = std::time::Instant::now();
         let bar = progress::batch_bar(n_batches, &format!("epoch {}/{}", epoch + 1, plan.train.epochs));
-        let keep_probs = plan.metrics.train().iter().any(|m| {
-            !matches!(
-                m,
-                MetricName::Loss | MetricName::Accuracy | MetricName::ErrorRate | MetricName::BalancedErrorRate
-            )
-        });
+        let keep_probs = plan.metrics.train().iter().any(|m| m.needs_probabilities());
         let mut stats = plan.task.stats(plan.num_classes(), keep_probs);
         // A batch's loss and predictions are read at once on the CPU; on a GPU they stay on
         // the device until the log points (at least every 50 batches), so that a step does

@@ -176,6 +176,52 @@ fn every_module_imports_only_from_the_rows_below_it() {
     assert!(bad.is_empty(), "imports against the layers of docs/architecture.md:\n{}", bad.join("\n"));
 }
 
+/// Each place outside `src/task/` that names a task's variant (`Task::Detect`,
+/// `TaskConfig::Segment`, `Stats::Classify`, ...), as `file: line`. `src/config/task.rs`
+/// is the config's own (its defaults and the metrics each task logs); the binaries make a
+/// task directly to measure it.
+fn task_branches(files: &[(String, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (rel, src) in files {
+        if rel.starts_with("task/") || rel == "config/task.rs" || rel.starts_with("bin/") {
+            continue;
+        }
+        for line in without_tests(src).lines() {
+            let named = ["Task::", "TaskConfig::", "Stats::"].iter().any(|t| {
+                line.match_indices(t).any(|(i, _)| {
+                    let before = line[..i].chars().last();
+                    let variant = ident(&line[i + t.len()..]);
+                    before.is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+                        && ["Classify", "Detect", "Segment", "Localize"].contains(&variant)
+                })
+            });
+            if named {
+                found.push(format!("{rel}: {}", line.trim()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_task_is_decided_in_one_place() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &root.join("src"), &mut files);
+    let branches = task_branches(&files);
+    assert!(branches.is_empty(), "outside src/task/, code that names a task's variant:\n{}", branches.join("\n"));
+    // The plan resolves `[task]` into a task, once.
+    let resolves: Vec<&String> = files
+        .iter()
+        .filter(|(rel, src)| !rel.starts_with("task/") && src.contains("Task::resolve("))
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(resolves, ["plan/mod.rs"]);
+    // The check sees a branch where there is one.
+    let probe = [("train/x.rs".to_string(), "fn f(t: &Task) { if matches!(t, Task::Detect(_)) {} }\n".to_string())];
+    assert_eq!(task_branches(&probe), ["train/x.rs: fn f(t: &Task) { if matches!(t, Task::Detect(_)) {} }"]);
+}
+
 #[test]
 fn the_layer_check_finds_what_goes_up() {
     let rows: BTreeMap<String, usize> =
