@@ -2,7 +2,7 @@
 //! after the plan and after the merge.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -260,6 +260,9 @@ struct PreviewArgs {
 }
 
 pub fn main() -> Result<ExitCode> {
+    if let Some(msg) = std::env::args().nth(1).and_then(|first| not_a_command(&first)) {
+        anyhow::bail!(msg);
+    }
     let cli = Cli::parse();
     crate::progress::init_logging(if cli.quiet { -1 } else { cli.verbose.min(2) as i8 });
     crate::ops::kernels::from_env().map_err(anyhow::Error::msg)?;
@@ -283,6 +286,22 @@ pub fn main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The first argument when it is neither a command nor an experiment file, and does not
+/// look like a path: `runner chek X.toml` says so (clap would say "unexpected argument
+/// 'X.toml'", about the wrong word), with the nearest command.
+fn not_a_command(first: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+    names.push("help");
+    if first.starts_with('-') || first.contains(['.', '/']) || names.contains(&first) || Path::new(first).exists() {
+        return None;
+    }
+    let hint =
+        crate::config::load::did_you_mean(first, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+    Some(format!("`{first}` is neither an experiment file nor a command{hint}; the commands: {}", names.join(", ")))
 }
 
 fn eval(args: EvalArgs) -> Result<ExitCode> {
@@ -434,7 +453,11 @@ fn check(args: ExpArgs) -> Result<ExitCode> {
         },
     };
     println!("data: {} ({} classes), {data}", crate::data::spec(plan.data.dataset).name, plan.classes.len());
-    println!("train: {} epochs, batch {}, {:?}", plan.train.epochs, plan.data.batch_size, plan.train.optimizer);
+    // The optimizer as the config writes it: `optimizer = { sgd = { lr = 0.005, ... } }`.
+    let optimizer = toml::Value::try_from(&plan.train.optimizer)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| format!("{:?}", plan.train.optimizer));
+    println!("train: {} epochs, batch {}, optimizer = {optimizer}", plan.train.epochs, plan.data.batch_size);
     println!("lr at the start of each epoch: {}", lr_summary(&plan));
     println!();
     print!("{}", plan.summary());

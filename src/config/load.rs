@@ -257,7 +257,7 @@ fn deserialize_reporting_all(figment: &Figment, value: &mut Value) -> Result<Con
                     }
                     other => {
                         let at = if key.is_empty() { String::new() } else { format!(" key `{key}`:") };
-                        problems.push(format!("{source}:{at} {other}"));
+                        problems.push(format!("{source}:{at} {}", plain_types(&other.to_string())));
                         break;
                     }
                 }
@@ -265,6 +265,23 @@ fn deserialize_reporting_all(figment: &Figment, value: &mut Value) -> Result<Con
         }
     }
     Err(ConfigError { problems })
+}
+
+/// serde's names for the expected type in a user's words: `expected usize` -> `expected a
+/// whole number >= 0`.
+fn plain_types(msg: &str) -> String {
+    let Some((head, expected)) = msg.rsplit_once("expected ") else { return msg.to_string() };
+    let plain = match expected.trim_end_matches('.') {
+        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number >= 0",
+        "i64" | "i32" | "i16" | "i8" | "isize" => "a whole number",
+        "f64" | "f32" => "a number",
+        "a boolean" => "true or false",
+        "a sequence" => "a list",
+        "a map" => "a table",
+        "a string" => "a string in quotes",
+        other => other,
+    };
+    format!("{head}expected {plain}")
 }
 
 /// Where the value at `path` (or its nearest existing parent) came from: a file path,

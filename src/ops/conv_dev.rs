@@ -32,7 +32,7 @@ fn dims4(t: &Tensor) -> Result<[usize; 4]> {
 /// `RUNNER_CONV_PATH` (`candle`, `mixed`, `dev`, `cudnn`; read once) chooses another, for measuring
 /// them on a GPU (gpu/conv-paths.sh); not a user setting.
 ///
-/// Measured on the H200 (2026-12-04, images/s; README, GPU): without cuDNN, candle's path
+/// Measured on the H200 (2026-12-04, images/s; docs/gpu.md): without cuDNN, candle's path
 /// (im2col and cuBLAS) trained fcn_shapes at 1275 and yolo_shapes at 1152; with cuDNN,
 /// `dev` gave 625 and 545 (`candle` 376 and 395: its weight gradient's transposed kernel
 /// falls to a direct-loop kernel there) but ResNet 7707 against 6740 and AlexNet's forward

@@ -109,6 +109,12 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         p.add("experiment.device", e);
         DeviceChoice::Auto
     });
+    if let (DeviceChoice::Cuda(n), false) = (device, candle_core::utils::cuda_is_available()) {
+        p.add(
+            "experiment.device",
+            format!("cuda:{n} needs a CUDA build of runner (`make build-cuda`); this one runs on the CPU only"),
+        );
+    }
 
     // Data.
     let spec = match data::describe(&cfg.data) {
@@ -163,6 +169,19 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     }
     if cfg.data.eval_batch_size == Some(0) {
         p.add("data.eval_batch_size", "must be > 0");
+    }
+    // A list replaces an inherited one whole: an experiment that sets its own training ops
+    // over a file that normalizes both splits easily drops `normalize` from training only.
+    let normalizes = |ops: &[AugmentOp]| ops.iter().any(|op| matches!(op, AugmentOp::Normalize { .. }));
+    if normalizes(&cfg.augment.test) != normalizes(&cfg.augment.train) {
+        let (with, without) = if normalizes(&cfg.augment.test) { ("test", "train") } else { ("train", "test") };
+        warnings.push(format!(
+            "augment.{without} (set in {}) has no normalize but augment.{with} (set in {}) has: the model sees \
+             other pixel values in {without} than in {with}. A list replaces the inherited one whole: list its \
+             normalize again",
+            loaded.source_of_key(&format!("augment.{without}")),
+            loaded.source_of_key(&format!("augment.{with}")),
+        ));
     }
     // Each split's ops, in order, from the stored sample shape to what the model sees.
     let mut split_shapes = Vec::new();

@@ -91,7 +91,79 @@ fn wrong_type_names_key_file_and_expected_type() {
     );
     let e = load(&exp, &opts(&[])).err().unwrap().to_string();
     assert!(e.contains("e.toml: key `train.epochs`"), "{e}");
-    assert!(e.contains("ten") && e.contains("expected"), "{e}");
+    // In a user's words, not serde's `usize`.
+    assert!(e.contains("ten") && e.contains("expected a whole number >= 0"), "{e}");
+    let e = load(&exp, &opts(&["train.epochs=3", "data.batch_size=-3"])).err().unwrap().to_string();
+    assert!(e.contains("key `data.batch_size`") && e.contains("`-3`, expected a whole number >= 0"), "{e}");
+    let e = load(&exp, &opts(&["train.epochs=3", "data.shuffle=7"])).err().unwrap().to_string();
+    assert!(e.contains("key `data.shuffle`") && e.contains("expected true or false"), "{e}");
+}
+
+#[test]
+fn a_word_that_is_neither_a_command_nor_a_file_says_so() {
+    let d = tempfile::tempdir().unwrap();
+    let out = crate::common::runner(d.path(), &["chek", "X.toml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`chek` is neither an experiment file nor a command (did you mean `check`?)"),
+        "{}",
+        out.stderr
+    );
+    // A path that does not exist is still a missing experiment file.
+    let out = crate::common::runner(d.path(), &["nothere.toml"]);
+    assert_eq!(out.code, 2);
+    assert!(!out.stderr.contains("neither"), "{}", out.stderr);
+}
+
+#[test]
+fn check_refuses_a_cuda_device_on_a_cpu_build() {
+    if candle_core::utils::cuda_is_available() {
+        return crate::common::skip(
+            "check_refuses_a_cuda_device_on_a_cpu_build",
+            "this is a CUDA build",
+            "RUNNER_NEVER",
+        );
+    }
+    let d = tempfile::tempdir().unwrap();
+    let exp = write(d.path(), "e.toml", &format!("[experiment]\nname = \"e\"\ndevice = \"cuda\"\n{BASE}"));
+    let out = crate::common::runner(d.path(), &["check", exp.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("e.toml: key `experiment.device`: cuda:0 needs a CUDA build of runner"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("is valid"), "{}", out.stdout);
+    // On the CPU it checks, and prints the optimizer as the config writes it.
+    let out = crate::common::runner(
+        d.path(),
+        &["check", exp.to_str().unwrap(), "--set", "experiment.device=\"cpu\"", "--set", "data.download=true"],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("train: 3 epochs, batch 32, optimizer = { sgd = { "), "{}", out.stdout);
+    assert!(out.stdout.contains("lr = 0.1") && !out.stdout.contains("Sgd {"), "{}", out.stdout);
+}
+
+#[test]
+fn a_training_list_that_drops_the_inherited_normalize_is_flagged() {
+    let d = tempfile::tempdir().unwrap();
+    let norm = "[[augment.train]]\nnormalize = { mean = [0.5], std = [0.5] }\n[[augment.test]]\nnormalize = { mean = [0.5], std = [0.5] }\n";
+    write(d.path(), "base.toml", &format!("{BASE}{norm}"));
+    let exp = write(
+        d.path(),
+        "e.toml",
+        "extends = [\"base.toml\"]\n[experiment]\nname = \"e\"\n[[augment.train]]\nhflip = {}\n",
+    );
+    let plan = runner::plan::plan_without_data(&load(&exp, &opts(&[])).unwrap()).unwrap();
+    let w =
+        plan.warnings.iter().find(|w| w.contains("has no normalize")).unwrap_or_else(|| panic!("{:?}", plan.warnings));
+    assert!(w.starts_with("augment.train (set in ") && w.contains("e.toml) has no normalize"), "{w}");
+    assert!(w.contains("but augment.test (set in ") && w.contains("base.toml) has"), "{w}");
+    // Both lists normalizing (or neither): nothing to say.
+    let plan =
+        runner::plan::plan_without_data(&load(&d.path().join("base.toml"), &opts(&["experiment.name=\"b\""])).unwrap())
+            .unwrap();
+    assert!(!plan.warnings.iter().any(|w| w.contains("normalize")), "{:?}", plan.warnings);
 }
 
 #[test]
@@ -166,6 +238,12 @@ fn committed_configs_check_cleanly() {
             runner::plan::plan(&l)
         };
         let plan = plan.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            !plan.warnings.iter().any(|w| w.contains("has no normalize")),
+            "{}: {:?}",
+            path.display(),
+            plan.warnings
+        );
         if path.file_name().unwrap().to_string_lossy().starts_with("lenet5") {
             assert_eq!(plan.num_params(), 44_426, "the course's LeNet5 has 44,426 parameters");
         }
