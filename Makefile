@@ -12,7 +12,7 @@ build:
 # libraries as pinned Python wheels in .cuda/ (gpu/cuda-root.sh), then `--features cuda`
 # for compute capability $(CUDA_COMPUTE_CAP) (9.0: H100 / H200) into target/cuda/release/.
 # CUDA_FEATURES=cudnn adds cuDNN 9.19 and runner's own cuDNN convolutions (src/ops/cudnn.rs)
-# into target/cudnn/release/ (README, GPU).
+# into target/cudnn/release/ (docs/gpu.md).
 CUDA_COMPUTE_CAP ?= 90
 CUDA_FEATURES ?= cuda
 CUDA_TARGET = target/$(CUDA_FEATURES)
