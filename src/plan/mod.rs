@@ -12,9 +12,9 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use crate::config::{AugmentOp, Loaded, MetricsConfig, Precision};
-use crate::data::{self, Located};
-use crate::device::{parse_device, DeviceChoice};
-use crate::model::{plan_model, Model, PlannedGraph};
+use crate::data::Located;
+use crate::device::DeviceChoice;
+use crate::model::{Model, PlannedGraph};
 use crate::task::{Head, Task};
 
 pub struct Plan {
@@ -53,6 +53,7 @@ pub struct Plan {
 
 mod bounds;
 mod checks;
+mod steps;
 
 use checks::{check_metrics, check_train};
 
@@ -98,222 +99,13 @@ pub fn plan_without_data(loaded: &Loaded) -> Result<Plan> {
 fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     let cfg = &loaded.config;
     let mut p = Problems { loaded, list: Vec::new() };
-
-    if cfg.experiment.name.is_empty()
-        || cfg.experiment.name.contains(['/', '\\'])
-        || cfg.experiment.name.starts_with('.')
-    {
-        p.add("experiment.name", format!("must be a plain folder name, is {:?}", cfg.experiment.name));
-    }
-    let device = parse_device(&cfg.experiment.device).unwrap_or_else(|e| {
-        p.add("experiment.device", e);
-        DeviceChoice::Auto
-    });
-    if let (DeviceChoice::Cuda(n), false) = (device, candle_core::utils::cuda_is_available()) {
-        p.add(
-            "experiment.device",
-            format!("cuda:{n} needs a CUDA build of runner (`make build-cuda`); this one runs on the CPU only"),
-        );
-    }
-
-    // Data.
-    let spec = match data::describe(&cfg.data) {
-        Ok(info) => info,
-        Err(e) => {
-            if need_data {
-                p.add("data.root", e);
-            }
-            data::DataInfo {
-                name: data::spec(cfg.data.dataset).name,
-                classes: Vec::new(),
-                shape: [cfg.data.channels, 0, 0],
-            }
-        }
-    };
-    if cfg.data.dataset == crate::config::DatasetKind::ImageFolder && ![1, 3].contains(&cfg.data.channels) {
-        p.add("data.channels", format!("must be 1 or 3, is {}", cfg.data.channels));
-    }
-    let located = data::locate(&cfg.data);
     let mut warnings = Vec::new();
-    let folder = cfg.data.dataset == crate::config::DatasetKind::ImageFolder;
-    // An image folder cannot be downloaded; its missing folder is reported under data.root.
-    if let (Located::Missing { searched, download_to }, false) = (&located, folder) {
-        let msg = data::missing_message(data::spec(cfg.data.dataset), searched, download_to);
-        let voc = cfg.data.dataset == crate::config::DatasetKind::Voc;
-        if voc && cfg.data.voc().generate.is_some() {
-            warnings.push(format!(
-                "the synthetic set is not on disk yet; it will be written into {} when the run starts",
-                download_to.display()
-            ));
-        } else if cfg.data.download {
-            warnings.push(format!(
-                "dataset {} is not on disk yet; it will be downloaded into {} when the run starts",
-                spec.name,
-                download_to.display()
-            ));
-        } else if voc && !cfg.data.download {
-            // The plan stands without the data (`runner check`); a run stops at loading.
-            warnings.push(msg);
-        } else if need_data {
-            p.add("data.dataset", msg);
-        }
-    }
-    if cfg.data.batch_size == 0 {
-        p.add("data.batch_size", "must be > 0");
-    }
-    if cfg.data.num_workers > 64 {
-        p.add("data.num_workers", format!("must be in 0..=64 (0: chosen for the device), is {}", cfg.data.num_workers));
-    }
-    if cfg.data.prefetch == 0 {
-        p.add("data.prefetch", "must be > 0");
-    }
-    if cfg.data.eval_batch_size == Some(0) {
-        p.add("data.eval_batch_size", "must be > 0");
-    }
-    // A list replaces an inherited one whole: an experiment that sets its own training ops
-    // over a file that normalizes both splits easily drops `normalize` from training only.
-    let normalizes = |ops: &[AugmentOp]| ops.iter().any(|op| matches!(op, AugmentOp::Normalize { .. }));
-    if normalizes(&cfg.augment.test) != normalizes(&cfg.augment.train) {
-        let (with, without) = if normalizes(&cfg.augment.test) { ("test", "train") } else { ("train", "test") };
-        warnings.push(format!(
-            "augment.{without} (set in {}) has no normalize but augment.{with} (set in {}) has: the model sees \
-             other pixel values in {without} than in {with}. A list replaces the inherited one whole: list its \
-             normalize again",
-            loaded.source_of_key(&format!("augment.{without}")),
-            loaded.source_of_key(&format!("augment.{with}")),
-        ));
-    }
-    // Each split's ops, in order, from the stored sample shape to what the model sees.
-    let mut split_shapes = Vec::new();
-    for (split, ops) in [("train", &cfg.augment.train), ("test", &cfg.augment.test)] {
-        let mut shape = spec.shape;
-        for (i, op) in ops.iter().enumerate() {
-            match op.out_shape(shape) {
-                Ok(next) => shape = next,
-                Err(e) => p.add(&format!("augment.{split}[{i}].{}", op.name()), e),
-            }
-        }
-        if shape[1] == 0 || shape[2] == 0 {
-            p.add(
-                &format!("augment.{split}"),
-                "images vary in size: end the augmentations with a crop or a resize to size = [h, w]",
-            );
-        }
-        split_shapes.push((split, shape));
-    }
-
-    // Model: sizes no machine holds first, so that the shape arithmetic cannot overflow.
-    let oversized = bounds::oversized(cfg);
-    for (key, msg) in &oversized {
-        p.add(key, msg);
-    }
-    let graph = match plan_model(&cfg.model) {
-        _ if !oversized.is_empty() => None,
-        Ok(graph) => Some(graph),
-        Err(e) => {
-            p.list.push(format!("{}: {e}", loaded.source_of_key("model.groups")));
-            None
-        }
-    };
-    if let Some(memory) = bounds::machine_memory() {
-        match graph.as_ref().and_then(|g| bounds::model_memory(g, cfg.data.batch_size, memory)) {
-            Some((key, msg, true)) => p.add(&key, msg),
-            Some((key, msg, false)) => warnings.push(format!("{key}: {msg}; the run may run out of memory")),
-            None => {}
-        }
-        if oversized.is_empty() {
-            if let Some((key, msg)) = bounds::prefetch_memory(cfg, &cfg.model.input, memory) {
-                p.add(&key, msg);
-            }
-        }
-    }
-    let mut inits = Vec::new();
-    let names: Vec<&str> = cfg.model.groups.iter().map(|g| g.name.as_str()).collect();
-    for name in cfg.model.inits.keys() {
-        if !names.contains(&name.as_str()) {
-            let hint = crate::config::load::did_you_mean(name, &names)
-                .map(|s| format!(", did you mean `{s}`?"))
-                .unwrap_or_default();
-            p.add(&format!("model.inits.{name}"), format!("names no group (the groups: {}){hint}", names.join(", ")));
-        }
-    }
-    for (g, key, init) in cfg.model.group_inits() {
-        let group = &cfg.model.groups[g];
-        let sources = [!init.file.is_empty(), init.run.is_some(), init.url.is_some()];
-        if sources.iter().filter(|&&s| s).count() > 1 {
-            p.add(&key, "names more than one of `file`, `run` and `url`: give one");
-        }
-        if let Some(url) = &init.url {
-            if init.expected_sha256().is_none() {
-                p.add(
-                    &format!("{key}.sha256"),
-                    format!("is needed for {url} (its name carries no `-<hex>` SHA-256 prefix as torchvision's do)"),
-                );
-            }
-            match init.cached_path() {
-                Some(path) if path.is_file() => inits.push((group.name.clone(), init.clone(), path)),
-                Some(path) => {
-                    warnings
-                        .push(format!("{key}.url: {url} will be fetched into {} when the run starts", path.display()));
-                    inits.push((group.name.clone(), init.clone(), path));
-                }
-                None => p.add(
-                    &format!("{key}.url"),
-                    format!("{url}: no file name in the address, or no HOME / RUNNER_CACHE for the cache"),
-                ),
-            }
-            continue;
-        }
-        if let Some(run) = &init.run {
-            let dir = std::path::PathBuf::from(run);
-            if let Err(e) = crate::model::weights::run_weights(&dir) {
-                warnings.push(format!("{key}.run: {e:#}; a run would stop there"));
-            }
-            inits.push((group.name.clone(), init.clone(), dir));
-            continue;
-        }
-        if init.file.is_empty() {
-            p.add(&key, "names none of `file`, `run` and `url`");
-            continue;
-        }
-        let file = std::path::Path::new(&init.file);
-        let set_by = if key.starts_with("model.inits") { "model.inits" } else { "model.groups" };
-        let file = match loaded.file_of_key(set_by) {
-            Some(cfg_file) if file.is_relative() => cfg_file.parent().unwrap_or(std::path::Path::new(".")).join(file),
-            _ => file.to_path_buf(),
-        };
-        if !file.is_file() {
-            p.add(&format!("{key}.file"), format!("no file {}", file.display()));
-        }
-        inits.push((group.name.clone(), init.clone(), file));
-    }
-    if let Some(graph) = &graph {
-        for (f, rule) in cfg.train.freeze.iter().enumerate() {
-            let key = format!("train.freeze[{f}]");
-            if rule.groups.is_empty() {
-                p.add(&format!("{key}.groups"), "lists no group");
-            }
-            for path in &rule.groups {
-                if let Err(e) = graph.params_under(path) {
-                    p.add(&format!("{key}.groups"), e);
-                }
-            }
-            if rule.from_epoch >= cfg.train.epochs {
-                warnings.push(format!(
-                    "train.freeze[{f}]: from_epoch {} is not before the last epoch ({} epochs): it never applies",
-                    rule.from_epoch, cfg.train.epochs
-                ));
-            }
-            if let Some(until) = rule.until_epoch {
-                if until <= rule.from_epoch {
-                    p.add(
-                        &format!("{key}.until_epoch"),
-                        format!("({until}) must be after from_epoch ({})", rule.from_epoch),
-                    );
-                }
-            }
-        }
-    }
+    let device = steps::experiment(&mut p, cfg);
+    let (spec, located) = steps::data(&mut p, &mut warnings, cfg, need_data);
+    let split_shapes = steps::augment_shapes(&mut p, &mut warnings, cfg, &spec);
+    let graph = steps::model(&mut p, &mut warnings, cfg);
+    let inits = steps::inits(&mut p, &mut warnings, cfg);
+    steps::freeze(&mut p, &mut warnings, cfg, graph.as_ref());
     // The task, from `[task]`, the dataset's classes and the model's last layer; its own
     // checks' problems are reported after the shapes'.
     let head = graph.as_ref().and_then(|g| g.layers().last()).map(|l| Head {
@@ -323,58 +115,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     });
     let mut task_problems = crate::task::Problems::default();
     let task = Task::resolve(cfg, spec.name, &spec.classes, head.as_ref(), &mut task_problems);
-    let tta = cfg.eval.tta == crate::config::Tta::TenCrop;
-    for (split, shape) in &split_shapes {
-        if shape[1] == 0 || shape[2] == 0 {
-            continue; // reported above: the images vary in size
-        }
-        if tta && *split == "test" {
-            let [c, h, w] = *shape;
-            if cfg.model.input.len() == 3
-                && (c != cfg.model.input[0] || h < cfg.model.input[1] || w < cfg.model.input[2])
-            {
-                p.add(
-                    "eval.tta",
-                    format!(
-                        "ten_crop cuts {:?} crops, but test samples after the augmentations are {shape:?}",
-                        cfg.model.input
-                    ),
-                );
-            }
-            if cfg.model.input.len() == 3 && cfg.model.input[1] != cfg.model.input[2] {
-                p.add("eval.tta", "ten_crop needs a square model input");
-            }
-            continue;
-        }
-        let input = &cfg.model.input;
-        let larger = input.len() == 3 && shape[0] == input[0] && shape[1] >= input[1] && shape[2] >= input[2];
-        if cfg.model.fully_convolutional
-            && task.slides_over_larger_images()
-            && *split == "test"
-            && larger
-            && input != shape
-        {
-            // Dense application: the model slides its input-sized window over the image.
-            if let Some(Err(e)) = graph.as_ref().map(|g| g.output_stride()) {
-                p.add(
-                    "model.fully_convolutional",
-                    format!(
-                        "test samples are {shape:?}, larger than the input {input:?}, but the model cannot slide: {e}"
-                    ),
-                );
-            }
-            continue;
-        }
-        if cfg.model.input != shape {
-            p.add(
-                "model.input",
-                format!(
-                    "is {:?} but {} samples after the {split} augmentations are {:?}",
-                    cfg.model.input, spec.name, shape
-                ),
-            );
-        }
-    }
+    steps::input_shapes(&mut p, cfg, &spec, &split_shapes, graph.as_ref(), &task);
     p.task(task_problems);
 
     check_train(&mut p, &cfg.train);

@@ -343,3 +343,91 @@ fn voc_archives_download_check_and_unpack_the_used_folders() {
     assert!(e.contains("VOCtrainval_06-Nov-2007.tar") && e.contains("MD5 checksum mismatch"), "{e}");
     assert!(!d.path().join("fresh/VOCdevkit").exists());
 }
+
+/// runner's greedy per-class NMS keeps the boxes torchvision's `batched_nms` keeps, in
+/// the same order of scores, on random cases with tied scores, duplicate boxes, boxes
+/// touching at the threshold and more than 1,000 boxes (torchvision's other code path).
+#[test]
+fn nms_keeps_what_torchvisions_batched_nms_keeps() {
+    use runner::task::detect::{nms, Found};
+    let mut rng = runner::rng::Rng::new(31);
+    let mut cases: Vec<(f64, Vec<Found>)> = Vec::new();
+    for case in 0..300 {
+        let n = match case {
+            0 => 1,
+            1 | 2 => 1200,
+            _ => 1 + rng.below(60) as usize,
+        };
+        let thr = [0.3, 0.5, 0.7][rng.below(3) as usize];
+        let mut boxes: Vec<Found> = Vec::new();
+        for _ in 0..n {
+            if !boxes.is_empty() && rng.below(8) == 0 {
+                // An exact duplicate of an earlier box, sometimes with another score.
+                let mut b = boxes[rng.below(boxes.len() as u64) as usize];
+                if rng.below(2) == 0 {
+                    b.score = (1 + rng.below(9)) as f32 / 10.0;
+                }
+                boxes.push(b);
+                continue;
+            }
+            // Half-pixel corners: exact in f32 and f64, so both sides compute the same IoU.
+            let (x0, y0) = (rng.below(120) as f32 / 2.0, rng.below(120) as f32 / 2.0);
+            let (w, h) = ((1 + rng.below(60)) as f32 / 2.0, (1 + rng.below(60)) as f32 / 2.0);
+            // Scores from a set of nine, so ties are common.
+            let score = (1 + rng.below(9)) as f32 / 10.0;
+            boxes.push(Found { class: rng.below(3) as u32, score, bbox: [x0, y0, x0 + w, y0 + h] });
+        }
+        cases.push((thr, boxes));
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for (thr, boxes) in &cases {
+        text += &format!("{thr} {}", boxes.len());
+        for b in boxes {
+            let [x0, y0, x1, y1] = b.bbox;
+            text += &format!(" {x0} {y0} {x1} {y1} {} {}", b.score, b.class);
+        }
+        text += "\n";
+    }
+    let file = d.path().join("cases.txt");
+    std::fs::write(&file, text).unwrap();
+    let python = crate::common::python_or("/usr/bin/python3");
+    let out = std::process::Command::new(&python).arg(repo().join("tests/fixtures/check_nms.py")).arg(&file).output();
+    let out = match out {
+        Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap(),
+        Ok(o) if o.status.code() == Some(3) => {
+            return crate::common::skip(
+                "nms_keeps_what_torchvisions_batched_nms_keeps",
+                &String::from_utf8_lossy(&o.stderr),
+                "RUNNER_REQUIRE_TORCH",
+            )
+        }
+        Ok(o) => panic!("check_nms.py: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            return crate::common::skip(
+                "nms_keeps_what_torchvisions_batched_nms_keeps",
+                &format!("no {} ({e})", python.display()),
+                "RUNNER_REQUIRE_TORCH",
+            )
+        }
+    };
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), cases.len());
+    // Boxes of equal score may come in either order: each side's list in (score, class, box)
+    // order within a score.
+    let canonical = |mut v: Vec<Found>| {
+        v.sort_by(|a, b| {
+            b.score.total_cmp(&a.score).then(a.class.cmp(&b.class)).then(a.bbox.partial_cmp(&b.bbox).unwrap())
+        });
+        v
+    };
+    let mut kept_total = 0;
+    for ((thr, boxes), line) in cases.iter().zip(lines) {
+        let theirs: Vec<Found> = line.split_whitespace().map(|i| boxes[i.parse::<usize>().unwrap()]).collect();
+        let ours = nms(boxes.clone(), *thr, usize::MAX);
+        kept_total += ours.len();
+        assert_eq!(canonical(ours), canonical(theirs), "iou threshold {thr}, {} boxes", boxes.len());
+    }
+    let all: usize = cases.iter().map(|(_, b)| b.len()).sum();
+    assert!(kept_total > all / 10 && kept_total < all, "kept {kept_total} of {all}: the cases suppress some, not all");
+}
