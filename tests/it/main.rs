@@ -13,6 +13,7 @@ mod fashion_mnist;
 mod gpu_scripts;
 mod image_folder;
 mod layers;
+mod learning;
 mod localization;
 mod mutation;
 mod predict;
