@@ -311,7 +311,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         Some("ten_crop") => Some(crate::config::Tta::TenCrop),
         Some(other) => anyhow::bail!("--tta {other}: expected none or ten_crop"),
     };
-    let other = crate::train::EvalConfig { config: args.config, sets: args.sets };
+    let other = crate::train::EvalOverrides { config: args.config, sets: args.sets };
     let (split, values) = crate::train::eval_run(&args.run_dir, &args.checkpoint, &args.split, tta, &other)?;
     for (k, v) in &values {
         println!("{k} = {v:.4}");

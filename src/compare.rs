@@ -87,7 +87,9 @@ pub fn read_run(dir: &Path) -> Result<RunInfo> {
         experiment: text(b, "experiment", 0).unwrap_or_default(),
         status: match text(b, "status", 0).unwrap_or_default() {
             // Its process is gone (killed): `runner resume` continues it.
-            s if s == "running" && !crate::runlog::RunLock::is_held(dir) => "stale".into(),
+            s if s == crate::runlog::Status::Running.as_str() && !crate::runlog::RunLock::is_held(dir) => {
+                "stale".into()
+            }
             s => s,
         },
         sweep_id: text(b, "sweep_id", 0),

@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LoadOptions;
+use crate::runlog::Status;
 
 pub struct Request {
     pub experiment: PathBuf,
@@ -30,10 +31,59 @@ pub struct Request {
 pub struct Point {
     /// `key=value` overrides, as for `--set`.
     pub overrides: Vec<String>,
-    /// `pending`, `completed`, `failed`, `interrupted`.
-    pub status: String,
+    pub status: PointStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<String>,
+}
+
+/// Where a point stands; in the state file `pending`, `completed`, `interrupted`, `failed`
+/// or `failed: <why>` (the point could not be started).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointStatus {
+    Pending,
+    Completed,
+    Interrupted,
+    Failed(Option<String>),
+}
+
+impl std::fmt::Display for PointStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            PointStatus::Pending => f.write_str("pending"),
+            PointStatus::Completed => f.write_str(Status::Completed.as_str()),
+            PointStatus::Interrupted => f.write_str(Status::Interrupted.as_str()),
+            PointStatus::Failed(None) => f.write_str(Status::Failed.as_str()),
+            PointStatus::Failed(Some(why)) => write!(f, "{}: {why}", Status::Failed.as_str()),
+        }
+    }
+}
+
+impl std::str::FromStr for PointStatus {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "pending" => PointStatus::Pending,
+            s if s == Status::Completed.as_str() => PointStatus::Completed,
+            s if s == Status::Interrupted.as_str() => PointStatus::Interrupted,
+            s if s == Status::Failed.as_str() => PointStatus::Failed(None),
+            s => match s.strip_prefix("failed: ") {
+                Some(why) => PointStatus::Failed(Some(why.to_string())),
+                None => return Err(format!("unknown point status {s:?}")),
+            },
+        })
+    }
+}
+
+impl Serialize for PointStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for PointStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,22 +249,25 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
     let mut state = State {
         sweep_id: id.clone(),
         experiment: req.experiment.display().to_string(),
-        point: all.iter().map(|p| Point { overrides: p.clone(), status: "pending".into(), run_dir: None }).collect(),
+        point: all
+            .iter()
+            .map(|p| Point { overrides: p.clone(), status: PointStatus::Pending, run_dir: None })
+            .collect(),
     };
     if let Ok(text) = std::fs::read_to_string(&state_path) {
         if let Ok(old) = toml::from_str::<State>(&text) {
             for (new, old) in state.point.iter_mut().zip(old.point) {
                 let same = new.overrides == old.overrides;
-                if same && old.status == "completed" && completed(old.run_dir.as_deref()) {
+                if same && old.status == PointStatus::Completed && completed(old.run_dir.as_deref()) {
                     *new = old;
-                } else if same && old.status == "interrupted" && old.run_dir.is_some() {
+                } else if same && old.status == PointStatus::Interrupted && old.run_dir.is_some() {
                     // Resumed from its checkpoint rather than started again.
                     *new = old;
                 }
             }
         }
     }
-    let done = state.point.iter().filter(|p| p.status == "completed").count();
+    let done = state.point.iter().filter(|p| p.status == PointStatus::Completed).count();
     tracing::info!(
         "sweep {id}: {} points{}, {} at a time",
         state.point.len(),
@@ -227,7 +280,8 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         (cores / req.jobs).max(1).to_string()
     });
-    let todo: Vec<usize> = (0..state.point.len()).filter(|&i| state.point[i].status != "completed").collect();
+    let todo: Vec<usize> =
+        (0..state.point.len()).filter(|&i| state.point[i].status != PointStatus::Completed).collect();
     let state = Arc::new(Mutex::new(state));
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -242,7 +296,7 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
                     .lock()
                     .map(|s| {
                         let p = &s.point[i];
-                        (p.overrides.clone(), p.run_dir.clone().filter(|_| p.status == "interrupted"))
+                        (p.overrides.clone(), p.run_dir.clone().filter(|_| p.status == PointStatus::Interrupted))
                     })
                     .unwrap_or_default();
                 let log = dir.join(&id).join(format!("point_{i:03}.log"));
@@ -259,7 +313,7 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
         }
     });
     let state = state.lock().map(|s| s.clone()).map_err(|_| anyhow::anyhow!("sweep state poisoned"))?;
-    let failed = state.point.iter().filter(|p| p.status != "completed").count();
+    let failed = state.point.iter().filter(|p| p.status != PointStatus::Completed).count();
 
     // The compare table of this sweep's runs, best first.
     let dirs: Vec<PathBuf> = state.point.iter().filter_map(|p| p.run_dir.as_ref().map(PathBuf::from)).collect();
@@ -286,7 +340,9 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
 }
 
 fn completed(run_dir: Option<&str>) -> bool {
-    run_dir.and_then(|d| crate::compare::read_run(Path::new(d)).ok()).is_some_and(|r| r.status == "completed")
+    run_dir
+        .and_then(|d| crate::compare::read_run(Path::new(d)).ok())
+        .is_some_and(|r| r.status == Status::Completed.as_str())
 }
 
 /// `<experiment>-<first 8 hex digits of the SHA-256 of the resolved experiment, shared
@@ -314,10 +370,10 @@ fn run_point(
     resume: Option<&str>,
     log: &Path,
     stop: &AtomicBool,
-) -> (String, Option<String>) {
+) -> (PointStatus, Option<String>) {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
-        Err(e) => return (format!("failed: {e}"), None),
+        Err(e) => return (PointStatus::Failed(Some(e.to_string())), None),
     };
     let mut cmd = std::process::Command::new(exe);
     match resume {
@@ -334,19 +390,19 @@ fn run_point(
     cmd.env("RAYON_NUM_THREADS", threads).env("CANDLE_NUM_THREADS", threads);
     let file = match std::fs::File::create(log).and_then(|f| Ok((f.try_clone()?, f))) {
         Ok(f) => f,
-        Err(e) => return (format!("failed: cannot write {}: {e}", log.display()), None),
+        Err(e) => return (PointStatus::Failed(Some(format!("cannot write {}: {e}", log.display()))), None),
     };
     cmd.stdout(file.0).stderr(file.1).stdin(std::process::Stdio::null());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return (format!("failed: {e}"), None),
+        Err(e) => return (PointStatus::Failed(Some(e.to_string())), None),
     };
     let mut passed_on = false;
     let code = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status.code(),
             Ok(None) => {}
-            Err(e) => return (format!("failed: {e}"), None),
+            Err(e) => return (PointStatus::Failed(Some(e.to_string())), None),
         }
         // Ctrl-C in a terminal reaches the points itself (the process group); a SIGTERM
         // sent to the sweep alone is passed on, once.
@@ -364,9 +420,9 @@ fn run_point(
         .map(str::to_string)
         .or_else(|| resume.map(str::to_string));
     let status = match code {
-        Some(0) => "completed".to_string(),
-        Some(130) | Some(143) => "interrupted".to_string(),
-        _ => "failed".to_string(),
+        Some(0) => PointStatus::Completed,
+        Some(130) | Some(143) => PointStatus::Interrupted,
+        _ => PointStatus::Failed(None),
     };
     (status, run_dir)
 }
@@ -414,5 +470,20 @@ mod tests {
         assert!(check_keys(&[g("a", &["1", "1"])], &[], &[]).unwrap_err().to_string().contains("twice"));
         assert!(check_keys(&[g("a", &[])], &[], &[]).unwrap_err().to_string().contains("no value"));
         assert!(check_keys(&[g("a", &["1"])], &[], &["a=3".into()]).unwrap_err().to_string().contains("also swept"));
+    }
+
+    #[test]
+    fn point_statuses_keep_the_state_files_words() {
+        // The words sweep state files of earlier versions hold, and back.
+        for word in ["pending", "completed", "interrupted", "failed", "failed: cannot write log.txt: disk full"] {
+            let status: PointStatus = word.parse().unwrap();
+            assert_eq!(status.to_string(), word);
+        }
+        assert_eq!("failed: x".parse::<PointStatus>().unwrap(), PointStatus::Failed(Some("x".into())));
+        assert!("done".parse::<PointStatus>().is_err());
+        let p = Point { overrides: vec!["seed=1".into()], status: PointStatus::Interrupted, run_dir: None };
+        let text = toml::to_string(&p).unwrap();
+        assert!(text.contains("status = \"interrupted\""), "{text}");
+        assert_eq!(toml::from_str::<Point>(&text).unwrap().status, PointStatus::Interrupted);
     }
 }

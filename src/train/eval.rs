@@ -23,7 +23,7 @@ use crate::task::{PlotSpec, Stats};
 /// `runner eval --config FILE --set KEY=VALUE`: what the evaluation reads instead of the
 /// run's own config.
 #[derive(Debug, Clone, Default)]
-pub struct EvalConfig {
+pub struct EvalOverrides {
     pub config: Option<PathBuf>,
     pub sets: Vec<String>,
 }
@@ -41,7 +41,7 @@ pub fn eval_run(
     checkpoint: &str,
     split: &str,
     tta: Option<Tta>,
-    other: &EvalConfig,
+    other: &EvalOverrides,
 ) -> Result<(String, BTreeMap<String, f64>)> {
     if !dir.join("config.toml").is_file() || !dir.join("run.parquet").is_file() {
         bail!("{}: not a run folder (it needs config.toml and run.parquet)", dir.display());

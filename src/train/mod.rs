@@ -33,7 +33,7 @@ use crate::task::{Stats, TrainOutputs};
 mod eval;
 mod resume;
 use eval::draw_plots;
-pub use eval::{eval_run, evaluate, log_metrics, EvalConfig};
+pub use eval::{eval_run, evaluate, log_metrics, EvalOverrides};
 pub use resume::resume;
 
 pub struct Outcome {
