@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, LoadOptions};
-use crate::runlog::Status;
+use crate::runlog::{files, Status};
 use crate::signals;
 
 #[derive(Parser, Debug)]
@@ -316,7 +316,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     for (k, v) in &values {
         println!("{k} = {v:.4}");
     }
-    println!("appended to {} as split {split}", args.run_dir.join("metrics.parquet").display());
+    println!("appended to {} as split {split}", args.run_dir.join(files::METRICS).display());
     Ok(ExitCode::SUCCESS)
 }
 

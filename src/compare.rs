@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use arrow_array::{Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
 
 use crate::config::Mode;
+use crate::runlog::files;
 
 #[derive(Debug, Clone)]
 pub struct RunInfo {
@@ -42,7 +43,7 @@ fn text(b: &RecordBatch, name: &str, row: usize) -> Option<String> {
 
 /// One run's `run.parquet` and `params.parquet`.
 pub fn read_run(dir: &Path) -> Result<RunInfo> {
-    let path = dir.join("run.parquet");
+    let path = dir.join(files::RUN);
     if !path.is_file() {
         bail!("{}: not a run folder (no run.parquet)", dir.display());
     }
@@ -61,7 +62,7 @@ pub fn read_run(dir: &Path) -> Result<RunInfo> {
         }
     }
     let mut params = BTreeMap::new();
-    let ppath = dir.join("params.parquet");
+    let ppath = dir.join(files::PARAMS);
     if ppath.is_file() {
         for p in crate::runlog::read_parquet(&ppath)? {
             for i in 0..p.num_rows() {
@@ -104,7 +105,7 @@ pub fn read_run(dir: &Path) -> Result<RunInfo> {
 /// at most, sorted.
 pub fn run_dirs(path: &Path) -> Vec<PathBuf> {
     fn walk(p: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-        if p.join("run.parquet").is_file() {
+        if p.join(files::RUN).is_file() {
             out.push(p.to_path_buf());
             return;
         }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{AugmentOp, LoadOptions};
 use crate::model::weights;
 use crate::rng::Rng;
+use crate::runlog::files;
 use crate::task::{PredictImage, PredictSetup, Prediction};
 use anyhow::{bail, Context, Result};
 
@@ -48,11 +49,11 @@ pub fn run(req: &Request) -> Result<(Vec<Predicted>, Vec<String>)> {
         bail!("--topk 0: nothing to print");
     }
     let (config_path, run_weights) = if req.target.is_dir() {
-        let cfg = req.target.join("config.toml");
+        let cfg = req.target.join(files::CONFIG);
         if !cfg.is_file() {
             bail!("{}: not a run folder (no config.toml) and not an experiment file", req.target.display());
         }
-        (cfg, Some(req.target.join("model.safetensors")))
+        (cfg, Some(req.target.join(files::MODEL)))
     } else {
         (req.target.clone(), None)
     };

@@ -22,6 +22,7 @@ mod predictions;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::runlog::files;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
@@ -200,8 +201,8 @@ fn metrics_json(dir: &Path) -> Result<Value> {
 /// `masks/`.
 fn files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    if dir.join("config.toml").is_file() {
-        out.push("config.toml".to_string());
+    if dir.join(files::CONFIG).is_file() {
+        out.push(files::CONFIG.to_string());
     }
     out.extend(pngs(dir, "plots"));
     out.extend(masks(dir));

@@ -17,7 +17,7 @@ use arrow_array::{Array, Float32Array, Float64Array, Int32Array, Int64Array, Lis
 use serde_json::{json, Value};
 
 use crate::data::Split;
-use crate::runlog::column;
+use crate::runlog::{column, files};
 
 /// How many images a page of detections, localizations or masks holds at most.
 pub const PAGE: usize = 12;
@@ -82,7 +82,7 @@ impl Datasets {
 /// The run's plan, from its resolved `config.toml` (as `runner eval` reads it).
 fn plan_of(dir: &Path) -> Result<crate::plan::Plan> {
     let opts = crate::config::LoadOptions { sets: Vec::new(), env: false };
-    let mut loaded = crate::config::load(&dir.join("config.toml"), &opts)?;
+    let mut loaded = crate::config::load(&dir.join(files::CONFIG), &opts)?;
     loaded.keep_resize_of_older_run();
     loaded.config.model.drop_inits();
     crate::plan::plan(&loaded)
@@ -91,13 +91,13 @@ fn plan_of(dir: &Path) -> Result<crate::plan::Plan> {
 /// The run's predictions as JSON; `from`: the first image of the page (detection,
 /// localization, segmentation).
 pub fn predictions(dir: &Path, data: &RunData, from: usize) -> Result<Value> {
-    let mut out = if dir.join("predictions.parquet").is_file() {
+    let mut out = if dir.join(files::PREDICTIONS).is_file() {
         classify(dir)?
-    } else if dir.join("detections.parquet").is_file() {
-        boxes(dir, data, from, "detections.parquet")?
-    } else if dir.join("localizations.parquet").is_file() {
-        boxes(dir, data, from, "localizations.parquet")?
-    } else if dir.join("segmentation.parquet").is_file() {
+    } else if dir.join(files::DETECTIONS).is_file() {
+        boxes(dir, data, from, files::DETECTIONS)?
+    } else if dir.join(files::LOCALIZATIONS).is_file() {
+        boxes(dir, data, from, files::LOCALIZATIONS)?
+    } else if dir.join(files::SEGMENTATION).is_file() {
         segment(dir, data, from)?
     } else {
         json!({ "task": null })
@@ -119,7 +119,7 @@ pub fn predictions(dir: &Path, data: &RunData, from: usize) -> Result<Value> {
 /// Classification: every sample's label, prediction and top five classes with their
 /// probabilities (flattened `[class, p, class, p, ...]`), and the ROC curves when logged.
 fn classify(dir: &Path) -> Result<Value> {
-    let path = dir.join("predictions.parquet");
+    let path = dir.join(files::PREDICTIONS);
     let (mut sample, mut label, mut pred, mut top) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for b in crate::runlog::read_parquet(&path)? {
         let s = column::<Int64Array>(&b, "sample", "int64", &path)?;
@@ -170,13 +170,10 @@ fn boxes(dir: &Path, data: &RunData, from: usize, table: &str) -> Result<Value> 
         let score = column::<Float32Array>(&b, "score", "float32", &path)?;
         let coord = |n: &str| column::<Float32Array>(&b, n, "float32", &path);
         let (x0, y0, x1, y1) = (coord("xmin")?, coord("ymin")?, coord("xmax")?, coord("ymax")?);
-        let class_col = if table == "localizations.parquet" { "pred" } else { "class" };
+        let class_col = if table == files::LOCALIZATIONS { "pred" } else { "class" };
         let class = column::<StringArray>(&b, class_col, "text", &path)?;
-        let truth_label = if table == "localizations.parquet" {
-            Some(column::<StringArray>(&b, "label", "text", &path)?)
-        } else {
-            None
-        };
+        let truth_label =
+            if table == files::LOCALIZATIONS { Some(column::<StringArray>(&b, "label", "text", &path)?) } else { None };
         for i in 0..b.num_rows() {
             let sample = usize::try_from(s.value(i)).with_context(|| format!("{}: negative sample", path.display()))?;
             last = last.max(sample + 1);
@@ -236,14 +233,14 @@ fn boxes(dir: &Path, data: &RunData, from: usize, table: &str) -> Result<Value> 
     }
     let pr: BTreeMap<String, Value> =
         pr.into_iter().map(|(c, (ap, p, r))| (c, json!({ "ap": ap, "precision": p, "recall": r }))).collect();
-    let task = if table == "localizations.parquet" { "localize" } else { "detect" };
+    let task = if table == files::LOCALIZATIONS { "localize" } else { "detect" };
     Ok(json!({ "task": task, "from": from, "page": PAGE, "total": count.max(last), "pages": images, "pr": pr }))
 }
 
 /// Segmentation: the pixel confusion matrix over the split (summed from the per-image
 /// counts), and the page's images with their pixel accuracy and predicted mask file.
 fn segment(dir: &Path, data: &RunData, from: usize) -> Result<Value> {
-    let path = dir.join("segmentation.parquet");
+    let path = dir.join(files::SEGMENTATION);
     let mut index: BTreeMap<String, usize> = data.classes.iter().enumerate().map(|(i, c)| (c.clone(), i)).collect();
     let mut names = data.classes.clone();
     let mut cells: BTreeMap<(usize, usize), u64> = BTreeMap::new();

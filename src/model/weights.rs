@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::Model;
 use crate::config::InitConfig;
+use crate::runlog::files;
 
 /// Every tensor in a weights file, as f32 on `device`, by name.
 pub fn read(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
@@ -344,18 +345,18 @@ fn file_name(prefix: &str, rest: &str, rename: &BTreeMap<String, String>) -> Str
 /// completed run, else that of the newest completed run under `dir` (run ids sort by time).
 pub fn run_weights(dir: &Path) -> Result<PathBuf> {
     let completed = |d: &Path| {
-        d.join("model.safetensors").is_file()
+        d.join(files::MODEL).is_file()
             && crate::runlog::RunLog::open(d, None).is_ok_and(|l| l.status() == crate::runlog::Status::Completed)
     };
     if completed(dir) {
-        return Ok(dir.join("model.safetensors"));
+        return Ok(dir.join(files::MODEL));
     }
     let mut runs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();
     runs.sort();
     match runs.into_iter().rev().find(|d| completed(d)) {
-        Some(d) => Ok(d.join("model.safetensors")),
+        Some(d) => Ok(d.join(files::MODEL)),
         None => bail!("no completed run in or under {} (run that experiment first)", dir.display()),
     }
 }

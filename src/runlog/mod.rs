@@ -34,6 +34,29 @@ pub struct MetricRow {
     pub wall_time_s: f64,
 }
 
+/// The run folder's file names, in one place: every module that reads or writes a run
+/// folder names its files through these (a test keeps the literals here).
+pub mod files {
+    /// The resolved config and the overrides that made it.
+    pub const CONFIG: &str = "config.toml";
+    /// One row: the run's identity, status and final metrics.
+    pub const RUN: &str = "run.parquet";
+    /// The flattened config, a row per key.
+    pub const PARAMS: &str = "params.parquet";
+    /// A row per epoch, step, split, metric and class.
+    pub const METRICS: &str = "metrics.parquet";
+    /// The weights after the latest epoch.
+    pub const MODEL: &str = "model.safetensors";
+    /// The folder of per-epoch checkpoints.
+    pub const CHECKPOINTS: &str = "checkpoints";
+    /// The task's predictions table on the test split: classification's, detection's,
+    /// segmentation's, localization's.
+    pub const PREDICTIONS: &str = "predictions.parquet";
+    pub const DETECTIONS: &str = "detections.parquet";
+    pub const SEGMENTATION: &str = "segmentation.parquet";
+    pub const LOCALIZATIONS: &str = "localizations.parquet";
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Running,
@@ -225,7 +248,7 @@ impl RunLog {
     /// `metrics.parquet` are read back (status included); rows of epochs after
     /// `keep_through` are dropped (`None`: all kept).
     pub fn open(dir: &Path, keep_through: Option<i32>) -> Result<Self> {
-        let rpath = dir.join("run.parquet");
+        let rpath = dir.join(files::RUN);
         let run = read_parquet(&rpath)?.into_iter().next().with_context(|| format!("{} is empty", rpath.display()))?;
         if run.num_rows() != 1 {
             anyhow::bail!("{}: expected one row, found {}", rpath.display(), run.num_rows());
@@ -237,7 +260,7 @@ impl RunLog {
         let started = table::column::<TimestampMicrosecondArray>(&run, "started_at", "timestamp", &rpath)?.value(0);
         let seed = table::column::<UInt64Array>(&run, "seed", "uint64", &rpath)?.value(0);
         let mut metrics = Vec::new();
-        let mpath = dir.join("metrics.parquet");
+        let mpath = dir.join(files::METRICS);
         if mpath.is_file() {
             for m in read_parquet(&mpath)? {
                 let epoch = table::column::<Int32Array>(&m, "epoch", "int32", &mpath)?;
@@ -348,7 +371,7 @@ impl RunLog {
         Table::new(&self.run_id, params.len())
             .col("key", StringArray::from_iter_values(params.keys()))
             .col("value", StringArray::from_iter_values(params.values()))
-            .write(&self.dir.join("params.parquet"))
+            .write(&self.dir.join(files::PARAMS))
     }
 
     pub fn push(&mut self, row: MetricRow) {
@@ -386,7 +409,7 @@ impl RunLog {
             .nullable("class", StringArray::from(m.iter().map(|r| r.class.as_deref()).collect::<Vec<_>>()))
             .col("value", Float64Array::from_iter_values(m.iter().map(|r| r.value)))
             .col("wall_time_s", Float64Array::from_iter_values(m.iter().map(|r| r.wall_time_s)))
-            .write(&self.dir.join("metrics.parquet"))
+            .write(&self.dir.join(files::METRICS))
     }
 
     fn write_run(&self) -> Result<()> {
@@ -406,7 +429,7 @@ impl RunLog {
         for (name, value) in &self.final_metrics {
             t = t.nullable(name, Float64Array::from(vec![*value]));
         }
-        t.write(&self.dir.join("run.parquet"))
+        t.write(&self.dir.join(files::RUN))
     }
 }
 

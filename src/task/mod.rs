@@ -22,7 +22,7 @@ use crate::metrics::detection::{Detection, DetectionStats, Truth};
 use crate::metrics::segmentation::SegStats;
 use crate::metrics::{Binary, EpochStats};
 use crate::model::{predicted, Model, Pass};
-use crate::runlog::RunLog;
+use crate::runlog::{files, RunLog};
 
 pub use detect::Yolo;
 pub use localize::{LocStats, Localizer};
@@ -505,20 +505,20 @@ impl Stats {
     /// `localizations.parquet`.
     pub fn write_predictions(&self, log: &RunLog, epoch: usize, classes: &[String], split: &Split) -> Result<()> {
         match self {
-            Stats::Classify(s) => classify::write_predictions(&log.run_id, s, &log.dir.join("predictions.parquet")),
+            Stats::Classify(s) => classify::write_predictions(&log.run_id, s, &log.dir.join(files::PREDICTIONS)),
             Stats::Detect(s) => {
-                let path = log.dir.join("detections.parquet");
+                let path = log.dir.join(files::DETECTIONS);
                 detect::write_detections(&log.run_id, epoch, s, classes, &split.files, &path)?;
                 let path = log.dir.join("precision_recall_test.parquet");
                 detect::write_precision_recall(&log.run_id, epoch, s, classes, &path)
             }
             Stats::Segment(s) => {
-                let path = log.dir.join("segmentation.parquet");
+                let path = log.dir.join(files::SEGMENTATION);
                 segment::write_counts(&log.run_id, epoch, s, classes, &split.files, &path)?;
                 segment::write_masks(s, split, &log.dir.join("masks"))
             }
             Stats::Localize(s) => {
-                let path = log.dir.join("localizations.parquet");
+                let path = log.dir.join(files::LOCALIZATIONS);
                 localize::write_localizations(&log.run_id, epoch, s, classes, &split.files, &path)
             }
         }

@@ -17,7 +17,7 @@ use crate::data::loader::{self, LoaderSpec};
 use crate::data::Split;
 use crate::model::Model;
 use crate::plan::Plan;
-use crate::runlog::{MetricRow, RunLog};
+use crate::runlog::{files, MetricRow, RunLog};
 use crate::task::{PlotSpec, Stats};
 
 /// `runner eval --config FILE --set KEY=VALUE`: what the evaluation reads instead of the
@@ -43,13 +43,13 @@ pub fn eval_run(
     tta: Option<Tta>,
     other: &EvalOverrides,
 ) -> Result<(String, BTreeMap<String, f64>)> {
-    if !dir.join("config.toml").is_file() || !dir.join("run.parquet").is_file() {
+    if !dir.join(files::CONFIG).is_file() || !dir.join(files::RUN).is_file() {
         bail!("{}: not a run folder (it needs config.toml and run.parquet)", dir.display());
     }
     if !["test", "train"].contains(&split) {
         bail!("--split {split}: expected test or train");
     }
-    let config_path = other.config.clone().unwrap_or_else(|| dir.join("config.toml"));
+    let config_path = other.config.clone().unwrap_or_else(|| dir.join(files::CONFIG));
     let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: other.sets.clone(), env: false })?;
     loaded.keep_resize_of_older_run();
     loaded.config.model.drop_inits();
@@ -59,9 +59,9 @@ pub fn eval_run(
     let plan = crate::plan::plan(&loaded)?;
     let (weights, tag) = match checkpoint {
         "best" => (dir.join("checkpoints/best.safetensors"), "best".to_string()),
-        "last" => match checkpoint::latest(&dir.join("checkpoints"))? {
+        "last" => match checkpoint::latest(&dir.join(files::CHECKPOINTS))? {
             Some((p, _)) => (p, String::new()),
-            None => (dir.join("model.safetensors"), String::new()),
+            None => (dir.join(files::MODEL), String::new()),
         },
         path => {
             let p = PathBuf::from(path);

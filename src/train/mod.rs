@@ -25,7 +25,7 @@ use crate::model::{Model, Pass};
 use crate::optim::{add_grads, clip_grad_norm, Optimizer};
 use crate::plan::Plan;
 use crate::progress;
-use crate::runlog::{MetricRow, RunLog, Status};
+use crate::runlog::{files, MetricRow, RunLog, Status};
 use crate::schedule::Position;
 use crate::step::{self, Step};
 use crate::task::{Stats, TrainOutputs};
@@ -69,7 +69,7 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>, sweep_id: Option
     let output_dir = PathBuf::from(&loaded.config.experiment.output_dir);
     let mut log =
         RunLog::create(&output_dir, &plan.experiment, &hash, plan.seed, &device_name(&device))?.with_sweep_id(sweep_id);
-    log.write_text("config.toml", &config_file_text(loaded, &resolved))?;
+    log.write_text(files::CONFIG, &config_file_text(loaded, &resolved))?;
     log.write_params(&loaded.flat_params())?;
     log.flush()?;
     log.publish()?;
@@ -421,7 +421,7 @@ impl Session<'_> {
         test.write_predictions(log, epoch, &plan.classes, test_split)?;
         log.final_metrics = test_values;
         log.flush()?;
-        crate::model::weights::save(self.model, &log.dir.join("model.safetensors"))?;
+        crate::model::weights::save(self.model, &log.dir.join(files::MODEL))?;
         if let Err(e) = draw_plots(log, plan, test, test_split) {
             tracing::warn!("plots not drawn: {e:#}");
         }
@@ -466,7 +466,14 @@ impl Session<'_> {
             kernels: crate::ops::kernels::level_on(&self.device).map(|l| l.to_string()).unwrap_or_default(),
             optimizer_steps,
         };
-        checkpoint::save(&self.log.dir.join("checkpoints"), self.model, self.optimizer, &side, ck.keep_last, is_best)?;
+        checkpoint::save(
+            &self.log.dir.join(files::CHECKPOINTS),
+            self.model,
+            self.optimizer,
+            &side,
+            ck.keep_last,
+            is_best,
+        )?;
         Ok(early_stop)
     }
 }

@@ -11,14 +11,14 @@ use super::{config_hash, finish, load_data, Outcome, Session, State};
 use crate::checkpoint;
 use crate::config::LoadOptions;
 use crate::optim::Optimizer;
-use crate::runlog::{RunLog, Status};
+use crate::runlog::{files, RunLog, Status};
 
 /// Continues the run in `dir` from its last checkpoint, in the same folder: its tables keep
 /// the finished epochs (rows of a later, unfinished epoch are dropped) and grow from there.
 /// Everything is checked before the folder is touched.
 pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
-    let config_path = dir.join("config.toml");
-    if !dir.is_dir() || !config_path.is_file() || !dir.join("run.parquet").is_file() {
+    let config_path = dir.join(files::CONFIG);
+    if !dir.is_dir() || !config_path.is_file() || !dir.join(files::RUN).is_file() {
         bail!(
             "{}: not a run folder (it needs config.toml and run.parquet, as `runner EXP` writes them)",
             dir.display()
@@ -26,7 +26,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     }
     let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: Vec::new(), env: false })?;
     loaded.keep_resize_of_older_run();
-    let latest = checkpoint::latest(&dir.join("checkpoints"))?;
+    let latest = checkpoint::latest(&dir.join(files::CHECKPOINTS))?;
     if latest.is_some() {
         // The weights come from the checkpoint: the groups' own files are not needed.
         loaded.config.model.drop_inits();
@@ -128,7 +128,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     if keep >= 0 && !log.metrics().iter().any(|r| r.epoch == keep) {
         bail!(
             "{}: holds no rows of epoch {} though the checkpoint comes after it (the file was deleted or              replaced?): resuming would finish the run without the earlier epochs' metrics; restore it,              or start a new run",
-            dir.join("metrics.parquet").display(),
+            dir.join(files::METRICS).display(),
             keep + 1
         );
     }

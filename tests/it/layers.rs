@@ -223,6 +223,34 @@ fn the_task_is_decided_in_one_place() {
 }
 
 #[test]
+fn the_run_folders_file_names_live_in_runlog() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &root.join("src"), &mut files);
+    let names = [
+        "\"config.toml\"",
+        "\"run.parquet\"",
+        "\"params.parquet\"",
+        "\"metrics.parquet\"",
+        "\"model.safetensors\"",
+        "\"checkpoints\"",
+        "\"predictions.parquet\"",
+        "\"detections.parquet\"",
+        "\"segmentation.parquet\"",
+        "\"localizations.parquet\"",
+    ];
+    let mut found = Vec::new();
+    for (rel, src) in files.iter().filter(|(rel, _)| !rel.starts_with("runlog/")) {
+        for line in without_tests(src).lines() {
+            if names.iter().any(|n| line.contains(n)) {
+                found.push(format!("{rel}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "run-folder file names outside runlog::files:\n{}", found.join("\n"));
+}
+
+#[test]
 fn the_layer_check_finds_what_goes_up() {
     let rows: BTreeMap<String, usize> =
         [("cli", 1), ("sweep", 2), ("ops", 14), ("bin", 1)].map(|(m, r)| (m.to_string(), r)).into_iter().collect();

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use runner::config::DetectConfig;
 use runner::metrics::detection::{Detection, DetectionStats, Truth};
 use runner::rng::Rng;
+use runner::runlog::files;
 use runner::task::Yolo;
 
 /// Generated once into bench/out: CIFAR-10 binary records and a folder of 256x256 JPEGs.
@@ -201,7 +202,7 @@ pub(crate) fn board_runs_1000() -> Result<f64> {
             params.insert("seed".into(), (i % 3).to_string());
             params.insert("train.batch_size".into(), (32 << (i % 3)).to_string());
             params.insert("model.width".into(), (16 * (1 + i % 5)).to_string());
-            log.write_text("config.toml", "# bench\n")?;
+            log.write_text(files::CONFIG, "# bench\n")?;
             log.write_params(&params)?;
             for epoch in 0..100 {
                 for split in ["train", "test"] {
