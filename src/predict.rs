@@ -149,7 +149,7 @@ fn load_for_predict(path: &Path, sets: &[String]) -> Result<crate::config::Loade
                     let resize = AugmentOp::Resize {
                         size: Some([h, w]),
                         shorter: None,
-                        mode: "bilinear".into(),
+                        mode: crate::ops::upsample::UpsampleMode::Bilinear,
                         antialias: true,
                     };
                     for ops in [&mut loaded.config.augment.test, &mut loaded.config.augment.train] {

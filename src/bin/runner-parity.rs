@@ -24,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use runner::config::{GroupConfig, Layer, LayerKind, ModelConfig, OptimizerConfig, Precision};
 use runner::model::{plan_model, Model, Pass};
+use runner::ops::upsample::UpsampleMode;
 use runner::optim::{collect_grads, Optimizer};
 use runner::rng::Rng;
 
@@ -298,7 +299,11 @@ fn main() -> Result<()> {
             LayerKind::Avgpool { kernel, stride: Some(stride), padding, ceil_mode }
         }
     };
-    let up = |mode: &str, scale| LayerKind::Upsample { mode: mode.into(), scale: Some(scale), size: None };
+    let up = |mode: &str, scale| LayerKind::Upsample {
+        mode: if mode == "nearest" { UpsampleMode::Nearest } else { UpsampleMode::Bilinear },
+        scale: Some(scale),
+        size: None,
+    };
     let bn = || LayerKind::Batchnorm { eps: 1e-5, momentum: 0.1 };
     let cases: Vec<(&str, [usize; 4], Vec<LayerKind>)> = vec![
         ("conv3x3", [4, 8, 12, 12], vec![conv(16, 3, 1, 1, 1, 1)]),

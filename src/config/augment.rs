@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::half;
 
+use crate::ops::upsample::UpsampleMode;
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PadMode {
@@ -79,7 +81,7 @@ pub enum AugmentOp {
         #[serde(default)]
         shorter: Option<usize>,
         #[serde(default = "default_resize_mode")]
-        mode: String,
+        mode: UpsampleMode,
         /// Bilinear only: each output pixel averages the input pixels it covers when
         /// shrinking (PIL's and torchvision `Resize`'s antialiasing); `false`: the four
         /// nearest pixels, as `F.interpolate(..., antialias=False)`.
@@ -132,8 +134,8 @@ fn default_rrc_ratio() -> [f64; 2] {
     [3.0 / 4.0, 4.0 / 3.0]
 }
 
-fn default_resize_mode() -> String {
-    "bilinear".into()
+fn default_resize_mode() -> UpsampleMode {
+    UpsampleMode::Bilinear
 }
 
 fn default_jitter() -> f64 {
@@ -212,22 +214,17 @@ impl AugmentOp {
                 }
                 Ok(input)
             }
-            AugmentOp::Resize { size, shorter, mode, .. } => {
-                if mode != "bilinear" && mode != "nearest" {
-                    return Err(format!("mode must be \"bilinear\" or \"nearest\", is {mode:?}"));
-                }
-                match (size, shorter) {
-                    (Some([rh, rw]), None) if *rh > 0 && *rw > 0 => Ok([c, *rh, *rw]),
-                    (None, Some(s)) if *s > 0 => {
-                        if h == 0 || w == 0 {
-                            return Ok([c, 0, 0]);
-                        }
-                        let (nh, nw) = resized_shorter(h, w, *s);
-                        Ok([c, nh, nw])
+            AugmentOp::Resize { size, shorter, .. } => match (size, shorter) {
+                (Some([rh, rw]), None) if *rh > 0 && *rw > 0 => Ok([c, *rh, *rw]),
+                (None, Some(s)) if *s > 0 => {
+                    if h == 0 || w == 0 {
+                        return Ok([c, 0, 0]);
                     }
-                    _ => Err("give exactly one of size = [h, w] or shorter (both > 0)".into()),
+                    let (nh, nw) = resized_shorter(h, w, *s);
+                    Ok([c, nh, nw])
                 }
-            }
+                _ => Err("give exactly one of size = [h, w] or shorter (both > 0)".into()),
+            },
             AugmentOp::RandomResizedCrop { size, scale, ratio } => {
                 if *size == 0 {
                     return Err("size must be > 0".into());

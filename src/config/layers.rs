@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{half, one, yes};
 
+use crate::ops::upsample::UpsampleMode;
+
 /// One layer. In TOML either a table `{ conv2d = { out = 6, kernel = 5 } }` or, for a layer
 /// whose keys all have defaults, its bare name: `"relu"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,7 +97,7 @@ pub enum LayerKind {
     /// an exact `size = [h, w]`.
     Upsample {
         #[serde(default = "default_upsample_mode")]
-        mode: String,
+        mode: UpsampleMode,
         #[serde(default)]
         scale: Option<usize>,
         #[serde(default)]
@@ -163,23 +165,18 @@ fn default_bn_momentum() -> f64 {
 fn default_slope() -> f64 {
     0.01
 }
-fn default_upsample_mode() -> String {
-    "nearest".into()
+fn default_upsample_mode() -> UpsampleMode {
+    UpsampleMode::Nearest
 }
 
 /// An upsample layer's mode and output size, or why its keys do not work.
-pub type UpsamplePlan = std::result::Result<(crate::ops::upsample::UpsampleMode, (usize, usize)), String>;
+pub type UpsamplePlan = std::result::Result<(UpsampleMode, (usize, usize)), String>;
 
 impl LayerKind {
     /// The mode and output size of an `upsample` layer for an input of `h x w`.
     pub fn upsample(&self, h: usize, w: usize) -> Option<UpsamplePlan> {
-        use crate::ops::upsample::UpsampleMode;
         let LayerKind::Upsample { mode, scale, size } = self else { return None };
-        let mode = match mode.as_str() {
-            "nearest" => UpsampleMode::Nearest,
-            "bilinear" => UpsampleMode::Bilinear,
-            other => return Some(Err(format!("mode must be \"nearest\" or \"bilinear\", is {other:?}"))),
-        };
+        let mode = *mode;
         Some(match (scale, size) {
             (Some(s), None) if *s > 0 => Ok((mode, (h * s, w * s))),
             (None, Some([oh, ow])) if *oh > 0 && *ow > 0 => Ok((mode, (*oh, *ow))),

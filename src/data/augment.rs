@@ -164,7 +164,7 @@ pub fn resize_decoded(
     let AugmentOp::Resize { size, shorter, mode, antialias: true } = op else { return Ok(None) };
     let [c, h, w] = *dims;
     let (oh, ow) = resize_target(*size, *shorter, (h, w));
-    if mode == "nearest" || oh == 0 || ow == 0 || h == 0 || w == 0 {
+    if *mode == UpsampleMode::Nearest || oh == 0 || ow == 0 || h == 0 || w == 0 {
         return Ok(None); // `apply` reports the empty image
     }
     let out = if (oh, ow) == (h, w) { img.to_vec() } else { resize_u8_pil(img, c, (h, w), (oh, ow))? };
@@ -345,7 +345,7 @@ pub fn apply_with_targets(
         }
         AugmentOp::Resize { size, shorter, mode, antialias } => {
             let (oh, ow) = resize_target(*size, *shorter, (h, w));
-            let m = if mode == "nearest" { UpsampleMode::Nearest } else { UpsampleMode::Bilinear };
+            let m = *mode;
             *dims = [c, oh, ow];
             if oh == 0 || ow == 0 {
                 return Err(format!("resizing {h}x{w} gives an empty image"));
@@ -582,14 +582,15 @@ mod tests {
     fn resize_by_hand() {
         // Bilinear [1, 2] to width 4 = [1, 1.25, 1.75, 2] (F.interpolate, align_corners=False).
         let mut dims = [1, 1, 2];
-        let op = AugmentOp::Resize { size: Some([1, 4]), shorter: None, mode: "bilinear".into(), antialias: false };
+        let op =
+            AugmentOp::Resize { size: Some([1, 4]), shorter: None, mode: UpsampleMode::Bilinear, antialias: false };
         let out = apply(&op, vec![1., 2.], &mut dims, &mut Rng::new(0)).unwrap();
         assert_eq!((out, dims), (vec![1.0, 1.25, 1.75, 2.0], [1, 1, 4]));
         // Shorter side 2 of a 4x6 image: 2 x floor(2 * 6 / 4) = 2x3 (torchvision's rule);
         // nearest picks rows 0, 2 and columns 0, 2, 4.
         let img: Vec<f32> = (0..24).map(|v| v as f32).collect();
         let mut dims = [1, 4, 6];
-        let op = AugmentOp::Resize { size: None, shorter: Some(2), mode: "nearest".into(), antialias: true };
+        let op = AugmentOp::Resize { size: None, shorter: Some(2), mode: UpsampleMode::Nearest, antialias: true };
         let out = apply(&op, img, &mut dims, &mut Rng::new(0)).unwrap();
         assert_eq!((out, dims), (vec![0., 2., 4., 12., 14., 16.], [1, 2, 3]));
     }
@@ -709,7 +710,8 @@ mod tests {
 
         // resize to 8x12 doubles the box; the mask is resized by nearest neighbour.
         let mut t = base.clone();
-        let op = AugmentOp::Resize { size: Some([8, 12]), shorter: None, mode: "bilinear".into(), antialias: false };
+        let op =
+            AugmentOp::Resize { size: Some([8, 12]), shorter: None, mode: UpsampleMode::Bilinear, antialias: false };
         apply_with_targets(&op, img.clone(), &mut t, &mut [1, 4, 6], &mut Rng::new(0)).unwrap();
         assert_eq!(t.boxes, vec![[2., 2., 6., 4.]]);
         let m = t.mask.unwrap();

@@ -830,7 +830,11 @@ mod tests {
             "b",
             vec![
                 Layer(conv(4, 3, 2, 1)),
-                Layer(LayerKind::Upsample { mode: "nearest".into(), scale: Some(2), size: None }),
+                Layer(LayerKind::Upsample {
+                    mode: crate::ops::upsample::UpsampleMode::Nearest,
+                    scale: Some(2),
+                    size: None,
+                }),
                 Layer(LayerKind::Add { with: vec!["a".into()] }),
             ],
         );

@@ -549,7 +549,7 @@ layers = [{ conv2d = { out = 4, kernel = 3, padding = 1 } }, "relu",
         assert!((y[0] + 0.2).abs() < 1e-7 && y[1] == 3.0, "{y:?}");
         let y = run(LayerKind::Sigmoid {}, x.zeros_like().unwrap());
         assert_eq!(y, vec![0.5, 0.5]);
-        let up = LayerKind::Upsample { mode: "nearest".into(), scale: Some(2), size: None };
+        let up = LayerKind::Upsample { mode: crate::ops::upsample::UpsampleMode::Nearest, scale: Some(2), size: None };
         assert_eq!(run(up, x), vec![-2., -2., 3., 3., -2., -2., 3., 3.]);
     }
 

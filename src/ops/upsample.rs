@@ -8,7 +8,10 @@ use rayon::prelude::*;
 
 use super::{contiguous, cpu_slices, Elem};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an upsample layer or a resize fills the new pixels (`"nearest"`, `"bilinear"` in a
+/// config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum UpsampleMode {
     Nearest,
     Bilinear,

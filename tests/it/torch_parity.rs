@@ -267,7 +267,12 @@ fn resize_matches_pil_within_one_grey_level() {
         let (ow, oh) = (case["width"].as_integer().unwrap() as usize, case["height"].as_integer().unwrap() as usize);
         let want = bytes(case);
         let run = |antialias: bool| -> f64 {
-            let op = AugmentOp::Resize { size: Some([oh, ow]), shorter: None, mode: "bilinear".into(), antialias };
+            let op = AugmentOp::Resize {
+                size: Some([oh, ow]),
+                shorter: None,
+                mode: runner::ops::upsample::UpsampleMode::Bilinear,
+                antialias,
+            };
             let mut dims = [3, h, w];
             let mut rng = runner::rng::Rng::new(0);
             let out = runner::data::augment::apply(&op, image.clone(), &mut dims, &mut rng).unwrap();

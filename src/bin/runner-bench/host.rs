@@ -142,7 +142,7 @@ pub(crate) fn resize_case(antialias: bool) -> Result<f64> {
     let ops = [[448, 448], [168, 224]].map(|size| AugmentOp::Resize {
         size: Some(size),
         shorter: None,
-        mode: "bilinear".into(),
+        mode: runner::ops::upsample::UpsampleMode::Bilinear,
         antialias,
     });
     let n = 20;
@@ -165,7 +165,7 @@ pub(crate) fn resize_decoded_case() -> Result<f64> {
     let ops = [[448, 448], [168, 224]].map(|size| AugmentOp::Resize {
         size: Some(size),
         shorter: None,
-        mode: "bilinear".into(),
+        mode: runner::ops::upsample::UpsampleMode::Bilinear,
         antialias: true,
     });
     let n = 20;
