@@ -250,7 +250,12 @@ pub struct Labelled {
 }
 
 /// An image (planar `[3, h, w]` bytes) with its boxes drawn and labelled, as a PNG.
-pub fn boxes_on_image(path: &Path, planar: &[u8], [h, w]: [usize; 2], boxes: &[Labelled]) -> Result<()> {
+pub fn boxes_on_image(path: &Path, planar: &[u8], hw: [usize; 2], boxes: &[Labelled]) -> Result<()> {
+    draw_image(path, planar, hw, boxes, &[])
+}
+
+/// [`boxes_on_image`] with `captions`: white text at pixel positions (a legend's names).
+fn draw_image(path: &Path, planar: &[u8], [h, w]: [usize; 2], boxes: &[Labelled], captions: &[Caption]) -> Result<()> {
     let mut rgb = vec![0u8; h * w * 3];
     for p in 0..h * w {
         for c in 0..3 {
@@ -276,8 +281,72 @@ pub fn boxes_on_image(path: &Path, planar: &[u8], [h, w]: [usize; 2], boxes: &[L
                 .map_err(|e| anyhow!("{e}"))?;
             root.draw(&Text::new(b.text.clone(), (x0 + 2, top + 1), style)).map_err(|e| anyhow!("{e}"))?;
         }
+        let style = TextStyle::from((FONT, LEGEND_TEXT).into_font()).color(&WHITE);
+        for (text, at) in captions {
+            root.draw(&Text::new(text.clone(), *at, style.clone())).map_err(|e| anyhow!("{e}"))?;
+        }
         Ok(())
     })
+}
+
+/// A text and the pixel where it starts.
+type Caption = (String, (i32, i32));
+
+/// A legend's row height, swatch side and text size, in pixels.
+const LEGEND_ROW: usize = 16;
+const LEGEND_SWATCH: usize = 10;
+const LEGEND_TEXT: f64 = 12.0;
+
+/// `planar` (`[3, h, w]`) with a black band below it: a swatch of each class's colour in
+/// VOC's colour map (class `i` in colour `i`, as the masks draw it) and room for its name,
+/// left to right, wrapping to more rows as the width needs. Returns the taller image, its
+/// size and the names' positions.
+fn with_legend(planar: &[u8], [h, w]: [usize; 2], classes: &[(usize, String)]) -> (Vec<u8>, [usize; 2], Vec<Caption>) {
+    let palette = voc_palette();
+    // Place the entries: a swatch, a gap, the name (about 7 px a character), a gap.
+    let mut places = Vec::new();
+    let (mut x, mut row) = (4usize, 0usize);
+    for (class, name) in classes {
+        let width = LEGEND_SWATCH + 4 + 7 * name.chars().count() + 12;
+        if x > 4 && x + width > w {
+            (x, row) = (4, row + 1);
+        }
+        places.push((*class, name.clone(), x, row));
+        x += width;
+    }
+    let rows = if places.is_empty() { 0 } else { row + 1 };
+    let nh = h + rows * LEGEND_ROW + if rows > 0 { 4 } else { 0 };
+    let mut out = vec![0u8; 3 * nh * w];
+    for c in 0..3 {
+        out[c * nh * w..c * nh * w + h * w].copy_from_slice(&planar[c * h * w..(c + 1) * h * w]);
+    }
+    let mut captions = Vec::new();
+    for (class, name, x, row) in places {
+        let top = h + 4 + row * LEGEND_ROW;
+        let colour = &palette[3 * (class % 256)..3 * (class % 256) + 3];
+        for y in top..top + LEGEND_SWATCH {
+            for xx in x..(x + LEGEND_SWATCH).min(w) {
+                for c in 0..3 {
+                    out[(c * nh + y) * w + xx] = colour[c];
+                }
+            }
+        }
+        captions.push((name, ((x + LEGEND_SWATCH + 4) as i32, top as i32 - 1)));
+    }
+    (out, [nh, w], captions)
+}
+
+/// An image with a class mask laid over it ([`mask_overlay`]) and a legend of the classes
+/// the mask holds (background and void left out), as a PNG.
+pub fn overlay_with_legend(path: &Path, planar: &[u8], mask: &[u8], hw: [usize; 2], classes: &[String]) -> Result<()> {
+    let overlay = mask_overlay(planar, mask, hw);
+    let mut present: Vec<usize> = mask.iter().map(|&m| m as usize).filter(|&m| m != 0 && m != 255).collect();
+    present.sort_unstable();
+    present.dedup();
+    let named: Vec<(usize, String)> =
+        present.into_iter().map(|c| (c, classes.get(c).cloned().unwrap_or_else(|| c.to_string()))).collect();
+    let (img, size, captions) = with_legend(&overlay, hw, &named);
+    draw_image(path, &img, size, &[], &captions)
 }
 
 /// Precision against recall per class, each named with its AP: `(name, ap, precision,
@@ -322,15 +391,19 @@ pub struct MaskedImage {
     pub size: [usize; 2],
 }
 
-/// Rows of (image, ground truth overlay, prediction overlay) for segmentation.
-pub fn masks_grid(path: &Path, images: &[MaskedImage]) -> Result<()> {
+/// Rows of (image, ground truth overlay, prediction overlay) for segmentation, above a
+/// legend of the classes' colours (`classes`: the names, background first and not shown).
+pub fn masks_grid(path: &Path, images: &[MaskedImage], classes: &[String]) -> Result<()> {
     let mut cells = Vec::new();
     for MaskedImage { image: img, truth, pred, size: hw } in images {
         cells.push((img.clone(), *hw, Vec::new()));
         cells.push((mask_overlay(img, truth, *hw), *hw, Vec::new()));
         cells.push((mask_overlay(img, pred, *hw), *hw, Vec::new()));
     }
-    grid(path, &cells, 3)
+    let Some((planar, hw, boxes)) = grid_pixels(&cells, 3) else { return Ok(()) };
+    let named: Vec<(usize, String)> = classes.iter().cloned().enumerate().skip(1).collect();
+    let (img, size, captions) = with_legend(&planar, hw, &named);
+    draw_image(path, &img, size, &boxes, &captions)
 }
 
 /// Images (planar `[3, h, w]` bytes and `[h, w]`) in a grid, each with its boxes.
@@ -340,8 +413,20 @@ pub fn boxes_grid(path: &Path, images: &[(Vec<u8>, [usize; 2], Vec<Labelled>)]) 
 
 /// Images with their boxes in a grid of `cols` columns.
 fn grid(path: &Path, images: &[(Vec<u8>, [usize; 2], Vec<Labelled>)], cols: usize) -> Result<()> {
+    match grid_pixels(images, cols) {
+        Some((planar, hw, boxes)) => boxes_on_image(path, &planar, hw, &boxes),
+        None => Ok(()),
+    }
+}
+
+/// The grid's pixels (planar), size and boxes; none for no image.
+#[allow(clippy::type_complexity)]
+fn grid_pixels(
+    images: &[(Vec<u8>, [usize; 2], Vec<Labelled>)],
+    cols: usize,
+) -> Option<(Vec<u8>, [usize; 2], Vec<Labelled>)> {
     if images.is_empty() {
-        return Ok(());
+        return None;
     }
     let rows = images.len().div_ceil(cols);
     let cell_h = images.iter().map(|(_, [h, _], _)| *h).max().unwrap_or(1) + 4;
@@ -364,12 +449,46 @@ fn grid(path: &Path, images: &[(Vec<u8>, [usize; 2], Vec<Labelled>)], cols: usiz
             boxes.push(Labelled { text: b.text.clone(), bbox, colour: b.colour, truth: b.truth });
         }
     }
-    boxes_on_image(path, &planar, [gh, gw], &boxes)
+    Some((planar, [gh, gw], boxes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mask_plots_carry_a_legend_in_the_masks_colours() {
+        // A 16x96 grey image whose mask holds classes 1 and 2: under the picture, a swatch of
+        // VOC's colour 1 and one of colour 2 (the colours the overlays blend in).
+        let (h, w) = (16, 96);
+        let image = vec![128u8; 3 * h * w];
+        let mut mask = vec![0u8; h * w];
+        mask[..10].fill(1);
+        mask[20..30].fill(2);
+        let d = tempfile::tempdir().unwrap();
+        let names = ["background".to_string(), "a".into(), "b".into(), "c".into()];
+        overlay_with_legend(&d.path().join("o.png"), &image, &mask, [h, w], &names).unwrap();
+        let png = image::open(d.path().join("o.png")).unwrap().to_rgb8();
+        assert_eq!(png.width() as usize, w);
+        assert_eq!(png.height() as usize, h + LEGEND_ROW + 4, "one legend row below the image");
+        let palette = voc_palette();
+        let colours: std::collections::BTreeSet<[u8; 3]> = png.pixels().skip(h * w).map(|p| p.0).collect();
+        for class in [1usize, 2] {
+            let c = [palette[3 * class], palette[3 * class + 1], palette[3 * class + 2]];
+            assert!(colours.contains(&c), "class {class}'s colour {c:?} in the legend");
+        }
+        let c3 = [palette[9], palette[10], palette[11]];
+        assert!(!colours.contains(&c3), "class 3 is not in the mask, so not in its legend");
+        // The masks grid: every class but the background.
+        let rows = [MaskedImage { image: image.clone(), truth: mask.clone(), pred: mask, size: [h, w] }];
+        masks_grid(&d.path().join("m.png"), &rows, &names).unwrap();
+        let png = image::open(d.path().join("m.png")).unwrap().to_rgb8();
+        let grid_h = h + 4;
+        assert!(png.height() as usize > grid_h, "a legend below the grid");
+        let colours: std::collections::BTreeSet<[u8; 3]> =
+            png.pixels().skip(grid_h * png.width() as usize).map(|p| p.0).collect();
+        assert!(colours.contains(&c3), "the grid's legend lists every class");
+    }
 
     #[test]
     fn epoch_axes_show_whole_epochs() {

@@ -207,8 +207,7 @@ fn draw(dir: &Path, stem: &str, answer: &Prediction, rgb: &[u8], [h, w]: [usize;
             let png = crate::data::synth::encode_mask_png(mask, *size, &crate::plots::voc_palette())?;
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             crate::runlog::atomic_write(&dir.join(format!("{stem}.png")), |tmp| Ok(std::fs::write(tmp, &png)?))?;
-            let overlay = crate::plots::mask_overlay(rgb, mask, [h, w]);
-            crate::plots::boxes_on_image(&dir.join(format!("{stem}_overlay.png")), &overlay, [h, w], &[])?;
+            crate::plots::overlay_with_legend(&dir.join(format!("{stem}_overlay.png")), rgb, mask, [h, w], classes)?;
         }
     }
     Ok(())

@@ -199,7 +199,7 @@ pub fn plots(dir: &Path, spec: &PlotSpec, s: &SegStats, split: &Split) -> Result
         let pred = crate::task::segment::resize_mask(pred, *hw, [h, w]);
         rows.push(crate::plots::MaskedImage { image: bytes, truth, pred, size: [h, w] });
     }
-    crate::plots::masks_grid(&dir.join("masks.png"), &rows)
+    crate::plots::masks_grid(&dir.join("masks.png"), &rows, spec.classes)
 }
 
 /// Each pixel's class for one image, at the image's own size, and the classes' shares.
