@@ -36,8 +36,11 @@ fn has(tool: &str) -> bool {
 #[test]
 fn check_without_a_gpu_says_so_and_exits_0() {
     if has("nvidia-smi") {
-        eprintln!("SKIPPED check_without_a_gpu_says_so_and_exits_0: this machine has nvidia-smi");
-        return;
+        return crate::common::skip(
+            "check_without_a_gpu_says_so_and_exits_0",
+            "this machine has nvidia-smi",
+            "RUNNER_NEVER",
+        );
     }
     let out = tempfile::tempdir().unwrap();
     let stdout = run_script("check.sh", out.path());
@@ -49,8 +52,11 @@ fn check_without_a_gpu_says_so_and_exits_0() {
 #[test]
 fn all_without_a_gpu_says_so_and_exits_0() {
     if has("nvidia-smi") {
-        eprintln!("SKIPPED all_without_a_gpu_says_so_and_exits_0: this machine has nvidia-smi");
-        return;
+        return crate::common::skip(
+            "all_without_a_gpu_says_so_and_exits_0",
+            "this machine has nvidia-smi",
+            "RUNNER_NEVER",
+        );
     }
     let out = tempfile::tempdir().unwrap();
     assert_eq!(run_script("all.sh", out.path()), "no GPU: nvidia-smi finds none; nothing run\n");
@@ -59,8 +65,11 @@ fn all_without_a_gpu_says_so_and_exits_0() {
 #[test]
 fn profile_without_ncu_says_so_and_exits_0() {
     if has("ncu") || Path::new("/opt/nvidia/nsight-compute").exists() {
-        eprintln!("SKIPPED profile_without_ncu_says_so_and_exits_0: this machine has Nsight Compute");
-        return;
+        return crate::common::skip(
+            "profile_without_ncu_says_so_and_exits_0",
+            "this machine has Nsight Compute",
+            "RUNNER_NEVER",
+        );
     }
     let out = tempfile::tempdir().unwrap();
     let stdout = run_script("profile.sh", out.path());

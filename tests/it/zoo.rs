@@ -83,8 +83,9 @@ fn monster_paths_follow_the_graph() {
 }
 
 /// The parity files, made once per test process; `None` when torch is missing and not required.
-fn torch_files() -> Option<&'static Path> {
-    static DIR: OnceLock<Option<tempfile::TempDir>> = OnceLock::new();
+fn torch_files(test: &str) -> Option<&'static Path> {
+    // The files, or why they could not be made (the same for every test of the process).
+    static DIR: OnceLock<Result<tempfile::TempDir, String>> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let required = std::env::var("RUNNER_REQUIRE_TORCH").is_ok_and(|v| v == "1");
         let dir = tempfile::tempdir().unwrap();
@@ -92,24 +93,20 @@ fn torch_files() -> Option<&'static Path> {
         let python = crate::common::python_or("/usr/bin/python3");
         let out = std::process::Command::new(&python).arg(&script).arg(dir.path()).output();
         match out {
-            Ok(o) if o.status.success() => Some(dir),
+            Ok(o) if o.status.success() => Ok(dir),
             Ok(o) if required => panic!("make_zoo_parity.py failed: {}", String::from_utf8_lossy(&o.stderr)),
-            Ok(o) => {
-                let stderr = String::from_utf8_lossy(&o.stderr);
-                crate::common::skip("the torch parity tests (zoo)", &stderr, "RUNNER_REQUIRE_TORCH");
-                None
-            }
-            Err(e) => {
-                crate::common::skip(
-                    "the torch parity tests (zoo)",
-                    &format!("no {} ({e})", python.display()),
-                    "RUNNER_REQUIRE_TORCH",
-                );
-                None
-            }
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).into_owned()),
+            Err(e) => Err(format!("no {} ({e})", python.display())),
         }
     });
-    dir.as_ref().map(|d| d.path())
+    match dir {
+        Ok(d) => Some(d.path()),
+        Err(why) => {
+            // One counted skip per test that needed the files.
+            crate::common::skip(test, why, "RUNNER_REQUIRE_TORCH");
+            None
+        }
+    }
 }
 
 fn io(file: &Path) -> (Tensor, Tensor) {
@@ -124,7 +121,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn vgg16_matches_torchvision() {
-    let Some(dir) = torch_files() else { return };
+    let Some(dir) = torch_files("vgg16_matches_torchvision") else { return };
     let model = Model::new(&plan_model(&zoo("vgg16")).unwrap(), 0, &Device::Cpu).unwrap();
     let report = load_into(&model, &dir.join("vgg16.pth"), "", "", &BTreeMap::new(), true).unwrap();
     assert_eq!(report.loaded, 32, "16 weights and 16 biases");
@@ -139,7 +136,7 @@ fn vgg16_matches_torchvision() {
 
 #[test]
 fn alexnet_matches_torchvision() {
-    let Some(dir) = torch_files() else { return };
+    let Some(dir) = torch_files("alexnet_matches_torchvision") else { return };
     let model = Model::new(&plan_model(&zoo("alexnet")).unwrap(), 0, &Device::Cpu).unwrap();
     let report = load_into(&model, &dir.join("alexnet.pth"), "", "", &BTreeMap::new(), true).unwrap();
     assert_eq!(report.loaded, 16, "8 weights and 8 biases");
@@ -180,7 +177,7 @@ fn monster_inits(file: &Path) -> Vec<(String, InitConfig, PathBuf)> {
 
 #[test]
 fn monster_matches_the_course_model_in_eval_mode() {
-    let Some(dir) = torch_files() else { return };
+    let Some(dir) = torch_files("monster_matches_the_course_model_in_eval_mode") else { return };
     let model = Model::new(&plan_model(&zoo("monster")).unwrap(), 0, &Device::Cpu).unwrap();
     load_group_inits(&model, &monster_inits(&dir.join("monster.pth"))).unwrap();
     // The batch-norm statistics came from the file (random there), not the defaults.
@@ -198,7 +195,7 @@ fn monster_matches_the_course_model_in_eval_mode() {
 fn a_pretrained_first_conv_from_alexnet() {
     // The course's Monster starts from AlexNet's features[0]: the group takes that conv, the
     // rest of the file's `features` is left unused (listed), not an error.
-    let Some(dir) = torch_files() else { return };
+    let Some(dir) = torch_files("a_pretrained_first_conv_from_alexnet") else { return };
     let model = Model::new(&plan_model(&zoo("monster")).unwrap(), 0, &Device::Cpu).unwrap();
     let r = load_into(&model, &dir.join("alexnet.pth"), "features", "features", &BTreeMap::new(), true).unwrap();
     assert_eq!(r.loaded, 2);
@@ -229,7 +226,7 @@ fn with_experiment_inits(experiment: &str, file: &Path) -> Model {
 fn fcn_voc_starts_from_torchvision_vgg16() {
     // experiments/fcn_voc.toml's [model.inits] on torchvision's vgg16 state dict: each
     // convolution where the authors' surgery puts it, fc6 / fc7 reshaped into convolutions.
-    let Some(dir) = torch_files() else { return };
+    let Some(dir) = torch_files("fcn_voc_starts_from_torchvision_vgg16") else { return };
     let file = read(&dir.join("vgg16.pth"), &Device::Cpu).unwrap();
     let model = with_experiment_inits("fcn_voc.toml", &dir.join("vgg16.pth"));
     let p = |n: &str| model.params[n].as_tensor().clone();
@@ -255,7 +252,7 @@ fn fcn_voc_starts_from_torchvision_vgg16() {
 
 #[test]
 fn monster_cifar10_starts_from_torchvision_alexnet() {
-    let Some(dir) = torch_files() else { return };
+    let Some(dir) = torch_files("monster_cifar10_starts_from_torchvision_alexnet") else { return };
     let file = read(&dir.join("alexnet.pth"), &Device::Cpu).unwrap();
     let model = with_experiment_inits("monster_cifar10.toml", &dir.join("alexnet.pth"));
     for t in ["weight", "bias"] {
@@ -266,7 +263,7 @@ fn monster_cifar10_starts_from_torchvision_alexnet() {
 
 #[test]
 fn bad_weight_files_say_what_they_hold() {
-    let Some(dir) = torch_files() else { return };
+    let Some(dir) = torch_files("bad_weight_files_say_what_they_hold") else { return };
     let cfg = zoo("lenet5");
     let model = Model::new(&plan_model(&cfg).unwrap(), 0, &Device::Cpu).unwrap();
     let load = |file: &str, prefix: &str, strict: bool| {
