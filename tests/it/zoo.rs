@@ -144,7 +144,7 @@ fn alexnet_matches_torchvision() {
     let got = model.forward(&x, Pass::eval()).unwrap();
     let d = max_diff(&got, &want);
     eprintln!("alexnet: max abs difference to torchvision {d}");
-    // Measured 4.8e-8 (docs/zoo.md: 4e-8).
+    // Measured 4.8e-8 (docs/zoo.md and docs/results.md give both figures).
     assert!(d <= 1e-6, "max abs difference to torchvision's logits: {d}");
 }
 
@@ -187,7 +187,7 @@ fn monster_matches_the_course_model_in_eval_mode() {
     let got = model.forward(&x, Pass::eval()).unwrap();
     let d = max_diff(&got, &want);
     eprintln!("monster: max abs difference to the course model {d}");
-    // Measured 2.4e-7 (docs/zoo.md: 2e-7).
+    // Measured 2.4e-7 (docs/zoo.md and docs/results.md give both figures).
     assert!(d <= 1e-6, "max abs difference to the course model's logits: {d}");
 }
 
