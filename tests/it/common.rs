@@ -77,6 +77,16 @@ pub fn run_folder(cwd: &Path, out: &Output) -> PathBuf {
     cwd.join(p)
 }
 
+/// The value of the `test.<metric> = <v>` line the run printed.
+pub fn printed(out: &Output, metric: &str) -> f64 {
+    let prefix = format!("test.{metric} = ");
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no test.{metric} line in {}\n{}", out.stdout, out.stderr))
+}
+
 /// The value of the `test.accuracy = <v>` line the run printed.
 pub fn test_accuracy(out: &Output) -> f64 {
     out.stdout

@@ -5,20 +5,10 @@
 
 use std::path::Path;
 
-use crate::common::{repo, run_folder, runner};
+use crate::common::{printed, repo, run_folder, runner};
 
 fn exp(name: &str) -> String {
     repo().join("experiments").join(name).display().to_string()
-}
-
-/// The value of the `test.<metric> = <v>` line a run printed.
-fn printed(out: &crate::common::Output, metric: &str) -> f64 {
-    let prefix = format!("test.{metric} = ");
-    out.stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no test.{metric} line in {}\n{}", out.stdout, out.stderr))
 }
 
 fn tree_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {

@@ -5,19 +5,10 @@
 
 use std::path::Path;
 
-use crate::common::{repo, runner, Output};
+use crate::common::{printed, repo, runner, Output};
 
 fn exp(name: &str) -> String {
     repo().join("experiments").join(name).to_string_lossy().into_owned()
-}
-
-fn printed(out: &Output, metric: &str) -> f64 {
-    let prefix = format!("test.{metric} = ");
-    out.stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no test.{metric} line in {}\n{}", out.stdout, out.stderr))
 }
 
 fn synth(dir: &Path, out: &str, args: &[&str]) {
