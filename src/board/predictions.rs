@@ -1,9 +1,11 @@
 //! A run's predictions for the board: the task's table read into columns, and the test
 //! split's images (and true masks) where the run's dataset is on disk.
 //!
-//! The task is the table the run wrote: `predictions.parquet` (classification, with
-//! `roc_test.parquet`), `detections.parquet` (with `precision_recall_test.parquet`),
-//! `segmentation.parquet` (with `masks/*.png`) or `localizations.parquet`. The images come
+//! The run's task (from its `config.toml`, as its plan resolves it) names its table:
+//! `predictions.parquet` (classification, with `roc_test.parquet`), `detections.parquet`
+//! (with `precision_recall_test.parquet`), `segmentation.parquet` (with `masks/*.png`) or
+//! `localizations.parquet`; a run whose config no longer plans shows the table it holds.
+//! The images come
 //! from the run's dataset, found through its `config.toml` as `runner eval` finds it, but
 //! never downloaded or generated; a sample is named by its index in the test split, so the
 //! files served are only those the dataset lists.
@@ -25,17 +27,23 @@ pub const PAGE: usize = 12;
 /// What the board knows of a run's data: its class names and its test split (or why not).
 pub struct RunData {
     classes: Vec<String>,
+    /// The predictions table of the run's task (none when its config does not plan).
+    table: Option<&'static str>,
     /// `[channels, height, width]` of in-memory samples.
     shape: [usize; 3],
     test: std::result::Result<Arc<Split>, String>,
 }
+
+/// A dataset as the board keeps it: the samples' `[c, h, w]` and the test split.
+type Loaded = ([usize; 3], Arc<Split>);
 
 /// The runs' data, read once per run folder (a dataset is shared by the runs whose data
 /// tables are equal).
 #[derive(Default)]
 pub struct Datasets {
     by_run: Mutex<HashMap<PathBuf, Arc<RunData>>>,
-    by_config: Mutex<HashMap<String, Arc<RunData>>>,
+    /// The loaded samples' shape and test split, by the data table that made them.
+    by_config: Mutex<HashMap<String, Loaded>>,
 }
 
 impl Datasets {
@@ -47,8 +55,12 @@ impl Datasets {
         }
         let plan = match plan_of(dir) {
             Ok(plan) => plan,
-            Err(e) => return Arc::new(RunData { classes: Vec::new(), shape: [0; 3], test: Err(format!("{e:#}")) }),
+            Err(e) => {
+                let test = Err(format!("{e:#}"));
+                return Arc::new(RunData { classes: Vec::new(), table: None, shape: [0; 3], test });
+            }
         };
+        let (classes, table) = (plan.classes.clone(), Some(plan.task.predictions_table()));
         // The loader's settings do not change the samples: runs that differ only there
         // share one copy.
         let mut data_cfg = plan.data.clone();
@@ -56,24 +68,18 @@ impl Datasets {
         (data_cfg.num_workers, data_cfg.prefetch, data_cfg.pin_memory, data_cfg.train_limit) = (0, 0, false, 0);
         let key = format!("{data_cfg:?}");
         let cached = self.by_config.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
-        let data = match cached {
+        let (shape, test) = match cached {
             Some(d) => d,
             None => match crate::data::load_present(&plan.data) {
                 Ok(d) => {
-                    let data = Arc::new(RunData { classes: plan.classes.clone(), shape: d.shape, test: Ok(d.test) });
-                    self.by_config.lock().unwrap_or_else(|e| e.into_inner()).insert(key, data.clone());
-                    data
+                    self.by_config.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (d.shape, d.test.clone()));
+                    (d.shape, d.test)
                 }
                 // Not kept: the dataset may appear later (a download, a mounted disk).
-                Err(e) => {
-                    return Arc::new(RunData {
-                        classes: plan.classes.clone(),
-                        shape: [0; 3],
-                        test: Err(format!("{e:#}")),
-                    })
-                }
+                Err(e) => return Arc::new(RunData { classes, table, shape: [0; 3], test: Err(format!("{e:#}")) }),
             },
         };
+        let data = Arc::new(RunData { classes, table, shape, test: Ok(test) });
         self.by_run.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.to_path_buf(), data.clone());
         data
     }
@@ -91,16 +97,14 @@ fn plan_of(dir: &Path) -> Result<crate::plan::Plan> {
 /// The run's predictions as JSON; `from`: the first image of the page (detection,
 /// localization, segmentation).
 pub fn predictions(dir: &Path, data: &RunData, from: usize) -> Result<Value> {
-    let mut out = if dir.join(files::PREDICTIONS).is_file() {
-        classify(dir)?
-    } else if dir.join(files::DETECTIONS).is_file() {
-        boxes(dir, data, from, files::DETECTIONS)?
-    } else if dir.join(files::LOCALIZATIONS).is_file() {
-        boxes(dir, data, from, files::LOCALIZATIONS)?
-    } else if dir.join(files::SEGMENTATION).is_file() {
-        segment(dir, data, from)?
-    } else {
-        json!({ "task": null })
+    // The run's task says which table (a run whose config does not plan: the table there is).
+    let tables = [files::PREDICTIONS, files::DETECTIONS, files::LOCALIZATIONS, files::SEGMENTATION];
+    let table = data.table.or_else(|| tables.into_iter().find(|t| dir.join(t).is_file()));
+    let mut out = match table.filter(|t| dir.join(t).is_file()) {
+        Some(files::PREDICTIONS) => classify(dir)?,
+        Some(t @ (files::DETECTIONS | files::LOCALIZATIONS)) => boxes(dir, data, from, t)?,
+        Some(files::SEGMENTATION) => segment(dir, data, from)?,
+        _ => json!({ "task": null }),
     };
     out["classes"] = json!(data.classes);
     match &data.test {

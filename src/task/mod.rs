@@ -204,6 +204,16 @@ impl Task {
         }
     }
 
+    /// The run folder's predictions table this task writes for the test split.
+    pub fn predictions_table(&self) -> &'static str {
+        match self {
+            Task::Classify { .. } => files::PREDICTIONS,
+            Task::Detect(_) => files::DETECTIONS,
+            Task::Segment(_) => files::SEGMENTATION,
+            Task::Localize(_) => files::LOCALIZATIONS,
+        }
+    }
+
     /// The short name used in messages and tables: `classify`, `detect`.
     pub fn name(&self) -> &'static str {
         match self {
