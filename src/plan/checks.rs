@@ -77,11 +77,17 @@ pub(super) fn check_metrics(
     classes: &[String],
     warnings: &mut Vec<String>,
 ) -> crate::metrics::Binary {
-    let logged: Vec<String> = [("train", cfg.metrics.train()), ("test", cfg.metrics.test())]
-        .iter()
-        .flat_map(|(split, list)| list.iter().filter(|m| m.is_scalar()).map(move |m| format!("{split}.{}", m.as_str())))
-        .collect();
-    let positive = match &cfg.metrics.positive {
+    let positive = positive_class(p, cfg, n_classes, classes);
+    metric_lists(p, cfg, task, n_classes);
+    binary_settings(p, cfg, n_classes, classes, warnings);
+    watched_metrics(p, cfg);
+    listed_twice(p, cfg);
+    crate::metrics::Binary { positive, threshold: cfg.metrics.threshold }
+}
+
+/// `metrics.positive`, a class name or index (class 1 when not given).
+fn positive_class(p: &mut Problems, cfg: &crate::config::Config, n_classes: usize, classes: &[String]) -> usize {
+    match &cfg.metrics.positive {
         None => 1,
         Some(class) => {
             let (found, shown) = match class {
@@ -102,7 +108,12 @@ pub(super) fn check_metrics(
                 }
             }
         }
-    };
+    }
+}
+
+/// Each split's list: metrics the task logs, the training split's only where the task
+/// computes them there, top-k below the number of classes.
+fn metric_lists(p: &mut Problems, cfg: &crate::config::Config, task: &crate::task::Task, n_classes: usize) {
     for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
         for m in list {
             if !cfg.task.logs(*m) {
@@ -133,6 +144,17 @@ pub(super) fn check_metrics(
             }
         }
     }
+}
+
+/// The threshold of binary metrics, and a warning when tp/fp rates on more than two
+/// classes take class 1 as the positive one.
+fn binary_settings(
+    p: &mut Problems,
+    cfg: &crate::config::Config,
+    n_classes: usize,
+    classes: &[String],
+    warnings: &mut Vec<String>,
+) {
     let binary_metrics = [crate::config::MetricName::TpRate, crate::config::MetricName::FpRate];
     if n_classes > 2
         && cfg.metrics.positive.is_none()
@@ -146,7 +168,26 @@ pub(super) fn check_metrics(
     if !(0.0..=1.0).contains(&cfg.metrics.threshold) {
         p.add("metrics.threshold", format!("must be in [0, 1], is {}", cfg.metrics.threshold));
     }
-    let binary = crate::metrics::Binary { positive, threshold: cfg.metrics.threshold };
+}
+
+/// No metric listed twice in a split.
+fn listed_twice(p: &mut Problems, cfg: &crate::config::Config) {
+    for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in list {
+            if !seen.insert(m) {
+                p.add(&format!("metrics.{split}"), format!("`{}` is listed twice", m.as_str()));
+            }
+        }
+    }
+}
+
+/// The metrics that checkpoints (`best`) and early stopping watch must be logged ones.
+fn watched_metrics(p: &mut Problems, cfg: &crate::config::Config) {
+    let logged: Vec<String> = [("train", cfg.metrics.train()), ("test", cfg.metrics.test())]
+        .iter()
+        .flat_map(|(split, list)| list.iter().filter(|m| m.is_scalar()).map(move |m| format!("{split}.{}", m.as_str())))
+        .collect();
     let known: Vec<&str> = logged.iter().map(String::as_str).collect();
     let metric_problem = |name: &str| -> Option<String> {
         if known.contains(&name) {
@@ -170,13 +211,4 @@ pub(super) fn check_metrics(
             p.add("train.early_stopping.patience", "must be >= 1");
         }
     }
-    for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
-        let mut seen = std::collections::BTreeSet::new();
-        for m in list {
-            if !seen.insert(m) {
-                p.add(&format!("metrics.{split}"), format!("`{}` is listed twice", m.as_str()));
-            }
-        }
-    }
-    binary
 }
