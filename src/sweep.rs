@@ -203,6 +203,25 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
         bail!("--jobs 0: at least one run at a time");
     }
     let base = crate::config::load(&req.experiment, &LoadOptions { sets: req.sets.clone(), env: true })?;
+    let all = sweep_points(req, &base)?;
+    plan_every_point(req, &all)?;
+    let experiment = base.config.experiment.name.clone();
+    // The id covers the resolved experiment too: an edited file is another sweep.
+    let id = sweep_id(&experiment, &base.resolved_toml(), &req.sets, &all);
+    let dir = PathBuf::from(&base.config.experiment.output_dir).join(&experiment).join("sweeps");
+    std::fs::create_dir_all(dir.join(&id)).with_context(|| format!("cannot create {}", dir.display()))?;
+    let state_path = dir.join(format!("{id}.toml"));
+    let state = start_state(req, &id, &all, &state_path)?;
+    let state = run_points(req, &id, &dir.join(&id), &state_path, state, &stop)?;
+    let failed = state.point.iter().filter(|p| p.status != PointStatus::Completed).count();
+    print_table(&state)?;
+    println!("sweep {id}: {} completed, {failed} not; state in {}", state.point.len() - failed, state_path.display());
+    Ok(failed)
+}
+
+/// Every point's overrides: the grids (the experiment's `[sweep]` table, then `--grid`,
+/// which replaces a key of the table) crossed, beside the zips.
+fn sweep_points(req: &Request, base: &crate::config::Loaded) -> Result<Vec<Vec<String>>> {
     let file = base.config.sweep.clone().unwrap_or_default();
     let mut grids: Vec<(String, Vec<String>)> =
         file.grid.iter().map(|(k, v)| (full_key(k), v.iter().map(value_text).collect())).collect();
@@ -222,11 +241,13 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
         bail!("nothing to sweep: give --grid KEY=V1,V2 (or a [sweep] table in {})", req.experiment.display());
     }
     check_keys(&grids, &zips, &req.sets)?;
-    let all = points(&grids, &zips)?;
+    points(&grids, &zips)
+}
 
-    // Every point must plan before any runs.
+/// Every point must plan before any runs: the sweep is refused with all their problems.
+fn plan_every_point(req: &Request, all: &[Vec<String>]) -> Result<()> {
     let mut problems = Vec::new();
-    for p in &all {
+    for p in all {
         let mut sets = req.sets.clone();
         sets.extend(p.iter().cloned());
         let plan = crate::config::load(&req.experiment, &LoadOptions { sets, env: true })
@@ -239,22 +260,21 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
     if !problems.is_empty() {
         bail!("the sweep was not started:\n{}", problems.join("\n"));
     }
+    Ok(())
+}
 
-    let experiment = base.config.experiment.name.clone();
-    // The id covers the resolved experiment too: an edited file is another sweep.
-    let id = sweep_id(&experiment, &base.resolved_toml(), &req.sets, &all);
-    let dir = PathBuf::from(&base.config.experiment.output_dir).join(&experiment).join("sweeps");
-    std::fs::create_dir_all(dir.join(&id)).with_context(|| format!("cannot create {}", dir.display()))?;
-    let state_path = dir.join(format!("{id}.toml"));
+/// The sweep's state: every point pending, except those an earlier run of the same sweep
+/// completed (skipped) or left interrupted (resumed from their checkpoints).
+fn start_state(req: &Request, id: &str, all: &[Vec<String>], state_path: &Path) -> Result<State> {
     let mut state = State {
-        sweep_id: id.clone(),
+        sweep_id: id.to_string(),
         experiment: req.experiment.display().to_string(),
         point: all
             .iter()
             .map(|p| Point { overrides: p.clone(), status: PointStatus::Pending, run_dir: None })
             .collect(),
     };
-    if let Ok(text) = std::fs::read_to_string(&state_path) {
+    if let Ok(text) = std::fs::read_to_string(state_path) {
         if let Ok(old) = toml::from_str::<State>(&text) {
             for (new, old) in state.point.iter_mut().zip(old.point) {
                 let same = new.overrides == old.overrides;
@@ -274,8 +294,20 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
         if done > 0 { format!(" ({done} already completed)") } else { String::new() },
         req.jobs
     );
-    write_state(&state_path, &state)?;
+    write_state(state_path, &state)?;
+    Ok(state)
+}
 
+/// The points not completed, `req.jobs` at a time, each in its own process (logs in
+/// `logs`), the state file rewritten as each ends; stops taking points when `stop` is set.
+fn run_points(
+    req: &Request,
+    id: &str,
+    logs: &Path,
+    state_path: &Path,
+    state: State,
+    stop: &AtomicBool,
+) -> Result<State> {
     let threads = std::env::var("RAYON_NUM_THREADS").ok().unwrap_or_else(|| {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         (cores / req.jobs).max(1).to_string()
@@ -299,13 +331,13 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
                         (p.overrides.clone(), p.run_dir.clone().filter(|_| p.status == PointStatus::Interrupted))
                     })
                     .unwrap_or_default();
-                let log = dir.join(&id).join(format!("point_{i:03}.log"));
-                let (status, run_dir) = run_point(req, &id, &threads, &overrides, resume.as_deref(), &log, &stop);
+                let log = logs.join(format!("point_{i:03}.log"));
+                let (status, run_dir) = run_point(req, id, &threads, &overrides, resume.as_deref(), &log, stop);
                 tracing::info!("sweep {id}: point {} ({}): {status}", i + 1, overrides.join(" "));
                 if let Ok(mut st) = state.lock() {
                     st.point[i].status = status;
                     st.point[i].run_dir = run_dir;
-                    if let Err(e) = write_state(&state_path, &st) {
+                    if let Err(e) = write_state(state_path, &st) {
                         tracing::warn!("{e:#}");
                     }
                 }
@@ -313,9 +345,11 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
         }
     });
     let state = state.lock().map(|s| s.clone()).map_err(|_| anyhow::anyhow!("sweep state poisoned"))?;
-    let failed = state.point.iter().filter(|p| p.status != PointStatus::Completed).count();
+    Ok(state)
+}
 
-    // The compare table of this sweep's runs, best first.
+/// The compare table of the sweep's runs, best first.
+fn print_table(state: &State) -> Result<()> {
     let dirs: Vec<PathBuf> = state.point.iter().filter_map(|p| p.run_dir.as_ref().map(PathBuf::from)).collect();
     let mut runs = Vec::new();
     for d in &dirs {
@@ -335,8 +369,7 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
     if !runs.is_empty() {
         print!("{}", crate::compare::table(runs, &opts)?);
     }
-    println!("sweep {id}: {} completed, {failed} not; state in {}", state.point.len() - failed, state_path.display());
-    Ok(failed)
+    Ok(())
 }
 
 fn completed(run_dir: Option<&str>) -> bool {
