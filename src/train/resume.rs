@@ -75,31 +75,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
         Some((path, side)) => {
             checkpoint::restore(path, side, &model, &mut optimizer)?;
             tracing::info!("resuming after epoch {} (step {}) from {}", side.epoch + 1, side.step, path.display());
-            if side.threads != 0 && side.threads != crate::ops::threads() {
-                tracing::warn!(
-                    "the run used {} threads, this process {}: results will differ slightly from an uninterrupted run \
-                     (set RAYON_NUM_THREADS={} for bitwise-equal results)",
-                    side.threads,
-                    crate::ops::threads(),
-                    side.threads
-                );
-            }
-            let level = crate::ops::kernels::level_on(&device);
-            if let Some(level) = level.filter(|l| !side.kernels.is_empty() && side.kernels != l.as_str()) {
-                let how = if level == crate::ops::kernels::Level::Avx512 && side.kernels == "avx2" {
-                    "set RUNNER_KERNELS=portable for the kernels it used".to_string()
-                } else {
-                    format!(
-                        "resume on a CPU with {} (without RUNNER_KERNELS=portable) for the kernels it used",
-                        side.kernels
-                    )
-                };
-                tracing::warn!(
-                    "the run used the {} CPU kernels, this process {level}: results will differ slightly from an \
-                     uninterrupted run ({how})",
-                    side.kernels
-                );
-            }
+            warn_if_another_machine(side, &device);
             State {
                 next_epoch: side.epoch + 1,
                 step: side.step,
@@ -127,7 +103,9 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     let mut log = RunLog::open(dir, Some(keep))?;
     if keep >= 0 && !log.metrics().iter().any(|r| r.epoch == keep) {
         bail!(
-            "{}: holds no rows of epoch {} though the checkpoint comes after it (the file was deleted or              replaced?): resuming would finish the run without the earlier epochs' metrics; restore it,              or start a new run",
+            "{}: holds no rows of epoch {} though the checkpoint comes after it (the file was deleted or \
+             replaced?): resuming would finish the run without the earlier epochs' metrics; restore it, \
+             or start a new run",
             dir.join(files::METRICS).display(),
             keep + 1
         );
@@ -148,4 +126,32 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
         stop: &stop,
     };
     finish(session, state)
+}
+
+/// A warning when this process's thread count or CPU kernel level differs from those the
+/// checkpoint was written with: the resumed run then differs slightly from one never
+/// stopped, and the warning says how to get them back.
+fn warn_if_another_machine(side: &checkpoint::Sidecar, device: &candle_core::Device) {
+    if side.threads != 0 && side.threads != crate::ops::threads() {
+        tracing::warn!(
+            "the run used {} threads, this process {}: results will differ slightly from an uninterrupted run \
+             (set RAYON_NUM_THREADS={} for bitwise-equal results)",
+            side.threads,
+            crate::ops::threads(),
+            side.threads
+        );
+    }
+    let level = crate::ops::kernels::level_on(device);
+    if let Some(level) = level.filter(|l| !side.kernels.is_empty() && side.kernels != l.as_str()) {
+        let how = if level == crate::ops::kernels::Level::Avx512 && side.kernels == "avx2" {
+            "set RUNNER_KERNELS=portable for the kernels it used".to_string()
+        } else {
+            format!("resume on a CPU with {} (without RUNNER_KERNELS=portable) for the kernels it used", side.kernels)
+        };
+        tracing::warn!(
+            "the run used the {} CPU kernels, this process {level}: results will differ slightly from an \
+             uninterrupted run ({how})",
+            side.kernels
+        );
+    }
 }
