@@ -223,6 +223,11 @@ pub fn confusion(path: &Path, m: &[Vec<u64>], names: &[String]) -> Result<()> {
     })
 }
 
+/// Class `c`'s name in `classes`, or its number where the list has none.
+pub fn class_name(classes: &[String], c: usize) -> String {
+    classes.get(c).cloned().unwrap_or_else(|| c.to_string())
+}
+
 /// VOC's colour map: entry i spreads its bits over the high bits of r, g and b.
 pub fn voc_palette() -> Vec<u8> {
     let mut palette = Vec::with_capacity(768);
@@ -343,8 +348,7 @@ pub fn overlay_with_legend(path: &Path, planar: &[u8], mask: &[u8], hw: [usize; 
     let mut present: Vec<usize> = mask.iter().map(|&m| m as usize).filter(|&m| m != 0 && m != 255).collect();
     present.sort_unstable();
     present.dedup();
-    let named: Vec<(usize, String)> =
-        present.into_iter().map(|c| (c, classes.get(c).cloned().unwrap_or_else(|| c.to_string()))).collect();
+    let named: Vec<(usize, String)> = present.into_iter().map(|c| (c, class_name(classes, c))).collect();
     let (img, size, captions) = with_legend(&overlay, hw, &named);
     draw_image(path, &img, size, &[], &captions)
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{AugmentOp, LoadOptions};
 use crate::model::weights;
+use crate::plots::class_name;
 use crate::rng::Rng;
 use crate::runlog::files;
 use crate::task::{PredictImage, PredictSetup, Prediction};
@@ -178,10 +179,6 @@ fn load_for_predict(path: &Path, sets: &[String]) -> Result<crate::config::Loade
             }
         }
     }
-}
-
-fn class_name(classes: &[String], c: usize) -> String {
-    classes.get(c).cloned().unwrap_or_else(|| c.to_string())
 }
 
 /// `--out DIR`: the image (`rgb`, planar, `[h, w]`) with its boxes drawn (`<stem>.png`,

@@ -206,7 +206,7 @@ fn boxes(dir: &Path, data: &RunData, from: usize, table: &str) -> Result<Value> 
                     .unwrap_or_default()
                     .iter()
                     .map(|o| {
-                        let class = data.classes.get(o.class as usize).cloned().unwrap_or_else(|| o.class.to_string());
+                        let class = crate::plots::class_name(&data.classes, o.class as usize);
                         json!({ "class": class, "box": o.bbox, "difficult": o.difficult })
                     })
                     .collect(),

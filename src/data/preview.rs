@@ -77,7 +77,7 @@ pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, classes: &[String]
         }
         for o in batch.objects.get(k).map(Vec::as_slice).unwrap_or_default() {
             let [bx0, by0, bx1, by1] = o.bbox;
-            let name = classes.get(o.class as usize).cloned().unwrap_or_else(|| o.class.to_string());
+            let name = crate::plots::class_name(classes, o.class as usize);
             boxes.push(crate::plots::Labelled {
                 text: if o.difficult { format!("{name} (difficult)") } else { name },
                 bbox: [bx0 + x0 as f32, by0 + y0 as f32, bx1 + x0 as f32, by1 + y0 as f32],

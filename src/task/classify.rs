@@ -113,7 +113,7 @@ pub fn write_confusion(
     names: &[String],
     path: &Path,
 ) -> Result<()> {
-    let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let name = |c: usize| crate::plots::class_name(names, c);
     let (mut t, mut p, mut n) = (Vec::new(), Vec::new(), Vec::new());
     for (i, row) in m.iter().enumerate() {
         for (j, count) in row.iter().enumerate() {

@@ -276,7 +276,7 @@ pub fn write_detections(
     path: &Path,
 ) -> Result<()> {
     let rows = &stats.detections;
-    let name = |c: u32| names.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
+    let name = |c: u32| crate::plots::class_name(names, c as usize);
     let image = |i: usize| {
         images.get(i).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     };
@@ -303,7 +303,7 @@ pub fn write_precision_recall(
     names: &[String],
     path: &Path,
 ) -> Result<()> {
-    let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let name = |c: usize| crate::plots::class_name(names, c);
     let (mut class, mut ap, mut rank, mut precision, mut recall) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (c, a, p, r) in stats.curves() {

@@ -383,7 +383,7 @@ pub fn write_localizations(
     path: &Path,
 ) -> Result<()> {
     let rows = &stats.boxes;
-    let name = |c: u32| names.get(c as usize).cloned().unwrap_or_else(|| c.to_string());
+    let name = |c: u32| crate::plots::class_name(names, c as usize);
     let image = |i: usize| {
         images.get(i).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     };

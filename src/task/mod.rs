@@ -405,7 +405,7 @@ impl PlotSpec<'_> {
 
     /// Class `c`'s name, or its number where the list has none.
     fn class_name(&self, c: usize) -> String {
-        self.classes.get(c).cloned().unwrap_or_else(|| c.to_string())
+        crate::plots::class_name(self.classes, c)
     }
 }
 

@@ -149,7 +149,7 @@ pub fn write_counts(
     images: &[PathBuf],
     path: &Path,
 ) -> Result<()> {
-    let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let name = |c: usize| crate::plots::class_name(names, c);
     let image = |i: usize| {
         images.get(i).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     };

@@ -162,7 +162,7 @@ pub fn log_metrics(
         value,
         wall_time_s: wall,
     };
-    let name = |c: usize| plan.classes.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let name = |c: usize| crate::plots::class_name(&plan.classes, c);
     let mut values = BTreeMap::new();
     for &m in metrics {
         match m {
