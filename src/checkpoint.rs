@@ -15,8 +15,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Model;
+use crate::config::OptimizerConfig;
+use crate::model::{weights, Model};
 use crate::optim::Optimizer;
+use crate::runlog;
 
 /// The sidecar: where training stood after a finished epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,20 +62,20 @@ pub fn save(
     is_best: bool,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut all = crate::model::weights::cpu_tensors(model)?;
+    let mut all = weights::cpu_tensors(model)?;
     let (state, _) = optimizer.export();
     for (n, t) in state {
         all.insert(format!("optimizer/{n}"), t.to_device(&Device::Cpu)?);
     }
     let base = dir.join(name(side.epoch));
     let tensors = base.with_extension("safetensors");
-    crate::runlog::atomic_write(&tensors, |tmp| Ok(candle_core::safetensors::save(&all, tmp)?))?;
+    runlog::atomic_write(&tensors, |tmp| Ok(candle_core::safetensors::save(&all, tmp)?))?;
     let text = toml::to_string(side).context("cannot write the checkpoint sidecar")?;
-    crate::runlog::atomic_write(&base.with_extension("toml"), |tmp| Ok(std::fs::write(tmp, &text)?))?;
+    runlog::atomic_write(&base.with_extension("toml"), |tmp| Ok(std::fs::write(tmp, &text)?))?;
     if is_best {
         for ext in ["safetensors", "toml"] {
             let from = base.with_extension(ext);
-            crate::runlog::atomic_write(&dir.join(format!("best.{ext}")), |tmp| {
+            runlog::atomic_write(&dir.join(format!("best.{ext}")), |tmp| {
                 std::fs::copy(&from, tmp)?;
                 Ok(())
             })?;
@@ -118,7 +120,7 @@ pub fn latest(dir: &Path) -> Result<Option<(PathBuf, Sidecar)>> {
 /// Loads a checkpoint into `model` and `optimizer`. Every tensor is checked (names and
 /// shapes) before anything is set, so a mismatch leaves both as they were.
 pub fn restore(path: &Path, side: &Sidecar, model: &Model, optimizer: &mut Optimizer) -> Result<()> {
-    let file = crate::model::weights::read(path, model.device())
+    let file = weights::read(path, model.device())
         .with_context(|| format!("{}: not a readable checkpoint", path.display()))?;
     let mut problems = Vec::new();
     let mut assign = Vec::new();
@@ -150,6 +152,6 @@ pub fn restore(path: &Path, side: &Sidecar, model: &Model, optimizer: &mut Optim
     Ok(())
 }
 
-fn optimizer_config(o: &Optimizer) -> crate::config::OptimizerConfig {
+fn optimizer_config(o: &Optimizer) -> OptimizerConfig {
     o.config().clone()
 }

@@ -8,9 +8,18 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, LoadOptions};
+use crate::board::Board;
+use crate::config::{self, DatasetKind, LoadOptions, OnError, Tta};
+use crate::data::loader::LoaderSpec;
+use crate::data::synth::ShapesOptions;
+use crate::data::{preview, stats, synth, Located};
+use crate::ops::kernels;
+use crate::plan::Plan;
 use crate::runlog::{files, Status};
-use crate::signals;
+use crate::schedule::Position;
+use crate::sweep::Request;
+use crate::train::{EvalOverrides, Outcome};
+use crate::{board, compare, data, model, plan, predict, progress, signals, sweep, train};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -264,8 +273,8 @@ pub fn main() -> Result<ExitCode> {
         anyhow::bail!(msg);
     }
     let cli = Cli::parse();
-    crate::progress::init_logging(if cli.quiet { -1 } else { cli.verbose.min(2) as i8 });
-    crate::ops::kernels::from_env().map_err(anyhow::Error::msg)?;
+    progress::init_logging(if cli.quiet { -1 } else { cli.verbose.min(2) as i8 });
+    kernels::from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
         None => train(cli.run),
         Some(Command::Run(args)) => train(args),
@@ -282,7 +291,7 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Eval(args)) => eval(args),
         Some(Command::Board(args)) => {
             let dirs = if args.dirs.is_empty() { vec![PathBuf::from("runs")] } else { args.dirs };
-            crate::board::serve(crate::board::Board::new(dirs)?, &args.host, args.port)?;
+            board::serve(Board::new(dirs)?, &args.host, args.port)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -299,20 +308,19 @@ fn not_a_command(first: &str) -> Option<String> {
     if first.starts_with('-') || first.contains(['.', '/']) || names.contains(&first) || Path::new(first).exists() {
         return None;
     }
-    let hint =
-        crate::config::load::did_you_mean(first, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+    let hint = config::load::did_you_mean(first, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
     Some(format!("`{first}` is neither an experiment file nor a command{hint}; the commands: {}", names.join(", ")))
 }
 
 fn eval(args: EvalArgs) -> Result<ExitCode> {
     let tta = match args.tta.as_deref() {
         None => None,
-        Some("none") => Some(crate::config::Tta::None),
-        Some("ten_crop") => Some(crate::config::Tta::TenCrop),
+        Some("none") => Some(Tta::None),
+        Some("ten_crop") => Some(Tta::TenCrop),
         Some(other) => anyhow::bail!("--tta {other}: expected none or ten_crop"),
     };
-    let other = crate::train::EvalOverrides { config: args.config, sets: args.sets };
-    let (split, values) = crate::train::eval_run(&args.run_dir, &args.checkpoint, &args.split, tta, &other)?;
+    let other = EvalOverrides { config: args.config, sets: args.sets };
+    let (split, values) = train::eval_run(&args.run_dir, &args.checkpoint, &args.split, tta, &other)?;
     for (k, v) in &values {
         println!("{k} = {v:.4}");
     }
@@ -321,7 +329,6 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
 }
 
 fn compare(args: CompareArgs) -> Result<ExitCode> {
-    use crate::compare;
     let format: compare::Format = args.format.parse().map_err(anyhow::Error::msg)?;
     let (runs, warnings) = compare::collect(&args.paths)?;
     for w in &warnings {
@@ -354,36 +361,27 @@ fn compare(args: CompareArgs) -> Result<ExitCode> {
 }
 
 fn diff(args: DiffArgs) -> Result<ExitCode> {
-    let a = crate::compare::read_run(&args.run_a)?;
-    let b = crate::compare::read_run(&args.run_b)?;
-    print!("{}", crate::compare::diff(&a, &b));
+    let a = compare::read_run(&args.run_a)?;
+    let b = compare::read_run(&args.run_b)?;
+    print!("{}", compare::diff(&a, &b));
     Ok(ExitCode::SUCCESS)
 }
 
 fn sweep(args: SweepArgs) -> Result<ExitCode> {
-    let req = crate::sweep::Request {
-        experiment: args.experiment,
-        grids: args.grids,
-        zips: args.zips,
-        jobs: args.jobs,
-        sets: args.sets,
-    };
-    let failed = crate::sweep::run(&req, signals::stop_flag())?;
+    let req =
+        Request { experiment: args.experiment, grids: args.grids, zips: args.zips, jobs: args.jobs, sets: args.sets };
+    let failed = sweep::run(&req, signals::stop_flag())?;
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn resume(args: ResumeArgs) -> Result<ExitCode> {
     let stop = signals::stop_flag();
-    let mut outcome = crate::train::resume(&args.run_dir, stop)?;
+    let mut outcome = train::resume(&args.run_dir, stop)?;
     report(&mut outcome, &BTreeMap::new(), None)
 }
 
 /// The final metrics beside their references, then `run folder: <path>`; the exit status.
-fn report(
-    outcome: &mut crate::train::Outcome,
-    reference: &BTreeMap<String, f64>,
-    source: Option<&str>,
-) -> Result<ExitCode> {
+fn report(outcome: &mut Outcome, reference: &BTreeMap<String, f64>, source: Option<&str>) -> Result<ExitCode> {
     for (name, value) in &outcome.final_metrics {
         match reference.get(name) {
             Some(r) => println!(
@@ -405,7 +403,7 @@ fn report(
 }
 
 fn predict(args: PredictArgs) -> Result<ExitCode> {
-    let req = crate::predict::Request {
+    let req = predict::Request {
         target: args.target,
         images: args.images,
         weights: args.weights,
@@ -415,9 +413,9 @@ fn predict(args: PredictArgs) -> Result<ExitCode> {
         out: args.out,
         score_min: args.score_min,
     };
-    let (predictions, classes) = crate::predict::run(&req)?;
+    let (predictions, classes) = predict::run(&req)?;
     for p in &predictions {
-        print!("{}", crate::predict::format(p, &classes));
+        print!("{}", predict::format(p, &classes));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -434,25 +432,25 @@ fn check(args: ExpArgs) -> Result<ExitCode> {
         return check_model(args.experiment.as_deref().unwrap_or(std::path::Path::new("")), &text);
     }
     let loaded = load(&args)?;
-    let plan = crate::plan::plan(&loaded)?;
+    let plan = plan::plan(&loaded)?;
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
     let precision = if plan.precision.is_f32() { "" } else { ", precision bf16" };
     println!("experiment: {}  (seed {}, device {}{precision})", plan.experiment, plan.seed, plan.device);
     let data = match &plan.located {
-        crate::data::Located::Found(d) => format!("found in {}", d.display()),
-        crate::data::Located::Missing { download_to, .. } => match plan.data.dataset {
-            crate::config::DatasetKind::Voc if plan.data.voc().generate.is_some() => {
+        Located::Found(d) => format!("found in {}", d.display()),
+        Located::Missing { download_to, .. } => match plan.data.dataset {
+            DatasetKind::Voc if plan.data.voc().generate.is_some() => {
                 format!("will be written into {}", download_to.display())
             }
-            crate::config::DatasetKind::Voc if !plan.data.download => {
+            DatasetKind::Voc if !plan.data.download => {
                 format!("not found in {} (see the warning)", download_to.display())
             }
             _ => format!("will be downloaded into {}", download_to.display()),
         },
     };
-    println!("data: {} ({} classes), {data}", crate::data::spec(plan.data.dataset).name, plan.classes.len());
+    println!("data: {} ({} classes), {data}", data::spec(plan.data.dataset).name, plan.classes.len());
     // The optimizer as the config writes it: `optimizer = { sgd = { lr = 0.005, ... } }`.
     let optimizer = toml::Value::try_from(&plan.train.optimizer)
         .map(|v| v.to_string())
@@ -479,17 +477,16 @@ fn check_model(path: &std::path::Path, text: &str) -> Result<ExitCode> {
         model: config::ModelConfig,
     }
     let file: ModelFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let graph = crate::model::plan_model(&file.model).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let graph = model::plan_model(&file.model).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     println!("model: {} (input {:?}; a model file: no data, training or freezing)", path.display(), file.model.input);
     println!();
-    print!("{}", crate::plan::graph_table(&graph, &[]));
+    print!("{}", plan::graph_table(&graph, &[]));
     println!("ok: {} is a valid model", path.display());
     Ok(ExitCode::SUCCESS)
 }
 
 /// `1-82: 0.1, 83-123: 0.01, 124-164: 0.001` (epochs from 1), or samples when it keeps changing.
-fn lr_summary(plan: &crate::plan::Plan) -> String {
-    use crate::schedule::Position;
+fn lr_summary(plan: &Plan) -> String {
     let n = plan.train.epochs;
     let lrs: Vec<f64> = (0..n).map(|e| plan.lr(Position { epoch: e, batch: 0, batches: 1 })).collect();
     let mut runs: Vec<(usize, usize, f64)> = Vec::new();
@@ -528,16 +525,16 @@ fn show_config(args: ExpArgs) -> Result<ExitCode> {
 
 fn data_stats(args: ExpArgs) -> Result<ExitCode> {
     let loaded = load(&args)?;
-    let data = crate::data::load(&loaded.config.data)?;
-    let stats = crate::data::stats::pixel_stats(&data.train, data.shape)?;
-    print!("{}", crate::data::stats::to_toml(&stats, data.name, data.train.len));
+    let data = data::load(&loaded.config.data)?;
+    let stats = stats::pixel_stats(&data.train, data.shape)?;
+    print!("{}", stats::to_toml(&stats, data.name, data.train.len));
     Ok(ExitCode::SUCCESS)
 }
 
 fn data_preview(args: PreviewArgs) -> Result<ExitCode> {
     let loaded = load(&args.exp)?;
-    let plan = crate::plan::plan(&loaded)?;
-    let data = crate::data::load(&plan.data)?;
+    let plan = plan::plan(&loaded)?;
+    let data = data::load(&plan.data)?;
     let (split, augment, out_shape) = match args.split.as_str() {
         "train" => (&data.train, plan.augment_train.clone(), plan.input),
         "test" => (&data.test, plan.augment_test.clone(), plan.test_shape),
@@ -546,7 +543,7 @@ fn data_preview(args: PreviewArgs) -> Result<ExitCode> {
     if args.n == 0 {
         anyhow::bail!("--n 0: nothing to show");
     }
-    let spec = crate::data::loader::LoaderSpec {
+    let spec = LoaderSpec {
         batch_size: args.n,
         shuffle: plan.data.shuffle && args.split == "train",
         drop_last: false,
@@ -556,9 +553,9 @@ fn data_preview(args: PreviewArgs) -> Result<ExitCode> {
         augment,
         prefetch: 1,
         workers: 1,
-        skip_errors: plan.data.on_error == crate::config::OnError::Skip,
+        skip_errors: plan.data.on_error == OnError::Skip,
     };
-    let labels = crate::data::preview::write_grid(split, &spec, args.n, &data.classes, &args.out)?;
+    let labels = preview::write_grid(split, &spec, args.n, &data.classes, &args.out)?;
     let mut shown: Vec<u32> = labels.clone();
     shown.sort();
     shown.dedup();
@@ -579,7 +576,7 @@ fn synth_shapes(args: ShapesArgs) -> Result<ExitCode> {
         Some((a, b)) => (count(a)?, count(b)?),
         None => (count(&args.objects)?, count(&args.objects)?),
     };
-    let opts = crate::data::synth::ShapesOptions {
+    let opts = ShapesOptions {
         train: args.train,
         test: args.test,
         size: args.size,
@@ -591,7 +588,7 @@ fn synth_shapes(args: ShapesArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let started = std::time::Instant::now();
-    let summary = crate::data::synth::write_shapes(&args.out, &opts)?;
+    let summary = synth::write_shapes(&args.out, &opts)?;
     println!(
         "wrote {} images ({} train, {} test) with {} objects ({} difficult, {} truncated) into {} in {:.1} s",
         summary.images,
@@ -608,12 +605,12 @@ fn synth_shapes(args: ShapesArgs) -> Result<ExitCode> {
 
 fn train(args: ExpArgs) -> Result<ExitCode> {
     let loaded = load(&args)?;
-    let plan = crate::plan::plan(&loaded)?;
+    let plan = plan::plan(&loaded)?;
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
     let stop = signals::stop_flag();
-    let mut outcome = crate::train::run(&loaded, &plan, stop, args.sweep_id.as_deref())?;
+    let mut outcome = train::run(&loaded, &plan, stop, args.sweep_id.as_deref())?;
     let reference: BTreeMap<String, f64> = loaded.config.experiment.reference.clone().into_iter().collect();
     report(&mut outcome, &reference, loaded.config.experiment.reference_source.as_deref())
 }

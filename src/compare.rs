@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use arrow_array::{Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
 
-use crate::config::Mode;
-use crate::runlog::files;
+use crate::config::{load, Mode};
+use crate::runlog::{files, RunLock, RunLog, Status};
+use crate::{plots, runlog};
 
 #[derive(Debug, Clone)]
 pub struct RunInfo {
@@ -47,7 +48,7 @@ pub fn read_run(dir: &Path) -> Result<RunInfo> {
     if !path.is_file() {
         bail!("{}: not a run folder (no run.parquet)", dir.display());
     }
-    let batches = crate::runlog::read_parquet(&path)?;
+    let batches = runlog::read_parquet(&path)?;
     let b = batches.first().with_context(|| format!("{}: empty table", path.display()))?;
     if b.num_rows() != 1 {
         bail!("{}: expected one row, found {}", path.display(), b.num_rows());
@@ -64,7 +65,7 @@ pub fn read_run(dir: &Path) -> Result<RunInfo> {
     let mut params = BTreeMap::new();
     let ppath = dir.join(files::PARAMS);
     if ppath.is_file() {
-        for p in crate::runlog::read_parquet(&ppath)? {
+        for p in runlog::read_parquet(&ppath)? {
             for i in 0..p.num_rows() {
                 if let (Some(k), Some(v)) = (text(&p, "key", i), text(&p, "value", i)) {
                     params.insert(k, v);
@@ -88,9 +89,7 @@ pub fn read_run(dir: &Path) -> Result<RunInfo> {
         experiment: text(b, "experiment", 0).unwrap_or_default(),
         status: match text(b, "status", 0).unwrap_or_default() {
             // Its process is gone (killed): `runner resume` continues it.
-            s if s == crate::runlog::Status::Running.as_str() && !crate::runlog::RunLock::is_held(dir) => {
-                "stale".into()
-            }
+            s if s == Status::Running.as_str() && !RunLock::is_held(dir) => "stale".into(),
             s => s,
         },
         sweep_id: text(b, "sweep_id", 0),
@@ -217,8 +216,7 @@ pub fn table(mut runs: Vec<RunInfo>, o: &Options) -> Result<String> {
             return Ok(());
         }
         let list: Vec<&str> = all_metrics.iter().map(String::as_str).collect();
-        let hint =
-            crate::config::load::did_you_mean(name, &list).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
+        let hint = load::did_you_mean(name, &list).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
         bail!("{what} {name}: no run has this final metric; {hint}they have {}", list.join(", "))
     };
     if let Some(key) = &o.sort {
@@ -231,9 +229,7 @@ pub fn table(mut runs: Vec<RunInfo>, o: &Options) -> Result<String> {
         if !runs.iter().any(|r| r.params.contains_key(k)) {
             let keys: BTreeSet<&str> = runs.iter().flat_map(|r| r.params.keys().map(String::as_str)).collect();
             let list: Vec<&str> = keys.into_iter().collect();
-            let hint = crate::config::load::did_you_mean(k, &list)
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
+            let hint = load::did_you_mean(k, &list).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
             bail!("--where {k}: no run has this parameter{hint}");
         }
     }
@@ -358,7 +354,7 @@ pub fn compare_curves(runs: &[RunInfo], metric: &str, png: &Path) -> Result<()> 
     };
     let mut series = Vec::new();
     for r in runs {
-        let log = crate::runlog::RunLog::open(&r.dir, None)?;
+        let log = RunLog::open(&r.dir, None)?;
         let pts: Vec<(f64, f64)> = log
             .metrics()
             .iter()
@@ -372,5 +368,5 @@ pub fn compare_curves(runs: &[RunInfo], metric: &str, png: &Path) -> Result<()> 
     if series.is_empty() {
         anyhow::bail!("no run logged {metric}");
     }
-    crate::plots::line_chart(png, metric, "epoch", metric, &series)
+    plots::line_chart(png, metric, "epoch", metric, &series)
 }

@@ -13,7 +13,9 @@ use std::sync::Once;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 
+use crate::metrics::RocCurve;
 use crate::runlog::MetricRow;
+use crate::{metrics, runlog};
 
 const FONT: &str = "sans-serif";
 const PALETTE: [RGBColor; 10] = [
@@ -64,7 +66,7 @@ fn render_over(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    crate::runlog::atomic_write(path, |tmp| {
+    runlog::atomic_write(path, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png)?;
         Ok(())
     })
@@ -162,12 +164,12 @@ pub fn metric_curves(dir: &Path, rows: &[MetricRow], metrics: &[String]) -> Resu
 }
 
 /// ROC curves `(class, [(threshold, fpr, tpr)])` with their areas in the legend.
-pub fn roc(path: &Path, curves: &[crate::metrics::RocCurve]) -> Result<()> {
+pub fn roc(path: &Path, curves: &[RocCurve]) -> Result<()> {
     let series: Vec<(String, Vec<(f64, f64)>)> = curves
         .iter()
         .filter(|(_, c)| !c.is_empty())
         .map(|(name, c)| {
-            let auc = crate::metrics::curve_area(c);
+            let auc = metrics::curve_area(c);
             (format!("{name} (AUC {auc:.3})"), c.iter().map(|(_, f, t)| (*f, *t)).collect())
         })
         .collect();

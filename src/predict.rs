@@ -11,12 +11,16 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{AugmentOp, LoadOptions};
+use crate::config::{AugmentOp, LoadOptions, Loaded};
+use crate::data::augment::Targets;
+use crate::data::{augment, folder, synth};
 use crate::model::weights;
-use crate::plots::class_name;
+use crate::ops::upsample::UpsampleMode;
+use crate::plots::{class_name, Labelled};
 use crate::rng::Rng;
 use crate::runlog::files;
 use crate::task::{PredictImage, PredictSetup, Prediction};
+use crate::{config, plan, plots, runlog};
 use anyhow::{bail, Context, Result};
 
 pub struct Request {
@@ -65,7 +69,7 @@ pub fn run(req: &Request) -> Result<(Vec<Predicted>, Vec<String>)> {
         // The whole model comes from the weights file: the groups' own files are not needed.
         loaded.config.model.drop_inits();
     }
-    let plan = crate::plan::plan_without_data(&loaded)?;
+    let plan = plan::plan_without_data(&loaded)?;
     let device = plan.open_device()?;
     let model = plan.model(&device)?;
     match &weights_file {
@@ -96,11 +100,11 @@ pub fn run(req: &Request) -> Result<(Vec<Predicted>, Vec<String>)> {
     };
     let mut out = Vec::new();
     for image in &req.images {
-        let (bytes, h, w) = crate::data::folder::decode(image, c)?;
+        let (bytes, h, w) = folder::decode(image, c)?;
         let mut dims = [c, h, w];
         let mut rng = Rng::derive(plan.seed, &["predict".into()]);
-        let mut targets = crate::data::augment::Targets::default();
-        let values = crate::data::augment::apply_bytes(&plan.augment_test, &bytes, &mut targets, &mut dims, &mut rng)
+        let mut targets = Targets::default();
+        let values = augment::apply_bytes(&plan.augment_test, &bytes, &mut targets, &mut dims, &mut rng)
             .map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
         let mut answer = plan.task.predict(&model, &setup, PredictImage { values, dims, size: [h, w], path: image })?;
         if let Prediction::Classes { ranked, .. } = &mut answer {
@@ -129,7 +133,7 @@ pub fn run(req: &Request) -> Result<(Vec<Predicted>, Vec<String>)> {
 /// optimizer that never runs), and without `[data]` and `[augment] test` the test pipeline
 /// is the default one: the image resized (bilinear) to the model's input, pixels in [0, 1],
 /// no normalization (add the training's with `--set augment.test=[...]`).
-fn load_for_predict(path: &Path, sets: &[String]) -> Result<crate::config::Loaded> {
+fn load_for_predict(path: &Path, sets: &[String]) -> Result<Loaded> {
     const DEFAULTS: [(&str, &str); 3] = [
         ("experiment", "experiment={ name = \"predict\" }"),
         ("data", "data={ dataset = \"image_folder\", batch_size = 1 }"),
@@ -140,7 +144,7 @@ fn load_for_predict(path: &Path, sets: &[String]) -> Result<crate::config::Loade
         let mut all: Vec<String> =
             DEFAULTS.iter().filter(|(k, _)| added.contains(k)).map(|(_, set)| set.to_string()).collect();
         all.extend(sets.iter().cloned());
-        match crate::config::load(path, &LoadOptions { sets: all, env: true }) {
+        match config::load(path, &LoadOptions { sets: all, env: true }) {
             Ok(mut loaded) => {
                 let input = loaded.config.model.input.clone();
                 if let (true, &[c, h, w]) = (added.contains(&"data"), &input[..]) {
@@ -150,7 +154,7 @@ fn load_for_predict(path: &Path, sets: &[String]) -> Result<crate::config::Loade
                     let resize = AugmentOp::Resize {
                         size: Some([h, w]),
                         shorter: None,
-                        mode: crate::ops::upsample::UpsampleMode::Bilinear,
+                        mode: UpsampleMode::Bilinear,
                         antialias: true,
                     };
                     for ops in [&mut loaded.config.augment.test, &mut loaded.config.augment.train] {
@@ -188,23 +192,23 @@ fn draw(dir: &Path, stem: &str, answer: &Prediction, rgb: &[u8], [h, w]: [usize;
     match answer {
         Prediction::Classes { .. } => {}
         Prediction::Boxes(boxes) => {
-            let drawn: Vec<crate::plots::Labelled> = boxes
+            let drawn: Vec<Labelled> = boxes
                 .iter()
                 .rev()
-                .map(|b| crate::plots::Labelled {
+                .map(|b| Labelled {
                     text: format!("{} {:.2}", class_name(classes, b.class as usize), b.score),
                     bbox: b.bbox,
                     colour: b.class as usize,
                     truth: false,
                 })
                 .collect();
-            crate::plots::boxes_on_image(&dir.join(format!("{stem}.png")), rgb, [h, w], &drawn)?;
+            plots::boxes_on_image(&dir.join(format!("{stem}.png")), rgb, [h, w], &drawn)?;
         }
         Prediction::Mask { mask, size, .. } => {
-            let png = crate::data::synth::encode_mask_png(mask, *size, &crate::plots::voc_palette())?;
+            let png = synth::encode_mask_png(mask, *size, &plots::voc_palette())?;
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            crate::runlog::atomic_write(&dir.join(format!("{stem}.png")), |tmp| Ok(std::fs::write(tmp, &png)?))?;
-            crate::plots::overlay_with_legend(&dir.join(format!("{stem}_overlay.png")), rgb, mask, [h, w], classes)?;
+            runlog::atomic_write(&dir.join(format!("{stem}.png")), |tmp| Ok(std::fs::write(tmp, &png)?))?;
+            plots::overlay_with_legend(&dir.join(format!("{stem}_overlay.png")), rgb, mask, [h, w], classes)?;
         }
     }
     Ok(())

@@ -18,6 +18,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::model::{Model, Pass};
+use crate::ops;
 use crate::ops::serial;
 use crate::optim::{add_grads, collect_grads};
 
@@ -56,10 +57,10 @@ const MIN_SLICE: usize = 8;
 /// How many slices a batch of `n` is run in: one per kernel thread on the CPU when the
 /// model's samples are independent, at least `MIN_SLICE` samples each; else 1.
 pub fn slices(model: &Model, n: usize, device: &Device) -> usize {
-    if !crate::ops::cpu_kernels_on(device) || !model.samples_independent() {
+    if !ops::cpu_kernels_on(device) || !model.samples_independent() {
         return 1;
     }
-    crate::ops::threads().min(n / MIN_SLICE).max(1)
+    ops::threads().min(n / MIN_SLICE).max(1)
 }
 
 /// Forward, `loss` and backward of the batch `xs` in `slices` slices (see the module's
@@ -78,7 +79,7 @@ pub fn forward_backward(
     if slices <= 1 || n < 2 {
         let out = model.forward(xs, pass)?;
         let l = loss(&out, 0..n)?;
-        let value = if crate::ops::cpu_kernels(&l) {
+        let value = if ops::cpu_kernels(&l) {
             BatchLoss::Read(l.to_scalar::<f32>()? as f64)
         } else {
             BatchLoss::OnDevice(l.detach())
@@ -123,6 +124,8 @@ mod tests {
     use super::*;
     use crate::config::ModelConfig;
     use crate::model::plan_model;
+    use crate::ops;
+    use crate::rng::Rng;
 
     fn model(toml_text: &str) -> Model {
         #[derive(serde::Deserialize)]
@@ -145,7 +148,7 @@ mod tests {
         let m = model(include_str!("../configs/models/lenet5.toml"));
         assert!(m.samples_independent());
         let n = 11;
-        let mut r = crate::rng::Rng::new(5);
+        let mut r = Rng::new(5);
         let xs: Vec<f32> = (0..n * 28 * 28).map(|_| r.next_f64() as f32 * 2.0 - 1.0).collect();
         let xs = Tensor::from_vec(xs, (n, 1, 28, 28), &Device::Cpu).unwrap();
         let ys = Tensor::from_vec((0..n as u32).map(|i| (i * 7) % 10).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
@@ -183,7 +186,7 @@ mod tests {
     fn only_batch_independent_models_on_the_cpu_are_sliced() {
         let lenet = model(include_str!("../configs/models/lenet5.toml"));
         assert_eq!(slices(&lenet, 4, &Device::Cpu), 1, "fewer than 8 samples a slice");
-        let t = crate::ops::threads();
+        let t = ops::threads();
         assert_eq!(slices(&lenet, 64, &Device::Cpu), t.min(8));
         let bn = model(
             "[model]\ninput = [1, 8, 8]\n[[model.groups]]\nname = \"f\"\nlayers = [{ conv2d = { out = 2, kernel = 3 } }, \"batchnorm\", \"flatten\", { linear = { out = 2 } }]\n",
@@ -195,9 +198,9 @@ mod tests {
         );
         assert!(!dropout.samples_independent());
         // Inside a slice the kernels run on the slice's thread alone.
-        assert!(!crate::ops::in_serial());
-        assert_eq!(serial(|| (crate::ops::in_serial(), crate::ops::threads())), (true, 1));
-        assert!(!crate::ops::in_serial());
+        assert!(!ops::in_serial());
+        assert_eq!(serial(|| (ops::in_serial(), ops::threads())), (true, 1));
+        assert!(!ops::in_serial());
     }
 
     #[test]

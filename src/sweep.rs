@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::config::LoadOptions;
+use crate::compare::{Format, Options};
+use crate::config::{LoadOptions, Loaded};
 use crate::runlog::Status;
+use crate::{compare, config, plan, runlog, signals, train};
 
 pub struct Request {
     pub experiment: PathBuf,
@@ -202,7 +204,7 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
     if req.jobs == 0 {
         bail!("--jobs 0: at least one run at a time");
     }
-    let base = crate::config::load(&req.experiment, &LoadOptions { sets: req.sets.clone(), env: true })?;
+    let base = config::load(&req.experiment, &LoadOptions { sets: req.sets.clone(), env: true })?;
     let all = sweep_points(req, &base)?;
     plan_every_point(req, &all)?;
     let experiment = base.config.experiment.name.clone();
@@ -221,7 +223,7 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
 
 /// Every point's overrides: the grids (the experiment's `[sweep]` table, then `--grid`,
 /// which replaces a key of the table) crossed, beside the zips.
-fn sweep_points(req: &Request, base: &crate::config::Loaded) -> Result<Vec<Vec<String>>> {
+fn sweep_points(req: &Request, base: &Loaded) -> Result<Vec<Vec<String>>> {
     let file = base.config.sweep.clone().unwrap_or_default();
     let mut grids: Vec<(String, Vec<String>)> =
         file.grid.iter().map(|(k, v)| (full_key(k), v.iter().map(value_text).collect())).collect();
@@ -250,9 +252,9 @@ fn plan_every_point(req: &Request, all: &[Vec<String>]) -> Result<()> {
     for p in all {
         let mut sets = req.sets.clone();
         sets.extend(p.iter().cloned());
-        let plan = crate::config::load(&req.experiment, &LoadOptions { sets, env: true })
+        let plan = config::load(&req.experiment, &LoadOptions { sets, env: true })
             .map_err(anyhow::Error::from)
-            .and_then(|l| crate::plan::plan(&l).map(|_| ()));
+            .and_then(|l| plan::plan(&l).map(|_| ()));
         if let Err(e) = plan {
             problems.push(format!("point {}: {e:#}", p.join(" ")));
         }
@@ -353,29 +355,21 @@ fn print_table(state: &State) -> Result<()> {
     let dirs: Vec<PathBuf> = state.point.iter().filter_map(|p| p.run_dir.as_ref().map(PathBuf::from)).collect();
     let mut runs = Vec::new();
     for d in &dirs {
-        match crate::compare::read_run(d) {
+        match compare::read_run(d) {
             Ok(r) => runs.push(r),
             Err(e) => tracing::warn!("{e:#}"),
         }
     }
-    let sort = crate::compare::headline(&runs).map(str::to_string);
-    let opts = crate::compare::Options {
-        all_params: false,
-        sort,
-        filters: Vec::new(),
-        metrics: None,
-        format: crate::compare::Format::Table,
-    };
+    let sort = compare::headline(&runs).map(str::to_string);
+    let opts = Options { all_params: false, sort, filters: Vec::new(), metrics: None, format: Format::Table };
     if !runs.is_empty() {
-        print!("{}", crate::compare::table(runs, &opts)?);
+        print!("{}", compare::table(runs, &opts)?);
     }
     Ok(())
 }
 
 fn completed(run_dir: Option<&str>) -> bool {
-    run_dir
-        .and_then(|d| crate::compare::read_run(Path::new(d)).ok())
-        .is_some_and(|r| r.status == Status::Completed.as_str())
+    run_dir.and_then(|d| compare::read_run(Path::new(d)).ok()).is_some_and(|r| r.status == Status::Completed.as_str())
 }
 
 /// `<experiment>-<first 8 hex digits of the SHA-256 of the resolved experiment, shared
@@ -383,12 +377,12 @@ fn completed(run_dir: Option<&str>) -> bool {
 /// the same sweep gets the same id, so running it again resumes it.
 fn sweep_id(experiment: &str, resolved: &str, sets: &[String], points: &[Vec<String>]) -> String {
     let text = format!("{resolved}\n{sets:?}\n{points:?}");
-    format!("{experiment}-{}", &crate::train::config_hash(&text)[..8])
+    format!("{experiment}-{}", &train::config_hash(&text)[..8])
 }
 
 fn write_state(path: &Path, state: &State) -> Result<()> {
     let text = toml::to_string(state).context("cannot write the sweep state")?;
-    crate::runlog::atomic_write(path, |tmp| Ok(std::fs::write(tmp, &text)?))
+    runlog::atomic_write(path, |tmp| Ok(std::fs::write(tmp, &text)?))
 }
 
 /// One point as its own process (or `runner resume` of its interrupted run folder); its
@@ -439,7 +433,7 @@ fn run_point(
         }
         // Ctrl-C in a terminal reaches the points itself (the process group); a SIGTERM
         // sent to the sweep alone is passed on, once.
-        if stop.load(Ordering::SeqCst) && crate::signals::term_seen() && !passed_on {
+        if stop.load(Ordering::SeqCst) && signals::term_seen() && !passed_on {
             passed_on = true;
             let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         }

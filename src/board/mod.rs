@@ -22,7 +22,8 @@ mod predictions;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::runlog::files;
+use crate::compare;
+use crate::runlog::{files, RunLog};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
@@ -69,7 +70,7 @@ impl Board {
     fn runs(&self) -> Vec<(String, PathBuf)> {
         let mut out = Vec::new();
         for (i, root) in self.roots.iter().enumerate() {
-            for dir in crate::compare::run_dirs(root) {
+            for dir in compare::run_dirs(root) {
                 let rel = dir.strip_prefix(root).unwrap_or(&dir);
                 let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
                 out.push((format!("{i}/{}", rel.join("/")).trim_end_matches('/').to_string(), dir));
@@ -160,7 +161,7 @@ impl Board {
         let mut infos = Vec::new();
         let mut rows = Vec::new();
         for (key, dir) in self.runs() {
-            match crate::compare::read_run(&dir) {
+            match compare::read_run(&dir) {
                 Ok(r) => {
                     rows.push(json!({
                         "key": key,
@@ -178,13 +179,13 @@ impl Board {
                 Err(e) => rows.push(json!({ "key": key, "error": format!("{e:#}") })),
             }
         }
-        json!({ "runs": rows, "differing": crate::compare::differing_keys(&infos) })
+        json!({ "runs": rows, "differing": compare::differing_keys(&infos) })
     }
 }
 
 /// `metrics.parquet` as columns: epoch, step, split, metric, class, value, wall_time_s.
 fn metrics_json(dir: &Path) -> Result<Value> {
-    let log = crate::runlog::RunLog::open(dir, None)?;
+    let log = RunLog::open(dir, None)?;
     let m = log.metrics();
     Ok(json!({
         "epoch": m.iter().map(|r| r.epoch).collect::<Vec<_>>(),

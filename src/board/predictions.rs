@@ -18,8 +18,11 @@ use anyhow::{bail, Context, Result};
 use arrow_array::{Array, Float32Array, Float64Array, Int32Array, Int64Array, ListArray, StringArray};
 use serde_json::{json, Value};
 
-use crate::data::Split;
+use crate::config::LoadOptions;
+use crate::data::{folder, Split};
+use crate::plan::Plan;
 use crate::runlog::{column, files};
+use crate::{config, data, plan, plots, runlog};
 
 /// How many images a page of detections, localizations or masks holds at most.
 pub const PAGE: usize = 12;
@@ -70,7 +73,7 @@ impl Datasets {
         let cached = self.by_config.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
         let (shape, test) = match cached {
             Some(d) => d,
-            None => match crate::data::load_present(&plan.data) {
+            None => match data::load_present(&plan.data) {
                 Ok(d) => {
                     self.by_config.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (d.shape, d.test.clone()));
                     (d.shape, d.test)
@@ -86,12 +89,12 @@ impl Datasets {
 }
 
 /// The run's plan, from its resolved `config.toml` (as `runner eval` reads it).
-fn plan_of(dir: &Path) -> Result<crate::plan::Plan> {
-    let opts = crate::config::LoadOptions { sets: Vec::new(), env: false };
-    let mut loaded = crate::config::load(&dir.join(files::CONFIG), &opts)?;
+fn plan_of(dir: &Path) -> Result<Plan> {
+    let opts = LoadOptions { sets: Vec::new(), env: false };
+    let mut loaded = config::load(&dir.join(files::CONFIG), &opts)?;
     loaded.keep_resize_of_older_run();
     loaded.config.model.drop_inits();
-    crate::plan::plan(&loaded)
+    plan::plan(&loaded)
 }
 
 /// The run's predictions as JSON; `from`: the first image of the page (detection,
@@ -125,7 +128,7 @@ pub fn predictions(dir: &Path, data: &RunData, from: usize) -> Result<Value> {
 fn classify(dir: &Path) -> Result<Value> {
     let path = dir.join(files::PREDICTIONS);
     let (mut sample, mut label, mut pred, mut top) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for b in crate::runlog::read_parquet(&path)? {
+    for b in runlog::read_parquet(&path)? {
         let s = column::<Int64Array>(&b, "sample", "int64", &path)?;
         let l = column::<Int32Array>(&b, "label", "int32", &path)?;
         let p = column::<Int32Array>(&b, "pred", "int32", &path)?;
@@ -144,7 +147,7 @@ fn classify(dir: &Path) -> Result<Value> {
     let mut roc = BTreeMap::<String, [Vec<f64>; 3]>::new();
     let path = dir.join("roc_test.parquet");
     if path.is_file() {
-        for b in crate::runlog::read_parquet(&path)? {
+        for b in runlog::read_parquet(&path)? {
             let c = column::<StringArray>(&b, "class", "text", &path)?;
             let t = column::<Float64Array>(&b, "threshold", "float64", &path)?;
             let f = column::<Float64Array>(&b, "fpr", "float64", &path)?;
@@ -169,7 +172,7 @@ fn boxes(dir: &Path, data: &RunData, from: usize, table: &str) -> Result<Value> 
     let path = dir.join(table);
     let mut per: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
     let mut last = 0usize;
-    for b in crate::runlog::read_parquet(&path)? {
+    for b in runlog::read_parquet(&path)? {
         let s = column::<Int64Array>(&b, "sample", "int64", &path)?;
         let score = column::<Float32Array>(&b, "score", "float32", &path)?;
         let coord = |n: &str| column::<Float32Array>(&b, n, "float32", &path);
@@ -206,7 +209,7 @@ fn boxes(dir: &Path, data: &RunData, from: usize, table: &str) -> Result<Value> 
                     .unwrap_or_default()
                     .iter()
                     .map(|o| {
-                        let class = crate::plots::class_name(&data.classes, o.class as usize);
+                        let class = plots::class_name(&data.classes, o.class as usize);
                         json!({ "class": class, "box": o.bbox, "difficult": o.difficult })
                     })
                     .collect(),
@@ -222,7 +225,7 @@ fn boxes(dir: &Path, data: &RunData, from: usize, table: &str) -> Result<Value> 
     let mut pr = BTreeMap::<String, (f64, Vec<f64>, Vec<f64>)>::new();
     let path = dir.join("precision_recall_test.parquet");
     if path.is_file() {
-        for b in crate::runlog::read_parquet(&path)? {
+        for b in runlog::read_parquet(&path)? {
             let c = column::<StringArray>(&b, "class", "text", &path)?;
             let ap = column::<Float64Array>(&b, "ap", "float64", &path)?;
             let p = column::<Float64Array>(&b, "precision", "float64", &path)?;
@@ -250,7 +253,7 @@ fn segment(dir: &Path, data: &RunData, from: usize) -> Result<Value> {
     let mut cells: BTreeMap<(usize, usize), u64> = BTreeMap::new();
     // Per image: its name, correct and labelled pixels.
     let mut images: BTreeMap<usize, (String, u64, u64)> = BTreeMap::new();
-    for b in crate::runlog::read_parquet(&path)? {
+    for b in runlog::read_parquet(&path)? {
         let s = column::<Int64Array>(&b, "sample", "int64", &path)?;
         let image = column::<StringArray>(&b, "image", "text", &path)?;
         let t = column::<StringArray>(&b, "true_class", "text", &path)?;
@@ -321,7 +324,7 @@ pub fn image(data: &RunData, i: usize, mask: bool) -> Result<(&'static str, Vec<
         if let Some(kind) = kind {
             return Ok((kind, std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?));
         }
-        let (bytes, h, w) = crate::data::folder::decode(file, 3)?;
+        let (bytes, h, w) = folder::decode(file, 3)?;
         return Ok(("image/png", png(&bytes, [3, h, w])?));
     }
     let [c, h, w] = data.shape;
@@ -341,7 +344,7 @@ pub fn clear_background(mask: &[u8]) -> Result<Vec<u8>> {
     // Greyscale masks (class indices as grey levels) take VOC's palette.
     let palette = match (&info.palette, info.color_type, info.bit_depth) {
         (Some(p), png::ColorType::Indexed, png::BitDepth::Eight) => p.to_vec(),
-        (_, png::ColorType::Grayscale, png::BitDepth::Eight) => crate::plots::voc_palette(),
+        (_, png::ColorType::Grayscale, png::BitDepth::Eight) => plots::voc_palette(),
         _ => bail!("not an 8-bit palette or greyscale PNG"),
     };
     if w as u64 * h as u64 > 1 << 26 {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::half;
 
+use crate::config;
 use crate::ops::upsample::UpsampleMode;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +86,7 @@ pub enum AugmentOp {
         /// Bilinear only: each output pixel averages the input pixels it covers when
         /// shrinking (PIL's and torchvision `Resize`'s antialiasing); `false`: the four
         /// nearest pixels, as `F.interpolate(..., antialias=False)`.
-        #[serde(default = "crate::config::yes")]
+        #[serde(default = "config::yes")]
         antialias: bool,
     },
     /// YOLO's (Darknet's `jitter`) random scale and translation: each side of the image

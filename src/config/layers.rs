@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{half, one, yes};
 
+use crate::ops::pool::{PoolGeom, PoolKind};
 use crate::ops::upsample::UpsampleMode;
 
 /// One layer. In TOML either a table `{ conv2d = { out = 6, kernel = 5 } }` or, for a layer
@@ -185,8 +186,7 @@ impl LayerKind {
     }
 
     /// The pooling geometry of a `maxpool` or `avgpool` layer.
-    pub fn pool(&self) -> Option<(crate::ops::pool::PoolKind, crate::ops::pool::PoolGeom)> {
-        use crate::ops::pool::{PoolGeom, PoolKind};
+    pub fn pool(&self) -> Option<(PoolKind, PoolGeom)> {
         let (kind, kernel, stride, padding, ceil_mode) = match self {
             LayerKind::Maxpool { kernel, stride, padding, ceil_mode } => {
                 (PoolKind::Max, kernel, stride, padding, ceil_mode)
@@ -276,14 +276,14 @@ impl<'de> Deserialize<'de> for Layer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AugmentOp, PadMode};
 
     #[test]
     fn reflect_padding_must_be_smaller_than_the_image() {
-        let op =
-            crate::config::AugmentOp::RandomCrop { size: 28, padding: 30, pad_mode: crate::config::PadMode::Reflect };
+        let op = AugmentOp::RandomCrop { size: 28, padding: 30, pad_mode: PadMode::Reflect };
         let e = op.out_shape([1, 28, 28]).unwrap_err();
         assert!(e.contains("reflect padding 30 must be smaller than the image 28x28"), "{e}");
-        let op = crate::config::AugmentOp::RandomCrop { size: 28, padding: 30, pad_mode: crate::config::PadMode::Edge };
+        let op = AugmentOp::RandomCrop { size: 28, padding: 30, pad_mode: PadMode::Edge };
         assert_eq!(op.out_shape([1, 28, 28]), Ok([1, 28, 28]));
     }
 

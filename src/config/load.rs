@@ -15,6 +15,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 
 use super::Config;
+use crate::config::AugmentOp;
 
 /// Prefix of environment variables that override config keys; `__` separates key parts:
 /// `RUNNER__TRAIN__EPOCHS=3` sets `train.epochs`.
@@ -424,7 +425,7 @@ impl Loaded {
         }
         let mut changed = false;
         for op in self.config.augment.train.iter_mut().chain(self.config.augment.test.iter_mut()) {
-            if let crate::config::AugmentOp::Resize { antialias, .. } = op {
+            if let AugmentOp::Resize { antialias, .. } = op {
                 changed |= std::mem::replace(antialias, false);
             }
         }

@@ -4,6 +4,7 @@
 //! Each op draws its randomness from the sample's own stream (see the loader), in the same
 //! order with or without targets.
 
+use crate::config;
 use crate::config::{AugmentOp, PadMode};
 use crate::ops::upsample::{resample, UpsampleMode};
 use crate::rng::Rng;
@@ -177,7 +178,7 @@ pub fn resize_decoded(
 fn resize_target(size: Option<[usize; 2]>, shorter: Option<usize>, (h, w): (usize, usize)) -> (usize, usize) {
     match (size, shorter) {
         (Some([rh, rw]), _) => (rh, rw),
-        (None, Some(s)) => crate::config::resized_shorter(h, w, s),
+        (None, Some(s)) => config::resized_shorter(h, w, s),
         (None, None) => (h, w),
     }
 }

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
+use crate::progress;
 use anyhow::{bail, Context, Result};
 use md5::Md5;
 use sha2::{Digest, Sha256};
@@ -116,7 +117,7 @@ fn fetch_to(url: &str, part: &Path, checksum: &Checksum) -> Result<()> {
     })?;
     let total: Option<u64> =
         response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let bar = crate::progress::bytes_bar(total, url);
+    let bar = progress::bytes_bar(total, url);
     let mut reader = response.into_body().into_reader();
     let mut file = std::fs::File::create(part).with_context(|| format!("cannot create {}", part.display()))?;
     let mut hasher = checksum.hasher();

@@ -10,8 +10,9 @@ use anyhow::{bail, Result};
 
 use super::augment::Targets;
 use crate::config::AugmentOp;
+use crate::data::augment::IGNORE;
 use crate::data::voc::Object;
-use crate::data::Split;
+use crate::data::{augment, Split};
 use crate::rng::Rng;
 
 /// A batch ready for the model: `images` is `[n, c, h, w]` row-major, as f32.
@@ -160,7 +161,7 @@ fn make_sample(split: &Split, spec: &LoaderSpec, i: usize, epoch: usize) -> Resu
         }
     }
     if let Some(path) = split.masks.get(i) {
-        let (mask, mask_size) = super::voc::read_mask(path, split.mask_classes, crate::data::augment::IGNORE)?;
+        let (mask, mask_size) = super::voc::read_mask(path, split.mask_classes, IGNORE)?;
         if mask_size != size {
             bail!(
                 "{}: the mask is {}x{} but its image {} is {}x{}",
@@ -175,7 +176,7 @@ fn make_sample(split: &Split, spec: &LoaderSpec, i: usize, epoch: usize) -> Resu
         targets.mask = Some(mask);
     }
     let mut rng = Rng::derive(spec.seed, &["augment".into(), epoch.into(), i.into()]);
-    let img = crate::data::augment::apply_bytes(&spec.augment, &bytes, &mut targets, &mut dims, &mut rng)
+    let img = augment::apply_bytes(&spec.augment, &bytes, &mut targets, &mut dims, &mut rng)
         .map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
     if dims != spec.out_shape {
         bail!("{}: after the augmentations the image is {dims:?}, the model takes {:?}", what(), spec.out_shape);

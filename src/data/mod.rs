@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::{DataConfig, DatasetKind};
+use crate::config::{DataConfig, DatasetKind, OnError, VocSplit};
 use download::Checksum;
 
 /// How a dataset's files are laid out.
@@ -374,8 +374,8 @@ fn finish_load(cfg: &DataConfig, spec: &'static DatasetSpec, dir: PathBuf) -> Re
         }
         Files::Voc => {
             let voc = cfg.voc();
-            let skip = cfg.on_error == crate::config::OnError::Skip;
-            let split = |which: &crate::config::VocSplit| -> Result<Split> {
+            let skip = cfg.on_error == OnError::Skip;
+            let split = |which: &VocSplit| -> Result<Split> {
                 let read = voc::read_split(&dir, which, &voc.classes, voc.masks(), skip)?;
                 let objects: Vec<Vec<voc::Object>> = read.annotations.into_iter().map(|a| a.objects).collect();
                 let (len, files, masks) = (read.files.len(), read.files, read.masks);

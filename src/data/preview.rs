@@ -10,6 +10,8 @@ use anyhow::{Context, Result};
 use crate::config::AugmentOp;
 use crate::data::loader::{epoch_order, make_batch, LoaderSpec};
 use crate::data::Split;
+use crate::plots;
+use crate::plots::Labelled;
 
 /// 3x5 bitmaps of the digits 0-9, one row per `u8`, high bits left.
 const DIGITS: [[u8; 5]; 10] = [
@@ -46,7 +48,7 @@ pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, classes: &[String]
         Some(AugmentOp::Normalize { mean, std }) => Some((mean.clone(), std.clone())),
         _ => None,
     };
-    let palette = crate::plots::voc_palette();
+    let palette = plots::voc_palette();
     for (k, sample) in batch.images.chunks(c * h * w).enumerate() {
         let (x0, y0) = (PAD + (k % cols) * cell_w, PAD + (k / cols) * cell_h);
         let mask = batch.masks.get(k * h * w..(k + 1) * h * w);
@@ -77,8 +79,8 @@ pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, classes: &[String]
         }
         for o in batch.objects.get(k).map(Vec::as_slice).unwrap_or_default() {
             let [bx0, by0, bx1, by1] = o.bbox;
-            let name = crate::plots::class_name(classes, o.class as usize);
-            boxes.push(crate::plots::Labelled {
+            let name = plots::class_name(classes, o.class as usize);
+            boxes.push(Labelled {
                 text: if o.difficult { format!("{name} (difficult)") } else { name },
                 bbox: [bx0 + x0 as f32, by0 + y0 as f32, bx1 + x0 as f32, by1 + y0 as f32],
                 colour: o.class as usize,
@@ -104,7 +106,7 @@ pub fn write_grid(split: &Split, spec: &LoaderSpec, n: usize, classes: &[String]
             planar[ch * gw * gh + p] = px.0[ch];
         }
     }
-    crate::plots::boxes_on_image(out, &planar, [gh, gw], &boxes)?;
+    plots::boxes_on_image(out, &planar, [gh, gw], &boxes)?;
     Ok(batch.objects.iter().flatten().map(|o| o.class).collect())
 }
 

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 pub use crate::config::voc::VOC_CLASSES;
+use crate::config::{VocConfig, VocSplit};
+use crate::data::download::Checksum;
+use crate::data::{download, folder};
 
 /// One labelled object: its class index, box `[x0, y0, x1, y1]` in continuous pixel
 /// coordinates of its image, and VOC's flags.
@@ -59,7 +62,7 @@ pub fn year_dir(root: &Path, year: u32) -> Option<PathBuf> {
 
 /// Whether `root` holds every split of `cfg`: for each year its `Annotations` and the
 /// split's `ImageSets/Main/<image_set>.txt` (written last, so a partial tree does not count).
-pub fn holds(root: &Path, cfg: &crate::config::VocConfig) -> bool {
+pub fn holds(root: &Path, cfg: &VocConfig) -> bool {
     let lists = Path::new("ImageSets").join(cfg.lists());
     [&cfg.train, &cfg.test].iter().all(|split| {
         split.years.iter().all(|&y| {
@@ -195,13 +198,7 @@ pub struct VocSplitFiles {
     pub skipped_images: usize,
 }
 
-pub fn read_split(
-    root: &Path,
-    split: &crate::config::VocSplit,
-    classes: &[String],
-    masks: bool,
-    skip: bool,
-) -> Result<VocSplitFiles> {
+pub fn read_split(root: &Path, split: &VocSplit, classes: &[String], masks: bool, skip: bool) -> Result<VocSplitFiles> {
     let mut out = VocSplitFiles { files: Vec::new(), annotations: Vec::new(), masks: Vec::new(), skipped_images: 0 };
     let mut skipped_objects = 0;
     let lists = if masks { "Segmentation" } else { "Main" };
@@ -297,7 +294,7 @@ pub const ARCHIVES: [Archive; 3] = [
 ];
 
 /// The archives holding the splits of `cfg`, each once, in `ARCHIVES` order.
-pub fn archives_for(cfg: &crate::config::VocConfig) -> Result<Vec<&'static Archive>> {
+pub fn archives_for(cfg: &VocConfig) -> Result<Vec<&'static Archive>> {
     let mut out: Vec<&'static Archive> = Vec::new();
     for split in [&cfg.train, &cfg.test] {
         for &year in &split.years {
@@ -330,7 +327,7 @@ pub fn read_mask(path: &Path, classes: usize, void: u8) -> Result<(Vec<u8>, [usi
     let mut reader = decoder.read_info().with_context(|| format!("{}: not a PNG file", path.display()))?;
     let info = reader.info();
     let (w, h) = (info.width as usize, info.height as usize);
-    let limit = crate::data::folder::max_image_pixels();
+    let limit = folder::max_image_pixels();
     if w as u64 * h as u64 > limit {
         bail!(
             "{}: declares {w}x{h} pixels, more than the limit of {limit} (RUNNER_MAX_IMAGE_PIXELS raises it)",
@@ -368,12 +365,12 @@ pub fn read_mask(path: &Path, classes: usize, void: u8) -> Result<(Vec<u8>, [usi
 /// extracts the used folders of `VOCdevkit/VOC<year>/` into `root/VOCdevkit.part/`, moved
 /// into `root/VOCdevkit/` once every archive is in (next to the years already there): an
 /// interrupted download or extraction leaves no half-filled `VOCdevkit/VOC<year>`.
-pub fn download(root: &Path, archives: &[(&str, crate::data::download::Checksum, &str)]) -> Result<()> {
+pub fn download(root: &Path, archives: &[(&str, Checksum, &str)]) -> Result<()> {
     let staging = root.join("VOCdevkit.part");
     for (file, checksum, base) in archives {
         let path = root.join(file);
         if !path.is_file() {
-            crate::data::download::fetch(&format!("{}/{file}", base.trim_end_matches('/')), &path, checksum.clone())?;
+            download::fetch(&format!("{}/{file}", base.trim_end_matches('/')), &path, checksum.clone())?;
         }
         extract(&path, &staging)?;
     }

@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::config::{GroupConfig, Layer, LayerKind, ModelConfig};
+use crate::config::{load, GroupConfig, Layer, LayerKind, ModelConfig};
+use crate::ops::conv;
+use crate::ops::conv::ConvGeom;
 
 /// A layer resolved against its input shape. Shapes exclude the batch dimension.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,12 +188,10 @@ impl PlannedGraph {
         let known = self.addressable_paths();
         if !known.contains(path) {
             let list: Vec<&str> = known.iter().map(String::as_str).collect();
-            let hint = crate::config::load::did_you_mean(path, &list)
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_else(|| {
-                    let groups: Vec<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
-                    format!("; the groups are {}", groups.join(", "))
-                });
+            let hint = load::did_you_mean(path, &list).map(|s| format!("; did you mean `{s}`?")).unwrap_or_else(|| {
+                let groups: Vec<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
+                format!("; the groups are {}", groups.join(", "))
+            });
             return Err(format!("no group or layer `{path}` in the model{hint}"));
         }
         let prefix = format!("{path}.");
@@ -298,9 +298,7 @@ fn lookup<'a>(outputs: &'a BTreeMap<String, Vec<usize>>, name: &str) -> std::res
         Some(s) => Ok(s),
         None => {
             let known: Vec<&str> = outputs.keys().map(String::as_str).collect();
-            let hint = crate::config::load::did_you_mean(name, &known)
-                .map(|s| format!("did you mean `{s}`? "))
-                .unwrap_or_default();
+            let hint = load::did_you_mean(name, &known).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
             Err(format!(
                 "no earlier group `{name}`; {hint}a group can read `{INPUT}` or a group above it: {}",
                 known.join(", ")
@@ -516,9 +514,8 @@ fn infer(kind: &LayerKind, input: &[usize]) -> Result<(Vec<usize>, Params, u64)>
             if output_padding >= stride {
                 bail!("output_padding ({output_padding}) must be smaller than stride ({stride})");
             }
-            let g =
-                crate::ops::conv::ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
-            let size = |s| crate::ops::conv::conv_transpose_out(s, *kernel, g, *output_padding).filter(|o| *o > 0);
+            let g = ConvGeom { stride: *stride, padding: *padding, dilation: *dilation, groups: *groups };
+            let size = |s| conv::conv_transpose_out(s, *kernel, g, *output_padding).filter(|o| *o > 0);
             let (Some(oh), Some(ow)) = (size(h), size(w)) else {
                 bail!("padding {padding} is too large for a {h}x{w} input");
             };
@@ -621,6 +618,7 @@ pub fn plan_model(cfg: &ModelConfig) -> Result<PlannedGraph> {
 mod tests {
     use super::*;
     use crate::config::{GroupConfig, Layer};
+    use crate::ops::upsample::UpsampleMode;
 
     fn conv(out: usize, kernel: usize, stride: usize, padding: usize) -> LayerKind {
         LayerKind::Conv2d { inp: None, out, kernel, stride, padding, dilation: 1, groups: 1, bias: true }
@@ -830,11 +828,7 @@ mod tests {
             "b",
             vec![
                 Layer(conv(4, 3, 2, 1)),
-                Layer(LayerKind::Upsample {
-                    mode: crate::ops::upsample::UpsampleMode::Nearest,
-                    scale: Some(2),
-                    size: None,
-                }),
+                Layer(LayerKind::Upsample { mode: UpsampleMode::Nearest, scale: Some(2), size: None }),
                 Layer(LayerKind::Add { with: vec!["a".into()] }),
             ],
         );

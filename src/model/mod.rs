@@ -19,6 +19,7 @@ use crate::ops::bias::add_channel_bias;
 use crate::ops::conv::{conv2d, conv2d_bias, conv_transpose2d, ConvGeom};
 use crate::ops::pool::pool2d;
 use crate::ops::upsample::upsample2d;
+use crate::ops::{activation, batchnorm, linear};
 use crate::rng::Rng;
 pub use graph::{plan_model, PlannedGraph, PlannedLayer};
 
@@ -227,9 +228,7 @@ impl Model {
                     }
                     x = match &res.activation {
                         // The sum and its ReLU as one op: one pass, one backprop node fewer.
-                        Some(act) if matches!(act.kind, LayerKind::Relu {}) => {
-                            crate::ops::activation::add_relu_op(&x, &s)?
-                        }
+                        Some(act) if matches!(act.kind, LayerKind::Relu {}) => activation::add_relu_op(&x, &s)?,
                         Some(act) => self.apply(act, (x + s)?, pass, &kept)?,
                         None => (x + s)?,
                     };
@@ -264,19 +263,19 @@ impl Model {
             let (y, mean, var) = match act {
                 None => batch_norm_train(&x, &w, &b, eps)?,
                 Some(0.0) => batch_norm_relu_train(&x, &w, &b, eps)?,
-                Some(s) => crate::ops::batchnorm::batch_norm_leaky_train(&x, &w, &b, eps, s)?,
+                Some(s) => batchnorm::batch_norm_leaky_train(&x, &w, &b, eps, s)?,
             };
             // PyTorch: running = (1 - momentum) * running + momentum * batch,
             // the variance unbiased (n / (n - 1)) over n = batch * h * w values.
             let n = (x.elem_count() / x.dim(1)?) as f64;
-            crate::ops::batchnorm::update_running(rm, rv, &mean, &var, n, momentum)?;
+            batchnorm::update_running(rm, rv, &mean, &var, n, momentum)?;
             Ok(y)
         } else {
             let y = batch_norm_eval(&x, &w, &b, rm.as_tensor(), rv.as_tensor(), eps)?;
             match act {
                 None => Ok(y),
                 Some(0.0) => relu_op(&y),
-                Some(s) => crate::ops::activation::leaky_relu_op(&y, s),
+                Some(s) => activation::leaky_relu_op(&y, s),
             }
         }
     }
@@ -307,7 +306,7 @@ impl Model {
             LayerKind::Batchnorm { eps, momentum } => self.batchnorm(layer, x, pass, (*eps, *momentum), None)?,
             LayerKind::GlobalAvgpool {} => x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?, // [b, c, 1, 1]
             LayerKind::Relu {} => relu_op(&x)?,
-            LayerKind::LeakyRelu { slope } => crate::ops::activation::leaky_relu_op(&x, *slope)?,
+            LayerKind::LeakyRelu { slope } => activation::leaky_relu_op(&x, *slope)?,
             LayerKind::Sigmoid {} => candle_nn::ops::sigmoid(&x)?,
             LayerKind::Upsample { .. } => {
                 let (_, _, h, w) = x.dims4()?;
@@ -333,10 +332,10 @@ impl Model {
                     }
                     None if self.precision.is_f32() => {
                         let b = self.param(layer, "bias");
-                        crate::ops::linear::linear(&x, &w, b.as_ref())? // [b, out]
+                        linear::linear(&x, &w, b.as_ref())? // [b, out]
                     }
                     None => {
-                        let y = self.product(&x, &w, |x, w| crate::ops::linear::linear(x, w, None))?;
+                        let y = self.product(&x, &w, |x, w| linear::linear(x, w, None))?;
                         match self.param(layer, "bias") {
                             Some(b) => y.broadcast_add(&b)?,
                             None => y,
@@ -424,6 +423,8 @@ pub fn predicted(logits: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ModelConfig;
+    use crate::ops::upsample::UpsampleMode;
 
     /// The FCN authors' `upsample_filt` by hand: k = 4 (factor 2, centre 1.5) gives the 1-D
     /// filter [0.25, 0.75, 0.75, 0.25]; k = 3 (factor 2, centre 1) gives [0.5, 1, 0.5]; the
@@ -462,7 +463,7 @@ mod tests {
     #[test]
     fn bf16_rounds_each_products_operands_and_output() {
         use crate::ops::testing::rand_tensor;
-        let cfg: crate::config::ModelConfig = toml::from_str(
+        let cfg: ModelConfig = toml::from_str(
             r#"
 input = [2, 6, 6]
 [[groups]]
@@ -549,7 +550,7 @@ layers = [{ conv2d = { out = 4, kernel = 3, padding = 1 } }, "relu",
         assert!((y[0] + 0.2).abs() < 1e-7 && y[1] == 3.0, "{y:?}");
         let y = run(LayerKind::Sigmoid {}, x.zeros_like().unwrap());
         assert_eq!(y, vec![0.5, 0.5]);
-        let up = LayerKind::Upsample { mode: crate::ops::upsample::UpsampleMode::Nearest, scale: Some(2), size: None };
+        let up = LayerKind::Upsample { mode: UpsampleMode::Nearest, scale: Some(2), size: None };
         assert_eq!(run(up, x), vec![-2., -2., 3., 3., -2., -2., 3., 3.]);
     }
 

@@ -19,7 +19,10 @@ use candle_core::{DType, Device, Tensor};
 
 use super::Model;
 use crate::config::InitConfig;
-use crate::runlog::files;
+use crate::data::download;
+use crate::data::download::Checksum;
+use crate::runlog;
+use crate::runlog::{files, RunLog, Status};
 
 /// Every tensor in a weights file, as f32 on `device`, by name.
 pub fn read(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
@@ -158,7 +161,7 @@ pub fn cpu_tensors(model: &Model) -> Result<std::collections::HashMap<String, Te
 /// a temporary file renamed into place (a crash leaves the previous file).
 pub fn save(model: &Model, path: &Path) -> Result<()> {
     let all = cpu_tensors(model)?;
-    crate::runlog::atomic_write(path, |tmp| Ok(candle_core::safetensors::save(&all, tmp)?))
+    runlog::atomic_write(path, |tmp| Ok(candle_core::safetensors::save(&all, tmp)?))
 }
 
 /// What a load did: tensors set, and the file's tensors under the prefix left unused.
@@ -345,8 +348,7 @@ fn file_name(prefix: &str, rest: &str, rename: &BTreeMap<String, String>) -> Str
 /// completed run, else that of the newest completed run under `dir` (run ids sort by time).
 pub fn run_weights(dir: &Path) -> Result<PathBuf> {
     let completed = |d: &Path| {
-        d.join(files::MODEL).is_file()
-            && crate::runlog::RunLog::open(d, None).is_ok_and(|l| l.status() == crate::runlog::Status::Completed)
+        d.join(files::MODEL).is_file() && RunLog::open(d, None).is_ok_and(|l| l.status() == Status::Completed)
     };
     if completed(dir) {
         return Ok(dir.join(files::MODEL));
@@ -380,7 +382,7 @@ pub fn load_group_inits(model: &Model, inits: &[(String, InitConfig, PathBuf)]) 
         if let (Some(url), false) = (&init.url, file.is_file()) {
             let expected =
                 init.expected_sha256().with_context(|| format!("group `{group}` init: no sha256 for {url}"))?;
-            crate::data::download::fetch(url, file, crate::data::download::Checksum::Sha256Prefix(expected))
+            download::fetch(url, file, Checksum::Sha256Prefix(expected))
                 .with_context(|| format!("group `{group}` init"))?;
         }
         let prefix = init.prefix.clone().unwrap_or_else(|| group.clone());

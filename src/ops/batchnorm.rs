@@ -491,6 +491,7 @@ pub fn batch_norm_eval(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::activation;
     use crate::ops::testing::{check_grads, rand_tensor};
     use candle_core::{DType, Var};
 
@@ -565,8 +566,8 @@ mod tests {
             let y = match (fused, slope == 0.0) {
                 (true, true) => batch_norm_relu_train(&x, &g, &b, 1e-5).unwrap().0,
                 (true, false) => batch_norm_leaky_train(&x, &g, &b, 1e-5, slope).unwrap().0,
-                (false, true) => crate::ops::activation::relu_op(&plain).unwrap(),
-                (false, false) => crate::ops::activation::leaky_relu_op(&plain, slope).unwrap(),
+                (false, true) => activation::relu_op(&plain).unwrap(),
+                (false, false) => activation::leaky_relu_op(&plain, slope).unwrap(),
             };
             let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -551,6 +551,7 @@ pub fn conv_transpose2d(x: &Tensor, weight: &Tensor, g: ConvGeom, output_padding
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::bias;
     use crate::ops::testing::{check_grads, rand_tensor};
     use candle_core::{DType, Device, Var};
 
@@ -657,7 +658,7 @@ mod tests {
                 let y = if fused {
                     conv2d_bias(&x, &w, Some(&b), g).unwrap()
                 } else {
-                    crate::ops::bias::add_channel_bias(&conv2d(&x, &w, g).unwrap(), &b).unwrap()
+                    bias::add_channel_bias(&conv2d(&x, &w, g).unwrap(), &b).unwrap()
                 };
                 let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
                 let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();

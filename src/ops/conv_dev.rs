@@ -239,6 +239,7 @@ fn weight_grad(x: &Tensor, dy: &Tensor, dims: &[usize], g: ConvGeom, path: ConvP
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::conv;
     use crate::ops::testing::rand_tensor;
     use candle_core::{DType, Var};
 
@@ -294,7 +295,7 @@ mod tests {
                         if dev {
                             conv2d_via(x, w, g, path).unwrap()
                         } else {
-                            crate::ops::conv::conv2d(x, w, g).unwrap()
+                            conv::conv2d(x, w, g).unwrap()
                         }
                     },
                     &format!("conv2d {x:?} {w:?} {g:?} {path:?}"),
@@ -313,7 +314,7 @@ mod tests {
             ([2, 3, 5, 5], [3, 2, 3, 3], ConvGeom { stride: 2, padding: 1, ..Default::default() }, 1),
             ([2, 3, 6, 6], [3, 4, 3, 3], ConvGeom { padding: 1, ..Default::default() }, 0),
         ] {
-            let out = crate::ops::conv::conv_transpose_out(x[2], w[2], g, op).unwrap();
+            let out = conv::conv_transpose_out(x[2], w[2], g, op).unwrap();
             for path in [ConvPath::Dev, ConvPath::Mixed] {
                 compare(
                     &x,
@@ -322,7 +323,7 @@ mod tests {
                         if dev {
                             conv_transpose2d_via(x, w, g, (out, out), path).unwrap()
                         } else {
-                            crate::ops::conv::conv_transpose2d(x, w, g, op).unwrap()
+                            conv::conv_transpose2d(x, w, g, op).unwrap()
                         }
                     },
                     &format!("conv_transpose2d {x:?} {w:?} {g:?} output_padding {op} {path:?}"),

@@ -197,6 +197,7 @@ pub fn upsample2d_composed(x: &Tensor, mode: UpsampleMode, (oh, ow): (usize, usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing;
     use crate::ops::testing::{check_grads, rand_tensor};
     use candle_core::{DType, Device, Var};
 
@@ -227,13 +228,7 @@ mod tests {
                 let x = rand_tensor(&[2, 3, hw.0, hw.1], 7, DType::F64);
                 let (cpu, other) =
                     (|x: &Tensor| upsample2d(x, mode, out), |x: &Tensor| upsample2d_composed(x, mode, out));
-                crate::ops::testing::same_values_and_grads(
-                    &x,
-                    cpu,
-                    other,
-                    1e-12,
-                    &format!("{mode:?} {hw:?} -> {out:?}"),
-                );
+                testing::same_values_and_grads(&x, cpu, other, 1e-12, &format!("{mode:?} {hw:?} -> {out:?}"));
             }
         }
     }

@@ -12,7 +12,9 @@
 //! 3. The loader's prefetched batches must fit too.
 
 use crate::config::{Config, Layer};
-use crate::model::graph::PlannedGraph;
+use crate::device;
+use crate::device::DeviceChoice;
+use crate::model::graph::{PlannedGraph, PlannedLayer};
 
 /// The largest channel count, kernel, stride, padding or image side accepted.
 pub const MAX_SIZE: u64 = 1 << 24;
@@ -98,7 +100,7 @@ pub fn model_memory(graph: &PlannedGraph, batch: usize, memory: f64) -> Option<(
         return None;
     }
     // The layer that weighs most: its parameters or its batch of outputs.
-    let weight = |l: &crate::model::graph::PlannedLayer| {
+    let weight = |l: &PlannedLayer| {
         l.params.iter().map(|(_, s)| f(s)).sum::<f64>() * 16.0 + f(&l.out_shape) * batch as f64 * 8.0
     };
     let worst = graph.layers().max_by(|a, b| weight(a).total_cmp(&weight(b)))?;
@@ -126,8 +128,7 @@ pub fn prefetch_memory(cfg: &Config, sample: &[usize], memory: f64) -> Option<(S
     let batch: f64 = sample.iter().map(|&d| d as f64).product::<f64>() * 4.0 * cfg.data.batch_size as f64;
     // `num_workers = 0` chooses for the device (train::loader_workers): 1 on the CPU, at
     // most 8 on a GPU.
-    let gpu = cfg!(feature = "cuda")
-        && crate::device::parse_device(&cfg.experiment.device) != Ok(crate::device::DeviceChoice::Cpu);
+    let gpu = cfg!(feature = "cuda") && device::parse_device(&cfg.experiment.device) != Ok(DeviceChoice::Cpu);
     let workers = match cfg.data.num_workers {
         0 if gpu => 8,
         0 => 1,

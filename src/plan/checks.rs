@@ -5,11 +5,14 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use super::Problems;
-use crate::config::OptimizerConfig;
+use crate::config::{load, ClassRef, Config, MetricName, OptimizerConfig, TrainConfig, METRIC_NAMES};
+use crate::metrics::Binary;
+use crate::schedule;
+use crate::task::Task;
 
 /// The training section's values: epochs, the optimizer's hyper-parameters, the schedule,
 /// accumulation, clipping, smoothing and checkpoints.
-pub(super) fn check_train(p: &mut Problems, train: &crate::config::TrainConfig) {
+pub(super) fn check_train(p: &mut Problems, train: &TrainConfig) {
     if train.epochs == 0 {
         p.add("train.epochs", "must be > 0");
     }
@@ -49,7 +52,7 @@ pub(super) fn check_train(p: &mut Problems, train: &crate::config::TrainConfig) 
             }
         }
     }
-    for (key, msg) in crate::schedule::validate(train) {
+    for (key, msg) in schedule::validate(train) {
         p.add(&key, msg);
     }
     if train.accumulate == 0 {
@@ -71,28 +74,28 @@ pub(super) fn check_train(p: &mut Problems, train: &crate::config::TrainConfig) 
 /// and the metrics that checkpoints and early stopping watch. Returns the binary settings.
 pub(super) fn check_metrics(
     p: &mut Problems,
-    cfg: &crate::config::Config,
-    task: &crate::task::Task,
+    cfg: &Config,
+    task: &Task,
     n_classes: usize,
     classes: &[String],
     warnings: &mut Vec<String>,
-) -> crate::metrics::Binary {
+) -> Binary {
     let positive = positive_class(p, cfg, n_classes, classes);
     metric_lists(p, cfg, task, n_classes);
     binary_settings(p, cfg, n_classes, classes, warnings);
     watched_metrics(p, cfg);
     listed_twice(p, cfg);
-    crate::metrics::Binary { positive, threshold: cfg.metrics.threshold }
+    Binary { positive, threshold: cfg.metrics.threshold }
 }
 
 /// `metrics.positive`, a class name or index (class 1 when not given).
-fn positive_class(p: &mut Problems, cfg: &crate::config::Config, n_classes: usize, classes: &[String]) -> usize {
+fn positive_class(p: &mut Problems, cfg: &Config, n_classes: usize, classes: &[String]) -> usize {
     match &cfg.metrics.positive {
         None => 1,
         Some(class) => {
             let (found, shown) = match class {
-                crate::config::ClassRef::Index(i) => (Some(*i), i.to_string()),
-                crate::config::ClassRef::Name(name) => {
+                ClassRef::Index(i) => (Some(*i), i.to_string()),
+                ClassRef::Name(name) => {
                     (classes.iter().position(|c| c == name).or_else(|| name.parse::<usize>().ok()), format!("{name:?}"))
                 }
             };
@@ -113,14 +116,14 @@ fn positive_class(p: &mut Problems, cfg: &crate::config::Config, n_classes: usiz
 
 /// Each split's list: metrics the task logs, the training split's only where the task
 /// computes them there, top-k below the number of classes.
-fn metric_lists(p: &mut Problems, cfg: &crate::config::Config, task: &crate::task::Task, n_classes: usize) {
+fn metric_lists(p: &mut Problems, cfg: &Config, task: &Task, n_classes: usize) {
     for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
         for m in list {
             if !cfg.task.logs(*m) {
-                let fitting: Vec<&str> = crate::config::METRIC_NAMES
+                let fitting: Vec<&str> = METRIC_NAMES
                     .iter()
                     .copied()
-                    .filter(|n| crate::config::MetricName::parse(n).is_some_and(|x| cfg.task.logs(x)))
+                    .filter(|n| MetricName::parse(n).is_some_and(|x| cfg.task.logs(x)))
                     .collect();
                 p.add(
                     &format!("metrics.{split}"),
@@ -131,13 +134,13 @@ fn metric_lists(p: &mut Problems, cfg: &crate::config::Config, task: &crate::tas
                         fitting.join(", ")
                     ),
                 );
-            } else if split == "train" && !task.logs_train_metrics() && *m != crate::config::MetricName::Loss {
+            } else if split == "train" && !task.logs_train_metrics() && *m != MetricName::Loss {
                 p.add(
                     "metrics.train",
                     format!("`{}` is computed on the test split only (training logs `loss`)", m.as_str()),
                 );
             }
-            if let crate::config::MetricName::TopK(k) = m {
+            if let MetricName::TopK(k) = m {
                 if n_classes > 0 && *k >= n_classes {
                     p.add(&format!("metrics.{split}"), format!("top{k}_accuracy needs more than {k} classes; the model has {n_classes}, so it would always be 1"));
                 }
@@ -148,14 +151,8 @@ fn metric_lists(p: &mut Problems, cfg: &crate::config::Config, task: &crate::tas
 
 /// The threshold of binary metrics, and a warning when tp/fp rates on more than two
 /// classes take class 1 as the positive one.
-fn binary_settings(
-    p: &mut Problems,
-    cfg: &crate::config::Config,
-    n_classes: usize,
-    classes: &[String],
-    warnings: &mut Vec<String>,
-) {
-    let binary_metrics = [crate::config::MetricName::TpRate, crate::config::MetricName::FpRate];
+fn binary_settings(p: &mut Problems, cfg: &Config, n_classes: usize, classes: &[String], warnings: &mut Vec<String>) {
+    let binary_metrics = [MetricName::TpRate, MetricName::FpRate];
     if n_classes > 2
         && cfg.metrics.positive.is_none()
         && cfg.metrics.train().iter().chain(cfg.metrics.test()).any(|m| binary_metrics.contains(m))
@@ -171,7 +168,7 @@ fn binary_settings(
 }
 
 /// No metric listed twice in a split.
-fn listed_twice(p: &mut Problems, cfg: &crate::config::Config) {
+fn listed_twice(p: &mut Problems, cfg: &Config) {
     for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
         let mut seen = std::collections::BTreeSet::new();
         for m in list {
@@ -183,7 +180,7 @@ fn listed_twice(p: &mut Problems, cfg: &crate::config::Config) {
 }
 
 /// The metrics that checkpoints (`best`) and early stopping watch must be logged ones.
-fn watched_metrics(p: &mut Problems, cfg: &crate::config::Config) {
+fn watched_metrics(p: &mut Problems, cfg: &Config) {
     let logged: Vec<String> = [("train", cfg.metrics.train()), ("test", cfg.metrics.test())]
         .iter()
         .flat_map(|(split, list)| list.iter().filter(|m| m.is_scalar()).map(move |m| format!("{split}.{}", m.as_str())))
@@ -193,9 +190,7 @@ fn watched_metrics(p: &mut Problems, cfg: &crate::config::Config) {
         if known.contains(&name) {
             return None;
         }
-        let hint = crate::config::load::did_you_mean(name, &known)
-            .map(|s| format!("did you mean `{s}`? "))
-            .unwrap_or_default();
+        let hint = load::did_you_mean(name, &known).map(|s| format!("did you mean `{s}`? ")).unwrap_or_default();
         Some(format!("`{name}` is not a logged metric; {hint}the run logs {}", known.join(", ")))
     };
     if let Some(best) = &cfg.train.checkpoint.best {

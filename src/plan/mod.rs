@@ -11,11 +11,19 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use crate::config::{AugmentOp, Loaded, MetricsConfig, Precision};
+use crate::config::load::ConfigError;
+use crate::config::{
+    AugmentOp, DataConfig, InitConfig, Kernels, LayerKind, Loaded, MetricsConfig, Precision, TrainConfig, Tta,
+};
 use crate::data::Located;
 use crate::device::DeviceChoice;
+use crate::metrics::Binary;
 use crate::model::{Model, PlannedGraph};
-use crate::task::{Head, Task};
+use crate::ops::kernels;
+use crate::optim::Hyper;
+use crate::schedule::Position;
+use crate::task::{self, Head, Problem, Task};
+use crate::{device, schedule};
 
 pub struct Plan {
     pub experiment: String,
@@ -25,28 +33,28 @@ pub struct Plan {
     /// `experiment.precision`: what the model's products compute in.
     pub precision: Precision,
     /// `experiment.kernels`: the widest CPU kernels or the portable ones.
-    pub kernels: crate::config::Kernels,
-    pub data: crate::config::DataConfig,
+    pub kernels: Kernels,
+    pub data: DataConfig,
     pub located: Located,
     pub classes: Vec<String>,
     pub augment_train: Vec<AugmentOp>,
     pub augment_test: Vec<AugmentOp>,
     pub graph: PlannedGraph,
     /// Each group's `init`, with its file resolved: `(group, init, file)`.
-    pub inits: Vec<(String, crate::config::InitConfig, std::path::PathBuf)>,
+    pub inits: Vec<(String, InitConfig, std::path::PathBuf)>,
     /// The positive class and threshold of binary metrics.
-    pub binary: crate::metrics::Binary,
+    pub binary: Binary,
     /// Learning-rate and weight-decay multipliers by parameter name (absent: 1).
-    pub hypers: std::collections::BTreeMap<String, crate::optim::Hyper>,
+    pub hypers: std::collections::BTreeMap<String, Hyper>,
     /// The model's input `[c, h, w]`: what the training augmentations produce.
     pub input: [usize; 3],
     /// Test samples after the test augmentations: the input, or larger for ten-crop TTA.
     pub test_shape: [usize; 3],
-    pub tta: crate::config::Tta,
-    pub train: crate::config::TrainConfig,
+    pub tta: Tta,
+    pub train: TrainConfig,
     pub metrics: MetricsConfig,
     /// What the model learns, with its loss and metrics.
-    pub task: crate::task::Task,
+    pub task: Task,
     /// Things that will not stop a run but that a user should know.
     pub warnings: Vec<String>,
 }
@@ -71,11 +79,11 @@ impl Problems<'_> {
     }
 
     /// The task's own problems, each with the file of its key (the model's for its head).
-    fn task(&mut self, found: crate::task::Problems) {
+    fn task(&mut self, found: task::Problems) {
         for problem in found.0 {
             match problem {
-                crate::task::Problem::Key(key, msg) => self.add(&key, msg),
-                crate::task::Problem::Head(head, msg) => self.list.push(format!(
+                Problem::Key(key, msg) => self.add(&key, msg),
+                Problem::Head(head, msg) => self.list.push(format!(
                     "{}: key `{}` ({}): {msg}",
                     self.loaded.source_of_key("model.groups"),
                     head.key,
@@ -113,7 +121,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         path: l.path.clone(),
         shape: l.out_shape.clone(),
     });
-    let mut task_problems = crate::task::Problems::default();
+    let mut task_problems = task::Problems::default();
     let task = Task::resolve(cfg, spec.name, &spec.classes, head.as_ref(), &mut task_problems);
     steps::input_shapes(&mut p, cfg, &spec, &split_shapes, graph.as_ref(), &task);
     p.task(task_problems);
@@ -130,7 +138,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
     }
 
     if !p.list.is_empty() {
-        return Err(crate::config::load::ConfigError { problems: p.list }.into());
+        return Err(ConfigError { problems: p.list }.into());
     }
     let mut plan = Plan {
         experiment: cfg.experiment.name.clone(),
@@ -173,9 +181,8 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
 /// `no_weight_decay_on`; an unknown path is `(key, message)`.
 fn param_hypers(
     graph: &PlannedGraph,
-    train: &crate::config::TrainConfig,
-) -> std::result::Result<std::collections::BTreeMap<String, crate::optim::Hyper>, (String, String)> {
-    use crate::optim::Hyper;
+    train: &TrainConfig,
+) -> std::result::Result<std::collections::BTreeMap<String, Hyper>, (String, String)> {
     let mut out: std::collections::BTreeMap<String, Hyper> =
         graph.param_shapes().into_keys().map(|n| (n, Hyper::default())).collect();
     for (i, g) in train.param_groups.iter().enumerate() {
@@ -191,7 +198,7 @@ fn param_hypers(
     }
     let batchnorm: Vec<String> = graph
         .layers()
-        .filter(|l| matches!(l.kind, crate::config::LayerKind::Batchnorm { .. }))
+        .filter(|l| matches!(l.kind, LayerKind::Batchnorm { .. }))
         .flat_map(|l| l.params.iter().map(move |(n, _)| format!("{}.{n}", l.path)))
         .collect();
     for what in &train.no_weight_decay_on {
@@ -216,7 +223,7 @@ impl Plan {
     /// (training, resuming, evaluating and predicting all make theirs here).
     pub fn model(&self, device: &candle_core::Device) -> candle_core::Result<Model> {
         if self.precision == Precision::Bf16 {
-            crate::device::check_bf16(device).map_err(candle_core::Error::Msg)?;
+            device::check_bf16(device).map_err(candle_core::Error::Msg)?;
             tracing::info!("precision bf16: convolutions and linear layers in bf16, weights and the rest in f32");
         }
         Ok(Model::new(&self.graph, self.seed, device)?.with_precision(self.precision))
@@ -225,16 +232,16 @@ impl Plan {
     /// Sets the CPU kernels the plan asks for (`experiment.kernels`, or `RUNNER_KERNELS=
     /// portable`) and opens its device: what every command that runs the model starts with.
     pub fn open_device(&self) -> anyhow::Result<candle_core::Device> {
-        let portable = self.kernels == crate::config::Kernels::Portable;
-        let level = crate::ops::kernels::set_portable(portable).map_err(anyhow::Error::msg)?;
+        let portable = self.kernels == Kernels::Portable;
+        let level = kernels::set_portable(portable).map_err(anyhow::Error::msg)?;
         tracing::debug!("CPU kernels: {level}");
         self.device.open()
     }
 
     /// The learning rate at `pos`: the optimizer's `lr` through the schedule and warm-up.
     /// The plan owns it: the loop asks here and hands the value to the optimizer's step.
-    pub fn lr(&self, pos: crate::schedule::Position) -> f64 {
-        crate::schedule::lr_at(&self.train, self.train.optimizer.lr(), pos)
+    pub fn lr(&self, pos: Position) -> f64 {
+        schedule::lr_at(&self.train, self.train.optimizer.lr(), pos)
     }
 
     /// The classes the metrics count: the model's outputs when classifying, the dataset's

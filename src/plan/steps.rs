@@ -4,10 +4,10 @@
 //! wrong to the problems (with the file of each key) and what may go wrong to the warnings.
 
 use super::{bounds, Problems};
-use crate::config::{AugmentOp, Config, InitConfig};
+use crate::config::{load, AugmentOp, Config, DatasetKind, InitConfig, Tta};
 use crate::data::{self, DataInfo, Located};
 use crate::device::{parse_device, DeviceChoice};
-use crate::model::{plan_model, PlannedGraph};
+use crate::model::{plan_model, weights, PlannedGraph};
 use crate::task::Task;
 
 /// The experiment's name (a plain folder name) and device (one this build can open).
@@ -49,15 +49,15 @@ pub(super) fn data(p: &mut Problems, warnings: &mut Vec<String>, cfg: &Config, n
             }
         }
     };
-    if cfg.data.dataset == crate::config::DatasetKind::ImageFolder && ![1, 3].contains(&cfg.data.channels) {
+    if cfg.data.dataset == DatasetKind::ImageFolder && ![1, 3].contains(&cfg.data.channels) {
         p.add("data.channels", format!("must be 1 or 3, is {}", cfg.data.channels));
     }
     let located = data::locate(&cfg.data);
-    let folder = cfg.data.dataset == crate::config::DatasetKind::ImageFolder;
+    let folder = cfg.data.dataset == DatasetKind::ImageFolder;
     // An image folder cannot be downloaded; its missing folder is reported under data.root.
     if let (Located::Missing { searched, download_to }, false) = (&located, folder) {
         let msg = data::missing_message(data::spec(cfg.data.dataset), searched, download_to);
-        let voc = cfg.data.dataset == crate::config::DatasetKind::Voc;
+        let voc = cfg.data.dataset == DatasetKind::Voc;
         if voc && cfg.data.voc().generate.is_some() {
             warnings.push(format!(
                 "the synthetic set is not on disk yet; it will be written into {} when the run starts",
@@ -175,9 +175,7 @@ pub(super) fn inits(
     let names: Vec<&str> = cfg.model.groups.iter().map(|g| g.name.as_str()).collect();
     for name in cfg.model.inits.keys() {
         if !names.contains(&name.as_str()) {
-            let hint = crate::config::load::did_you_mean(name, &names)
-                .map(|s| format!(", did you mean `{s}`?"))
-                .unwrap_or_default();
+            let hint = load::did_you_mean(name, &names).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
             p.add(&format!("model.inits.{name}"), format!("names no group (the groups: {}){hint}", names.join(", ")));
         }
     }
@@ -210,7 +208,7 @@ pub(super) fn inits(
         }
         if let Some(run) = &init.run {
             let dir = std::path::PathBuf::from(run);
-            if let Err(e) = crate::model::weights::run_weights(&dir) {
+            if let Err(e) = weights::run_weights(&dir) {
                 warnings.push(format!("{key}.run: {e:#}; a run would stop there"));
             }
             inits.push((group.name.clone(), init.clone(), dir));
@@ -276,7 +274,7 @@ pub(super) fn input_shapes(
     graph: Option<&PlannedGraph>,
     task: &Task,
 ) {
-    let tta = cfg.eval.tta == crate::config::Tta::TenCrop;
+    let tta = cfg.eval.tta == Tta::TenCrop;
     for (split, shape) in split_shapes {
         if shape[1] == 0 || shape[2] == 0 {
             continue; // reported above: the images vary in size

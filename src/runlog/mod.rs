@@ -17,6 +17,8 @@ use arrow_array::{
     Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray, UInt32Array, UInt64Array,
 };
 
+use crate::ops;
+use crate::ops::kernels;
 pub use table::{atomic_write, column, read_parquet, Table};
 
 /// One row of `metrics.parquet`.
@@ -231,9 +233,9 @@ impl RunLog {
             git_commit: git_commit(),
             seed,
             device: device.to_string(),
-            threads: Some(crate::ops::threads() as u32),
+            threads: Some(ops::threads() as u32),
             // The model's arithmetic on a GPU is the GPU's: no CPU level to record.
-            kernels: (device == "cpu").then(|| crate::ops::kernels::level().to_string()),
+            kernels: (device == "cpu").then(|| kernels::level().to_string()),
             sweep_id: None,
             status: Status::Running,
             started_at_us,

@@ -7,6 +7,7 @@
 use super::{Head, Localizer, Problems, Segmenter, Yolo};
 use crate::config::{AugmentOp, Config, DatasetKind, Tta};
 use crate::data;
+use crate::data::voc;
 
 /// Classification's: the model ends in one score per class of the dataset (`dataset`,
 /// `classes` names); VOC's class masks are for segmentation.
@@ -192,7 +193,7 @@ fn voc(p: &mut Problems, cfg: &Config) {
         }
     }
     if cfg.data.download && voc.generate.is_none() {
-        if let Err(e) = crate::data::voc::archives_for(&voc) {
+        if let Err(e) = voc::archives_for(&voc) {
             p.key("data.download", format!("{e:#}"));
         }
     }

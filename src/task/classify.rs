@@ -13,6 +13,7 @@ use crate::data::loader::Batch;
 use crate::data::tta::ten_crop;
 use crate::metrics::{EpochStats, RocCurve};
 use crate::model::{argmax, Model, Pass};
+use crate::plots;
 use crate::runlog::Table;
 use crate::task::{PlotSpec, PredictImage, PredictSetup, Prediction};
 
@@ -113,7 +114,7 @@ pub fn write_confusion(
     names: &[String],
     path: &Path,
 ) -> Result<()> {
-    let name = |c: usize| crate::plots::class_name(names, c);
+    let name = |c: usize| plots::class_name(names, c);
     let (mut t, mut p, mut n) = (Vec::new(), Vec::new(), Vec::new());
     for (i, row) in m.iter().enumerate() {
         for (j, count) in row.iter().enumerate() {
@@ -156,10 +157,10 @@ pub fn write_roc(run_id: &str, epoch: usize, split: &str, curves: &[RocCurve], p
 /// ask for them.
 pub fn plots(dir: &Path, spec: &PlotSpec, s: &EpochStats) -> Result<()> {
     if spec.wants(MetricName::Roc) {
-        crate::plots::roc(&dir.join("roc.png"), &s.roc_curves(spec.binary, spec.classes))?;
+        plots::roc(&dir.join("roc.png"), &s.roc_curves(spec.binary, spec.classes))?;
     }
     if spec.wants(MetricName::ConfusionMatrix) {
-        crate::plots::confusion(&dir.join("confusion_matrix.png"), &s.confusion(), spec.classes)?;
+        plots::confusion(&dir.join("confusion_matrix.png"), &s.confusion(), spec.classes)?;
     }
     Ok(())
 }

@@ -29,9 +29,11 @@ use candle_core::{Device, Tensor};
 
 use crate::config::DetectConfig;
 use crate::data::voc::Object;
-use crate::data::Split;
+use crate::data::{folder, Split};
 use crate::metrics::detection::{iou, BoxXyxy, DetectionStats};
 use crate::model::Model;
+use crate::plots;
+use crate::plots::Labelled;
 use crate::runlog::Table;
 use crate::task::{PlotSpec, PredictImage, PredictSetup, Prediction};
 
@@ -276,7 +278,7 @@ pub fn write_detections(
     path: &Path,
 ) -> Result<()> {
     let rows = &stats.detections;
-    let name = |c: u32| crate::plots::class_name(names, c as usize);
+    let name = |c: u32| plots::class_name(names, c as usize);
     let image = |i: usize| {
         images.get(i).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     };
@@ -303,7 +305,7 @@ pub fn write_precision_recall(
     names: &[String],
     path: &Path,
 ) -> Result<()> {
-    let name = |c: usize| crate::plots::class_name(names, c);
+    let name = |c: usize| plots::class_name(names, c);
     let (mut class, mut ap, mut rank, mut precision, mut recall) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (c, a, p, r) in stats.curves() {
@@ -331,23 +333,21 @@ pub fn write_precision_recall(
 pub fn plots(dir: &Path, spec: &PlotSpec, s: &DetectionStats, split: &Split) -> Result<()> {
     let name = |c: usize| spec.class_name(c);
     let curves: Vec<_> = s.curves().into_iter().map(|(c, ap, p, r)| (name(c), ap, p, r)).collect();
-    crate::plots::precision_recall(&dir.join("precision_recall.png"), &curves)?;
+    plots::precision_recall(&dir.join("precision_recall.png"), &curves)?;
     let mut images = Vec::new();
     for (i, file) in split.files.iter().enumerate().take(9) {
-        let (bytes, h, w) = crate::data::folder::decode(file, 3)?;
+        let (bytes, h, w) = folder::decode(file, 3)?;
         let truths = split.objects.get(i).map(Vec::as_slice).unwrap_or_default();
-        let mut boxes: Vec<crate::plots::Labelled> = truths
-            .iter()
-            .map(|o| crate::plots::Labelled { text: String::new(), bbox: o.bbox, colour: 0, truth: true })
-            .collect();
+        let mut boxes: Vec<Labelled> =
+            truths.iter().map(|o| Labelled { text: String::new(), bbox: o.bbox, colour: 0, truth: true }).collect();
         for (c, d) in s.detections.iter().filter(|(_, d)| d.image == i && d.score >= spec.binary.threshold) {
             let text = format!("{} {:.2}", name(*c as usize), d.score);
             let bbox = d.bbox.map(|v| v as f32);
-            boxes.push(crate::plots::Labelled { text, bbox, colour: *c as usize, truth: false });
+            boxes.push(Labelled { text, bbox, colour: *c as usize, truth: false });
         }
         images.push((bytes, [h, w], boxes));
     }
-    crate::plots::boxes_grid(&dir.join("detections.png"), &images)
+    plots::boxes_grid(&dir.join("detections.png"), &images)
 }
 
 /// A detector's boxes for one image at or above the display threshold `setup.score_min`,

@@ -35,10 +35,12 @@ use candle_core::{DType, Tensor, D};
 use crate::config::{LocalizeConfig, Merge, MetricName};
 use crate::data::loader::Batch;
 use crate::data::voc::main_object;
-use crate::data::Split;
+use crate::data::{folder, Split};
 use crate::metrics::detection::iou;
 use crate::metrics::EpochStats;
 use crate::model::{Model, Pass};
+use crate::plots;
+use crate::plots::Labelled;
 use crate::runlog::Table;
 use crate::task::detect::Found;
 use crate::task::{PlotSpec, PredictImage, PredictSetup, Prediction};
@@ -383,7 +385,7 @@ pub fn write_localizations(
     path: &Path,
 ) -> Result<()> {
     let rows = &stats.boxes;
-    let name = |c: u32| crate::plots::class_name(names, c as usize);
+    let name = |c: u32| plots::class_name(names, c as usize);
     let image = |i: usize| {
         images.get(i).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     };
@@ -412,23 +414,23 @@ pub fn write_localizations(
 /// predicted box (labelled with its class and probability) and the true box in white.
 pub fn plots(dir: &Path, spec: &PlotSpec, s: &LocStats, split: &Split) -> Result<()> {
     if spec.wants(MetricName::ConfusionMatrix) {
-        crate::plots::confusion(&dir.join("confusion_matrix.png"), &s.class.confusion(), spec.classes)?;
+        plots::confusion(&dir.join("confusion_matrix.png"), &s.class.confusion(), spec.classes)?;
     }
     let name = |c: u32| spec.class_name(c as usize);
     let mut images = Vec::new();
     for r in s.boxes.iter().filter(|r| r.sample < 9) {
         let Some(file) = split.files.get(r.sample) else { continue };
-        let (bytes, h, w) = crate::data::folder::decode(file, 3)?;
+        let (bytes, h, w) = folder::decode(file, 3)?;
         let scale = |b: [f32; 4]| [b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32];
         let mut boxes = Vec::new();
         if let Some(t) = r.true_box {
-            boxes.push(crate::plots::Labelled { text: String::new(), bbox: scale(t), colour: 0, truth: true });
+            boxes.push(Labelled { text: String::new(), bbox: scale(t), colour: 0, truth: true });
         }
         let text = format!("{} {:.2}", name(r.pred), r.score);
-        boxes.push(crate::plots::Labelled { text, bbox: scale(r.pred_box), colour: r.pred as usize, truth: false });
+        boxes.push(Labelled { text, bbox: scale(r.pred_box), colour: r.pred as usize, truth: false });
         images.push((bytes, [h, w], boxes));
     }
-    crate::plots::boxes_grid(&dir.join("localizations.png"), &images)
+    plots::boxes_grid(&dir.join("localizations.png"), &images)
 }
 
 /// A localizer's class and box for one image (the predicted class's box), in the pixels of

@@ -24,6 +24,7 @@ use crate::metrics::{Binary, EpochStats};
 use crate::model::{predicted, Model, Pass};
 use crate::runlog::{files, RunLog};
 
+use crate::{metrics, plots};
 pub use detect::Yolo;
 pub use localize::{LocStats, Localizer};
 pub use segment::Segmenter;
@@ -405,7 +406,7 @@ impl PlotSpec<'_> {
 
     /// Class `c`'s name, or its number where the list has none.
     fn class_name(&self, c: usize) -> String {
-        crate::plots::class_name(self.classes, c)
+        plots::class_name(self.classes, c)
     }
 }
 
@@ -484,7 +485,7 @@ impl Stats {
     pub fn summary(&self) -> String {
         match self {
             Stats::Classify(s) => {
-                format!("loss {:.4} acc {:.4}", s.mean_loss(), crate::metrics::accuracy(&s.labels, &s.preds))
+                format!("loss {:.4} acc {:.4}", s.mean_loss(), metrics::accuracy(&s.labels, &s.preds))
             }
             Stats::Detect(s) if s.detections.is_empty() && s.truths.is_empty() => format!("loss {:.4}", s.mean_loss()),
             Stats::Detect(s) => format!("loss {:.4} mAP50 {:.4}", s.mean_loss(), s.map50().1),
@@ -494,15 +495,13 @@ impl Stats {
             Stats::Segment(s) => {
                 format!("loss {:.4} pixel acc {:.4} mIoU {:.4}", s.mean_loss(), s.pixel_accuracy(), s.miou())
             }
-            Stats::Localize(s) if s.boxes.is_empty() => format!(
-                "loss {:.4} acc {:.4}",
-                s.class.mean_loss(),
-                crate::metrics::accuracy(&s.class.labels, &s.class.preds)
-            ),
+            Stats::Localize(s) if s.boxes.is_empty() => {
+                format!("loss {:.4} acc {:.4}", s.class.mean_loss(), metrics::accuracy(&s.class.labels, &s.class.preds))
+            }
             Stats::Localize(s) => format!(
                 "loss {:.4} acc {:.4} loc err {:.4} IoU {:.4}",
                 s.class.mean_loss(),
-                crate::metrics::accuracy(&s.class.labels, &s.class.preds),
+                metrics::accuracy(&s.class.labels, &s.class.preds),
                 s.localization_error(),
                 s.mean_iou()
             ),

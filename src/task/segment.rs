@@ -20,11 +20,16 @@ use arrow_array::{Int64Array, StringArray};
 use candle_core::Tensor;
 
 use crate::config::{MetricName, Reduction, SegmentConfig};
-use crate::data::Split;
+use crate::data::augment::IGNORE;
+use crate::data::{folder, synth, voc, Split};
 use crate::metrics::segmentation::SegStats;
 use crate::model::Model;
+use crate::ops::upsample::UpsampleMode;
+use crate::ops::{pixel_ce, upsample};
+use crate::plots::MaskedImage;
 use crate::runlog::Table;
-use crate::task::{PlotSpec, PredictImage, PredictSetup, Prediction};
+use crate::task::{segment, PlotSpec, PredictImage, PredictSetup, Prediction};
+use crate::{ops, plots, runlog};
 
 /// The segmentation head's settings, resolved by the plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,9 +65,9 @@ impl Segmenter {
             Reduction::Sum => n as f64,
         };
         let device = out.device();
-        if crate::ops::cpu_kernels_on(device) && out.dtype() == candle_core::DType::F32 {
+        if ops::cpu_kernels_on(device) && out.dtype() == candle_core::DType::F32 {
             // One pass forward and backward (ops::pixel_ce).
-            return Ok(crate::ops::pixel_ce::pixel_cross_entropy(out, targets, weights, (1.0 / denom) as f32)?);
+            return Ok(pixel_ce::pixel_cross_entropy(out, targets, weights, (1.0 / denom) as f32)?);
         }
         let targets = Tensor::from_vec(targets, (n, 1, h, w), device)?;
         let weights = Tensor::from_vec(weights, (n, 1, h, w), device)?.to_dtype(out.dtype())?;
@@ -133,7 +138,7 @@ pub fn resize_mask(mask: &[u8], [h, w]: [usize; 2], [oh, ow]: [usize; 2]) -> Vec
         return mask.to_vec();
     }
     let as_f32: Vec<f32> = mask.iter().map(|&v| v as f32).collect();
-    let r = crate::ops::upsample::resample(crate::ops::upsample::UpsampleMode::Nearest, &as_f32, 1, (h, w), (oh, ow));
+    let r = upsample::resample(UpsampleMode::Nearest, &as_f32, 1, (h, w), (oh, ow));
     r.into_iter().map(|v| v as u8).collect()
 }
 
@@ -149,7 +154,7 @@ pub fn write_counts(
     images: &[PathBuf],
     path: &Path,
 ) -> Result<()> {
-    let name = |c: usize| crate::plots::class_name(names, c);
+    let name = |c: usize| plots::class_name(names, c);
     let image = |i: usize| {
         images.get(i).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     };
@@ -173,14 +178,14 @@ pub fn write_counts(
 /// palette PNG of class indices), each written whole.
 pub fn write_masks(stats: &SegStats, split: &Split, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let palette = crate::plots::voc_palette();
+    let palette = plots::voc_palette();
     for (i, pred, hw) in &stats.examples {
         let Some(file) = split.files.get(*i) else { continue };
         let Some(stem) = file.file_stem().map(|s| s.to_string_lossy().into_owned()) else { continue };
         let (w, h) = image::image_dimensions(file).with_context(|| format!("cannot read {}", file.display()))?;
         let [h, w] = [h as usize, w as usize];
-        let png = crate::data::synth::encode_mask_png(&resize_mask(pred, *hw, [h, w]), [h, w], &palette)?;
-        crate::runlog::atomic_write(&dir.join(format!("{stem}.png")), |tmp| Ok(std::fs::write(tmp, &png)?))?;
+        let png = synth::encode_mask_png(&resize_mask(pred, *hw, [h, w]), [h, w], &palette)?;
+        runlog::atomic_write(&dir.join(format!("{stem}.png")), |tmp| Ok(std::fs::write(tmp, &png)?))?;
     }
     Ok(())
 }
@@ -189,17 +194,17 @@ pub fn write_masks(stats: &SegStats, split: &Split, dir: &Path) -> Result<()> {
 /// true and predicted masks laid over them (`masks.png`), at the files' size.
 pub fn plots(dir: &Path, spec: &PlotSpec, s: &SegStats, split: &Split) -> Result<()> {
     if spec.wants(MetricName::ConfusionMatrix) {
-        crate::plots::confusion(&dir.join("confusion_matrix.png"), s.confusion(), spec.classes)?;
+        plots::confusion(&dir.join("confusion_matrix.png"), s.confusion(), spec.classes)?;
     }
     let mut rows = Vec::new();
     for (i, pred, hw) in s.examples.iter().take(PLOTTED) {
         let (Some(file), Some(mask)) = (split.files.get(*i), split.masks.get(*i)) else { continue };
-        let (bytes, h, w) = crate::data::folder::decode(file, 3)?;
-        let (truth, _) = crate::data::voc::read_mask(mask, split.mask_classes, crate::data::augment::IGNORE)?;
-        let pred = crate::task::segment::resize_mask(pred, *hw, [h, w]);
-        rows.push(crate::plots::MaskedImage { image: bytes, truth, pred, size: [h, w] });
+        let (bytes, h, w) = folder::decode(file, 3)?;
+        let (truth, _) = voc::read_mask(mask, split.mask_classes, IGNORE)?;
+        let pred = segment::resize_mask(pred, *hw, [h, w]);
+        rows.push(MaskedImage { image: bytes, truth, pred, size: [h, w] });
     }
-    crate::plots::masks_grid(&dir.join("masks.png"), &rows, spec.classes)
+    plots::masks_grid(&dir.join("masks.png"), &rows, spec.classes)
 }
 
 /// Each pixel's class for one image, at the image's own size, and the classes' shares.
@@ -222,6 +227,7 @@ pub fn predict(model: &Model, seg: &Segmenter, setup: &PredictSetup, image: Pred
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
     use candle_core::Device;
 
     fn seg(reduction: Reduction, weights: Option<Vec<f64>>) -> Segmenter {
@@ -264,7 +270,7 @@ mod tests {
     #[test]
     fn fused_loss_and_gradient_equal_the_generic_path() {
         let (n, c, h, w) = (2, 5, 3, 4);
-        let mut r = crate::rng::Rng::new(3);
+        let mut r = Rng::new(3);
         let x: Vec<f32> = (0..n * c * h * w).map(|_| (r.next_f64() * 6.0 - 3.0) as f32).collect();
         let masks: Vec<u8> = (0..n * h * w).map(|p| if p % 7 == 3 { 255 } else { (p % c) as u8 }).collect();
         let seg = Segmenter {

@@ -11,14 +11,14 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 
 use super::{eval_spec, images, load_data, train_spec};
-use crate::checkpoint;
 use crate::config::{LoadOptions, MetricName, Tta};
 use crate::data::loader::{self, LoaderSpec};
 use crate::data::Split;
-use crate::model::Model;
+use crate::model::{weights, Model};
 use crate::plan::Plan;
 use crate::runlog::{files, MetricRow, RunLog};
-use crate::task::{PlotSpec, Stats};
+use crate::task::{classify, PlotSpec, Stats};
+use crate::{checkpoint, config, plan, plots};
 
 /// `runner eval --config FILE --set KEY=VALUE`: what the evaluation reads instead of the
 /// run's own config.
@@ -50,13 +50,13 @@ pub fn eval_run(
         bail!("--split {split}: expected test or train");
     }
     let config_path = other.config.clone().unwrap_or_else(|| dir.join(files::CONFIG));
-    let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: other.sets.clone(), env: false })?;
+    let mut loaded = config::load(&config_path, &LoadOptions { sets: other.sets.clone(), env: false })?;
     loaded.keep_resize_of_older_run();
     loaded.config.model.drop_inits();
     if let Some(t) = tta {
         loaded.config.eval.tta = t;
     }
-    let plan = crate::plan::plan(&loaded)?;
+    let plan = plan::plan(&loaded)?;
     let (weights, tag) = match checkpoint {
         "best" => (dir.join("checkpoints/best.safetensors"), "best".to_string()),
         "last" => match checkpoint::latest(&dir.join(files::CHECKPOINTS))? {
@@ -80,7 +80,7 @@ pub fn eval_run(
     }
     let device = plan.open_device()?;
     let model = plan.model(&device)?;
-    crate::model::weights::load_into(&model, &weights, "", "", &BTreeMap::new(), true)?;
+    weights::load_into(&model, &weights, "", "", &BTreeMap::new(), true)?;
     let dataset = load_data(&plan)?;
     let data = if split == "test" { dataset.test.clone() } else { dataset.train.clone() };
     let spec = eval_spec(&train_spec(&plan, dataset.shape, &device), &plan);
@@ -162,7 +162,7 @@ pub fn log_metrics(
         value,
         wall_time_s: wall,
     };
-    let name = |c: usize| crate::plots::class_name(&plan.classes, c);
+    let name = |c: usize| plots::class_name(&plan.classes, c);
     let mut values = BTreeMap::new();
     for &m in metrics {
         match m {
@@ -175,12 +175,12 @@ pub fn log_metrics(
                 let Some(stats) = stats.as_classify() else { continue };
                 let path = log.dir.join(format!("roc_{split}.parquet"));
                 let curves = stats.roc_curves(plan.binary, &plan.classes);
-                crate::task::classify::write_roc(&log.run_id, epoch, split, &curves, &path)?;
+                classify::write_roc(&log.run_id, epoch, split, &curves, &path)?;
             }
             MetricName::ConfusionMatrix => {
                 let Some(m) = stats.confusion() else { continue };
                 let path = log.dir.join(format!("confusion_matrix_{split}.parquet"));
-                crate::task::classify::write_confusion(&log.run_id, epoch, split, &m, &plan.classes, &path)?;
+                classify::write_confusion(&log.run_id, epoch, split, &m, &plan.classes, &path)?;
             }
             m => {
                 let v = stats.compute(m, plan.binary);
@@ -200,7 +200,7 @@ pub(super) fn draw_plots(log: &RunLog, plan: &Plan, test: &Stats, split: &Split)
         plan.metrics.train().iter().chain(plan.metrics.test()).filter(|m| m.is_scalar()).map(|m| m.as_str()).collect();
     names.sort();
     names.dedup();
-    crate::plots::metric_curves(&dir, log.metrics(), &names)?;
+    plots::metric_curves(&dir, log.metrics(), &names)?;
     let spec = PlotSpec { classes: &plan.classes, test_metrics: plan.metrics.test(), binary: plan.binary };
     test.plots(&dir, &spec, split)?;
     Ok(())

@@ -18,20 +18,23 @@ use candle_core::{Device, Tensor};
 
 use crate::checkpoint::{self, Sidecar};
 use crate::config::{Loaded, Mode};
-use crate::data;
 use crate::data::loader::{self, Batch, LoaderSpec};
 use crate::device::device_name;
 use crate::model::{Model, Pass};
 use crate::optim::{add_grads, clip_grad_norm, Optimizer};
 use crate::plan::Plan;
-use crate::progress;
 use crate::runlog::{files, MetricRow, RunLog, Status};
 use crate::schedule::Position;
 use crate::step::{self, Step};
 use crate::task::{Stats, TrainOutputs};
+use crate::{data, progress};
 
 mod eval;
 mod resume;
+use crate::config::OnError;
+use crate::model::weights;
+use crate::ops;
+use crate::ops::kernels;
 use eval::draw_plots;
 pub use eval::{eval_run, evaluate, log_metrics, EvalOverrides};
 pub use resume::resume;
@@ -61,7 +64,7 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>, sweep_id: Option
     let dataset = load_data(plan)?;
     let device = plan.open_device()?;
     let mut model = plan.model(&device)?;
-    crate::model::weights::load_group_inits(&model, &plan.inits)?;
+    weights::load_group_inits(&model, &plan.inits)?;
     let mut optimizer = Optimizer::new(&plan.train.optimizer);
 
     let resolved = loaded.resolved_toml();
@@ -156,7 +159,7 @@ pub(crate) fn train_spec(plan: &Plan, shape: [usize; 3], device: &Device) -> Loa
         augment: plan.augment_train.clone(),
         prefetch: plan.data.prefetch,
         workers: loader_workers(plan.data.num_workers, device),
-        skip_errors: plan.data.on_error == crate::config::OnError::Skip,
+        skip_errors: plan.data.on_error == OnError::Skip,
     }
 }
 
@@ -268,7 +271,7 @@ impl Session<'_> {
         // A batch's loss and predictions are read at once on the CPU; on a GPU they stay on
         // the device until the log points (at least every 50 batches), so that a step does
         // not wait for the GPU.
-        let read_at_once = crate::ops::cpu_kernels_on(&self.device);
+        let read_at_once = ops::cpu_kernels_on(&self.device);
         let mut unread: Vec<(Unread, Batch)> = Vec::new();
         let mut skipped = 0usize;
         let mut summed: BTreeMap<String, Tensor> = BTreeMap::new();
@@ -404,7 +407,7 @@ impl Session<'_> {
         log.push(row("train", "epoch_time_s", trained.seconds));
         log.push(row("train", "images_per_s", trained.stats.count() as f64 / trained.seconds));
         log.push(row("train", "trainable_params", trainable as f64));
-        if plan.data.on_error == crate::config::OnError::Skip {
+        if plan.data.on_error == OnError::Skip {
             log.push(row("train", "skipped_samples", trained.skipped as f64));
             log.push(row("test", "skipped_samples", test_skipped as f64));
             if trained.skipped + test_skipped > 0 {
@@ -421,7 +424,7 @@ impl Session<'_> {
         test.write_predictions(log, epoch, &plan.classes, test_split)?;
         log.final_metrics = test_values;
         log.flush()?;
-        crate::model::weights::save(self.model, &log.dir.join(files::MODEL))?;
+        weights::save(self.model, &log.dir.join(files::MODEL))?;
         if let Err(e) = draw_plots(log, plan, test, test_split) {
             tracing::warn!("plots not drawn: {e:#}");
         }
@@ -462,8 +465,8 @@ impl Session<'_> {
             early_best: state.early_best,
             bad_epochs: state.bad_epochs,
             config_hash: self.log.config_hash().to_string(),
-            threads: crate::ops::threads(),
-            kernels: crate::ops::kernels::level_on(&self.device).map(|l| l.to_string()).unwrap_or_default(),
+            threads: ops::threads(),
+            kernels: kernels::level_on(&self.device).map(|l| l.to_string()).unwrap_or_default(),
             optimizer_steps,
         };
         checkpoint::save(

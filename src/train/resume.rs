@@ -8,10 +8,13 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use super::{config_hash, finish, load_data, Outcome, Session, State};
-use crate::checkpoint;
 use crate::config::LoadOptions;
+use crate::model::weights;
+use crate::ops::kernels;
+use crate::ops::kernels::Level;
 use crate::optim::Optimizer;
-use crate::runlog::{files, RunLog, Status};
+use crate::runlog::{files, RunLock, RunLog, Status};
+use crate::{checkpoint, config, ops, plan};
 
 /// Continues the run in `dir` from its last checkpoint, in the same folder: its tables keep
 /// the finished epochs (rows of a later, unfinished epoch are dropped) and grow from there.
@@ -24,21 +27,21 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
             dir.display()
         );
     }
-    let mut loaded = crate::config::load(&config_path, &LoadOptions { sets: Vec::new(), env: false })?;
+    let mut loaded = config::load(&config_path, &LoadOptions { sets: Vec::new(), env: false })?;
     loaded.keep_resize_of_older_run();
     let latest = checkpoint::latest(&dir.join(files::CHECKPOINTS))?;
     if latest.is_some() {
         // The weights come from the checkpoint: the groups' own files are not needed.
         loaded.config.model.drop_inits();
     }
-    let plan = crate::plan::plan(&loaded)?;
+    let plan = plan::plan(&loaded)?;
     let probe = RunLog::open(dir, None)?;
     if probe.status() == Status::Completed {
         bail!("{}: the run completed; nothing to resume", dir.display());
     }
-    if crate::runlog::RunLock::is_held(dir) {
+    if RunLock::is_held(dir) {
         // Fails naming the process that holds it (without writing to the folder).
-        crate::runlog::RunLock::acquire(dir)?;
+        RunLock::acquire(dir)?;
     }
     let finished = probe.metrics().iter().map(|r| r.epoch).max();
     if latest.is_none() {
@@ -85,7 +88,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
             }
         }
         None => {
-            crate::model::weights::load_group_inits(&model, &plan.inits)?;
+            weights::load_group_inits(&model, &plan.inits)?;
             tracing::info!("no checkpoint in {}: starting again from epoch 1", dir.display());
             State::default()
         }
@@ -132,18 +135,18 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
 /// checkpoint was written with: the resumed run then differs slightly from one never
 /// stopped, and the warning says how to get them back.
 fn warn_if_another_machine(side: &checkpoint::Sidecar, device: &candle_core::Device) {
-    if side.threads != 0 && side.threads != crate::ops::threads() {
+    if side.threads != 0 && side.threads != ops::threads() {
         tracing::warn!(
             "the run used {} threads, this process {}: results will differ slightly from an uninterrupted run \
              (set RAYON_NUM_THREADS={} for bitwise-equal results)",
             side.threads,
-            crate::ops::threads(),
+            ops::threads(),
             side.threads
         );
     }
-    let level = crate::ops::kernels::level_on(device);
+    let level = kernels::level_on(device);
     if let Some(level) = level.filter(|l| !side.kernels.is_empty() && side.kernels != l.as_str()) {
-        let how = if level == crate::ops::kernels::Level::Avx512 && side.kernels == "avx2" {
+        let how = if level == Level::Avx512 && side.kernels == "avx2" {
             "set RUNNER_KERNELS=portable for the kernels it used".to_string()
         } else {
             format!("resume on a CPU with {} (without RUNNER_KERNELS=portable) for the kernels it used", side.kernels)

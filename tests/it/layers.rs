@@ -277,3 +277,44 @@ fn the_layer_check_finds_what_goes_up() {
         "{bad:#?}"
     );
 }
+
+/// Each `crate::` path outside a `use` statement (test code, comments and macros' `$crate`
+/// aside), as `file: line`: a dependency a reader of the `use` lines would not see.
+fn inline_paths(files: &[(String, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (rel, src) in files {
+        let mut in_use = false;
+        for line in without_tests(src).lines() {
+            let t = line.trim_start();
+            let t = t.strip_prefix("pub(crate) ").or_else(|| t.strip_prefix("pub ")).unwrap_or(t);
+            if t.starts_with("use ") {
+                in_use = true;
+            }
+            let inline = line
+                .match_indices("crate::")
+                .any(|(i, _)| line[..i].chars().last().is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '$')));
+            if inline && !in_use {
+                found.push(format!("{rel}: {}", line.trim()));
+            }
+            if in_use && line.contains(';') {
+                in_use = false;
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn dependencies_are_named_in_use_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &root.join("src"), &mut files);
+    let found = inline_paths(&files);
+    assert!(found.is_empty(), "`crate::` paths outside `use` lines:\n{}", found.join("\n"));
+    let probe = [(
+        "x.rs".to_string(),
+        "use crate::{\n    a::B,\n};\nfn f() { crate::a::g(); $crate::m!(); my_crate::h(); }\n// crate::c\n"
+            .to_string(),
+    )];
+    assert_eq!(inline_paths(&probe), ["x.rs: fn f() { crate::a::g(); $crate::m!(); my_crate::h(); }"]);
+}

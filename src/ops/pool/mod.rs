@@ -472,7 +472,9 @@ fn gathered(x: &Tensor, kind: PoolKind, g: PoolGeom) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing;
     use crate::ops::testing::{check_grads, rand_tensor};
+    use crate::rng::Rng;
     use candle_core::{DType, Device, Var};
 
     #[test]
@@ -553,7 +555,7 @@ mod tests {
         for g in geoms {
             for kind in [PoolKind::Max, PoolKind::Avg] {
                 let (cpu, other) = (|x: &Tensor| pool2d(x, kind, g), |x: &Tensor| pool2d_composed(x, kind, g));
-                crate::ops::testing::same_values_and_grads(&tied, cpu, other, 1e-12, &format!("{kind:?} {g:?}"));
+                testing::same_values_and_grads(&tied, cpu, other, 1e-12, &format!("{kind:?} {g:?}"));
             }
         }
     }
@@ -566,7 +568,7 @@ mod tests {
         // stride 1, 4x4 stride 3, 2x2 stride 3, 1x1; the general loop) on
         // small integers (many ties) with NaNs, against that rule written out here. An even
         // width and an odd one (whose last column no 2x2 window reads).
-        let mut r = crate::rng::Rng::new(5);
+        let mut r = Rng::new(5);
         let x: Vec<f32> = (0..2 * 9 * 10)
             .map(|_| if r.next_f64() < 0.05 { f32::NAN } else { (r.next_f64() * 4.0).floor() as f32 })
             .collect();
