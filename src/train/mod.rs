@@ -17,24 +17,23 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
 use crate::checkpoint::{self, Sidecar};
+use crate::config::OnError;
 use crate::config::{Loaded, Mode};
 use crate::data::loader::{self, Batch, LoaderSpec};
 use crate::device::device_name;
+use crate::model::weights;
 use crate::model::{Model, Pass};
+use crate::ops::kernels;
 use crate::optim::{add_grads, clip_grad_norm, Optimizer};
 use crate::plan::Plan;
 use crate::runlog::{files, MetricRow, RunLog, Status};
 use crate::schedule::Position;
 use crate::step::{self, Step};
 use crate::task::{Stats, TrainOutputs};
-use crate::{data, progress};
+use crate::{data, ops, progress};
 
 mod eval;
 mod resume;
-use crate::config::OnError;
-use crate::model::weights;
-use crate::ops;
-use crate::ops::kernels;
 use eval::draw_plots;
 pub use eval::{eval_run, evaluate, log_metrics, EvalOverrides};
 pub use resume::resume;
@@ -262,24 +261,9 @@ impl Session<'_> {
         if n_batches == 0 {
             bail!("the training split has {} samples: not one batch of {}", split.len, spec.batch_size);
         }
-        let accumulate = plan.train.accumulate.max(1);
-        let sliceable = plan.task.loss_is_per_sample() && self.model.samples_independent();
+        let mut pass = EpochPass::new(plan, epoch, n_batches, &self.device, self.model);
         let started = std::time::Instant::now();
         let bar = progress::batch_bar(n_batches, &format!("epoch {}/{}", epoch + 1, plan.train.epochs));
-        let keep_probs = plan.metrics.train().iter().any(|m| m.needs_probabilities());
-        let mut stats = plan.task.stats(plan.num_classes(), keep_probs);
-        // A batch's loss and predictions are read at once on the CPU; on a GPU they stay on
-        // the device until the log points (at least every 50 batches), so that a step does
-        // not wait for the GPU.
-        let read_at_once = ops::cpu_kernels_on(&self.device);
-        let mut unread: Vec<(Unread, Batch)> = Vec::new();
-        let mut skipped = 0usize;
-        let mut summed: BTreeMap<String, Tensor> = BTreeMap::new();
-        let mut pending = 0usize;
-        let mut lr = plan.lr(Position { epoch, batch: 0, batches: n_batches });
-        // The learning rate of each step; logged with the epoch, so that the tables only
-        // ever hold finished epochs.
-        let mut lr_rows = Vec::new();
         // `-v`: per batch, the time spent waiting for the loader and the step's own time.
         let (mut waited, mut asked) = (std::time::Duration::ZERO, std::time::Instant::now());
         for (b, batch) in loader::batches(split.clone(), &spec, epoch).enumerate() {
@@ -287,84 +271,31 @@ impl Session<'_> {
             let wait = asked.elapsed();
             waited += wait;
             let step_started = std::time::Instant::now();
-            skipped += batch.skipped.len();
+            pass.skipped += batch.skipped.len();
             if self.stop.load(Ordering::SeqCst) {
                 // A diverged batch among the unread still fails the run, not an interruption.
-                read_losses(&mut unread, &mut stats, plan, epoch)?;
+                read_losses(&mut pass.unread, &mut pass.stats, plan, epoch)?;
                 return Ok(None);
             }
+            let samples = batch.labels.len().max(batch.indices.len());
             if !batch.is_empty() {
-                if pending == 0 {
-                    lr = plan.lr(Position { epoch, batch: b, batches: n_batches });
-                }
-                let xs = images(&batch, plan.input, &self.device)?;
-                let pass =
-                    Pass { train: true, seed: plan.seed, epoch, step: state.step as usize * accumulate + pending };
-                let slices = if sliceable { step::slices(self.model, batch.len(), &self.device) } else { 1 };
-                let Step { out, loss, grads } =
-                    step::forward_backward(self.model, &xs, pass, slices, accumulate, |out, range| {
-                        plan.task.slice_loss(out, &batch, range, plan.input)
-                    })?;
-                let outputs = plan.task.train_outputs(&out, keep_probs)?;
-                let read = Unread { step: state.step + 1, loss, outputs };
-                if read_at_once {
-                    // Before the update, so the weights never take a step from a NaN.
-                    read.into_stats(&mut stats, plan, epoch, &batch)?;
-                } else {
-                    unread.push((read, batch.without_pixels()));
-                    if unread.len() >= 50 {
-                        read_losses(&mut unread, &mut stats, plan, epoch)?;
-                    }
-                }
-                add_grads(&mut summed, grads)?;
-                pending += 1;
+                self.learn_batch(&mut pass, b, batch, state)?;
             }
             // A step every `accumulate` batches, and at the end of the epoch.
-            if pending > 0 && (pending == accumulate || b + 1 == n_batches) {
-                if plan.train.clip_grad_norm > 0.0 {
-                    clip_grad_norm(&mut summed, plan.train.clip_grad_norm)?;
-                }
-                self.optimizer.step(lr, self.model.trainable(), &summed, &plan.hypers)?;
-                summed.clear();
-                pending = 0;
-                state.step += 1;
-                lr_rows.push(MetricRow {
-                    epoch: epoch as i32,
-                    step: state.step,
-                    split: "train".into(),
-                    metric: "lr".into(),
-                    class: None,
-                    value: lr,
-                    wall_time_s: self.log.elapsed_s(),
-                });
+            if pass.pending > 0 && (pass.pending == pass.accumulate || b + 1 == n_batches) {
+                self.optimizer_step(&mut pass, state)?;
             }
             tracing::debug!(
-                "epoch {} batch {}/{n_batches}: {:.1} ms waiting for data, {:.1} ms computing, {} samples",
+                "epoch {} batch {}/{n_batches}: {:.1} ms waiting for data, {:.1} ms computing, {samples} samples",
                 epoch + 1,
                 b + 1,
                 wait.as_secs_f64() * 1e3,
                 step_started.elapsed().as_secs_f64() * 1e3,
-                batch.labels.len().max(batch.indices.len())
             );
             asked = std::time::Instant::now();
-            let every = plan.train.log_every;
-            if every > 0 && (b + 1) % every == 0 {
-                read_losses(&mut unread, &mut stats, plan, epoch)?;
-            }
-            bar.inc(1);
-            let rate = stats.count() as f64 / started.elapsed().as_secs_f64();
-            let epochs = plan.train.epochs;
-            bar.set_message(&format!("epoch {}/{epochs} loss {:.4} {rate:.0} img/s", epoch + 1, stats.mean_loss()));
-            if !progress::bars_enabled() && every > 0 && (b + 1) % every == 0 {
-                tracing::info!(
-                    "epoch {}/{epochs} batch {}/{n_batches} loss {:.4} {rate:.0} img/s",
-                    epoch + 1,
-                    b + 1,
-                    stats.mean_loss()
-                );
-            }
+            pass.report(b, &bar, started)?;
         }
-        read_losses(&mut unread, &mut stats, plan, epoch)?;
+        read_losses(&mut pass.unread, &mut pass.stats, plan, epoch)?;
         bar.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
         tracing::debug!(
@@ -374,7 +305,63 @@ impl Session<'_> {
             waited.as_secs_f64(),
             100.0 * waited.as_secs_f64() / seconds.max(1e-9)
         );
+        let EpochPass { stats, lr_rows, skipped, lr, .. } = pass;
         Ok(Some(Trained { stats, lr_rows, skipped, seconds, lr }))
+    }
+
+    /// One batch's forward and backward: its gradients summed into `pass`, its loss and
+    /// predictions read (at once on the CPU, before the update, so the weights never take a
+    /// step from a NaN; every 50 batches on a GPU, so that a step does not wait for it).
+    fn learn_batch(&mut self, pass: &mut EpochPass, b: usize, batch: Batch, state: &State) -> Result<()> {
+        let plan = self.plan;
+        let epoch = pass.epoch;
+        if pass.pending == 0 {
+            pass.lr = plan.lr(Position { epoch, batch: b, batches: pass.n_batches });
+        }
+        let xs = images(&batch, plan.input, &self.device)?;
+        let step = state.step as usize * pass.accumulate + pass.pending;
+        let model_pass = Pass { train: true, seed: plan.seed, epoch, step };
+        let slices = if pass.sliceable { step::slices(self.model, batch.len(), &self.device) } else { 1 };
+        let Step { out, loss, grads } =
+            step::forward_backward(self.model, &xs, model_pass, slices, pass.accumulate, |out, range| {
+                plan.task.slice_loss(out, &batch, range, plan.input)
+            })?;
+        let outputs = plan.task.train_outputs(&out, pass.keep_probs)?;
+        let read = Unread { step: state.step + 1, loss, outputs };
+        if pass.read_at_once {
+            read.into_stats(&mut pass.stats, plan, epoch, &batch)?;
+        } else {
+            pass.unread.push((read, batch.without_pixels()));
+            if pass.unread.len() >= 50 {
+                read_losses(&mut pass.unread, &mut pass.stats, plan, epoch)?;
+            }
+        }
+        add_grads(&mut pass.summed, grads)?;
+        pass.pending += 1;
+        Ok(())
+    }
+
+    /// The optimizer's step over the summed gradients (clipped where the plan says), and the
+    /// step's learning rate as a row of the epoch's table.
+    fn optimizer_step(&mut self, pass: &mut EpochPass, state: &mut State) -> Result<()> {
+        let plan = self.plan;
+        if plan.train.clip_grad_norm > 0.0 {
+            clip_grad_norm(&mut pass.summed, plan.train.clip_grad_norm)?;
+        }
+        self.optimizer.step(pass.lr, self.model.trainable(), &pass.summed, &plan.hypers)?;
+        pass.summed.clear();
+        pass.pending = 0;
+        state.step += 1;
+        pass.lr_rows.push(MetricRow {
+            epoch: pass.epoch as i32,
+            step: state.step,
+            split: "train".into(),
+            metric: "lr".into(),
+            class: None,
+            value: pass.lr,
+            wall_time_s: self.log.elapsed_s(),
+        });
+        Ok(())
     }
 
     /// The epoch's rows and tables: the learning rates, the train and test metrics, the
@@ -478,6 +465,77 @@ impl Session<'_> {
             is_best,
         )?;
         Ok(early_stop)
+    }
+}
+
+/// What one epoch's pass over the training split carries from batch to batch.
+struct EpochPass<'p> {
+    plan: &'p Plan,
+    epoch: usize,
+    n_batches: usize,
+    accumulate: usize,
+    /// The loss is a sum over samples and the model treats them apart: a batch may run in
+    /// slices.
+    sliceable: bool,
+    /// A training metric needs the predicted probabilities.
+    keep_probs: bool,
+    /// A batch's loss and predictions are read at once on the CPU; on a GPU they stay on
+    /// the device until the log points (at least every 50 batches).
+    read_at_once: bool,
+    stats: Stats,
+    unread: Vec<(Unread, Batch)>,
+    skipped: usize,
+    /// The gradients summed since the last optimizer step, over `pending` batches.
+    summed: BTreeMap<String, Tensor>,
+    pending: usize,
+    lr: f64,
+    /// The learning rate of each step; logged with the epoch, so that the tables only ever
+    /// hold finished epochs.
+    lr_rows: Vec<MetricRow>,
+}
+
+impl<'p> EpochPass<'p> {
+    fn new(plan: &'p Plan, epoch: usize, n_batches: usize, device: &Device, model: &Model) -> Self {
+        let keep_probs = plan.metrics.train().iter().any(|m| m.needs_probabilities());
+        EpochPass {
+            plan,
+            epoch,
+            n_batches,
+            accumulate: plan.train.accumulate.max(1),
+            sliceable: plan.task.loss_is_per_sample() && model.samples_independent(),
+            keep_probs,
+            read_at_once: ops::cpu_kernels_on(device),
+            stats: plan.task.stats(plan.num_classes(), keep_probs),
+            unread: Vec::new(),
+            skipped: 0,
+            summed: BTreeMap::new(),
+            pending: 0,
+            lr: plan.lr(Position { epoch, batch: 0, batches: n_batches }),
+            lr_rows: Vec::new(),
+        }
+    }
+
+    /// After batch `b`: the losses read every `log_every` batches, the progress bar, and
+    /// without a bar a log line.
+    fn report(&mut self, b: usize, bar: &progress::Bar, started: std::time::Instant) -> Result<()> {
+        let (plan, epoch, n_batches) = (self.plan, self.epoch, self.n_batches);
+        let every = plan.train.log_every;
+        if every > 0 && (b + 1) % every == 0 {
+            read_losses(&mut self.unread, &mut self.stats, plan, epoch)?;
+        }
+        bar.inc(1);
+        let rate = self.stats.count() as f64 / started.elapsed().as_secs_f64();
+        let epochs = plan.train.epochs;
+        bar.set_message(&format!("epoch {}/{epochs} loss {:.4} {rate:.0} img/s", epoch + 1, self.stats.mean_loss()));
+        if !progress::bars_enabled() && every > 0 && (b + 1) % every == 0 {
+            tracing::info!(
+                "epoch {}/{epochs} batch {}/{n_batches} loss {:.4} {rate:.0} img/s",
+                epoch + 1,
+                b + 1,
+                self.stats.mean_loss()
+            );
+        }
+        Ok(())
     }
 }
 

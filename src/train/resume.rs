@@ -8,13 +8,14 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use super::{config_hash, finish, load_data, Outcome, Session, State};
+use crate::checkpoint::{self, Sidecar};
 use crate::config::LoadOptions;
 use crate::model::weights;
 use crate::ops::kernels;
 use crate::ops::kernels::Level;
 use crate::optim::Optimizer;
 use crate::runlog::{files, RunLock, RunLog, Status};
-use crate::{checkpoint, config, ops, plan};
+use crate::{config, ops, plan};
 
 /// Continues the run in `dir` from its last checkpoint, in the same folder: its tables keep
 /// the finished epochs (rows of a later, unfinished epoch are dropped) and grow from there.
@@ -36,40 +37,8 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     }
     let plan = plan::plan(&loaded)?;
     let probe = RunLog::open(dir, None)?;
-    if probe.status() == Status::Completed {
-        bail!("{}: the run completed; nothing to resume", dir.display());
-    }
-    if RunLock::is_held(dir) {
-        // Fails naming the process that holds it (without writing to the folder).
-        RunLock::acquire(dir)?;
-    }
-    let finished = probe.metrics().iter().map(|r| r.epoch).max();
-    if latest.is_none() {
-        // Only the first epoch's rows and no checkpoint: the process stopped between the
-        // two writes of epoch 1, which is trained again (the same seed gives the same rows).
-        if let Some(e) = finished.filter(|&e| e > 0) {
-            bail!(
-                "{}: no checkpoint in checkpoints/, but the tables hold {} finished epoch(s); resuming would \
-                 train again from epoch 1 and replace them",
-                dir.display(),
-                e + 1
-            );
-        }
-    }
-    let hash = config_hash(&loaded.resolved_toml());
-    if let Some((_, side)) = &latest {
-        if side.config_hash != probe.config_hash() {
-            bail!(
-                "{}: the checkpoint was written by another config (hash {}, the run's is {})",
-                dir.display(),
-                side.config_hash,
-                probe.config_hash()
-            );
-        }
-    }
-    if hash != probe.config_hash() {
-        tracing::warn!("{}: config.toml differs from the one the run started with", dir.display());
-    }
+    let side = latest.as_ref().map(|(_, side)| side);
+    check_resumable(dir, &probe, side, &config_hash(&loaded.resolved_toml()))?;
     let dataset = load_data(&plan)?;
     let device = plan.open_device()?;
     let mut model = plan.model(&device)?;
@@ -95,13 +64,70 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     };
     if state.next_epoch >= plan.train.epochs {
         // The process stopped after the last checkpoint but before it recorded the end (the
-        // completed case returned above): nothing to train, the run is marked completed.
+        // completed case failed the checks): nothing to train, the run is marked completed.
         tracing::info!(
             "{}: all {} epochs were finished before the process stopped; marking the run completed",
             dir.display(),
             plan.train.epochs
         );
     }
+    let log = reopen(dir, &probe, &state)?;
+    let session = Session {
+        plan: &plan,
+        dataset: &dataset,
+        model: &mut model,
+        optimizer: &mut optimizer,
+        device,
+        log,
+        stop: &stop,
+    };
+    finish(session, state)
+}
+
+/// What must hold before the run's folder is touched: the run did not complete, no live
+/// process holds it, the tables hold no more than the checkpoint (or, without one, than the
+/// first epoch), and the checkpoint was written by the run's config. A config.toml edited
+/// since the start is a warning.
+fn check_resumable(dir: &Path, probe: &RunLog, side: Option<&Sidecar>, hash: &str) -> Result<()> {
+    if probe.status() == Status::Completed {
+        bail!("{}: the run completed; nothing to resume", dir.display());
+    }
+    if RunLock::is_held(dir) {
+        // Fails naming the process that holds it (without writing to the folder).
+        RunLock::acquire(dir)?;
+    }
+    let finished = probe.metrics().iter().map(|r| r.epoch).max();
+    if side.is_none() {
+        // Only the first epoch's rows and no checkpoint: the process stopped between the
+        // two writes of epoch 1, which is trained again (the same seed gives the same rows).
+        if let Some(e) = finished.filter(|&e| e > 0) {
+            bail!(
+                "{}: no checkpoint in checkpoints/, but the tables hold {} finished epoch(s); resuming would \
+                 train again from epoch 1 and replace them",
+                dir.display(),
+                e + 1
+            );
+        }
+    }
+    if let Some(side) = side {
+        if side.config_hash != probe.config_hash() {
+            bail!(
+                "{}: the checkpoint was written by another config (hash {}, the run's is {})",
+                dir.display(),
+                side.config_hash,
+                probe.config_hash()
+            );
+        }
+    }
+    if hash != probe.config_hash() {
+        tracing::warn!("{}: config.toml differs from the one the run started with", dir.display());
+    }
+    Ok(())
+}
+
+/// The run's log, opened for writing with the rows of epochs after the checkpoint's dropped,
+/// locked and marked running.
+fn reopen(dir: &Path, probe: &RunLog, state: &State) -> Result<RunLog> {
     let keep = state.next_epoch as i32 - 1;
     let mut log = RunLog::open(dir, Some(keep))?;
     if keep >= 0 && !log.metrics().iter().any(|r| r.epoch == keep) {
@@ -119,22 +145,13 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
     }
     log.set_status(Status::Running);
     log.flush()?;
-    let session = Session {
-        plan: &plan,
-        dataset: &dataset,
-        model: &mut model,
-        optimizer: &mut optimizer,
-        device,
-        log,
-        stop: &stop,
-    };
-    finish(session, state)
+    Ok(log)
 }
 
 /// A warning when this process's thread count or CPU kernel level differs from those the
 /// checkpoint was written with: the resumed run then differs slightly from one never
 /// stopped, and the warning says how to get them back.
-fn warn_if_another_machine(side: &checkpoint::Sidecar, device: &candle_core::Device) {
+fn warn_if_another_machine(side: &Sidecar, device: &candle_core::Device) {
     if side.threads != 0 && side.threads != ops::threads() {
         tracing::warn!(
             "the run used {} threads, this process {}: results will differ slightly from an uninterrupted run \
