@@ -520,14 +520,15 @@ impl<'p> EpochPass<'p> {
     fn report(&mut self, b: usize, bar: &progress::Bar, started: std::time::Instant) -> Result<()> {
         let (plan, epoch, n_batches) = (self.plan, self.epoch, self.n_batches);
         let every = plan.train.log_every;
-        if every > 0 && (b + 1) % every == 0 {
+        let log_point = every > 0 && (b + 1).is_multiple_of(every);
+        if log_point {
             read_losses(&mut self.unread, &mut self.stats, plan, epoch)?;
         }
         bar.inc(1);
         let rate = self.stats.count() as f64 / started.elapsed().as_secs_f64();
         let epochs = plan.train.epochs;
         bar.set_message(&format!("epoch {}/{epochs} loss {:.4} {rate:.0} img/s", epoch + 1, self.stats.mean_loss()));
-        if !progress::bars_enabled() && every > 0 && (b + 1) % every == 0 {
+        if !progress::bars_enabled() && log_point {
             tracing::info!(
                 "epoch {}/{epochs} batch {}/{n_batches} loss {:.4} {rate:.0} img/s",
                 epoch + 1,
