@@ -472,16 +472,54 @@ impl Loaded {
                 toml::Value::Array(items)
                     if !items.is_empty() && items.iter().all(|i| matches!(i, toml::Value::Table(_))) =>
                 {
-                    let s = src();
+                    let s = source.map(str::to_string).unwrap_or_else(|| self.list_source(&path));
                     for (i, item) in items.iter().enumerate() {
                         if let toml::Value::Table(t) = item {
                             self.walk(&format!("{path}[{i}]"), t, Some(&s), out);
                         }
                     }
                 }
+                toml::Value::Array(_) if source.is_none() => {
+                    out.push((path.clone(), v.to_string(), self.list_source(&path)))
+                }
                 _ => out.push((path.clone(), v.to_string(), src())),
             }
         }
+    }
+
+    /// Where the list at `path` was set, and the earlier files whose lists it replaced
+    /// whole (lists do not merge): `e.toml, replacing the list of configs/base.toml`.
+    fn list_source(&self, path: &str) -> String {
+        let source = self.source_of_key(path);
+        let replaced = self.lists_replaced(path);
+        if replaced.is_empty() {
+            return source;
+        }
+        let names: Vec<String> = replaced.iter().map(|p| relative_to_cwd(p)).collect();
+        format!("{source}, replacing the list of {}", names.join(" and "))
+    }
+
+    /// The files merged before the one that set the list at `path` (all of them when an
+    /// override or the environment set it) that set a list there too.
+    pub fn lists_replaced(&self, path: &str) -> Vec<PathBuf> {
+        let Some(md) = self.figment.find_metadata(path) else { return Vec::new() };
+        let before = match &md.source {
+            Some(Source::File(p)) => self.files.iter().position(|f| f == p).unwrap_or(0),
+            _ => self.files.len(),
+        };
+        let sets = |file: &Path| -> bool {
+            let Ok(table) = std::fs::read_to_string(file).map(|t| t.parse::<toml::Table>()) else { return false };
+            let Ok(table) = table else { return false };
+            let mut at = toml::Value::Table(table);
+            for key in path.split('.') {
+                match at.get(key) {
+                    Some(v) => at = v.clone(),
+                    None => return false,
+                }
+            }
+            at.is_array()
+        };
+        self.files[..before].iter().filter(|f| sets(f)).cloned().collect()
     }
 
     /// Where a key's value was set: a file, `--set ...`, the environment, or `default`.

@@ -159,6 +159,17 @@ fn a_training_list_that_drops_the_inherited_normalize_is_flagged() {
         plan.warnings.iter().find(|w| w.contains("has no normalize")).unwrap_or_else(|| panic!("{:?}", plan.warnings));
     assert!(w.starts_with("augment.train (set in ") && w.contains("e.toml) has no normalize"), "{w}");
     assert!(w.contains("but augment.test (set in ") && w.contains("base.toml) has"), "{w}");
+    // `runner config` shows the list that replaced an inherited one, and where that was.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["config", "e.toml"])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |k: &str| text.lines().find(|l| l.starts_with(k)).unwrap_or_default().to_string();
+    assert!(line("augment.train[0].hflip").ends_with("# e.toml, replacing the list of base.toml"), "{text}");
+    assert!(line("augment.test[0].normalize").ends_with("# base.toml"), "{text}");
+    assert!(line("model.input").ends_with("# base.toml"), "a plain list set once: {text}");
     // Both lists normalizing (or neither): nothing to say.
     let plan =
         runner::plan::plan_without_data(&load(&d.path().join("base.toml"), &opts(&["experiment.name=\"b\""])).unwrap())
