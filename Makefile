@@ -3,7 +3,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 EXP ?= experiments/lenet5_fashion_mnist.toml
 
-.PHONY: run build build-cuda gpu-check test data venv torch chromium bench bench-torch fmt lint clean
+.PHONY: run build build-cuda gpu-check test data venv torch chromium slurm bench bench-torch fmt lint clean
 
 build:
 	$(CARGO) build --release
@@ -79,12 +79,24 @@ torch:
 # A test whose dependency is missing says SKIPPED in the output and in the closing line; where
 # apt could have installed the dependency (root with apt-get), its absence fails the test.
 CAN_APT = { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; }
-test: data venv chromium
+
+# Debian's Slurm and munge: the Slurm launcher's test starts a one-node cluster on
+# 127.0.0.1 with them (tests/slurm/cluster.sh; the daemons need root).
+SLURM_PKGS = slurmctld slurmd slurm-client munge
+HAVE_SLURM = { command -v sbatch >/dev/null 2>&1 && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ]; }
+slurm:
+	@$(HAVE_SLURM) || \
+	  ($(CAN_APT) && (apt-get install -y -q --no-install-recommends $(SLURM_PKGS) || \
+	    (apt-get update -q && apt-get install -y -q --no-install-recommends $(SLURM_PKGS)))) || \
+	  echo "WARNING: Slurm not installed: the Slurm launcher's test will be skipped"
+
+test: data venv chromium slurm
 	@mkdir -p target && rm -f target/test-skips.log
 	RUNNER_PYTHON=$(CURDIR)/$(VENV)/bin/python RUNNER_REQUIRE_PYARROW=1 \
 	RUNNER_REQUIRE_CHROMIUM=$$( (command -v chromium >/dev/null 2>&1 || $(CAN_APT)) && echo 1 || echo 0) \
 	RUNNER_REQUIRE_TORCH=$$( ($(VENV)/bin/python -c "import torch, torchvision, safetensors" 2>/dev/null || $(CAN_APT)) && echo 1 || echo 0) \
 	RUNNER_REQUIRE_FASHION_MNIST=$$( ([ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || $(CAN_APT)) && echo 1 || echo 0) \
+	RUNNER_REQUIRE_SLURM=$$( (($(HAVE_SLURM) && [ "$$(id -u)" = 0 ]) || $(CAN_APT)) && echo 1 || echo 0) \
 	RUNNER_SKIP_LOG=$(CURDIR)/target/test-skips.log \
 	$(CARGO) test --release -- --skip board::in_a_browser
 	@# The browser tests alone: under the load of the whole suite on two cores, Chromium's

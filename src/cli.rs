@@ -153,9 +153,22 @@ struct DiffArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct SweepArgs {
+    #[command(subcommand)]
+    action: Option<SweepAction>,
     /// The experiment file; its `[sweep]` table (grid, zip) adds to the options.
-    experiment: PathBuf,
+    #[arg(required = true)]
+    experiment: Option<PathBuf>,
+    /// A sweep file: `[sweep]` grid and zip (over the experiment's), `[launcher.slurm]`.
+    #[arg(long, value_name = "SWEEP.toml")]
+    file: Option<PathBuf>,
+    /// Where the points run: `local` (here, --jobs at a time) or `slurm` (one job array;
+    /// the command returns once it is submitted).
+    #[arg(long, value_name = "local|slurm")]
+    launcher: Option<String>,
+    #[command(flatten)]
+    slurm: SlurmArgs,
     /// KEY=V1,V2,...: every combination with the other grids. Repeatable.
     #[arg(long = "grid", value_name = "KEY=V1,V2")]
     grids: Vec<String>,
@@ -168,6 +181,61 @@ struct SweepArgs {
     /// Overrides for every point (as for a run). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+}
+
+/// `--launcher slurm`'s settings (also `[launcher.slurm]` in a sweep file).
+#[derive(Args, Debug)]
+struct SlurmArgs {
+    /// Slurm partition.
+    #[arg(long, help_heading = "Slurm")]
+    partition: Option<String>,
+    /// Time limit per point (MM, HH:MM:SS, D-HH:MM, ...).
+    #[arg(long, help_heading = "Slurm")]
+    time: Option<String>,
+    /// CPUs per point; the point runs that many threads (1 without it).
+    #[arg(long, help_heading = "Slurm")]
+    cpus_per_task: Option<usize>,
+    /// GPUs per point.
+    #[arg(long, help_heading = "Slurm")]
+    gpus_per_task: Option<usize>,
+    /// Memory per node, as sbatch takes it (16G).
+    #[arg(long, help_heading = "Slurm")]
+    mem: Option<String>,
+    /// Points running at once (`--array=...%K`).
+    #[arg(long, help_heading = "Slurm")]
+    max_parallel: Option<usize>,
+    /// Any other sbatch option, e.g. --sbatch-arg=--account=lab. Repeatable.
+    #[arg(long = "sbatch-arg", value_name = "ARG", allow_hyphen_values = true, help_heading = "Slurm")]
+    sbatch_args: Vec<String>,
+    /// A point stopped near its time limit is requeued and resumes from its checkpoint.
+    #[arg(long, help_heading = "Slurm")]
+    requeue: bool,
+    /// Seconds before the time limit at which a point stops with a checkpoint (default 120).
+    #[arg(long, value_name = "SECONDS", help_heading = "Slurm")]
+    stop_before: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum SweepAction {
+    /// One line per point: pending, running, completed, failed (with its log), interrupted
+    /// or cancelled.
+    Status {
+        /// The sweep folder, e.g. runs/tiny/sweeps/tiny-1a2b3c4d.
+        dir: PathBuf,
+    },
+    /// The points not completed, each from its checkpoint: submitted to Slurm again, or run
+    /// here.
+    Resume {
+        dir: PathBuf,
+        /// Runs at a time, for a local sweep.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+    },
+    /// Cancels a Slurm sweep's jobs (`scancel`); running points stop with a checkpoint.
+    Cancel { dir: PathBuf },
+    /// Runs point INDEX of the sweep in DIR: what each Slurm array task runs.
+    #[command(hide = true)]
+    Point { dir: PathBuf, index: usize },
 }
 
 #[derive(Args, Debug)]
@@ -368,10 +436,47 @@ fn diff(args: DiffArgs) -> Result<ExitCode> {
 }
 
 fn sweep(args: SweepArgs) -> Result<ExitCode> {
-    let req =
-        Request { experiment: args.experiment, grids: args.grids, zips: args.zips, jobs: args.jobs, sets: args.sets };
-    let failed = sweep::run(&req, signals::stop_flag())?;
-    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    let code = |failed: usize| if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS };
+    match args.action {
+        Some(SweepAction::Status { dir }) => {
+            sweep::status(&dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(SweepAction::Resume { dir, jobs }) => return Ok(code(sweep::resume(&dir, jobs, signals::stop_flag())?)),
+        Some(SweepAction::Cancel { dir }) => {
+            sweep::cancel(&dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(SweepAction::Point { dir, index }) => {
+            return match sweep::point(&dir, index, signals::stop_flag())? {
+                Some(mut outcome) => report(&mut outcome, &BTreeMap::new(), None),
+                None => Ok(ExitCode::SUCCESS),
+            };
+        }
+        None => {}
+    }
+    let s = args.slurm;
+    let req = Request {
+        experiment: args.experiment.unwrap_or_default(),
+        grids: args.grids,
+        zips: args.zips,
+        jobs: args.jobs,
+        sets: args.sets,
+        file: args.file,
+        launcher: args.launcher,
+        slurm: sweep::SlurmOptions {
+            partition: s.partition,
+            time: s.time,
+            cpus_per_task: s.cpus_per_task,
+            gpus_per_task: s.gpus_per_task,
+            mem: s.mem,
+            max_parallel: s.max_parallel,
+            sbatch_args: s.sbatch_args,
+            requeue: s.requeue,
+            stop_before: s.stop_before,
+        },
+    };
+    Ok(code(sweep::run(&req, signals::stop_flag())?))
 }
 
 fn resume(args: ResumeArgs) -> Result<ExitCode> {

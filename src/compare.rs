@@ -126,27 +126,49 @@ pub fn run_dirs(path: &Path) -> Vec<PathBuf> {
 
 /// Every run folder at or below `paths`, sorted; unreadable ones are returned as warnings.
 pub fn collect(paths: &[PathBuf]) -> Result<(Vec<RunInfo>, Vec<String>)> {
-    let mut dirs = Vec::new();
+    // Each run folder, with the sweep it must belong to where a sweep folder named it.
+    let mut dirs: Vec<(PathBuf, Option<String>)> = Vec::new();
     for p in paths {
+        if let Some((experiment_dir, id)) = sweep_folder(p) {
+            dirs.extend(run_dirs(&experiment_dir).into_iter().map(|d| (d, Some(id.clone()))));
+            continue;
+        }
         if p.is_file() {
-            bail!("{}: a file; give run folders or folders holding runs", p.display());
+            bail!("{}: a file; give run folders, folders holding runs or sweep folders", p.display());
         }
         if !p.is_dir() {
             bail!("{}: no such folder", p.display());
         }
-        dirs.extend(run_dirs(p));
+        dirs.extend(run_dirs(p).into_iter().map(|d| (d, None)));
     }
     dirs.sort();
-    dirs.dedup();
+    dirs.dedup_by(|a, b| a.0 == b.0);
     let mut runs = Vec::new();
     let mut warnings = Vec::new();
-    for d in dirs {
+    for (d, sweep) in dirs {
         match read_run(&d) {
+            Ok(r) if sweep.is_some() && r.sweep_id != sweep => {}
             Ok(r) => runs.push(r),
             Err(e) => warnings.push(format!("skipped {}: {e:#}", d.display())),
         }
     }
     Ok((runs, warnings))
+}
+
+/// `<output_dir>/<experiment>/sweeps/<id>` (or its state file `<id>.toml`) ->
+/// (`<output_dir>/<experiment>`, `<id>`): a sweep's runs are the experiment's runs that
+/// carry its id.
+fn sweep_folder(p: &Path) -> Option<(PathBuf, String)> {
+    let p = match p.extension() {
+        Some(e) if e == "toml" => p.with_extension(""),
+        _ => p.to_path_buf(),
+    };
+    let parent = p.parent()?;
+    let state = PathBuf::from(format!("{}.toml", p.display()));
+    if parent.file_name()? != "sweeps" || !state.is_file() {
+        return None;
+    }
+    Some((parent.parent()?.to_path_buf(), p.file_name()?.to_string_lossy().into_owned()))
 }
 
 /// The parameter keys whose values differ between `runs` (missing counts as a value).

@@ -8,6 +8,10 @@
 //! stops the sweep before any run. A failing point is marked and the others go on. The
 //! sweep's state is kept in `<output_dir>/<experiment>/sweeps/<sweep-id>.toml`; the same
 //! command again skips the points already completed. The compare table ends the sweep.
+//!
+//! `--launcher slurm` hands the same points to Slurm as one job array and returns
+//! (`slurm.rs`); `runner sweep status|resume|cancel DIR` work on either launcher's sweep
+//! folder (`status.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,12 +25,75 @@ use crate::config::{LoadOptions, Loaded};
 use crate::runlog::Status;
 use crate::{compare, config, plan, runlog, signals, train};
 
+pub mod slurm;
+mod status;
+pub use slurm::SlurmOptions;
+pub use status::{cancel, point, resume, status, PointView};
+
 pub struct Request {
     pub experiment: PathBuf,
     pub grids: Vec<String>,
     pub zips: Vec<String>,
     pub jobs: usize,
     pub sets: Vec<String>,
+    /// `--file SWEEP.toml`: `[sweep]` grid and zip, `[launcher.slurm]`.
+    pub file: Option<PathBuf>,
+    /// `--launcher`: `local` (the default) or `slurm`.
+    pub launcher: Option<String>,
+    /// The command line's Slurm settings (over the file's).
+    pub slurm: SlurmOptions,
+}
+
+/// Where the points run.
+enum Launcher {
+    Local,
+    Slurm(SlurmOptions),
+}
+
+/// A sweep file: `[sweep]` as in an experiment, and the launcher's settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SweepFile {
+    #[serde(default)]
+    sweep: Option<config::SweepConfig>,
+    #[serde(default)]
+    launcher: Option<LauncherTables>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LauncherTables {
+    #[serde(default)]
+    slurm: Option<SlurmOptions>,
+}
+
+fn read_sweep_file(path: Option<&Path>) -> Result<SweepFile> {
+    let Some(path) = path else { return Ok(SweepFile::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read sweep file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim()))
+}
+
+/// `--launcher` and its settings; Slurm settings on the command line without `--launcher
+/// slurm` are refused (a sweep file's `[launcher.slurm]` waits for it).
+fn launcher(req: &Request, file: &SweepFile) -> Result<Launcher> {
+    let from_file = file.launcher.as_ref().and_then(|l| l.slurm.clone());
+    match req.launcher.as_deref().unwrap_or("local") {
+        "local" => {
+            if req.slurm != SlurmOptions::default() {
+                bail!("Slurm options (--partition, --time, ...) need --launcher slurm");
+            }
+            Ok(Launcher::Local)
+        }
+        "slurm" => {
+            if req.jobs != 1 {
+                bail!("--jobs is the local launcher's; with Slurm, --max-parallel K runs K points at once");
+            }
+            let opts = from_file.unwrap_or_default().merged(req.slurm.clone());
+            opts.check()?;
+            Ok(Launcher::Slurm(opts))
+        }
+        other => bail!("--launcher {other}: expected local or slurm"),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,19 +110,34 @@ pub struct Point {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PointStatus {
     Pending,
+    /// Running now (its run folder locked, or Slurm says so).
+    Running,
     Completed,
     Interrupted,
+    /// Handed to Slurm and cancelled before it started.
+    Cancelled,
     Failed(Option<String>),
+}
+
+impl PointStatus {
+    /// The status without the reason a failure may carry.
+    pub fn word(&self) -> &'static str {
+        match self {
+            PointStatus::Pending => "pending",
+            PointStatus::Running => Status::Running.as_str(),
+            PointStatus::Completed => Status::Completed.as_str(),
+            PointStatus::Interrupted => Status::Interrupted.as_str(),
+            PointStatus::Cancelled => "cancelled",
+            PointStatus::Failed(_) => Status::Failed.as_str(),
+        }
+    }
 }
 
 impl std::fmt::Display for PointStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
-            PointStatus::Pending => f.write_str("pending"),
-            PointStatus::Completed => f.write_str(Status::Completed.as_str()),
-            PointStatus::Interrupted => f.write_str(Status::Interrupted.as_str()),
-            PointStatus::Failed(None) => f.write_str(Status::Failed.as_str()),
-            PointStatus::Failed(Some(why)) => write!(f, "{}: {why}", Status::Failed.as_str()),
+            PointStatus::Failed(Some(why)) => write!(f, "{}: {why}", self.word()),
+            other => f.write_str(other.word()),
         }
     }
 }
@@ -65,6 +147,8 @@ impl std::str::FromStr for PointStatus {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         Ok(match s {
             "pending" => PointStatus::Pending,
+            "cancelled" => PointStatus::Cancelled,
+            s if s == Status::Running.as_str() => PointStatus::Running,
             s if s == Status::Completed.as_str() => PointStatus::Completed,
             s if s == Status::Interrupted.as_str() => PointStatus::Interrupted,
             s if s == Status::Failed.as_str() => PointStatus::Failed(None),
@@ -88,11 +172,24 @@ impl<'de> Deserialize<'de> for PointStatus {
     }
 }
 
+/// The sweep's file, `<output_dir>/<experiment>/sweeps/<sweep-id>.toml`, beside its folder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct State {
     sweep_id: String,
     experiment: String,
+    /// `--set` overrides of every point.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sets: Vec<String>,
     point: Vec<Point>,
+    /// A sweep handed to Slurm: its settings and the jobs submitted, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slurm: Option<SlurmState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SlurmState {
+    options: SlurmOptions,
+    jobs: Vec<String>,
 }
 
 /// `seed` is short for `experiment.seed`.
@@ -204,8 +301,10 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
     if req.jobs == 0 {
         bail!("--jobs 0: at least one run at a time");
     }
+    let file = read_sweep_file(req.file.as_deref())?;
+    let launcher = launcher(req, &file)?;
     let base = config::load(&req.experiment, &LoadOptions { sets: req.sets.clone(), env: true })?;
-    let all = sweep_points(req, &base)?;
+    let all = sweep_points(req, &base, &file)?;
     plan_every_point(req, &all)?;
     let experiment = base.config.experiment.name.clone();
     // The id covers the resolved experiment too: an edited file is another sweep.
@@ -213,6 +312,10 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
     let dir = PathBuf::from(&base.config.experiment.output_dir).join(&experiment).join("sweeps");
     std::fs::create_dir_all(dir.join(&id)).with_context(|| format!("cannot create {}", dir.display()))?;
     let state_path = dir.join(format!("{id}.toml"));
+    if let Launcher::Slurm(opts) = launcher {
+        status::submit(req, &id, &dir.join(&id), &all, opts)?;
+        return Ok(0);
+    }
     let state = start_state(req, &id, &all, &state_path)?;
     let state = run_points(req, &id, &dir.join(&id), &state_path, state, &stop)?;
     let failed = state.point.iter().filter(|p| p.status != PointStatus::Completed).count();
@@ -223,8 +326,13 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
 
 /// Every point's overrides: the grids (the experiment's `[sweep]` table, then `--grid`,
 /// which replaces a key of the table) crossed, beside the zips.
-fn sweep_points(req: &Request, base: &Loaded) -> Result<Vec<Vec<String>>> {
-    let file = base.config.sweep.clone().unwrap_or_default();
+fn sweep_points(req: &Request, base: &Loaded, sweep_file: &SweepFile) -> Result<Vec<Vec<String>>> {
+    let mut file = base.config.sweep.clone().unwrap_or_default();
+    // The sweep file's keys replace the experiment's.
+    if let Some(from) = &sweep_file.sweep {
+        file.grid.extend(from.grid.clone());
+        file.zip.extend(from.zip.clone());
+    }
     let mut grids: Vec<(String, Vec<String>)> =
         file.grid.iter().map(|(k, v)| (full_key(k), v.iter().map(value_text).collect())).collect();
     for g in &req.grids {
@@ -271,6 +379,8 @@ fn start_state(req: &Request, id: &str, all: &[Vec<String>], state_path: &Path) 
     let mut state = State {
         sweep_id: id.to_string(),
         experiment: req.experiment.display().to_string(),
+        sets: req.sets.clone(),
+        slurm: None,
         point: all
             .iter()
             .map(|p| Point { overrides: p.clone(), status: PointStatus::Pending, run_dir: None })

@@ -60,6 +60,18 @@ struct State {
 /// Trains and evaluates `plan`, writing a run folder (a point of the sweep `sweep_id` when
 /// given). `stop` is set by Ctrl-C.
 pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>, sweep_id: Option<&str>) -> Result<Outcome> {
+    run_then(loaded, plan, stop, sweep_id, |_| Ok(()))
+}
+
+/// [`run`], calling `started` with the run folder as soon as it exists (before the first
+/// epoch): a sweep's point records where its run is.
+pub fn run_then(
+    loaded: &Loaded,
+    plan: &Plan,
+    stop: Arc<AtomicBool>,
+    sweep_id: Option<&str>,
+    started: impl FnOnce(&std::path::Path) -> Result<()>,
+) -> Result<Outcome> {
     let dataset = load_data(plan)?;
     let device = plan.open_device()?;
     let mut model = plan.model(&device)?;
@@ -76,6 +88,7 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>, sweep_id: Option
     log.flush()?;
     log.publish()?;
     tracing::info!("run {} in {}", log.run_id, log.dir.display());
+    started(&log.dir)?;
     let session =
         Session { plan, dataset: &dataset, model: &mut model, optimizer: &mut optimizer, device, log, stop: &stop };
     finish(session, State::default())

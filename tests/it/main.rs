@@ -19,6 +19,7 @@ mod mutation;
 mod predict;
 mod resume;
 mod segmentation;
+mod slurm;
 mod sweep;
 mod torch_parity;
 mod zoo;

@@ -215,6 +215,13 @@ fn a_sigterm_reaches_the_points_and_the_same_command_resumes_them() {
     assert!(stderr.contains("point 1 (experiment.seed=0): interrupted"), "{stderr}");
     assert!(!stderr.contains("point 2"), "no point starts after the stop: {stderr}");
     assert!(std::fs::read_to_string(&log).unwrap().contains("run folder: "));
+    // `sweep status` of the folder: the stopped point interrupted, the other pending.
+    let dir = log.parent().unwrap().to_string_lossy().into_owned();
+    let st = runner(d.path(), &["sweep", "status", &dir]);
+    assert_eq!(st.code, 0, "{}", st.stderr);
+    let word = |i: usize| st.stdout.lines().nth(1 + i).and_then(|l| l.split_whitespace().nth(1)).map(str::to_string);
+    assert_eq!((word(0).as_deref(), word(1).as_deref()), (Some("interrupted"), Some("pending")), "{}", st.stdout);
+    assert!(st.stdout.contains("(local): 2 points, 1 interrupted, 1 pending"), "{}", st.stdout);
     // The same command again: the interrupted point resumes in its folder, the other starts.
     let again = runner(d.path(), &args);
     assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
@@ -227,4 +234,13 @@ fn a_sigterm_reaches_the_points_and_the_same_command_resumes_them() {
     assert_eq!(runs, 2, "the interrupted point went on in its own folder");
     let resumed = std::fs::read_to_string(&log).unwrap();
     assert!(resumed.contains("resuming after epoch"), "{resumed}");
+    let st = runner(d.path(), &["sweep", "status", &dir]);
+    assert!(st.stdout.contains("2 points, 2 completed"), "{}", st.stdout);
+    // Nothing left for `sweep resume`; a local sweep has no jobs to cancel.
+    let r = runner(d.path(), &["sweep", "resume", &dir]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let c = runner(d.path(), &["sweep", "cancel", &dir]);
+    assert!(c.code != 0 && c.stderr.contains("a local sweep; stop it with Ctrl-C"), "{}", c.stderr);
+    let bad = runner(d.path(), &["sweep", "status", "runs/tiny"]);
+    assert!(bad.code != 0 && bad.stderr.contains("not a sweep folder"), "{}", bad.stderr);
 }
