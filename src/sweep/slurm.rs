@@ -180,6 +180,9 @@ pub fn batch_script(id: &str, dir: &Path, workdir: &Path, exe: &Path, opts: &Slu
     line(String::new());
     line("# The environment the points were planned with (as at submission):".into());
     let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| recorded_env(k)).collect();
+    if env.is_empty() {
+        line("# (none set)".into());
+    }
     for (k, v) in env {
         line(format!("export {k}={}", quoted(&v)));
     }

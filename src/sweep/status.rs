@@ -124,10 +124,12 @@ pub fn status(dir: &Path) -> Result<Vec<PointView>> {
     };
     let summary: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
     println!("sweep {} ({launcher}): {} points, {}", state.sweep_id, views.len(), summary.join(", "));
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let shown = |p: &Path| p.strip_prefix(&cwd).unwrap_or(p).display().to_string();
     for v in &views {
         let place = match (&v.status, &v.run_dir) {
-            (PointStatus::Failed(_), _) => format!("log {}", v.log.display()),
-            (_, Some(d)) => d.display().to_string(),
+            (PointStatus::Failed(_), _) => format!("log {}", shown(&v.log)),
+            (_, Some(d)) => shown(d),
             (_, None) => "-".into(),
         };
         println!("{:>5}  {:<11}  {place}  {}", v.index, v.status.word(), v.overrides.join(" "));

@@ -109,7 +109,8 @@ fn statuses(cluster: &Cluster, cwd: &Path, dir: &str) -> (Vec<(String, String)>,
             if place == "log" {
                 place = w.next().unwrap_or_default().to_string();
             }
-            (status, place)
+            // Shown relative to the folder the command ran in.
+            (status, if place == "-" { place } else { cwd.join(place).to_string_lossy().into_owned() })
         })
         .collect();
     (points, out.stdout)
