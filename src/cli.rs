@@ -160,7 +160,12 @@ struct SweepArgs {
     /// The experiment file; its `[sweep]` table (grid, zip) adds to the options.
     #[arg(required = true)]
     experiment: Option<PathBuf>,
-    /// A sweep file: `[sweep]` grid and zip (over the experiment's), `[launcher.slurm]`.
+    /// N points drawn from the `[sweep.space]` distributions (seeded by `[sweep] seed`),
+    /// crossed with the grid.
+    #[arg(long, value_name = "N")]
+    random: Option<usize>,
+    /// A sweep file: `[sweep]` (grid, zip, random, space, early_stop; over the experiment's)
+    /// and `[launcher.slurm]`.
     #[arg(long, value_name = "SWEEP.toml")]
     file: Option<PathBuf>,
     /// Where the points run: `local` (here, --jobs at a time) or `slurm` (one job array;
@@ -464,6 +469,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         sets: args.sets,
         file: args.file,
         launcher: args.launcher,
+        random: args.random,
         slurm: sweep::SlurmOptions {
             partition: s.partition,
             time: s.time,

@@ -265,6 +265,11 @@ pub fn table(mut runs: Vec<RunInfo>, o: &Options) -> Result<String> {
         runs.sort_by(|a, b| {
             let (x, y) =
                 (a.finals.get(key).copied().unwrap_or(f64::NAN), b.finals.get(key).copied().unwrap_or(f64::NAN));
+            // Points a sweep stopped early come after those that ran to the end.
+            let stopped = |r: &RunInfo| r.status == Status::Stopped.as_str();
+            if stopped(a) != stopped(b) {
+                return stopped(a).cmp(&stopped(b));
+            }
             // Best first; runs without the metric last.
             match (x.is_nan(), y.is_nan()) {
                 (true, false) => std::cmp::Ordering::Greater,

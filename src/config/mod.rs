@@ -8,6 +8,7 @@ pub mod augment;
 pub mod layers;
 pub mod load;
 pub mod metric_name;
+pub mod sweep;
 pub mod task;
 pub mod voc;
 
@@ -17,6 +18,7 @@ pub use augment::{resized_shorter, AugmentConfig, AugmentOp, PadMode};
 pub use layers::{KernelInit, Layer, LayerKind, UpsamplePlan, LAYER_NAMES};
 pub use load::{load, LoadOptions, Loaded};
 pub use metric_name::{MetricName, Mode, METRIC_NAMES};
+pub use sweep::{Distribution, EarlyStop, StopRule, SweepConfig};
 pub use task::{DetectConfig, LocalizeConfig, Merge, Reduction, SegmentConfig, TaskConfig};
 pub use voc::{Synthetic, VocConfig, VocSplit};
 
@@ -44,17 +46,6 @@ pub struct Config {
     /// `runner sweep`'s grid; a plain run ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepConfig>,
-}
-
-/// `[sweep]`: `grid = { "train.optimizer.sgd.lr" = [0.1, 0.01], seed = [0, 1] }` (every
-/// combination) and `zip = { ... }` (lists of one length, taken together).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SweepConfig {
-    #[serde(default)]
-    pub grid: std::collections::BTreeMap<String, Vec<toml::Value>>,
-    #[serde(default)]
-    pub zip: std::collections::BTreeMap<String, Vec<toml::Value>>,
 }
 
 /// How the test split is evaluated.

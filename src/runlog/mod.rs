@@ -65,6 +65,8 @@ pub enum Status {
     Completed,
     Failed,
     Interrupted,
+    /// Ended early by its sweep's `[sweep.early_stop]`.
+    Stopped,
 }
 
 impl Status {
@@ -74,6 +76,7 @@ impl Status {
             Status::Completed => "completed",
             Status::Failed => "failed",
             Status::Interrupted => "interrupted",
+            Status::Stopped => "stopped",
         }
     }
 }
@@ -316,6 +319,7 @@ impl RunLog {
                 Some("completed") => Status::Completed,
                 Some("failed") => Status::Failed,
                 Some("interrupted") => Status::Interrupted,
+                Some("stopped") => Status::Stopped,
                 _ => Status::Running,
             },
             finished_at_us: run.column_by_name("finished_at").and_then(|c| {

@@ -21,10 +21,12 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::compare::{Format, Options};
-use crate::config::{LoadOptions, Loaded};
+use crate::config::{Distribution, EarlyStop, LoadOptions, Loaded, Mode, SweepConfig};
+use crate::rng::Rng;
 use crate::runlog::Status;
 use crate::{compare, config, plan, runlog, signals, train};
 
+mod early_stop;
 pub mod slurm;
 mod status;
 pub use slurm::SlurmOptions;
@@ -42,6 +44,8 @@ pub struct Request {
     pub launcher: Option<String>,
     /// The command line's Slurm settings (over the file's).
     pub slurm: SlurmOptions,
+    /// `--random N`: N points drawn from the `[sweep.space]` distributions.
+    pub random: Option<usize>,
 }
 
 /// Where the points run.
@@ -116,10 +120,17 @@ pub enum PointStatus {
     Interrupted,
     /// Handed to Slurm and cancelled before it started.
     Cancelled,
+    /// Ended early by `[sweep.early_stop]`.
+    Stopped,
     Failed(Option<String>),
 }
 
 impl PointStatus {
+    /// Completed, or stopped early by the sweep: nothing left to run.
+    pub fn is_done(&self) -> bool {
+        matches!(self, PointStatus::Completed | PointStatus::Stopped)
+    }
+
     /// The status without the reason a failure may carry.
     pub fn word(&self) -> &'static str {
         match self {
@@ -128,6 +139,7 @@ impl PointStatus {
             PointStatus::Completed => Status::Completed.as_str(),
             PointStatus::Interrupted => Status::Interrupted.as_str(),
             PointStatus::Cancelled => "cancelled",
+            PointStatus::Stopped => Status::Stopped.as_str(),
             PointStatus::Failed(_) => Status::Failed.as_str(),
         }
     }
@@ -148,6 +160,7 @@ impl std::str::FromStr for PointStatus {
         Ok(match s {
             "pending" => PointStatus::Pending,
             "cancelled" => PointStatus::Cancelled,
+            s if s == Status::Stopped.as_str() => PointStatus::Stopped,
             s if s == Status::Running.as_str() => PointStatus::Running,
             s if s == Status::Completed.as_str() => PointStatus::Completed,
             s if s == Status::Interrupted.as_str() => PointStatus::Interrupted,
@@ -181,6 +194,9 @@ struct State {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     sets: Vec<String>,
     point: Vec<Point>,
+    /// `[sweep.early_stop]`, with the direction of its metric decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    early_stop: Option<EarlyStop>,
     /// A sweep handed to Slurm: its settings and the jobs submitted, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     slurm: Option<SlurmState>,
@@ -305,34 +321,40 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
     let launcher = launcher(req, &file)?;
     let base = config::load(&req.experiment, &LoadOptions { sets: req.sets.clone(), env: true })?;
     let all = sweep_points(req, &base, &file)?;
+    let early_stop = early_stop(req, &base, &file)?;
     plan_every_point(req, &all)?;
     let experiment = base.config.experiment.name.clone();
     // The id covers the resolved experiment too: an edited file is another sweep.
-    let id = sweep_id(&experiment, &base.resolved_toml(), &req.sets, &all);
+    let mut id_text = base.resolved_toml();
+    if let Some(rule) = &early_stop {
+        id_text += &format!("\n{rule:?}");
+    }
+    let id = sweep_id(&experiment, &id_text, &req.sets, &all);
     let dir = PathBuf::from(&base.config.experiment.output_dir).join(&experiment).join("sweeps");
     std::fs::create_dir_all(dir.join(&id)).with_context(|| format!("cannot create {}", dir.display()))?;
     let state_path = dir.join(format!("{id}.toml"));
     if let Launcher::Slurm(opts) = launcher {
-        status::submit(req, &id, &dir.join(&id), &all, opts)?;
+        status::submit(req, &id, &dir.join(&id), &all, opts, early_stop)?;
         return Ok(0);
     }
-    let state = start_state(req, &id, &all, &state_path)?;
+    let state = start_state(req, &id, &all, &state_path, early_stop)?;
     let state = run_points(req, &id, &dir.join(&id), &state_path, state, &stop)?;
-    let failed = state.point.iter().filter(|p| p.status != PointStatus::Completed).count();
+    let failed = state.point.iter().filter(|p| !p.status.is_done()).count();
     print_table(&state)?;
-    println!("sweep {id}: {} completed, {failed} not; state in {}", state.point.len() - failed, state_path.display());
+    let stopped = state.point.iter().filter(|p| p.status == PointStatus::Stopped).count();
+    let stopped = if stopped > 0 { format!(", {stopped} stopped early") } else { String::new() };
+    println!(
+        "sweep {id}: {} completed{stopped}, {failed} not; state in {}",
+        state.point.iter().filter(|p| p.status == PointStatus::Completed).count(),
+        state_path.display()
+    );
     Ok(failed)
 }
 
 /// Every point's overrides: the grids (the experiment's `[sweep]` table, then `--grid`,
 /// which replaces a key of the table) crossed, beside the zips.
 fn sweep_points(req: &Request, base: &Loaded, sweep_file: &SweepFile) -> Result<Vec<Vec<String>>> {
-    let mut file = base.config.sweep.clone().unwrap_or_default();
-    // The sweep file's keys replace the experiment's.
-    if let Some(from) = &sweep_file.sweep {
-        file.grid.extend(from.grid.clone());
-        file.zip.extend(from.zip.clone());
-    }
+    let file = sweep_table(base, sweep_file);
     let mut grids: Vec<(String, Vec<String>)> =
         file.grid.iter().map(|(k, v)| (full_key(k), v.iter().map(value_text).collect())).collect();
     for g in &req.grids {
@@ -347,11 +369,99 @@ fn sweep_points(req: &Request, base: &Loaded, sweep_file: &SweepFile) -> Result<
         zips.retain(|(x, _)| *x != k);
         zips.push((k, v));
     }
-    if grids.is_empty() && zips.is_empty() {
-        bail!("nothing to sweep: give --grid KEY=V1,V2 (or a [sweep] table in {})", req.experiment.display());
+    let random = req.random.or(file.random);
+    if grids.is_empty() && zips.is_empty() && random.is_none() {
+        bail!(
+            "nothing to sweep: give --grid KEY=V1,V2, or --random N with a [sweep.space] (or a [sweep] table in {})",
+            req.experiment.display()
+        );
     }
     check_keys(&grids, &zips, &req.sets)?;
-    points(&grids, &zips)
+    let mut all = points(&grids, &zips)?;
+    if let Some(n) = random {
+        let draws = random_points(&file, n, &grids, &zips, &req.sets)?;
+        all = all.into_iter().flat_map(|p| draws.iter().map(move |d| [p.clone(), d.clone()].concat())).collect();
+    }
+    Ok(all)
+}
+
+/// `n` points drawn from the space's distributions, seeded by `[sweep] seed`: point by
+/// point, the keys in name order. The same seed gives the same points in the same order.
+fn random_points(
+    file: &SweepConfig,
+    n: usize,
+    grids: &[(String, Vec<String>)],
+    zips: &[(String, Vec<String>)],
+    sets: &[String],
+) -> Result<Vec<Vec<String>>> {
+    if n == 0 {
+        bail!("--random 0: at least one point");
+    }
+    if file.space.is_empty() {
+        bail!("--random {n}: no [sweep.space] to draw from (e.g. \"train.optimizer.sgd.lr\" = {{ log_uniform = [1e-4, 0.1] }})");
+    }
+    let space: Vec<(String, &Distribution)> = file.space.iter().map(|(k, d)| (full_key(k), d)).collect();
+    for (k, d) in &space {
+        if let Some(why) = d.problem() {
+            bail!("[sweep.space] `{k}`: {why}");
+        }
+        if grids.iter().chain(zips).any(|(g, _)| g == k) {
+            bail!("[sweep.space] `{k}` is also in the grid or the zip: sweep each key once");
+        }
+        if sets.iter().any(|s| s.split_once('=').is_some_and(|(x, _)| full_key(x.trim()) == *k)) {
+            bail!("[sweep.space] `{k}` is also set with --set; the drawn values would replace it");
+        }
+    }
+    let mut rng = Rng::new(file.seed);
+    Ok((0..n).map(|_| space.iter().map(|(k, d)| format!("{k}={}", d.draw(rng.next_f64()))).collect()).collect())
+}
+
+/// The experiment's `[sweep]` with the sweep file's keys over it.
+fn sweep_table(base: &Loaded, sweep_file: &SweepFile) -> SweepConfig {
+    let mut file = base.config.sweep.clone().unwrap_or_default();
+    if let Some(from) = &sweep_file.sweep {
+        file.grid.extend(from.grid.clone());
+        file.zip.extend(from.zip.clone());
+        file.space.extend(from.space.clone());
+        file.random = from.random.or(file.random);
+        if from.seed != 0 {
+            file.seed = from.seed;
+        }
+        file.early_stop = from.early_stop.clone().or(file.early_stop);
+    }
+    file
+}
+
+/// `[sweep.early_stop]`, checked against the points' plan: its metric is one the runs log
+/// every epoch, and its direction is decided (`mode`, else the metric's own).
+fn early_stop(req: &Request, base: &Loaded, sweep_file: &SweepFile) -> Result<Option<EarlyStop>> {
+    let Some(mut rule) = sweep_table(base, sweep_file).early_stop else { return Ok(None) };
+    let plan = plan::plan(base)?;
+    let logged: Vec<String> = plan
+        .metrics
+        .test()
+        .iter()
+        .filter(|m| m.is_scalar())
+        .map(|m| format!("test.{}", m.as_str()))
+        .chain(plan.metrics.train().iter().filter(|m| m.is_scalar()).map(|m| format!("train.{}", m.as_str())))
+        .collect();
+    if !logged.contains(&rule.metric) {
+        bail!(
+            "[sweep.early_stop] metric `{}`: not a metric the runs of {} log every epoch ({})",
+            rule.metric,
+            req.experiment.display(),
+            logged.join(", ")
+        );
+    }
+    if rule.min_epochs == 0 || rule.reduction < 2 {
+        bail!(
+            "[sweep.early_stop]: min_epochs >= 1 and reduction >= 2 (got {} and {})",
+            rule.min_epochs,
+            rule.reduction
+        );
+    }
+    rule.mode = Some(rule.mode.unwrap_or_else(|| Mode::for_metric(&rule.metric)));
+    Ok(Some(rule))
 }
 
 /// Every point must plan before any runs: the sweep is refused with all their problems.
@@ -375,12 +485,19 @@ fn plan_every_point(req: &Request, all: &[Vec<String>]) -> Result<()> {
 
 /// The sweep's state: every point pending, except those an earlier run of the same sweep
 /// completed (skipped) or left interrupted (resumed from their checkpoints).
-fn start_state(req: &Request, id: &str, all: &[Vec<String>], state_path: &Path) -> Result<State> {
+fn start_state(
+    req: &Request,
+    id: &str,
+    all: &[Vec<String>],
+    state_path: &Path,
+    early_stop: Option<EarlyStop>,
+) -> Result<State> {
     let mut state = State {
         sweep_id: id.to_string(),
         experiment: req.experiment.display().to_string(),
         sets: req.sets.clone(),
         slurm: None,
+        early_stop,
         point: all
             .iter()
             .map(|p| Point { overrides: p.clone(), status: PointStatus::Pending, run_dir: None })
@@ -390,7 +507,8 @@ fn start_state(req: &Request, id: &str, all: &[Vec<String>], state_path: &Path) 
         if let Ok(old) = toml::from_str::<State>(&text) {
             for (new, old) in state.point.iter_mut().zip(old.point) {
                 let same = new.overrides == old.overrides;
-                if same && old.status == PointStatus::Completed && completed(old.run_dir.as_deref()) {
+                let done = matches!(old.status, PointStatus::Completed | PointStatus::Stopped);
+                if same && done && completed(old.run_dir.as_deref()) {
                     *new = old;
                 } else if same && old.status == PointStatus::Interrupted && old.run_dir.is_some() {
                     // Resumed from its checkpoint rather than started again.
@@ -399,7 +517,7 @@ fn start_state(req: &Request, id: &str, all: &[Vec<String>], state_path: &Path) 
             }
         }
     }
-    let done = state.point.iter().filter(|p| p.status == PointStatus::Completed).count();
+    let done = state.point.iter().filter(|p| p.status.is_done()).count();
     tracing::info!(
         "sweep {id}: {} points{}, {} at a time",
         state.point.len(),
@@ -424,8 +542,7 @@ fn run_points(
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         (cores / req.jobs).max(1).to_string()
     });
-    let todo: Vec<usize> =
-        (0..state.point.len()).filter(|&i| state.point[i].status != PointStatus::Completed).collect();
+    let todo: Vec<usize> = (0..state.point.len()).filter(|&i| !state.point[i].status.is_done()).collect();
     let state = Arc::new(Mutex::new(state));
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -444,7 +561,7 @@ fn run_points(
                     })
                     .unwrap_or_default();
                 let log = logs.join(format!("point_{i:03}.log"));
-                let (status, run_dir) = run_point(req, id, &threads, &overrides, resume.as_deref(), &log, stop);
+                let (status, run_dir) = run_point(logs, i, &threads, resume.as_deref(), &log, stop);
                 tracing::info!("sweep {id}: point {} ({}): {status}", i + 1, overrides.join(" "));
                 if let Ok(mut st) = state.lock() {
                     st.point[i].status = status;
@@ -478,8 +595,11 @@ fn print_table(state: &State) -> Result<()> {
     Ok(())
 }
 
+/// The run finished: completed, or stopped by the sweep's early stopping.
 fn completed(run_dir: Option<&str>) -> bool {
-    run_dir.and_then(|d| compare::read_run(Path::new(d)).ok()).is_some_and(|r| r.status == Status::Completed.as_str())
+    run_dir
+        .and_then(|d| compare::read_run(Path::new(d)).ok())
+        .is_some_and(|r| r.status == Status::Completed.as_str() || r.status == Status::Stopped.as_str())
 }
 
 /// `<experiment>-<first 8 hex digits of the SHA-256 of the resolved experiment, shared
@@ -500,10 +620,9 @@ fn write_state(path: &Path, state: &State) -> Result<()> {
 /// ends it `interrupted` at its next batch (Ctrl-C in a terminal reaches it directly).
 /// Returns its status and run folder.
 fn run_point(
-    req: &Request,
-    id: &str,
+    sweep_dir: &Path,
+    i: usize,
     threads: &str,
-    overrides: &[String],
     resume: Option<&str>,
     log: &Path,
     stop: &AtomicBool,
@@ -512,18 +631,9 @@ fn run_point(
         Ok(e) => e,
         Err(e) => return (PointStatus::Failed(Some(e.to_string())), None),
     };
+    // `runner sweep point`, as a Slurm array task runs it: a new run, or the resumed one.
     let mut cmd = std::process::Command::new(exe);
-    match resume {
-        Some(dir) => {
-            cmd.arg("resume").arg(dir);
-        }
-        None => {
-            cmd.arg(&req.experiment).arg("--sweep-id").arg(id);
-            for s in req.sets.iter().chain(overrides) {
-                cmd.arg("--set").arg(s);
-            }
-        }
-    }
+    cmd.arg("sweep").arg("point").arg(sweep_dir).arg(i.to_string());
     cmd.env("RAYON_NUM_THREADS", threads).env("CANDLE_NUM_THREADS", threads);
     let file = match std::fs::File::create(log).and_then(|f| Ok((f.try_clone()?, f))) {
         Ok(f) => f,
@@ -556,7 +666,14 @@ fn run_point(
         .find_map(|l| l.strip_prefix("run folder: "))
         .map(str::to_string)
         .or_else(|| resume.map(str::to_string));
+    let stopped = || {
+        run_dir
+            .as_deref()
+            .and_then(|d| compare::read_run(Path::new(d)).ok())
+            .is_some_and(|r| r.status == Status::Stopped.as_str())
+    };
     let status = match code {
+        Some(0) if stopped() => PointStatus::Stopped,
         Some(0) => PointStatus::Completed,
         Some(130) | Some(143) => PointStatus::Interrupted,
         _ => PointStatus::Failed(None),
@@ -610,9 +727,62 @@ mod tests {
     }
 
     #[test]
+    fn random_points_are_seeded_and_in_their_ranges() {
+        let file: SweepConfig = toml::from_str(
+            r#"
+random = 50
+seed = 7
+[space]
+"train.optimizer.sgd.lr" = { log_uniform = [1e-4, 0.1] }
+"train.optimizer.sgd.momentum" = { uniform = [0.8, 0.99] }
+"data.batch_size" = { int_uniform = [16, 18] }
+"model.dropout" = { choice = ["a", 0.3] }
+"#,
+        )
+        .unwrap();
+        let a = random_points(&file, 50, &[], &[], &[]).unwrap();
+        assert_eq!(a, random_points(&file, 50, &[], &[], &[]).unwrap(), "the same seed, the same points");
+        let other = SweepConfig { seed: 8, ..file.clone() };
+        assert_ne!(a, random_points(&other, 50, &[], &[], &[]).unwrap());
+        // Keys in name order; every value in its range; both ends of int_uniform and every
+        // choice drawn in 50 points (each misses with probability (2/3)^50 or (1/2)^50).
+        let value =
+            |p: &Vec<String>, k: &str| p.iter().find_map(|s| s.strip_prefix(&format!("{k}="))).unwrap().to_string();
+        assert!(a[0][0].starts_with("data.batch_size=") && a[0][3].starts_with("train.optimizer.sgd.momentum="));
+        let mut sizes = std::collections::BTreeSet::new();
+        let mut choices = std::collections::BTreeSet::new();
+        for p in &a {
+            let lr: f64 = value(p, "train.optimizer.sgd.lr").parse().unwrap();
+            let m: f64 = value(p, "train.optimizer.sgd.momentum").parse().unwrap();
+            assert!((1e-4..=0.1).contains(&lr) && (0.8..0.99).contains(&m), "{p:?}");
+            sizes.insert(value(p, "data.batch_size"));
+            choices.insert(value(p, "model.dropout"));
+        }
+        assert_eq!(sizes.into_iter().collect::<Vec<_>>(), ["16", "17", "18"]);
+        assert_eq!(choices.into_iter().collect::<Vec<_>>(), ["\"a\"", "0.3"]);
+        // log_uniform spreads over decades: about a third of 50 below 1e-3 (by hand: 1/3).
+        let low = a.iter().filter(|p| value(p, "train.optimizer.sgd.lr").parse::<f64>().unwrap() < 1e-3).count();
+        assert!((8..=26).contains(&low), "{low} of 50 below 1e-3");
+        let bad =
+            SweepConfig { space: [("x".to_string(), Distribution::LogUniform([0.0, 1.0]))].into(), ..file.clone() };
+        assert!(random_points(&bad, 2, &[], &[], &[]).unwrap_err().to_string().contains("0 < low < high"));
+        let g = vec![("data.batch_size".to_string(), vec!["8".to_string()])];
+        assert!(random_points(&file, 2, &g, &[], &[]).unwrap_err().to_string().contains("also in the grid"));
+    }
+
+    #[test]
     fn point_statuses_keep_the_state_files_words() {
         // The words sweep state files of earlier versions hold, and back.
-        for word in ["pending", "completed", "interrupted", "failed", "failed: cannot write log.txt: disk full"] {
+        for word in [
+            "pending",
+            "running",
+            "completed",
+            "interrupted",
+            "cancelled",
+            "stopped",
+            "failed",
+            "failed: cannot write log.txt: disk full",
+        ] {
             let status: PointStatus = word.parse().unwrap();
             assert_eq!(status.to_string(), word);
         }

@@ -13,11 +13,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
+use super::early_stop::{self, Decision};
 use super::slurm::{self, Queued, SlurmOptions};
 use super::{run_points, write_state, Point, PointStatus, Request, SlurmState, State};
-use crate::config::LoadOptions;
+use crate::config::{EarlyStop, LoadOptions, Mode};
 use crate::runlog::{self, files, RunLock, RunLog, Status};
-use crate::train::{self, Outcome};
+use crate::train::{self, Hooks, Outcome};
 use crate::{config, plan};
 
 /// The state file of the sweep folder `dir` (`sweeps/<id>`), or `dir` itself when it is the
@@ -89,6 +90,7 @@ fn views(dir: &Path, state: &State) -> Vec<PointView> {
             let log = log_path(dir, i);
             let status = match (run, queued.get(&i)) {
                 (Some(Status::Completed), _) => PointStatus::Completed,
+                (Some(Status::Stopped), _) => PointStatus::Stopped,
                 (_, Some(Queued::Pending)) => PointStatus::Pending,
                 (_, Some(Queued::Running)) => PointStatus::Running,
                 (Some(Status::Running), _) if held => PointStatus::Running,
@@ -129,6 +131,10 @@ pub fn status(dir: &Path) -> Result<Vec<PointView>> {
     for v in &views {
         let place = match (&v.status, &v.run_dir) {
             (PointStatus::Failed(_), _) => format!("log {}", shown(&v.log)),
+            (PointStatus::Stopped, Some(d)) => match early_stop::stopped_at(&folder(dir), v.index) {
+                Some(e) => format!("{} (after epoch {e})", shown(d)),
+                None => shown(d),
+            },
             (_, Some(d)) => shown(d),
             (_, None) => "-".into(),
         };
@@ -163,8 +169,7 @@ pub fn resume(dir: &Path, jobs: usize, stop: Arc<AtomicBool>) -> Result<usize> {
     // Slurm's pending points will run; a local sweep's pending points are what is left.
     let on_slurm = state.slurm.is_some();
     let busy = |s: &PointStatus| *s == PointStatus::Running || (on_slurm && *s == PointStatus::Pending);
-    let todo: Vec<usize> =
-        views.iter().filter(|v| v.status != PointStatus::Completed && !busy(&v.status)).map(|v| v.index).collect();
+    let todo: Vec<usize> = views.iter().filter(|v| !v.status.is_done() && !busy(&v.status)).map(|v| v.index).collect();
     let waiting = views.iter().filter(|v| busy(&v.status)).count();
     if todo.is_empty() {
         println!("sweep {}: nothing to resume ({waiting} pending or running)", state.sweep_id);
@@ -184,7 +189,7 @@ pub fn resume(dir: &Path, jobs: usize, stop: Arc<AtomicBool>) -> Result<usize> {
     }
     for v in &views {
         let p = &mut state.point[v.index];
-        p.status = if v.status == PointStatus::Completed { PointStatus::Completed } else { PointStatus::Interrupted };
+        p.status = if v.status.is_done() { v.status.clone() } else { PointStatus::Interrupted };
         p.run_dir = v.run_dir.as_ref().map(|d| d.display().to_string());
         if p.run_dir.is_none() && p.status == PointStatus::Interrupted {
             p.status = PointStatus::Pending;
@@ -199,16 +204,24 @@ pub fn resume(dir: &Path, jobs: usize, stop: Arc<AtomicBool>) -> Result<usize> {
         file: None,
         launcher: None,
         slurm: SlurmOptions::default(),
+        random: None,
     };
     let id = state.sweep_id.clone();
     let state = run_points(&req, &id, &folder(dir), &state_path(dir), state, &stop)?;
     super::print_table(&state)?;
-    Ok(state.point.iter().filter(|p| p.status != PointStatus::Completed).count())
+    Ok(state.point.iter().filter(|p| !p.status.is_done()).count())
 }
 
 /// `--launcher slurm`: the sweep's state and batch script written into its folder `dir`,
 /// then one job array of the points not completed (all, for a new sweep). Returns at once.
-pub(super) fn submit(req: &Request, id: &str, dir: &Path, all: &[Vec<String>], opts: SlurmOptions) -> Result<()> {
+pub(super) fn submit(
+    req: &Request,
+    id: &str,
+    dir: &Path,
+    all: &[Vec<String>],
+    opts: SlurmOptions,
+    early_stop: Option<EarlyStop>,
+) -> Result<()> {
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
     let dir = cwd.join(dir);
     let path = state_path(&dir);
@@ -224,6 +237,7 @@ pub(super) fn submit(req: &Request, id: &str, dir: &Path, all: &[Vec<String>], o
             .map(|p| Point { overrides: p.clone(), status: PointStatus::Pending, run_dir: None })
             .collect(),
         slurm: Some(SlurmState { options: opts.clone(), jobs: Vec::new() }),
+        early_stop,
     };
     let mut todo: Vec<usize> = (0..all.len()).collect();
     if let Ok(old) = read_state(&dir) {
@@ -238,14 +252,14 @@ pub(super) fn submit(req: &Request, id: &str, dir: &Path, all: &[Vec<String>], o
                     dir.display()
                 );
             }
-            todo = views.iter().filter(|v| v.status != PointStatus::Completed).map(|v| v.index).collect();
+            todo = views.iter().filter(|v| !v.status.is_done()).map(|v| v.index).collect();
             state.slurm =
                 Some(SlurmState { options: opts.clone(), jobs: old.slurm.map(|s| s.jobs).unwrap_or_default() });
         } else {
             todo = (0..all.len())
                 .filter(|&i| {
                     let p = old.point.get(i);
-                    !p.is_some_and(|p| run_dir_of(&dir, i, p).is_some() && p.status == PointStatus::Completed)
+                    !p.is_some_and(|p| run_dir_of(&dir, i, p).is_some() && p.status.is_done())
                 })
                 .collect();
         }
@@ -280,22 +294,42 @@ pub fn point(dir: &Path, i: usize, stop: Arc<AtomicBool>) -> Result<Option<Outco
     let Some(p) = state.point.get(i) else {
         bail!("{}: point {i} is not in this sweep of {} points", dir.display(), state.point.len());
     };
+    let sweep_dir = folder(dir);
+    let after_epoch = state.early_stop.clone().map(|rule| {
+        let sweep_dir = sweep_dir.clone();
+        Box::new(move |epoch: usize, values: &std::collections::BTreeMap<String, f64>| -> Result<bool> {
+            let Some(&value) = values.get(&rule.metric) else {
+                bail!("[sweep.early_stop] metric `{}` is not among the epoch's values", rule.metric);
+            };
+            let mode = rule.mode.unwrap_or(Mode::Max);
+            match early_stop::report(&sweep_dir, &rule, mode, i, epoch + 1, value)? {
+                Decision::Continue => Ok(false),
+                Decision::Stop(why) => {
+                    tracing::info!("point {i}: stopped by the sweep's early stopping: {why}");
+                    Ok(true)
+                }
+            }
+        }) as Box<dyn FnMut(usize, &std::collections::BTreeMap<String, f64>) -> Result<bool>>
+    });
     if let Some(run_dir) = run_dir_of(dir, i, p) {
-        if RunLog::open(&run_dir, None)?.status() == Status::Completed {
-            println!("point {i}: completed in {}", run_dir.display());
+        let status = RunLog::open(&run_dir, None)?.status();
+        if matches!(status, Status::Completed | Status::Stopped) {
+            println!("point {i}: {} in {}", status.as_str(), run_dir.display());
             return Ok(None);
         }
         tracing::info!("point {i}: resuming {}", run_dir.display());
-        return train::resume(&run_dir, stop).map(Some);
+        return train::resume_with(&run_dir, stop, Hooks { started: None, after_epoch }).map(Some);
     }
     let mut sets = state.sets.clone();
     sets.extend(p.overrides.iter().cloned());
     let loaded = config::load(Path::new(&state.experiment), &LoadOptions { sets, env: true })?;
     let plan = plan::plan(&loaded)?;
     let marker = marker(dir, i);
-    let outcome = train::run_then(&loaded, &plan, stop, Some(&state.sweep_id), |run_dir| {
+    let started = Box::new(move |run_dir: &Path| -> Result<()> {
         let abs = std::env::current_dir().map(|c| c.join(run_dir)).unwrap_or_else(|_| run_dir.to_path_buf());
         runlog::atomic_write(&marker, |tmp| Ok(std::fs::write(tmp, abs.display().to_string())?))
-    })?;
+    });
+    let hooks = Hooks { started: Some(started), after_epoch };
+    let outcome = train::run_with(&loaded, &plan, stop, Some(&state.sweep_id), hooks)?;
     Ok(Some(outcome))
 }

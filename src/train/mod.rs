@@ -36,7 +36,7 @@ mod eval;
 mod resume;
 use eval::draw_plots;
 pub use eval::{eval_run, evaluate, log_metrics, EvalOverrides};
-pub use resume::resume;
+pub use resume::{resume, resume_with};
 
 pub struct Outcome {
     pub run_dir: PathBuf,
@@ -60,17 +60,26 @@ struct State {
 /// Trains and evaluates `plan`, writing a run folder (a point of the sweep `sweep_id` when
 /// given). `stop` is set by Ctrl-C.
 pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>, sweep_id: Option<&str>) -> Result<Outcome> {
-    run_then(loaded, plan, stop, sweep_id, |_| Ok(()))
+    run_with(loaded, plan, stop, sweep_id, Hooks::default())
 }
 
-/// [`run`], calling `started` with the run folder as soon as it exists (before the first
-/// epoch): a sweep's point records where its run is.
-pub fn run_then(
+/// What a caller of the loop (a sweep's point) does at its moments.
+#[derive(Default)]
+pub struct Hooks<'h> {
+    /// With the run folder, as soon as it exists (before the first epoch).
+    pub started: Option<Box<dyn FnOnce(&std::path::Path) -> Result<()> + 'h>>,
+    /// After each epoch's tables and checkpoint, with the epoch (from 0) and its values
+    /// (`test.accuracy` -> value): `true` ends the run there, `stopped`.
+    pub after_epoch: Option<Box<dyn FnMut(usize, &BTreeMap<String, f64>) -> Result<bool> + 'h>>,
+}
+
+/// [`run`] with `hooks`.
+pub fn run_with(
     loaded: &Loaded,
     plan: &Plan,
     stop: Arc<AtomicBool>,
     sweep_id: Option<&str>,
-    started: impl FnOnce(&std::path::Path) -> Result<()>,
+    mut hooks: Hooks,
 ) -> Result<Outcome> {
     let dataset = load_data(plan)?;
     let device = plan.open_device()?;
@@ -88,9 +97,19 @@ pub fn run_then(
     log.flush()?;
     log.publish()?;
     tracing::info!("run {} in {}", log.run_id, log.dir.display());
-    started(&log.dir)?;
-    let session =
-        Session { plan, dataset: &dataset, model: &mut model, optimizer: &mut optimizer, device, log, stop: &stop };
+    if let Some(started) = hooks.started.take() {
+        started(&log.dir)?;
+    }
+    let session = Session {
+        plan,
+        dataset: &dataset,
+        model: &mut model,
+        optimizer: &mut optimizer,
+        device,
+        log,
+        stop: &stop,
+        after_epoch: hooks.after_epoch,
+    };
     finish(session, State::default())
 }
 
@@ -138,6 +157,15 @@ struct Session<'a> {
     device: Device,
     log: RunLog,
     stop: &'a AtomicBool,
+    after_epoch: Option<Box<dyn FnMut(usize, &BTreeMap<String, f64>) -> Result<bool> + 'a>>,
+}
+
+/// How the epochs ended.
+enum Ended {
+    Finished,
+    Interrupted,
+    /// By the caller's `after_epoch`.
+    Stopped,
 }
 
 /// Runs the epochs from `state` and writes the run's final status, whatever happened.
@@ -145,8 +173,9 @@ fn finish(mut session: Session, state: State) -> Result<Outcome> {
     let result = session.epochs(state);
     let log = &mut session.log;
     let status = match &result {
-        Ok(true) => Status::Completed,
-        Ok(false) => Status::Interrupted,
+        Ok(Ended::Finished) => Status::Completed,
+        Ok(Ended::Interrupted) => Status::Interrupted,
+        Ok(Ended::Stopped) => Status::Stopped,
         Err(_) => Status::Failed,
     };
     log.set_status(status);
@@ -212,7 +241,7 @@ struct Trained {
 impl Session<'_> {
     /// The epochs from `state.next_epoch`, read top to bottom: freeze, train, evaluate, log,
     /// checkpoint. `Ok(false)` when stopped early by `stop`.
-    fn epochs(&mut self, mut state: State) -> Result<bool> {
+    fn epochs(&mut self, mut state: State) -> Result<Ended> {
         let plan = self.plan;
         let epochs = plan.train.epochs;
         let test_spec = eval_spec(&train_spec(plan, self.dataset.shape, &self.device), plan);
@@ -221,7 +250,7 @@ impl Session<'_> {
             self.freeze(epoch, state.next_epoch);
             let Some(trained) = self.train_epoch(epoch, &mut state)? else {
                 tracing::warn!("interrupted during epoch {}; keeping the {} finished epochs", epoch + 1, epoch);
-                return Ok(false);
+                return Ok(Ended::Interrupted);
             };
             let (test, test_skipped) = evaluate(plan, self.model, &test_split, &test_spec, &self.device)?;
             let values = self.log_epoch(epoch, state.step, &trained, &test, test_skipped)?;
@@ -235,6 +264,12 @@ impl Session<'_> {
                 trained.seconds,
                 trained.stats.count() as f64 / trained.seconds
             );
+            // The caller hears of every epoch, the last included (a sweep's later points are
+            // judged against it).
+            let stopped = match self.after_epoch.as_mut() {
+                Some(after) => after(epoch, &values)? && epoch + 1 < epochs,
+                None => false,
+            };
             if early_stop {
                 let es =
                     plan.train.early_stopping.as_ref().map(|e| (e.metric.as_str(), e.patience)).unwrap_or_default();
@@ -244,10 +279,13 @@ impl Session<'_> {
                     es.0,
                     es.1
                 );
-                return Ok(true);
+                return Ok(Ended::Finished);
+            }
+            if stopped {
+                return Ok(Ended::Stopped);
             }
         }
-        Ok(true)
+        Ok(Ended::Finished)
     }
 
     /// The freezing schedule of `epoch`, logged when it changes (and at the first epoch).

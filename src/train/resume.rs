@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use super::{config_hash, finish, load_data, Outcome, Session, State};
+use super::{config_hash, finish, load_data, Hooks, Outcome, Session, State};
 use crate::checkpoint::{self, Sidecar};
 use crate::config::LoadOptions;
 use crate::model::weights;
@@ -21,6 +21,11 @@ use crate::{config, ops, plan};
 /// the finished epochs (rows of a later, unfinished epoch are dropped) and grow from there.
 /// Everything is checked before the folder is touched.
 pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
+    resume_with(dir, stop, Hooks::default())
+}
+
+/// [`resume`] with `hooks` (`started` is not called: the folder exists).
+pub fn resume_with(dir: &Path, stop: Arc<AtomicBool>, hooks: Hooks) -> Result<Outcome> {
     let config_path = dir.join(files::CONFIG);
     if !dir.is_dir() || !config_path.is_file() || !dir.join(files::RUN).is_file() {
         bail!(
@@ -80,6 +85,7 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
         device,
         log,
         stop: &stop,
+        after_epoch: hooks.after_epoch,
     };
     finish(session, state)
 }
@@ -91,6 +97,9 @@ pub fn resume(dir: &Path, stop: Arc<AtomicBool>) -> Result<Outcome> {
 fn check_resumable(dir: &Path, probe: &RunLog, side: Option<&Sidecar>, hash: &str) -> Result<()> {
     if probe.status() == Status::Completed {
         bail!("{}: the run completed; nothing to resume", dir.display());
+    }
+    if probe.status() == Status::Stopped {
+        bail!("{}: the run was stopped by its sweep's early stopping; nothing to resume", dir.display());
     }
     if RunLock::is_held(dir) {
         // Fails naming the process that holds it (without writing to the folder).

@@ -244,3 +244,62 @@ fn a_sigterm_reaches_the_points_and_the_same_command_resumes_them() {
     let bad = runner(d.path(), &["sweep", "status", "runs/tiny"]);
     assert!(bad.code != 0 && bad.stderr.contains("not a sweep folder"), "{}", bad.stderr);
 }
+
+/// `[sweep.early_stop]` over points whose ranking is known: lr 1e-4 and 1e-6 learn next to
+/// nothing in an epoch, lr 0.1 and 0.05 do. Run one after another (`--jobs 1`), ASHA with
+/// reduction 2 stops a point at epoch 1 whose accuracy is below the median of the points
+/// before it: the two that do not learn. `--random` draws its points from the sweep file's
+/// space, the same ones again for the same seed.
+#[test]
+fn early_stopping_stops_the_points_that_do_not_learn_and_random_points_repeat() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 3);
+    std::fs::write(
+        d.path().join("stop.toml"),
+        "[sweep.early_stop]\nrule = \"asha\"\nmetric = \"test.accuracy\"\nmin_epochs = 1\nreduction = 2\n",
+    )
+    .unwrap();
+    let args =
+        ["sweep", "tiny.toml", "--grid", "train.optimizer.sgd.lr=0.1,0.05,0.0001,0.000001", "--file", "stop.toml"];
+    let out = runner(d.path(), &args);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("2 completed, 2 stopped early, 0 not"), "{}", out.stdout);
+    let dir = out.stdout.lines().last().and_then(|l| l.split("state in ").nth(1)).unwrap().trim().to_string();
+    let st = runner(d.path(), &["sweep", "status", &dir]);
+    let lines: Vec<&str> = st.stdout.lines().collect();
+    assert!(lines[0].ends_with("4 points, 2 completed, 2 stopped"), "{}", st.stdout);
+    for (i, want) in [(0, "completed"), (1, "completed"), (2, "stopped"), (3, "stopped")] {
+        assert_eq!(lines[1 + i].split_whitespace().nth(1), Some(want), "{}", st.stdout);
+    }
+    assert!(lines[3].contains("(after epoch 1)") && lines[4].contains("(after epoch 1)"), "{}", st.stdout);
+    // A stopped run holds its one epoch and says `stopped`; resume has nothing to do.
+    let run = std::path::PathBuf::from(lines[3].split_whitespace().nth(2).unwrap());
+    let run = d.path().join(run);
+    assert_eq!(crate::resume::status(&run), "stopped");
+    assert!(crate::resume::rows(&run.join("metrics.parquet")).iter().all(|r| r.0 == 0));
+    let again = runner(d.path(), &["resume", run.to_str().unwrap()]);
+    assert!(again.code != 0 && again.stderr.contains("stopped by its sweep's early stopping"), "{}", again.stderr);
+    // compare: the stopped points after those that ran to the end.
+    let cmp = runner(d.path(), &["compare", &dir.replace(".toml", ""), "--sort", "test.accuracy"]);
+    let statuses: Vec<&str> = cmp.stdout.lines().skip(1).filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert_eq!(statuses, ["completed", "completed", "stopped", "stopped"], "{}", cmp.stdout);
+    // The shared table: every epoch of every point, and the two stops.
+    let table = std::fs::read_to_string(d.path().join(dir.replace(".toml", "")).join("rungs.tsv")).unwrap();
+    assert_eq!(table.lines().filter(|l| l.ends_with("\tstop")).count(), 2, "{table}");
+    assert_eq!(table.lines().count(), 1 + 3 + 3 + 1 + 1, "{table}");
+
+    // Random points: seeded, so the same command is the same sweep (nothing runs again).
+    std::fs::write(
+        d.path().join("space.toml"),
+        "[sweep]\nseed = 5\n[sweep.space]\n\"train.optimizer.sgd.lr\" = { log_uniform = [0.001, 0.1] }\n",
+    )
+    .unwrap();
+    let args = ["sweep", "tiny.toml", "--random", "2", "--file", "space.toml", "--set", "train.epochs=1"];
+    let first = runner(d.path(), &args);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    assert!(first.stdout.contains("2 completed, 0 not"), "{}", first.stdout);
+    let again = runner(d.path(), &args);
+    assert!(again.stderr.contains("(2 already completed)"), "{}", again.stderr);
+    let bad = runner(d.path(), &["sweep", "tiny.toml", "--random", "2"]);
+    assert!(bad.code != 0 && bad.stderr.contains("no [sweep.space] to draw from"), "{}", bad.stderr);
+}

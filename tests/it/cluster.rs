@@ -2,7 +2,9 @@
 //! slurm-client and munge), started on 127.0.0.1 by tests/slurm/cluster.sh and stopped by
 //! pid when the test ends. No mock: sbatch, squeue, scancel and requeue are Slurm's own.
 //!
-//! One test, so that one cluster serves every case and the waits overlap: a 4-point array
+//! The module is named so that its one test starts among the first of the suite (it waits
+//! more than it computes). One test, so that one cluster serves every case and the waits
+//! overlap: a 4-point array
 //! with `%2` whose tables equal the same sweep run locally (two points fail: status names
 //! their logs); `scancel` of a running array task, then `sweep resume`; a point whose time
 //! limit is shorter than its run, requeued, that ends bitwise equal to an uninterrupted run.
@@ -162,7 +164,7 @@ fn sweeps_on_a_one_node_slurm() {
     let cluster = match Cluster::start() {
         Ok(c) => c,
         Err(why) => {
-            common::skip("slurm::sweeps_on_a_one_node_slurm", &why, "RUNNER_REQUIRE_SLURM");
+            common::skip("cluster::sweeps_on_a_one_node_slurm", &why, "RUNNER_REQUIRE_SLURM");
             return;
         }
     };
