@@ -18,7 +18,7 @@ use super::slurm::{self, Queued, SlurmOptions};
 use super::{run_points, write_state, Point, PointStatus, Request, SlurmState, State};
 use crate::config::{EarlyStop, LoadOptions, Mode};
 use crate::runlog::{self, files, RunLock, RunLog, Status};
-use crate::train::{self, Hooks, Outcome};
+use crate::train::{self, AfterEpoch, Hooks, Outcome};
 use crate::{config, plan};
 
 /// The state file of the sweep folder `dir` (`sweeps/<id>`), or `dir` itself when it is the
@@ -309,7 +309,7 @@ pub fn point(dir: &Path, i: usize, stop: Arc<AtomicBool>) -> Result<Option<Outco
                     Ok(true)
                 }
             }
-        }) as Box<dyn FnMut(usize, &std::collections::BTreeMap<String, f64>) -> Result<bool>>
+        }) as AfterEpoch
     });
     if let Some(run_dir) = run_dir_of(dir, i, p) {
         let status = RunLog::open(&run_dir, None)?.status();

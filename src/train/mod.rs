@@ -63,14 +63,18 @@ pub fn run(loaded: &Loaded, plan: &Plan, stop: Arc<AtomicBool>, sweep_id: Option
     run_with(loaded, plan, stop, sweep_id, Hooks::default())
 }
 
+/// Called with the run folder, as soon as it exists (before the first epoch).
+pub type Started<'h> = Box<dyn FnOnce(&std::path::Path) -> Result<()> + 'h>;
+
+/// Called after each epoch's tables and checkpoint, with the epoch (from 0) and its values
+/// (`test.accuracy` -> value): `true` ends the run there, `stopped`.
+pub type AfterEpoch<'h> = Box<dyn FnMut(usize, &BTreeMap<String, f64>) -> Result<bool> + 'h>;
+
 /// What a caller of the loop (a sweep's point) does at its moments.
 #[derive(Default)]
 pub struct Hooks<'h> {
-    /// With the run folder, as soon as it exists (before the first epoch).
-    pub started: Option<Box<dyn FnOnce(&std::path::Path) -> Result<()> + 'h>>,
-    /// After each epoch's tables and checkpoint, with the epoch (from 0) and its values
-    /// (`test.accuracy` -> value): `true` ends the run there, `stopped`.
-    pub after_epoch: Option<Box<dyn FnMut(usize, &BTreeMap<String, f64>) -> Result<bool> + 'h>>,
+    pub started: Option<Started<'h>>,
+    pub after_epoch: Option<AfterEpoch<'h>>,
 }
 
 /// [`run`] with `hooks`.
@@ -157,7 +161,7 @@ struct Session<'a> {
     device: Device,
     log: RunLog,
     stop: &'a AtomicBool,
-    after_epoch: Option<Box<dyn FnMut(usize, &BTreeMap<String, f64>) -> Result<bool> + 'a>>,
+    after_epoch: Option<AfterEpoch<'a>>,
 }
 
 /// How the epochs ended.
