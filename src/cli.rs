@@ -73,8 +73,8 @@ enum Command {
     Compare(CompareArgs),
     /// The config keys that differ between two runs, side by side.
     Diff(DiffArgs),
-    /// Run an experiment over a grid of overrides, each point an ordinary run.
-    Sweep(SweepArgs),
+    /// Run an experiment over a grid, zipped lists or random draws of overrides, each point an ordinary run, here or on Slurm.
+    Sweep(Box<SweepArgs>),
     /// Evaluate a run's saved model again and append the metrics to its tables.
     Eval(EvalArgs),
     /// A local web page of the runs: table, curves (live while training), configs, plots.
@@ -181,8 +181,11 @@ struct SweepArgs {
     #[arg(long = "zip", value_name = "KEY=V1,V2")]
     zips: Vec<String>,
     /// Runs at a time, each a separate process (threads per run: cores / jobs).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, alias = "parallel", default_value_t = 1)]
     jobs: usize,
+    /// Local points side by side, one per device: cuda:0,cuda:1 (the run records its device).
+    #[arg(long, value_delimiter = ',', value_name = "DEVICES")]
+    devices: Vec<String>,
     /// Overrides for every point (as for a run). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -222,8 +225,8 @@ struct SlurmArgs {
 
 #[derive(Subcommand, Debug)]
 enum SweepAction {
-    /// One line per point: pending, running, completed, failed (with its log), interrupted
-    /// or cancelled.
+    /// One line per point: pending, running, completed, stopped (early), failed (with its
+    /// log), interrupted or cancelled.
     Status {
         /// The sweep folder, e.g. runs/tiny/sweeps/tiny-1a2b3c4d.
         dir: PathBuf,
@@ -233,8 +236,11 @@ enum SweepAction {
     Resume {
         dir: PathBuf,
         /// Runs at a time, for a local sweep.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, alias = "parallel", default_value_t = 1)]
         jobs: usize,
+        /// For a local sweep: one point per device at a time (cuda:0,cuda:1).
+        #[arg(long, value_delimiter = ',', value_name = "DEVICES")]
+        devices: Vec<String>,
     },
     /// Cancels a Slurm sweep's jobs (`scancel`); running points stop with a checkpoint.
     Cancel { dir: PathBuf },
@@ -360,7 +366,7 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Resume(args)) => resume(args),
         Some(Command::Compare(args)) => compare(args),
         Some(Command::Diff(args)) => diff(args),
-        Some(Command::Sweep(args)) => sweep(args),
+        Some(Command::Sweep(args)) => sweep(*args),
         Some(Command::Eval(args)) => eval(args),
         Some(Command::Board(args)) => {
             let dirs = if args.dirs.is_empty() { vec![PathBuf::from("runs")] } else { args.dirs };
@@ -447,7 +453,9 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
             sweep::status(&dir)?;
             return Ok(ExitCode::SUCCESS);
         }
-        Some(SweepAction::Resume { dir, jobs }) => return Ok(code(sweep::resume(&dir, jobs, signals::stop_flag())?)),
+        Some(SweepAction::Resume { dir, jobs, devices }) => {
+            return Ok(code(sweep::resume(&dir, jobs, devices, signals::stop_flag())?));
+        }
         Some(SweepAction::Cancel { dir }) => {
             sweep::cancel(&dir)?;
             return Ok(ExitCode::SUCCESS);
@@ -470,6 +478,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         file: args.file,
         launcher: args.launcher,
         random: args.random,
+        devices: args.devices,
         slurm: sweep::SlurmOptions {
             partition: s.partition,
             time: s.time,

@@ -24,7 +24,7 @@ use crate::compare::{Format, Options};
 use crate::config::{Distribution, EarlyStop, LoadOptions, Loaded, Mode, SweepConfig};
 use crate::rng::Rng;
 use crate::runlog::Status;
-use crate::{compare, config, plan, runlog, signals, train};
+use crate::{compare, config, device, plan, runlog, signals, train};
 
 mod early_stop;
 pub mod slurm;
@@ -32,6 +32,7 @@ mod status;
 pub use slurm::SlurmOptions;
 pub use status::{cancel, point, resume, status, PointView};
 
+#[derive(Clone)]
 pub struct Request {
     pub experiment: PathBuf,
     pub grids: Vec<String>,
@@ -46,6 +47,8 @@ pub struct Request {
     pub slurm: SlurmOptions,
     /// `--random N`: N points drawn from the `[sweep.space]` distributions.
     pub random: Option<usize>,
+    /// `--devices cuda:0,cuda:1`: one local point per device at a time.
+    pub devices: Vec<String>,
 }
 
 /// Where the points run.
@@ -317,6 +320,7 @@ pub fn run(req: &Request, stop: Arc<AtomicBool>) -> Result<usize> {
     if req.jobs == 0 {
         bail!("--jobs 0: at least one run at a time");
     }
+    let req = &with_devices(req)?;
     let file = read_sweep_file(req.file.as_deref())?;
     let launcher = launcher(req, &file)?;
     let base = config::load(&req.experiment, &LoadOptions { sets: req.sets.clone(), env: true })?;
@@ -464,9 +468,44 @@ fn early_stop(req: &Request, base: &Loaded, sweep_file: &SweepFile) -> Result<Op
     Ok(Some(rule))
 }
 
+/// `--devices`: each a device runner knows, listed once, and one point at a time on each
+/// (`--jobs` is their number). The points are planned on each device in `plan_every_point`.
+fn with_devices(req: &Request) -> Result<Request> {
+    let mut out = req.clone();
+    if req.devices.is_empty() {
+        return Ok(out);
+    }
+    if req.launcher.as_deref() == Some("slurm") {
+        bail!("--devices is the local launcher's; with Slurm, ask for GPUs with --gpus-per-task");
+    }
+    if req.jobs != 1 && req.jobs != req.devices.len() {
+        bail!("--jobs {} with --devices {}: one point per device at a time", req.jobs, req.devices.join(","));
+    }
+    for (k, d) in req.devices.iter().enumerate() {
+        device::parse_device(d).map_err(|e| anyhow::anyhow!("--devices {d}: {e}"))?;
+        if req.devices[..k].contains(d) && d != "cpu" {
+            bail!("--devices lists {d} twice: two points at once on one GPU");
+        }
+    }
+    out.jobs = req.devices.len();
+    Ok(out)
+}
+
 /// Every point must plan before any runs: the sweep is refused with all their problems.
 fn plan_every_point(req: &Request, all: &[Vec<String>]) -> Result<()> {
     let mut problems = Vec::new();
+    // A point may run on any of --devices: each plans on the first point.
+    for d in &req.devices {
+        let mut sets = req.sets.clone();
+        sets.extend(all.first().into_iter().flatten().cloned());
+        sets.push(format!("experiment.device=\"{d}\""));
+        if let Err(e) = config::load(&req.experiment, &LoadOptions { sets, env: true })
+            .map_err(anyhow::Error::from)
+            .and_then(|l| plan::plan(&l).map(|_| ()))
+        {
+            problems.push(format!("--devices {d}: {e:#}"));
+        }
+    }
     for p in all {
         let mut sets = req.sets.clone();
         sets.extend(p.iter().cloned());
@@ -545,9 +584,12 @@ fn run_points(
     let todo: Vec<usize> = (0..state.point.len()).filter(|&i| !state.point[i].status.is_done()).collect();
     let state = Arc::new(Mutex::new(state));
     let next = AtomicUsize::new(0);
+    let (state, next, todo, threads) = (&state, &next, &todo, &threads);
     std::thread::scope(|s| {
-        for _ in 0..req.jobs.min(todo.len()) {
-            s.spawn(|| loop {
+        for worker in 0..req.jobs.min(todo.len()) {
+            // With --devices, each worker runs its points on its own device.
+            let device = req.devices.get(worker).map(String::as_str);
+            s.spawn(move || loop {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
@@ -561,8 +603,9 @@ fn run_points(
                     })
                     .unwrap_or_default();
                 let log = logs.join(format!("point_{i:03}.log"));
-                let (status, run_dir) = run_point(logs, i, &threads, resume.as_deref(), &log, stop);
-                tracing::info!("sweep {id}: point {} ({}): {status}", i + 1, overrides.join(" "));
+                let (status, run_dir) = run_point(logs, i, threads, device, resume.as_deref(), &log, stop);
+                let on = device.map(|d| format!(" on {d}")).unwrap_or_default();
+                tracing::info!("sweep {id}: point {}{on} ({}): {status}", i + 1, overrides.join(" "));
                 if let Ok(mut st) = state.lock() {
                     st.point[i].status = status;
                     st.point[i].run_dir = run_dir;
@@ -623,6 +666,7 @@ fn run_point(
     sweep_dir: &Path,
     i: usize,
     threads: &str,
+    device: Option<&str>,
     resume: Option<&str>,
     log: &Path,
     stop: &AtomicBool,
@@ -635,6 +679,10 @@ fn run_point(
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("sweep").arg("point").arg(sweep_dir).arg(i.to_string());
     cmd.env("RAYON_NUM_THREADS", threads).env("CANDLE_NUM_THREADS", threads);
+    if let Some(d) = device {
+        // An environment override, so the run's config records the device it ran on.
+        cmd.env("RUNNER__EXPERIMENT__DEVICE", d);
+    }
     let file = match std::fs::File::create(log).and_then(|f| Ok((f.try_clone()?, f))) {
         Ok(f) => f,
         Err(e) => return (PointStatus::Failed(Some(format!("cannot write {}: {e}", log.display()))), None),

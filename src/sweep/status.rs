@@ -161,9 +161,9 @@ pub fn cancel(dir: &Path) -> Result<()> {
 
 /// `runner sweep resume DIR`: the points neither completed nor pending nor running, each
 /// from its checkpoint: submitted again to Slurm (a Slurm sweep), or run here `jobs` at a
-/// time (a local one). Returns how many points are not completed at the end (0 after a
+/// time, or one per device of `devices` (a local one). Returns how many points are not completed at the end (0 after a
 /// submission).
-pub fn resume(dir: &Path, jobs: usize, stop: Arc<AtomicBool>) -> Result<usize> {
+pub fn resume(dir: &Path, jobs: usize, devices: Vec<String>, stop: Arc<AtomicBool>) -> Result<usize> {
     let mut state = read_state(dir)?;
     let views = views(dir, &state);
     // Slurm's pending points will run; a local sweep's pending points are what is left.
@@ -205,7 +205,9 @@ pub fn resume(dir: &Path, jobs: usize, stop: Arc<AtomicBool>) -> Result<usize> {
         launcher: None,
         slurm: SlurmOptions::default(),
         random: None,
+        devices,
     };
+    let req = super::with_devices(&req)?;
     let id = state.sweep_id.clone();
     let state = run_points(&req, &id, &folder(dir), &state_path(dir), state, &stop)?;
     super::print_table(&state)?;

@@ -303,3 +303,38 @@ fn early_stopping_stops_the_points_that_do_not_learn_and_random_points_repeat() 
     let bad = runner(d.path(), &["sweep", "tiny.toml", "--random", "2"]);
     assert!(bad.code != 0 && bad.stderr.contains("no [sweep.space] to draw from"), "{}", bad.stderr);
 }
+
+/// `--devices`: one point per device at a time, the device in each run's config. On this
+/// machine (no GPU, no CUDA build) the devices are `cpu` and `auto` (which finds no GPU:
+/// the CPU), told apart in the runs' configs; a CUDA device is refused before any point
+/// runs, as the plan refuses it for a run.
+#[test]
+fn devices_run_points_side_by_side_and_are_planned_first() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 1);
+    let out = runner(d.path(), &["sweep", "tiny.toml", "--grid", "seed=0,1,2", "--devices", "cpu,auto"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("3 completed, 0 not"), "{}", out.stdout);
+    let on = |d: &str| out.stderr.matches(&format!(" on {d} (experiment.seed=")).count();
+    assert!(on("cpu") >= 1 && on("auto") >= 1 && on("cpu") + on("auto") == 3, "{}", out.stderr);
+    assert!(out.stderr.contains("3 points, 2 at a time"), "{}", out.stderr);
+    let cuda = runner(d.path(), &["sweep", "tiny.toml", "--grid", "seed=3,4", "--devices", "cuda:0,cuda:1"]);
+    assert!(cuda.code != 0, "{}", cuda.stdout);
+    assert!(
+        cuda.stderr.contains("--devices cuda:0: ") && cuda.stderr.contains("needs a CUDA build"),
+        "{}",
+        cuda.stderr
+    );
+    let bad = runner(d.path(), &["sweep", "tiny.toml", "--grid", "seed=3,4", "--devices", "gpu"]);
+    assert!(bad.code != 0 && bad.stderr.contains("--devices gpu: expected"), "{}", bad.stderr);
+    let twice = runner(d.path(), &["sweep", "tiny.toml", "--grid", "seed=3,4", "--devices", "cuda:1,cuda:1"]);
+    assert!(twice.code != 0 && twice.stderr.contains("lists cuda:1 twice"), "{}", twice.stderr);
+    let runs = std::fs::read_dir(d.path().join("runs/tiny")).unwrap().flatten();
+    let mut devices: Vec<String> = runs
+        .filter_map(|e| runner::compare::read_run(&e.path()).ok())
+        .map(|r| r.params.get("experiment.device").cloned().unwrap_or_default())
+        .collect();
+    devices.sort();
+    devices.dedup();
+    assert_eq!(devices, ["\"auto\"", "\"cpu\""], "each worker's device in its runs' configs");
+}
