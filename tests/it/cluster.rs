@@ -63,20 +63,8 @@ impl Drop for Cluster {
 
 /// `runner ARGS` in `cwd` with the cluster's config, one thread per process.
 fn run(cluster: &Cluster, cwd: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .env("SLURM_CONF", cluster.conf())
-        .env("RAYON_NUM_THREADS", "1")
-        .env("RUNNER_CACHE", cwd.join("cache"))
-        .output()
-        .expect("runner binary runs");
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let conf = cluster.conf();
+    common::runner_with(cwd, args, &[("SLURM_CONF", conf.as_os_str()), ("RAYON_NUM_THREADS", "1".as_ref())])
 }
 
 /// `sweep ... submitted to Slurm as job N (array ...)` -> (N, the sweep folder).
@@ -271,7 +259,9 @@ fn sweeps_on_a_one_node_slurm() {
     same(&cancelled_run, "cancelled, then resumed");
 
     // 3. again: the requeued point ends complete, bitwise equal.
-    let points = wait_for(&cluster, cwd, &requeue_dir, Duration::from_secs(480), "the requeued point completes", |p| {
+    // Each attempt runs under a minute, then Slurm holds the requeued task about two: a
+    // loaded machine may need three attempts.
+    let points = wait_for(&cluster, cwd, &requeue_dir, Duration::from_secs(900), "the requeued point completes", |p| {
         all(p, "completed")
     });
     let log = std::fs::read_to_string(cwd.join(&requeue_dir).join("point_000.log")).unwrap();

@@ -56,11 +56,17 @@ pub struct Output {
 
 /// Runs the `runner` binary in `cwd`, its download cache in `cwd/cache`.
 pub fn runner(cwd: &Path, args: &[&str]) -> Output {
+    runner_with(cwd, args, &[])
+}
+
+/// [`runner`] with more environment variables.
+pub fn runner_with(cwd: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_runner"))
         .args(args)
         .current_dir(cwd)
         .env_remove("RUST_LOG")
         .env("RUNNER_CACHE", cwd.join("cache"))
+        .envs(env.iter().copied())
         .output()
         .expect("runner binary runs");
     Output {
