@@ -14,6 +14,7 @@
 //!   `roc_auc_score`); macro: the mean of the one-vs-rest areas; micro: one curve over
 //!   every (sample, class) pair.
 
+pub mod coco;
 pub mod detection;
 pub mod segmentation;
 

@@ -5,6 +5,7 @@ mod board;
 mod chaos;
 mod cifar;
 mod cluster;
+mod coco;
 mod common;
 mod config_errors;
 mod detection;
