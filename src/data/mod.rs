@@ -6,6 +6,7 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod coco;
 pub mod download;
 pub mod folder;
 pub mod idx;
