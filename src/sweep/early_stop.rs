@@ -173,9 +173,9 @@ pub fn report(dir: &Path, rule: &EarlyStop, mode: Mode, point: usize, epoch: usi
     Ok(decision)
 }
 
-/// The epoch at which `point` was stopped, from the sweep folder's table.
-pub fn stopped_at(dir: &Path, point: usize) -> Option<usize> {
-    read(&dir.join("rungs.tsv")).ok()?.iter().find(|r| r.point == point && r.stop).map(|r| r.epoch)
+/// Point -> the epoch it was stopped at, from the sweep folder's table (read once).
+pub fn stops(dir: &Path) -> std::collections::HashMap<usize, usize> {
+    read(&dir.join("rungs.tsv")).unwrap_or_default().iter().filter(|r| r.stop).map(|r| (r.point, r.epoch)).collect()
 }
 
 #[cfg(test)]
@@ -288,8 +288,7 @@ mod tests {
         assert!(matches!(&d2, Decision::Stop(w) if w.contains("rung 0 (epoch 1)")), "{d2:?}");
         // The same epoch again keeps its decision; the stop is found by point.
         assert!(matches!(report(d.path(), &r, Mode::Max, 2, 1, 0.99).unwrap(), Decision::Stop(_)));
-        assert_eq!(stopped_at(d.path(), 2), Some(1));
-        assert_eq!(stopped_at(d.path(), 0), None);
+        assert_eq!((stops(d.path()).get(&2), stops(d.path()).get(&0)), (Some(&1), None));
         let text = std::fs::read_to_string(d.path().join("rungs.tsv")).unwrap();
         assert_eq!(text.lines().next(), Some("point\tepoch\ttest.accuracy\tdecision"));
         assert_eq!(text.lines().count(), 4, "{text}");

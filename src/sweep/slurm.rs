@@ -224,19 +224,14 @@ pub fn array_spec(indices: &[usize], max_parallel: Option<usize>) -> String {
     s
 }
 
-fn slurm_command(name: &str) -> Command {
-    Command::new(name)
-}
-
 /// Runs `sbatch --parsable --array=ARRAY SCRIPT`; the job id.
 pub fn submit(script: &Path, array: &str) -> Result<String> {
-    let out = slurm_command("sbatch").arg("--parsable").arg(format!("--array={array}")).arg(script).output().map_err(
-        |e| {
+    let out =
+        Command::new("sbatch").arg("--parsable").arg(format!("--array={array}")).arg(script).output().map_err(|e| {
             anyhow::anyhow!(
                 "cannot run sbatch ({e}): --launcher slurm needs Slurm's commands on the PATH (a login node)"
             )
-        },
-    )?;
+        })?;
     if !out.status.success() {
         bail!("sbatch refused {}: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -261,7 +256,7 @@ pub enum Queued {
 pub fn queued(jobs: &[String]) -> BTreeMap<usize, Queued> {
     let mut out = BTreeMap::new();
     for job in jobs {
-        let Ok(o) = slurm_command("squeue").args(["-h", "-r", "-j", job, "-o", "%i %T"]).output() else { continue };
+        let Ok(o) = Command::new("squeue").args(["-h", "-r", "-j", job, "-o", "%i %T"]).output() else { continue };
         if !o.status.success() {
             continue; // "Invalid job id specified": finished and forgotten
         }
@@ -284,7 +279,7 @@ pub fn cancel(jobs: &[String]) -> Result<()> {
     if jobs.is_empty() {
         bail!("no Slurm job is recorded for this sweep");
     }
-    let out = slurm_command("scancel").args(jobs).output().context("cannot run scancel")?;
+    let out = Command::new("scancel").args(jobs).output().context("cannot run scancel")?;
     if !out.status.success() {
         bail!("scancel {}: {}", jobs.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }

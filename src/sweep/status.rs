@@ -128,10 +128,11 @@ pub fn status(dir: &Path) -> Result<Vec<PointView>> {
     println!("sweep {} ({launcher}): {} points, {}", state.sweep_id, views.len(), summary.join(", "));
     let cwd = std::env::current_dir().unwrap_or_default();
     let shown = |p: &Path| p.strip_prefix(&cwd).unwrap_or(p).display().to_string();
+    let stops = early_stop::stops(&folder(dir));
     for v in &views {
         let place = match (&v.status, &v.run_dir) {
             (PointStatus::Failed(_), _) => format!("log {}", shown(&v.log)),
-            (PointStatus::Stopped, Some(d)) => match early_stop::stopped_at(&folder(dir), v.index) {
+            (PointStatus::Stopped, Some(d)) => match stops.get(&v.index) {
                 Some(e) => format!("{} (after epoch {e})", shown(d)),
                 None => shown(d),
             },

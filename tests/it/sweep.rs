@@ -338,3 +338,35 @@ fn devices_run_points_side_by_side_and_are_planned_first() {
     devices.dedup();
     assert_eq!(devices, ["\"auto\"", "\"cpu\""], "each worker's device in its runs' configs");
 }
+
+/// A sweep file's `[launcher.slurm]` and `[sweep]` tables: a misspelt key, settings Slurm
+/// would refuse and a bad distribution are errors naming the file (before any submission,
+/// so no Slurm is needed here).
+#[test]
+fn sweep_file_errors_name_the_file_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    crate::end_to_end::setup(d.path(), 1);
+    let write = |name: &str, text: &str| std::fs::write(d.path().join(name), text).unwrap();
+    write("typo.toml", "[launcher.slurm]\npartiton = \"gpu\"\n");
+    let e = runner(d.path(), &["sweep", "tiny.toml", "--grid", "seed=0,1", "--file", "typo.toml"]);
+    assert!(e.code != 0 && e.stderr.contains("typo.toml") && e.stderr.contains("partiton"), "{}", e.stderr);
+    write("limit.toml", "[launcher.slurm]\ntime = \"2\"\nstop_before = 200\n");
+    let e =
+        runner(d.path(), &["sweep", "tiny.toml", "--grid", "seed=0,1", "--file", "limit.toml", "--launcher", "slurm"]);
+    assert!(e.code != 0 && e.stderr.contains("limit.toml [launcher.slurm]"), "{}", e.stderr);
+    assert!(e.stderr.contains("--stop-before 200 (seconds) is not shorter than --time 2 (120 s)"), "{}", e.stderr);
+    write("space.toml", "[sweep.space]\n\"train.optimizer.sgd.lr\" = { log_uniform = [0.0, 0.1] }\n");
+    let e = runner(d.path(), &["sweep", "tiny.toml", "--random", "2", "--file", "space.toml"]);
+    assert!(e.code != 0 && e.stderr.contains("space.toml") && e.stderr.contains("0 < low < high"), "{}", e.stderr);
+    write("stop.toml", "[sweep.early_stop]\nmetric = \"test.acuracy\"\n");
+    let e = runner(d.path(), &["sweep", "tiny.toml", "--grid", "seed=0,1", "--file", "stop.toml"]);
+    assert!(
+        e.code != 0 && e.stderr.contains("stop.toml") && e.stderr.contains("metric `test.acuracy`"),
+        "{}",
+        e.stderr
+    );
+    // The settings of a sweep file without --launcher slurm wait for it; on the command line
+    // they are refused.
+    let e = runner(d.path(), &["sweep", "tiny.toml", "--grid", "seed=0,1", "--partition", "gpu"]);
+    assert!(e.code != 0 && e.stderr.contains("need --launcher slurm"), "{}", e.stderr);
+}
