@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::board::Board;
 use crate::config::{self, DatasetKind, LoadOptions, OnError, Tta};
 use crate::data::loader::LoaderSpec;
 use crate::data::synth::ShapesOptions;
-use crate::data::{preview, stats, synth, Located};
+use crate::data::{convert, preview, stats, synth, Located};
 use crate::ops::kernels;
 use crate::plan::Plan;
 use crate::runlog::{files, Status};
@@ -295,6 +295,29 @@ enum DataCommand {
     /// Writes a synthetic dataset.
     #[command(subcommand)]
     Synth(SynthCommand),
+    /// Converts a detection set between Pascal VOC, COCO and YOLO layouts, every box and
+    /// class kept (docs/data.md says what each layout can hold).
+    Convert(ConvertArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConvertArgs {
+    /// The source layout: voc, coco or yolo.
+    #[arg(long = "from")]
+    from: String,
+    /// The layout to write: voc, coco or yolo.
+    #[arg(long = "to")]
+    to: String,
+    /// The source set's folder (VOC: the one holding VOCdevkit/ or VOC<year>/; COCO: the one
+    /// holding annotations/; YOLO: the one holding images/ and data.yaml).
+    src: PathBuf,
+    /// The folder to write (created; must be empty or missing).
+    dst: PathBuf,
+    /// The class names in index order, comma-separated, where the source does not name them
+    /// (VOC: default the set's classes.toml or shapes.toml, else VOC's 20; YOLO: instead of
+    /// data.yaml's names).
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -330,6 +353,11 @@ struct ShapesArgs {
     /// The largest object's bounding side in pixels.
     #[arg(long, default_value_t = 80.0)]
     max_size: f64,
+    /// The layout: voc (`<out>/VOCdevkit/VOC2007/`), coco (`<out>/annotations/
+    /// instances_{train,test}.json`, `<out>/{train,test}/`) or yolo (`<out>/images/`,
+    /// `<out>/labels/`, `<out>/data.yaml`).
+    #[arg(long, default_value = "voc")]
+    format: String,
 }
 
 #[derive(Args, Debug)]
@@ -362,6 +390,7 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Data(DataCommand::Stats(args))) => data_stats(args),
         Some(Command::Data(DataCommand::Preview(args))) => data_preview(args),
         Some(Command::Data(DataCommand::Synth(SynthCommand::Shapes(args)))) => synth_shapes(args),
+        Some(Command::Data(DataCommand::Convert(args))) => data_convert(args),
         Some(Command::Predict(args)) => predict(args),
         Some(Command::Resume(args)) => resume(args),
         Some(Command::Compare(args)) => compare(args),
@@ -561,10 +590,10 @@ fn check(args: ExpArgs) -> Result<ExitCode> {
     let data = match &plan.located {
         Located::Found(d) => format!("found in {}", d.display()),
         Located::Missing { download_to, .. } => match plan.data.dataset {
-            DatasetKind::Voc if plan.data.voc().generate.is_some() => {
+            _ if plan.data.generate().is_some() => {
                 format!("will be written into {}", download_to.display())
             }
-            DatasetKind::Voc if !plan.data.download => {
+            DatasetKind::Voc | DatasetKind::Coco | DatasetKind::Yolo if !plan.data.download => {
                 format!("not found in {} (see the warning)", download_to.display())
             }
             _ => format!("will be downloaded into {}", download_to.display()),
@@ -707,8 +736,19 @@ fn synth_shapes(args: ShapesArgs) -> Result<ExitCode> {
         max_size: args.max_size,
         ..Default::default()
     };
+    let format = layout(&args.format, "--format")?;
     let started = std::time::Instant::now();
-    let summary = synth::write_shapes(&args.out, &opts)?;
+    let (summary, wrote) = if format == convert::Format::Voc {
+        (synth::write_shapes(&args.out, &opts)?, args.out.join("VOCdevkit/VOC2007"))
+    } else {
+        // Written in VOC's layout aside, then converted.
+        let staging = args.out.with_extension("voc.part");
+        let summary = synth::write_shapes(&staging, &opts)?;
+        let c = convert::read(convert::Format::Voc, &staging, None)?;
+        convert::write(format, &c, &args.out)?;
+        std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+        (summary, args.out.clone())
+    };
     println!(
         "wrote {} images ({} train, {} test) with {} objects ({} difficult, {} truncated) into {} in {:.1} s",
         summary.images,
@@ -717,9 +757,46 @@ fn synth_shapes(args: ShapesArgs) -> Result<ExitCode> {
         summary.objects,
         summary.difficult,
         summary.truncated,
-        args.out.join("VOCdevkit/VOC2007").display(),
+        wrote.display(),
         started.elapsed().as_secs_f64()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A layout's name on the command line.
+fn layout(name: &str, flag: &str) -> Result<convert::Format> {
+    convert::Format::parse(name).with_context(|| format!("{flag} {name}: expected voc, coco or yolo"))
+}
+
+fn data_convert(args: ConvertArgs) -> Result<ExitCode> {
+    let (from, to) = (layout(&args.from, "--from")?, layout(&args.to, "--to")?);
+    if std::fs::read_dir(&args.dst).is_ok_and(|mut d| d.next().is_some()) {
+        bail!("{} is not empty; convert into a new folder", args.dst.display());
+    }
+    let started = std::time::Instant::now();
+    let c = convert::read(from, &args.src, args.classes)?;
+    let w = convert::write(to, &c, &args.dst)?;
+    let splits: Vec<String> = c.splits.iter().map(|(n, items)| format!("{n} ({})", items.len())).collect();
+    println!(
+        "wrote {} images with {} boxes of {} classes into {} (splits: {}) in {:.1} s",
+        w.images,
+        w.boxes,
+        c.classes.len(),
+        args.dst.display(),
+        splits.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    if w.crowds_left_out > 0 {
+        println!("left out {} crowd regions: YOLO's labels have no crowd flag", w.crowds_left_out);
+    }
+    if w.flags_lost > 0 {
+        let what = if to == convert::Format::Yolo {
+            "difficult objects became ordinary ones: YOLO's labels have no difficult flag"
+        } else {
+            "crowd regions became difficult objects: VOC has no crowd flag"
+        };
+        println!("{} {what}", w.flags_lost);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

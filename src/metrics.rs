@@ -119,7 +119,8 @@ impl EpochStats {
             | MetricName::Map50Voc07
             | MetricName::Ap50
             | MetricName::Precision
-            | MetricName::Recall => f64::NAN,
+            | MetricName::Recall
+            | MetricName::Coco(_) => f64::NAN,
             // Segmentation metrics: `segmentation::SegStats`.
             MetricName::PixelAccuracy
             | MetricName::MeanAccuracy

@@ -253,7 +253,7 @@ function sweepPanel(runs) {
   const keys = differing(points);
   const metrics = [...new Set(points.flatMap(r => Object.keys(r.finals || {})))].sort();
   if (!keys.includes(state.sx)) state.sx = keys[0] || "";
-  if (!metrics.includes(state.sy)) state.sy = metrics.find(m => m === "test.accuracy" || m === "test.map50" || m === "test.miou") || metrics[0] || "";
+  if (!metrics.includes(state.sy)) state.sy = metrics.find(m => m === "test.accuracy" || m === "test.map") || metrics.find(m => m === "test.map50" || m === "test.miou") || metrics[0] || "";
   const select = (id, values, value, set) => {
     const s = el("select", { id, onchange: e => { set(e.target.value); document.getElementById("sweep").replaceChildren(sweepPanel(state.runs)); } }, ...values.map(v => el("option", { value: v }, v)));
     s.value = value;

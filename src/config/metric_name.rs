@@ -63,7 +63,29 @@ pub enum MetricName {
     /// Localization: the mean over images of the squared error of the box's four
     /// coordinates (relative to the image's width and height): the loss's L2 term.
     BoxL2,
+    /// Detection: one of the 12 numbers of COCO's summary (pycocotools' `COCOeval`,
+    /// `iouType = "bbox"`), the index into [`COCO_METRICS`].
+    Coco(usize),
 }
+
+/// COCO's summary in `COCOeval.stats` order: `map` is the AP averaged over IoU 0.50:0.95,
+/// `map50_coco` its AP at IoU 0.5 (101-point interpolation, crowd rules: not VOC's
+/// `map50`), then AP at 0.75, AP by object size, AR at 1, 10 and 100 detections per image,
+/// AR by size.
+pub const COCO_METRICS: [&str; 12] = [
+    "map",
+    "map50_coco",
+    "map75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "ar1",
+    "ar10",
+    "ar100",
+    "ar_small",
+    "ar_medium",
+    "ar_large",
+];
 
 /// The metric names, for messages.
 pub const METRIC_NAMES: &[&str] = &[
@@ -93,6 +115,18 @@ pub const METRIC_NAMES: &[&str] = &[
     "localization_error",
     "mean_iou",
     "box_l2",
+    "map",
+    "map50_coco",
+    "map75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "ar1",
+    "ar10",
+    "ar100",
+    "ar_small",
+    "ar_medium",
+    "ar_large",
 ];
 
 impl MetricName {
@@ -124,6 +158,7 @@ impl MetricName {
             MetricName::LocalizationError => "localization_error".into(),
             MetricName::MeanIou => "mean_iou".into(),
             MetricName::BoxL2 => "box_l2".into(),
+            MetricName::Coco(k) => COCO_METRICS[k].into(),
         }
     }
 
@@ -154,6 +189,7 @@ impl MetricName {
             "localization_error" => MetricName::LocalizationError,
             "mean_iou" => MetricName::MeanIou,
             "box_l2" => MetricName::BoxL2,
+            other if COCO_METRICS.contains(&other) => MetricName::Coco(COCO_METRICS.iter().position(|m| *m == other)?),
             other => {
                 let digits = other.strip_prefix("top")?.strip_suffix("_accuracy")?;
                 if digits.starts_with('0') {
@@ -193,7 +229,8 @@ impl MetricName {
             | MetricName::Miou
             | MetricName::FrequencyWeightedIou
             | MetricName::Iou
-            | MetricName::MeanIou => false,
+            | MetricName::MeanIou
+            | MetricName::Coco(_) => false,
         }
     }
 

@@ -5,6 +5,7 @@
 //! validates values against each other: that is the plan's job (`crate::plan`).
 
 pub mod augment;
+pub mod coco;
 pub mod layers;
 pub mod load;
 pub mod metric_name;
@@ -15,9 +16,10 @@ pub mod voc;
 use serde::{Deserialize, Serialize};
 
 pub use augment::{resized_shorter, AugmentConfig, AugmentOp, PadMode};
+pub use coco::{CocoConfig, CocoSplit, YoloConfig};
 pub use layers::{KernelInit, Layer, LayerKind, UpsamplePlan, LAYER_NAMES};
 pub use load::{load, LoadOptions, Loaded};
-pub use metric_name::{MetricName, Mode, METRIC_NAMES};
+pub use metric_name::{MetricName, Mode, COCO_METRICS, METRIC_NAMES};
 pub use sweep::{Distribution, EarlyStop, StopRule, SweepConfig};
 pub use task::{DetectConfig, LocalizeConfig, Merge, Reduction, SegmentConfig, TaskConfig};
 pub use voc::{Synthetic, VocConfig, VocSplit};
@@ -156,6 +158,10 @@ pub enum DatasetKind {
     /// Pascal VOC's `VOCdevkit/VOC<year>/` folders (or any set in that layout): boxes from
     /// `Annotations/*.xml`, splits from `ImageSets/Main/<image_set>.txt`.
     Voc,
+    /// COCO's layout: an instances JSON and an image folder per split (`[data.coco]`).
+    Coco,
+    /// Ultralytics' YOLO layout: `images/<split>/` and `labels/<split>/*.txt` (`[data.yolo]`).
+    Yolo,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,6 +219,12 @@ pub struct DataConfig {
     /// `voc`: the years and image sets of each split, and the class names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voc: Option<VocConfig>,
+    /// `coco`: each split's instances JSON and image folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coco: Option<CocoConfig>,
+    /// `yolo`: each split's image folder, and the class names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yolo: Option<YoloConfig>,
 }
 
 impl DataConfig {
@@ -221,6 +233,33 @@ impl DataConfig {
         match &self.voc {
             Some(v) => std::borrow::Cow::Borrowed(v),
             None => std::borrow::Cow::Owned(VocConfig::default()),
+        }
+    }
+
+    /// `[data.coco]` as configured, or its defaults (COCO 2017's files).
+    pub fn coco(&self) -> std::borrow::Cow<'_, CocoConfig> {
+        match &self.coco {
+            Some(v) => std::borrow::Cow::Borrowed(v),
+            None => std::borrow::Cow::Owned(CocoConfig::default()),
+        }
+    }
+
+    /// `[data.yolo]` as configured, or its defaults.
+    pub fn yolo(&self) -> std::borrow::Cow<'_, YoloConfig> {
+        match &self.yolo {
+            Some(v) => std::borrow::Cow::Borrowed(v),
+            None => std::borrow::Cow::Owned(YoloConfig::default()),
+        }
+    }
+
+    /// The synthetic set written into a missing folder (`generate` of `[data.voc]`,
+    /// `[data.coco]` or `[data.yolo]`, whichever is the dataset's).
+    pub fn generate(&self) -> Option<Synthetic> {
+        match self.dataset {
+            DatasetKind::Voc => self.voc().generate,
+            DatasetKind::Coco => self.coco().generate,
+            DatasetKind::Yolo => self.yolo().generate,
+            _ => None,
         }
     }
 }

@@ -95,7 +95,7 @@ impl TaskConfig {
     /// Whether `metric` applies to this task's outputs (`loss` applies to every task).
     pub fn logs(&self, metric: MetricName) -> bool {
         use MetricName::*;
-        let detection = matches!(metric, Map50 | Map50Voc07 | Ap50 | Precision | Recall);
+        let detection = matches!(metric, Map50 | Map50Voc07 | Ap50 | Precision | Recall | Coco(_));
         let segmentation = matches!(metric, PixelAccuracy | MeanAccuracy | Miou | FrequencyWeightedIou | Iou);
         let localization = matches!(metric, LocalizationError | MeanIou | BoxL2);
         match self {

@@ -13,11 +13,102 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use super::{CocoIds, Split};
+use crate::config::CocoSplit;
+use crate::data::voc::{main_object, Object};
+use crate::data::NO_LABEL;
 
 use crate::metrics::coco::CocoTruth;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// COCO 2017's 80 category names in the order of its instances files' `categories` (ids
+/// 1-90 with gaps): runner's class indices 0-79. For the plan while the files are not on
+/// disk; a run reads them from the file.
+pub const COCO2017_CLASSES: [&str; 80] = [
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CocoImage {
     pub id: u64,
     pub file_name: String,
@@ -25,23 +116,31 @@ pub struct CocoImage {
     pub height: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CocoCategory {
     pub id: u64,
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CocoAnnotation {
     pub id: u64,
     pub image_id: u64,
     pub category_id: u64,
     /// `[x, y, w, h]` in pixels.
     pub bbox: [f64; 4],
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub area: Option<f64>,
     #[serde(default)]
     pub iscrowd: u8,
+    /// runner's extension, written by `runner data convert` from VOC's `difficult` flag
+    /// (pycocotools ignores it): not a training target, and left out of VOC's metrics.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub difficult: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 impl CocoAnnotation {
@@ -68,6 +167,8 @@ pub struct CocoSet {
     pub images: Vec<CocoImage>,
     pub categories: Vec<CocoCategory>,
     pub annotations: Vec<CocoAnnotation>,
+    /// Annotations left out (`on_error = "skip"`), with the first reason.
+    pub skipped: usize,
 }
 
 impl CocoSet {
@@ -97,8 +198,9 @@ impl CocoSet {
     }
 }
 
-/// Reads and checks the instances file at `path`.
-pub fn read_instances(path: &Path) -> Result<CocoSet> {
+/// Reads and checks the instances file at `path`: a bad annotation is an error, or with
+/// `skip` left out, counted and warned of (a malformed file is always an error).
+pub fn read_instances(path: &Path, skip: bool) -> Result<CocoSet> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file: File = serde_json::from_str(&text).map_err(|e| {
         anyhow::anyhow!("{}: line {} column {}: {}", path.display(), e.line(), e.column(), without_position(&e))
@@ -120,44 +222,142 @@ pub fn read_instances(path: &Path) -> Result<CocoSet> {
         return Err(at("no categories".into()));
     }
     let mut ann_ids = HashSet::new();
-    for a in &file.annotations {
-        let ann = |what: String| at(format!("annotation id {}: {what}", a.id));
-        if !ann_ids.insert(a.id) {
-            return Err(ann("the id is used twice".into()));
+    let mut kept = Vec::with_capacity(file.annotations.len());
+    let mut skipped = 0;
+    for a in file.annotations {
+        match check_annotation(&a, &mut ann_ids, &image_ids, &file.categories, &cat_ids) {
+            Ok(()) => kept.push(a),
+            Err(e) if skip => {
+                if skipped == 0 {
+                    tracing::warn!("skipped: {}: annotation id {}: {e}", path.display(), a.id);
+                }
+                skipped += 1;
+            }
+            Err(e) => return Err(at(format!("annotation id {}: {e}", a.id))),
         }
-        let Some(img) = image_ids.get(&a.image_id) else {
-            return Err(ann(format!("image_id {} is not among the file's images", a.image_id)));
-        };
-        if !cat_ids.contains(&a.category_id) {
-            let listed: Vec<String> = file.categories.iter().map(|c| c.id.to_string()).collect();
-            return Err(ann(format!(
-                "category_id {} is not among the categories ({})",
-                a.category_id,
-                listed.join(", ")
-            )));
-        }
-        let [x, y, w, h] = a.bbox;
-        let sized = w > 0.0 && h > 0.0 && a.bbox.iter().all(|v| v.is_finite());
-        if !sized {
-            return Err(ann(format!("bbox {:?} has no size (expected [x, y, width, height])", a.bbox)));
-        }
-        let slack = 0.5;
-        if x < -slack || y < -slack || x + w > img.width as f64 + slack || y + h > img.height as f64 + slack {
-            return Err(ann(format!(
-                "bbox [x {x}, y {y}, w {w}, h {h}] reaches outside its image {} ({}x{})",
-                img.file_name, img.width, img.height
-            )));
-        }
-        if a.iscrowd > 1 {
-            bail!("{}: annotation id {}: iscrowd {} (expected 0 or 1)", path.display(), a.id, a.iscrowd);
-        }
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            "{}: skipped {skipped} annotations (on_error = \"skip\"; the first is named above)",
+            path.display()
+        );
     }
     Ok(CocoSet {
         path: path.to_path_buf(),
         images: file.images,
         categories: file.categories,
-        annotations: file.annotations,
+        annotations: kept,
+        skipped,
     })
+}
+
+/// What is wrong with one annotation, if anything.
+fn check_annotation(
+    a: &CocoAnnotation,
+    ann_ids: &mut HashSet<u64>,
+    image_ids: &HashMap<u64, &CocoImage>,
+    categories: &[CocoCategory],
+    cat_ids: &HashSet<u64>,
+) -> std::result::Result<(), String> {
+    if !ann_ids.insert(a.id) {
+        return Err("the id is used twice".into());
+    }
+    let Some(img) = image_ids.get(&a.image_id) else {
+        return Err(format!("image_id {} is not among the file's images", a.image_id));
+    };
+    if !cat_ids.contains(&a.category_id) {
+        let listed: Vec<String> = categories.iter().map(|c| c.id.to_string()).collect();
+        return Err(format!("category_id {} is not among the categories ({})", a.category_id, listed.join(", ")));
+    }
+    let [x, y, w, h] = a.bbox;
+    let sized = w > 0.0 && h > 0.0 && a.bbox.iter().all(|v| v.is_finite());
+    if !sized {
+        return Err(format!("bbox {:?} has no size (expected [x, y, width, height])", a.bbox));
+    }
+    let slack = 0.5;
+    if x < -slack || y < -slack || x + w > img.width as f64 + slack || y + h > img.height as f64 + slack {
+        return Err(format!(
+            "bbox [x {x}, y {y}, w {w}, h {h}] reaches outside its image {} ({}x{})",
+            img.file_name, img.width, img.height
+        ));
+    }
+    if a.iscrowd > 1 {
+        return Err(format!("iscrowd {} (expected 0 or 1)", a.iscrowd));
+    }
+    Ok(())
+}
+
+/// The class names of the instances file at `path`, in class-index order, without
+/// checking the rest (for the plan; the run reads the whole file).
+pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
+    #[derive(Deserialize)]
+    struct Categories {
+        categories: Vec<CocoCategory>,
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let c: Categories = serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| {
+        anyhow::anyhow!("{}: line {} column {}: {}", path.display(), e.line(), e.column(), without_position(&e))
+    })?;
+    Ok(c.categories.into_iter().map(|c| c.name).collect())
+}
+
+/// One split of a COCO set under `root`: per image, in the file's order, its file in
+/// `split.images`, its objects (crowd regions and runner's `difficult` ones are never
+/// training targets) and COCO's truths for COCO's metrics. Returns the class names too.
+/// An image file that is missing is an error naming it, or skipped with `skip`.
+pub fn read_split(root: &Path, split: &CocoSplit, skip: bool) -> Result<(Vec<String>, Split)> {
+    let set = read_instances(&root.join(&split.json), skip)?;
+    let dir = root.join(&split.images);
+    let mut by_image: HashMap<u64, Vec<&CocoAnnotation>> = HashMap::new();
+    for a in &set.annotations {
+        by_image.entry(a.image_id).or_default().push(a);
+    }
+    let truths = set.truths();
+    let mut truths_of: HashMap<u64, Vec<CocoTruth>> = HashMap::new();
+    for t in truths {
+        truths_of.entry(t.image).or_default().push(t);
+    }
+    let mut out = Split::default();
+    let mut ids = CocoIds { categories: set.categories.iter().map(|c| c.id).collect(), ..Default::default() };
+    let mut missing = 0;
+    for img in &set.images {
+        let file = dir.join(&img.file_name);
+        if !file.is_file() {
+            let e = format!("{}: image id {}: {} is missing", set.path.display(), img.id, file.display());
+            if !skip {
+                bail!(e);
+            }
+            if missing == 0 {
+                tracing::warn!("skipped: {e}");
+            }
+            missing += 1;
+            continue;
+        }
+        let objects: Vec<Object> = by_image
+            .get(&img.id)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|a| Object {
+                class: set.class_of(a.category_id).unwrap_or_default() as u32,
+                bbox: a.xyxy().map(|v| v as f32),
+                difficult: a.iscrowd == 1 || a.difficult == 1,
+                truncated: false,
+            })
+            .collect();
+        out.labels.push(main_object(&objects).map_or(NO_LABEL, |k| objects[k].class));
+        out.objects.push(objects);
+        out.files.push(file);
+        ids.images.push(img.id);
+        ids.truths.push(truths_of.remove(&img.id).unwrap_or_default());
+    }
+    if missing > 0 {
+        tracing::warn!("{}: skipped {missing} images whose files are missing", set.path.display());
+    }
+    out.len = out.files.len();
+    out.mask_classes = set.categories.len();
+    out.coco = Some(ids);
+    Ok((set.class_names(), out))
 }
 
 /// serde_json's message without its own " at line L column C" (said once, first).
@@ -192,7 +392,7 @@ mod tests {
     #[test]
     fn reads_classes_by_position_and_boxes_as_written() {
         let d = tempfile::tempdir().unwrap();
-        let set = read_instances(&write(d.path(), GOOD)).unwrap();
+        let set = read_instances(&write(d.path(), GOOD), false).unwrap();
         // Class index = position in `categories`, not the id: dog (18) is 0, person (1) is 1.
         assert_eq!((set.class_of(18), set.class_of(1), set.class_of(2)), (Some(0), Some(1), None));
         assert_eq!(set.class_names(), ["dog", "person"]);
@@ -227,7 +427,7 @@ mod tests {
             (GOOD.replace("[10, 20, 30, 40]", "[10, 20, 30]"), "line 6 column"),
         ];
         for (text, want) in cases {
-            let e = read_instances(&write(d.path(), &text)).unwrap_err().to_string();
+            let e = read_instances(&write(d.path(), &text), false).unwrap_err().to_string();
             assert!(e.contains("instances.json: ") && e.contains(want), "want {want:?} in: {e}");
         }
     }

@@ -7,6 +7,7 @@
 pub mod augment;
 pub mod cifar;
 pub mod coco;
+pub mod convert;
 pub mod download;
 pub mod folder;
 pub mod idx;
@@ -16,12 +17,14 @@ pub mod stats;
 pub mod synth;
 pub mod tta;
 pub mod voc;
+pub mod yolo;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::{DataConfig, DatasetKind, OnError, VocSplit};
+use crate::config::{DataConfig, DatasetKind, OnError, Synthetic, VocSplit};
+use crate::metrics::coco::CocoTruth;
 use download::Checksum;
 
 /// How a dataset's files are laid out.
@@ -33,6 +36,10 @@ pub enum Files {
     Folder,
     /// Pascal VOC's `VOCdevkit/VOC<year>/` folders; years, image sets and classes from `[data.voc]`.
     Voc,
+    /// COCO's instances JSON and image folder per split, from `[data.coco]`.
+    Coco,
+    /// YOLO's `images/<split>/` and `labels/<split>/`, from `[data.yolo]`.
+    Yolo,
     /// CIFAR's binary version: one archive holding `folder/` with the batch files.
     Cifar {
         archive: &'static str,
@@ -128,6 +135,12 @@ static IMAGE_FOLDER: DatasetSpec = DatasetSpec {
 static VOC: DatasetSpec =
     DatasetSpec { name: "voc", files: Files::Voc, base_url: "", system_dirs: &[], classes: &[], shape: [3, 0, 0] };
 
+static COCO: DatasetSpec =
+    DatasetSpec { name: "coco", files: Files::Coco, base_url: "", system_dirs: &[], classes: &[], shape: [3, 0, 0] };
+
+static YOLO: DatasetSpec =
+    DatasetSpec { name: "yolo", files: Files::Yolo, base_url: "", system_dirs: &[], classes: &[], shape: [3, 0, 0] };
+
 pub fn spec(kind: DatasetKind) -> &'static DatasetSpec {
     match kind {
         DatasetKind::Mnist => &MNIST,
@@ -135,6 +148,8 @@ pub fn spec(kind: DatasetKind) -> &'static DatasetSpec {
         DatasetKind::Cifar10 => &CIFAR10,
         DatasetKind::ImageFolder => &IMAGE_FOLDER,
         DatasetKind::Voc => &VOC,
+        DatasetKind::Coco => &COCO,
+        DatasetKind::Yolo => &YOLO,
     }
 }
 
@@ -157,12 +172,35 @@ pub fn describe(cfg: &DataConfig) -> std::result::Result<DataInfo, String> {
             Ok(DataInfo { name: spec.name, classes: listing.classes, shape: [cfg.channels, 0, 0] })
         }
         Files::Voc => Ok(DataInfo { name: spec.name, classes: cfg.voc().label_names(), shape: [3, 0, 0] }),
+        Files::Coco | Files::Yolo => Ok(DataInfo { name: spec.name, classes: box_classes(cfg)?, shape: [3, 0, 0] }),
         _ => Ok(DataInfo {
             name: spec.name,
             classes: spec.classes.iter().map(|c| c.to_string()).collect(),
             shape: spec.shape,
         }),
     }
+}
+
+/// The class names of a COCO or YOLO set, for the plan: from the config (`[data.yolo]
+/// classes`), the files (the test split's categories, `data.yaml`), or the synthetic set
+/// that `generate` will write. Empty where the files are not there yet.
+fn box_classes(cfg: &DataConfig) -> std::result::Result<Vec<String>, String> {
+    if let Some(c) = cfg.yolo.as_ref().and_then(|y| y.classes.clone()).filter(|_| cfg.dataset == DatasetKind::Yolo) {
+        return Ok(c);
+    }
+    let Located::Found(root) = locate(cfg) else {
+        let coco2017 = cfg.dataset == DatasetKind::Coco && cfg.coco().test.json.ends_with("instances_val2017.json");
+        return Ok(match cfg.generate() {
+            Some(_) => synth::SHAPE_CLASSES.iter().map(|c| c.to_string()).collect(),
+            None if coco2017 => coco::COCO2017_CLASSES.iter().map(|c| c.to_string()).collect(),
+            None => Vec::new(),
+        });
+    };
+    let read = match cfg.dataset {
+        DatasetKind::Coco => coco::read_class_names(&root.join(&cfg.coco().test.json)),
+        _ => yolo::class_names(&root, None),
+    };
+    read.map_err(|e| format!("{e:#}"))
 }
 
 fn folder_missing(cfg: &DataConfig) -> String {
@@ -198,6 +236,17 @@ fn holding_folder(dir: &Path, spec: &DatasetSpec, cfg: &DataConfig) -> Option<Pa
         }
         Files::Idx(files) => files.iter().all(|(name, _)| file_in(dir, name).is_some()).then(|| dir.to_path_buf()),
         Files::Voc => voc::holds(dir, &cfg.voc()).then(|| dir.to_path_buf()),
+        Files::Coco => {
+            let c = cfg.coco();
+            [&c.train, &c.test]
+                .iter()
+                .all(|s| dir.join(&s.json).is_file() && dir.join(&s.images).is_dir())
+                .then(|| dir.to_path_buf())
+        }
+        Files::Yolo => {
+            let y = cfg.yolo();
+            (dir.join(&y.train).is_dir() && dir.join(&y.test).is_dir()).then(|| dir.to_path_buf())
+        }
         Files::Cifar { folder, train, test, .. } => [dir.join(folder), dir.to_path_buf()]
             .into_iter()
             .find(|d| train.iter().chain([test]).all(|f| d.join(f).is_file())),
@@ -236,6 +285,18 @@ pub struct Split {
     pub masks: Vec<PathBuf>,
     /// Segmentation: the classes a mask value may name (0..mask_classes, and 255 for void).
     pub mask_classes: usize,
+    /// COCO data: the ids of the images and categories, and each image's annotations as
+    /// COCOeval reads them (areas, crowds).
+    pub coco: Option<CocoIds>,
+}
+
+/// A COCO split's ids: `images[i]` and `truths[i]` belong to sample `i`; `categories[c]`
+/// is class `c`'s id.
+#[derive(Debug, Clone, Default)]
+pub struct CocoIds {
+    pub images: Vec<u64>,
+    pub categories: Vec<u64>,
+    pub truths: Vec<Vec<CocoTruth>>,
 }
 
 impl Split {
@@ -247,6 +308,10 @@ impl Split {
             self.files.truncate(limit);
             self.objects.truncate(limit);
             self.masks.truncate(limit);
+            if let Some(ids) = &mut self.coco {
+                ids.images.truncate(limit);
+                ids.truths.truncate(limit);
+            }
         }
         self
     }
@@ -272,37 +337,13 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             if matches!(spec.files, Files::Folder) {
                 bail!("{}", folder_missing(cfg));
             }
-            if let (Files::Voc, Some(set)) = (&spec.files, cfg.voc().generate) {
-                // Never mixed into a folder of other files (a user's own set without the
-                // lists this config asks for).
-                let occupied = std::fs::read_dir(&download_to).is_ok_and(|mut it| it.next().is_some());
-                if occupied {
-                    bail!(
-                        "{} holds files but not the VOC{} lists ImageSets/{}/{{{}, {}}}.txt that [data.voc] asks for; \
-                         `generate` writes the synthetic set only into a missing or empty folder (set data.root \
-                         to another folder)",
-                        download_to.display(),
-                        cfg.voc().train.years.first().copied().unwrap_or(2007),
-                        cfg.voc().lists(),
-                        cfg.voc().train.image_set,
-                        cfg.voc().test.image_set
-                    );
-                }
-                tracing::info!("writing the synthetic shapes set into {}", download_to.display());
-                // Written aside and moved into place whole: an interrupted run leaves no
-                // half-written set that a later run would take for the real one.
-                let staging = download_to.with_extension("part");
-                if staging.exists() {
-                    std::fs::remove_dir_all(&staging)
-                        .with_context(|| format!("cannot remove the unfinished {}", staging.display()))?;
-                }
-                synth::write_shapes(&staging, &synth::ShapesOptions::of(set))?;
-                voc::merge_into(&staging, &download_to)?;
+            if let Some(set) = cfg.generate() {
+                write_synthetic(cfg, set, &download_to)?;
                 return finish_load(
                     cfg,
                     spec,
                     holding_folder(&download_to, spec, cfg).with_context(|| {
-                        format!("{}: the shapes set does not hold the years of [data.voc]", download_to.display())
+                        format!("{}: the shapes set does not hold the splits the config names", download_to.display())
                     })?,
                 );
             }
@@ -326,6 +367,61 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
         }
     };
     finish_load(cfg, spec, dir)
+}
+
+/// Writes the synthetic set `set` into `download_to` in the dataset's layout (VOC, COCO or
+/// YOLO): aside first, then moved into place whole, so that an interrupted run leaves no
+/// half-written set that a later run would take for the real one.
+fn write_synthetic(cfg: &DataConfig, set: Synthetic, download_to: &Path) -> Result<()> {
+    // Never mixed into a folder of other files (a user's own set without the files this
+    // config asks for).
+    let occupied = std::fs::read_dir(download_to).is_ok_and(|mut it| it.next().is_some());
+    if occupied {
+        let wanted = match cfg.dataset {
+            DatasetKind::Coco => {
+                let c = cfg.coco();
+                format!("the COCO files {} and {} that [data.coco] names", c.train.json, c.test.json)
+            }
+            DatasetKind::Yolo => {
+                let y = cfg.yolo();
+                format!("the YOLO folders {} and {} that [data.yolo] names", y.train, y.test)
+            }
+            _ => format!(
+                "the VOC{} lists ImageSets/{}/{{{}, {}}}.txt that [data.voc] asks for",
+                cfg.voc().train.years.first().copied().unwrap_or(2007),
+                cfg.voc().lists(),
+                cfg.voc().train.image_set,
+                cfg.voc().test.image_set
+            ),
+        };
+        bail!(
+            "{} holds files but not {wanted}; `generate` writes the synthetic set only into a missing or empty \
+             folder (set data.root to another folder)",
+            download_to.display()
+        );
+    }
+    tracing::info!("writing the synthetic shapes set into {}", download_to.display());
+    let staging = download_to.with_extension("part");
+    let voc_staging = download_to.with_extension("voc.part");
+    for dir in [&staging, &voc_staging] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove the unfinished {}", dir.display()))?;
+        }
+    }
+    let format = match cfg.dataset {
+        DatasetKind::Coco => convert::Format::Coco,
+        DatasetKind::Yolo => convert::Format::Yolo,
+        _ => convert::Format::Voc,
+    };
+    if format == convert::Format::Voc {
+        synth::write_shapes(&staging, &synth::ShapesOptions::of(set))?;
+    } else {
+        synth::write_shapes(&voc_staging, &synth::ShapesOptions::of(set))?;
+        let c = convert::read(convert::Format::Voc, &voc_staging, None)?;
+        convert::write(format, &c, &staging)?;
+        std::fs::remove_dir_all(&voc_staging).with_context(|| format!("cannot remove {}", voc_staging.display()))?;
+    }
+    voc::merge_into(&staging, download_to)
 }
 
 /// Reads the dataset where it is already on disk: never downloads, never writes the
@@ -391,6 +487,32 @@ fn finish_load(cfg: &DataConfig, spec: &'static DatasetSpec, dir: PathBuf) -> Re
             let test = split(&voc.test).context("reading the test split")?;
             (train, test)
         }
+        Files::Coco => {
+            let c = cfg.coco();
+            let skip = cfg.on_error == OnError::Skip;
+            let (train_names, train) = coco::read_split(&dir, &c.train, skip).context("reading the training split")?;
+            let (test_names, test) = coco::read_split(&dir, &c.test, skip).context("reading the test split")?;
+            if train_names != test_names {
+                bail!(
+                    "{}: the categories {test_names:?} differ from those of {} ({train_names:?})",
+                    dir.join(&c.test.json).display(),
+                    dir.join(&c.train.json).display()
+                );
+            }
+            classes = train_names;
+            shape = [3, 0, 0];
+            (train, test)
+        }
+        Files::Yolo => {
+            let y = cfg.yolo();
+            let skip = cfg.on_error == OnError::Skip;
+            classes = yolo::class_names(&dir, y.classes.as_deref())?;
+            shape = [3, 0, 0];
+            let train =
+                yolo::read_split(&dir.join(&y.train), classes.len(), skip).context("reading the training split")?;
+            let test = yolo::read_split(&dir.join(&y.test), classes.len(), skip).context("reading the test split")?;
+            (train, test)
+        }
         Files::Cifar { train, test, .. } => {
             let paths: Vec<PathBuf> = train.iter().map(|f| dir.join(f)).collect();
             let train = cifar::read_split(&paths, spec.classes.len()).context("reading the training split")?;
@@ -420,6 +542,9 @@ pub fn fetch_files(spec: &DatasetSpec, base: &str, dir: &Path) -> Result<()> {
         }
         Files::Folder => bail!("image folders are not downloaded; set data.root"),
         Files::Voc => bail!("VOC is fetched by voc::download"),
+        Files::Coco | Files::Yolo => {
+            bail!("{} sets are not downloaded yet; set data.root to a folder that holds one", spec.name)
+        }
         Files::Cifar { archive, checksum, folder, train, test } => {
             let path = dir.join(archive);
             if !path.is_file() {
@@ -462,6 +587,17 @@ pub fn missing_message(spec: &DatasetSpec, searched: &[PathBuf], download_to: &P
              yourself, or write the synthetic set: runner data synth shapes --out {}",
             list.join(", "),
             download_to.display(),
+            download_to.display()
+        );
+    }
+    if let Files::Coco | Files::Yolo = spec.files {
+        return format!(
+            "dataset {}: the files that [data.{}] names are not in {}; set data.root to the folder that holds \
+             them, or convert a set: runner data convert --from voc --to {} SRC {}",
+            spec.name,
+            spec.name,
+            list.join(", "),
+            spec.name,
             download_to.display()
         );
     }

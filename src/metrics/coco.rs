@@ -13,6 +13,8 @@
 //!
 //! The tests compare the 12 numbers with pycocotools' to 1e-9 on generated sets.
 
+use crate::config::COCO_METRICS;
+
 /// A ground-truth object: `bbox` is `[x, y, w, h]`; `area` as the annotation gives it (COCO
 /// reads it, not recomputes it); `id` at least 1.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,21 +37,8 @@ pub struct CocoDetection {
     pub score: f64,
 }
 
-/// The summary's names, in `COCOeval.stats` order.
-pub const COCO_STATS: [&str; 12] = [
-    "map",
-    "map50",
-    "map75",
-    "map_small",
-    "map_medium",
-    "map_large",
-    "ar1",
-    "ar10",
-    "ar100",
-    "ar_small",
-    "ar_medium",
-    "ar_large",
-];
+/// The summary's names, in `COCOeval.stats` order (`map50_coco` is its AP at IoU 0.5).
+pub const COCO_STATS: [&str; 12] = COCO_METRICS;
 
 const MAX_DETS: [usize; 3] = [1, 10, 100];
 /// all, small, medium, large (`areaRng`).

@@ -8,6 +8,8 @@
 //! (`map50_voc07`) and the area under the interpolated curve used since VOC2010
 //! (`map50`). Boxes are `[x1, y1, x2, y2]` in continuous coordinates (no +1 pixel).
 
+use crate::metrics::coco::{coco_eval, CocoDetection, CocoTruth};
+
 /// `[x1, y1, x2, y2]`.
 pub type BoxXyxy = [f64; 4];
 
@@ -138,6 +140,20 @@ pub struct DetectionStats {
     pub truths: Vec<(u32, Truth)>,
     /// The per-class APs, computed once when first asked (after the sums are complete).
     aps: std::cell::OnceCell<Vec<(f64, f64)>>,
+    /// The same images as COCOeval reads them, for COCO's metrics.
+    pub coco: CocoParts,
+    /// COCO's 12 numbers, computed once when first asked.
+    coco_stats: std::cell::OnceCell<[f64; 12]>,
+}
+
+/// What COCO's metrics read: the ids of the images evaluated and of the categories, the
+/// ground truths (crowds, areas) and the detections in the order a results file lists them.
+#[derive(Debug, Clone, Default)]
+pub struct CocoParts {
+    pub images: Vec<u64>,
+    pub categories: Vec<u64>,
+    pub truths: Vec<CocoTruth>,
+    pub detections: Vec<CocoDetection>,
 }
 
 impl DetectionStats {
@@ -207,6 +223,15 @@ impl DetectionStats {
         let aps: Vec<(f64, f64)> = self.ap50().into_iter().filter(|a| !a.0.is_nan()).collect();
         let n = aps.len().max(1) as f64;
         (aps.iter().map(|a| a.0).sum::<f64>() / n, aps.iter().map(|a| a.1).sum::<f64>() / n)
+    }
+
+    /// COCO's 12 numbers ([`coco_eval`]), NaN where pycocotools gives -1 (nothing to
+    /// average). Computed once.
+    pub fn coco_stats(&self) -> [f64; 12] {
+        *self.coco_stats.get_or_init(|| {
+            let c = &self.coco;
+            coco_eval(&c.images, &c.categories, &c.truths, &c.detections).map(|v| if v == -1.0 { f64::NAN } else { v })
+        })
     }
 
     /// Precision and recall of the detections scoring at least `threshold`, over all

@@ -57,8 +57,8 @@ pub(super) fn data(p: &mut Problems, warnings: &mut Vec<String>, cfg: &Config, n
     // An image folder cannot be downloaded; its missing folder is reported under data.root.
     if let (Located::Missing { searched, download_to }, false) = (&located, folder) {
         let msg = data::missing_message(data::spec(cfg.data.dataset), searched, download_to);
-        let voc = cfg.data.dataset == DatasetKind::Voc;
-        if voc && cfg.data.voc().generate.is_some() {
+        let boxes = matches!(cfg.data.dataset, DatasetKind::Voc | DatasetKind::Coco | DatasetKind::Yolo);
+        if cfg.data.generate().is_some() {
             warnings.push(format!(
                 "the synthetic set is not on disk yet; it will be written into {} when the run starts",
                 download_to.display()
@@ -69,7 +69,7 @@ pub(super) fn data(p: &mut Problems, warnings: &mut Vec<String>, cfg: &Config, n
                 spec.name,
                 download_to.display()
             ));
-        } else if voc && !cfg.data.download {
+        } else if boxes && !cfg.data.download {
             // The plan stands without the data (`runner check`); a run stops at loading.
             warnings.push(msg);
         } else if need_data {

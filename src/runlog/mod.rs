@@ -55,6 +55,8 @@ pub mod files {
     /// segmentation's, localization's.
     pub const PREDICTIONS: &str = "predictions.parquet";
     pub const DETECTIONS: &str = "detections.parquet";
+    /// COCO data: the same boxes in COCO's results format (pycocotools' `loadRes`).
+    pub const DETECTIONS_JSON: &str = "detections.json";
     pub const SEGMENTATION: &str = "segmentation.parquet";
     pub const LOCALIZATIONS: &str = "localizations.parquet";
 }

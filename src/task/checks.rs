@@ -35,10 +35,10 @@ pub(super) fn classify(p: &mut Problems, cfg: &Config, dataset: &str, classes: u
 /// augmentations that only resize (so boxes map back to the image exactly), no TTA.
 pub(super) fn detect(p: &mut Problems, cfg: &Config, yolo: &Yolo, head: Option<&Head>) {
     let d = &yolo.cfg;
-    if cfg.data.dataset != DatasetKind::Voc {
+    if !has_boxes(cfg) {
         p.key(
             "task.detect",
-            format!("needs a dataset with boxes (`voc`), not `{}`", data::spec(cfg.data.dataset).name),
+            format!("needs a dataset with boxes (`voc`, `coco`, `yolo`), not `{}`", data::spec(cfg.data.dataset).name),
         );
     }
     if d.grid == 0 {
@@ -67,7 +67,17 @@ pub(super) fn detect(p: &mut Problems, cfg: &Config, yolo: &Yolo, head: Option<&
         p.key("task.detect.max_detections", "must be >= 1");
     }
     if yolo.classes == 0 {
-        p.key("data.voc.classes", "lists no class: detection needs at least one");
+        match cfg.data.dataset {
+            DatasetKind::Coco => p.key(
+                "data.coco.test.json",
+                "no class names: they come from the test split's categories, and the file is not on disk",
+            ),
+            DatasetKind::Yolo => p.key(
+                "data.yolo.classes",
+                "no class names: set classes = [...] or put data.yaml with `names` in data.root",
+            ),
+            _ => p.key("data.voc.classes", "lists no class: detection needs at least one"),
+        }
     }
     if let Some(head) = head.filter(|_| d.grid > 0) {
         let (s, depth, shape) = (d.grid, yolo.depth(), &head.shape);
@@ -128,10 +138,10 @@ pub(super) fn segment(p: &mut Problems, cfg: &Config, seg: &Segmenter, head: Opt
 /// The localization task's: a dataset with boxes, the output `[classes + 4]` (or
 /// `[classes + 4 * classes]`), a finite box weight, test augmentations that keep the boxes.
 pub(super) fn localize(p: &mut Problems, cfg: &Config, loc: &Localizer, head: Option<&Head>) {
-    if cfg.data.dataset != DatasetKind::Voc || cfg.data.voc().masks() {
+    if !has_boxes(cfg) {
         p.key(
             "task.localize",
-            format!("needs a dataset with boxes (`voc`), not `{}`", data::spec(cfg.data.dataset).name),
+            format!("needs a dataset with boxes (`voc`, `coco`, `yolo`), not `{}`", data::spec(cfg.data.dataset).name),
         );
     }
     if !(loc.cfg.box_weight >= 0.0 && loc.cfg.box_weight.is_finite()) {
@@ -143,6 +153,15 @@ pub(super) fn localize(p: &mut Problems, cfg: &Config, loc: &Localizer, head: Op
         }
     }
     pixel_task(p, cfg, "localization", "so that boxes map back to the image");
+}
+
+/// Whether the data holds boxes: VOC (without `masks`), COCO or YOLO.
+fn has_boxes(cfg: &Config) -> bool {
+    match cfg.data.dataset {
+        DatasetKind::Voc => !cfg.data.voc().masks(),
+        DatasetKind::Coco | DatasetKind::Yolo => true,
+        _ => false,
+    }
 }
 
 /// What detection, segmentation and localization share: test augmentations that only

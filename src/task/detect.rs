@@ -23,14 +23,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use arrow_array::{Float32Array, Float64Array, Int64Array, StringArray};
 use candle_core::{Device, Tensor};
 
 use crate::config::DetectConfig;
 use crate::data::voc::Object;
 use crate::data::{folder, Split};
-use crate::metrics::detection::{iou, BoxXyxy, DetectionStats};
+use crate::metrics::coco::{CocoDetection, CocoTruth};
+use crate::metrics::detection::{iou, BoxXyxy, CocoParts, DetectionStats};
 use crate::model::Model;
 use crate::plots;
 use crate::plots::Labelled;
@@ -266,6 +267,65 @@ pub fn decode_batch(yolo: &Yolo, out: &Tensor, input: [usize; 2], sizes: &[[usiz
         .collect())
 }
 
+/// Adds image `i` of `split` and its `found` boxes to COCO's view: COCO's own ids on COCO
+/// data; elsewhere image `i + 1` and category `class + 1`, each box's area its own, and
+/// VOC's difficult objects as crowd regions (both rules ignore detections on them).
+pub fn add_coco(coco: &mut CocoParts, split: &Split, i: usize, found: &[Found], classes: usize) {
+    let ids = split.coco.as_ref();
+    if coco.categories.is_empty() {
+        coco.categories = match ids {
+            Some(ids) => ids.categories.clone(),
+            None => (1..=classes as u64).collect(),
+        };
+    }
+    let image = ids.and_then(|ids| ids.images.get(i).copied()).unwrap_or(i as u64 + 1);
+    coco.images.push(image);
+    match ids.and_then(|ids| ids.truths.get(i)) {
+        Some(truths) => coco.truths.extend(truths.iter().cloned()),
+        None => {
+            for o in split.objects.get(i).map(Vec::as_slice).unwrap_or_default() {
+                let [x0, y0, x1, y1] = o.bbox.map(f64::from);
+                coco.truths.push(CocoTruth {
+                    id: coco.truths.len() as u64 + 1,
+                    image,
+                    category: o.class as u64 + 1,
+                    bbox: [x0, y0, x1 - x0, y1 - y0],
+                    area: (x1 - x0) * (y1 - y0),
+                    iscrowd: o.difficult,
+                });
+            }
+        }
+    }
+    for f in found {
+        let [x0, y0, x1, y1] = f.bbox.map(f64::from);
+        let category = coco.categories.get(f.class as usize).copied().unwrap_or(f.class as u64 + 1);
+        coco.detections.push(CocoDetection {
+            image,
+            category,
+            bbox: [x0, y0, x1 - x0, y1 - y0],
+            score: f.score as f64,
+        });
+    }
+}
+
+/// `detections.json`: the test split's boxes after the latest epoch in COCO's results
+/// format (`image_id`, `category_id`, `bbox` `[x, y, w, h]`, `score`), in the order the
+/// metrics read them, for pycocotools' `loadRes` against the split's instances file.
+pub fn write_coco_results(stats: &DetectionStats, path: &Path) -> Result<()> {
+    let rows: Vec<serde_json::Value> = stats
+        .coco
+        .detections
+        .iter()
+        .map(
+            |d| serde_json::json!({ "image_id": d.image, "category_id": d.category, "bbox": d.bbox, "score": d.score }),
+        )
+        .collect();
+    let text = serde_json::to_string(&rows)?;
+    let tmp = path.with_extension("json.part");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// `detections.parquet`: the test split's boxes after the latest epoch, one row per box:
 /// `epoch`, `sample` (index in the split), `image` (its file's stem, VOC's id), `class`,
 /// `score`, `xmin, ymin, xmax, ymax` (continuous edges in the original image's pixels).
@@ -364,6 +424,37 @@ pub fn predict(model: &Model, yolo: &Yolo, setup: &PredictSetup, image: PredictI
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// VOC or YOLO data seen by COCO's metrics, by hand: image `i` is id `i + 1`, class `c`
+    /// category `c + 1`, areas the boxes', a difficult object a crowd region; boxes become
+    /// `[x, y, w, h]`.
+    #[test]
+    fn voc_data_as_coco_sees_it() {
+        let split = Split {
+            len: 2,
+            objects: vec![
+                vec![],
+                vec![
+                    Object { class: 1, bbox: [10.0, 20.0, 40.0, 30.0], difficult: false, truncated: false },
+                    Object { class: 0, bbox: [0.0, 0.0, 4.0, 4.0], difficult: true, truncated: false },
+                ],
+            ],
+            ..Default::default()
+        };
+        let mut c = CocoParts::default();
+        let found = [Found { class: 2, score: 0.5, bbox: [1.0, 2.0, 3.0, 5.0] }];
+        add_coco(&mut c, &split, 1, &found, 3);
+        add_coco(&mut c, &split, 0, &[], 3);
+        assert_eq!((c.images.as_slice(), c.categories.as_slice()), (&[2, 1][..], &[1, 2, 3][..]));
+        let t = &c.truths;
+        assert_eq!(
+            (t[0].image, t[0].category, t[0].bbox, t[0].area, t[0].iscrowd),
+            (2, 2, [10., 20., 30., 10.], 300., false)
+        );
+        assert_eq!((t[1].id, t[1].category, t[1].iscrowd), (2, 1, true));
+        let d = &c.detections[0];
+        assert_eq!((d.image, d.category, d.bbox, d.score), (2, 3, [1., 2., 2., 3.], 0.5));
+    }
 
     fn yolo(s: usize, b: usize, c: usize) -> Yolo {
         Yolo { cfg: DetectConfig { grid: s, boxes: b, ..Default::default() }, classes: c }

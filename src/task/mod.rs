@@ -343,6 +343,7 @@ impl Task {
                 s.add_loss(loss, batch.len());
                 let found = detect::decode_batch(yolo, &out, hw, &batch.sizes)?;
                 for (&i, boxes) in batch.indices.iter().zip(found) {
+                    detect::add_coco(&mut s.coco, split, i, &boxes, yolo.classes);
                     for f in boxes {
                         let bbox = f.bbox.map(f64::from);
                         s.detections.push((f.class, Detection { image: i, score: f.score as f64, bbox }));
@@ -451,6 +452,7 @@ impl Stats {
                 MetricName::Map50Voc07 => s.map50().0,
                 MetricName::Precision => s.precision_recall_at(b.threshold).0,
                 MetricName::Recall => s.precision_recall_at(b.threshold).1,
+                MetricName::Coco(k) => s.coco_stats().get(k).copied().unwrap_or(f64::NAN),
                 _ => f64::NAN,
             },
             Stats::Segment(s) => match metric {
@@ -519,7 +521,11 @@ impl Stats {
                 let path = log.dir.join(files::DETECTIONS);
                 detect::write_detections(&log.run_id, epoch, s, classes, &split.files, &path)?;
                 let path = log.dir.join("precision_recall_test.parquet");
-                detect::write_precision_recall(&log.run_id, epoch, s, classes, &path)
+                detect::write_precision_recall(&log.run_id, epoch, s, classes, &path)?;
+                if split.coco.is_some() {
+                    detect::write_coco_results(s, &log.dir.join(files::DETECTIONS_JSON))?;
+                }
+                Ok(())
             }
             Stats::Segment(s) => {
                 let path = log.dir.join(files::SEGMENTATION);

@@ -12,6 +12,7 @@ mod detection;
 mod download;
 mod end_to_end;
 mod fashion_mnist;
+mod formats;
 mod gpu_scripts;
 mod image_folder;
 mod layers;

@@ -1,0 +1,75 @@
+//! `[data.coco]` and `[data.yolo]`: where a dataset in COCO's or YOLO's layout keeps each
+//! split. Reading the files is `crate::data::coco`'s and `crate::data::yolo`'s.
+
+use serde::{Deserialize, Serialize};
+
+use super::Synthetic;
+
+/// `[data.coco]`: `train = { json = "annotations/instances_train2017.json", images =
+/// "train2017" }`, paths under `data.root`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CocoConfig {
+    #[serde(default = "default_coco_train")]
+    pub train: CocoSplit,
+    #[serde(default = "default_coco_test")]
+    pub test: CocoSplit,
+    /// Write a synthetic set in COCO's layout into the folder when it is missing (as
+    /// `runner data synth shapes --format coco`): `"shapes"`, `"single_shapes"`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<Synthetic>,
+}
+
+/// One split: its instances JSON and its image folder, relative to `data.root`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CocoSplit {
+    pub json: String,
+    pub images: String,
+}
+
+impl Default for CocoConfig {
+    fn default() -> Self {
+        CocoConfig { train: default_coco_train(), test: default_coco_test(), generate: None }
+    }
+}
+
+fn default_coco_train() -> CocoSplit {
+    CocoSplit { json: "annotations/instances_train2017.json".into(), images: "train2017".into() }
+}
+fn default_coco_test() -> CocoSplit {
+    CocoSplit { json: "annotations/instances_val2017.json".into(), images: "val2017".into() }
+}
+
+/// `[data.yolo]`: Ultralytics' layout. Each split is an image folder under `data.root`;
+/// its labels are the same path with the last `images` folder named `labels`
+/// (`images/train/a.jpg` -> `labels/train/a.txt`), one `class cx cy w h` line per box,
+/// normalised to the image's size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct YoloConfig {
+    #[serde(default = "default_yolo_train")]
+    pub train: String,
+    #[serde(default = "default_yolo_test")]
+    pub test: String,
+    /// The class names in index order; when absent, the `names` of `data.yaml` under
+    /// `data.root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
+    /// Write a synthetic set in YOLO's layout into the folder when it is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<Synthetic>,
+}
+
+impl Default for YoloConfig {
+    fn default() -> Self {
+        YoloConfig { train: default_yolo_train(), test: default_yolo_test(), classes: None, generate: None }
+    }
+}
+
+fn default_yolo_train() -> String {
+    "images/train".into()
+}
+fn default_yolo_test() -> String {
+    "images/val".into()
+}
