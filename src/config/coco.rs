@@ -18,6 +18,17 @@ pub struct CocoConfig {
     /// `runner data synth shapes --format coco`): `"shapes"`, `"single_shapes"`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate: Option<Synthetic>,
+    /// Read each image's class mask from the annotations' segmentations (polygons or RLE)
+    /// instead of boxes; set for `[task.segment]`. The classes are then `background`
+    /// followed by the categories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masks: Option<bool>,
+}
+
+impl CocoConfig {
+    pub fn masks(&self) -> bool {
+        self.masks == Some(true)
+    }
 }
 
 /// One split: its instances JSON and its image folder, relative to `data.root`.
@@ -30,7 +41,7 @@ pub struct CocoSplit {
 
 impl Default for CocoConfig {
     fn default() -> Self {
-        CocoConfig { train: default_coco_train(), test: default_coco_test(), generate: None }
+        CocoConfig { train: default_coco_train(), test: default_coco_test(), generate: None, masks: None }
     }
 }
 

@@ -90,6 +90,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     if config.task.reads_masks() && config.data.dataset == super::DatasetKind::Voc {
         config.data.voc.get_or_insert_with(Default::default).masks.get_or_insert(true);
     }
+    if config.task.reads_masks() && config.data.dataset == super::DatasetKind::Coco {
+        config.data.coco.get_or_insert_with(Default::default).masks.get_or_insert(true);
+    }
     Ok(Loaded { config, path: path.to_path_buf(), files, sets: opts.sets.clone(), figment })
 }
 

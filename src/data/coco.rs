@@ -13,12 +13,18 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use super::{CocoIds, Split};
 use crate::config::CocoSplit;
+use crate::data::coco_mask::segmentation_mask;
+use crate::data::synth::encode_mask_png;
 use crate::data::voc::{main_object, Object};
 use crate::data::NO_LABEL;
+use crate::plots::voc_palette;
 
 use crate::metrics::coco::CocoTruth;
 
@@ -304,35 +310,53 @@ pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
 /// One split of a COCO set under `root`: per image, in the file's order, its file in
 /// `split.images`, its objects (crowd regions and runner's `difficult` ones are never
 /// training targets) and COCO's truths for COCO's metrics. Returns the class names too.
-/// An image file that is missing is an error naming it, or skipped with `skip`.
-pub fn read_split(root: &Path, split: &CocoSplit, skip: bool) -> Result<(Vec<String>, Split)> {
+/// With `masks`, each image's class mask is made from the segmentations ([`class_mask`])
+/// and the class names start with `background`. An image file that is missing, or a
+/// segmentation that cannot be read, is an error naming it, or skipped with `skip`.
+pub fn read_split(root: &Path, split: &CocoSplit, skip: bool, masks: bool) -> Result<(Vec<String>, Split)> {
     let set = read_instances(&root.join(&split.json), skip)?;
     let dir = root.join(&split.images);
     let mut by_image: HashMap<u64, Vec<&CocoAnnotation>> = HashMap::new();
     for a in &set.annotations {
         by_image.entry(a.image_id).or_default().push(a);
     }
-    let truths = set.truths();
     let mut truths_of: HashMap<u64, Vec<CocoTruth>> = HashMap::new();
-    for t in truths {
+    for t in set.truths() {
         truths_of.entry(t.image).or_default().push(t);
+    }
+    let mut problems = Vec::new();
+    let mut present = Vec::new();
+    for img in &set.images {
+        let file = dir.join(&img.file_name);
+        if file.is_file() {
+            present.push((img, file));
+        } else {
+            problems.push(format!("{}: image id {}: {} is missing", set.path.display(), img.id, file.display()));
+        }
+    }
+    let mask_files = if masks {
+        let files = write_class_masks(root, &set, &present, &by_image)?;
+        let mut kept = Vec::new();
+        for (p, m) in present.into_iter().zip(files) {
+            match m {
+                Ok(path) => kept.push((p, Some(path))),
+                Err(e) => problems.push(e),
+            }
+        }
+        kept
+    } else {
+        present.into_iter().map(|p| (p, None)).collect()
+    };
+    if let Some(first) = problems.first() {
+        if !skip {
+            bail!("{first}");
+        }
+        tracing::warn!("skipped: {first}");
+        tracing::warn!("{}: skipped {} images (the first is named above)", set.path.display(), problems.len());
     }
     let mut out = Split::default();
     let mut ids = CocoIds { categories: set.categories.iter().map(|c| c.id).collect(), ..Default::default() };
-    let mut missing = 0;
-    for img in &set.images {
-        let file = dir.join(&img.file_name);
-        if !file.is_file() {
-            let e = format!("{}: image id {}: {} is missing", set.path.display(), img.id, file.display());
-            if !skip {
-                bail!(e);
-            }
-            if missing == 0 {
-                tracing::warn!("skipped: {e}");
-            }
-            missing += 1;
-            continue;
-        }
+    for ((img, file), mask) in mask_files {
         let objects: Vec<Object> = by_image
             .get(&img.id)
             .map(Vec::as_slice)
@@ -348,16 +372,111 @@ pub fn read_split(root: &Path, split: &CocoSplit, skip: bool) -> Result<(Vec<Str
         out.labels.push(main_object(&objects).map_or(NO_LABEL, |k| objects[k].class));
         out.objects.push(objects);
         out.files.push(file);
+        out.masks.extend(mask);
         ids.images.push(img.id);
         ids.truths.push(truths_of.remove(&img.id).unwrap_or_default());
     }
-    if missing > 0 {
-        tracing::warn!("{}: skipped {missing} images whose files are missing", set.path.display());
-    }
     out.len = out.files.len();
-    out.mask_classes = set.categories.len();
+    let mut names = set.class_names();
+    if masks {
+        names.insert(0, "background".into());
+    }
+    out.mask_classes = names.len();
     out.coco = Some(ids);
-    Ok((set.class_names(), out))
+    Ok((names, out))
+}
+
+/// An image's class mask, row-major `h x w`: 0 background, `class + 1` where one object's
+/// segmentation covers the pixel, 255 (void, left out of the loss and the metrics) where
+/// two or more objects overlap (torchvision's COCO segmentation reference does the same)
+/// and under crowd regions.
+pub fn class_mask(img: &CocoImage, anns: &[(&CocoAnnotation, usize, &Value)]) -> std::result::Result<Vec<u8>, String> {
+    let (h, w) = (img.height as usize, img.width as usize);
+    let mut out = vec![0u8; h * w];
+    let mut crowd = vec![false; h * w];
+    for (a, class, seg) in anns {
+        let m = segmentation_mask(seg, h, w).map_err(|e| format!("annotation id {}: segmentation: {e}", a.id))?;
+        for (p, _) in m.iter().enumerate().filter(|(_, v)| **v == 1) {
+            if a.iscrowd == 1 {
+                crowd[p] = true;
+            } else if out[p] == 0 {
+                out[p] = (*class + 1) as u8;
+            } else {
+                out[p] = 255;
+            }
+        }
+    }
+    for (o, c) in out.iter_mut().zip(crowd) {
+        if c {
+            *o = 255;
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the class masks of `images` as palette PNGs under
+/// `root/runner_masks/<json's stem>/<image id>.png`, kept for later runs while the JSON's
+/// size and modification time are those recorded in the folder's `.complete`. Per image:
+/// its PNG, or what is wrong with its segmentations.
+fn write_class_masks(
+    root: &Path,
+    set: &CocoSet,
+    images: &[(&CocoImage, PathBuf)],
+    by_image: &HashMap<u64, Vec<&CocoAnnotation>>,
+) -> Result<Vec<std::result::Result<PathBuf, String>>> {
+    #[derive(Deserialize)]
+    struct Segs<'a> {
+        #[serde(borrow, default)]
+        annotations: Vec<Seg<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Seg<'a> {
+        id: u64,
+        #[serde(borrow, default)]
+        segmentation: Option<&'a RawValue>,
+    }
+    if set.categories.len() > 254 {
+        bail!("{}: {} categories; class masks hold at most 254", set.path.display(), set.categories.len());
+    }
+    let stem = set.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = root.join("runner_masks").join(stem);
+    let meta = std::fs::metadata(&set.path).with_context(|| format!("cannot read {}", set.path.display()))?;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
+    let stamp = format!("{} {}\n", meta.len(), mtime.unwrap_or_default());
+    let path_of = |id: u64| dir.join(format!("{id}.png"));
+    let marker = dir.join(".complete");
+    if std::fs::read_to_string(&marker).is_ok_and(|s| s == stamp) {
+        return Ok(images.iter().map(|(img, _)| Ok(path_of(img.id))).collect());
+    }
+    tracing::info!("writing the class masks of {} images into {}", images.len(), dir.display());
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let text = std::fs::read_to_string(&set.path).with_context(|| format!("cannot read {}", set.path.display()))?;
+    let segs: Segs = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", set.path.display()))?;
+    let seg_of: HashMap<u64, &RawValue> =
+        segs.annotations.iter().filter_map(|s| s.segmentation.map(|v| (s.id, v))).collect();
+    let palette = voc_palette();
+    let results: Vec<std::result::Result<PathBuf, String>> = images
+        .par_iter()
+        .map(|(img, _)| {
+            let at = |e: String| format!("{}: image id {}: {e}", set.path.display(), img.id);
+            let mut parsed = Vec::new();
+            for a in by_image.get(&img.id).map(Vec::as_slice).unwrap_or_default() {
+                let raw = seg_of.get(&a.id).ok_or_else(|| at(format!("annotation id {} has no segmentation", a.id)))?;
+                let v: Value =
+                    serde_json::from_str(raw.get()).map_err(|e| at(format!("annotation id {}: {e}", a.id)))?;
+                parsed.push((*a, set.class_of(a.category_id).unwrap_or_default(), v));
+            }
+            let refs: Vec<(&CocoAnnotation, usize, &Value)> = parsed.iter().map(|(a, c, v)| (*a, *c, v)).collect();
+            let mask = class_mask(img, &refs).map_err(at)?;
+            let png = encode_mask_png(&mask, [img.height as usize, img.width as usize], &palette)
+                .map_err(|e| at(format!("{e:#}")))?;
+            let path = path_of(img.id);
+            std::fs::write(&path, png).map_err(|e| at(format!("cannot write {}: {e}", path.display())))?;
+            Ok(path)
+        })
+        .collect();
+    std::fs::write(&marker, stamp).with_context(|| format!("cannot write {}", marker.display()))?;
+    Ok(results)
 }
 
 /// serde_json's message without its own " at line L column C" (said once, first).
@@ -387,6 +506,34 @@ mod tests {
         let p = dir.join("instances.json");
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    /// By hand on a 4x6 image: object A (class 0) the square over columns 0-2, rows 0-2;
+    /// object B (class 2) columns 2-4, rows 1-3; a crowd region over column 5. A alone is 1,
+    /// B alone 3, their overlap (column 2, rows 1-2) and the crowd's column 255.
+    #[test]
+    fn class_masks_mark_overlaps_and_crowds_void() {
+        let img = CocoImage { id: 1, file_name: "a.jpg".into(), width: 6, height: 4 };
+        let ann = |id, iscrowd| CocoAnnotation {
+            id,
+            image_id: 1,
+            category_id: 1,
+            bbox: [0.0, 0.0, 1.0, 1.0],
+            area: None,
+            iscrowd,
+            difficult: 0,
+        };
+        let (a, b, c) = (ann(1, 0), ann(2, 0), ann(3, 1));
+        let sa = serde_json::json!([[0.0, 0.0, 3.0, 0.0, 3.0, 3.0, 0.0, 3.0]]);
+        let sb = serde_json::json!([[2.0, 1.0, 5.0, 1.0, 5.0, 4.0, 2.0, 4.0]]);
+        // Column-major: 20 pixels of columns 0-4, then the 4 of column 5.
+        let sc = serde_json::json!({"counts": [20, 4], "size": [4, 6]});
+        let m = class_mask(&img, &[(&a, 0, &sa), (&b, 2, &sb), (&c, 1, &sc)]).unwrap();
+        let want = [[1, 1, 1, 0, 0, 255], [1, 1, 255, 3, 3, 255], [1, 1, 255, 3, 3, 255], [0, 0, 3, 3, 3, 255]];
+        assert_eq!(m, want.concat());
+        let bad = serde_json::json!({"counts": [20, 4], "size": [4, 5]});
+        let e = class_mask(&img, &[(&a, 0, &bad)]).unwrap_err();
+        assert!(e.contains("annotation id 1: segmentation: the RLE's size is [4, 5], the image is [4, 6]"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod augment;
 pub mod cifar;
 pub mod coco;
+pub mod coco_mask;
 pub mod convert;
 pub mod download;
 pub mod folder;
@@ -190,17 +191,25 @@ fn box_classes(cfg: &DataConfig) -> std::result::Result<Vec<String>, String> {
     }
     let Located::Found(root) = locate(cfg) else {
         let coco2017 = cfg.dataset == DatasetKind::Coco && cfg.coco().test.json.ends_with("instances_val2017.json");
-        return Ok(match cfg.generate() {
+        let mut names: Vec<String> = match cfg.generate() {
             Some(_) => synth::SHAPE_CLASSES.iter().map(|c| c.to_string()).collect(),
             None if coco2017 => coco::COCO2017_CLASSES.iter().map(|c| c.to_string()).collect(),
-            None => Vec::new(),
-        });
+            None => return Ok(Vec::new()),
+        };
+        if cfg.dataset == DatasetKind::Coco && cfg.coco().masks() {
+            names.insert(0, "background".into());
+        }
+        return Ok(names);
     };
     let read = match cfg.dataset {
         DatasetKind::Coco => coco::read_class_names(&root.join(&cfg.coco().test.json)),
         _ => yolo::class_names(&root, None),
     };
-    read.map_err(|e| format!("{e:#}"))
+    let mut names = read.map_err(|e| format!("{e:#}"))?;
+    if cfg.dataset == DatasetKind::Coco && cfg.coco().masks() {
+        names.insert(0, "background".into());
+    }
+    Ok(names)
 }
 
 fn folder_missing(cfg: &DataConfig) -> String {
@@ -490,8 +499,10 @@ fn finish_load(cfg: &DataConfig, spec: &'static DatasetSpec, dir: PathBuf) -> Re
         Files::Coco => {
             let c = cfg.coco();
             let skip = cfg.on_error == OnError::Skip;
-            let (train_names, train) = coco::read_split(&dir, &c.train, skip).context("reading the training split")?;
-            let (test_names, test) = coco::read_split(&dir, &c.test, skip).context("reading the test split")?;
+            let masks = c.masks();
+            let (train_names, train) =
+                coco::read_split(&dir, &c.train, skip, masks).context("reading the training split")?;
+            let (test_names, test) = coco::read_split(&dir, &c.test, skip, masks).context("reading the test split")?;
             if train_names != test_names {
                 bail!(
                     "{}: the categories {test_names:?} differ from those of {} ({train_names:?})",

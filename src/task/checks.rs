@@ -103,10 +103,10 @@ pub(super) fn detect(p: &mut Problems, cfg: &Config, yolo: &Yolo, head: Option<&
 /// The segmentation task's: a dataset with masks, the output the input's size with one
 /// map per class, the class weights, and test augmentations that keep the pixel grid.
 pub(super) fn segment(p: &mut Problems, cfg: &Config, seg: &Segmenter, head: Option<&Head>) {
-    if cfg.data.dataset != DatasetKind::Voc {
+    if !matches!(cfg.data.dataset, DatasetKind::Voc | DatasetKind::Coco) {
         p.key(
             "task.segment",
-            format!("needs a dataset with class masks (`voc`), not `{}`", data::spec(cfg.data.dataset).name),
+            format!("needs a dataset with class masks (`voc`, `coco`), not `{}`", data::spec(cfg.data.dataset).name),
         );
     }
     if let Some(w) = &seg.cfg.class_weights {
@@ -159,7 +159,8 @@ pub(super) fn localize(p: &mut Problems, cfg: &Config, loc: &Localizer, head: Op
 fn has_boxes(cfg: &Config) -> bool {
     match cfg.data.dataset {
         DatasetKind::Voc => !cfg.data.voc().masks(),
-        DatasetKind::Coco | DatasetKind::Yolo => true,
+        DatasetKind::Coco => !cfg.data.coco().masks(),
+        DatasetKind::Yolo => true,
         _ => false,
     }
 }

@@ -94,3 +94,52 @@ fn coco_summary_equals_pycocotools() {
         );
     }
 }
+
+/// Every pixel of `data::coco_mask::segmentation_mask` equals pycocotools' `annToMask` on
+/// 240 generated segmentations per seed: polygons (fractional corners, concave, outside the
+/// image, two-part, sub-pixel slivers), uncompressed and compressed RLEs
+/// (tests/fixtures/check_coco_masks.py).
+#[test]
+fn masks_equal_pycocotools_ann_to_mask() {
+    for seed in [1, 2] {
+        let d = tempfile::tempdir().unwrap();
+        let python = python_or("python3");
+        let what = "coco::masks_equal_pycocotools_ann_to_mask";
+        let out = Command::new(&python)
+            .arg(repo().join("tests/fixtures/check_coco_masks.py"))
+            .arg(d.path())
+            .arg(seed.to_string())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) if o.status.code() == Some(3) => {
+                return skip(what, &String::from_utf8_lossy(&o.stderr), "RUNNER_REQUIRE_PYCOCOTOOLS");
+            }
+            Ok(o) => panic!(
+                "check_coco_masks.py: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => return skip(what, &format!("no {} ({e})", python.display()), "RUNNER_REQUIRE_PYCOCOTOOLS"),
+        }
+        let cases: Value =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join("masks.json")).unwrap()).unwrap();
+        let cases = cases.as_array().unwrap();
+        assert_eq!(cases.len(), 240);
+        let (mut set, mut kinds) = (0usize, std::collections::BTreeSet::new());
+        for (k, c) in cases.iter().enumerate() {
+            let (h, w) = (c["h"].as_u64().unwrap() as usize, c["w"].as_u64().unwrap() as usize);
+            let seg = &c["segmentation"];
+            kinds.insert(match seg {
+                Value::Array(p) => format!("{} polygons", p.len()),
+                _ if seg["counts"].is_string() => "compressed RLE".to_string(),
+                _ => "RLE".to_string(),
+            });
+            let want: Vec<u8> = c["mask"].as_str().unwrap().bytes().map(|b| b - b'0').collect();
+            let got = runner::data::coco_mask::segmentation_mask(seg, h, w).unwrap();
+            assert_eq!(got, want, "seed {seed} case {k} ({w}x{h}): {seg}");
+            set += got.iter().filter(|&&v| v == 1).count();
+        }
+        assert!(set > 10_000 && kinds.len() == 4, "seed {seed}: {set} pixels set, kinds {kinds:?}");
+    }
+}

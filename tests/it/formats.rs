@@ -282,3 +282,45 @@ fn conversions_keep_every_box_and_class() {
     let out = runner(d.path(), &["data", "convert", "--from", "voc", "--to", "cocoa", "voc", "x"]);
     assert!(out.code != 0 && out.stderr.contains("--to cocoa: expected voc, coco or yolo"), "{}", out.stderr);
 }
+
+#[test]
+fn a_coco_folder_trains_segmentation_from_its_polygons() {
+    let d = tempfile::tempdir().unwrap();
+    small_shapes(&d.path().join("voc"));
+    // The converted set's segmentations are its boxes as polygons.
+    let out = runner(d.path(), &["data", "convert", "--from", "voc", "--to", "coco", "voc", "coco"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let args = [
+        exp("fcn_shapes.toml"),
+        "--set".into(),
+        "data.dataset=\"coco\"".into(),
+        "--set".into(),
+        "data.root=coco".into(),
+        "--set".into(),
+        "data.coco={ train = { json = \"annotations/instances_train.json\", images = \"train\" }, test = { json = \"annotations/instances_test.json\", images = \"test\" } }".into(),
+        "--set".into(),
+        "data.batch_size=8".into(),
+        "--set".into(),
+        "train.epochs=1".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = runner(d.path(), &args);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("writing the class masks of 8 images"), "{}", out.stderr);
+    let miou = printed(&out, "miou");
+    assert!((0.0..=1.0).contains(&miou), "{miou}");
+    let masks = d.path().join("coco/runner_masks/instances_test");
+    assert_eq!(std::fs::read_dir(&masks).unwrap().count(), 8 + 1, "8 masks and .complete");
+    // A mask holds the background (0), classes 1-5 and void (255) only, at the image's size.
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(masks.join("1.png")).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (64, 64));
+    assert!(buf[..info.buffer_size()].iter().all(|&v| v <= 5 || v == 255));
+    assert!(buf.iter().any(|&v| (1..=5).contains(&v)));
+    // A second run reuses them.
+    let out = runner(d.path(), &args);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("writing the class masks"), "{}", out.stderr);
+}
