@@ -577,5 +577,11 @@ mod tests {
             let e = read_instances(&write(d.path(), &text), false).unwrap_err().to_string();
             assert!(e.contains("instances.json: ") && e.contains(want), "want {want:?} in: {e}");
         }
+        // With `skip`, a bad annotation is left out and counted; a malformed file still fails.
+        let text = GOOD.replace("\"category_id\": 1,", "\"category_id\": 2,");
+        let set = read_instances(&write(d.path(), &text), true).unwrap();
+        assert_eq!((set.annotations.len(), set.skipped, set.annotations[0].id), (1, 1, 2));
+        let text = GOOD.replace("[10, 20, 30, 40]", "[10, 20, 30]");
+        assert!(read_instances(&write(d.path(), &text), true).is_err());
     }
 }

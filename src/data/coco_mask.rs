@@ -158,7 +158,7 @@ pub fn segmentation_mask(seg: &Value, h: usize, w: usize) -> Result<Vec<u8>, Str
                     .as_array()
                     .and_then(|a| a.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
                     .ok_or_else(|| format!("polygon {k} is not a list of numbers"))?;
-                if xy.len() < 6 || xy.len() % 2 != 0 {
+                if xy.len() < 6 || !xy.len().is_multiple_of(2) {
                     return Err(format!("polygon {k} has {} numbers (at least 3 points, x y pairs)", xy.len()));
                 }
                 paint(&rle_from_polygon(&xy, h, w), h, w, &mut out)?;

@@ -7,6 +7,7 @@
 pub mod augment;
 pub mod cifar;
 pub mod coco;
+pub mod coco_download;
 pub mod coco_mask;
 pub mod convert;
 pub mod download;
@@ -359,7 +360,13 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             if !cfg.download {
                 bail!("{}", missing_message(spec, &searched, &download_to));
             }
-            if let Files::Voc = spec.files {
+            if let Files::Coco = spec.files {
+                let archives: Vec<_> = coco_download::archives_for(&download_to, &cfg.coco())?
+                    .into_iter()
+                    .map(|a| (a.file, Checksum::Md5(a.md5), cfg.mirror.as_deref().unwrap_or(a.base_url)))
+                    .collect();
+                coco_download::download(&download_to, &archives)?;
+            } else if let Files::Voc = spec.files {
                 let archives: Vec<_> = voc::archives_for(&cfg.voc())?
                     .into_iter()
                     .filter(|a| !voc::holds_archive(&download_to, a))
@@ -553,9 +560,8 @@ pub fn fetch_files(spec: &DatasetSpec, base: &str, dir: &Path) -> Result<()> {
         }
         Files::Folder => bail!("image folders are not downloaded; set data.root"),
         Files::Voc => bail!("VOC is fetched by voc::download"),
-        Files::Coco | Files::Yolo => {
-            bail!("{} sets are not downloaded yet; set data.root to a folder that holds one", spec.name)
-        }
+        Files::Coco => bail!("COCO is fetched by coco_download::download"),
+        Files::Yolo => bail!("YOLO sets are not downloaded; set data.root to a folder that holds one"),
         Files::Cifar { archive, checksum, folder, train, test } => {
             let path = dir.join(archive);
             if !path.is_file() {
@@ -602,9 +608,13 @@ pub fn missing_message(spec: &DatasetSpec, searched: &[PathBuf], download_to: &P
         );
     }
     if let Files::Coco | Files::Yolo = spec.files {
+        let fetch = match spec.files {
+            Files::Coco => "set `data.download = true` to fetch COCO 2017's official archives (about 19 GB), ",
+            _ => "",
+        };
         return format!(
-            "dataset {}: the files that [data.{}] names are not in {}; set data.root to the folder that holds \
-             them, or convert a set: runner data convert --from voc --to {} SRC {}",
+            "dataset {}: the files that [data.{}] names are not in {}; {fetch}set data.root to the folder that \
+             holds them, or convert a set: runner data convert --from voc --to {} SRC {}",
             spec.name,
             spec.name,
             list.join(", "),

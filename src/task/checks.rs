@@ -186,12 +186,23 @@ fn pixel_task(p: &mut Problems, cfg: &Config, task: &str, why: &str) {
         p.key("eval.tta", "test-time augmentation is for classification");
     }
     voc(p, cfg);
+    coco(p, cfg);
     if cfg.train.label_smoothing != 0.0 {
         p.key("train.label_smoothing", format!("is for classification's cross-entropy, not {task}"));
     }
 }
 
 /// `[data.voc]`: distinct classes, years and list names, archives for a download.
+/// `[data.coco]`: with `download`, only what the official archives hold.
+fn coco(p: &mut Problems, cfg: &Config) {
+    let coco = cfg.data.coco();
+    if cfg.data.dataset == DatasetKind::Coco && cfg.data.download && coco.generate.is_none() {
+        if let Err(e) = data::coco_download::downloadable(&coco) {
+            p.key("data.download", format!("{e:#}"));
+        }
+    }
+}
+
 fn voc(p: &mut Problems, cfg: &Config) {
     if cfg.data.dataset != DatasetKind::Voc {
         return;
