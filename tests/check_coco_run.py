@@ -5,6 +5,7 @@ Usage: check_coco_run.py RUN_DIR GT_JSON
   results file; COCOeval (bbox) gives the 12 numbers of its summary;
 - metrics.parquet's test rows of the last epoch give runner's logged values of the same 12
   (`map`, `map50_coco`, ...), NaN where pycocotools gives -1;
+- detections.parquet's rows carry the results file's image and category ids, in order;
 - prints `coco equal` when every number agrees to 1e-9, else the two lists, exit 1.
 Exit status 3: pycocotools or pyarrow missing.
 """
@@ -40,6 +41,16 @@ logged = {r["metric"]: r["value"] for r in rows if r["epoch"] == last and r["spl
 want = [float(v) for v in ev.stats]
 got = [logged.get(n, float("nan")) for n in NAMES]
 ok = all((w == -1 and math.isnan(g)) or abs(w - g) <= 1e-9 for w, g in zip(want, got))
+# detections.parquet keeps COCO's ids: row for row the results file's boxes.
+table = pq.read_table(f"{run}/detections.parquet").to_pylist()
+if len(table) != len(dets):
+    print(f"detections.parquet has {len(table)} rows, detections.json {len(dets)}", file=sys.stderr)
+    sys.exit(1)
+for row, det in zip(table, dets):
+    same = (row["image_id"], row["category_id"]) == (det["image_id"], det["category_id"])
+    if not same or abs(row["score"] - det["score"]) > 1e-6 or abs(row["xmin"] - det["bbox"][0]) > 1e-4:
+        print(f"detections.parquet row {row} differs from detections.json's {det}", file=sys.stderr)
+        sys.exit(1)
 print(json.dumps({"pycocotools": want, "runner": got, "detections": len(dets),
                   "truths": len(gt.getAnnIds()), "images": len(gt.getImgIds())}))
 if not ok:

@@ -21,7 +21,7 @@
 //! centres fall in one cell, the largest object (by area) is the target, the first listed
 //! on ties; the others are not targets. Difficult objects are never targets.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use arrow_array::{Float32Array, Float64Array, Int64Array, StringArray};
@@ -328,22 +328,24 @@ pub fn write_coco_results(stats: &DetectionStats, path: &Path) -> Result<()> {
 
 /// `detections.parquet`: the test split's boxes after the latest epoch, one row per box:
 /// `epoch`, `sample` (index in the split), `image` (its file's stem, VOC's id), `class`,
-/// `score`, `xmin, ymin, xmax, ymax` (continuous edges in the original image's pixels).
+/// `score`, `xmin, ymin, xmax, ymax` (continuous edges in the original image's pixels); on
+/// COCO data also COCO's `image_id` and `category_id`.
 pub fn write_detections(
     run_id: &str,
     epoch: usize,
     stats: &DetectionStats,
     names: &[String],
-    images: &[PathBuf],
+    split: &Split,
     path: &Path,
 ) -> Result<()> {
+    let images = &split.files;
     let rows = &stats.detections;
     let name = |c: u32| plots::class_name(names, c as usize);
     let image = |i: usize| {
         images.get(i).and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     };
     let coord = |k: usize| Float32Array::from_iter_values(rows.iter().map(|(_, d)| d.bbox[k] as f32));
-    Table::new(run_id, rows.len())
+    let table = Table::new(run_id, rows.len())
         .constant_i32("epoch", epoch as i32)
         .col("sample", Int64Array::from_iter_values(rows.iter().map(|(_, d)| d.image as i64)))
         .col("image", StringArray::from_iter_values(rows.iter().map(|(_, d)| image(d.image))))
@@ -352,8 +354,18 @@ pub fn write_detections(
         .col("xmin", coord(0))
         .col("ymin", coord(1))
         .col("xmax", coord(2))
-        .col("ymax", coord(3))
-        .write(path)
+        .col("ymax", coord(3));
+    let table = match &split.coco {
+        Some(ids) => {
+            let image_id = |i: usize| ids.images.get(i).copied().unwrap_or_default() as i64;
+            let category_id = |c: u32| ids.categories.get(c as usize).copied().unwrap_or_default() as i64;
+            table
+                .col("image_id", Int64Array::from_iter_values(rows.iter().map(|(_, d)| image_id(d.image))))
+                .col("category_id", Int64Array::from_iter_values(rows.iter().map(|(c, _)| category_id(*c))))
+        }
+        None => table,
+    };
+    table.write(path)
 }
 
 /// `precision_recall_test.parquet`: per class with objects, its area AP and the precision

@@ -519,7 +519,7 @@ impl Stats {
             Stats::Classify(s) => classify::write_predictions(&log.run_id, s, &log.dir.join(files::PREDICTIONS)),
             Stats::Detect(s) => {
                 let path = log.dir.join(files::DETECTIONS);
-                detect::write_detections(&log.run_id, epoch, s, classes, &split.files, &path)?;
+                detect::write_detections(&log.run_id, epoch, s, classes, split, &path)?;
                 let path = log.dir.join("precision_recall_test.parquet");
                 detect::write_precision_recall(&log.run_id, epoch, s, classes, &path)?;
                 if split.coco.is_some() {
