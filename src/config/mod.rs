@@ -19,7 +19,7 @@ pub use augment::{resized_shorter, AugmentConfig, AugmentOp, PadMode};
 pub use coco::{CocoConfig, CocoSplit, YoloConfig};
 pub use layers::{KernelInit, Layer, LayerKind, UpsamplePlan, LAYER_NAMES};
 pub use load::{load, LoadOptions, Loaded};
-pub use metric_name::{MetricName, Mode, COCO_METRICS, METRIC_NAMES};
+pub use metric_name::{metric_names, MetricName, Mode, COCO_METRICS};
 pub use sweep::{Distribution, EarlyStop, StopRule, SweepConfig};
 pub use task::{DetectConfig, LocalizeConfig, Merge, Reduction, SegmentConfig, TaskConfig};
 pub use voc::{Synthetic, VocConfig, VocSplit};

@@ -5,7 +5,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use super::Problems;
-use crate::config::{load, ClassRef, Config, MetricName, OptimizerConfig, TrainConfig, METRIC_NAMES};
+use crate::config::{load, metric_names, ClassRef, Config, MetricName, OptimizerConfig, TrainConfig};
 use crate::metrics::Binary;
 use crate::schedule;
 use crate::task::Task;
@@ -120,7 +120,7 @@ fn metric_lists(p: &mut Problems, cfg: &Config, task: &Task, n_classes: usize) {
     for (split, list) in [("train", cfg.metrics.train()), ("test", cfg.metrics.test())] {
         for m in list {
             if !cfg.task.logs(*m) {
-                let fitting: Vec<&str> = METRIC_NAMES
+                let fitting: Vec<&str> = metric_names()
                     .iter()
                     .copied()
                     .filter(|n| MetricName::parse(n).is_some_and(|x| cfg.task.logs(x)))

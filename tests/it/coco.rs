@@ -15,29 +15,33 @@ fn bbox(v: &Value) -> [f64; 4] {
     [b[0], b[1], b[2], b[3]]
 }
 
+/// Runs `tests/fixtures/<script> DIR SEED`, which writes its cases and pycocotools' answers
+/// into `dir`. False, with the test counted as skipped, where pycocotools (exit status 3)
+/// or Python is missing; a failure under `make test`, which installs them.
+fn pycocotools_fixture(script: &str, dir: &std::path::Path, seed: u64, what: &str) -> bool {
+    let python = python_or("python3");
+    let out =
+        Command::new(&python).arg(repo().join("tests/fixtures").join(script)).arg(dir).arg(seed.to_string()).output();
+    match out {
+        Ok(o) if o.status.success() => true,
+        Ok(o) if o.status.code() == Some(3) => {
+            skip(what, &String::from_utf8_lossy(&o.stderr), "RUNNER_REQUIRE_PYCOCOTOOLS");
+            false
+        }
+        Ok(o) => panic!("{script}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            skip(what, &format!("no {} ({e})", python.display()), "RUNNER_REQUIRE_PYCOCOTOOLS");
+            false
+        }
+    }
+}
+
 #[test]
 fn coco_summary_equals_pycocotools() {
     for seed in [1, 2] {
         let d = tempfile::tempdir().unwrap();
-        let python = python_or("python3");
-        let out = Command::new(&python)
-            .arg(repo().join("tests/fixtures/check_coco.py"))
-            .arg(d.path())
-            .arg(seed.to_string())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) if o.status.code() == Some(3) => {
-                let why = String::from_utf8_lossy(&o.stderr).into_owned();
-                return skip("coco::coco_summary_equals_pycocotools", &why, "RUNNER_REQUIRE_PYCOCOTOOLS");
-            }
-            Ok(o) => {
-                panic!("check_coco.py: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-            }
-            Err(e) => {
-                let why = format!("no {} ({e})", python.display());
-                return skip("coco::coco_summary_equals_pycocotools", &why, "RUNNER_REQUIRE_PYCOCOTOOLS");
-            }
+        if !pycocotools_fixture("check_coco.py", d.path(), seed, "coco::coco_summary_equals_pycocotools") {
+            return;
         }
         let read = |name: &str| -> Value {
             serde_json::from_str(&std::fs::read_to_string(d.path().join(name)).unwrap()).unwrap()
@@ -103,24 +107,8 @@ fn coco_summary_equals_pycocotools() {
 fn masks_equal_pycocotools_ann_to_mask() {
     for seed in [1, 2] {
         let d = tempfile::tempdir().unwrap();
-        let python = python_or("python3");
-        let what = "coco::masks_equal_pycocotools_ann_to_mask";
-        let out = Command::new(&python)
-            .arg(repo().join("tests/fixtures/check_coco_masks.py"))
-            .arg(d.path())
-            .arg(seed.to_string())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) if o.status.code() == Some(3) => {
-                return skip(what, &String::from_utf8_lossy(&o.stderr), "RUNNER_REQUIRE_PYCOCOTOOLS");
-            }
-            Ok(o) => panic!(
-                "check_coco_masks.py: {}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => return skip(what, &format!("no {} ({e})", python.display()), "RUNNER_REQUIRE_PYCOCOTOOLS"),
+        if !pycocotools_fixture("check_coco_masks.py", d.path(), seed, "coco::masks_equal_pycocotools_ann_to_mask") {
+            return;
         }
         let cases: Value =
             serde_json::from_str(&std::fs::read_to_string(d.path().join("masks.json")).unwrap()).unwrap();
