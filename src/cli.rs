@@ -19,7 +19,7 @@ use crate::runlog::{files, Status};
 use crate::schedule::Position;
 use crate::sweep::Request;
 use crate::train::{EvalOverrides, Outcome};
-use crate::{board, compare, data, model, plan, predict, progress, signals, sweep, train};
+use crate::{board, compare, data, export, model, plan, predict, progress, signals, sweep, train};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +67,9 @@ enum Command {
     /// Class scores for image files (`#<rank> <score> <class>`), or a detector's boxes
     /// (`<class> <score> <xmin> <ymin> <xmax> <ymax>`, drawn into --out).
     Predict(PredictArgs),
+    /// A run's (or an experiment's) weights as a PyTorch state dict: torchvision's names and
+    /// layouts, loadable with `load_state_dict(..., strict=True)`.
+    Export(ExportArgs),
     /// Continue an interrupted or failed run in its folder, from its last checkpoint.
     Resume(ResumeArgs),
     /// One row per run: status, the parameters that differ, final metrics.
@@ -284,6 +287,25 @@ struct PredictArgs {
     score_min: Option<f64>,
 }
 
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// A run folder (its config.toml and model.safetensors), or an experiment or model file
+    /// (with --weights, its groups' `init` files, or else its seeded initialisation).
+    target: PathBuf,
+    /// `pth` (torch.save's zip, for torch.load) or `safetensors`.
+    #[arg(long, default_value = "pth")]
+    format: String,
+    /// The file to write; default `<run id or experiment>.<format>` here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Weights for the whole model: safetensors or a PyTorch state dict (.pth).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Override a config key (as for a run). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum DataCommand {
     /// Per-channel mean and std of the training split (and, for RGB, the colour covariance's
@@ -392,6 +414,7 @@ pub fn main() -> Result<ExitCode> {
         Some(Command::Data(DataCommand::Synth(SynthCommand::Shapes(args)))) => synth_shapes(args),
         Some(Command::Data(DataCommand::Convert(args))) => data_convert(args),
         Some(Command::Predict(args)) => predict(args),
+        Some(Command::Export(args)) => export(args),
         Some(Command::Resume(args)) => resume(args),
         Some(Command::Compare(args)) => compare(args),
         Some(Command::Diff(args)) => diff(args),
@@ -797,6 +820,25 @@ fn data_convert(args: ConvertArgs) -> Result<ExitCode> {
         };
         println!("{} {what}", w.flags_lost);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(args: ExportArgs) -> Result<ExitCode> {
+    let req = export::Request {
+        format: export::Format::parse(&args.format)?,
+        target: args.target,
+        out: args.out,
+        weights: args.weights,
+        sets: args.sets,
+    };
+    let done = export::run(&req)?;
+    println!(
+        "wrote {} ({} tensors, {} parameters): {} it and load_state_dict(..., strict=True)",
+        done.path.display(),
+        done.tensors,
+        done.parameters,
+        if req.format == export::Format::Pth { "torch.load" } else { "safetensors.torch.load_file" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

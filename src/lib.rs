@@ -11,6 +11,7 @@ pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod ops;

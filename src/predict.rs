@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use crate::config::{AugmentOp, LoadOptions, Loaded};
 use crate::data::augment::Targets;
 use crate::data::{augment, folder, synth};
-use crate::model::weights;
+use crate::model::{weights, Model};
 use crate::ops::upsample::UpsampleMode;
+use crate::plan::Plan;
 use crate::plots::{class_name, Labelled};
 use crate::rng::Rng;
 use crate::runlog::files;
@@ -53,39 +54,7 @@ pub fn run(req: &Request) -> Result<(Vec<Predicted>, Vec<String>)> {
     if req.topk == 0 {
         bail!("--topk 0: nothing to print");
     }
-    let (config_path, run_weights) = if req.target.is_dir() {
-        let cfg = req.target.join(files::CONFIG);
-        if !cfg.is_file() {
-            bail!("{}: not a run folder (no config.toml) and not an experiment file", req.target.display());
-        }
-        (cfg, Some(req.target.join(files::MODEL)))
-    } else {
-        (req.target.clone(), None)
-    };
-    let weights_file = req.weights.clone().or(run_weights);
-    let mut loaded = load_for_predict(&config_path, &req.sets)?;
-    loaded.keep_resize_of_older_run();
-    if weights_file.is_some() {
-        // The whole model comes from the weights file: the groups' own files are not needed.
-        loaded.config.model.drop_inits();
-    }
-    let plan = plan::plan_without_data(&loaded)?;
-    let device = plan.open_device()?;
-    let model = plan.model(&device)?;
-    match &weights_file {
-        Some(f) => {
-            if !f.is_file() {
-                bail!("no weights file {} (a run writes model.safetensors after its first epoch)", f.display());
-            }
-            weights::load_into(&model, f, "", "", &Default::default(), true)
-                .with_context(|| format!("loading {} into the model of {}", f.display(), config_path.display()))?;
-        }
-        None if !plan.inits.is_empty() => weights::load_group_inits(&model, &plan.inits)?,
-        None => bail!(
-            "{}: no weights to predict with: pass --weights FILE (safetensors or a PyTorch state dict), or a run folder",
-            config_path.display()
-        ),
-    }
+    let (plan, model) = open_model(&req.target, req.weights.as_deref(), &req.sets, false)?;
     let classes = match &req.classes {
         Some(f) => read_class_names(f)?,
         None => plan.classes.clone(),
@@ -127,6 +96,49 @@ pub fn run(req: &Request) -> Result<(Vec<Predicted>, Vec<String>)> {
     Ok((out, classes))
 }
 
+/// The model of a run folder (its config.toml and model.safetensors), or of an experiment or
+/// model file with `weights`, its groups' `init` files, or (with `random`) its seeded
+/// initialisation; planned without data.
+pub fn open_model(target: &Path, weights: Option<&Path>, sets: &[String], random: bool) -> Result<(Plan, Model)> {
+    let (config_path, run_weights) = if target.is_dir() {
+        let cfg = target.join(files::CONFIG);
+        if !cfg.is_file() {
+            bail!("{}: not a run folder (no config.toml) and not an experiment file", target.display());
+        }
+        (cfg, Some(target.join(files::MODEL)))
+    } else {
+        (target.to_path_buf(), None)
+    };
+    let weights_file = weights.map(Path::to_path_buf).or(run_weights);
+    let mut loaded = load_for_predict(&config_path, sets)?;
+    loaded.keep_resize_of_older_run();
+    if weights_file.is_some() {
+        // The whole model comes from the weights file: the groups' own files are not needed.
+        loaded.config.model.drop_inits();
+    }
+    let plan = plan::plan_without_data(&loaded)?;
+    let device = plan.open_device()?;
+    let model = plan.model(&device)?;
+    match &weights_file {
+        Some(f) => {
+            if !f.is_file() {
+                bail!("no weights file {} (a run writes model.safetensors after its first epoch)", f.display());
+            }
+            weights::load_into(&model, f, "", "", &Default::default(), true)
+                .with_context(|| format!("loading {} into the model of {}", f.display(), config_path.display()))?;
+        }
+        None if !plan.inits.is_empty() => weights::load_group_inits(&model, &plan.inits)?,
+        None if random => {
+            tracing::info!("{}: no weights given: the model's seeded initialisation (seed {})", config_path.display(), plan.seed)
+        }
+        None => bail!(
+            "{}: no weights to predict with: pass --weights FILE (safetensors or a PyTorch state dict), or a run folder",
+            config_path.display()
+        ),
+    }
+    Ok((plan, model))
+}
+
 /// Loads the experiment, or a model file alone (`configs/models/alexnet.toml` with
 /// `--weights`): each of `[experiment]`, `[data]` and `[train]` that the file lacks gets
 /// what prediction needs (a name, a one-image batch with no dataset behind it, a stand-in
@@ -164,11 +176,7 @@ fn load_for_predict(path: &Path, sets: &[String]) -> Result<Loaded> {
                     }
                 }
                 if !added.is_empty() {
-                    tracing::info!(
-                        "{}: no [{}]: predicting with the model and weights alone",
-                        path.display(),
-                        added.join("], [")
-                    );
+                    tracing::info!("{}: no [{}]: the model and its weights alone", path.display(), added.join("], ["));
                 }
                 return Ok(loaded);
             }

@@ -11,6 +11,7 @@ mod config_errors;
 mod detection;
 mod download;
 mod end_to_end;
+mod export;
 mod fashion_mnist;
 mod formats;
 mod gpu_scripts;
