@@ -12,7 +12,7 @@ use crate::board::Board;
 use crate::config::{self, DatasetKind, LoadOptions, OnError, Tta};
 use crate::data::loader::LoaderSpec;
 use crate::data::synth::ShapesOptions;
-use crate::data::{convert, preview, stats, synth, Located};
+use crate::data::{convert, preview, stats, synth, voc, Located};
 use crate::ops::kernels;
 use crate::plan::Plan;
 use crate::runlog::{files, Status};
@@ -375,9 +375,9 @@ struct ShapesArgs {
     /// The largest object's bounding side in pixels.
     #[arg(long, default_value_t = 80.0)]
     max_size: f64,
-    /// The layout: voc (`<out>/VOCdevkit/VOC2007/`), coco (`<out>/annotations/
-    /// instances_{train,test}.json`, `<out>/{train,test}/`) or yolo (`<out>/images/`,
-    /// `<out>/labels/`, `<out>/data.yaml`).
+    /// The layout: voc (`<out>/VOCdevkit/VOC2007/`), coco
+    /// (`<out>/annotations/instances_{train,test}.json`, `<out>/{train,test}/`) or yolo
+    /// (`<out>/images/`, `<out>/labels/`, `<out>/data.yaml`); coco and yolo into a new folder.
     #[arg(long, default_value = "voc")]
     format: String,
 }
@@ -764,12 +764,20 @@ fn synth_shapes(args: ShapesArgs) -> Result<ExitCode> {
     let (summary, wrote) = if format == convert::Format::Voc {
         (synth::write_shapes(&args.out, &opts)?, args.out.join("VOCdevkit/VOC2007"))
     } else {
-        // Written in VOC's layout aside, then converted.
-        let staging = args.out.with_extension("voc.part");
+        // Written in VOC's layout aside, then converted into a new folder.
+        let out = new_folder(&args.out)?;
+        let staging = voc::beside(&args.out, "voc.part")?;
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+        }
         let summary = synth::write_shapes(&staging, &opts)?;
         let c = convert::read(convert::Format::Voc, &staging, None)?;
-        convert::write(format, &c, &args.out)?;
+        let w = convert::write(format, &c, &out.staging)?;
+        out.commit()?;
         std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+        if w.flags_lost > 0 {
+            println!("{} difficult objects became ordinary ones: YOLO's labels have no difficult flag", w.flags_lost);
+        }
         (summary, args.out.clone())
     };
     println!(
@@ -791,14 +799,44 @@ fn layout(name: &str, flag: &str) -> Result<convert::Format> {
     convert::Format::parse(name).with_context(|| format!("{flag} {name}: expected voc, coco or yolo"))
 }
 
+/// A folder to be written whole: `staging` beside it, renamed into place by `commit`. An
+/// error where the folder exists and is not empty.
+struct NewFolder {
+    path: PathBuf,
+    staging: PathBuf,
+}
+
+fn new_folder(path: &Path) -> Result<NewFolder> {
+    if std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some()) {
+        bail!("{} is not empty; write into a new folder", path.display());
+    }
+    let staging = voc::beside(path, "part")?;
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+    }
+    Ok(NewFolder { path: path.to_path_buf(), staging })
+}
+
+impl NewFolder {
+    fn commit(self) -> Result<()> {
+        if self.path.is_dir() {
+            std::fs::remove_dir(&self.path).with_context(|| format!("cannot replace {}", self.path.display()))?;
+        }
+        std::fs::rename(&self.staging, &self.path)
+            .with_context(|| format!("cannot move {} to {}", self.staging.display(), self.path.display()))
+    }
+}
+
 fn data_convert(args: ConvertArgs) -> Result<ExitCode> {
     let (from, to) = (layout(&args.from, "--from")?, layout(&args.to, "--to")?);
-    if std::fs::read_dir(&args.dst).is_ok_and(|mut d| d.next().is_some()) {
-        bail!("{} is not empty; convert into a new folder", args.dst.display());
+    if from == convert::Format::Coco && args.classes.is_some() {
+        bail!("--classes: a COCO set names its classes in its categories");
     }
+    let out = new_folder(&args.dst)?;
     let started = std::time::Instant::now();
     let c = convert::read(from, &args.src, args.classes)?;
-    let w = convert::write(to, &c, &args.dst)?;
+    let w = convert::write(to, &c, &out.staging)?;
+    out.commit()?;
     let splits: Vec<String> = c.splits.iter().map(|(n, items)| format!("{n} ({})", items.len())).collect();
     println!(
         "wrote {} images with {} boxes of {} classes into {} (splits: {}) in {:.1} s",
@@ -811,6 +849,9 @@ fn data_convert(args: ConvertArgs) -> Result<ExitCode> {
     );
     if w.crowds_left_out > 0 {
         println!("left out {} crowd regions: YOLO's labels have no crowd flag", w.crowds_left_out);
+    }
+    if w.empty_left_out > 0 {
+        println!("left out {} boxes of no size: a YOLO label of width or height 0 is no box", w.empty_left_out);
     }
     if w.flags_lost > 0 {
         let what = if to == convert::Format::Yolo {

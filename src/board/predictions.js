@@ -110,6 +110,7 @@ function classifyView(key, p, redraw) {
   }
   const shown = idx.slice(0, 48);
   parts.push(el("h3", {}, what + (idx.length > shown.length ? ` (first ${shown.length})` : "")));
+  if (p.maps && p.maps.length) parts.push(el("p", { class: "note", id: "maps" }, "test, latest epoch: " + p.maps.map(([n, v]) => `${n} ${fmt(v)}`).join(" · ")));
   if (!p.images) parts.push(el("p", { class: "note" }, `no images: ${p.images_error}`));
   parts.push(el("div", { class: "samples" }, ...shown.map(i => {
     const top = [];

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use arrow_array::{Array, Float32Array, Float64Array, Int32Array, Int64Array, ListArray, StringArray};
 use serde_json::{json, Value};
 
-use crate::config::LoadOptions;
+use crate::config::{LoadOptions, COCO_METRICS};
 use crate::data::{folder, Split};
 use crate::plan::Plan;
 use crate::runlog::{column, files};
@@ -241,7 +241,22 @@ fn boxes(dir: &Path, data: &RunData, from: usize, table: &str) -> Result<Value> 
     let pr: BTreeMap<String, Value> =
         pr.into_iter().map(|(c, (ap, p, r))| (c, json!({ "ap": ap, "precision": p, "recall": r }))).collect();
     let task = if table == files::LOCALIZATIONS { "localize" } else { "detect" };
-    Ok(json!({ "task": task, "from": from, "page": PAGE, "total": count.max(last), "pages": images, "pr": pr }))
+    // The latest epoch's mAPs, VOC's and COCO's, where the run logged them.
+    let rows = runlog::RunLog::open(dir, None).map(|log| log.metrics().to_vec()).unwrap_or_default();
+    let last_epoch = rows.iter().filter(|m| m.split == "test").map(|m| m.epoch).max();
+    let maps: Vec<Value> = ["map50", "map50_voc07"]
+        .iter()
+        .chain(COCO_METRICS.iter())
+        .filter_map(|name| {
+            let m = rows
+                .iter()
+                .find(|m| Some(m.epoch) == last_epoch && m.split == "test" && m.metric == *name && m.class.is_none())?;
+            Some(json!([name, m.value]))
+        })
+        .collect();
+    Ok(
+        json!({ "task": task, "from": from, "page": PAGE, "total": count.max(last), "pages": images, "pr": pr, "maps": maps }),
+    )
 }
 
 /// Segmentation: the pixel confusion matrix over the split (summed from the per-image

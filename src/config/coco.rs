@@ -29,6 +29,22 @@ impl CocoConfig {
     pub fn masks(&self) -> bool {
         self.masks == Some(true)
     }
+
+    /// The split names `generate` writes for `train` and `test`: a split `s` is
+    /// `annotations/instances_<s>.json` with its images in `<s>/`, as a conversion writes it.
+    pub fn generated_names(&self) -> Result<[String; 2], String> {
+        let name = |key: &str, s: &CocoSplit| -> Result<String, String> {
+            match s.json.strip_prefix("annotations/instances_").and_then(|n| n.strip_suffix(".json")) {
+                Some(n) if n == s.images && !n.is_empty() && !n.contains('/') => Ok(n.to_string()),
+                _ => Err(format!(
+                    "`generate` writes a split as annotations/instances_<name>.json and <name>/; \
+                     data.coco.{key} = {{ json = {:?}, images = {:?} }} is not of that form",
+                    s.json, s.images
+                )),
+            }
+        };
+        Ok([name("train", &self.train)?, name("test", &self.test)?])
+    }
 }
 
 /// One split: its instances JSON and its image folder, relative to `data.root`.
@@ -72,6 +88,21 @@ pub struct YoloConfig {
     pub generate: Option<Synthetic>,
 }
 
+impl YoloConfig {
+    /// The split names `generate` writes for `train` and `test`: a split `s` is `images/<s>`.
+    pub fn generated_names(&self) -> Result<[String; 2], String> {
+        let name = |key: &str, path: &str| -> Result<String, String> {
+            match path.strip_prefix("images/") {
+                Some(n) if !n.is_empty() && !n.contains('/') => Ok(n.to_string()),
+                _ => Err(format!(
+                    "`generate` writes a split as images/<name> and labels/<name>; data.yolo.{key} = {path:?} is not"
+                )),
+            }
+        };
+        Ok([name("train", &self.train)?, name("test", &self.test)?])
+    }
+}
+
 impl Default for YoloConfig {
     fn default() -> Self {
         YoloConfig { train: default_yolo_train(), test: default_yolo_test(), classes: None, generate: None }
@@ -83,4 +114,22 @@ fn default_yolo_train() -> String {
 }
 fn default_yolo_test() -> String {
     "images/val".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_split_names_follow_the_configured_paths() {
+        assert_eq!(CocoConfig::default().generated_names().unwrap(), ["train2017", "val2017"]);
+        assert_eq!(YoloConfig::default().generated_names().unwrap(), ["train", "val"]);
+        let odd = CocoConfig {
+            test: CocoSplit { json: "annotations/instances_val.json".into(), images: "pics/val".into() },
+            ..Default::default()
+        };
+        assert!(odd.generated_names().unwrap_err().contains("data.coco.test"));
+        let odd = YoloConfig { train: "train/images".into(), ..Default::default() };
+        assert!(odd.generated_names().unwrap_err().contains("data.yolo.train = \"train/images\""));
+    }
 }

@@ -276,9 +276,11 @@ fn check_annotation(
         return Err(format!("category_id {} is not among the categories ({})", a.category_id, listed.join(", ")));
     }
     let [x, y, w, h] = a.bbox;
-    let sized = w > 0.0 && h > 0.0 && a.bbox.iter().all(|v| v.is_finite());
+    // A box of no size is allowed (COCO 2017's train set holds some): never a training
+    // target, but a ground truth for COCO's metrics, as pycocotools counts it.
+    let sized = w >= 0.0 && h >= 0.0 && a.bbox.iter().all(|v| v.is_finite());
     if !sized {
-        return Err(format!("bbox {:?} has no size (expected [x, y, width, height])", a.bbox));
+        return Err(format!("bbox {:?} is not [x, y, width, height] with a width and height >= 0", a.bbox));
     }
     let slack = 0.5;
     if x < -slack || y < -slack || x + w > img.width as f64 + slack || y + h > img.height as f64 + slack {
@@ -335,7 +337,8 @@ pub fn read_split(root: &Path, split: &CocoSplit, skip: bool, masks: bool) -> Re
         }
     }
     let mask_files = if masks {
-        let files = write_class_masks(root, &set, &present, &by_image)?;
+        let all_present = problems.is_empty();
+        let files = write_class_masks(root, &set, &present, &by_image, all_present)?;
         let mut kept = Vec::new();
         for (p, m) in present.into_iter().zip(files) {
             match m {
@@ -364,8 +367,14 @@ pub fn read_split(root: &Path, split: &CocoSplit, skip: bool, masks: bool) -> Re
             .iter()
             .map(|a| Object {
                 class: set.class_of(a.category_id).unwrap_or_default() as u32,
-                bbox: a.xyxy().map(|v| v as f32),
-                difficult: a.iscrowd == 1 || a.difficult == 1,
+                // Clipped to the image (COCO's boxes may reach half a pixel past an edge); COCO's
+                // metrics read the box as written.
+                bbox: {
+                    let [x0, y0, x1, y1] = a.xyxy();
+                    let (w, h) = (img.width as f64, img.height as f64);
+                    [x0.max(0.0), y0.max(0.0), x1.min(w), y1.min(h)].map(|v| v as f32)
+                },
+                difficult: a.iscrowd == 1 || a.difficult == 1 || a.bbox[2] <= 0.0 || a.bbox[3] <= 0.0,
                 truncated: false,
             })
             .collect();
@@ -415,14 +424,16 @@ pub fn class_mask(img: &CocoImage, anns: &[(&CocoAnnotation, usize, &Value)]) ->
 }
 
 /// Writes the class masks of `images` as palette PNGs under
-/// `root/runner_masks/<json's stem>/<image id>.png`, kept for later runs while the JSON's
-/// size and modification time are those recorded in the folder's `.complete`. Per image:
-/// its PNG, or what is wrong with its segmentations.
+/// `root/runner_masks/<json's path under root>/<image id>.png`, kept for later runs while
+/// the JSON's size and modification time are those recorded in the folder's `.complete`
+/// (written only when every image of the file was `all_present` and got its mask). Per
+/// image: its PNG, or what is wrong with its segmentations.
 fn write_class_masks(
     root: &Path,
     set: &CocoSet,
     images: &[(&CocoImage, PathBuf)],
     by_image: &HashMap<u64, Vec<&CocoAnnotation>>,
+    all_present: bool,
 ) -> Result<Vec<std::result::Result<PathBuf, String>>> {
     #[derive(Deserialize)]
     struct Segs<'a> {
@@ -438,8 +449,11 @@ fn write_class_masks(
     if set.categories.len() > 254 {
         bail!("{}: {} categories; class masks hold at most 254", set.path.display(), set.categories.len());
     }
-    let stem = set.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let dir = root.join("runner_masks").join(stem);
+    // Named after the whole path: Roboflow's exports name every split's file
+    // `<split>/_annotations.coco.json`.
+    let rel = set.path.strip_prefix(root).unwrap_or(&set.path).with_extension("");
+    let name: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    let dir = root.join("runner_masks").join(name.join("__"));
     let meta = std::fs::metadata(&set.path).with_context(|| format!("cannot read {}", set.path.display()))?;
     let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
     let stamp = format!("{} {}\n", meta.len(), mtime.unwrap_or_default());
@@ -475,7 +489,9 @@ fn write_class_masks(
             Ok(path)
         })
         .collect();
-    std::fs::write(&marker, stamp).with_context(|| format!("cannot write {}", marker.display()))?;
+    if all_present && results.iter().all(|r| r.is_ok()) {
+        std::fs::write(&marker, stamp).with_context(|| format!("cannot write {}", marker.display()))?;
+    }
     Ok(results)
 }
 
@@ -567,8 +583,8 @@ mod tests {
                 "annotation id 1: bbox [x 80, y 20, w 30, h 40] reaches outside its image a.jpg (100x80)",
             ),
             (
-                GOOD.replace("[10, 20, 30, 40]", "[10, 20, 0, 40]"),
-                "annotation id 1: bbox [10.0, 20.0, 0.0, 40.0] has no size",
+                GOOD.replace("[10, 20, 30, 40]", "[10, 20, -1, 40]"),
+                "annotation id 1: bbox [10.0, 20.0, -1.0, 40.0] is not [x, y, width, height] with a width and height >= 0",
             ),
             (GOOD.replace("{\"id\": 2,", "{\"id\": 1,"), "annotation id 1: the id is used twice"),
             (GOOD.replace("[10, 20, 30, 40]", "[10, 20, 30]"), "line 6 column"),

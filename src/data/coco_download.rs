@@ -2,8 +2,9 @@
 //! `annotations_trainval2017.zip` and the images of `train2017.zip` and `val2017.zip`,
 //! each checked against its published MD5 (the sums the COCO tooling of PaddleDetection,
 //! LVIS and others check), kept in the dataset's folder, and unpacked through
-//! `<root>/coco.part/` into `<root>/`, so that an interrupted unpacking leaves no
-//! half-filled folder that a later run would take for the set.
+//! `<root>/coco.part/` into `<root>/` (each folder moved whole, in one rename), so that an
+//! interrupted unpacking leaves no half-filled folder that a later run would take for the
+//! set.
 
 use std::path::Path;
 

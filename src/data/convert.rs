@@ -78,6 +78,8 @@ pub struct Written {
     pub boxes: usize,
     /// Crowd regions YOLO cannot hold, left out.
     pub crowds_left_out: usize,
+    /// Boxes of no size YOLO cannot hold (a label of width or height 0 is no box), left out.
+    pub empty_left_out: usize,
     /// Flags the target has no place for (difficult in YOLO, crowd in VOC).
     pub flags_lost: usize,
 }
@@ -287,8 +289,24 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn file_name(p: &Path) -> Result<String> {
-    p.file_name().and_then(|n| n.to_str()).map(str::to_string).with_context(|| format!("{}: no file name", p.display()))
+/// The file names a split's images take in a flat folder: two images of one name (from
+/// two subfolders of the source) are an error, never one file for both.
+#[derive(Default)]
+struct Names(BTreeMap<String, PathBuf>);
+
+impl Names {
+    fn claim(&mut self, p: &Path) -> Result<String> {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .with_context(|| format!("{}: no file name", p.display()))?;
+        if let Some(other) = self.0.get(&name).filter(|o| o.as_path() != p) {
+            bail!("{} and {} would both be {name} in the written split; rename one", other.display(), p.display());
+        }
+        self.0.insert(name.clone(), p.to_path_buf());
+        Ok(name)
+    }
 }
 
 fn write_coco(c: &Collection, dst: &Path) -> Result<Written> {
@@ -298,9 +316,10 @@ fn write_coco(c: &Collection, dst: &Path) -> Result<Written> {
         c.classes.iter().zip(&cat_ids).map(|(name, &id)| CocoCategory { id, name: name.clone() }).collect();
     for (split, items) in &c.splits {
         let (mut images, mut annotations) = (Vec::new(), Vec::new());
+        let mut names = Names::default();
         for (k, item) in items.iter().enumerate() {
             let id = item.id.unwrap_or(k as u64 + 1);
-            let name = file_name(&item.image)?;
+            let name = names.claim(&item.image)?;
             place(&item.image, &dst.join(split).join(&name))?;
             images.push(CocoImage { id, file_name: name, width: item.width, height: item.height });
             for b in &item.boxes {
@@ -337,8 +356,9 @@ fn write_coco(c: &Collection, dst: &Path) -> Result<Written> {
 fn write_yolo(c: &Collection, dst: &Path) -> Result<Written> {
     let mut out = Written::default();
     for (split, items) in &c.splits {
+        let mut names = Names::default();
         for item in items {
-            let name = file_name(&item.image)?;
+            let name = names.claim(&item.image)?;
             let image = dst.join("images").join(split).join(&name);
             place(&item.image, &image)?;
             let (w, h) = (item.width as f64, item.height as f64);
@@ -348,8 +368,13 @@ fn write_yolo(c: &Collection, dst: &Path) -> Result<Written> {
                     out.crowds_left_out += 1;
                     continue;
                 }
+                // Clipped to the image: COCO allows half a pixel beyond its edges.
+                let [x0, y0, x1, y1] = [b.bbox[0].max(0.0), b.bbox[1].max(0.0), b.bbox[2].min(w), b.bbox[3].min(h)];
+                if x1 <= x0 || y1 <= y0 {
+                    out.empty_left_out += 1;
+                    continue;
+                }
                 out.flags_lost += b.difficult as usize;
-                let [x0, y0, x1, y1] = b.bbox;
                 let (cx, cy, bw, bh) = ((x0 + x1) / 2.0 / w, (y0 + y1) / 2.0 / h, (x1 - x0) / w, (y1 - y0) / h);
                 text += &format!("{} {cx} {cy} {bw} {bh}\n", b.class);
                 out.boxes += 1;

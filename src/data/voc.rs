@@ -77,15 +77,19 @@ pub fn holds_archive(root: &Path, archive: &Archive) -> bool {
         .is_some_and(|d| archive.image_sets.iter().any(|s| d.join("ImageSets/Main").join(format!("{s}.txt")).is_file()))
 }
 
-/// Moves every file under `from` to the same place under `to` (folders created, files
-/// already there kept), then removes `from`.
+/// Moves every file under `from` to the same place under `to` (files already there kept),
+/// then removes `from`. A folder that `to` lacks moves whole, in one rename, so that an
+/// interrupted merge never leaves a half-filled folder that looks complete.
 pub fn merge_into(from: &Path, to: &Path) -> Result<()> {
     let entries = std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?;
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     for e in entries {
         let e = e.with_context(|| format!("cannot read {}", from.display()))?;
         let (src, dst) = (e.path(), to.join(e.file_name()));
-        if src.is_dir() {
+        if src.is_dir() && !dst.exists() {
+            std::fs::rename(&src, &dst)
+                .with_context(|| format!("cannot move {} to {}", src.display(), dst.display()))?;
+        } else if src.is_dir() {
             merge_into(&src, &dst)?;
         } else if !dst.exists() {
             std::fs::rename(&src, &dst)
@@ -93,6 +97,19 @@ pub fn merge_into(from: &Path, to: &Path) -> Result<()> {
         }
     }
     std::fs::remove_dir_all(from).with_context(|| format!("cannot remove {}", from.display()))
+}
+
+/// A working folder beside `path` (`<parent>/<name>.<tag>`), for writing a set aside
+/// before it moves into place. An error where `path` names no folder of its own (`.`,
+/// `..`, `/`), whose staging folder would be `path` itself or above it.
+pub fn beside(path: &Path, tag: &str) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let normal = abs.components().collect::<PathBuf>();
+    let named = path.components().next_back().is_some_and(|c| matches!(c, std::path::Component::Normal(_)));
+    match (normal.file_name(), normal.parent(), named) {
+        (Some(name), Some(parent), true) => Ok(parent.join(format!("{}.{tag}", name.to_string_lossy()))),
+        _ => bail!("{}: name a folder of its own (not `.`, `..` or `/`)", path.display()),
+    }
 }
 
 /// Parses one `Annotations/<id>.xml`. An object whose class is not in `classes` is an

@@ -193,11 +193,13 @@ pub fn read_split(dir: &Path, classes: usize, skip: bool) -> Result<Split> {
     if images.is_empty() {
         bail!("{}: no .jpg, .jpeg, .png or .bmp images", dir.display());
     }
+    let mut labelled = 0;
     for image in images {
-        let read = || -> Result<Vec<Object>> {
+        let mut read = || -> Result<Vec<Object>> {
             let Some(labels) = label_path(&image).filter(|p| p.is_file()) else {
                 return Ok(Vec::new());
             };
+            labelled += 1;
             let (w, h) = image::image_dimensions(&image)
                 .with_context(|| format!("{}: not a readable image", image.display()))?;
             let text = std::fs::read_to_string(&labels).with_context(|| format!("cannot read {}", labels.display()))?;
@@ -220,6 +222,13 @@ pub fn read_split(dir: &Path, classes: usize, skip: bool) -> Result<Split> {
     }
     if skipped > 0 {
         tracing::warn!("{}: skipped {skipped} images with bad labels (the first is named above)", dir.display());
+    }
+    if labelled == 0 {
+        tracing::warn!(
+            "{}: no image has a label file (expected at the image's path with its last `images` folder named \
+             `labels` and the extension .txt): every image is background",
+            dir.display()
+        );
     }
     out.len = out.files.len();
     out.mask_classes = classes;

@@ -193,8 +193,18 @@ fn pixel_task(p: &mut Problems, cfg: &Config, task: &str, why: &str) {
 }
 
 /// `[data.voc]`: distinct classes, years and list names, archives for a download.
-/// `[data.coco]`: with `download`, only what the official archives hold.
+/// `[data.coco]`: with `download`, only what the official archives hold; with `generate`
+/// (and `[data.yolo]`'s), split names the synthetic set can be written under.
 fn coco(p: &mut Problems, cfg: &Config) {
+    let generated = match cfg.data.dataset {
+        DatasetKind::Coco if cfg.data.coco().generate.is_some() => cfg.data.coco().generated_names().err(),
+        DatasetKind::Yolo if cfg.data.yolo().generate.is_some() => cfg.data.yolo().generated_names().err(),
+        _ => None,
+    };
+    if let Some(e) = generated {
+        let key = if cfg.data.dataset == DatasetKind::Coco { "data.coco.generate" } else { "data.yolo.generate" };
+        p.key(key, e);
+    }
     let coco = cfg.data.coco();
     if cfg.data.dataset == DatasetKind::Coco && cfg.data.download && coco.generate.is_none() {
         if let Err(e) = data::coco_download::downloadable(&coco) {

@@ -550,7 +550,7 @@ fn vision_runs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
         crate::common::run_folder(dir, &out)
     };
-    let detect = run("yolo_shapes.toml", &["metrics.test=[\"loss\", \"map50\", \"ap50\"]"]);
+    let detect = run("yolo_shapes.toml", &["metrics.test=[\"loss\", \"map50\", \"ap50\", \"map\", \"map75\"]"]);
     let segment = run(
         "fcn_shapes.toml",
         &[
@@ -672,6 +672,19 @@ fn predictions_images_and_masks_of_each_task() {
     for (class, curve) in pr {
         assert!((curve["ap"].as_f64().unwrap() - ap[class]).abs() < 1e-9, "{class}: {curve} vs {}", ap[class]);
         assert_eq!(curve["precision"].as_array().unwrap().len(), curve["recall"].as_array().unwrap().len());
+    }
+    // The latest epoch's mAPs, VOC's and COCO's (on VOC data, by COCO's rules), as logged.
+    let logged = RunLog::open(&detect, None).unwrap();
+    let maps: BTreeMap<String, f64> = p["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m[0].as_str().unwrap().to_string(), m[1].as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    assert_eq!(maps.keys().collect::<Vec<_>>(), ["map", "map50", "map75"]);
+    for (name, v) in &maps {
+        let want = logged.metrics().iter().rfind(|r| r.split == "test" && &r.metric == name).unwrap().value;
+        assert!(v == &want || (v.is_nan() && want.is_nan()), "{name}: {v} vs {want}");
     }
     // A page past the first.
     let p2 = get_json(&s, &format!("/api/predictions?run={}&from=6", enc(&key)));

@@ -44,6 +44,11 @@ fn make_it_real_coco(dir: &Path) -> usize {
             let area = a["area"].as_f64().unwrap();
             a["area"] = json!(area * 0.8);
         }
+        // A box reaching 0.4 px past the right edge (COCO allows half a pixel), and one of
+        // no height (COCO 2017's train set holds two): a ground truth, never a target.
+        let x = anns[0]["bbox"][0].as_f64().unwrap();
+        anns[0]["bbox"][2] = json!(64.0 - x + 0.4);
+        anns[1]["bbox"][3] = json!(0.0);
         // A crowd region over the left half of every third image.
         let images: Vec<(u64, f64, f64)> = doc["images"]
             .as_array()
@@ -134,10 +139,20 @@ fn a_coco_folder_trains_and_its_coco_metrics_equal_pycocotools() {
         assert!(any_positive, "{report}");
     }
 
-    // COCO to YOLO leaves the crowd regions out, and says so.
+    // COCO to YOLO leaves the crowd regions and the boxes of no size out, and says so; the
+    // box past the edge is clipped, so the YOLO set reads back.
     let out = runner(d.path(), &["data", "convert", "--from", "coco", "--to", "yolo", "coco", "yolo"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains(&format!("left out {crowds} crowd regions")), "{}", out.stdout);
+    assert!(out.stdout.contains("left out 2 boxes of no size"), "{}", out.stdout);
+    convert::read(Format::Yolo, &d.path().join("yolo"), None).unwrap();
+    // A folder that is not a new one is refused, and nothing in it is touched.
+    std::fs::write(d.path().join("yolo/mine.txt"), "keep").unwrap();
+    let out = runner(d.path(), &["data", "convert", "--from", "coco", "--to", "yolo", "coco", "yolo"]);
+    assert!(out.code != 0 && out.stderr.contains("yolo is not empty"), "{}", out.stderr);
+    let out = runner(&d.path().join("yolo"), &["data", "synth", "shapes", "--format", "coco", "--out", "."]);
+    assert!(out.code != 0 && out.stderr.contains(". is not empty"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(d.path().join("yolo/mine.txt")).unwrap(), "keep");
 }
 
 /// Writes a YOLO folder from the VOC set in `voc`, by hand: images/{train,val}, labels as
@@ -275,6 +290,12 @@ fn conversions_keep_every_box_and_class() {
             assert!(x.1.iter().zip(&y.1).all(|(u, v)| (u - v).abs() < 1e-9), "{na}: {:?} {:?}", x.1, y.1);
         }
     }
+    // Two images of one name in two subfolders of a YOLO split: an error, not one file.
+    std::fs::create_dir_all(p("yolo/images/train/sub")).unwrap();
+    std::fs::copy(p("yolo/images/train/000001.jpg"), p("yolo/images/train/sub/000001.jpg")).unwrap();
+    let twice = convert::read(Format::Yolo, &p("yolo"), None).unwrap();
+    let e = format!("{:#}", convert::write(Format::Coco, &twice, &p("twice")).unwrap_err());
+    assert!(e.contains("would both be 000001.jpg in the written split"), "{e}");
     // The same conversions through the command line, into a folder that must be new.
     std::fs::write(p("taken"), "").unwrap();
     let out = runner(d.path(), &["data", "convert", "--from", "voc", "--to", "coco", "voc", "coco"]);
@@ -309,7 +330,7 @@ fn a_coco_folder_trains_segmentation_from_its_polygons() {
     assert!(out.stderr.contains("writing the class masks of 8 images"), "{}", out.stderr);
     let miou = printed(&out, "miou");
     assert!((0.0..=1.0).contains(&miou), "{miou}");
-    let masks = d.path().join("coco/runner_masks/instances_test");
+    let masks = d.path().join("coco/runner_masks/annotations__instances_test");
     assert_eq!(std::fs::read_dir(&masks).unwrap().count(), 8 + 1, "8 masks and .complete");
     // A mask holds the background (0), classes 1-5 and void (255) only, at the image's size.
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(masks.join("1.png")).unwrap()));
