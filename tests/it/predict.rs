@@ -98,7 +98,7 @@ fn a_model_file_and_weights_predict_without_an_experiment() {
         &["predict", models.to_str().unwrap(), "seven.png", "--weights", "w.safetensors", "--topk", "3"],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stderr.contains("predicting with the model and weights alone"), "{}", out.stderr);
+    assert!(out.stderr.contains("no [experiment], [data], [train]: the model and its weights alone"), "{}", out.stderr);
 
     let img = image::open(d.path().join("seven.png")).unwrap().to_luma8();
     let x: Vec<f32> = img.as_raw().iter().map(|&p| p as f32 / 255.0).collect();
