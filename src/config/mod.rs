@@ -48,6 +48,31 @@ pub struct Config {
     /// `runner sweep`'s grid; a plain run ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepConfig>,
+    /// `[log]`: what a run writes beside its tables.
+    #[serde(default, skip_serializing_if = "LogConfig::is_default")]
+    pub log: LogConfig,
+}
+
+/// `[log]`: what a run writes beside its tables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// TensorBoard event files in `tb/` of the run folder: every scalar of metrics.parquet,
+    /// the config as text, the plots as images (`tensorboard --logdir runs`).
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { tensorboard: true }
+    }
+}
+
+impl LogConfig {
+    pub fn is_default(&self) -> bool {
+        *self == LogConfig::default()
+    }
 }
 
 /// How the test split is evaluated.

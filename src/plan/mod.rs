@@ -34,6 +34,8 @@ pub struct Plan {
     pub precision: Precision,
     /// `experiment.kernels`: the widest CPU kernels or the portable ones.
     pub kernels: Kernels,
+    /// `[log] tensorboard`: the run also writes TensorBoard event files (`tb/`).
+    pub tensorboard: bool,
     pub data: DataConfig,
     pub located: Located,
     pub classes: Vec<String>,
@@ -146,6 +148,7 @@ fn plan_with(loaded: &Loaded, need_data: bool) -> Result<Plan> {
         device,
         precision: cfg.experiment.precision,
         kernels: cfg.experiment.kernels,
+        tensorboard: cfg.log.tensorboard,
         data: cfg.data.clone(),
         located,
         classes: spec.classes.clone(),

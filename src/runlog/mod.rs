@@ -7,6 +7,7 @@
 //! own tables (predictions, detections, ROC, confusion) through [`table::Table`].
 
 pub mod table;
+pub mod tensorboard;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use arrow_array::{
 use crate::ops;
 use crate::ops::kernels;
 pub use table::{atomic_write, column, read_parquet, Table};
+use tensorboard::EventLog;
 
 /// One row of `metrics.parquet`.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +108,8 @@ pub struct RunLog {
     metrics: Vec<MetricRow>,
     /// Held while this process writes the folder ([`RunLock`]).
     lock: Option<RunLock>,
+    /// The TensorBoard event file, where the run writes one (`[log] tensorboard`).
+    events: Option<EventLog>,
 }
 
 /// The advisory lock a process holds on a run folder while it writes it: `run.lock`, which
@@ -248,6 +252,7 @@ impl RunLog {
             final_metrics: BTreeMap::new(),
             metrics: Vec::new(),
             lock,
+            events: None,
         })
     }
 
@@ -334,6 +339,7 @@ impl RunLog {
             final_metrics,
             metrics,
             lock: None,
+            events: None,
         })
     }
 
@@ -388,6 +394,27 @@ impl RunLog {
 
     pub fn retain(&mut self, keep: impl FnMut(&MetricRow) -> bool) {
         self.metrics.retain(keep);
+        if let Some(e) = &mut self.events {
+            e.rewrite();
+        }
+    }
+
+    /// Writes TensorBoard event files (`tb/`) from now on, when `on`: the whole file again
+    /// at the first [`RunLog::sync_events`] (a resumed run's rows after its checkpoint are
+    /// gone from it too), then appends.
+    pub fn with_events(mut self, on: bool) -> Self {
+        self.events = on.then(|| EventLog::new(self.started_at_us as f64 / 1e6));
+        self
+    }
+
+    /// Brings `tb/` up to the metrics rows (and the plots drawn so far). A failure is
+    /// warned of, never the run's end: the tables hold everything.
+    pub fn sync_events(&mut self) {
+        let Some(events) = &mut self.events else { return };
+        let config = std::fs::read_to_string(self.dir.join(files::CONFIG)).ok();
+        if let Err(e) = events.sync(&self.dir, &self.metrics, config.as_deref(), &self.dir.join("plots")) {
+            tracing::warn!("TensorBoard events not written: {e:#}");
+        }
     }
 
     pub fn metrics(&self) -> &[MetricRow] {

@@ -95,7 +95,7 @@ pub fn eval_run(
     if !tag.is_empty() {
         name = format!("{name}_{tag}");
     }
-    let mut log = RunLog::open(dir, None)?;
+    let mut log = RunLog::open(dir, None)?.with_events(plan.tensorboard);
     log.lock()?;
     // The epoch and step the weights come from: the checkpoint's sidecar, else the last.
     let side = std::fs::read_to_string(weights.with_extension("toml"))
@@ -113,6 +113,7 @@ pub fn eval_run(
     log.retain(|r| r.split != name);
     let values = log_metrics(&mut log, &plan, &name, plan.metrics.test(), &stats, epoch, step)?;
     log.flush()?;
+    log.sync_events();
     Ok((name, values))
 }
 

@@ -94,12 +94,14 @@ pub fn run_with(
     let resolved = loaded.resolved_toml();
     let hash = config_hash(&resolved);
     let output_dir = PathBuf::from(&loaded.config.experiment.output_dir);
-    let mut log =
-        RunLog::create(&output_dir, &plan.experiment, &hash, plan.seed, &device_name(&device))?.with_sweep_id(sweep_id);
+    let mut log = RunLog::create(&output_dir, &plan.experiment, &hash, plan.seed, &device_name(&device))?
+        .with_sweep_id(sweep_id)
+        .with_events(plan.tensorboard);
     log.write_text(files::CONFIG, &config_file_text(loaded, &resolved))?;
     log.write_params(&loaded.flat_params())?;
     log.flush()?;
     log.publish()?;
+    log.sync_events();
     tracing::info!("run {} in {}", log.run_id, log.dir.display());
     if let Some(started) = hooks.started.take() {
         started(&log.dir)?;
@@ -470,6 +472,7 @@ impl Session<'_> {
         if let Err(e) = draw_plots(log, plan, test, test_split) {
             tracing::warn!("plots not drawn: {e:#}");
         }
+        log.sync_events();
         Ok(values)
     }
 

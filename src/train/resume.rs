@@ -76,7 +76,7 @@ pub fn resume_with(dir: &Path, stop: Arc<AtomicBool>, hooks: Hooks) -> Result<Ou
             plan.train.epochs
         );
     }
-    let log = reopen(dir, &probe, &state)?;
+    let log = reopen(dir, &probe, &state, plan.tensorboard)?;
     let session = Session {
         plan: &plan,
         dataset: &dataset,
@@ -136,9 +136,9 @@ fn check_resumable(dir: &Path, probe: &RunLog, side: Option<&Sidecar>, hash: &st
 
 /// The run's log, opened for writing with the rows of epochs after the checkpoint's dropped,
 /// locked and marked running.
-fn reopen(dir: &Path, probe: &RunLog, state: &State) -> Result<RunLog> {
+fn reopen(dir: &Path, probe: &RunLog, state: &State, events: bool) -> Result<RunLog> {
     let keep = state.next_epoch as i32 - 1;
-    let mut log = RunLog::open(dir, Some(keep))?;
+    let mut log = RunLog::open(dir, Some(keep))?.with_events(events);
     if keep >= 0 && !log.metrics().iter().any(|r| r.epoch == keep) {
         bail!(
             "{}: holds no rows of epoch {} though the checkpoint comes after it (the file was deleted or \
@@ -154,6 +154,8 @@ fn reopen(dir: &Path, probe: &RunLog, state: &State) -> Result<RunLog> {
     }
     log.set_status(Status::Running);
     log.flush()?;
+    // The event file again from the rows kept: none of a later epoch stays twice.
+    log.sync_events();
     Ok(log)
 }
 

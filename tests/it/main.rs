@@ -24,5 +24,6 @@ mod predict;
 mod resume;
 mod segmentation;
 mod sweep;
+mod tensorboard;
 mod torch_parity;
 mod zoo;

@@ -86,7 +86,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// Copies the finished 3-epoch run `full` to `copy` as a stop after epoch `after` leaves
 /// it: the later checkpoints gone, no final weights (resume must write them), status
 /// interrupted.
-fn stopped_copy(full: &Path, copy: &Path, after: usize) {
+pub(crate) fn stopped_copy(full: &Path, copy: &Path, after: usize) {
     copy_dir(full, copy);
     for later in after + 1..=3 {
         for ext in ["safetensors", "toml"] {
