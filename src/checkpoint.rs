@@ -45,6 +45,9 @@ pub struct Sidecar {
     pub kernels: String,
     /// Per-parameter optimizer step counts.
     pub optimizer_steps: BTreeMap<String, u64>,
+    /// `[train] ema`: the average's update count (its tensors are `ema/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_updates: Option<u64>,
 }
 
 fn name(epoch: usize) -> String {
@@ -57,6 +60,7 @@ pub fn save(
     dir: &Path,
     model: &Model,
     optimizer: &Optimizer,
+    ema: Option<&BTreeMap<String, Tensor>>,
     side: &Sidecar,
     keep_last: usize,
     is_best: bool,
@@ -66,6 +70,9 @@ pub fn save(
     let (state, _) = optimizer.export();
     for (n, t) in state {
         all.insert(format!("optimizer/{n}"), t.to_device(&Device::Cpu)?);
+    }
+    for (n, t) in ema.into_iter().flatten() {
+        all.insert(format!("ema/{n}"), t.to_device(&Device::Cpu)?);
     }
     let base = dir.join(name(side.epoch));
     let tensors = base.with_extension("safetensors");
@@ -115,6 +122,12 @@ pub fn latest(dir: &Path) -> Result<Option<(PathBuf, Sidecar)>> {
     let side: Sidecar =
         toml::from_str(&text).with_context(|| format!("{}: not a runner checkpoint sidecar", side_path.display()))?;
     Ok(Some((base.with_extension("safetensors"), side)))
+}
+
+/// The `ema/<name>` tensors of a checkpoint, by name.
+pub fn ema_tensors(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+    let file = weights::read(path, device).with_context(|| format!("{}: not a readable checkpoint", path.display()))?;
+    Ok(file.into_iter().filter_map(|(n, t)| n.strip_prefix("ema/").map(|k| (k.to_string(), t))).collect())
 }
 
 /// Loads a checkpoint into `model` and `optimizer`. Every tensor is checked (names and

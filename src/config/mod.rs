@@ -53,6 +53,28 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// `[train] ema = { decay = 0.9999, warmup = true }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmaConfig {
+    /// The average's decay per optimizer step, in (0, 1).
+    #[serde(default = "default_ema_decay")]
+    pub decay: f64,
+    /// Ultralytics' ramp: `decay * (1 - exp(-updates / tau))`.
+    #[serde(default = "yes")]
+    pub warmup: bool,
+    /// The ramp's time constant in optimizer steps.
+    #[serde(default = "default_ema_tau")]
+    pub tau: f64,
+}
+
+fn default_ema_decay() -> f64 {
+    0.9999
+}
+fn default_ema_tau() -> f64 {
+    2000.0
+}
+
 /// `[log]`: what a run writes beside its tables.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -508,6 +530,10 @@ pub struct TrainConfig {
     /// Linear warm-up, multiplied with the schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<WarmupConfig>,
+    /// An exponential moving average of the weights, used for evaluation, `model.safetensors`
+    /// and prediction (`optim::ema`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaConfig>,
     /// `[[train.param_groups]]`: learning-rate and weight-decay multipliers by dotted path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub param_groups: Vec<ParamGroupConfig>,

@@ -58,6 +58,14 @@ pub(super) fn check_train(p: &mut Problems, train: &TrainConfig) {
     if train.accumulate == 0 {
         p.add("train.accumulate", "must be >= 1");
     }
+    if let Some(ema) = &train.ema {
+        if !(ema.decay > 0.0 && ema.decay < 1.0) {
+            p.add("train.ema.decay", format!("must be in (0, 1), is {}", ema.decay));
+        }
+        if !(ema.tau > 0.0 && ema.tau.is_finite()) {
+            p.add("train.ema.tau", format!("must be > 0 (optimizer steps), is {}", ema.tau));
+        }
+    }
     if !(train.clip_grad_norm >= 0.0) {
         p.add("train.clip_grad_norm", format!("must be >= 0 (0 = off), is {}", train.clip_grad_norm));
     }

@@ -49,8 +49,10 @@ pub mod files {
     pub const PARAMS: &str = "params.parquet";
     /// A row per epoch, step, split, metric and class.
     pub const METRICS: &str = "metrics.parquet";
-    /// The weights after the latest epoch.
+    /// The weights after the latest epoch (with `[train] ema`, their average).
     pub const MODEL: &str = "model.safetensors";
+    /// With `[train] ema`: the raw weights after the latest epoch.
+    pub const MODEL_RAW: &str = "model_raw.safetensors";
     /// The folder of per-epoch checkpoints.
     pub const CHECKPOINTS: &str = "checkpoints";
     /// The task's predictions table on the test split: classification's, detection's,

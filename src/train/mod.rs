@@ -32,8 +32,10 @@ use crate::step::{self, Step};
 use crate::task::{Stats, TrainOutputs};
 use crate::{data, ops, progress};
 
+pub mod ema;
 mod eval;
 mod resume;
+use ema::Ema;
 use eval::draw_plots;
 pub use eval::{eval_run, evaluate, log_metrics, EvalOverrides};
 pub use resume::{resume, resume_with};
@@ -106,11 +108,13 @@ pub fn run_with(
     if let Some(started) = hooks.started.take() {
         started(&log.dir)?;
     }
+    let ema = plan.train.ema.as_ref().map(|c| Ema::new(c, &model)).transpose()?;
     let session = Session {
         plan,
         dataset: &dataset,
         model: &mut model,
         optimizer: &mut optimizer,
+        ema,
         device,
         log,
         stop: &stop,
@@ -160,6 +164,8 @@ struct Session<'a> {
     dataset: &'a data::Dataset,
     model: &'a mut Model,
     optimizer: &'a mut Optimizer,
+    /// `[train] ema`: the average of the weights that evaluation uses.
+    ema: Option<Ema>,
     device: Device,
     log: RunLog,
     stop: &'a AtomicBool,
@@ -258,8 +264,17 @@ impl Session<'_> {
                 tracing::warn!("interrupted during epoch {}; keeping the {} finished epochs", epoch + 1, epoch);
                 return Ok(Ended::Interrupted);
             };
+            // With `[train] ema`, the average is evaluated and saved as model.safetensors; the
+            // raw weights (model_raw.safetensors) go on training.
+            if let Some(ema) = &mut self.ema {
+                ema.swap(self.model)?;
+            }
             let (test, test_skipped) = evaluate(plan, self.model, &test_split, &test_spec, &self.device)?;
             let values = self.log_epoch(epoch, state.step, &trained, &test, test_skipped)?;
+            if let Some(ema) = &mut self.ema {
+                ema.swap(self.model)?;
+                weights::save(self.model, &self.log.dir.join(files::MODEL_RAW))?;
+            }
             let early_stop = self.checkpoint(epoch, &mut state, &values)?;
             tracing::info!(
                 "epoch {}/{epochs}: train {} | test {} | lr {:.3e} | {:.1} s, {:.0} img/s",
@@ -406,6 +421,9 @@ impl Session<'_> {
             clip_grad_norm(&mut pass.summed, plan.train.clip_grad_norm)?;
         }
         self.optimizer.step(pass.lr, self.model.trainable(), &pass.summed, &plan.hypers)?;
+        if let Some(ema) = &mut self.ema {
+            ema.update(self.model)?;
+        }
         pass.summed.clear();
         pass.pending = 0;
         state.step += 1;
@@ -513,11 +531,13 @@ impl Session<'_> {
             threads: ops::threads(),
             kernels: kernels::level_on(&self.device).map(|l| l.to_string()).unwrap_or_default(),
             optimizer_steps,
+            ema_updates: self.ema.as_ref().map(|e| e.updates),
         };
         checkpoint::save(
             &self.log.dir.join(files::CHECKPOINTS),
             self.model,
             self.optimizer,
+            self.ema.as_ref().map(|e| e.tensors()),
             &side,
             ck.keep_last,
             is_best,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
+use super::ema::Ema;
 use super::{config_hash, finish, load_data, Hooks, Outcome, Session, State};
 use crate::checkpoint::{self, Sidecar};
 use crate::config::LoadOptions;
@@ -77,11 +78,20 @@ pub fn resume_with(dir: &Path, stop: Arc<AtomicBool>, hooks: Hooks) -> Result<Ou
         );
     }
     let log = reopen(dir, &probe, &state, plan.tensorboard)?;
+    let mut ema = plan.train.ema.as_ref().map(|c| Ema::new(c, &model)).transpose()?;
+    if let (Some(ema), Some((path, side))) = (&mut ema, &latest) {
+        let Some(updates) = side.ema_updates else {
+            bail!("{}: written without [train] ema, which the config now asks for", path.display());
+        };
+        ema.restore(&checkpoint::ema_tensors(path, &device)?, updates)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     let session = Session {
         plan: &plan,
         dataset: &dataset,
         model: &mut model,
         optimizer: &mut optimizer,
+        ema,
         device,
         log,
         stop: &stop,

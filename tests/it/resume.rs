@@ -543,3 +543,31 @@ fn runs_record_their_kernel_level_and_resume_warns_when_it_changes() {
     assert_eq!(columns.contains(&"kernels"), native != portable, "{table}");
     assert!(columns.contains(&"experiment.kernels") && !columns.contains(&"threads"), "{table}");
 }
+
+/// `[train] ema`: the run saves the average as model.safetensors and the raw weights
+/// beside it (they differ), and a run stopped after epoch 1 resumes to the same rows, the
+/// same average and the same raw weights, bit for bit (the checkpoint carries the average).
+#[test]
+fn an_ema_run_resumes_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let ema = ["--set", "train.ema={ decay = 0.9, tau = 4.0 }"];
+    let out = runner(d.path(), &["tiny.toml", ema[0], ema[1]]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let full = run_folder(d.path(), &out);
+    let (avg, raw) = (
+        std::fs::read(full.join("model.safetensors")).unwrap(),
+        std::fs::read(full.join("model_raw.safetensors")).unwrap(),
+    );
+    assert_ne!(avg, raw, "the average is not the raw weights");
+    let side = std::fs::read_to_string(full.join("checkpoints/epoch_0003.toml")).unwrap();
+    assert!(side.contains("ema_updates = 24"), "3 epochs of 8 steps: {side}");
+    let copy = d.path().join("runs/tiny/stopped_ema");
+    stopped_copy(&full, &copy, 1);
+    std::fs::remove_file(copy.join("model_raw.safetensors")).unwrap();
+    let out = runner(d.path(), &["resume", copy.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(rows(&copy.join("metrics.parquet")), rows(&full.join("metrics.parquet")));
+    assert_eq!(std::fs::read(copy.join("model.safetensors")).unwrap(), avg, "the average");
+    assert_eq!(std::fs::read(copy.join("model_raw.safetensors")).unwrap(), raw, "the raw weights");
+}
