@@ -130,6 +130,29 @@ pub fn ema_tensors(path: &Path, device: &Device) -> Result<BTreeMap<String, Tens
     Ok(file.into_iter().filter_map(|(n, t)| n.strip_prefix("ema/").map(|k| (k.to_string(), t))).collect())
 }
 
+/// With `[train] ema`, the checkpoint at `path` holds the weights' average beside the raw
+/// weights: puts the average into `model` (what training evaluated and chose `best` by).
+/// False, and nothing changed, for a file without one (no sidecar, or no `ema_updates`).
+pub fn load_average(path: &Path, model: &Model) -> Result<bool> {
+    let Ok(text) = std::fs::read_to_string(path.with_extension("toml")) else { return Ok(false) };
+    let Ok(side) = toml::from_str::<Sidecar>(&text) else { return Ok(false) };
+    if side.ema_updates.is_none() {
+        return Ok(false);
+    }
+    let avg = ema_tensors(path, model.device())?;
+    let mut assign = Vec::new();
+    for (n, v) in model.params.iter().chain(model.buffers.iter()) {
+        match avg.get(n) {
+            Some(t) if t.dims() == v.dims() => assign.push((v, t)),
+            _ => bail!("{}: its sidecar names an average, but ema/{n} is missing or of another shape", path.display()),
+        }
+    }
+    for (v, t) in assign {
+        v.set(t)?;
+    }
+    Ok(true)
+}
+
 /// Loads a checkpoint into `model` and `optimizer`. Every tensor is checked (names and
 /// shapes) before anything is set, so a mismatch leaves both as they were.
 pub fn restore(path: &Path, side: &Sidecar, model: &Model, optimizer: &mut Optimizer) -> Result<()> {

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint;
 use crate::config::{AugmentOp, LoadOptions, Loaded};
 use crate::data::augment::Targets;
 use crate::data::{augment, folder, synth};
@@ -126,6 +127,8 @@ pub fn open_model(target: &Path, weights: Option<&Path>, sets: &[String], random
             }
             weights::load_into(&model, f, "", "", &Default::default(), true)
                 .with_context(|| format!("loading {} into the model of {}", f.display(), config_path.display()))?;
+            // A checkpoint of a run with `[train] ema`: its average, as model.safetensors holds.
+            checkpoint::load_average(f, &model)?;
         }
         None if !plan.inits.is_empty() => weights::load_group_inits(&model, &plan.inits)?,
         None if random => {

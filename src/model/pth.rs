@@ -101,6 +101,8 @@ pub fn save(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
         let stored = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored)
+            // PyTorch aligns each member's data to 64 bytes (`torch.load(mmap=True)` needs it).
+            .with_alignment(64)
             .large_file(blobs.iter().any(|b| b.len() as u64 >= u32::MAX as u64));
         zip.start_file("archive/data.pkl", stored)?;
         zip.write_all(&p.0)?;

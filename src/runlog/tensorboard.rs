@@ -165,6 +165,15 @@ impl EventLog {
     /// test row, the plots in `plots` at their step), or writes it anew with the config's
     /// text first. The new file goes through a temporary one renamed into place.
     pub fn sync(&mut self, dir: &Path, rows: &[MetricRow], config: Option<&str>, plots: &Path) -> Result<()> {
+        let result = self.write(dir, rows, config, plots);
+        if result.is_err() {
+            // A part of a record may have landed: the next sync writes the file anew.
+            self.written = None;
+        }
+        result
+    }
+
+    fn write(&mut self, dir: &Path, rows: &[MetricRow], config: Option<&str>, plots: &Path) -> Result<()> {
         let path = self.path(dir);
         let from = self.written.unwrap_or(0).min(rows.len());
         let new = &rows[from..];

@@ -81,6 +81,9 @@ pub fn eval_run(
     let device = plan.open_device()?;
     let model = plan.model(&device)?;
     weights::load_into(&model, &weights, "", "", &BTreeMap::new(), true)?;
+    if checkpoint::load_average(&weights, &model)? {
+        tracing::info!("{}: evaluating the weights' average ([train] ema), as training did", weights.display());
+    }
     let dataset = load_data(&plan)?;
     let data = if split == "test" { dataset.test.clone() } else { dataset.train.clone() };
     let spec = eval_spec(&train_spec(&plan, dataset.shape, &device), &plan);

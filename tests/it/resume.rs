@@ -562,6 +562,7 @@ fn an_ema_run_resumes_exactly() {
     assert_ne!(avg, raw, "the average is not the raw weights");
     let side = std::fs::read_to_string(full.join("checkpoints/epoch_0003.toml")).unwrap();
     assert!(side.contains("ema_updates = 24"), "3 epochs of 8 steps: {side}");
+    let trained = out.stdout.clone();
     let copy = d.path().join("runs/tiny/stopped_ema");
     stopped_copy(&full, &copy, 1);
     std::fs::remove_file(copy.join("model_raw.safetensors")).unwrap();
@@ -570,4 +571,15 @@ fn an_ema_run_resumes_exactly() {
     assert_eq!(rows(&copy.join("metrics.parquet")), rows(&full.join("metrics.parquet")));
     assert_eq!(std::fs::read(copy.join("model.safetensors")).unwrap(), avg, "the average");
     assert_eq!(std::fs::read(copy.join("model_raw.safetensors")).unwrap(), raw, "the raw weights");
+    // `runner eval` on the last checkpoint scores the average, as training did: the same loss.
+    let value = |text: &str, key: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("{key}: {text}"))
+            .to_string()
+    };
+    let e = runner(d.path(), &["eval", full.to_str().unwrap()]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    assert!(e.stderr.contains("evaluating the weights' average"), "{}", e.stderr);
+    assert_eq!(value(&e.stdout, "test_eval.loss"), value(&trained, "test.loss"));
 }
