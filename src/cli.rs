@@ -766,15 +766,10 @@ fn synth_shapes(args: ShapesArgs) -> Result<ExitCode> {
     } else {
         // Written in VOC's layout aside, then converted into a new folder.
         let out = new_folder(&args.out)?;
-        let staging = voc::beside(&args.out, "voc.part")?;
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
-        }
-        let summary = synth::write_shapes(&staging, &opts)?;
-        let c = convert::read(convert::Format::Voc, &staging, None)?;
-        let w = convert::write(format, &c, &out.staging)?;
+        let names = ["train".to_string(), "test".to_string()];
+        let voc_staging = voc::beside(&args.out, "voc.part")?;
+        let (summary, w) = convert::write_shapes_as(format, &opts, &names, &voc_staging, &out.staging)?;
         out.commit()?;
-        std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
         if w.flags_lost > 0 {
             println!("{} difficult objects became ordinary ones: YOLO's labels have no difficult flag", w.flags_lost);
         }

@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use super::coco::{read_instances, CocoAnnotation, CocoCategory, CocoImage};
 use super::voc;
 use crate::config::VocSplit;
+use crate::data::synth::{write_shapes, ShapesOptions, ShapesSummary};
 use crate::data::voc::VOC_CLASSES;
 use crate::data::yolo;
 
@@ -243,29 +244,51 @@ fn read_yolo(src: &Path, classes: Option<Vec<String>>) -> Result<Collection> {
     names.sort();
     let mut splits = Vec::new();
     for name in names {
-        let split = yolo::read_split(&images.join(&name), classes.len(), false)?;
+        let dir = images.join(&name);
         let mut items = Vec::new();
-        for (image, objects) in split.files.into_iter().zip(split.objects) {
+        for image in yolo::images_in(&dir)? {
             let (width, height) = image::image_dimensions(&image)
                 .with_context(|| format!("{}: not a readable image", image.display()))?;
-            // The corners again from the label's numbers in f64 (the split holds f32).
-            let boxes = match yolo::label_path(&image).filter(|p| p.is_file()) {
-                Some(p) => {
-                    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-                    yolo::parse_boxes(&text, [width, height], classes.len())
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-                        .into_iter()
-                        .map(|(class, bbox)| Labelled { class, bbox, difficult: false, crowd: false, area: None })
-                        .collect()
-                }
-                None => Vec::new(),
-            };
-            debug_assert_eq!(boxes.len(), objects.len());
+            let boxes = yolo::read_boxes(&image, classes.len())?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(class, bbox)| Labelled { class, bbox, difficult: false, crowd: false, area: None })
+                .collect();
             items.push(Item { image, id: None, width, height, boxes });
+        }
+        if items.is_empty() {
+            bail!("{}: no .jpg, .jpeg, .png or .bmp images", dir.display());
         }
         splits.push((name, items));
     }
     Ok(Collection { classes, category_ids: None, splits })
+}
+
+/// Writes the synthetic shapes set of `opts` in `format` into `dst`, its `train` and `test`
+/// splits under `names`: in VOC's layout into `voc_staging` first (a working folder,
+/// removed afterwards), then converted. Returns what the set holds and what was written.
+pub fn write_shapes_as(
+    format: Format,
+    opts: &ShapesOptions,
+    names: &[String; 2],
+    voc_staging: &Path,
+    dst: &Path,
+) -> Result<(ShapesSummary, Written)> {
+    let clear = || -> Result<()> {
+        if voc_staging.exists() {
+            std::fs::remove_dir_all(voc_staging).with_context(|| format!("cannot remove {}", voc_staging.display()))?;
+        }
+        Ok(())
+    };
+    clear()?;
+    let summary = write_shapes(voc_staging, opts)?;
+    let mut c = read(Format::Voc, voc_staging, None)?;
+    for (split, _) in &mut c.splits {
+        *split = if split == "train" { names[0].clone() } else { names[1].clone() };
+    }
+    let written = write(format, &c, dst)?;
+    clear()?;
+    Ok((summary, written))
 }
 
 /// Puts `src` at `dst`: a hard link where possible, else a copy.

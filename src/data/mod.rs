@@ -418,33 +418,21 @@ fn write_synthetic(cfg: &DataConfig, set: Synthetic, download_to: &Path) -> Resu
     }
     tracing::info!("writing the synthetic shapes set into {}", download_to.display());
     let staging = voc::beside(download_to, "part")?;
-    let voc_staging = voc::beside(download_to, "voc.part")?;
-    for dir in [&staging, &voc_staging] {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove the unfinished {}", dir.display()))?;
-        }
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot remove the unfinished {}", staging.display()))?;
     }
-    let format = match cfg.dataset {
-        DatasetKind::Coco => convert::Format::Coco,
-        DatasetKind::Yolo => convert::Format::Yolo,
-        _ => convert::Format::Voc,
+    let opts = synth::ShapesOptions::of(set);
+    let (format, names) = match cfg.dataset {
+        DatasetKind::Coco => (convert::Format::Coco, cfg.coco().generated_names()),
+        DatasetKind::Yolo => (convert::Format::Yolo, cfg.yolo().generated_names()),
+        _ => (convert::Format::Voc, Ok(Default::default())),
     };
     if format == convert::Format::Voc {
-        synth::write_shapes(&staging, &synth::ShapesOptions::of(set))?;
+        synth::write_shapes(&staging, &opts)?;
     } else {
-        let names = match cfg.dataset {
-            DatasetKind::Coco => cfg.coco().generated_names(),
-            _ => cfg.yolo().generated_names(),
-        }
-        .map_err(anyhow::Error::msg)?;
-        synth::write_shapes(&voc_staging, &synth::ShapesOptions::of(set))?;
-        let mut c = convert::read(convert::Format::Voc, &voc_staging, None)?;
-        // The synthetic set's `train` and `test` under the names the config reads.
-        for (split, _) in &mut c.splits {
-            *split = if split == "train" { names[0].clone() } else { names[1].clone() };
-        }
-        convert::write(format, &c, &staging)?;
-        std::fs::remove_dir_all(&voc_staging).with_context(|| format!("cannot remove {}", voc_staging.display()))?;
+        let names = names.map_err(anyhow::Error::msg)?;
+        convert::write_shapes_as(format, &opts, &names, &voc::beside(download_to, "voc.part")?, &staging)?;
     }
     voc::merge_into(&staging, download_to)
 }

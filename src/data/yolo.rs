@@ -52,23 +52,28 @@ pub fn label_path(image: &Path) -> Option<PathBuf> {
 /// line that is not 5 numbers, a class out of range, or a box outside `[0, 1]` (1e-6 of
 /// slack) is an error naming the line.
 pub fn parse_labels(text: &str, size: [u32; 2], classes: usize) -> std::result::Result<Vec<Object>, String> {
-    Ok(parse_boxes(text, size, classes)?
-        .into_iter()
-        .map(|(class, bbox)| Object {
-            class: class as u32,
-            bbox: bbox.map(|x| x as f32),
-            difficult: false,
-            truncated: false,
-        })
-        .collect())
+    Ok(parse_boxes(text, size, classes)?.into_iter().map(|(class, bbox)| object(class, bbox)).collect())
 }
 
+fn object(class: usize, bbox: [f64; 4]) -> Object {
+    Object { class: class as u32, bbox: bbox.map(|x| x as f32), difficult: false, truncated: false }
+}
+
+/// The boxes of `image` from its label file ([`parse_boxes`], the image's size from its
+/// header); `None` where it has no label file. Errors name the label file and line.
+pub fn read_boxes(image: &Path, classes: usize) -> Result<Option<Vec<ClassBox>>> {
+    let Some(labels) = label_path(image).filter(|p| p.is_file()) else { return Ok(None) };
+    let (w, h) =
+        image::image_dimensions(image).with_context(|| format!("{}: not a readable image", image.display()))?;
+    let text = std::fs::read_to_string(&labels).with_context(|| format!("cannot read {}", labels.display()))?;
+    parse_boxes(&text, [w, h], classes).map(Some).map_err(|e| anyhow::anyhow!("{}: {e}", labels.display()))
+}
+
+/// A box: its class and corners `[x0, y0, x1, y1]` in pixels.
+pub type ClassBox = (usize, [f64; 4]);
+
 /// [`parse_labels`]' boxes as `(class, corners)` in f64.
-pub fn parse_boxes(
-    text: &str,
-    [w, h]: [u32; 2],
-    classes: usize,
-) -> std::result::Result<Vec<(usize, [f64; 4])>, String> {
+pub fn parse_boxes(text: &str, [w, h]: [u32; 2], classes: usize) -> std::result::Result<Vec<ClassBox>, String> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -196,14 +201,9 @@ pub fn read_split(dir: &Path, classes: usize, skip: bool) -> Result<Split> {
     let mut labelled = 0;
     for image in images {
         let mut read = || -> Result<Vec<Object>> {
-            let Some(labels) = label_path(&image).filter(|p| p.is_file()) else {
-                return Ok(Vec::new());
-            };
+            let Some(boxes) = read_boxes(&image, classes)? else { return Ok(Vec::new()) };
             labelled += 1;
-            let (w, h) = image::image_dimensions(&image)
-                .with_context(|| format!("{}: not a readable image", image.display()))?;
-            let text = std::fs::read_to_string(&labels).with_context(|| format!("cannot read {}", labels.display()))?;
-            parse_labels(&text, [w, h], classes).map_err(|e| anyhow::anyhow!("{}: {e}", labels.display()))
+            Ok(boxes.into_iter().map(|(class, bbox)| object(class, bbox)).collect())
         };
         match read() {
             Ok(objects) => {
