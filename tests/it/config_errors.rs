@@ -431,3 +431,19 @@ fn kernels_take_auto_or_portable() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("RUNNER_KERNELS=fast: expected `auto` or `portable`"), "{stderr}");
 }
+
+/// `[train] ema` and `[log]`: bad values are plan errors naming the key; an unknown key is
+/// named too.
+#[test]
+fn ema_and_log_keys_are_checked() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("data")).unwrap();
+    let exp = write(d.path(), "e.toml", &format!("[experiment]\nname = \"e\"\n{BASE}"));
+    let sets = ["data.root=\"nowhere\"", "data.download=true", "train.ema={ decay = 1.5, tau = 0.0 }"];
+    let l = load(&exp, &opts(&sets)).unwrap();
+    let e = runner::plan::plan(&l).err().unwrap().to_string();
+    assert!(e.contains("key `train.ema.decay`: must be in (0, 1), is 1.5"), "{e}");
+    assert!(e.contains("key `train.ema.tau`: must be > 0 (optimizer steps), is 0"), "{e}");
+    let e = load(&exp, &opts(&["log.tensorbord=true"])).err().unwrap().to_string();
+    assert!(e.contains("tensorbord"), "{e}");
+}
