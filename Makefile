@@ -54,16 +54,16 @@ chromium:
 # stays below 22, the last that works with Debian's NumPy 1.x (which torch 1.13 needs).
 # Debian's venv module is the package python3-venv, installed here where apt works.
 VENV = .venv
-PY_TEST_DEPS = "pyarrow>=17,<22" safetensors pycocotools tensorboard
+PY_TEST_DEPS = "pyarrow>=17,<22" safetensors pycocotools tensorboard onnx onnxruntime
 venv: torch
 	@base=$$(command -v /usr/bin/python3 || command -v python3); \
 	  [ -x $(VENV)/bin/pip ] || { rm -rf $(VENV); $$base -m venv --system-site-packages $(VENV) 2>/dev/null; } || \
 	  { rm -rf $(VENV); $(CAN_APT) && (apt-get install -y -q python3-venv || (apt-get update -q && apt-get install -y -q python3-venv)) && \
 	    $$base -m venv --system-site-packages $(VENV); } || \
 	  echo "WARNING: could not make the venv $(VENV) (on Debian: apt-get install python3-venv): the pyarrow checks will fail"
-	@[ ! -x $(VENV)/bin/pip ] || $(VENV)/bin/python -c "import pyarrow, safetensors, pycocotools, tensorboard" 2>/dev/null || \
+	@[ ! -x $(VENV)/bin/pip ] || $(VENV)/bin/python -c "import pyarrow, safetensors, pycocotools, tensorboard, onnx, onnxruntime" 2>/dev/null || \
 	  $(VENV)/bin/pip install --quiet $(PY_TEST_DEPS) || \
-	  echo "WARNING: pip could not install $(PY_TEST_DEPS) into $(VENV): the pyarrow, pycocotools and tensorboard checks will fail"
+	  echo "WARNING: pip could not install $(PY_TEST_DEPS) into $(VENV): the pyarrow, pycocotools, tensorboard and onnx checks will fail"
 
 # Debian's python3-torch and python3-torchvision make the reference models the parity
 # tests compare with (tests/fixtures/make_zoo_parity.py); installed where apt works.
@@ -92,7 +92,7 @@ slurm:
 
 test: data venv chromium slurm
 	@mkdir -p target && rm -f target/test-skips.log
-	RUNNER_PYTHON=$(CURDIR)/$(VENV)/bin/python RUNNER_REQUIRE_PYARROW=1 RUNNER_REQUIRE_PYCOCOTOOLS=1 RUNNER_REQUIRE_TENSORBOARD=1 \
+	RUNNER_PYTHON=$(CURDIR)/$(VENV)/bin/python RUNNER_REQUIRE_PYARROW=1 RUNNER_REQUIRE_PYCOCOTOOLS=1 RUNNER_REQUIRE_TENSORBOARD=1 RUNNER_REQUIRE_ONNX=1 \
 	RUNNER_REQUIRE_CHROMIUM=$$( (command -v chromium >/dev/null 2>&1 || $(CAN_APT)) && echo 1 || echo 0) \
 	RUNNER_REQUIRE_TORCH=$$( ($(VENV)/bin/python -c "import torch, torchvision, safetensors" 2>/dev/null || $(CAN_APT)) && echo 1 || echo 0) \
 	RUNNER_REQUIRE_FASHION_MNIST=$$( ([ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || $(CAN_APT)) && echo 1 || echo 0) \

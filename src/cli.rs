@@ -292,9 +292,23 @@ struct ExportArgs {
     /// A run folder (its config.toml and model.safetensors), or an experiment or model file
     /// (with --weights, its groups' `init` files, or else its seeded initialisation).
     target: PathBuf,
-    /// `pth` (torch.save's zip, for torch.load) or `safetensors`.
+    /// `onnx` (the eval-mode graph, for onnxruntime), `pth` (torch.save's zip of the state
+    /// dict, for torch.load) or `safetensors` (the state dict).
     #[arg(long, default_value = "pth")]
     format: String,
+    /// ONNX: the opset to write (13 to 21).
+    #[arg(long)]
+    opset: Option<i64>,
+    /// ONNX: the batch dimension is any size (`batch`) instead of 1.
+    #[arg(long)]
+    dynamic_batch: bool,
+    /// ONNX: the height and width are any size (models whose every layer allows it: fully
+    /// convolutional, upsampling by a scale, no crop); the output is then always a map.
+    #[arg(long)]
+    dynamic_size: bool,
+    /// ONNX: fold each batch norm that follows a convolution into that convolution.
+    #[arg(long)]
+    fold_bn: bool,
     /// The file to write; default `<run id or experiment>.<format>` here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -860,14 +874,48 @@ fn data_convert(args: ConvertArgs) -> Result<ExitCode> {
 }
 
 fn export(args: ExportArgs) -> Result<ExitCode> {
+    let format = export::Format::parse(&args.format)?;
+    if format != export::Format::Onnx
+        && (args.opset.is_some() || args.dynamic_batch || args.dynamic_size || args.fold_bn)
+    {
+        bail!(
+            "--opset, --dynamic-batch, --dynamic-size and --fold-bn apply to --format onnx, not --format {}",
+            args.format
+        );
+    }
+    let defaults = export::OnnxRequest::default();
     let req = export::Request {
-        format: export::Format::parse(&args.format)?,
+        format,
         target: args.target,
         out: args.out,
         weights: args.weights,
         sets: args.sets,
+        onnx: export::OnnxRequest {
+            opset: args.opset.unwrap_or(defaults.opset),
+            dynamic_batch: args.dynamic_batch,
+            dynamic_size: args.dynamic_size,
+            fold_bn: args.fold_bn,
+        },
     };
     let done = export::run(&req)?;
+    if let Some(g) = &done.onnx {
+        let shape: Vec<String> = g.output_shape.iter().map(|d| d.to_string()).collect();
+        println!(
+            "wrote {} (ONNX opset {}, {} nodes, {} initializers, {} parameters, output [{}]{}): onnxruntime.InferenceSession(path); the preprocessing is in its metadata",
+            done.path.display(),
+            req.onnx.opset,
+            g.nodes,
+            g.initializers,
+            done.parameters,
+            shape.join(", "),
+            match (req.onnx.fold_bn, g.folded, g.batch_norms.len()) {
+                (true, f, 0) => format!(", {f} batch norms folded"),
+                (true, f, n) => format!(", {f} batch norms folded, {n} kept (not after a convolution: {})", g.batch_norms.join(", ")),
+                (false, _, _) => String::new(),
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "wrote {} ({} tensors, {} parameters): {} it and load_state_dict(..., strict=True)",
         done.path.display(),

@@ -1,5 +1,6 @@
-//! `runner export`: a run's (or an experiment's) weights for PyTorch, as a state dict with
-//! PyTorch's names and layouts. The zoo's names are torchvision's (`features.0.weight`) and
+//! `runner export`: a run's (or an experiment's) model for other tools: as an ONNX graph
+//! (`model::onnx`, with the test preprocessing in its metadata), or its weights for
+//! PyTorch, as a state dict with PyTorch's names and layouts. The zoo's names are torchvision's (`features.0.weight`) and
 //! runner keeps PyTorch's layouts (convolutions `[out, in, kh, kw]`, linear `[out, in]`), so
 //! `torchvision.models.alexnet()` loads an AlexNet run's file with `strict=True`. Batch
 //! norm's `num_batches_tracked`, which PyTorch's state dicts hold and runner does not keep,
@@ -11,7 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
-use crate::model::{pth, weights, Model};
+use crate::config::AugmentOp;
+use crate::model::{onnx, pth, weights, Model};
+use crate::plan::Plan;
 use crate::predict::open_model;
 use crate::runlog;
 
@@ -22,6 +25,8 @@ pub enum Format {
     Pth,
     /// The state dict as safetensors (`safetensors.torch.load_file(path)`).
     Safetensors,
+    /// The eval-mode forward as an ONNX graph (`onnxruntime.InferenceSession(path)`).
+    Onnx,
 }
 
 impl Format {
@@ -29,8 +34,8 @@ impl Format {
         Ok(match s {
             "pth" | "pt" => Format::Pth,
             "safetensors" => Format::Safetensors,
-            "onnx" => bail!("--format onnx: ONNX export is not built yet (issue 35); pth and safetensors are"),
-            other => bail!("--format {other}: expected pth or safetensors"),
+            "onnx" => Format::Onnx,
+            other => bail!("--format {other}: expected onnx, pth or safetensors"),
         })
     }
 
@@ -38,6 +43,7 @@ impl Format {
         match self {
             Format::Pth => "pth",
             Format::Safetensors => "safetensors",
+            Format::Onnx => "onnx",
         }
     }
 }
@@ -50,6 +56,22 @@ pub struct Request {
     /// Weights for the whole model instead of the run's (or the experiment's seeded ones).
     pub weights: Option<PathBuf>,
     pub sets: Vec<String>,
+    pub onnx: OnnxRequest,
+}
+
+/// The options of `--format onnx`.
+#[derive(Debug, Clone, Copy)]
+pub struct OnnxRequest {
+    pub opset: i64,
+    pub dynamic_batch: bool,
+    pub dynamic_size: bool,
+    pub fold_bn: bool,
+}
+
+impl Default for OnnxRequest {
+    fn default() -> Self {
+        OnnxRequest { opset: onnx::DEFAULT_OPSET, dynamic_batch: false, dynamic_size: false, fold_bn: false }
+    }
 }
 
 /// What an export wrote.
@@ -57,6 +79,8 @@ pub struct Exported {
     pub path: PathBuf,
     pub tensors: usize,
     pub parameters: usize,
+    /// `--format onnx`: the graph's summary.
+    pub onnx: Option<onnx::Summary>,
 }
 
 /// The model's state dict as PyTorch holds it, by name.
@@ -73,7 +97,7 @@ pub fn state_dict(model: &Model) -> Result<BTreeMap<String, Tensor>> {
 }
 
 pub fn run(req: &Request) -> Result<Exported> {
-    let (_, model) = open_model(&req.target, req.weights.as_deref(), &req.sets, true)?;
+    let (plan, model) = open_model(&req.target, req.weights.as_deref(), &req.sets, true)?;
     let path = match &req.out {
         Some(p) => p.clone(),
         None => default_out(&req.target, req.format),
@@ -81,16 +105,68 @@ pub fn run(req: &Request) -> Result<Exported> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let dict = state_dict(&model)?;
     let parameters = model.num_params();
+    if req.format == Format::Onnx {
+        let opts = onnx::Options {
+            opset: req.onnx.opset,
+            dynamic_batch: req.onnx.dynamic_batch,
+            dynamic_size: req.onnx.dynamic_size,
+            fold_bn: req.onnx.fold_bn,
+            metadata: metadata(&plan),
+            graph_name: plan.experiment.clone(),
+        };
+        let mut summary = None;
+        runlog::atomic_write(&path, |tmp| {
+            let mut out = std::io::BufWriter::new(
+                std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
+            );
+            summary = Some(onnx::write(&model, &opts, &mut out)?);
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            Ok(())
+        })?;
+        let tensors = summary.as_ref().map(|s| s.initializers).unwrap_or(0);
+        return Ok(Exported { path, tensors, parameters, onnx: summary });
+    }
+    let dict = state_dict(&model)?;
     match req.format {
         Format::Pth => pth::save(&dict.iter().map(|(k, t)| (k.clone(), t.clone())).collect::<Vec<_>>(), &path)?,
         Format::Safetensors => {
             let map: std::collections::HashMap<String, Tensor> = dict.clone().into_iter().collect();
             runlog::atomic_write(&path, |tmp| Ok(candle_core::safetensors::save(&map, tmp)?))?;
         }
+        Format::Onnx => unreachable!("written above"),
     }
-    Ok(Exported { path, tensors: dict.len(), parameters })
+    Ok(Exported { path, tensors: dict.len(), parameters, onnx: None })
+}
+
+/// What a user of the ONNX file needs to feed it as runner does (`ModelProto.metadata_props`,
+/// values as JSON): `input_size` `[c, h, w]`; `mean` and `std` of the test augmentation's
+/// `normalize` (pixels are divided by 255 first: `(x / 255 - mean) / std`); `classes`;
+/// `task`; the whole `augment_test` list; and `preprocess`, those steps in words.
+pub fn metadata(plan: &Plan) -> Vec<(String, String)> {
+    let json = |v: serde_json::Value| v.to_string();
+    let mut out = vec![
+        ("runner.experiment".to_string(), plan.experiment.clone()),
+        ("task".to_string(), plan.task.name().to_string()),
+        ("input_size".to_string(), json(serde_json::json!(plan.graph.input))),
+        ("classes".to_string(), json(serde_json::json!(plan.classes))),
+        ("augment_test".to_string(), json(serde_json::json!(plan.augment_test))),
+    ];
+    let norm = plan.augment_test.iter().find_map(|op| match op {
+        AugmentOp::Normalize { mean, std } => Some((mean, std)),
+        _ => None,
+    });
+    let layout = "NCHW float32, channels in the image's order (RGB, or one grey channel)";
+    let preprocess = match norm {
+        Some((mean, std)) => {
+            out.push(("mean".to_string(), json(serde_json::json!(mean))));
+            out.push(("std".to_string(), json(serde_json::json!(std))));
+            format!("{layout}; x = (pixel / 255 - mean[c]) / std[c] after the test augmentation's other steps (augment_test)")
+        }
+        None => format!("{layout}; x = pixel / 255 after the test augmentation's steps (augment_test); no normalize"),
+    };
+    out.push(("preprocess".to_string(), preprocess));
+    out
 }
 
 /// `<run id>.<ext>` for a run folder, `<file stem>.<ext>` for a file, in the current folder.

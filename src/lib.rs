@@ -20,6 +20,7 @@ pub mod plan;
 pub mod plots;
 pub mod predict;
 pub mod progress;
+pub mod protobuf;
 pub mod rng;
 pub mod runlog;
 pub mod schedule;

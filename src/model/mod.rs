@@ -6,6 +6,7 @@
 //! one set of weights on every machine.
 
 pub mod graph;
+pub mod onnx;
 pub mod pth;
 pub mod weights;
 

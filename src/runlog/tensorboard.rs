@@ -6,7 +6,7 @@
 //!
 //! The format: TFRecord framing (a little-endian u64 length, its masked CRC-32C, the
 //! bytes, their masked CRC-32C) around `tensorflow.Event` protobuf messages, the first one
-//! `file_version = "brain.Event:2"`. The few protobuf fields needed are encoded here.
+//! `file_version = "brain.Event:2"`, encoded with `crate::protobuf`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::MetricRow;
+use crate::protobuf::Proto;
 
 /// CRC-32C (Castagnoli), reflected, as TFRecord uses it.
 fn crc32c(data: &[u8]) -> u32 {
@@ -36,43 +37,6 @@ fn crc32c(data: &[u8]) -> u32 {
 fn masked_crc(data: &[u8]) -> u32 {
     let c = crc32c(data);
     (c.rotate_right(15)).wrapping_add(0xa282_ead8)
-}
-
-/// A protobuf message being written: fields by number and wire type.
-#[derive(Default)]
-struct Proto(Vec<u8>);
-
-impl Proto {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-    fn key(&mut self, field: u32, wire: u8) {
-        self.varint(((field as u64) << 3) | wire as u64);
-    }
-    fn int(&mut self, field: u32, v: i64) {
-        self.key(field, 0);
-        self.varint(v as u64);
-    }
-    fn double(&mut self, field: u32, v: f64) {
-        self.key(field, 1);
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn float(&mut self, field: u32, v: f32) {
-        self.key(field, 5);
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn bytes(&mut self, field: u32, b: &[u8]) {
-        self.key(field, 2);
-        self.varint(b.len() as u64);
-        self.0.extend_from_slice(b);
-    }
-    fn message(&mut self, field: u32, m: Proto) {
-        self.bytes(field, &m.0);
-    }
 }
 
 /// One `Summary.Value`'s content.
@@ -264,13 +228,5 @@ mod tests {
     fn crc32c_of_the_standard_check_string() {
         // The CRC-32C catalogue's check value: crc32c("123456789") = 0xE3069283.
         assert_eq!(crc32c(b"123456789"), 0xe306_9283);
-    }
-
-    #[test]
-    fn varints_and_fields_encode_as_protobuf_does() {
-        // Protobuf's documentation: 150 in field 1 is 08 96 01.
-        let mut p = Proto::default();
-        p.int(1, 150);
-        assert_eq!(p.0, [0x08, 0x96, 0x01]);
     }
 }

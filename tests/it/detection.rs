@@ -78,6 +78,10 @@ fn yolo_trains_on_the_shapes_set_and_predicts_boxes() {
     }
     assert!(!run.join("predictions.parquet").exists(), "classification's table is not written for detection");
 
+    // The trained run exported to ONNX: onnxruntime gives the run's model's outputs
+    // (tests/it/onnx.rs).
+    crate::onnx::export_and_check(&run, "yolo_shapes run", &[], (2, None), &["--dynamic-batch", "--fold-bn"]);
+
     // pyarrow recomputes the logged mAP from detections.parquet and the XML ground truth.
     let year = data.join("VOCdevkit/VOC2007");
     let classes = "circle,square,triangle,star,cross";

@@ -69,7 +69,7 @@ fn export_refuses_what_it_cannot_write() {
     let d = tempfile::tempdir().unwrap();
     let file = repo().join("configs/models/lenet5.toml").display().to_string();
     let o = runner(d.path(), &["export", &file, "--format", "tflite"]);
-    assert!(o.code != 0 && o.stderr.contains("--format tflite: expected pth or safetensors"), "{}", o.stderr);
+    assert!(o.code != 0 && o.stderr.contains("--format tflite: expected onnx, pth or safetensors"), "{}", o.stderr);
     let o = runner(d.path(), &["export", "nowhere"]);
     assert!(o.code != 0 && o.stderr.contains("nowhere"), "{}", o.stderr);
     // The default name: the file's stem, here.

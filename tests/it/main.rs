@@ -20,6 +20,7 @@ mod layers;
 mod learning;
 mod localization;
 mod mutation;
+mod onnx;
 mod predict;
 mod resume;
 mod segmentation;

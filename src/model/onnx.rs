@@ -1,0 +1,661 @@
+//! The model's eval-mode forward as an ONNX graph (`runner export --format onnx`).
+//!
+//! Every layer of the layer language has its ONNX operator: `conv2d` is `Conv`,
+//! `conv_transpose2d` `ConvTranspose`, the poolings `MaxPool`, `AveragePool`
+//! (`count_include_pad`, as runner and PyTorch count) and `GlobalAveragePool`, `batchnorm`
+//! `BatchNormalization` (or folded into the convolution before it), `linear` `Gemm` (or
+//! `Conv` in a fully convolutional model), `upsample` `Resize`, `crop` `Slice`, `concat`
+//! and `add` (and a residual sum) `Concat` and `Add`; dropout is left out and `flatten` is
+//! `Flatten`. The walk over groups, blocks and layers is the one `Model::forward` makes.
+//!
+//! Names: the graph's input is `input` (`[batch, c, h, w]`), its output `output`; each
+//! node's output is its layer's path (`features.0`), and each weight its state-dict name
+//! (`features.0.weight`), so a graph viewer shows the names of the config and the
+//! checkpoints. Each node's `doc_string` is its config key.
+//!
+//! The messages (`onnx.proto`: `ModelProto`, `GraphProto`, `NodeProto`, `AttributeProto`,
+//! `TensorProto`, `ValueInfoProto`) are written with [`crate::protobuf`]: the dozen fields
+//! this needs did not warrant a protobuf compiler in the build.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::ops::RangeInclusive;
+
+use anyhow::{anyhow, bail, Result};
+use candle_core::{DType, Device};
+
+use super::graph::{PlannedGroup, INPUT};
+use super::{Model, PlannedLayer};
+use crate::config::LayerKind;
+use crate::ops::pool::PoolKind;
+use crate::ops::upsample::UpsampleMode;
+use crate::protobuf::Proto;
+
+/// The opsets the export writes: 13 made `Resize`'s unused inputs optional; 21 is the
+/// newest that onnxruntime and `onnx.checker` of the tests know.
+pub const OPSETS: RangeInclusive<i64> = 13..=21;
+pub const DEFAULT_OPSET: i64 = 17;
+
+/// Protobuf's limit on one message: an ONNX file without external data.
+const MAX_BYTES: usize = (1 << 31) - 1;
+
+// TensorProto.DataType
+const FLOAT: i64 = 1;
+const INT64: i64 = 7;
+
+pub struct Options {
+    pub opset: i64,
+    /// The batch dimension is `batch` (any size) instead of 1.
+    pub dynamic_batch: bool,
+    /// The input's height and width are `height` and `width` (any size): for models whose
+    /// every layer works at any size ([`size_free`]). The output is then always a map.
+    pub dynamic_size: bool,
+    /// Fold each batch norm that follows a convolution into that convolution.
+    pub fold_bn: bool,
+    /// `ModelProto.metadata_props`, e.g. the preprocessing.
+    pub metadata: Vec<(String, String)>,
+    pub graph_name: String,
+}
+
+/// What was written.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub nodes: usize,
+    pub initializers: usize,
+    pub bytes: usize,
+    /// Batch norms folded into their convolutions.
+    pub folded: usize,
+    /// Batch norms written as `BatchNormalization` (by path): nothing to fold them into, or
+    /// no `--fold-bn`.
+    pub batch_norms: Vec<String>,
+    /// The output's shape (`batch`, `out_height`, `out_width` where dynamic).
+    pub output_shape: Vec<Dim>,
+}
+
+/// A tensor dimension in the file: a size, or a name that stands for any size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dim {
+    Fixed(usize),
+    Named(&'static str),
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Named(s) => f.write_str(s),
+        }
+    }
+}
+
+/// `Err` names the first layer whose output size is fixed at plan time, so that the graph
+/// cannot take any input size: an upsampling to a `size`, a crop, a `linear` or `flatten`
+/// outside a fully convolutional model.
+pub fn size_free(graph: &super::PlannedGraph) -> std::result::Result<(), String> {
+    for l in graph.layers() {
+        let fixed = match &l.kind {
+            LayerKind::Upsample { size: Some(_), .. } => "it upsamples to a fixed size (use `scale`)",
+            LayerKind::Crop { .. } => "a crop's size is fixed",
+            LayerKind::Linear { .. } if l.conv_kernel.is_none() => {
+                "a linear layer needs a fixed size (set model.fully_convolutional = true to run it as a convolution)"
+            }
+            LayerKind::Flatten {} if !graph.fully_convolutional => "flatten needs a fixed size",
+            _ => continue,
+        };
+        return Err(format!("{} ({}): {fixed}", l.key, l.kind.name()));
+    }
+    Ok(())
+}
+
+/// The IR version that goes with an opset (onnx's versioning table).
+fn ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=14 => 7,
+        15..=18 => 8,
+        19..=20 => 9,
+        _ => 10,
+    }
+}
+
+/// Writes `model` as an ONNX `ModelProto` to `out`.
+pub fn write(model: &Model, opts: &Options, out: &mut impl Write) -> Result<Summary> {
+    if !OPSETS.contains(&opts.opset) {
+        bail!("--opset {}: runner writes opsets {} to {}", opts.opset, OPSETS.start(), OPSETS.end());
+    }
+    let weight_bytes: usize = model.params.values().chain(model.buffers.values()).map(|v| v.elem_count() * 4).sum();
+    if weight_bytes > MAX_BYTES - (16 << 20) {
+        bail!(
+            "the model's weights take {:.2} GiB: an ONNX file holds at most 2 GiB (protobuf's limit), and runner does not write ONNX's external data",
+            weight_bytes as f64 / (1u64 << 30) as f64
+        );
+    }
+    if opts.dynamic_size {
+        size_free(model.graph()).map_err(|e| anyhow!("--dynamic-size: {e}"))?;
+    }
+    let mut b = Builder::new(model, opts);
+    let graph = b.graph()?;
+
+    let mut m = Proto::default();
+    m.int(1, ir_version(opts.opset));
+    m.string(2, "runner");
+    m.string(3, env!("CARGO_PKG_VERSION"));
+    let mut opset = Proto::default();
+    opset.string(1, "");
+    opset.int(2, opts.opset);
+    m.message(8, opset);
+    for (k, v) in &opts.metadata {
+        let mut e = Proto::default();
+        e.string(1, k);
+        e.string(2, v);
+        m.message(14, e);
+    }
+    // The graph last, its length prefix written here, its bytes straight from the parts.
+    m.key(7, 2);
+    m.varint(graph.iter().map(|p| p.len()).sum::<usize>() as u64);
+    let bytes = m.0.len() + graph.iter().map(|p| p.len()).sum::<usize>();
+    if bytes > MAX_BYTES {
+        bail!("the ONNX file would take {bytes} bytes: protobuf's limit is 2 GiB");
+    }
+    out.write_all(&m.0)?;
+    for part in &graph {
+        out.write_all(part)?;
+    }
+    b.summary.bytes = bytes;
+    Ok(b.summary)
+}
+
+/// A weight as it goes into the file.
+struct Weight {
+    name: String,
+    dims: Vec<usize>,
+    data: Vec<f32>,
+}
+
+struct Builder<'a> {
+    model: &'a Model,
+    opts: &'a Options,
+    /// Encoded `NodeProto`s, each as `GraphProto.node`.
+    nodes: Proto,
+    /// Encoded `TensorProto`s, each as `GraphProto.initializer`.
+    inits: Proto,
+    /// Every tensor name given out.
+    names: BTreeSet<String>,
+    summary: Summary,
+}
+
+impl<'a> Builder<'a> {
+    fn new(model: &'a Model, opts: &'a Options) -> Self {
+        Builder {
+            model,
+            opts,
+            nodes: Proto::default(),
+            inits: Proto::default(),
+            names: BTreeSet::new(),
+            summary: Summary::default(),
+        }
+    }
+
+    /// `base`, or `base_1`, `base_2`, ... when taken.
+    fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut i = 0;
+        while self.names.contains(&name) {
+            i += 1;
+            name = format!("{base}_{i}");
+        }
+        self.names.insert(name.clone());
+        name
+    }
+
+    /// Adds a node; returns its output's name (`name`, made unique).
+    fn node(&mut self, op: &str, name: &str, inputs: &[&str], attrs: Vec<Proto>, doc: &str) -> String {
+        let out = self.fresh(name);
+        let mut n = Proto::default();
+        for i in inputs {
+            n.string(1, i);
+        }
+        n.string(2, &out);
+        n.string(3, &out);
+        n.string(4, op);
+        for a in attrs {
+            n.message(5, a);
+        }
+        if !doc.is_empty() {
+            n.string(6, doc);
+        }
+        self.nodes.message(1, n);
+        self.summary.nodes += 1;
+        out
+    }
+
+    fn init_f32(&mut self, w: Weight) -> String {
+        let name = self.fresh(&w.name);
+        let mut raw = Vec::with_capacity(w.data.len() * 4);
+        for v in &w.data {
+            raw.extend_from_slice(&v.to_le_bytes());
+        }
+        self.initializer(&name, &w.dims, FLOAT, &raw);
+        name
+    }
+
+    fn init_i64(&mut self, name: &str, values: &[i64]) -> String {
+        let name = self.fresh(name);
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(&name, &[values.len()], INT64, &raw);
+        name
+    }
+
+    fn initializer(&mut self, name: &str, dims: &[usize], data_type: i64, raw: &[u8]) {
+        let mut t = Proto::default();
+        t.ints(1, &dims.iter().map(|&d| d as i64).collect::<Vec<_>>());
+        t.int(2, data_type);
+        t.string(8, name);
+        t.bytes(9, raw);
+        self.inits.message(5, t);
+        self.summary.initializers += 1;
+    }
+
+    /// A parameter or buffer of the model by its state-dict name.
+    fn weight(&self, name: &str) -> Result<Weight> {
+        let var = self
+            .model
+            .params
+            .get(name)
+            .or_else(|| self.model.buffers.get(name))
+            .ok_or_else(|| anyhow!("the model has no weight `{name}`"))?;
+        let t = var.as_tensor().to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        Ok(Weight { name: name.to_string(), dims: t.dims().to_vec(), data: t.flatten_all()?.to_vec1::<f32>()? })
+    }
+
+    fn has(&self, l: &PlannedLayer, name: &str) -> bool {
+        self.model.params.contains_key(&format!("{}.{name}", l.path))
+    }
+
+    fn param(&self, l: &PlannedLayer, name: &str) -> Result<Weight> {
+        self.weight(&format!("{}.{name}", l.path))
+    }
+
+    /// The encoded graph, in parts (the initializers are most of it).
+    fn graph(&mut self) -> Result<Vec<Vec<u8>>> {
+        let graph = self.model.graph().clone();
+        self.names.insert(INPUT.to_string());
+        let mut kept: BTreeMap<String, String> = BTreeMap::from([(INPUT.to_string(), INPUT.to_string())]);
+        let mut x = INPUT.to_string();
+        for group in &graph.groups {
+            if let Some(from) = &group.from {
+                x = kept.get(from).cloned().ok_or_else(|| anyhow!("group {}: no output `{from}`", group.name))?;
+            }
+            x = self.group(group, x, &kept)?;
+            if group.keep {
+                kept.insert(group.name.clone(), x.clone());
+            }
+        }
+        let mut out_shape = graph.out_shape().to_vec();
+        let one_by_one = out_shape.len() == 3 && out_shape[1] == 1 && out_shape[2] == 1;
+        if graph.fully_convolutional && one_by_one && !self.opts.dynamic_size {
+            // As `Model::forward`: a 1x1 map of a fully convolutional model is flattened.
+            x = self.node("Flatten", "flatten", &[&x], vec![attr_int("axis", 1)], "a 1x1 output map, flattened");
+            out_shape.truncate(1);
+        }
+        self.node("Identity", "output", &[&x], vec![], "");
+
+        let batch = if self.opts.dynamic_batch { Dim::Named("batch") } else { Dim::Fixed(1) };
+        let dims = |shape: &[usize], hw: [&'static str; 2]| {
+            let mut d = vec![batch];
+            d.extend(shape.iter().map(|&n| Dim::Fixed(n)));
+            if self.opts.dynamic_size && d.len() == 4 {
+                d[2] = Dim::Named(hw[0]);
+                d[3] = Dim::Named(hw[1]);
+            }
+            d
+        };
+        let (input, output) = (dims(&graph.input, ["height", "width"]), dims(&out_shape, ["out_height", "out_width"]));
+        let mut tail = Proto::default();
+        tail.string(2, &self.opts.graph_name);
+        tail.message(11, value_info(INPUT, &input));
+        tail.message(12, value_info("output", &output));
+        self.summary.output_shape = output;
+        Ok(vec![std::mem::take(&mut self.nodes.0), std::mem::take(&mut self.inits.0), tail.0])
+    }
+
+    fn group(&mut self, group: &PlannedGroup, mut x: String, kept: &BTreeMap<String, String>) -> Result<String> {
+        for block in &group.blocks {
+            let block_in = x.clone();
+            x = self.layers(&block.layers, x, kept)?;
+            if let Some(res) = &block.residual {
+                let s = self.layers(&res.shortcut, block_in, kept)?;
+                let name = block.layers.first().map(|l| parent(&l.path)).unwrap_or(&group.name).to_string();
+                let sum = self.node("Add", &format!("{name}.sum"), &[&x, &s], vec![], "the residual sum");
+                x = match &res.activation {
+                    Some(act) => self.layer(act, sum, kept)?,
+                    None => sum,
+                };
+            }
+        }
+        Ok(x)
+    }
+
+    fn layers(&mut self, layers: &[PlannedLayer], mut x: String, kept: &BTreeMap<String, String>) -> Result<String> {
+        let mut i = 0;
+        while i < layers.len() {
+            let l = &layers[i];
+            let next = layers.get(i + 1);
+            if let (true, LayerKind::Conv2d { .. }, Some(bn)) = (self.opts.fold_bn, &l.kind, next) {
+                if let LayerKind::Batchnorm { eps, .. } = bn.kind {
+                    x = self.conv_bn(l, bn, eps, x)?;
+                    i += 2;
+                    continue;
+                }
+            }
+            x = self.layer(l, x, kept)?;
+            i += 1;
+        }
+        Ok(x)
+    }
+
+    /// A convolution with the batch norm after it folded in:
+    /// `w' = w * s`, `b' = (b - mean) * s + beta` per output channel, `s = gamma / sqrt(var + eps)`
+    /// (computed in f64).
+    fn conv_bn(&mut self, conv: &PlannedLayer, bn: &PlannedLayer, eps: f64, x: String) -> Result<String> {
+        let mut w = self.param(conv, "weight")?;
+        let out = w.dims[0];
+        let bias = match self.has(conv, "bias") {
+            true => self.param(conv, "bias")?.data,
+            false => vec![0.0; out],
+        };
+        let [gamma, beta, mean, var] =
+            ["weight", "bias", "running_mean", "running_var"].map(|n| self.weight(&format!("{}.{n}", bn.path)));
+        let (gamma, beta, mean, var) = (gamma?.data, beta?.data, mean?.data, var?.data);
+        let per = w.data.len() / out;
+        let mut b = Vec::with_capacity(out);
+        for o in 0..out {
+            let s = gamma[o] as f64 / (var[o] as f64 + eps).sqrt();
+            for v in &mut w.data[o * per..(o + 1) * per] {
+                *v = (*v as f64 * s) as f32;
+            }
+            b.push(((bias[o] as f64 - mean[o] as f64) * s + beta[o] as f64) as f32);
+        }
+        w.name = format!("{}.weight", conv.path);
+        let b = Weight { name: format!("{}.bias", conv.path), dims: vec![out], data: b };
+        self.summary.folded += 1;
+        let doc = format!("{} with {} ({}) folded in", doc(conv), bn.key, bn.path);
+        self.conv(conv, x, w, Some(b), &doc)
+    }
+
+    fn conv(&mut self, l: &PlannedLayer, x: String, w: Weight, b: Option<Weight>, doc: &str) -> Result<String> {
+        let (stride, padding, dilation, groups) = match l.kind {
+            LayerKind::Conv2d { stride, padding, dilation, groups, .. } => (stride, padding, dilation, groups),
+            // A linear layer run as a convolution over the map it was trained on.
+            _ => (1, 0, 1, 1),
+        };
+        let kernel = [w.dims[2] as i64, w.dims[3] as i64];
+        let w = self.init_f32(w);
+        let b = b.map(|b| self.init_f32(b));
+        let mut inputs = vec![x.as_str(), w.as_str()];
+        inputs.extend(b.as_deref());
+        let attrs = vec![
+            attr_ints("kernel_shape", &kernel),
+            attr_ints("strides", &[stride as i64; 2]),
+            attr_ints("pads", &[padding as i64; 4]),
+            attr_ints("dilations", &[dilation as i64; 2]),
+            attr_int("group", groups as i64),
+        ];
+        Ok(self.node("Conv", &l.path, &inputs, attrs, doc))
+    }
+
+    fn bias(&self, l: &PlannedLayer) -> Result<Option<Weight>> {
+        Ok(match self.has(l, "bias") {
+            true => Some(self.param(l, "bias")?),
+            false => None,
+        })
+    }
+
+    fn layer(&mut self, l: &PlannedLayer, x: String, kept: &BTreeMap<String, String>) -> Result<String> {
+        let doc = doc(l);
+        let path = l.path.as_str();
+        Ok(match &l.kind {
+            LayerKind::Conv2d { .. } => {
+                let (w, b) = (self.param(l, "weight")?, self.bias(l)?);
+                self.conv(l, x, w, b, &doc)?
+            }
+            LayerKind::ConvTranspose2d { stride, padding, output_padding, dilation, groups, .. } => {
+                let w = self.param(l, "weight")?;
+                let kernel = [w.dims[2] as i64, w.dims[3] as i64];
+                let b = self.bias(l)?;
+                let w = self.init_f32(w);
+                let b = b.map(|b| self.init_f32(b));
+                let mut inputs = vec![x.as_str(), w.as_str()];
+                inputs.extend(b.as_deref());
+                let attrs = vec![
+                    attr_ints("kernel_shape", &kernel),
+                    attr_ints("strides", &[*stride as i64; 2]),
+                    attr_ints("pads", &[*padding as i64; 4]),
+                    attr_ints("output_padding", &[*output_padding as i64; 2]),
+                    attr_ints("dilations", &[*dilation as i64; 2]),
+                    attr_int("group", *groups as i64),
+                ];
+                self.node("ConvTranspose", path, &inputs, attrs, &doc)
+            }
+            LayerKind::Maxpool { .. } | LayerKind::Avgpool { .. } => {
+                let Some((kind, g)) = l.kind.pool() else { bail!("{doc}: not a pooling") };
+                let mut attrs = vec![
+                    attr_ints("kernel_shape", &[g.kernel as i64; 2]),
+                    attr_ints("strides", &[g.stride as i64; 2]),
+                    attr_ints("pads", &[g.padding as i64; 4]),
+                    attr_int("ceil_mode", g.ceil_mode as i64),
+                ];
+                let op = match kind {
+                    PoolKind::Max => "MaxPool",
+                    PoolKind::Avg => {
+                        attrs.push(attr_int("count_include_pad", 1));
+                        "AveragePool"
+                    }
+                };
+                self.node(op, path, &[&x], attrs, &doc)
+            }
+            LayerKind::Batchnorm { eps, .. } => {
+                let names = ["weight", "bias", "running_mean", "running_var"];
+                let mut inputs = vec![x.clone()];
+                for n in names {
+                    let w = self.param(l, n)?;
+                    inputs.push(self.init_f32(w));
+                }
+                self.summary.batch_norms.push(l.path.clone());
+                let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                self.node("BatchNormalization", path, &inputs, vec![attr_float("epsilon", *eps as f32)], &doc)
+            }
+            LayerKind::GlobalAvgpool {} => self.node("GlobalAveragePool", path, &[&x], vec![], &doc),
+            LayerKind::Relu {} => self.node("Relu", path, &[&x], vec![], &doc),
+            LayerKind::LeakyRelu { slope } => {
+                self.node("LeakyRelu", path, &[&x], vec![attr_float("alpha", *slope as f32)], &doc)
+            }
+            LayerKind::Sigmoid {} => self.node("Sigmoid", path, &[&x], vec![], &doc),
+            LayerKind::Upsample { .. } => self.resize(l, x, &doc)?,
+            LayerKind::Flatten {} if self.model.graph().fully_convolutional => x,
+            LayerKind::Flatten {} => self.node("Flatten", path, &[&x], vec![attr_int("axis", 1)], &doc),
+            LayerKind::Linear { .. } => {
+                let mut w = self.param(l, "weight")?;
+                let b = self.bias(l)?;
+                if let Some([kh, kw]) = l.conv_kernel {
+                    // The linear weight seen as a kernel over the whole map (convolutionize).
+                    w.dims = vec![w.dims[0], l.in_shape[0], kh, kw];
+                    return self.conv(l, x, w, b, &format!("{doc}, as a convolution"));
+                }
+                let w = self.init_f32(w);
+                let b = b.map(|b| self.init_f32(b));
+                let mut inputs = vec![x.as_str(), w.as_str()];
+                inputs.extend(b.as_deref());
+                self.node("Gemm", path, &inputs, vec![attr_int("transB", 1)], &doc)
+            }
+            // Evaluation: dropout is the identity.
+            LayerKind::Dropout { .. } => x,
+            LayerKind::Crop { offset: [oy, ox], .. } => {
+                let [_, h, w] = l.out_shape[..] else { bail!("{doc}: a crop needs a map, not {:?}", l.in_shape) };
+                let (oy, ox) = (*oy as i64, *ox as i64);
+                let starts = self.init_i64(&format!("{path}.starts"), &[oy, ox]);
+                let ends = self.init_i64(&format!("{path}.ends"), &[oy + h as i64, ox + w as i64]);
+                let axes = self.init_i64(&format!("{path}.axes"), &[2, 3]);
+                self.node("Slice", path, &[&x, &starts, &ends, &axes], vec![], &doc)
+            }
+            LayerKind::Concat { with } | LayerKind::Add { with } => {
+                let mut inputs = vec![x.clone()];
+                for name in with {
+                    inputs.push(kept.get(name).cloned().ok_or_else(|| anyhow!("{doc}: no output `{name}` kept"))?);
+                }
+                match l.kind {
+                    LayerKind::Concat { .. } => {
+                        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                        self.node("Concat", path, &inputs, vec![attr_int("axis", 1)], &doc)
+                    }
+                    _ => {
+                        let mut sum = inputs[0].clone();
+                        for other in &inputs[1..] {
+                            sum = self.node("Add", path, &[&sum, other], vec![], &doc);
+                        }
+                        sum
+                    }
+                }
+            }
+        })
+    }
+
+    /// `upsample` as `Resize` to the planned size: nearest as PyTorch's (`asymmetric`,
+    /// `floor`), bilinear as PyTorch's `align_corners = False` (`pytorch_half_pixel`).
+    fn resize(&mut self, l: &PlannedLayer, x: String, doc: &str) -> Result<String> {
+        let LayerKind::Upsample { mode, .. } = l.kind else { bail!("{doc}: not an upsampling") };
+        let [c, h, w] = shape3(l, &l.in_shape)?;
+        let [_, oh, ow] = shape3(l, &l.out_shape)?;
+        let path = l.path.as_str();
+        let (scales, sizes) = if self.opts.dynamic_size {
+            // Any input size (size_free: an upsampling by `scale`): Resize by the factor.
+            let scales = [1.0, 1.0, (oh / h) as f32, (ow / w) as f32];
+            let name = self.fresh(&format!("{path}.scales"));
+            let raw: Vec<u8> = scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.initializer(&name, &[4], FLOAT, &raw);
+            (name, String::new())
+        } else if self.opts.dynamic_batch {
+            // [batch, c] from the input's shape, then the planned height and width.
+            let shape = self.node("Shape", &format!("{path}.shape"), &[&x], vec![], doc);
+            let (zero, two) =
+                (self.init_i64(&format!("{path}.nc_start"), &[0]), self.init_i64(&format!("{path}.nc_end"), &[2]));
+            let nc = self.node("Slice", &format!("{path}.nc"), &[&shape, &zero, &two], vec![], doc);
+            let hw = self.init_i64(&format!("{path}.hw"), &[oh as i64, ow as i64]);
+            (String::new(), self.node("Concat", &format!("{path}.sizes"), &[&nc, &hw], vec![attr_int("axis", 0)], doc))
+        } else {
+            (String::new(), self.init_i64(&format!("{path}.sizes"), &[1, c as i64, oh as i64, ow as i64]))
+        };
+        let attrs = match mode {
+            UpsampleMode::Nearest => vec![
+                attr_string("mode", "nearest"),
+                attr_string("coordinate_transformation_mode", "asymmetric"),
+                attr_string("nearest_mode", "floor"),
+            ],
+            UpsampleMode::Bilinear => {
+                vec![attr_string("mode", "linear"), attr_string("coordinate_transformation_mode", "pytorch_half_pixel")]
+            }
+        };
+        let inputs: &[&str] = match sizes.is_empty() {
+            true => &[&x, "", &scales],
+            false => &[&x, "", "", &sizes],
+        };
+        Ok(self.node("Resize", path, inputs, attrs, doc))
+    }
+}
+
+fn shape3(l: &PlannedLayer, s: &[usize]) -> Result<[usize; 3]> {
+    <[usize; 3]>::try_from(s).map_err(|_| anyhow!("{}: expected a [c, h, w] map, not {s:?}", l.key))
+}
+
+/// A node's `doc_string`: where its layer was written (`model.groups[0].layers[3] (conv2d)`).
+fn doc(l: &PlannedLayer) -> String {
+    format!("{} ({})", l.key, l.kind.name())
+}
+
+/// `res.3.0` -> `res.3`.
+fn parent(path: &str) -> &str {
+    path.rsplit_once('.').map(|(p, _)| p).unwrap_or(path)
+}
+
+fn attr(name: &str, kind: i64) -> Proto {
+    let mut a = Proto::default();
+    a.string(1, name);
+    a.int(20, kind);
+    a
+}
+
+fn attr_int(name: &str, v: i64) -> Proto {
+    let mut a = attr(name, 2);
+    a.int(3, v);
+    a
+}
+
+fn attr_float(name: &str, v: f32) -> Proto {
+    let mut a = attr(name, 1);
+    a.float(2, v);
+    a
+}
+
+fn attr_string(name: &str, v: &str) -> Proto {
+    let mut a = attr(name, 3);
+    a.string(4, v);
+    a
+}
+
+fn attr_ints(name: &str, vs: &[i64]) -> Proto {
+    let mut a = attr(name, 7);
+    a.ints(8, vs);
+    a
+}
+
+/// A float tensor's `ValueInfoProto`.
+fn value_info(name: &str, dims: &[Dim]) -> Proto {
+    let mut shape = Proto::default();
+    for d in dims {
+        let mut dim = Proto::default();
+        match d {
+            Dim::Fixed(n) => dim.int(1, *n as i64),
+            Dim::Named(s) => dim.string(2, s),
+        }
+        shape.message(1, dim);
+    }
+    let mut tensor = Proto::default();
+    tensor.int(1, FLOAT);
+    tensor.message(2, shape);
+    let mut ty = Proto::default();
+    ty.message(1, tensor);
+    let mut v = Proto::default();
+    v.string(1, name);
+    v.message(2, ty);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+
+    #[test]
+    fn ir_versions_follow_onnx_releases() {
+        // onnx/docs/Versioning.md: 1.8 (IR 7, opset 13), 1.10 (IR 8, opset 15),
+        // 1.14 (IR 9, opset 19), 1.16 (IR 10, opset 21).
+        assert_eq!([13, 14, 15, 17, 18, 19, 20, 21].map(ir_version), [7, 7, 8, 8, 8, 9, 9, 10]);
+    }
+
+    #[test]
+    fn an_opset_out_of_range_is_refused() {
+        let cfg: ModelConfig =
+            toml::from_str("input = [1, 4, 4]\n[[groups]]\nname = \"a\"\nlayers = [\"relu\"]\n").unwrap();
+        let graph = super::super::plan_model(&cfg).unwrap();
+        let model = Model::new(&graph, 0, &Device::Cpu).unwrap();
+        let opts = Options {
+            opset: 11,
+            dynamic_batch: false,
+            dynamic_size: false,
+            fold_bn: false,
+            metadata: vec![],
+            graph_name: "g".into(),
+        };
+        let e = write(&model, &opts, &mut Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("--opset 11: runner writes opsets 13 to 21"), "{e}");
+    }
+}
