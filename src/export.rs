@@ -107,6 +107,12 @@ pub fn run(req: &Request) -> Result<Exported> {
     }
     let parameters = model.num_params();
     if req.format == Format::Onnx {
+        if !plan.precision.is_f32() {
+            tracing::warn!(
+                "{}: runner computes this model's convolutions and products in bf16 ([experiment] precision); the ONNX file computes in f32, so its outputs differ from runner's by bf16's rounding",
+                req.target.display()
+            );
+        }
         let opts = onnx::Options {
             opset: req.onnx.opset,
             dynamic_batch: req.onnx.dynamic_batch,

@@ -28,7 +28,7 @@ use super::graph::{PlannedGroup, INPUT};
 use super::{Model, PlannedLayer};
 use crate::config::LayerKind;
 use crate::ops::pool::PoolKind;
-use crate::ops::upsample::UpsampleMode;
+use crate::ops::upsample::{nearest_sources, UpsampleMode};
 use crate::protobuf::Proto;
 
 /// The opsets the export writes: 13 made `Resize`'s unused inputs optional; 21 is the
@@ -95,6 +95,9 @@ pub fn size_free(graph: &super::PlannedGraph) -> std::result::Result<(), String>
     for l in graph.layers() {
         let fixed = match &l.kind {
             LayerKind::Upsample { size: Some(_), .. } => "it upsamples to a fixed size (use `scale`)",
+            LayerKind::Upsample { mode: UpsampleMode::Nearest, scale: Some(s), .. } if !s.is_power_of_two() => {
+                "onnxruntime's nearest Resize by a factor that is not a power of two rounds some pixels otherwise than PyTorch's rule; export at a fixed size"
+            }
             LayerKind::Crop { .. } => "a crop's size is fixed",
             LayerKind::Linear { .. } if l.conv_kernel.is_none() => {
                 "a linear layer needs a fixed size (set model.fully_convolutional = true to run it as a convolution)"
@@ -521,11 +524,23 @@ impl<'a> Builder<'a> {
 
     /// `upsample` as `Resize` to the planned size: nearest as PyTorch's (`asymmetric`,
     /// `floor`), bilinear as PyTorch's `align_corners = False` (`pytorch_half_pixel`).
+    /// Nearest by other factors than powers of two is two `Gather`s of the source rows and
+    /// columns runner computes: `Resize` divides by the scale where PyTorch multiplies by
+    /// its inverse, which rounds to another pixel at times (2 -> 82 pixels: output column 41
+    /// reads column 1 in onnxruntime 1.32, column 0 in PyTorch).
     fn resize(&mut self, l: &PlannedLayer, x: String, doc: &str) -> Result<String> {
         let LayerKind::Upsample { mode, .. } = l.kind else { bail!("{doc}: not an upsampling") };
         let [c, h, w] = shape3(l, &l.in_shape)?;
         let [_, oh, ow] = shape3(l, &l.out_shape)?;
         let path = l.path.as_str();
+        let pow2 = |o: usize, i: usize| o % i == 0 && (o / i).is_power_of_two();
+        if mode == UpsampleMode::Nearest && !(pow2(oh, h) && pow2(ow, w)) && !self.opts.dynamic_size {
+            let to_i64 = |v: Vec<usize>| v.into_iter().map(|i| i as i64).collect::<Vec<_>>();
+            let rows = self.init_i64(&format!("{path}.rows"), &to_i64(nearest_sources(h, oh)));
+            let cols = self.init_i64(&format!("{path}.cols"), &to_i64(nearest_sources(w, ow)));
+            let y = self.node("Gather", &format!("{path}.gather_rows"), &[&x, &rows], vec![attr_int("axis", 2)], doc);
+            return Ok(self.node("Gather", path, &[&y, &cols], vec![attr_int("axis", 3)], doc));
+        }
         let (scales, sizes) = if self.opts.dynamic_size {
             // Any input size (size_free: an upsampling by `scale`): Resize by the factor.
             let scales = [1.0, 1.0, (oh / h) as f32, (ow / w) as f32];

@@ -39,6 +39,12 @@ fn taps(mode: UpsampleMode, input: usize, output: usize) -> Vec<(usize, usize, f
         .collect()
 }
 
+/// Nearest upsampling's source index along one axis for each output index (PyTorch's rule,
+/// as [`upsample2d`] computes it).
+pub fn nearest_sources(input: usize, output: usize) -> Vec<usize> {
+    taps(UpsampleMode::Nearest, input, output).into_iter().map(|(i, _, _)| i).collect()
+}
+
 pub(crate) fn resample<T: Elem>(
     mode: UpsampleMode,
     x: &[T],

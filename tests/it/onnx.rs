@@ -357,6 +357,18 @@ layers = ["global_avgpool", "flatten", "dropout", { linear = { out = 7 } }]
             return;
         }
     }
+    // Nearest upsampling by 41: onnxruntime's Resize reads column 1 for output column 41,
+    // PyTorch's rule (and runner) column 0; the export's Gathers give runner's pixels.
+    let n = d.path().join("nearest41.toml");
+    std::fs::write(&n, "[model]\ninput = [1, 2, 2]\n[[model.groups]]\nname = \"up\"\nlayers = [{ upsample = { mode = \"nearest\", scale = 41 } }]\n").unwrap();
+    let c = export_and_check(&n, "nearest x41", &[], (1, None), &[]).unwrap();
+    assert_eq!(c.abs, 0.0, "a nearest upsampling copies pixels");
+    let o = runner(d.path(), &["export", &n.display().to_string(), "--format", "onnx", "--dynamic-size"]);
+    assert!(
+        o.stderr.contains("--dynamic-size: model.groups[0].layers[0] (upsample): onnxruntime's nearest Resize"),
+        "{}",
+        o.stderr
+    );
     // What the export says about the batch norms.
     let file = f.display().to_string();
     let o = runner(d.path(), &["export", &file, "--format", "onnx", "--fold-bn", "--out", "x.onnx"]);
