@@ -533,7 +533,7 @@ impl<'a> Builder<'a> {
         let [c, h, w] = shape3(l, &l.in_shape)?;
         let [_, oh, ow] = shape3(l, &l.out_shape)?;
         let path = l.path.as_str();
-        let pow2 = |o: usize, i: usize| o % i == 0 && (o / i).is_power_of_two();
+        let pow2 = |o: usize, i: usize| o.is_multiple_of(i) && (o / i).is_power_of_two();
         if mode == UpsampleMode::Nearest && !(pow2(oh, h) && pow2(ow, w)) && !self.opts.dynamic_size {
             let to_i64 = |v: Vec<usize>| v.into_iter().map(|i| i as i64).collect::<Vec<_>>();
             let rows = self.init_i64(&format!("{path}.rows"), &to_i64(nearest_sources(h, oh)));
