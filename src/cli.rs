@@ -67,8 +67,9 @@ enum Command {
     /// Class scores for image files (`#<rank> <score> <class>`), or a detector's boxes
     /// (`<class> <score> <xmin> <ymin> <xmax> <ymax>`, drawn into --out).
     Predict(PredictArgs),
-    /// A run's (or an experiment's) weights as a PyTorch state dict: torchvision's names and
-    /// layouts, loadable with `load_state_dict(..., strict=True)`.
+    /// A run's (or an experiment's) model as an ONNX graph for onnxruntime, or its weights as
+    /// a PyTorch state dict (torchvision's names and layouts, for `load_state_dict(...,
+    /// strict=True)`).
     Export(ExportArgs),
     /// Continue an interrupted or failed run in its folder, from its last checkpoint.
     Resume(ResumeArgs),
@@ -296,7 +297,7 @@ struct ExportArgs {
     /// dict, for torch.load) or `safetensors` (the state dict).
     #[arg(long, default_value = "pth")]
     format: String,
-    /// ONNX: the opset to write (13 to 21).
+    /// ONNX: the opset to write, 13 to 21 [default: 17].
     #[arg(long)]
     opset: Option<i64>,
     /// ONNX: the batch dimension is any size (`batch`) instead of 1.
@@ -309,7 +310,7 @@ struct ExportArgs {
     /// ONNX: fold each batch norm that follows a convolution into that convolution.
     #[arg(long)]
     fold_bn: bool,
-    /// The file to write; default `<run id or experiment>.<format>` here.
+    /// The file to write; default `<run id or file stem>.<format>` here.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Weights for the whole model: safetensors or a PyTorch state dict (.pth).

@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
-use crate::config::AugmentOp;
+use crate::config::{AugmentOp, Tta};
 use crate::model::{onnx, pth, weights, Model};
 use crate::plan::Plan;
 use crate::predict::open_model;
 use crate::runlog;
+use crate::task::Task;
 
 /// The file formats `runner export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,73 +98,102 @@ pub fn state_dict(model: &Model) -> Result<BTreeMap<String, Tensor>> {
 }
 
 pub fn run(req: &Request) -> Result<Exported> {
-    let (plan, model) = open_model(&req.target, req.weights.as_deref(), &req.sets, true)?;
+    if req.format == Format::Onnx {
+        onnx::check_opset(req.onnx.opset)?;
+    }
     let path = match &req.out {
         Some(p) => p.clone(),
         None => default_out(&req.target, req.format),
     };
+    if path.is_dir() {
+        bail!("--out {}: a folder; give the file to write", path.display());
+    }
+    let (plan, model) = open_model(&req.target, req.weights.as_deref(), &req.sets, true)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let parameters = model.num_params();
-    if req.format == Format::Onnx {
-        if !plan.precision.is_f32() {
-            tracing::warn!(
-                "{}: runner computes this model's convolutions and products in bf16 ([experiment] precision); the ONNX file computes in f32, so its outputs differ from runner's by bf16's rounding",
-                req.target.display()
-            );
+    let (tensors, onnx) = match req.format {
+        Format::Onnx => {
+            let summary = write_onnx(req, &plan, &model, &path)?;
+            (summary.initializers, Some(summary))
         }
-        let opts = onnx::Options {
-            opset: req.onnx.opset,
-            dynamic_batch: req.onnx.dynamic_batch,
-            dynamic_size: req.onnx.dynamic_size,
-            fold_bn: req.onnx.fold_bn,
-            metadata: metadata(&plan),
-            graph_name: plan.experiment.clone(),
-        };
-        let mut summary = None;
-        runlog::atomic_write(&path, |tmp| {
-            let mut out = std::io::BufWriter::new(
-                std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
-            );
-            summary = Some(onnx::write(&model, &opts, &mut out)?);
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            Ok(())
-        })?;
-        let tensors = summary.as_ref().map(|s| s.initializers).unwrap_or(0);
-        return Ok(Exported { path, tensors, parameters, onnx: summary });
-    }
-    let dict = state_dict(&model)?;
-    match req.format {
-        Format::Pth => pth::save(&dict.iter().map(|(k, t)| (k.clone(), t.clone())).collect::<Vec<_>>(), &path)?,
+        Format::Pth => {
+            let dict = state_dict(&model)?;
+            pth::save(&dict.iter().map(|(k, t)| (k.clone(), t.clone())).collect::<Vec<_>>(), &path)?;
+            (dict.len(), None)
+        }
         Format::Safetensors => {
-            let map: std::collections::HashMap<String, Tensor> = dict.clone().into_iter().collect();
+            let map: std::collections::HashMap<String, Tensor> = state_dict(&model)?.into_iter().collect();
             runlog::atomic_write(&path, |tmp| Ok(candle_core::safetensors::save(&map, tmp)?))?;
+            (map.len(), None)
         }
-        Format::Onnx => unreachable!("written above"),
-    }
-    Ok(Exported { path, tensors: dict.len(), parameters, onnx: None })
+    };
+    Ok(Exported { path, tensors, parameters, onnx })
 }
 
-/// What a user of the ONNX file needs to feed it as runner does (`ModelProto.metadata_props`,
-/// values as JSON): `input_size` `[c, h, w]`; `mean` and `std` of the test augmentation's
-/// `normalize` (pixels are divided by 255 first: `(x / 255 - mean) / std`); `classes`;
-/// `task`; the whole `augment_test` list; and `preprocess`, those steps in words.
+/// `--format onnx`: the options checked against the model before anything is written.
+fn write_onnx(req: &Request, plan: &Plan, model: &Model, path: &Path) -> Result<onnx::Summary> {
+    if !plan.precision.is_f32() {
+        tracing::warn!(
+            "{}: runner computes this model's convolutions and products in bf16 ([experiment] precision); the ONNX file computes in f32, so its outputs differ from runner's by bf16's rounding",
+            req.target.display()
+        );
+    }
+    let opts = onnx::Options {
+        opset: req.onnx.opset,
+        dynamic_batch: req.onnx.dynamic_batch,
+        dynamic_size: req.onnx.dynamic_size,
+        fold_bn: req.onnx.fold_bn,
+        metadata: metadata(plan),
+        graph_name: plan.experiment.clone(),
+    };
+    onnx::check(model, &opts)?;
+    let mut summary = None;
+    runlog::atomic_write(path, |tmp| {
+        let file = std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        summary = Some(onnx::write(model, &opts, &mut out)?);
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    })?;
+    summary.ok_or_else(|| anyhow::anyhow!("{}: nothing written", path.display()))
+}
+
+/// The task's `[task.*]` keys as the plan resolved them.
+fn task_config(task: &Task) -> serde_json::Value {
+    match task {
+        Task::Classify { label_smoothing } => serde_json::json!({ "label_smoothing": label_smoothing }),
+        Task::Detect(y) => serde_json::json!(y.cfg),
+        Task::Segment(s) => serde_json::json!(s.cfg),
+        Task::Localize(l) => serde_json::json!(l.cfg),
+    }
+}
+
+/// What a user of the ONNX file needs to feed it and read it as runner does
+/// (`ModelProto.metadata_props`, values as JSON where not words): `input_size` `[c, h, w]`;
+/// `mean` and `std` of the test augmentation's `normalize` (pixels are divided by 255
+/// first: `(x / 255 - mean) / std`); `classes`; `task` and `task_config` (its `[task]`
+/// keys); `output`, the output's layout in words; the whole `augment_test` list; `tta`; and
+/// `preprocess`, those steps in words.
 pub fn metadata(plan: &Plan) -> Vec<(String, String)> {
     let json = |v: serde_json::Value| v.to_string();
     let mut out = vec![
         ("runner.experiment".to_string(), plan.experiment.clone()),
         ("task".to_string(), plan.task.name().to_string()),
+        ("task_config".to_string(), json(task_config(&plan.task))),
+        ("output".to_string(), plan.task.output_layout()),
         ("input_size".to_string(), json(serde_json::json!(plan.graph.input))),
         ("classes".to_string(), json(serde_json::json!(plan.classes))),
         ("augment_test".to_string(), json(serde_json::json!(plan.augment_test))),
+        ("tta".to_string(), json(serde_json::json!(plan.tta))),
     ];
     let norm = plan.augment_test.iter().find_map(|op| match op {
         AugmentOp::Normalize { mean, std } => Some((mean, std)),
         _ => None,
     });
     let layout = "NCHW float32, channels in the image's order (RGB, or one grey channel)";
-    let preprocess = match norm {
+    let mut preprocess = match norm {
         Some((mean, std)) => {
             out.push(("mean".to_string(), json(serde_json::json!(mean))));
             out.push(("std".to_string(), json(serde_json::json!(std))));
@@ -171,6 +201,12 @@ pub fn metadata(plan: &Plan) -> Vec<(String, String)> {
         }
         None => format!("{layout}; x = pixel / 255 after the test augmentation's steps (augment_test); no normalize"),
     };
+    if plan.tta == Tta::TenCrop {
+        let [_, h, w] = plan.test_shape;
+        preprocess.push_str(&format!(
+            "; tta ten_crop: augment_test gives {h}x{w} images, of which runner runs the four corner crops and the centre crop of input_size and their mirror images, and averages the ten softmax outputs"
+        ));
+    }
     out.push(("preprocess".to_string(), preprocess));
     out
 }

@@ -94,7 +94,10 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         let _ = std::fs::remove_file(&tmp);
         return Err(e.context(format!("cannot write {}", tmp.display())));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::new(e).context(format!("cannot rename {} to {}", tmp.display(), path.display()))
+    })
 }
 
 fn write_parquet(path: &Path, batch: RecordBatch) -> Result<()> {

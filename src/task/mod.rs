@@ -225,6 +225,32 @@ impl Task {
         }
     }
 
+    /// What the model's output holds, in words, for a user of an exported model (the ONNX
+    /// file's metadata).
+    pub fn output_layout(&self) -> String {
+        match self {
+            Task::Classify { .. } => "[batch, classes] logits (no softmax)".into(),
+            Task::Segment(s) => format!(
+                "[batch, {}, h, w] class scores per pixel (no softmax); a pixel's class is the argmax over dimension 1",
+                s.classes
+            ),
+            Task::Detect(y) => format!(
+                "[batch, {d}, {s}, {s}] (or [batch, {}]), read as [batch, {s}, {s}, {d}] (cells by row, then column): per cell {b} boxes of (x, y, sqrt w, sqrt h, confidence), x and y the centre's offset in the cell in cell sizes, w and h relative to the image, then {c} class scores; a box's score is its confidence times the class score (YOLOv1)",
+                y.cfg.grid * y.cfg.grid * y.depth(),
+                d = y.depth(),
+                s = y.cfg.grid,
+                b = y.cfg.boxes,
+                c = y.classes
+            ),
+            Task::Localize(l) => format!(
+                "[batch, {} + {}]: the class logits (no softmax), then {}: x0, y0, x1, y1 relative to the input's width and height",
+                l.classes,
+                if l.cfg.per_class { 4 * l.classes } else { 4 },
+                if l.cfg.per_class { "a box per class, in class order" } else { "one box" }
+            ),
+        }
+    }
+
     /// Whether a training batch's loss is the mean of per-sample losses, so that the batch
     /// can be run in slices whose losses are weighted by their sizes (`step`): classification.
     /// A segmentation loss is a mean over the labelled pixels, which the slices do not share.

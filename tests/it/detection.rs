@@ -80,7 +80,19 @@ fn yolo_trains_on_the_shapes_set_and_predicts_boxes() {
 
     // The trained run exported to ONNX: onnxruntime gives the run's model's outputs
     // (tests/it/onnx.rs).
-    crate::onnx::export_and_check(&run, "yolo_shapes run", &[], (2, None), &["--dynamic-batch", "--fold-bn"]);
+    let checked =
+        crate::onnx::export_and_check(&run, "yolo_shapes run", &[], (2, None), &["--dynamic-batch", "--fold-bn"]);
+    if let Some(c) = checked {
+        // The metadata says how to read the [15, 10, 10] map: grid 10, 2 boxes, 5 classes.
+        let output = c.metadata["output"].as_str().unwrap();
+        assert!(output.starts_with("[batch, 15, 10, 10] (or [batch, 1500]), read as [batch, 10, 10, 15]"), "{output}");
+        assert!(
+            output.contains("2 boxes of (x, y, sqrt w, sqrt h, confidence)") && output.contains("then 5 class scores"),
+            "{output}"
+        );
+        let task: serde_json::Value = serde_json::from_str(c.metadata["task_config"].as_str().unwrap()).unwrap();
+        assert_eq!((task["grid"].as_u64(), task["boxes"].as_u64()), (Some(10), Some(2)), "{task}");
+    }
 
     // pyarrow recomputes the logged mAP from detections.parquet and the XML ground truth.
     let year = data.join("VOCdevkit/VOC2007");

@@ -369,6 +369,23 @@ layers = ["global_avgpool", "flatten", "dropout", { linear = { out = 7 } }]
         "{}",
         o.stderr
     );
+    // Found by a review: a ceil_mode pooling whose last window starts in the padding
+    // (PyTorch drops it, ONNX's shape rule keeps it: the file failed to load before its
+    // Slice), max and average; a bilinear upsampling to a side of 1 (`pytorch_half_pixel`
+    // read coordinate 0 there: 0.6 off).
+    let small = [
+        ("ceil maxpool, then linear", "{ conv2d = { out = 4, kernel = 1 } }, { maxpool = { kernel = 2, stride = 2, padding = 1, ceil_mode = true } }, \"flatten\", { linear = { out = 5 } }"),
+        ("ceil avgpool", "{ conv2d = { out = 3, kernel = 1 } }, { avgpool = { kernel = 2, stride = 2, padding = 1, ceil_mode = true } }"),
+        ("bilinear to a side of 1", "{ conv2d = { out = 3, kernel = 1 } }, { upsample = { mode = \"bilinear\", size = [1, 5] } }"),
+    ];
+    for (i, (label, layers)) in small.iter().enumerate() {
+        let f = d.path().join(format!("small{i}.toml"));
+        let input = if label.starts_with("bilinear") { "[3, 4, 6]" } else { "[3, 3, 3]" };
+        std::fs::write(&f, format!("[model]\ninput = {input}\n[[model.groups]]\nname = \"g\"\nlayers = [{layers}]\n"))
+            .unwrap();
+        export_and_check(&f, label, &[], (2, None), &["--dynamic-batch"]).unwrap();
+    }
+
     // What the export says about the batch norms.
     let file = f.display().to_string();
     let o = runner(d.path(), &["export", &file, "--format", "onnx", "--fold-bn", "--out", "x.onnx"]);
@@ -435,6 +452,9 @@ fn the_preprocessing_is_in_the_metadata() {
     assert_eq!(classes[0], "airplane");
     assert!(m["preprocess"].as_str().unwrap().contains("(pixel / 255 - mean[c]) / std[c]"), "{m}");
     assert!(m["augment_test"].as_str().unwrap().contains("normalize"), "{m}");
+    assert_eq!(m["output"], "[batch, classes] logits (no softmax)");
+    assert_eq!(m["tta"], "\"none\"");
+    assert_eq!(m["task_config"], "{\"label_smoothing\":0.0}");
 }
 
 #[test]
@@ -445,5 +465,12 @@ fn bad_export_options_are_named() {
     assert!(o.code != 0 && o.stderr.contains("--opset 9: runner writes opsets 13 to 21"), "{}", o.stderr);
     let o = runner(d.path(), &["export", &file, "--format", "pth", "--fold-bn"]);
     assert!(o.code != 0 && o.stderr.contains("apply to --format onnx, not --format pth"), "{}", o.stderr);
+    assert!(!o.stderr.contains("cannot write"), "the option is refused before writing: {}", o.stderr);
     assert!(!d.path().join("lenet5.onnx").exists() && !d.path().join("lenet5.pth").exists());
+    // A folder as --out is refused, and nothing is left beside it.
+    std::fs::create_dir(d.path().join("adir")).unwrap();
+    let o = runner(d.path(), &["export", &file, "--format", "onnx", "--out", "adir"]);
+    assert!(o.code != 0 && o.stderr.contains("--out adir: a folder"), "{}", o.stderr);
+    let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["adir"], "{names:?}");
 }

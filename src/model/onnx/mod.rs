@@ -2,9 +2,11 @@
 //!
 //! Every layer of the layer language has its ONNX operator: `conv2d` is `Conv`,
 //! `conv_transpose2d` `ConvTranspose`, the poolings `MaxPool`, `AveragePool`
-//! (`count_include_pad`, as runner and PyTorch count) and `GlobalAveragePool`, `batchnorm`
+//! (`count_include_pad`, as runner and PyTorch count; a `Slice` after a `ceil_mode` pooling
+//! whose last window PyTorch drops) and `GlobalAveragePool`, `batchnorm`
 //! `BatchNormalization` (or folded into the convolution before it), `linear` `Gemm` (or
-//! `Conv` in a fully convolutional model), `upsample` `Resize`, `crop` `Slice`, `concat`
+//! `Conv` in a fully convolutional model), `upsample` `Resize` (or two `Gather`s, see
+//! `Builder::resize`), `crop` `Slice`, `concat`
 //! and `add` (and a residual sum) `Concat` and `Add`; dropout is left out and `flatten` is
 //! `Flatten`. The walk over groups, blocks and layers is the one `Model::forward` makes.
 //!
@@ -30,6 +32,9 @@ use crate::config::LayerKind;
 use crate::ops::pool::PoolKind;
 use crate::ops::upsample::{nearest_sources, UpsampleMode};
 use crate::protobuf::Proto;
+use messages::{attr_float, attr_int, attr_ints, attr_string, ir_version, tensor, value_info, FLOAT, INT64};
+
+mod messages;
 
 /// The opsets the export writes: 13 made `Resize`'s unused inputs optional; 21 is the
 /// newest that onnxruntime and `onnx.checker` of the tests know.
@@ -38,10 +43,6 @@ pub const DEFAULT_OPSET: i64 = 17;
 
 /// Protobuf's limit on one message: an ONNX file without external data.
 const MAX_BYTES: usize = (1 << 31) - 1;
-
-// TensorProto.DataType
-const FLOAT: i64 = 1;
-const INT64: i64 = 7;
 
 pub struct Options {
     pub opset: i64,
@@ -96,13 +97,20 @@ pub fn size_free(graph: &super::PlannedGraph) -> std::result::Result<(), String>
         let fixed = match &l.kind {
             LayerKind::Upsample { size: Some(_), .. } => "it upsamples to a fixed size (use `scale`)",
             LayerKind::Upsample { mode: UpsampleMode::Nearest, scale: Some(s), .. } if !s.is_power_of_two() => {
-                "onnxruntime's nearest Resize by a factor that is not a power of two rounds some pixels otherwise than PyTorch's rule; export at a fixed size"
+                "onnxruntime's nearest Resize by a factor that is not a power of two picks other pixels than PyTorch's rule at some sizes; export at a fixed size"
             }
             LayerKind::Crop { .. } => "a crop's size is fixed",
+            LayerKind::Maxpool { ceil_mode: true, .. } | LayerKind::Avgpool { ceil_mode: true, .. }
+                if l.kind.pool().is_some_and(|(_, g)| g.padding > 0 || g.stride > g.kernel) =>
+            {
+                "with ceil_mode and padding (or a stride over the kernel), PyTorch drops a last window that ONNX's shape rule keeps, at some sizes; export at a fixed size"
+            }
             LayerKind::Linear { .. } if l.conv_kernel.is_none() => {
                 "a linear layer needs a fixed size (set model.fully_convolutional = true to run it as a convolution)"
             }
-            LayerKind::Flatten {} if !graph.fully_convolutional => "flatten needs a fixed size",
+            LayerKind::Flatten {} if !graph.fully_convolutional => {
+                "flatten needs a fixed size (set model.fully_convolutional = true to run the linear layers after it as convolutions)"
+            }
             _ => continue,
         };
         return Err(format!("{} ({}): {fixed}", l.key, l.kind.name()));
@@ -110,21 +118,18 @@ pub fn size_free(graph: &super::PlannedGraph) -> std::result::Result<(), String>
     Ok(())
 }
 
-/// The IR version that goes with an opset (onnx's versioning table).
-fn ir_version(opset: i64) -> i64 {
-    match opset {
-        ..=14 => 7,
-        15..=18 => 8,
-        19..=20 => 9,
-        _ => 10,
+/// `Err` when `opset` is not one runner writes.
+pub fn check_opset(opset: i64) -> Result<()> {
+    if !OPSETS.contains(&opset) {
+        bail!("--opset {opset}: runner writes opsets {} to {}", OPSETS.start(), OPSETS.end());
     }
+    Ok(())
 }
 
-/// Writes `model` as an ONNX `ModelProto` to `out`.
-pub fn write(model: &Model, opts: &Options, out: &mut impl Write) -> Result<Summary> {
-    if !OPSETS.contains(&opts.opset) {
-        bail!("--opset {}: runner writes opsets {} to {}", opts.opset, OPSETS.start(), OPSETS.end());
-    }
+/// `Err` when the file cannot be written as asked: an opset out of range, weights past
+/// protobuf's 2 GiB, or `dynamic_size` on a model that needs a fixed size (naming the layer).
+pub fn check(model: &Model, opts: &Options) -> Result<()> {
+    check_opset(opts.opset)?;
     let weight_bytes: usize = model.params.values().chain(model.buffers.values()).map(|v| v.elem_count() * 4).sum();
     if weight_bytes > MAX_BYTES - (16 << 20) {
         bail!(
@@ -135,6 +140,12 @@ pub fn write(model: &Model, opts: &Options, out: &mut impl Write) -> Result<Summ
     if opts.dynamic_size {
         size_free(model.graph()).map_err(|e| anyhow!("--dynamic-size: {e}"))?;
     }
+    Ok(())
+}
+
+/// Writes `model` as an ONNX `ModelProto` to `out`.
+pub fn write(model: &Model, opts: &Options, out: &mut impl Write) -> Result<Summary> {
+    check(model, opts)?;
     let mut b = Builder::new(model, opts);
     let graph = b.graph()?;
 
@@ -249,12 +260,7 @@ impl<'a> Builder<'a> {
     }
 
     fn initializer(&mut self, name: &str, dims: &[usize], data_type: i64, raw: &[u8]) {
-        let mut t = Proto::default();
-        t.ints(1, &dims.iter().map(|&d| d as i64).collect::<Vec<_>>());
-        t.int(2, data_type);
-        t.string(8, name);
-        t.bytes(9, raw);
-        self.inits.message(5, t);
+        self.inits.message(5, tensor(name, dims, data_type, raw));
         self.summary.initializers += 1;
     }
 
@@ -391,19 +397,32 @@ impl<'a> Builder<'a> {
             // A linear layer run as a convolution over the map it was trained on.
             _ => (1, 0, 1, 1),
         };
-        let kernel = [w.dims[2] as i64, w.dims[3] as i64];
-        let w = self.init_f32(w);
-        let b = b.map(|b| self.init_f32(b));
-        let mut inputs = vec![x.as_str(), w.as_str()];
-        inputs.extend(b.as_deref());
         let attrs = vec![
-            attr_ints("kernel_shape", &kernel),
+            attr_ints("kernel_shape", &[w.dims[2] as i64, w.dims[3] as i64]),
             attr_ints("strides", &[stride as i64; 2]),
             attr_ints("pads", &[padding as i64; 4]),
             attr_ints("dilations", &[dilation as i64; 2]),
             attr_int("group", groups as i64),
         ];
-        Ok(self.node("Conv", &l.path, &inputs, attrs, doc))
+        Ok(self.weighted("Conv", l, x, (w, b), attrs, doc))
+    }
+
+    /// A node of `op` over `x`, a weight and an optional bias (`Conv`, `ConvTranspose`,
+    /// `Gemm`), the weights added as initializers.
+    fn weighted(
+        &mut self,
+        op: &str,
+        l: &PlannedLayer,
+        x: String,
+        (w, b): (Weight, Option<Weight>),
+        attrs: Vec<Proto>,
+        doc: &str,
+    ) -> String {
+        let w = self.init_f32(w);
+        let b = b.map(|b| self.init_f32(b));
+        let mut inputs = vec![x.as_str(), w.as_str()];
+        inputs.extend(b.as_deref());
+        self.node(op, &l.path, &inputs, attrs, doc)
     }
 
     fn bias(&self, l: &PlannedLayer) -> Result<Option<Weight>> {
@@ -422,40 +441,18 @@ impl<'a> Builder<'a> {
                 self.conv(l, x, w, b, &doc)?
             }
             LayerKind::ConvTranspose2d { stride, padding, output_padding, dilation, groups, .. } => {
-                let w = self.param(l, "weight")?;
-                let kernel = [w.dims[2] as i64, w.dims[3] as i64];
-                let b = self.bias(l)?;
-                let w = self.init_f32(w);
-                let b = b.map(|b| self.init_f32(b));
-                let mut inputs = vec![x.as_str(), w.as_str()];
-                inputs.extend(b.as_deref());
+                let (w, b) = (self.param(l, "weight")?, self.bias(l)?);
                 let attrs = vec![
-                    attr_ints("kernel_shape", &kernel),
+                    attr_ints("kernel_shape", &[w.dims[2] as i64, w.dims[3] as i64]),
                     attr_ints("strides", &[*stride as i64; 2]),
                     attr_ints("pads", &[*padding as i64; 4]),
                     attr_ints("output_padding", &[*output_padding as i64; 2]),
                     attr_ints("dilations", &[*dilation as i64; 2]),
                     attr_int("group", *groups as i64),
                 ];
-                self.node("ConvTranspose", path, &inputs, attrs, &doc)
+                self.weighted("ConvTranspose", l, x, (w, b), attrs, &doc)
             }
-            LayerKind::Maxpool { .. } | LayerKind::Avgpool { .. } => {
-                let Some((kind, g)) = l.kind.pool() else { bail!("{doc}: not a pooling") };
-                let mut attrs = vec![
-                    attr_ints("kernel_shape", &[g.kernel as i64; 2]),
-                    attr_ints("strides", &[g.stride as i64; 2]),
-                    attr_ints("pads", &[g.padding as i64; 4]),
-                    attr_int("ceil_mode", g.ceil_mode as i64),
-                ];
-                let op = match kind {
-                    PoolKind::Max => "MaxPool",
-                    PoolKind::Avg => {
-                        attrs.push(attr_int("count_include_pad", 1));
-                        "AveragePool"
-                    }
-                };
-                self.node(op, path, &[&x], attrs, &doc)
-            }
+            LayerKind::Maxpool { .. } | LayerKind::Avgpool { .. } => self.pool(l, x, &doc)?,
             LayerKind::Batchnorm { eps, .. } => {
                 let names = ["weight", "bias", "running_mean", "running_var"];
                 let mut inputs = vec![x.clone()];
@@ -484,11 +481,7 @@ impl<'a> Builder<'a> {
                     w.dims = vec![w.dims[0], l.in_shape[0], kh, kw];
                     return self.conv(l, x, w, b, &format!("{doc}, as a convolution"));
                 }
-                let w = self.init_f32(w);
-                let b = b.map(|b| self.init_f32(b));
-                let mut inputs = vec![x.as_str(), w.as_str()];
-                inputs.extend(b.as_deref());
-                self.node("Gemm", path, &inputs, vec![attr_int("transB", 1)], &doc)
+                self.weighted("Gemm", l, x, (w, b), vec![attr_int("transB", 1)], &doc)
             }
             // Evaluation: dropout is the identity.
             LayerKind::Dropout { .. } => x,
@@ -500,30 +493,71 @@ impl<'a> Builder<'a> {
                 let axes = self.init_i64(&format!("{path}.axes"), &[2, 3]);
                 self.node("Slice", path, &[&x, &starts, &ends, &axes], vec![], &doc)
             }
-            LayerKind::Concat { with } | LayerKind::Add { with } => {
-                let mut inputs = vec![x.clone()];
-                for name in with {
-                    inputs.push(kept.get(name).cloned().ok_or_else(|| anyhow!("{doc}: no output `{name}` kept"))?);
-                }
-                match l.kind {
-                    LayerKind::Concat { .. } => {
-                        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-                        self.node("Concat", path, &inputs, vec![attr_int("axis", 1)], &doc)
-                    }
-                    _ => {
-                        let mut sum = inputs[0].clone();
-                        for other in &inputs[1..] {
-                            sum = self.node("Add", path, &[&sum, other], vec![], &doc);
-                        }
-                        sum
-                    }
-                }
-            }
+            LayerKind::Concat { with } | LayerKind::Add { with } => self.join(l, x, with, kept, &doc)?,
         })
     }
 
+    /// `maxpool` and `avgpool`; the average counts the padding in its divisor, as runner's.
+    /// With `ceil_mode`, PyTorch (and runner, and onnxruntime) drop a last window that would
+    /// start in the right padding; ONNX's shape inference keeps it, so a `Slice` to the
+    /// planned size follows where the two disagree (onnxruntime's result passes unchanged).
+    fn pool(&mut self, l: &PlannedLayer, x: String, doc: &str) -> Result<String> {
+        let Some((kind, g)) = l.kind.pool() else { bail!("{doc}: not a pooling") };
+        let mut attrs = vec![
+            attr_ints("kernel_shape", &[g.kernel as i64; 2]),
+            attr_ints("strides", &[g.stride as i64; 2]),
+            attr_ints("pads", &[g.padding as i64; 4]),
+            attr_int("ceil_mode", g.ceil_mode as i64),
+        ];
+        let op = match kind {
+            PoolKind::Max => "MaxPool",
+            PoolKind::Avg => {
+                attrs.push(attr_int("count_include_pad", 1));
+                "AveragePool"
+            }
+        };
+        let [_, h, w] = shape3(l, &l.in_shape)?;
+        let [_, oh, ow] = shape3(l, &l.out_shape)?;
+        // ONNX's rule: ceil((in + 2p - k) / s) + 1, no window dropped.
+        let onnx = |n: usize| (n + 2 * g.padding - g.kernel).div_ceil(g.stride) + 1;
+        if !g.ceil_mode || self.opts.dynamic_size || (onnx(h), onnx(w)) == (oh, ow) {
+            return Ok(self.node(op, &l.path, &[&x], attrs, doc));
+        }
+        let y = self.node(op, &format!("{}.pool", l.path), &[&x], attrs, doc);
+        let starts = self.init_i64(&format!("{}.starts", l.path), &[0, 0]);
+        let ends = self.init_i64(&format!("{}.ends", l.path), &[oh as i64, ow as i64]);
+        let axes = self.init_i64(&format!("{}.axes", l.path), &[2, 3]);
+        let doc = format!("{doc}: the last window, which starts in the padding, dropped as PyTorch does");
+        Ok(self.node("Slice", &l.path, &[&y, &starts, &ends, &axes], vec![], &doc))
+    }
+
+    /// `concat` (along the channels, `[x, with...]`) and `add` of kept group outputs.
+    fn join(
+        &mut self,
+        l: &PlannedLayer,
+        x: String,
+        with: &[String],
+        kept: &BTreeMap<String, String>,
+        doc: &str,
+    ) -> Result<String> {
+        let mut inputs = vec![x];
+        for name in with {
+            inputs.push(kept.get(name).cloned().ok_or_else(|| anyhow!("{doc}: no output `{name}` kept"))?);
+        }
+        if let LayerKind::Concat { .. } = l.kind {
+            let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            return Ok(self.node("Concat", &l.path, &inputs, vec![attr_int("axis", 1)], doc));
+        }
+        let mut sum = inputs[0].clone();
+        for other in &inputs[1..] {
+            sum = self.node("Add", &l.path, &[&sum, other], vec![], doc);
+        }
+        Ok(sum)
+    }
+
     /// `upsample` as `Resize` to the planned size: nearest as PyTorch's (`asymmetric`,
-    /// `floor`), bilinear as PyTorch's `align_corners = False` (`pytorch_half_pixel`).
+    /// `floor`), bilinear as PyTorch's `align_corners = False` (`half_pixel`: PyTorch's rule
+    /// at every size; `pytorch_half_pixel` reads coordinate 0 for an output side of 1).
     /// Nearest by other factors than powers of two is two `Gather`s of the source rows and
     /// columns runner computes: `Resize` divides by the scale where PyTorch multiplies by
     /// its inverse, which rounds to another pixel at times (2 -> 82 pixels: output column 41
@@ -566,7 +600,7 @@ impl<'a> Builder<'a> {
                 attr_string("nearest_mode", "floor"),
             ],
             UpsampleMode::Bilinear => {
-                vec![attr_string("mode", "linear"), attr_string("coordinate_transformation_mode", "pytorch_half_pixel")]
+                vec![attr_string("mode", "linear"), attr_string("coordinate_transformation_mode", "half_pixel")]
             }
         };
         let inputs: &[&str] = match sizes.is_empty() {
@@ -591,70 +625,10 @@ fn parent(path: &str) -> &str {
     path.rsplit_once('.').map(|(p, _)| p).unwrap_or(path)
 }
 
-fn attr(name: &str, kind: i64) -> Proto {
-    let mut a = Proto::default();
-    a.string(1, name);
-    a.int(20, kind);
-    a
-}
-
-fn attr_int(name: &str, v: i64) -> Proto {
-    let mut a = attr(name, 2);
-    a.int(3, v);
-    a
-}
-
-fn attr_float(name: &str, v: f32) -> Proto {
-    let mut a = attr(name, 1);
-    a.float(2, v);
-    a
-}
-
-fn attr_string(name: &str, v: &str) -> Proto {
-    let mut a = attr(name, 3);
-    a.string(4, v);
-    a
-}
-
-fn attr_ints(name: &str, vs: &[i64]) -> Proto {
-    let mut a = attr(name, 7);
-    a.ints(8, vs);
-    a
-}
-
-/// A float tensor's `ValueInfoProto`.
-fn value_info(name: &str, dims: &[Dim]) -> Proto {
-    let mut shape = Proto::default();
-    for d in dims {
-        let mut dim = Proto::default();
-        match d {
-            Dim::Fixed(n) => dim.int(1, *n as i64),
-            Dim::Named(s) => dim.string(2, s),
-        }
-        shape.message(1, dim);
-    }
-    let mut tensor = Proto::default();
-    tensor.int(1, FLOAT);
-    tensor.message(2, shape);
-    let mut ty = Proto::default();
-    ty.message(1, tensor);
-    let mut v = Proto::default();
-    v.string(1, name);
-    v.message(2, ty);
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::ModelConfig;
-
-    #[test]
-    fn ir_versions_follow_onnx_releases() {
-        // onnx/docs/Versioning.md: 1.8 (IR 7, opset 13), 1.10 (IR 8, opset 15),
-        // 1.14 (IR 9, opset 19), 1.16 (IR 10, opset 21).
-        assert_eq!([13, 14, 15, 17, 18, 19, 20, 21].map(ir_version), [7, 7, 8, 8, 8, 9, 9, 10]);
-    }
 
     #[test]
     fn an_opset_out_of_range_is_refused() {
