@@ -17,7 +17,6 @@ use crate::model::{onnx, pth, weights, Model};
 use crate::plan::Plan;
 use crate::predict::open_model;
 use crate::runlog;
-use crate::task::Task;
 
 /// The file formats `runner export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,16 +159,6 @@ fn write_onnx(req: &Request, plan: &Plan, model: &Model, path: &Path) -> Result<
     summary.ok_or_else(|| anyhow::anyhow!("{}: nothing written", path.display()))
 }
 
-/// The task's `[task.*]` keys as the plan resolved them.
-fn task_config(task: &Task) -> serde_json::Value {
-    match task {
-        Task::Classify { label_smoothing } => serde_json::json!({ "label_smoothing": label_smoothing }),
-        Task::Detect(y) => serde_json::json!(y.cfg),
-        Task::Segment(s) => serde_json::json!(s.cfg),
-        Task::Localize(l) => serde_json::json!(l.cfg),
-    }
-}
-
 /// What a user of the ONNX file needs to feed it and read it as runner does
 /// (`ModelProto.metadata_props`, values as JSON where not words): `input_size` `[c, h, w]`;
 /// `mean` and `std` of the test augmentation's `normalize` (pixels are divided by 255
@@ -181,7 +170,7 @@ pub fn metadata(plan: &Plan) -> Vec<(String, String)> {
     let mut out = vec![
         ("runner.experiment".to_string(), plan.experiment.clone()),
         ("task".to_string(), plan.task.name().to_string()),
-        ("task_config".to_string(), json(task_config(&plan.task))),
+        ("task_config".to_string(), json(plan.task.config_json())),
         ("output".to_string(), plan.task.output_layout()),
         ("input_size".to_string(), json(serde_json::json!(plan.graph.input))),
         ("classes".to_string(), json(serde_json::json!(plan.classes))),

@@ -225,6 +225,16 @@ impl Task {
         }
     }
 
+    /// The task's `[task.*]` keys as the plan resolved them (the ONNX file's metadata).
+    pub fn config_json(&self) -> serde_json::Value {
+        match self {
+            Task::Classify { label_smoothing } => serde_json::json!({ "label_smoothing": label_smoothing }),
+            Task::Detect(y) => serde_json::json!(y.cfg),
+            Task::Segment(s) => serde_json::json!(s.cfg),
+            Task::Localize(l) => serde_json::json!(l.cfg),
+        }
+    }
+
     /// What the model's output holds, in words, for a user of an exported model (the ONNX
     /// file's metadata).
     pub fn output_layout(&self) -> String {
