@@ -304,7 +304,7 @@ struct ExportArgs {
     #[arg(long)]
     dynamic_batch: bool,
     /// ONNX: the height and width are any size (models whose every layer allows it: fully
-    /// convolutional, upsampling by a scale, no crop); the output is then always a map.
+    /// convolutional, upsampling by a scale); the output is then always a map.
     #[arg(long)]
     dynamic_size: bool,
     /// ONNX: fold each batch norm that follows a convolution into that convolution.

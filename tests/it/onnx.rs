@@ -270,13 +270,30 @@ fn fully_convolutional_models_run_at_a_second_size() {
         let Some(c) = export_and_check(&model_file(name), &label, sets, (batch, hw), args) else { return };
         assert_eq!(c.output_dims.replace(' ', ""), dims.replace(' ', ""), "{label}");
     }
-    // A crop's size is planned: --dynamic-size names it.
+    // FCN-8s, one file for any size: its crops take their size from the maps they align
+    // with. Exported as planned (500x500), run at 224x288 against runner's model planned at
+    // 224x288 (the same seeded weights).
     let d = tempfile::tempdir().unwrap();
-    let file = model_file("fcn8s").display().to_string();
-    let o = runner(d.path(), &["export", &file, "--format", "onnx", "--dynamic-size"]);
-    assert!(o.code != 0, "{}", o.stdout);
+    let file = model_file("fcn8s");
+    let (_, model) = open_model(&file, None, &["model.input=[3, 224, 288]".to_string()], true).unwrap();
+    let input = seeded_input(&model, 1, None, 5);
+    let output = model.forward(&input, Pass::eval()).unwrap();
+    drop(model);
+    let o = runner(
+        d.path(),
+        &["export", &file.display().to_string(), "--format", "onnx", "--dynamic-size", "--out", "f.onnx"],
+    );
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    let c = check_onnx(d.path(), &d.path().join("f.onnx"), input, output, "fcn8s --dynamic-size at 224x288").unwrap();
+    assert!(c.relative <= 1e-5, "{}", c.relative);
+    assert_eq!(c.output_dims.replace(' ', ""), "[1,21,\"out_height\",\"out_width\"]");
+    // A model the file cannot take at any size is named: a ceil_mode pooling with padding.
+    let p = d.path().join("pad.toml");
+    std::fs::write(&p, "[model]\ninput = [3, 9, 9]\n[[model.groups]]\nname = \"g\"\nlayers = [{ maxpool = { kernel = 2, stride = 2, padding = 1, ceil_mode = true } }]\n").unwrap();
+    let o = runner(d.path(), &["export", &p.display().to_string(), "--format", "onnx", "--dynamic-size"]);
     assert!(
-        o.stderr.contains("--dynamic-size: model.groups[5].layers[1] (crop): a crop's size is fixed"),
+        o.code != 0
+            && o.stderr.contains("--dynamic-size: model.groups[0].layers[0] (maxpool): with ceil_mode and padding"),
         "{}",
         o.stderr
     );

@@ -90,8 +90,10 @@ impl std::fmt::Display for Dim {
 }
 
 /// `Err` names the first layer whose output size is fixed at plan time, so that the graph
-/// cannot take any input size: an upsampling to a `size`, a crop, a `linear` or `flatten`
-/// outside a fully convolutional model.
+/// cannot take any input size: an upsampling to a `size` (or nearest by a factor that is
+/// not a power of two), a `ceil_mode` pooling that may drop a window, a `linear` or
+/// `flatten` outside a fully convolutional model. A crop takes its size from the map it is
+/// `like`.
 pub fn size_free(graph: &super::PlannedGraph) -> std::result::Result<(), String> {
     for l in graph.layers() {
         let fixed = match &l.kind {
@@ -99,7 +101,6 @@ pub fn size_free(graph: &super::PlannedGraph) -> std::result::Result<(), String>
             LayerKind::Upsample { mode: UpsampleMode::Nearest, scale: Some(s), .. } if !s.is_power_of_two() => {
                 "onnxruntime's nearest Resize by a factor that is not a power of two picks other pixels than PyTorch's rule at some sizes; export at a fixed size"
             }
-            LayerKind::Crop { .. } => "a crop's size is fixed",
             LayerKind::Maxpool { ceil_mode: true, .. } | LayerKind::Avgpool { ceil_mode: true, .. }
                 if l.kind.pool().is_some_and(|(_, g)| g.padding > 0 || g.stride > g.kernel) =>
             {
@@ -295,9 +296,9 @@ impl<'a> Builder<'a> {
                 x = kept.get(from).cloned().ok_or_else(|| anyhow!("group {}: no output `{from}`", group.name))?;
             }
             x = self.group(group, x, &kept)?;
-            if group.keep {
-                kept.insert(group.name.clone(), x.clone());
-            }
+            // Every group's output by name (a name costs nothing here): joins read the kept
+            // ones, and a crop under `dynamic_size` the shape of the one it is `like`.
+            kept.insert(group.name.clone(), x.clone());
         }
         let mut out_shape = graph.out_shape().to_vec();
         let one_by_one = out_shape.len() == 3 && out_shape[1] == 1 && out_shape[2] == 1;
@@ -485,16 +486,37 @@ impl<'a> Builder<'a> {
             }
             // Evaluation: dropout is the identity.
             LayerKind::Dropout { .. } => x,
-            LayerKind::Crop { offset: [oy, ox], .. } => {
-                let [_, h, w] = l.out_shape[..] else { bail!("{doc}: a crop needs a map, not {:?}", l.in_shape) };
-                let (oy, ox) = (*oy as i64, *ox as i64);
-                let starts = self.init_i64(&format!("{path}.starts"), &[oy, ox]);
-                let ends = self.init_i64(&format!("{path}.ends"), &[oy + h as i64, ox + w as i64]);
-                let axes = self.init_i64(&format!("{path}.axes"), &[2, 3]);
-                self.node("Slice", path, &[&x, &starts, &ends, &axes], vec![], &doc)
-            }
+            LayerKind::Crop { like, offset: [oy, ox] } => self.crop(l, x, like, [*oy, *ox], kept, &doc)?,
             LayerKind::Concat { with } | LayerKind::Add { with } => self.join(l, x, with, kept, &doc)?,
         })
+    }
+
+    /// `crop`: a `Slice` of the height and width from `offset`, to the planned size, or
+    /// under `dynamic_size` to the size of the map it is `like` (read with `Shape`).
+    fn crop(
+        &mut self,
+        l: &PlannedLayer,
+        x: String,
+        like: &str,
+        [oy, ox]: [usize; 2],
+        kept: &BTreeMap<String, String>,
+        doc: &str,
+    ) -> Result<String> {
+        let [_, h, w] = shape3(l, &l.out_shape)?;
+        let path = l.path.as_str();
+        let starts = self.init_i64(&format!("{path}.starts"), &[oy as i64, ox as i64]);
+        let ends = if self.opts.dynamic_size {
+            let like = kept.get(like).cloned().ok_or_else(|| anyhow!("{doc}: no output `{like}`"))?;
+            let shape = self.node("Shape", &format!("{path}.like_shape"), &[&like], vec![], doc);
+            let (two, four) =
+                (self.init_i64(&format!("{path}.hw_start"), &[2]), self.init_i64(&format!("{path}.hw_end"), &[4]));
+            let hw = self.node("Slice", &format!("{path}.like_hw"), &[&shape, &two, &four], vec![], doc);
+            self.node("Add", &format!("{path}.ends"), &[&hw, &starts], vec![], doc)
+        } else {
+            self.init_i64(&format!("{path}.ends"), &[(oy + h) as i64, (ox + w) as i64])
+        };
+        let axes = self.init_i64(&format!("{path}.axes"), &[2, 3]);
+        Ok(self.node("Slice", path, &[&x, &starts, &ends, &axes], vec![], doc))
     }
 
     /// `maxpool` and `avgpool`; the average counts the padding in its divisor, as runner's.
