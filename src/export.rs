@@ -66,11 +66,19 @@ pub struct OnnxRequest {
     pub dynamic_batch: bool,
     pub dynamic_size: bool,
     pub fold_bn: bool,
+    /// The weights go to `<file>.data` beside the ONNX file (ONNX's external data).
+    pub external_data: bool,
 }
 
 impl Default for OnnxRequest {
     fn default() -> Self {
-        OnnxRequest { opset: onnx::DEFAULT_OPSET, dynamic_batch: false, dynamic_size: false, fold_bn: false }
+        OnnxRequest {
+            opset: onnx::DEFAULT_OPSET,
+            dynamic_batch: false,
+            dynamic_size: false,
+            fold_bn: false,
+            external_data: false,
+        }
     }
 }
 
@@ -146,17 +154,39 @@ fn write_onnx(req: &Request, plan: &Plan, model: &Model, path: &Path) -> Result<
         fold_bn: req.onnx.fold_bn,
         metadata: metadata(plan),
         graph_name: plan.experiment.clone(),
+        external_data: req.onnx.external_data.then(|| external_data_name(path)),
     };
     onnx::check(model, &opts)?;
+    let create = |p: &Path| -> Result<std::io::BufWriter<std::fs::File>> {
+        let file = std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
+        Ok(std::io::BufWriter::new(file))
+    };
+    let close = |w: std::io::BufWriter<std::fs::File>| -> Result<()> {
+        Ok(w.into_inner().map_err(|e| e.into_error())?.sync_all()?)
+    };
     let mut summary = None;
-    runlog::atomic_write(path, |tmp| {
-        let file = std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut out = std::io::BufWriter::new(file);
-        summary = Some(onnx::write(model, &opts, &mut out)?);
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        Ok(())
-    })?;
+    match &opts.external_data {
+        None => runlog::atomic_write(path, |tmp| {
+            let mut out = create(tmp)?;
+            summary = Some(onnx::write(model, &opts, &mut out, None)?);
+            close(out)
+        })?,
+        // The data file is in place before the file that names it.
+        Some(name) => runlog::atomic_write(path, |tmp| {
+            runlog::atomic_write(&path.with_file_name(name), |data_tmp| {
+                let (mut out, mut data) = (create(tmp)?, create(data_tmp)?);
+                summary = Some(onnx::write(model, &opts, &mut out, Some(&mut data))?);
+                close(data).and_then(|_| close(out))
+            })
+        })?,
+    }
     summary.ok_or_else(|| anyhow::anyhow!("{}: nothing written", path.display()))
+}
+
+/// `--external-data`: the weights' file beside `path`, `<file name>.data`.
+fn external_data_name(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into());
+    format!("{name}.data")
 }
 
 /// What a user of the ONNX file needs to feed it and read it as runner does

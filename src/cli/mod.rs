@@ -307,6 +307,10 @@ struct ExportArgs {
     /// convolutional, upsampling by a scale); the output is then always a map.
     #[arg(long)]
     dynamic_size: bool,
+    /// ONNX: the weights go to `<out>.data` beside the file (ONNX's external data; needed
+    /// past 2 GiB of weights). Keep the two files together.
+    #[arg(long)]
+    external_data: bool,
     /// ONNX: fold each batch norm that follows a convolution into that convolution.
     #[arg(long)]
     fold_bn: bool,
@@ -619,10 +623,10 @@ fn show_config(args: ExpArgs) -> Result<ExitCode> {
 fn export(args: ExportArgs) -> Result<ExitCode> {
     let format = export::Format::parse(&args.format)?;
     if format != export::Format::Onnx
-        && (args.opset.is_some() || args.dynamic_batch || args.dynamic_size || args.fold_bn)
+        && (args.opset.is_some() || args.dynamic_batch || args.dynamic_size || args.fold_bn || args.external_data)
     {
         bail!(
-            "--opset, --dynamic-batch, --dynamic-size and --fold-bn apply to --format onnx, not --format {}",
+            "--opset, --dynamic-batch, --dynamic-size, --fold-bn and --external-data apply to --format onnx, not --format {}",
             args.format
         );
     }
@@ -638,6 +642,7 @@ fn export(args: ExportArgs) -> Result<ExitCode> {
             dynamic_batch: args.dynamic_batch,
             dynamic_size: args.dynamic_size,
             fold_bn: args.fold_bn,
+            external_data: args.external_data,
         },
     };
     let done = export::run(&req)?;
@@ -657,6 +662,9 @@ fn export(args: ExportArgs) -> Result<ExitCode> {
                 (false, _, _) => String::new(),
             }
         );
+        if req.onnx.external_data {
+            println!("its weights are in {}.data: keep the two files together", done.path.display());
+        }
         return Ok(ExitCode::SUCCESS);
     }
     println!(

@@ -474,6 +474,41 @@ fn the_preprocessing_is_in_the_metadata() {
     assert_eq!(m["task_config"], "{\"label_smoothing\":0.0}");
 }
 
+/// `--external-data`: the weights in `<file>.data` beside the file, which onnx and
+/// onnxruntime read from there (the way past protobuf's 2 GiB).
+#[test]
+fn external_data_holds_the_weights_beside_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let file = model_file("resnet20");
+    let o = runner(
+        d.path(),
+        &[
+            "export",
+            &file.display().to_string(),
+            "--format",
+            "onnx",
+            "--external-data",
+            "--fold-bn",
+            "--out",
+            "sub/r.onnx",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("its weights are in sub/r.onnx.data"), "{}", o.stdout);
+    let (onnx, data) = (d.path().join("sub/r.onnx"), d.path().join("sub/r.onnx.data"));
+    // 272,474 parameters as f32, each tensor at a multiple of 4096: the data file holds
+    // them; the ONNX file only the graph.
+    let (onnx_len, data_len) = (std::fs::metadata(&onnx).unwrap().len(), std::fs::metadata(&data).unwrap().len());
+    assert!(data_len >= 272_474 * 4 && onnx_len < 100_000, "{onnx_len} {data_len}");
+    let names: Vec<_> = std::fs::read_dir(d.path().join("sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+    let (_, model) = open_model(&file, None, &[], true).unwrap();
+    let input = seeded_input(&model, 1, None, 5);
+    let output = model.forward(&input, Pass::eval()).unwrap();
+    let Some(c) = check_onnx(d.path(), &onnx, input, output, "resnet20 --external-data") else { return };
+    assert!(c.relative <= 1e-5, "{}", c.relative);
+}
+
 #[test]
 fn bad_export_options_are_named() {
     let d = tempfile::tempdir().unwrap();

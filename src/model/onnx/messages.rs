@@ -19,6 +19,30 @@ pub fn ir_version(opset: i64) -> i64 {
     }
 }
 
+/// An initializer whose little-endian bytes are `length` bytes at `offset` of the file
+/// `location` (`data_location = EXTERNAL`, `external_data` as key-value entries).
+pub fn tensor_external(
+    name: &str,
+    dims: &[usize],
+    data_type: i64,
+    location: &str,
+    offset: usize,
+    length: usize,
+) -> Proto {
+    let mut t = Proto::default();
+    t.ints(1, &dims.iter().map(|&d| d as i64).collect::<Vec<_>>());
+    t.int(2, data_type);
+    t.string(8, name);
+    for (k, v) in [("location", location.to_string()), ("offset", offset.to_string()), ("length", length.to_string())] {
+        let mut e = Proto::default();
+        e.string(1, k);
+        e.string(2, &v);
+        t.message(13, e);
+    }
+    t.int(14, 1);
+    t
+}
+
 /// An initializer: `dims`, `data_type`, `name` and the little-endian `raw_data`.
 pub fn tensor(name: &str, dims: &[usize], data_type: i64, raw: &[u8]) -> Proto {
     let mut t = Proto::default();

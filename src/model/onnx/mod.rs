@@ -32,7 +32,9 @@ use crate::config::LayerKind;
 use crate::ops::pool::PoolKind;
 use crate::ops::upsample::{nearest_sources, UpsampleMode};
 use crate::protobuf::Proto;
-use messages::{attr_float, attr_int, attr_ints, attr_string, ir_version, tensor, value_info, FLOAT, INT64};
+use messages::{
+    attr_float, attr_int, attr_ints, attr_string, ir_version, tensor, tensor_external, value_info, FLOAT, INT64,
+};
 
 mod messages;
 
@@ -56,6 +58,9 @@ pub struct Options {
     /// `ModelProto.metadata_props`, e.g. the preprocessing.
     pub metadata: Vec<(String, String)>,
     pub graph_name: String,
+    /// ONNX's external data: the weights go to this file, named relative to the ONNX
+    /// file's folder (`write`'s `data`), each at an offset that is a multiple of 4096.
+    pub external_data: Option<String>,
 }
 
 /// What was written.
@@ -132,9 +137,9 @@ pub fn check_opset(opset: i64) -> Result<()> {
 pub fn check(model: &Model, opts: &Options) -> Result<()> {
     check_opset(opts.opset)?;
     let weight_bytes: usize = model.params.values().chain(model.buffers.values()).map(|v| v.elem_count() * 4).sum();
-    if weight_bytes > MAX_BYTES - (16 << 20) {
+    if weight_bytes > MAX_BYTES - (16 << 20) && opts.external_data.is_none() {
         bail!(
-            "the model's weights take {:.2} GiB: an ONNX file holds at most 2 GiB (protobuf's limit), and runner does not write ONNX's external data",
+            "the model's weights take {:.2} GiB: an ONNX file holds at most 2 GiB (protobuf's limit); --external-data writes them beside it",
             weight_bytes as f64 / (1u64 << 30) as f64
         );
     }
@@ -144,11 +149,17 @@ pub fn check(model: &Model, opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Writes `model` as an ONNX `ModelProto` to `out`.
-pub fn write(model: &Model, opts: &Options, out: &mut impl Write) -> Result<Summary> {
+/// Writes `model` as an ONNX `ModelProto` to `out`, and its weights to `data` when
+/// `opts.external_data` names a file for them.
+pub fn write(model: &Model, opts: &Options, out: &mut impl Write, data: Option<&mut dyn Write>) -> Result<Summary> {
     check(model, opts)?;
     let mut b = Builder::new(model, opts);
     let graph = b.graph()?;
+    match (b.external.take(), data) {
+        (Some(bytes), Some(data)) => data.write_all(&bytes)?,
+        (None, None) => {}
+        _ => bail!("external data: a file to write the weights into is needed with external_data, and only then"),
+    }
 
     let mut m = Proto::default();
     m.int(1, ir_version(opts.opset));
@@ -196,6 +207,8 @@ struct Builder<'a> {
     /// Every tensor name given out.
     names: BTreeSet<String>,
     summary: Summary,
+    /// The external data file's bytes, with `opts.external_data`.
+    external: Option<Vec<u8>>,
 }
 
 impl<'a> Builder<'a> {
@@ -207,6 +220,7 @@ impl<'a> Builder<'a> {
             inits: Proto::default(),
             names: BTreeSet::new(),
             summary: Summary::default(),
+            external: opts.external_data.as_ref().map(|_| Vec::new()),
         }
     }
 
@@ -248,6 +262,14 @@ impl<'a> Builder<'a> {
         let mut raw = Vec::with_capacity(w.data.len() * 4);
         for v in &w.data {
             raw.extend_from_slice(&v.to_le_bytes());
+        }
+        if let (Some(location), Some(bytes)) = (&self.opts.external_data, self.external.as_mut()) {
+            bytes.resize(bytes.len().next_multiple_of(4096), 0);
+            let offset = bytes.len();
+            bytes.extend_from_slice(&raw);
+            self.inits.message(5, tensor_external(&name, &w.dims, FLOAT, location, offset, raw.len()));
+            self.summary.initializers += 1;
+            return name;
         }
         self.initializer(&name, &w.dims, FLOAT, &raw);
         name
@@ -665,8 +687,9 @@ mod tests {
             fold_bn: false,
             metadata: vec![],
             graph_name: "g".into(),
+            external_data: None,
         };
-        let e = write(&model, &opts, &mut Vec::new()).unwrap_err().to_string();
+        let e = write(&model, &opts, &mut Vec::new(), None).unwrap_err().to_string();
         assert!(e.contains("--opset 11: runner writes opsets 13 to 21"), "{e}");
     }
 }
