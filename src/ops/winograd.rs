@@ -12,12 +12,13 @@
 //! `dU[ξ] = sum dM[ξ] V[ξ]^T`, `dg = G^T dU G`.
 //!
 //! Per sample, tiles are taken a band of tile rows at a time, so the transformed operands of
-//! a band stay in the core's cache.
+//! a band stay in the core's cache; images too small for a band of 16 tiles are taken whole,
+//! several samples to a product (see [`Walk`]).
 
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
-use super::{plan_threads, sum_over_batch, Elem};
+use super::{plan_threads, sum_over_batch, threads, Elem};
 
 /// Sizes of one 3x3, stride-1, dilation-1, ungrouped convolution.
 #[derive(Debug, Clone, Copy)]
@@ -50,14 +51,10 @@ impl Geo {
 }
 
 /// Whether Winograd beats im2col + gemm for this convolution: the products must be large
-/// enough to amortise the transforms (measured: `make bench` conv2d cases), and a band must
-/// hold at least 16 tiles, the width of gemm's AVX-512 kernel. AlexNet's 13x13 layers with
-/// 192 to 384 channels fit 7 tiles in a band: each transformed weight then served 7 tiles
-/// and half of every vector was idle (im2col + gemm: 169 columns per weight).
+/// enough to amortise the transforms (measured: `make bench` conv2d cases). Small images
+/// are walked several samples at a time ([`Walk`]), so that a band's products stay wide.
 pub(crate) fn worth_it(c: usize, o: usize, oh: usize, ow: usize) -> bool {
-    let g = Geo { n: 1, c, h: oh, w: ow, o, pad: 1, oh, ow };
-    let tiles_per_band = g.band(FORWARD_BAND) * g.tiles().1;
-    c >= 16 && o >= 16 && oh >= 4 && ow >= 4 && tiles_per_band >= 16
+    c >= 16 && o >= 16 && oh >= 4 && ow >= 4
 }
 
 /// Per-thread scratch: transformed input / gradient band and row buffers.
@@ -216,14 +213,15 @@ fn deinterleave_padded<T: Elem>(src: &[T], pad: usize, e: &mut [T], o: &mut [T])
 #[inline(always)]
 fn input_transform_body<T: Elem>(xs: &[T], g: &Geo, band: (usize, usize), v: &mut [T], rows: &mut [T]) {
     let ((ty0, ty1), (_, tw)) = (band, g.tiles());
-    let nt = (ty1 - ty0) * tw;
+    let ns = xs.len() / (g.c * g.h * g.w);
+    let nt = ns * (ty1 - ty0) * tw;
     let hw = tw + 1;
     // Even and odd padded columns of the tile row's 4 input rows, then of B^T d.
     let [e0, e1, e2, e3, o0, o1, o2, o3, re0, re1, re2, re3, ro0, ro1, ro2, ro3] = split::<16, T>(rows, hw);
-    for ci in 0..g.c {
-        let plane = &xs[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+    for (ci, si) in (0..g.c).flat_map(|ci| (0..ns).map(move |si| (ci, si))) {
+        let plane = &xs[(si * g.c + ci) * g.h * g.w..][..g.h * g.w];
         for ty in ty0..ty1 {
-            let t0 = (ty - ty0) * tw;
+            let t0 = (si * (ty1 - ty0) + ty - ty0) * tw;
             for (i, (e, o)) in [(&mut *e0, &mut *o0), (&mut *e1, &mut *o1), (&mut *e2, &mut *o2), (&mut *e3, &mut *o3)]
                 .into_iter()
                 .enumerate()
@@ -263,17 +261,18 @@ fn input_transform_body<T: Elem>(xs: &[T], g: &Geo, band: (usize, usize), v: &mu
 #[inline(always)]
 fn input_transform_adjoint_body<T: Elem>(v: &[T], g: &Geo, band: (usize, usize), dxs: &mut [T], rows: &mut [T]) {
     let ((ty0, ty1), (_, tw)) = (band, g.tiles());
-    let nt = (ty1 - ty0) * tw;
+    let ns = dxs.len() / (g.c * g.h * g.w);
+    let nt = ns * (ty1 - ty0) * tw;
     let wp = 2 * tw + 2;
     let (s, rest) = rows.split_at_mut(12 * tw);
     let (r, rest) = rest.split_at_mut(4 * tw);
     let (acc, _) = rest.split_at_mut(wp);
     let z = T::zero();
     let n = g.w.min(wp.saturating_sub(g.pad));
-    for ci in 0..g.c {
-        let plane = &mut dxs[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+    for (ci, si) in (0..g.c).flat_map(|ci| (0..ns).map(move |si| (ci, si))) {
+        let plane = &mut dxs[(si * g.c + ci) * g.h * g.w..][..g.h * g.w];
         for ty in ty0..ty1 {
-            let t0 = (ty - ty0) * tw;
+            let t0 = (si * (ty1 - ty0) + ty - ty0) * tw;
             let at = |xi: usize| &v[xi * g.c * nt + ci * nt + t0..][..tw];
             // Columns first, per tile row i of dV: [q0, q1 - q2 + q3, q1 + q2 - q0, -q3]
             // (q0 read in place, the other three into s).
@@ -330,12 +329,13 @@ fn input_transform_adjoint_body<T: Elem>(v: &[T], g: &Geo, band: (usize, usize),
 #[inline(always)]
 fn output_transform_body<T: Elem>(m: &[T], g: &Geo, band: (usize, usize), ys: &mut [T], rows: &mut [T]) {
     let ((ty0, ty1), (_, tw)) = (band, g.tiles());
-    let nt = (ty1 - ty0) * tw;
+    let ns = ys.len() / (g.o * g.oh * g.ow);
+    let nt = ns * (ty1 - ty0) * tw;
     let [t0, t1, t2, t3, even, odd] = split::<6, T>(rows, tw);
-    for k in 0..g.o {
-        let plane = &mut ys[k * g.oh * g.ow..(k + 1) * g.oh * g.ow];
+    for (k, si) in (0..g.o).flat_map(|k| (0..ns).map(move |si| (k, si))) {
+        let plane = &mut ys[(si * g.o + k) * g.oh * g.ow..][..g.oh * g.ow];
         for ty in ty0..ty1 {
-            let base = (ty - ty0) * tw;
+            let base = (si * (ty1 - ty0) + ty - ty0) * tw;
             let at = |xi: usize| &m[xi * g.o * nt + k * nt + base..][..tw];
             for r in 0..2 {
                 let y = 2 * ty + r;
@@ -371,13 +371,14 @@ fn output_transform_body<T: Elem>(m: &[T], g: &Geo, band: (usize, usize), ys: &m
 #[inline(always)]
 fn output_transform_adjoint_body<T: Elem>(dys: &[T], g: &Geo, band: (usize, usize), m: &mut [T], rows: &mut [T]) {
     let ((ty0, ty1), (_, tw)) = (band, g.tiles());
-    let nt = (ty1 - ty0) * tw;
+    let ns = dys.len() / (g.o * g.oh * g.ow);
+    let nt = ns * (ty1 - ty0) * tw;
     let [a, b, c, d, u1, v1, u2, v2, u3, v3] = split::<10, T>(rows, tw);
     let z = T::zero();
-    for k in 0..g.o {
-        let plane = &dys[k * g.oh * g.ow..(k + 1) * g.oh * g.ow];
+    for (k, si) in (0..g.o).flat_map(|k| (0..ns).map(move |si| (k, si))) {
+        let plane = &dys[(si * g.o + k) * g.oh * g.ow..][..g.oh * g.ow];
         for ty in ty0..ty1 {
-            let t0 = (ty - ty0) * tw;
+            let t0 = (si * (ty1 - ty0) + ty - ty0) * tw;
             // Even and odd columns of the tile's two dY rows (0 past the edge): a b / c d.
             for (r, (e, o)) in [(&mut *a, &mut *b), (&mut *c, &mut *d)].into_iter().enumerate() {
                 let y = 2 * ty + r;
@@ -420,116 +421,188 @@ fn output_transform_adjoint_body<T: Elem>(dys: &[T], g: &Geo, band: (usize, usiz
 /// Band sizes (values) for the forward and the backward passes.
 const FORWARD_BAND: usize = 1 << 16;
 const BACKWARD_BAND: usize = 1 << 17;
+/// The fewest tiles a band of one sample may hold: the width of gemm's AVX-512 kernel.
+const MIN_BAND_TILES: usize = 16;
+/// Tiles per product when small images are taken whole, several samples at a time: about
+/// as many columns as im2col + gemm's product has for one AlexNet sample (169). Measured on
+/// AlexNet's 13x13 layers at batch 8, 1 and 2 threads: 98, 196 and 392 within noise.
+const GROUP_TILES: usize = 196;
 
-fn bands(g: &Geo, elems: usize) -> impl Iterator<Item = (usize, usize)> {
-    let (th, _) = g.tiles();
-    let b = g.band(elems);
-    (0..th.div_ceil(b)).map(move |i| (i * b, ((i + 1) * b).min(th)))
+/// How a pass walks the batch: the threads take `chunk` samples at a time, and walk them
+/// `ns` samples at a time, each sample in bands of `rows` tile rows.
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    chunk: usize,
+    ns: usize,
+    rows: usize,
+}
+
+impl Walk {
+    /// A sample whose band (kept near `elems` values) holds [`MIN_BAND_TILES`] or more is
+    /// walked band by band, one sample at a time, its transformed operands in cache; the
+    /// threads take one sample at a time. A smaller image (AlexNet's 13x13 layers with 192
+    /// to 384 channels: 7 tiles a band, 49 a sample) is taken whole, several samples at a
+    /// time, so that each transformed weight serves about [`GROUP_TILES`] tiles; the
+    /// threads then take equal shares of the batch (a thread's share is split in equal
+    /// groups), so that no thread waits for a larger group.
+    fn new(g: &Geo, elems: usize) -> Walk {
+        let (th, tw) = g.tiles();
+        let rows = g.band(elems);
+        if rows * tw >= MIN_BAND_TILES {
+            return Walk { chunk: 1, ns: 1, rows };
+        }
+        let chunk = g.n.div_ceil(threads()).max(1);
+        let groups = (chunk * th * tw).div_ceil(GROUP_TILES).max(1);
+        Walk { chunk, ns: chunk.div_ceil(groups), rows: th }
+    }
+    /// The tile-row bands of a sample.
+    fn bands(&self, g: &Geo) -> impl Iterator<Item = (usize, usize)> {
+        let ((th, _), b) = (g.tiles(), self.rows);
+        (0..th.div_ceil(b)).map(move |i| (i * b, ((i + 1) * b).min(th)))
+    }
+    /// The groups of `ns` samples in `samples`.
+    fn groups(&self, samples: std::ops::Range<usize>) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let (end, ns) = (samples.end, self.ns);
+        samples.step_by(ns).map(move |s| s..(s + ns).min(end))
+    }
+    /// `f(s, samples, out)` for each group, `out` the group's part of `[n][per_sample]`, over
+    /// the threads by chunks; where the chunks are fewer than the threads, in turn, with
+    /// `spread` telling `f` to share its products among the threads.
+    fn each<T: Elem>(
+        &self,
+        out: &mut [T],
+        per_sample: usize,
+        f: impl Fn(&mut Scratch<T>, std::ops::Range<usize>, &mut [T], bool) + Sync,
+    ) {
+        let chunks = out.len().div_ceil(self.chunk * per_sample);
+        let (per_chunk, threads) = plan_threads(chunks);
+        let run = |s: &mut Scratch<T>, (i, part): (usize, &mut [T]), spread: bool| {
+            let first = i * self.chunk;
+            for (j, group) in part.chunks_mut(self.ns * per_sample).enumerate() {
+                let start = first + j * self.ns;
+                f(s, start..start + group.len() / per_sample, group, spread);
+            }
+        };
+        if per_chunk {
+            out.par_chunks_mut(self.chunk * per_sample)
+                .enumerate()
+                .for_each_init(Scratch::new, |s, item| run(s, item, false));
+        } else {
+            let mut s = Scratch::new();
+            out.chunks_mut(self.chunk * per_sample).enumerate().for_each(|item| run(&mut s, item, threads > 1));
+        }
+    }
+}
+
+/// `f(ξ, dst[ξ])` for the 16 equal parts of `dst`: with `spread`, over the threads (where
+/// the batch leaves threads idle each takes whole products, which pays more than gemm's
+/// threads over one small product: AlexNet at batch 1, 49 tiles). Each product runs on one
+/// thread either way, so the bits are the same.
+fn sixteen<T: Elem>(dst: &mut [T], spread: bool, f: impl Fn(usize, &mut [T]) + Sync) {
+    let len = dst.len() / 16;
+    if spread {
+        dst[..16 * len].par_chunks_mut(len).enumerate().for_each(|(xi, d)| f(xi, d));
+    } else {
+        dst[..16 * len].chunks_mut(len).enumerate().for_each(|(xi, d)| f(xi, d));
+    }
 }
 
 /// `x [n][c][h][w]`, `wt [o][c][3][3]` -> `y [n][o][oh][ow]`.
 pub(crate) fn forward<T: Elem>(x: &[T], wt: &[T], g: &Geo) -> Vec<T> {
-    let (per_sample, gemm_threads) = plan_threads(g.n);
+    let walk = Walk::new(g, FORWARD_BAND);
     let u = weight_transform(wt, g);
     let (c_in, c_out) = (g.c * g.h * g.w, g.o * g.oh * g.ow);
     let (_, tw) = g.tiles();
     let mut out = vec![T::zero(); g.n * c_out];
-    let one = |s: &mut Scratch<T>, (i, ys): (usize, &mut [T])| {
-        let xs = &x[i * c_in..(i + 1) * c_in];
-        for band in bands(g, FORWARD_BAND) {
-            let nt = (band.1 - band.0) * tw;
+    walk.each(&mut out, c_out, |s, r, ys, spread| {
+        let xs = &x[r.start * c_in..r.end * c_in];
+        for band in walk.bands(g) {
+            let nt = r.len() * (band.1 - band.0) * tw;
             s.size(g, nt);
             input_transform(xs, g, band, &mut s.v, &mut s.rows);
-            for xi in 0..16 {
+            let v = &s.v;
+            sixteen(&mut s.m, spread, |xi, m| {
                 matmul(
                     (g.o, nt, g.c),
-                    &mut s.m[xi * g.o * nt..(xi + 1) * g.o * nt],
+                    m,
                     Mat::N(&u[xi * g.o * g.c..(xi + 1) * g.o * g.c]),
-                    Mat::N(&s.v[xi * g.c * nt..(xi + 1) * g.c * nt]),
+                    Mat::N(&v[xi * g.c * nt..(xi + 1) * g.c * nt]),
                     false,
-                    gemm_threads,
+                    1,
                 );
-            }
+            });
             output_transform(&s.m, g, band, ys, &mut s.rows);
         }
-    };
-    if per_sample {
-        out.par_chunks_mut(c_out).enumerate().for_each_init(Scratch::new, one);
-    } else {
-        let mut s = Scratch::new();
-        out.chunks_mut(c_out).enumerate().for_each(|item| one(&mut s, item));
-    }
+    });
     out
 }
 
 /// The input gradient `[n][c][h][w]` from `wt [o][c][3][3]` and `dy [n][o][oh][ow]`.
 pub(crate) fn grad_input<T: Elem>(wt: &[T], dy: &[T], g: &Geo) -> Vec<T> {
-    let (per_sample, gemm_threads) = plan_threads(g.n);
+    let walk = Walk::new(g, BACKWARD_BAND);
     let u = weight_transform(wt, g);
     let (c_in, c_out) = (g.c * g.h * g.w, g.o * g.oh * g.ow);
     let (_, tw) = g.tiles();
     let mut dx = vec![T::zero(); g.n * c_in];
-    let one = |s: &mut Scratch<T>, (i, dxs): (usize, &mut [T])| {
-        let dys = &dy[i * c_out..(i + 1) * c_out];
-        for band in bands(g, BACKWARD_BAND) {
-            let nt = (band.1 - band.0) * tw;
+    walk.each(&mut dx, c_in, |s, r, dxs, spread| {
+        let dys = &dy[r.start * c_out..r.end * c_out];
+        for band in walk.bands(g) {
+            let nt = r.len() * (band.1 - band.0) * tw;
             s.size(g, nt);
             output_transform_adjoint(dys, g, band, &mut s.m, &mut s.rows);
-            for xi in 0..16 {
+            let m = &s.m;
+            sixteen(&mut s.v, spread, |xi, v| {
                 // dV[ξ] (c x tiles) = U[ξ]^T (c x o) dM[ξ] (o x tiles).
                 matmul(
                     (g.c, nt, g.o),
-                    &mut s.v[xi * g.c * nt..(xi + 1) * g.c * nt],
+                    v,
                     Mat::T(&u[xi * g.o * g.c..(xi + 1) * g.o * g.c]),
-                    Mat::N(&s.m[xi * g.o * nt..(xi + 1) * g.o * nt]),
+                    Mat::N(&m[xi * g.o * nt..(xi + 1) * g.o * nt]),
                     false,
-                    gemm_threads,
+                    1,
                 );
-            }
+            });
             input_transform_adjoint(&s.v, g, band, dxs, &mut s.rows);
         }
-    };
-    if per_sample {
-        dx.par_chunks_mut(c_in).enumerate().for_each_init(Scratch::new, one);
-    } else {
-        let mut s = Scratch::new();
-        dx.chunks_mut(c_in).enumerate().for_each(|item| one(&mut s, item));
-    }
+    });
     dx
 }
 
 /// The weight gradient `[o][c][3][3]` from `x [n][c][h][w]` and `dy [n][o][oh][ow]`.
 pub(crate) fn grad_weight<T: Elem>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
-    let (per_sample, gemm_threads) = plan_threads(g.n);
+    let walk = Walk::new(g, BACKWARD_BAND);
+    let (per_sample, threads) = plan_threads(g.n);
     let (c_in, c_out) = (g.c * g.h * g.w, g.o * g.oh * g.ow);
     let (_, tw) = g.tiles();
     let ulen = 16 * g.o * g.c;
-    let acc = |(mut du, mut s): (Vec<T>, Scratch<T>), i: usize| {
-        let xs = &x[i * c_in..(i + 1) * c_in];
-        let dys = &dy[i * c_out..(i + 1) * c_out];
-        for band in bands(g, BACKWARD_BAND) {
-            let nt = (band.1 - band.0) * tw;
+    let acc = |(mut du, mut s): (Vec<T>, Scratch<T>), r: std::ops::Range<usize>| {
+        let xs = &x[r.start * c_in..r.end * c_in];
+        let dys = &dy[r.start * c_out..r.end * c_out];
+        for band in walk.bands(g) {
+            let nt = r.len() * (band.1 - band.0) * tw;
             s.size(g, nt);
             input_transform(xs, g, band, &mut s.v, &mut s.rows);
             output_transform_adjoint(dys, g, band, &mut s.m, &mut s.rows);
-            for xi in 0..16 {
+            let (m, v) = (&s.m, &s.v);
+            sixteen(&mut du, !per_sample && threads > 1, |xi, du| {
                 // dU[ξ] (o x c) += dM[ξ] (o x tiles) V[ξ]^T (tiles x c).
                 matmul(
                     (g.o, g.c, nt),
-                    &mut du[xi * g.o * g.c..(xi + 1) * g.o * g.c],
-                    Mat::N(&s.m[xi * g.o * nt..(xi + 1) * g.o * nt]),
-                    Mat::T(&s.v[xi * g.c * nt..(xi + 1) * g.c * nt]),
+                    du,
+                    Mat::N(&m[xi * g.o * nt..(xi + 1) * g.o * nt]),
+                    Mat::T(&v[xi * g.c * nt..(xi + 1) * g.c * nt]),
                     true,
-                    gemm_threads,
+                    1,
                 );
-            }
+            });
         }
         (du, s)
     };
+    let start = || (vec![T::zero(); ulen], Scratch::new());
     let du = if per_sample {
-        sum_over_batch(g.n, |r| r.fold((vec![T::zero(); ulen], Scratch::new()), acc).0)
+        sum_over_batch(g.n, |r| walk.groups(r).fold(start(), acc).0)
     } else {
-        (0..g.n).fold((vec![T::zero(); ulen], Scratch::new()), acc).0
+        walk.groups(0..g.n).fold(start(), acc).0
     };
     weight_transform_adjoint(&du, g)
 }
@@ -576,7 +649,8 @@ mod tests {
 
     fn geos() -> Vec<Geo> {
         // Even and odd output sizes (partial edge tiles), padding 0, 1 and 2, bands of one
-        // tile row and of several.
+        // tile row and of several, small images taken several samples at a time (groups
+        // of unequal sizes; one sample, its products shared among the threads).
         let mk = |n, c, h, w, o, pad| Geo { n, c, h, w, o, pad, oh: h + 2 * pad - 2, ow: w + 2 * pad - 2 };
         vec![
             mk(2, 3, 6, 6, 4, 1),
@@ -584,6 +658,9 @@ mod tests {
             mk(3, 4, 9, 8, 2, 0),
             mk(2, 2, 5, 6, 3, 2),
             mk(2, 40, 11, 13, 48, 1),
+            mk(5, 3, 5, 5, 4, 1),
+            // Bands of 7 tiles: whole samples, several groups to a thread's share.
+            mk(10, 600, 13, 13, 2, 1),
         ]
     }
 
@@ -595,6 +672,23 @@ mod tests {
             let err = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
             assert!(err < 1e-12, "{g:?}: max error {err}");
         }
+    }
+
+    /// AlexNet's 13x13 layers (7 tiles a band) are taken whole, several samples to a
+    /// product; a 32x32 image with 64 channels (resnet's first stage) band by band.
+    #[test]
+    fn small_images_are_walked_in_groups() {
+        let g = Geo { n: 8, c: 384, h: 13, w: 13, o: 256, pad: 1, oh: 13, ow: 13 };
+        let w = Walk::new(&g, FORWARD_BAND);
+        assert_eq!((w.rows, w.chunk), (7, 8usize.div_ceil(threads())));
+        assert_eq!(w.ns, w.chunk.div_ceil((w.chunk * 49).div_ceil(GROUP_TILES)));
+        let groups: Vec<_> = w.groups(0..w.chunk).collect();
+        assert_eq!(groups.iter().map(|r| r.len()).sum::<usize>(), w.chunk);
+        assert!(groups.iter().all(|r| r.len() * 49 <= GROUP_TILES.max(49)), "{groups:?}");
+        let g = Geo { n: 8, c: 64, h: 32, w: 32, o: 64, pad: 1, oh: 32, ow: 32 };
+        let w = Walk::new(&g, FORWARD_BAND);
+        assert_eq!((w.chunk, w.ns), (1, 1));
+        assert!(w.rows < 16 && w.rows * 16 >= MIN_BAND_TILES, "{w:?}");
     }
 
     /// The backward pass is the adjoint of the forward: for random dY,

@@ -354,21 +354,34 @@ fn alexnet_forward(batch_one: bool) -> Result<f64> {
     })
 }
 
-/// conv2d at the ResBlock's shape (batch 64, 64 -> 64 channels, 32x32, 3x3, padding 1).
+/// The shape `conv_op` times: `[batch, in, side, out]`, 64 channels of 32x32 at batch 64,
+/// or `RUNNER_BENCH_CONV=8,384,13,256` (AlexNet's conv4) to time another 3x3 layer.
+fn conv_shape() -> Result<Vec<usize>> {
+    let Ok(spec) = std::env::var("RUNNER_BENCH_CONV") else { return Ok(vec![64, 64, 32, 64]) };
+    let dims: Vec<usize> = spec.split(',').filter_map(|v| v.trim().parse().ok()).collect();
+    if dims.len() != 4 || dims.contains(&0) {
+        anyhow::bail!("RUNNER_BENCH_CONV={spec:?}: want batch,in,side,out (4 positive integers)");
+    }
+    Ok(dims)
+}
+
+/// conv2d at the ResBlock's shape (batch 64, 64 -> 64 channels, 32x32, 3x3, padding 1), or
+/// `conv_shape`'s.
 fn conv_op(backward: bool) -> Result<f64> {
-    let x = Var::from_tensor(&rand(&[64, 64, 32, 32], 1, 1.0)?)?;
-    let w = Var::from_tensor(&rand(&[64, 64, 3, 3], 2, 0.04)?)?;
+    let d = conv_shape()?;
+    let x = Var::from_tensor(&rand(&[d[0], d[1], d[2], d[2]], 1, 1.0)?)?;
+    let w = Var::from_tensor(&rand(&[d[3], d[1], 3, 3], 2, 0.04)?)?;
     let g = ConvGeom { padding: 1, ..Default::default() };
-    let (_, warmup, iters) = sized((64, 1, 3), (64, 5, 50));
+    let (_, warmup, iters) = sized((d[0], 1, 3), (64, 5, 50));
     if backward {
         let y = conv2d(&x, &w, g)?;
-        time(64, warmup, iters, || {
+        time(d[0], warmup, iters, || {
             // Backward alone: the forward is outside the timed call's graph reuse.
             y.sum_all()?.backward()?;
             Ok(())
         })
     } else {
-        time(64, warmup, iters, || {
+        time(d[0], warmup, iters, || {
             conv2d(x.as_tensor(), &w, g)?;
             Ok(())
         })
