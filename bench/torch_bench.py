@@ -211,8 +211,12 @@ def alexnet_classifier():
 
 
 def conv_op(backward):
-    x = (torch.rand(64, 64, 32, 32) * 2 - 1).requires_grad_(True)
-    return op_rate(nn.Conv2d(64, 64, 3, padding=1, bias=False), x, backward)
+    """runner-bench's conv2d case: RUNNER_BENCH_CONV=batch,in,side,out[,kernel,stride,padding]
+    (default 64,64,32,64,3,1,1)."""
+    dims = [int(v) for v in os.environ.get("RUNNER_BENCH_CONV", "64,64,32,64").split(",")]
+    n, c, side, o, k, stride, pad = dims + [3, 1, 1][len(dims) - 4:]
+    x = (torch.rand(n, c, side, side) * 2 - 1).requires_grad_(True)
+    return op_rate(nn.Conv2d(c, o, k, stride=stride, padding=pad, bias=False), x, backward)
 
 
 def op_rate(op, x, backward):

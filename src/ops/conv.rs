@@ -1,6 +1,9 @@
 //! 2-D convolution with stride, padding, dilation and groups, as candle custom ops.
 //!
-//! On the CPU: im2col per sample feeding `gemm`, with samples split across threads.
+//! On the CPU: 3x3 stride-1 convs with 16+ channels by Winograd (`winograd.rs`), strided
+//! convs whose kernel spans 3 strides (AlexNet's 11x11 stride 4) by Winograd over the
+//! input's blocks (`strided.rs`), the rest by im2col per sample feeding `gemm`, with samples
+//! split across threads.
 //! Backward computes the weight gradient always and the input gradient only when the input
 //! takes part in the gradient (not for the image itself). On other devices, candle's own
 //! `conv2d` runs (its gradients are exact there).
@@ -9,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
+use super::strided::Fold;
 use super::winograd::{self, Geo};
 use super::{cpu_slices, plan_threads, sum_over_batch, Elem};
 
@@ -83,6 +87,26 @@ impl Dims {
             w: self.w,
             o: self.o,
             pad: g.padding,
+            oh: self.oh,
+            ow: self.ow,
+        })
+    }
+    /// The stride-1 form of a strided conv whose kernel spans 3 strides (AlexNet's 11x11 at
+    /// stride 4), when that form (3x3 over `c s^2` channels) takes the Winograd path.
+    fn folded(&self) -> Option<Fold> {
+        let g = self.g;
+        let s = g.stride;
+        let fits = Fold::fits(self.kh, self.kw, s) && g.dilation == 1 && g.groups == 1;
+        (fits && winograd::worth_it(self.c * s * s, self.o, self.oh, self.ow)).then_some(Fold {
+            n: self.n,
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            o: self.o,
+            kh: self.kh,
+            kw: self.kw,
+            s,
+            p: g.padding,
             oh: self.oh,
             ow: self.ow,
         })
@@ -220,6 +244,9 @@ fn forward<T: Elem>(x: &[T], wt: &[T], d: &Dims) -> Vec<T> {
     if let Some(g) = d.winograd() {
         return winograd::forward(x, wt, &g);
     }
+    if let Some(f) = d.folded() {
+        return winograd::forward(&f.input(x), &f.weight(wt), &f.geo());
+    }
     let (per_sample, gemm_threads) = plan_threads(d.n);
     let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
     let mut out = vec![T::default(); d.n * d.o * pp];
@@ -252,6 +279,9 @@ fn forward<T: Elem>(x: &[T], wt: &[T], d: &Dims) -> Vec<T> {
 fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
     if let Some(g) = d.winograd() {
         return winograd::grad_weight(x, dy, &g);
+    }
+    if let Some(f) = d.folded() {
+        return f.weight_adjoint(&winograd::grad_weight(&f.input(x), dy, &f.geo()));
     }
     let (per_sample, gemm_threads) = plan_threads(d.n);
     let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
@@ -298,6 +328,9 @@ fn grad_weight<T: Elem>(x: &[T], dy: &[T], d: &Dims) -> Vec<T> {
 fn grad_input<T: Elem>(wt: &[T], dy: &[T], d: &Dims) -> Vec<T> {
     if let Some(g) = d.winograd() {
         return winograd::grad_input(wt, dy, &g);
+    }
+    if let Some(f) = d.folded() {
+        return f.input_adjoint(&winograd::grad_input(&f.weight(wt), dy, &f.geo()));
     }
     let (per_sample, gemm_threads) = plan_threads(d.n);
     let (c_in, pp, kg, og) = (d.c * d.h * d.w, d.p(), d.kg(), d.o / d.g.groups);
@@ -605,6 +638,28 @@ mod tests {
             let x = Var::from_tensor(&rand_tensor(&[2, 16, hw, hw], 13, DType::F64)).unwrap();
             let w = Var::from_tensor(&rand_tensor(&[17, 16, 3, 3], 14, DType::F64)).unwrap();
             check_grads(&[&x, &w], |v| conv2d(v[0], v[1], g), &format!("winograd conv2d {hw}x{hw} pad {pad}"));
+        }
+    }
+
+    /// Strided convs whose kernel spans 3 strides (AlexNet's 11x11 stride 4; 5x5 stride 2)
+    /// take the Winograd path over the input's blocks: the same outputs as candle's conv2d
+    /// (f32) and exact gradients (f64 finite differences), padding wider than a stride and
+    /// pixels past the last window included.
+    #[test]
+    fn strided_winograd_path_matches_candle_and_finite_differences() {
+        for (c, hw, k, stride, padding) in [(3, 27, 11, 4, 2), (1, 26, 11, 4, 0), (4, 12, 5, 2, 3)] {
+            let g = ConvGeom { stride, padding, ..Default::default() };
+            let d = Dims::new(&[2, c, hw, hw], &[16, c, k, k], g).unwrap();
+            assert!(d.folded().is_some() && d.winograd().is_none(), "{d:?} should take the strided Winograd path");
+            let x = rand_tensor(&[2, c, hw, hw], 21, DType::F32);
+            let w = rand_tensor(&[16, c, k, k], 22, DType::F32);
+            let ours = conv2d(&x, &w, g).unwrap();
+            let theirs = x.conv2d(&w, padding, stride, 1, 1).unwrap();
+            let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "{d:?}: max diff {diff}");
+            let x = Var::from_tensor(&rand_tensor(&[2, c, hw, hw], 23, DType::F64)).unwrap();
+            let w = Var::from_tensor(&rand_tensor(&[16, c, k, k], 24, DType::F64)).unwrap();
+            check_grads(&[&x, &w], |v| conv2d(v[0], v[1], g), &format!("strided winograd conv2d {d:?}"));
         }
     }
 

@@ -91,6 +91,7 @@ pub mod kernels;
 pub mod linear;
 pub mod pixel_ce;
 pub mod pool;
+mod strided;
 #[cfg(test)]
 pub mod testing;
 pub mod upsample;

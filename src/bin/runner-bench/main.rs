@@ -354,14 +354,16 @@ fn alexnet_forward(batch_one: bool) -> Result<f64> {
     })
 }
 
-/// The shape `conv_op` times: `[batch, in, side, out]`, 64 channels of 32x32 at batch 64,
-/// or `RUNNER_BENCH_CONV=8,384,13,256` (AlexNet's conv4) to time another 3x3 layer.
+/// The shape `conv_op` times: `[batch, in, side, out, kernel, stride, padding]`, 64
+/// channels of 32x32 at batch 64, 3x3, or `RUNNER_BENCH_CONV=8,384,13,256` (AlexNet's conv4;
+/// kernel 3, stride 1 and padding 1 unless given: `8,3,224,64,11,4,2` is its conv1).
 fn conv_shape() -> Result<Vec<usize>> {
-    let Ok(spec) = std::env::var("RUNNER_BENCH_CONV") else { return Ok(vec![64, 64, 32, 64]) };
-    let dims: Vec<usize> = spec.split(',').filter_map(|v| v.trim().parse().ok()).collect();
-    if dims.len() != 4 || dims.contains(&0) {
-        anyhow::bail!("RUNNER_BENCH_CONV={spec:?}: want batch,in,side,out (4 positive integers)");
+    let Ok(spec) = std::env::var("RUNNER_BENCH_CONV") else { return Ok(vec![64, 64, 32, 64, 3, 1, 1]) };
+    let mut dims: Vec<usize> = spec.split(',').filter_map(|v| v.trim().parse().ok()).collect();
+    if !(4..=7).contains(&dims.len()) || dims.len() != spec.split(',').count() || dims[..4].contains(&0) {
+        anyhow::bail!("RUNNER_BENCH_CONV={spec:?}: want batch,in,side,out[,kernel,stride,padding] (integers)");
     }
+    dims.extend_from_slice(&[3, 1, 1][dims.len() - 4..]);
     Ok(dims)
 }
 
@@ -370,8 +372,8 @@ fn conv_shape() -> Result<Vec<usize>> {
 fn conv_op(backward: bool) -> Result<f64> {
     let d = conv_shape()?;
     let x = Var::from_tensor(&rand(&[d[0], d[1], d[2], d[2]], 1, 1.0)?)?;
-    let w = Var::from_tensor(&rand(&[d[3], d[1], 3, 3], 2, 0.04)?)?;
-    let g = ConvGeom { padding: 1, ..Default::default() };
+    let w = Var::from_tensor(&rand(&[d[3], d[1], d[4], d[4]], 2, 0.04)?)?;
+    let g = ConvGeom { stride: d[5], padding: d[6], ..Default::default() };
     let (_, warmup, iters) = sized((d[0], 1, 3), (64, 5, 50));
     if backward {
         let y = conv2d(&x, &w, g)?;
