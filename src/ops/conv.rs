@@ -79,7 +79,10 @@ impl Dims {
     /// dilation or groups, and channels enough for it to beat im2col + gemm.
     fn winograd(&self) -> Option<Geo> {
         let g = self.g;
-        let fits = self.kh == 3 && self.kw == 3 && g.stride == 1 && g.dilation == 1 && g.groups == 1;
+        // An empty input (0 rows, padding making the output) stays with im2col, which fills
+        // the output with the bias alone.
+        let fits =
+            self.kh == 3 && self.kw == 3 && g.stride == 1 && g.dilation == 1 && g.groups == 1 && self.h * self.w > 0;
         (fits && winograd::worth_it(self.c, self.o, self.oh, self.ow)).then_some(Geo {
             n: self.n,
             c: self.c,
@@ -96,7 +99,7 @@ impl Dims {
     fn folded(&self) -> Option<Fold> {
         let g = self.g;
         let s = g.stride;
-        let fits = Fold::fits(self.kh, self.kw, s) && g.dilation == 1 && g.groups == 1;
+        let fits = Fold::fits(self.kh, self.kw, s) && g.dilation == 1 && g.groups == 1 && self.h * self.w > 0;
         (fits && winograd::worth_it(self.c * s * s, self.o, self.oh, self.ow)).then_some(Fold {
             n: self.n,
             c: self.c,
@@ -693,6 +696,20 @@ mod tests {
             let x = Var::from_tensor(&rand_tensor(&[2, c, hw, hw], 23, DType::F64)).unwrap();
             let w = Var::from_tensor(&rand_tensor(&[16, c, k, k], 24, DType::F64)).unwrap();
             check_grads(&[&x, &w], |v| conv2d(v[0], v[1], g), &format!("strided winograd conv2d {d:?}"));
+        }
+    }
+
+    /// An empty input whose padding alone makes the output (a review case): zeros of the
+    /// planned shape, where the Winograd paths would have divided by the image's size.
+    #[test]
+    fn an_empty_image_with_padding_gives_zeros() {
+        for (c, k, stride, padding) in [(16, 3, 1, 3), (3, 11, 4, 12)] {
+            let g = ConvGeom { stride, padding, ..Default::default() };
+            let x = Tensor::zeros(&[1, c, 0, 0], DType::F32, &Device::Cpu).unwrap();
+            let w = rand_tensor(&[16, c, k, k], 31, DType::F32);
+            let y = conv2d(&x, &w, g).unwrap();
+            assert_eq!(y.dims(), [1, 16, 4, 4], "{g:?}");
+            assert_eq!(y.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "{g:?}");
         }
     }
 

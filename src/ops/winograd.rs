@@ -443,8 +443,8 @@ impl Walk {
     /// threads take one sample at a time. A smaller image (AlexNet's 13x13 layers with 192
     /// to 384 channels: 7 tiles a band, 49 a sample) is taken whole, several samples at a
     /// time, so that each transformed weight serves about [`GROUP_TILES`] tiles; the
-    /// threads then take equal shares of the batch (a thread's share is split in equal
-    /// groups), so that no thread waits for a larger group.
+    /// threads then take equal shares of the batch (`chunk` samples; a share is walked in
+    /// groups of `ns`, the last one shorter), so that no thread waits for a larger group.
     fn new(g: &Geo, elems: usize) -> Walk {
         let (th, tw) = g.tiles();
         let rows = g.band(elems);
@@ -466,16 +466,18 @@ impl Walk {
         samples.step_by(ns).map(move |s| s..(s + ns).min(end))
     }
     /// `f(s, samples, out)` for each group, `out` the group's part of `[n][per_sample]`, over
-    /// the threads by chunks; where the chunks are fewer than the threads, in turn, with
-    /// `spread` telling `f` to share its products among the threads.
+    /// the threads by chunks where the batch has a sample for every thread (as
+    /// `sum_over_batch` splits it for the weight gradient); with fewer samples than threads,
+    /// in turn, with `spread` telling `f` to share its products among the threads.
     fn each<T: Elem>(
         &self,
         out: &mut [T],
         per_sample: usize,
         f: impl Fn(&mut Scratch<T>, std::ops::Range<usize>, &mut [T], bool) + Sync,
     ) {
-        let chunks = out.len().div_ceil(self.chunk * per_sample);
-        let (per_chunk, threads) = plan_threads(chunks);
+        // Not by the count of chunks: 9 samples on 8 threads make 5 chunks of 2, which the
+        // threads still take at once.
+        let (per_chunk, threads) = plan_threads(out.len() / per_sample.max(1));
         let run = |s: &mut Scratch<T>, (i, part): (usize, &mut [T]), spread: bool| {
             let first = i * self.chunk;
             for (j, group) in part.chunks_mut(self.ns * per_sample).enumerate() {
