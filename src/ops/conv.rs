@@ -189,7 +189,7 @@ fn im2col<T: Elem>(x: &[T], d: &Dims, col: &mut [T]) {
 #[inline]
 fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
     let n = dst.len();
-    if n > 64 || n < 8 || src.len() != n {
+    if !(8..=64).contains(&n) || src.len() != n {
         return dst.copy_from_slice(src);
     }
     let mut block = |at: usize| {
