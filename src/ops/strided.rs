@@ -141,6 +141,7 @@ impl Fold {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::conv_by_definition;
     use crate::rng::Rng;
 
     fn rand(n: usize, seed: u64) -> Vec<f64> {
@@ -150,36 +151,12 @@ mod tests {
 
     /// A strided convolution by its definition, in f64.
     fn direct(x: &[f64], wt: &[f64], f: &Fold) -> Vec<f64> {
-        let mut y = vec![0.0; f.n * f.o * f.oh * f.ow];
-        for n in 0..f.n {
-            for k in 0..f.o {
-                for oy in 0..f.oh {
-                    for ox in 0..f.ow {
-                        let mut sum = 0.0;
-                        for c in 0..f.c {
-                            for i in 0..f.kh {
-                                for j in 0..f.kw {
-                                    let iy = (oy * f.s + i) as isize - f.p as isize;
-                                    let ix = (ox * f.s + j) as isize - f.p as isize;
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < f.h && (ix as usize) < f.w {
-                                        sum += x[((n * f.c + c) * f.h + iy as usize) * f.w + ix as usize]
-                                            * wt[((k * f.c + c) * f.kh + i) * f.kw + j];
-                                    }
-                                }
-                            }
-                        }
-                        y[((n * f.o + k) * f.oh + oy) * f.ow + ox] = sum;
-                    }
-                }
-            }
-        }
-        y
+        conv_by_definition(x, wt, [f.n, f.c, f.h, f.w], [f.o, f.kh, f.kw], f.s, f.p)
     }
 
     /// The same sum over the new input and kernel, as a plain 3x3 stride-1 convolution.
     fn direct_new(xn: &[f64], wn: &[f64], g: &Geo) -> Vec<f64> {
-        let f = Fold { n: g.n, c: g.c, h: g.h, w: g.w, o: g.o, kh: 3, kw: 3, s: 1, p: 0, oh: g.oh, ow: g.ow };
-        direct(xn, wn, &f)
+        conv_by_definition(xn, wn, [g.n, g.c, g.h, g.w], [g.o, 3, 3], 1, 0)
     }
 
     fn folds() -> Vec<Fold> {

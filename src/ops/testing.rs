@@ -12,6 +12,43 @@ pub fn rand_tensor(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
 }
 
+/// A convolution by its definition, in f64: `x [n][c][h][w]`, `wt [o][c][kh][kw]`, stride
+/// `s`, padding `p` (0 outside the input) -> `[n][o][oh][ow]`. The reference of the Winograd
+/// and strided kernels' tests.
+pub fn conv_by_definition(
+    x: &[f64],
+    wt: &[f64],
+    [n, c, h, w]: [usize; 4],
+    [o, kh, kw]: [usize; 3],
+    s: usize,
+    p: usize,
+) -> Vec<f64> {
+    let (oh, ow) = ((h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1);
+    let mut y = vec![0.0; n * o * oh * ow];
+    for ni in 0..n {
+        for k in 0..o {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut sum = 0.0;
+                    for ci in 0..c {
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let (iy, ix) = ((oy * s + i) as isize - p as isize, (ox * s + j) as isize - p as isize);
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    sum += x[((ni * c + ci) * h + iy as usize) * w + ix as usize]
+                                        * wt[((k * c + ci) * kh + i) * kw + j];
+                                }
+                            }
+                        }
+                    }
+                    y[((ni * o + k) * oh + oy) * ow + ox] = sum;
+                }
+            }
+        }
+    }
+    y
+}
+
 /// Compares the backward pass of `f` with central differences of `L = sum(f(vars) * R)`
 /// for a fixed random `R`, on up to 40 elements of each variable. Vars must be f64.
 pub fn check_grads(vars: &[&Var], f: impl Fn(&[&Tensor]) -> Result<Tensor>, what: &str) {

@@ -612,6 +612,7 @@ pub(crate) fn grad_weight<T: Elem>(x: &[T], dy: &[T], g: &Geo) -> Vec<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::conv_by_definition;
     use crate::rng::Rng;
 
     fn rand(n: usize, seed: u64) -> Vec<f64> {
@@ -619,34 +620,9 @@ mod tests {
         (0..n).map(|_| r.next_f64() * 2.0 - 1.0).collect()
     }
 
-    /// Direct 3x3 convolution by its definition, in f64.
+    /// A 3x3 convolution by its definition, in f64.
     fn direct(x: &[f64], wt: &[f64], g: &Geo) -> Vec<f64> {
-        let mut y = vec![0.0; g.n * g.o * g.oh * g.ow];
-        for n in 0..g.n {
-            for k in 0..g.o {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let mut s = 0.0;
-                        for c in 0..g.c {
-                            for i in 0..3 {
-                                for j in 0..3 {
-                                    let (iy, ix) = (
-                                        oy as isize + i as isize - g.pad as isize,
-                                        ox as isize + j as isize - g.pad as isize,
-                                    );
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                                        s += x[((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize]
-                                            * wt[((k * g.c + c) * 3 + i) * 3 + j];
-                                    }
-                                }
-                            }
-                        }
-                        y[((n * g.o + k) * g.oh + oy) * g.ow + ox] = s;
-                    }
-                }
-            }
-        }
-        y
+        conv_by_definition(x, wt, [g.n, g.c, g.h, g.w], [g.o, 3, 3], 1, g.pad)
     }
 
     fn geos() -> Vec<Geo> {
